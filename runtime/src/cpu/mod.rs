@@ -1,0 +1,7 @@
+//! The CPU backend: strided iteration, parallel loops and the kernels on host buffers.
+
+pub(crate) mod convert;
+pub(crate) mod map;
+pub mod parallel;
+pub(crate) mod reduce;
+pub(crate) mod strided;

@@ -1,0 +1,77 @@
+//! Thread control for CPU kernels.
+//!
+//! Kernels run on a Flint-owned `rayon` pool whose size [`set_num_threads`] sets (default:
+//! the number of cores). Work below [`PAR_THRESHOLD`] elements stays on the calling thread:
+//! for small tensors the hand-off costs more than it saves.
+
+use rayon::ThreadPool;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Element count below which kernels do not parallelise.
+pub const PAR_THRESHOLD: usize = 1 << 15;
+
+static NUM_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+fn pools() -> &'static Mutex<HashMap<usize, Arc<ThreadPool>>> {
+    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<ThreadPool>>>> = OnceLock::new();
+    POOLS.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Sets the number of threads CPU kernels use (like `torch.set_num_threads`); `0` means
+/// the number of cores.
+///
+/// ```
+/// flint_runtime::set_num_threads(1);
+/// assert_eq!(flint_runtime::num_threads(), 1);
+/// flint_runtime::set_num_threads(0);
+/// ```
+pub fn set_num_threads(n: usize) {
+    NUM_THREADS.store(n, Ordering::Relaxed);
+}
+
+/// The number of threads CPU kernels use.
+pub fn num_threads() -> usize {
+    match NUM_THREADS.load(Ordering::Relaxed) {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        n => n,
+    }
+}
+
+/// Runs `f` inside the pool of [`num_threads`] threads.
+pub(crate) fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let n = num_threads();
+    if n <= 1 {
+        return f();
+    }
+    let pool = {
+        let mut map = pools().lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(n)
+            .or_insert_with(|| {
+                Arc::new(
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(n)
+                        .thread_name(|i| format!("flint-cpu-{i}"))
+                        .build()
+                        .expect("failed to start the CPU thread pool"),
+                )
+            })
+            .clone()
+    };
+    pool.install(f)
+}
+
+/// True when work of `n` elements should be split across threads.
+#[inline]
+pub(crate) fn should_parallelize(n: usize) -> bool {
+    n >= PAR_THRESHOLD && num_threads() > 1
+}
+
+/// A chunk length that splits `n` items into a few chunks per thread.
+#[inline]
+pub(crate) fn chunk_len(n: usize) -> usize {
+    (n / (num_threads() * 4)).max(4096)
+}

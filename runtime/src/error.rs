@@ -1,0 +1,95 @@
+//! The error type of Flint.
+//!
+//! Programmer errors in tensor math (incompatible shapes, impossible views, indices out
+//! of range) panic with a message naming the op, the shapes and the caller's line, like
+//! indexing a slice does. Every such op also has a `try_` form that returns
+//! [`Result<_, Error>`](Error) for callers that want to recover; anything that meets the
+//! outside world (files, checkpoints, devices, data) returns `Result` only.
+
+use std::panic::Location;
+
+/// Everything that can go wrong in Flint.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Shapes that an op cannot combine.
+    #[error("{op}: {msg}")]
+    Shape {
+        /// The op that failed, e.g. `"matmul"`.
+        op: &'static str,
+        /// What was wrong, naming the shapes involved.
+        msg: String,
+    },
+    /// A dtype an op does not support, or two dtypes it cannot combine.
+    #[error("{op}: {msg}")]
+    DType {
+        /// The op that failed.
+        op: &'static str,
+        /// What was wrong.
+        msg: String,
+    },
+    /// An index or dimension out of range.
+    #[error("{op}: {msg}")]
+    Index {
+        /// The op that failed.
+        op: &'static str,
+        /// What was wrong.
+        msg: String,
+    },
+    /// Tensors on different devices, or a device that is not available.
+    #[error("{op}: {msg}")]
+    Device {
+        /// The op that failed.
+        op: &'static str,
+        /// What was wrong.
+        msg: String,
+    },
+    /// An I/O error, with the path involved.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file involved.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Flint's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::Shape { op, msg: msg.into() }
+    }
+    pub(crate) fn dtype(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::DType { op, msg: msg.into() }
+    }
+    pub(crate) fn index(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::Index { op, msg: msg.into() }
+    }
+    pub(crate) fn device(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::Device { op, msg: msg.into() }
+    }
+}
+
+/// Unwraps the result of a `try_` op, panicking with the error and the caller's location.
+///
+/// Every panicking tensor op is `#[track_caller]` and ends in this function, so the
+/// panic names the line of user code that made the bad call.
+#[track_caller]
+#[inline]
+pub(crate) fn or_panic<T>(r: Result<T>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => fail(e),
+    }
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn fail(e: Error) -> ! {
+    let loc = Location::caller();
+    panic!("{e} (called at {}:{})", loc.file(), loc.line())
+}

@@ -1,0 +1,34 @@
+//! Flint's runtime: strided tensors on the CPU (CUDA behind a feature later), random
+//! streams, and the ops that the `flint` facade and the macros build on.
+//!
+//! ```
+//! use flint_runtime::{DType, Tensor};
+//! let x = Tensor::randn([4, 3], DType::F32);
+//! let w = Tensor::ones([3], DType::F32);
+//! let y = (&x * &w).sum(-1, false).relu();
+//! assert_eq!(y.shape(), &[4]);
+//! ```
+#![warn(missing_docs)]
+
+pub mod cpu;
+pub mod device;
+mod dispatch;
+mod display;
+pub mod dtype;
+pub mod error;
+pub mod layout;
+pub mod ops;
+pub mod random;
+pub mod storage;
+pub mod tensor;
+
+pub use half;
+
+pub use cpu::parallel::{num_threads, set_num_threads};
+pub use device::Device;
+pub use dtype::{DType, Element, FloatElement, NumElement};
+pub use error::{Error, Result};
+pub use layout::Layout;
+pub use ops::{causal_mask, All, GeluApprox, IntoShapeSpec, Operand, ReduceDims};
+pub use random::{manual_seed, Generator};
+pub use tensor::{Tensor, TensorOptions};

@@ -1,0 +1,601 @@
+//! Elementwise math with NumPy broadcasting and PyTorch's type promotion: arithmetic,
+//! the `+ - * /` operators, unary math and activations.
+
+use crate::cpu::map;
+use crate::dispatch;
+use crate::dtype::{DType, Element, FloatElement, NumElement};
+use crate::error::{or_panic, Error, Result};
+use crate::layout::{broadcast_shapes, Layout};
+use crate::tensor::Tensor;
+
+/// The right-hand side of a binary op: a tensor or a scalar.
+///
+/// ```
+/// use flint_runtime::Tensor;
+/// let x = Tensor::from_vec(vec![1.0f32, 4.0], [2]);
+/// assert_eq!(x.maximum(2.0).to_vec::<f32>(), vec![2.0, 4.0]);
+/// assert_eq!(x.maximum(&x.neg()).to_vec::<f32>(), vec![1.0, 4.0]);
+/// ```
+#[derive(Clone)]
+pub enum Operand {
+    /// A tensor.
+    Tensor(Tensor),
+    /// A floating-point scalar (a float tensor keeps its dtype; an integer tensor becomes f32).
+    Float(f64),
+    /// An integer scalar (keeps the dtype of the tensor).
+    Int(i64),
+}
+
+impl From<&Tensor> for Operand {
+    fn from(t: &Tensor) -> Self {
+        Operand::Tensor(t.clone())
+    }
+}
+impl From<Tensor> for Operand {
+    fn from(t: Tensor) -> Self {
+        Operand::Tensor(t)
+    }
+}
+impl From<f64> for Operand {
+    fn from(v: f64) -> Self {
+        Operand::Float(v)
+    }
+}
+impl From<f32> for Operand {
+    fn from(v: f32) -> Self {
+        Operand::Float(v as f64)
+    }
+}
+impl From<i64> for Operand {
+    fn from(v: i64) -> Self {
+        Operand::Int(v)
+    }
+}
+impl From<i32> for Operand {
+    fn from(v: i32) -> Self {
+        Operand::Int(v as i64)
+    }
+}
+impl From<bool> for Operand {
+    fn from(v: bool) -> Self {
+        Operand::Tensor(Tensor::scalar(v))
+    }
+}
+
+impl Operand {
+    /// This operand as a tensor combined with `lhs`: scalars become 0-d tensors whose
+    /// dtype follows PyTorch's rule for Python scalars.
+    pub(crate) fn into_tensor(self, lhs: &Tensor) -> Tensor {
+        match self {
+            Operand::Tensor(t) => t,
+            Operand::Float(v) => {
+                let dt = lhs.dtype().to_float();
+                Tensor::full([], v, dt)
+            }
+            Operand::Int(v) => {
+                let dt = if lhs.dtype() == DType::Bool { DType::I64 } else { lhs.dtype() };
+                Tensor::full([], v as f64, dt)
+            }
+        }
+    }
+}
+
+/// Converts both tensors to `dtype` and broadcasts their layouts to a common shape.
+pub(crate) fn prepare(op: &'static str, a: &Tensor, b: &Tensor, dtype: DType) -> Result<(Tensor, Layout, Tensor, Layout)> {
+    if a.device() != b.device() {
+        return Err(Error::device(
+            op,
+            format!("expected both tensors on one device, got {} and {}", a.device(), b.device()),
+        ));
+    }
+    let shape = broadcast_shapes(op, a.shape(), b.shape())?;
+    let (a, b) = (a.to_dtype(dtype), b.to_dtype(dtype));
+    let la = a.layout().broadcast_to(op, &shape)?;
+    let lb = b.layout().broadcast_to(op, &shape)?;
+    Ok((a, la, b, lb))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Arith {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Max,
+    Min,
+    Pow,
+}
+
+impl Arith {
+    fn name(self) -> &'static str {
+        match self {
+            Arith::Add => "add",
+            Arith::Sub => "sub",
+            Arith::Mul => "mul",
+            Arith::Div => "div",
+            Arith::Max => "maximum",
+            Arith::Min => "minimum",
+            Arith::Pow => "pow",
+        }
+    }
+}
+
+#[inline]
+fn max_nan<T: Element>(x: T, y: T) -> T {
+    // NaN propagates, like torch.maximum
+    if x != x || x > y { x } else { y }
+}
+#[inline]
+fn min_nan<T: Element>(x: T, y: T) -> T {
+    if x != x || x < y { x } else { y }
+}
+
+fn arith(a: &Tensor, b: Operand, kind: Arith) -> Result<Tensor> {
+    let op = kind.name();
+    let b = b.into_tensor(a);
+    let mut dt = DType::promote(a.dtype(), b.dtype());
+    if dt == DType::Bool {
+        dt = DType::I64;
+    }
+    if matches!(kind, Arith::Div | Arith::Pow) {
+        dt = dt.to_float();
+    }
+    let (a, la, b, lb) = prepare(op, a, &b, dt)?;
+    dispatch!(num op, dt, T => {
+        match kind {
+            Arith::Add => map::binary::<T, T>(&a, &la, &b, &lb, |x, y| x + y),
+            Arith::Sub => map::binary::<T, T>(&a, &la, &b, &lb, |x, y| x - y),
+            Arith::Mul => map::binary::<T, T>(&a, &la, &b, &lb, |x, y| x * y),
+            Arith::Div => map::binary::<T, T>(&a, &la, &b, &lb, |x, y| x / y),
+            Arith::Max => map::binary::<T, T>(&a, &la, &b, &lb, max_nan),
+            Arith::Min => map::binary::<T, T>(&a, &la, &b, &lb, min_nan),
+            Arith::Pow => map::binary::<T, T>(&a, &la, &b, &lb, |x, y| T::from_f64(x.to_f64().powf(y.to_f64()))),
+        }
+    })
+}
+
+macro_rules! binary_methods {
+    ($($(#[$doc:meta])* $name:ident, $try_name:ident, $kind:ident;)*) => {$(
+        $(#[$doc])*
+        #[track_caller]
+        pub fn $name(&self, other: impl Into<Operand>) -> Tensor {
+            or_panic(self.$try_name(other))
+        }
+        #[doc = concat!("Fallible [`Tensor::", stringify!($name), "`].")]
+        pub fn $try_name(&self, other: impl Into<Operand>) -> Result<Tensor> {
+            arith(self, other.into(), Arith::$kind)
+        }
+    )*};
+}
+
+impl Tensor {
+    binary_methods! {
+        /// `self + other`, broadcasting.
+        add, try_add, Add;
+        /// `self - other`, broadcasting.
+        sub, try_sub, Sub;
+        /// `self * other`, broadcasting.
+        mul, try_mul, Mul;
+        /// `self / other` (true division: integers give f32), broadcasting.
+        div, try_div, Div;
+        /// Elementwise maximum (NaN propagates), broadcasting.
+        maximum, try_maximum, Max;
+        /// Elementwise minimum (NaN propagates), broadcasting.
+        minimum, try_minimum, Min;
+        /// `self` raised to `exponent` elementwise, broadcasting (floating-point result).
+        ///
+        /// ```
+        /// use flint_runtime::Tensor;
+        /// let x = Tensor::from_vec(vec![2.0f32, 3.0], [2]);
+        /// assert_eq!(x.pow(2.0).to_vec::<f32>(), vec![4.0, 9.0]);
+        /// ```
+        pow, try_pow, Pow;
+    }
+
+    /// Clamps every element into `[min, max]`.
+    ///
+    /// ```
+    /// use flint_runtime::Tensor;
+    /// let x = Tensor::from_vec(vec![-2.0f32, 0.5, 3.0], [3]);
+    /// assert_eq!(x.clamp(-1.0, 1.0).to_vec::<f32>(), vec![-1.0, 0.5, 1.0]);
+    /// ```
+    pub fn clamp(&self, min: f64, max: f64) -> Tensor {
+        self.clamp_min(min).clamp_max(max)
+    }
+    /// `max(self, min)` elementwise.
+    pub fn clamp_min(&self, min: f64) -> Tensor {
+        self.maximum(self.scalar_operand(min))
+    }
+    /// `min(self, max)` elementwise.
+    pub fn clamp_max(&self, max: f64) -> Tensor {
+        self.minimum(self.scalar_operand(max))
+    }
+
+    /// A scalar operand that keeps this tensor's dtype (integer scalars for integer tensors).
+    fn scalar_operand(&self, v: f64) -> Operand {
+        if self.dtype().is_float() {
+            Operand::Float(v)
+        } else {
+            Operand::Int(v as i64)
+        }
+    }
+}
+
+// ---------------------------------------------------------------- unary ops
+
+fn unary_float(x: &Tensor, op: &'static str, f: fn(f64) -> f64, ff: UnaryF) -> Result<Tensor> {
+    let dt = x.dtype().to_float();
+    let x = x.to_dtype(dt);
+    dispatch!(float op, dt, T => match ff {
+        UnaryF::Generic => map::unary::<T, T>(&x, |v| T::from_f64(f(v.to_f64()))),
+        UnaryF::Native(g) => map::unary::<T, T>(&x, move |v| g.apply(v)),
+    })
+}
+
+/// Unary float functions computed natively in the element type (f16/bf16 via f32).
+#[derive(Clone, Copy)]
+enum NativeF {
+    Exp,
+    Ln,
+    Sqrt,
+    Rsqrt,
+    Tanh,
+    Sigmoid,
+    Silu,
+    Sin,
+    Cos,
+    Recip,
+    Floor,
+    Ceil,
+    Round,
+}
+
+impl NativeF {
+    #[inline]
+    fn apply<T: FloatElement>(self, v: T) -> T {
+        let one = <T as NumElement>::one();
+        match self {
+            NativeF::Exp => v.exp(),
+            NativeF::Ln => v.ln(),
+            NativeF::Sqrt => v.sqrt(),
+            NativeF::Rsqrt => one / v.sqrt(),
+            NativeF::Tanh => v.tanh(),
+            NativeF::Sigmoid => one / (one + (-v).exp()),
+            NativeF::Silu => v / (one + (-v).exp()),
+            NativeF::Sin => v.sin(),
+            NativeF::Cos => v.cos(),
+            NativeF::Recip => one / v,
+            NativeF::Floor => v.floor(),
+            NativeF::Ceil => v.ceil(),
+            NativeF::Round => {
+                // round half to even, like torch.round
+                let r = v.round();
+                if (v - v.trunc()).abs() == T::from_f64(0.5) && (r.to_f64() % 2.0) != 0.0 {
+                    r - v.signum()
+                } else {
+                    r
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum UnaryF {
+    Generic,
+    Native(NativeF),
+}
+
+fn gelu_exact(x: f64) -> f64 {
+    0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
+}
+
+fn gelu_tanh(x: f64) -> f64 {
+    let k = (2.0 / std::f64::consts::PI).sqrt();
+    0.5 * x * (1.0 + (k * (x + 0.044715 * x * x * x)).tanh())
+}
+
+macro_rules! native_unary {
+    ($($(#[$doc:meta])* $name:ident => $f:ident;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(&self) -> Tensor {
+            or_panic(unary_float(self, stringify!($name), |v| v, UnaryF::Native(NativeF::$f)))
+        }
+    )*};
+}
+
+/// Which formula [`Tensor::gelu`] uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum GeluApprox {
+    /// `x·Φ(x)` with the exact normal CDF (PyTorch's default, `approximate='none'`).
+    #[default]
+    None,
+    /// The tanh approximation (`approximate='tanh'`).
+    Tanh,
+}
+
+impl Tensor {
+    native_unary! {
+        /// `eˣ` elementwise.
+        exp => Exp;
+        /// Natural logarithm elementwise.
+        log => Ln;
+        /// Square root elementwise.
+        sqrt => Sqrt;
+        /// `1/√x` elementwise.
+        rsqrt => Rsqrt;
+        /// Hyperbolic tangent elementwise.
+        tanh => Tanh;
+        /// Logistic sigmoid `1/(1+e⁻ˣ)` elementwise.
+        sigmoid => Sigmoid;
+        /// SiLU (swish) `x·σ(x)` elementwise.
+        silu => Silu;
+        /// Sine elementwise.
+        sin => Sin;
+        /// Cosine elementwise.
+        cos => Cos;
+        /// `1/x` elementwise.
+        reciprocal => Recip;
+        /// Floor elementwise.
+        floor => Floor;
+        /// Ceiling elementwise.
+        ceil => Ceil;
+        /// Rounds to nearest, ties to even, elementwise.
+        round => Round;
+    }
+
+    /// GELU with the given formula.
+    ///
+    /// ```
+    /// use flint_runtime::{GeluApprox, Tensor};
+    /// let x = Tensor::from_vec(vec![0.0f64, 1.0], [2]);
+    /// let y = x.gelu(GeluApprox::None).to_vec::<f64>();
+    /// assert!((y[1] - 0.8413447460685429).abs() < 1e-12);
+    /// ```
+    pub fn gelu(&self, approximate: GeluApprox) -> Tensor {
+        let f = match approximate {
+            GeluApprox::None => gelu_exact,
+            GeluApprox::Tanh => gelu_tanh,
+        };
+        or_panic(unary_float(self, "gelu", f, UnaryF::Generic))
+    }
+
+    /// `-x` elementwise (integers stay integers).
+    #[track_caller]
+    pub fn neg(&self) -> Tensor {
+        let dt = self.dtype();
+        or_panic(dispatch!(num "neg", dt, T => map::unary::<T, T>(self, |v| -v)))
+    }
+
+    /// `|x|` elementwise.
+    #[track_caller]
+    pub fn abs(&self) -> Tensor {
+        let dt = self.dtype();
+        or_panic(dispatch!(num "abs", dt, T => map::unary::<T, T>(self, |v| if v < T::zero() { -v } else { v })))
+    }
+
+    /// `x²` elementwise.
+    #[track_caller]
+    pub fn square(&self) -> Tensor {
+        self.mul(self)
+    }
+
+    /// The sign (-1, 0 or 1) elementwise.
+    #[track_caller]
+    pub fn sign(&self) -> Tensor {
+        let dt = self.dtype();
+        or_panic(dispatch!(num "sign", dt, T => map::unary::<T, T>(self, |v| {
+            if v > T::zero() { T::one() } else if v < T::zero() { -T::one() } else { v }
+        })))
+    }
+
+    /// `max(x, 0)` elementwise.
+    ///
+    /// ```
+    /// use flint_runtime::Tensor;
+    /// let x = Tensor::from_vec(vec![-1.0f32, 2.0], [2]);
+    /// assert_eq!(x.relu().to_vec::<f32>(), vec![0.0, 2.0]);
+    /// ```
+    #[track_caller]
+    pub fn relu(&self) -> Tensor {
+        let dt = self.dtype();
+        or_panic(dispatch!(num "relu", dt, T => map::unary::<T, T>(self, |v| if v > T::zero() { v } else { T::zero() })))
+    }
+}
+
+// ---------------------------------------------------------------- operators
+
+macro_rules! bin_operator {
+    ($trait:ident, $method:ident, $fn:ident) => {
+        impl std::ops::$trait<&Tensor> for &Tensor {
+            type Output = Tensor;
+            #[track_caller]
+            fn $method(self, rhs: &Tensor) -> Tensor {
+                self.$fn(rhs)
+            }
+        }
+        impl std::ops::$trait<Tensor> for &Tensor {
+            type Output = Tensor;
+            #[track_caller]
+            fn $method(self, rhs: Tensor) -> Tensor {
+                self.$fn(rhs)
+            }
+        }
+        impl std::ops::$trait<&Tensor> for Tensor {
+            type Output = Tensor;
+            #[track_caller]
+            fn $method(self, rhs: &Tensor) -> Tensor {
+                (&self).$fn(rhs)
+            }
+        }
+        impl std::ops::$trait<Tensor> for Tensor {
+            type Output = Tensor;
+            #[track_caller]
+            fn $method(self, rhs: Tensor) -> Tensor {
+                (&self).$fn(rhs)
+            }
+        }
+        bin_operator!(@scalar $trait, $method, $fn, f64, i64);
+    };
+    (@scalar $trait:ident, $method:ident, $fn:ident, $($s:ty),*) => {$(
+        impl std::ops::$trait<$s> for &Tensor {
+            type Output = Tensor;
+            #[track_caller]
+            fn $method(self, rhs: $s) -> Tensor {
+                self.$fn(rhs)
+            }
+        }
+        impl std::ops::$trait<$s> for Tensor {
+            type Output = Tensor;
+            #[track_caller]
+            fn $method(self, rhs: $s) -> Tensor {
+                (&self).$fn(rhs)
+            }
+        }
+        impl std::ops::$trait<&Tensor> for $s {
+            type Output = Tensor;
+            #[track_caller]
+            fn $method(self, rhs: &Tensor) -> Tensor {
+                Operand::from(self).into_tensor(rhs).$fn(rhs)
+            }
+        }
+        impl std::ops::$trait<Tensor> for $s {
+            type Output = Tensor;
+            #[track_caller]
+            fn $method(self, rhs: Tensor) -> Tensor {
+                Operand::from(self).into_tensor(&rhs).$fn(&rhs)
+            }
+        }
+    )*};
+}
+bin_operator!(Add, add, add);
+bin_operator!(Sub, sub, sub);
+bin_operator!(Mul, mul, mul);
+bin_operator!(Div, div, div);
+
+impl std::ops::Neg for &Tensor {
+    type Output = Tensor;
+    #[track_caller]
+    fn neg(self) -> Tensor {
+        Tensor::neg(self)
+    }
+}
+impl std::ops::Neg for Tensor {
+    type Output = Tensor;
+    #[track_caller]
+    fn neg(self) -> Tensor {
+        Tensor::neg(&self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{DType, GeluApprox, Tensor};
+
+    fn close(a: &[f64], b: &[f64], tol: f64) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{a:?} vs {b:?}");
+        }
+    }
+
+    #[test]
+    fn broadcasting_arithmetic_and_operators() {
+        let a = Tensor::arange(0.0, 6.0, 1.0, DType::F64).view([2, 3]);
+        let b = Tensor::from_vec(vec![10.0f64, 20.0], [2, 1]);
+        assert_eq!((&a + &b).to_vec::<f64>(), vec![10., 11., 12., 23., 24., 25.]);
+        assert_eq!((&a - 1.0).to_vec::<f64>(), vec![-1., 0., 1., 2., 3., 4.]);
+        assert_eq!((2.0 * &a).to_vec::<f64>(), vec![0., 2., 4., 6., 8., 10.]);
+        assert_eq!((1.0 / (&a + 1.0)).to_vec::<f64>()[1], 0.5);
+        assert_eq!((-&a).to_vec::<f64>()[5], -5.0);
+        let e = a.try_add(&Tensor::zeros([4], DType::F64)).unwrap_err().to_string();
+        assert!(e.contains("add") && e.contains("[2, 3]") && e.contains("[4]"), "{e}");
+    }
+
+    #[test]
+    fn type_promotion() {
+        let i = Tensor::from_vec(vec![1i64, 2, 3], [3]);
+        let f = Tensor::from_vec(vec![0.5f32, 0.5, 0.5], [3]);
+        assert_eq!((&i + &f).dtype(), DType::F32);
+        assert_eq!((&i + 1).dtype(), DType::I64);
+        assert_eq!((&i * 1.5).dtype(), DType::F32);
+        assert_eq!((&i / 2).to_vec::<f32>(), vec![0.5, 1.0, 1.5]);
+        let h = Tensor::ones([3], DType::F16);
+        let bh = Tensor::ones([3], DType::BF16);
+        assert_eq!((&h + &bh).dtype(), DType::F32);
+        assert_eq!((&h + 1.0).dtype(), DType::F16);
+        assert_eq!((&f + &Tensor::ones([3], DType::F64)).dtype(), DType::F64);
+        let bo = Tensor::from_vec(vec![true, false, true], [3]);
+        assert_eq!((&bo + &bo).to_vec::<i64>(), vec![2, 0, 2]);
+    }
+
+    #[test]
+    fn unary_math_in_every_float_dtype() {
+        let x = [-1.5f64, -0.25, 0.0, 0.75, 2.0];
+        let cases: Vec<(&str, Box<dyn Fn(&Tensor) -> Tensor>, fn(f64) -> f64)> = vec![
+            ("exp", Box::new(|t: &Tensor| t.exp()), f64::exp),
+            ("tanh", Box::new(|t: &Tensor| t.tanh()), f64::tanh),
+            ("sigmoid", Box::new(|t: &Tensor| t.sigmoid()), |v| 1.0 / (1.0 + (-v).exp())),
+            ("silu", Box::new(|t: &Tensor| t.silu()), |v| v / (1.0 + (-v).exp())),
+            ("relu", Box::new(|t: &Tensor| t.relu()), |v| v.max(0.0)),
+            ("abs", Box::new(|t: &Tensor| t.abs()), f64::abs),
+            ("neg", Box::new(|t: &Tensor| t.neg()), |v| -v),
+            ("sin", Box::new(|t: &Tensor| t.sin()), f64::sin),
+            ("square", Box::new(|t: &Tensor| t.square()), |v| v * v),
+            ("gelu", Box::new(|t: &Tensor| t.gelu(GeluApprox::None)), |v| 0.5 * v * (1.0 + libm::erf(v / 2f64.sqrt()))),
+            ("floor", Box::new(|t: &Tensor| t.floor()), f64::floor),
+            ("clamp", Box::new(|t: &Tensor| t.clamp(-0.5, 1.0)), |v| v.clamp(-0.5, 1.0)),
+        ];
+        for (dt, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-6), (DType::F16, 2e-3), (DType::BF16, 1e-2)] {
+            let t = Tensor::from_vec(x.to_vec(), [5]).to_dtype(dt);
+            for (name, f, r) in &cases {
+                let got = f(&t);
+                assert_eq!(got.dtype(), dt, "{name}");
+                let want: Vec<f64> = t.to_f64_vec().iter().map(|&v| r(v)).collect();
+                close(&got.to_f64_vec(), &want, tol);
+            }
+        }
+        let p = Tensor::from_vec(vec![1.0f64, 4.0, 9.0], [3]);
+        close(&p.sqrt().to_f64_vec(), &[1., 2., 3.], 1e-12);
+        close(&p.rsqrt().to_f64_vec(), &[1., 0.5, 1. / 3.], 1e-12);
+        close(&p.log().to_f64_vec(), &[0., 4f64.ln(), 9f64.ln()], 1e-12);
+        close(&p.pow(0.5).to_f64_vec(), &[1., 2., 3.], 1e-12);
+        close(&p.reciprocal().to_f64_vec(), &[1., 0.25, 1. / 9.], 1e-12);
+        assert_eq!(Tensor::from_vec(vec![0.5f32, 1.5, 2.5, -0.5], [4]).round().to_vec::<f32>(), vec![0., 2., 2., -0.]);
+        assert_eq!(Tensor::from_vec(vec![-3i64, 0, 2], [3]).sign().to_vec::<i64>(), vec![-1, 0, 1]);
+        assert_eq!(Tensor::from_vec(vec![-3i64, 2], [2]).exp().dtype(), DType::F32);
+    }
+
+    #[test]
+    fn gelu_tanh_matches_formula() {
+        let t = Tensor::from_vec(vec![-2.0f64, 0.5, 3.0], [3]);
+        let y = t.gelu(GeluApprox::Tanh).to_vec::<f64>();
+        let k = (2.0 / std::f64::consts::PI).sqrt();
+        for (v, g) in [-2.0f64, 0.5, 3.0].iter().zip(y) {
+            assert!((g - 0.5 * v * (1.0 + (k * (v + 0.044715 * v.powi(3))).tanh())).abs() < 1e-14);
+        }
+    }
+
+    #[test]
+    fn nan_propagates_through_maximum() {
+        let a = Tensor::from_vec(vec![f32::NAN, 1.0], [2]);
+        let m = a.maximum(0.0).to_vec::<f32>();
+        assert!(m[0].is_nan() && m[1] == 1.0);
+    }
+
+    #[test]
+    fn strided_inputs_match_contiguous() {
+        let a = Tensor::randn([4, 5, 6], DType::F64);
+        let b = Tensor::randn([6, 5], DType::F64);
+        let ap = a.permute([2, 1, 0]); // [6,5,4], non-contiguous
+        let bp = b.unsqueeze(-1); // [6,5,1] broadcast
+        let got = (&ap * &bp).to_vec::<f64>();
+        let want = (&ap.contiguous() * &bp.contiguous()).to_vec::<f64>();
+        assert_eq!(got, want);
+        // large enough to take the parallel path
+        let big = Tensor::randn([64, 1024], DType::F32);
+        let r = (&big.t() + 1.0).to_vec::<f32>();
+        let r2 = (&big.t().contiguous() + 1.0).to_vec::<f32>();
+        assert_eq!(r, r2);
+    }
+}

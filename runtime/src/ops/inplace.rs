@@ -1,0 +1,219 @@
+//! In-place ops (`add_`, `mul_`, `fill_`, `copy_`, `masked_fill_`, …).
+//!
+//! Each writes into the tensor's own storage through its layout, so a write through a
+//! view is seen by every tensor sharing the storage, and bumps the storage's version
+//! counter (what autograd checks to refuse a wrong gradient).
+
+use crate::cpu::strided::{fill_strided, for_each_offsets};
+use crate::dispatch;
+use crate::dtype::DType;
+use crate::error::{or_panic, Error, Result};
+use crate::layout::fmt_shape;
+use crate::ops::elementwise::Operand;
+use crate::storage::{BufferElement, StorageData};
+use crate::tensor::Tensor;
+
+impl Tensor {
+    /// Copies `src` (broadcast to this shape, converted to this dtype) into this tensor.
+    ///
+    /// ```
+    /// use flint_runtime::Tensor;
+    /// let x = Tensor::zeros([2, 3], ());
+    /// x.narrow(1, 1, 2).copy_(&Tensor::ones([2, 1], ()));
+    /// assert_eq!(x.to_vec::<f32>(), vec![0., 1., 1., 0., 1., 1.]);
+    /// ```
+    #[track_caller]
+    pub fn copy_(&self, src: &Tensor) -> &Tensor {
+        or_panic(self.try_copy_(src));
+        self
+    }
+
+    /// Fallible [`Tensor::copy_`].
+    pub fn try_copy_(&self, src: &Tensor) -> Result<()> {
+        self.write_from("copy_", src)
+    }
+
+    fn check_writable(&self, op: &'static str) -> Result<()> {
+        let l = self.layout();
+        if l.shape().iter().zip(l.strides()).any(|(&n, &s)| n > 1 && s == 0) {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "cannot write in place to a tensor of shape {} whose elements overlap in memory (an expanded view); call contiguous() first",
+                    fmt_shape(self.shape())
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes `src` into this tensor's elements.
+    fn write_from(&self, op: &'static str, src: &Tensor) -> Result<()> {
+        self.check_writable(op)?;
+        if src.device() != self.device() {
+            return Err(Error::device(op, format!("source is on {} but the tensor is on {}", src.device(), self.device())));
+        }
+        let lsrc_shape_ok = src.layout().broadcast_to(op, self.shape());
+        let lsrc = lsrc_shape_ok.map_err(|_| {
+            Error::shape(
+                op,
+                format!("source of shape {} does not broadcast to the tensor's shape {}", fmt_shape(src.shape()), fmt_shape(self.shape())),
+            )
+        })?;
+        let mut src = src.to_dtype(self.dtype());
+        let mut lsrc = lsrc;
+        if src.shares_storage(self) {
+            src = src.deep_clone();
+            lsrc = src.layout().broadcast_to(op, self.shape())?;
+        }
+        let dt = self.dtype();
+        let dst_layout = self.layout().clone();
+        src.with_cpu(|sbuf, _| {
+            let mut guard = self.storage().write();
+            let StorageData::Cpu(dbuf) = &mut *guard;
+            dispatch!(all dt, T => {
+                let s = <T as BufferElement>::slice(sbuf).expect("source converted to the destination dtype");
+                let d = <T as BufferElement>::slice_mut(dbuf).expect("destination dtype");
+                write_strided(d, &dst_layout, s, &lsrc);
+            })
+        });
+        Ok(())
+    }
+
+    /// Writes `result` (computed out of place by `op`) back, refusing a float result into
+    /// an integer tensor like PyTorch does.
+    fn assign_result(&self, op: &'static str, result: Result<Tensor>) -> Result<()> {
+        let r = result?;
+        if r.dtype().is_float() && !self.dtype().is_float() {
+            return Err(Error::dtype(
+                op,
+                format!("result type {} can't be cast to the tensor's type {}", r.dtype(), self.dtype()),
+            ));
+        }
+        self.write_from(op, &r)
+    }
+
+    /// Sets every element to `value`.
+    #[track_caller]
+    pub fn fill_(&self, value: f64) -> &Tensor {
+        or_panic(self.write_from("fill_", &Tensor::full([], value, self.dtype())));
+        self
+    }
+
+    /// Sets every element to zero.
+    #[track_caller]
+    pub fn zero_(&self) -> &Tensor {
+        self.fill_(0.0)
+    }
+
+    /// `self += other` in place.
+    ///
+    /// ```
+    /// use flint_runtime::Tensor;
+    /// let w = Tensor::ones([3], ());
+    /// let view = w.clone();
+    /// w.add_(2.0);
+    /// assert_eq!(view.to_vec::<f32>(), vec![3.0; 3]);
+    /// ```
+    #[track_caller]
+    pub fn add_(&self, other: impl Into<Operand>) -> &Tensor {
+        or_panic(self.assign_result("add_", self.try_add(other)));
+        self
+    }
+    /// `self -= other` in place.
+    #[track_caller]
+    pub fn sub_(&self, other: impl Into<Operand>) -> &Tensor {
+        or_panic(self.assign_result("sub_", self.try_sub(other)));
+        self
+    }
+    /// `self *= other` in place.
+    #[track_caller]
+    pub fn mul_(&self, other: impl Into<Operand>) -> &Tensor {
+        or_panic(self.assign_result("mul_", self.try_mul(other)));
+        self
+    }
+    /// `self /= other` in place (float tensors only, as in PyTorch).
+    #[track_caller]
+    pub fn div_(&self, other: impl Into<Operand>) -> &Tensor {
+        or_panic(self.assign_result("div_", self.try_div(other)));
+        self
+    }
+    /// Clamps in place.
+    #[track_caller]
+    pub fn clamp_(&self, min: f64, max: f64) -> &Tensor {
+        or_panic(self.assign_result("clamp_", Ok(self.clamp(min, max))));
+        self
+    }
+    /// `max(x, 0)` in place.
+    #[track_caller]
+    pub fn relu_(&self) -> &Tensor {
+        or_panic(self.assign_result("relu_", Ok(self.relu())));
+        self
+    }
+    /// Fills the elements where `mask` is true with `value`, in place.
+    #[track_caller]
+    pub fn masked_fill_(&self, mask: &Tensor, value: f64) -> &Tensor {
+        or_panic(self.assign_result("masked_fill_", self.try_masked_fill(mask, value)));
+        self
+    }
+}
+
+/// `dst[dl] = src[sl]` elementwise (layouts of the same shape).
+fn write_strided<T: Copy + Send + Sync>(dst: &mut [T], dl: &crate::layout::Layout, src: &[T], sl: &crate::layout::Layout) {
+    if let Some(r) = dl.contiguous_range() {
+        fill_strided(&mut dst[r], sl, |_, o| src[o]);
+    } else {
+        for_each_offsets(dl.shape(), [dl.strides(), sl.strides()], [dl.offset(), sl.offset()], 0..dl.numel(), |_, [d, s]| {
+            dst[d] = src[s];
+        });
+    }
+}
+
+#[allow(dead_code)]
+const _: DType = DType::F32;
+
+#[cfg(test)]
+mod tests {
+    use crate::{DType, Tensor};
+
+    #[test]
+    fn writes_through_views_and_bumps_version() {
+        let x = Tensor::zeros([3, 4], DType::F64);
+        let v0 = x.version();
+        let col = x.select(1, 2); // strided view
+        col.fill_(7.0);
+        assert!(x.version() > v0);
+        x.t().narrow(0, 0, 1).add_(1.0);
+        let got = x.to_vec::<f64>();
+        assert_eq!(got, vec![1., 0., 7., 0., 1., 0., 7., 0., 1., 0., 7., 0.]);
+        x.mul_(&Tensor::from_vec(vec![2.0f64, 1.0, 1.0, 1.0], [4]));
+        assert_eq!(x.to_vec::<f64>()[..4], [2., 0., 7., 0.]);
+        x.masked_fill_(&x.gt(5.0), -1.0).zero_();
+        assert_eq!(x.sum_all().item::<f64>(), 0.0);
+    }
+
+    #[test]
+    fn self_aliasing_is_safe() {
+        let x = Tensor::arange(0.0, 4.0, 1.0, DType::F64);
+        x.add_(&x);
+        assert_eq!(x.to_vec::<f64>(), vec![0., 2., 4., 6.]);
+        // overlapping source and destination views of one storage
+        let y = Tensor::arange(0.0, 5.0, 1.0, DType::I64);
+        y.narrow(0, 1, 4).copy_(&y.narrow(0, 0, 4));
+        assert_eq!(y.to_vec::<i64>(), vec![0, 0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn refuses_bad_writes() {
+        let x = Tensor::ones([3], ()).unsqueeze(0).expand([2, 3]);
+        assert!(x.try_copy_(&Tensor::zeros([2, 3], ())).unwrap_err().to_string().contains("overlap"));
+        let i = Tensor::ones([2], DType::I64);
+        assert!(std::panic::catch_unwind(|| {
+            i.div_(2);
+        })
+        .is_err());
+        i.add_(3);
+        assert_eq!(i.to_vec::<i64>(), vec![4, 4]);
+        assert!(Tensor::zeros([2], ()).try_copy_(&Tensor::zeros([3], ())).is_err());
+    }
+}

@@ -1,0 +1,285 @@
+//! Masks: comparisons, logical ops, `where_`, `masked_fill`, `triu`/`tril`.
+
+use crate::cpu::map;
+use crate::dispatch;
+use crate::dtype::{DType, Element};
+use crate::error::{or_panic, Error, Result};
+use crate::layout::broadcast_shapes;
+use crate::ops::elementwise::{prepare, Operand};
+use crate::tensor::Tensor;
+
+#[derive(Clone, Copy)]
+enum Cmp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+fn compare(a: &Tensor, b: Operand, cmp: Cmp, op: &'static str) -> Result<Tensor> {
+    let b = b.into_tensor(a);
+    let dt = DType::promote(a.dtype(), b.dtype());
+    let (a, la, b, lb) = prepare(op, a, &b, dt)?;
+    Ok(dispatch!(all dt, T => match cmp {
+        Cmp::Eq => map::binary::<T, bool>(&a, &la, &b, &lb, |x, y| x == y),
+        Cmp::Ne => map::binary::<T, bool>(&a, &la, &b, &lb, |x, y| x != y),
+        Cmp::Lt => map::binary::<T, bool>(&a, &la, &b, &lb, |x, y| x < y),
+        Cmp::Le => map::binary::<T, bool>(&a, &la, &b, &lb, |x, y| x <= y),
+        Cmp::Gt => map::binary::<T, bool>(&a, &la, &b, &lb, |x, y| x > y),
+        Cmp::Ge => map::binary::<T, bool>(&a, &la, &b, &lb, |x, y| x >= y),
+    }))
+}
+
+#[derive(Clone, Copy)]
+enum Logic {
+    And,
+    Or,
+    Xor,
+}
+
+fn logical(a: &Tensor, b: Operand, l: Logic, op: &'static str) -> Result<Tensor> {
+    let b = b.into_tensor(a);
+    let (a, b) = (a.truthy(), b.truthy());
+    let (a, la, b, lb) = prepare(op, &a, &b, DType::Bool)?;
+    Ok(match l {
+        Logic::And => map::binary::<bool, bool>(&a, &la, &b, &lb, |x, y| x && y),
+        Logic::Or => map::binary::<bool, bool>(&a, &la, &b, &lb, |x, y| x || y),
+        Logic::Xor => map::binary::<bool, bool>(&a, &la, &b, &lb, |x, y| x ^ y),
+    })
+}
+
+macro_rules! cmp_methods {
+    ($($(#[$doc:meta])* $name:ident, $try_name:ident, $kind:ident;)*) => {$(
+        $(#[$doc])*
+        #[track_caller]
+        pub fn $name(&self, other: impl Into<Operand>) -> Tensor {
+            or_panic(self.$try_name(other))
+        }
+        #[doc = concat!("Fallible [`Tensor::", stringify!($name), "`].")]
+        pub fn $try_name(&self, other: impl Into<Operand>) -> Result<Tensor> {
+            compare(self, other.into(), Cmp::$kind, stringify!($name))
+        }
+    )*};
+}
+
+macro_rules! logic_methods {
+    ($($(#[$doc:meta])* $name:ident, $kind:ident;)*) => {$(
+        $(#[$doc])*
+        #[track_caller]
+        pub fn $name(&self, other: impl Into<Operand>) -> Tensor {
+            or_panic(logical(self, other.into(), Logic::$kind, stringify!($name)))
+        }
+    )*};
+}
+
+impl Tensor {
+    cmp_methods! {
+        /// `self == other` elementwise, as a bool tensor.
+        ///
+        /// ```
+        /// use flint_runtime::Tensor;
+        /// let x = Tensor::from_vec(vec![1i64, 2, 3], [3]);
+        /// assert_eq!(x.eq(2).to_vec::<bool>(), vec![false, true, false]);
+        /// ```
+        eq, try_eq, Eq;
+        /// `self != other` elementwise.
+        ne, try_ne, Ne;
+        /// `self < other` elementwise.
+        lt, try_lt, Lt;
+        /// `self <= other` elementwise.
+        le, try_le, Le;
+        /// `self > other` elementwise.
+        gt, try_gt, Gt;
+        /// `self >= other` elementwise.
+        ge, try_ge, Ge;
+    }
+
+    logic_methods! {
+        /// Logical AND (non-zero is true), as a bool tensor.
+        logical_and, And;
+        /// Logical OR (non-zero is true).
+        logical_or, Or;
+        /// Logical XOR (non-zero is true).
+        logical_xor, Xor;
+    }
+
+    /// Logical NOT (zero is true).
+    pub fn logical_not(&self) -> Tensor {
+        map::unary::<bool, bool>(&self.truthy(), |x| !x)
+    }
+
+    /// The tensor as bool (non-zero is true).
+    fn truthy(&self) -> Tensor {
+        self.to_dtype(DType::Bool)
+    }
+
+    /// True when every element is non-zero.
+    pub fn all(&self) -> bool {
+        self.truthy().to_vec::<bool>().iter().all(|&x| x)
+    }
+    /// True when some element is non-zero.
+    pub fn any(&self) -> bool {
+        self.truthy().to_vec::<bool>().iter().any(|&x| x)
+    }
+
+    /// `cond ? self : other` elementwise (PyTorch's `torch.where(cond, self, other)`),
+    /// broadcasting all three.
+    ///
+    /// ```
+    /// use flint_runtime::Tensor;
+    /// let x = Tensor::from_vec(vec![-1.0f32, 2.0], [2]);
+    /// assert_eq!(x.where_(&x.gt(0.0), 0.0).to_vec::<f32>(), vec![0.0, 2.0]);
+    /// ```
+    #[track_caller]
+    pub fn where_(&self, cond: &Tensor, other: impl Into<Operand>) -> Tensor {
+        or_panic(self.try_where(cond, other))
+    }
+
+    /// Fallible [`Tensor::where_`].
+    pub fn try_where(&self, cond: &Tensor, other: impl Into<Operand>) -> Result<Tensor> {
+        let other = other.into().into_tensor(self);
+        if cond.dtype() != DType::Bool {
+            return Err(Error::dtype("where", format!("condition must be a bool tensor, got {}", cond.dtype())));
+        }
+        let dt = DType::promote(self.dtype(), other.dtype());
+        let (a, la, b, lb) = prepare("where", self, &other, dt)?;
+        let shape = broadcast_shapes("where", la.shape(), cond.shape())?;
+        let la = la.broadcast_to("where", &shape)?;
+        let lb = lb.broadcast_to("where", &shape)?;
+        let lc = cond.layout().broadcast_to("where", &shape)?;
+        Ok(dispatch!(all dt, T => map::ternary::<bool, T, T>((cond, &lc), (&a, &la), (&b, &lb), |c, x, y| if c { x } else { y })))
+    }
+
+    /// `value` where `mask` is true, `self` elsewhere; `mask` broadcasts to `self`.
+    ///
+    /// ```
+    /// use flint_runtime::Tensor;
+    /// let s = Tensor::zeros([2, 2], ());
+    /// let causal = Tensor::ones([2, 2], flint_runtime::DType::Bool).triu(1);
+    /// let m = s.masked_fill(&causal, f64::NEG_INFINITY);
+    /// assert_eq!(m.to_vec::<f32>(), vec![0.0, f32::NEG_INFINITY, 0.0, 0.0]);
+    /// ```
+    #[track_caller]
+    pub fn masked_fill(&self, mask: &Tensor, value: f64) -> Tensor {
+        or_panic(self.try_masked_fill(mask, value))
+    }
+
+    /// Fallible [`Tensor::masked_fill`].
+    pub fn try_masked_fill(&self, mask: &Tensor, value: f64) -> Result<Tensor> {
+        if mask.dtype() != DType::Bool {
+            return Err(Error::dtype("masked_fill", format!("mask must be a bool tensor, got {}", mask.dtype())));
+        }
+        let lm = mask.layout().broadcast_to("masked_fill", self.shape()).map_err(|_| {
+            Error::shape(
+                "masked_fill",
+                format!("mask of shape {:?} does not broadcast to the tensor's shape {:?}", mask.shape(), self.shape()),
+            )
+        })?;
+        let dt = self.dtype();
+        let fill = Tensor::full([], value, dt);
+        let lf = fill.layout().broadcast_to("masked_fill", self.shape())?;
+        Ok(dispatch!(all dt, T => map::ternary::<bool, T, T>((mask, &lm), (&fill, &lf), (self, self.layout()), |c, x, y| if c { x } else { y })))
+    }
+
+    /// The upper triangle of the last two dims: elements with `col - row >= diagonal`
+    /// kept, the rest zeroed (false for bool).
+    ///
+    /// ```
+    /// use flint_runtime::Tensor;
+    /// let t = Tensor::ones([3, 3], ()).triu(1);
+    /// assert_eq!(t.to_vec::<f32>(), vec![0., 1., 1., 0., 0., 1., 0., 0., 0.]);
+    /// ```
+    #[track_caller]
+    pub fn triu(&self, diagonal: i64) -> Tensor {
+        or_panic(self.tri(diagonal, true))
+    }
+
+    /// The lower triangle of the last two dims: elements with `col - row <= diagonal` kept.
+    #[track_caller]
+    pub fn tril(&self, diagonal: i64) -> Tensor {
+        or_panic(self.tri(diagonal, false))
+    }
+
+    fn tri(&self, diagonal: i64, upper: bool) -> Result<Tensor> {
+        let op = if upper { "triu" } else { "tril" };
+        if self.ndim() < 2 {
+            return Err(Error::shape(op, format!("expects at least 2 dims, got shape {:?}", self.shape())));
+        }
+        let (r, c) = (self.size(-2), self.size(-1));
+        let keep: Vec<bool> = (0..r * c)
+            .map(|i| {
+                let d = (i % c) as i64 - (i / c) as i64;
+                if upper { d >= diagonal } else { d <= diagonal }
+            })
+            .collect();
+        let keep = Tensor::from_vec(keep, [r, c]);
+        let dt = self.dtype();
+        let zero = Tensor::zeros([], dt);
+        self.try_where(&keep, zero)
+    }
+}
+
+/// A `[t, t]` bool mask that is true above the diagonal: the positions a causal
+/// attention must not see (pass it to `masked_fill` with `-inf`).
+///
+/// ```
+/// let m = flint_runtime::causal_mask(3);
+/// assert_eq!(m.to_vec::<bool>(), vec![false, true, true, false, false, true, false, false, false]);
+/// ```
+pub fn causal_mask(t: usize) -> Tensor {
+    Tensor::ones([t, t], DType::Bool).triu(1)
+}
+
+#[allow(dead_code)]
+fn _assert_element<T: Element>() {}
+
+#[cfg(test)]
+mod tests {
+    use crate::{DType, Tensor};
+
+    #[test]
+    fn comparisons_broadcast_and_promote() {
+        let a = Tensor::from_vec(vec![1.0f32, 2.0, 3.0], [3]);
+        let b = Tensor::from_vec(vec![2i64], [1]);
+        assert_eq!(a.lt(&b).to_vec::<bool>(), vec![true, false, false]);
+        assert_eq!(a.le(&b).to_vec::<bool>(), vec![true, true, false]);
+        assert_eq!(a.ge(2.0).to_vec::<bool>(), vec![false, true, true]);
+        assert_eq!(a.ne(2).to_vec::<bool>(), vec![true, false, true]);
+        assert_eq!(a.unsqueeze(1).gt(&a).shape(), &[3, 3]);
+        assert_eq!(a.unsqueeze(1).gt(&a).to_vec::<bool>().iter().filter(|&&x| x).count(), 3);
+    }
+
+    #[test]
+    fn logical_ops() {
+        let x = Tensor::from_vec(vec![true, true, false, false], [4]);
+        let y = Tensor::from_vec(vec![1i64, 0, 1, 0], [4]);
+        assert_eq!(x.logical_and(&y).to_vec::<bool>(), vec![true, false, false, false]);
+        assert_eq!(x.logical_or(&y).to_vec::<bool>(), vec![true, true, true, false]);
+        assert_eq!(x.logical_xor(&y).to_vec::<bool>(), vec![false, true, true, false]);
+        assert_eq!(y.logical_not().to_vec::<bool>(), vec![false, true, false, true]);
+        assert!(x.any() && !x.all());
+    }
+
+    #[test]
+    fn where_and_masked_fill_on_views() {
+        let x = Tensor::arange(0.0, 6.0, 1.0, DType::F64).view([2, 3]).t(); // [3,2] strided
+        let mask = Tensor::from_vec(vec![true, false], [2]);
+        assert_eq!(x.masked_fill(&mask, -1.0).to_vec::<f64>(), vec![-1., 3., -1., 4., -1., 5.]);
+        let cond = x.gt(2.0);
+        assert_eq!(x.where_(&cond, &x.neg()).to_vec::<f64>(), vec![-0., 3., -1., 4., -2., 5.]);
+        assert!(x.try_masked_fill(&Tensor::ones([3], DType::Bool), 0.0).is_err());
+        assert!(x.try_masked_fill(&Tensor::ones([2], DType::F32), 0.0).is_err());
+    }
+
+    #[test]
+    fn triangles() {
+        let t = Tensor::arange(1.0, 10.0, 1.0, DType::I64).view([3, 3]);
+        assert_eq!(t.tril(0).to_vec::<i64>(), vec![1, 0, 0, 4, 5, 0, 7, 8, 9]);
+        assert_eq!(t.triu(-1).to_vec::<i64>(), vec![1, 2, 3, 4, 5, 6, 0, 8, 9]);
+        let b = Tensor::ones([2, 2, 3], DType::Bool).tril(0);
+        assert_eq!(b.to_vec::<bool>()[6..], [true, false, false, true, true, false]);
+        assert_eq!(crate::causal_mask(2).to_vec::<bool>(), vec![false, true, false, false]);
+    }
+}

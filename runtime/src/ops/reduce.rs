@@ -1,0 +1,457 @@
+//! Reductions over any dims with `keepdim`, and the softmax family.
+
+use crate::cpu::reduce::reduce;
+use crate::dispatch;
+use crate::dtype::{DType, Element};
+use crate::error::{or_panic, Error, Result};
+use crate::layout::{fmt_shape, normalize_dim};
+use crate::storage::BufferElement;
+use crate::tensor::Tensor;
+
+/// The dims a reduction runs over: one dim (`1`, `-1`), several (`[0, 2]`, `&[..]`), or
+/// [`All`] of them.
+pub trait ReduceDims {
+    /// The dims, possibly negative.
+    fn dims(&self, ndim: usize) -> Vec<isize>;
+}
+
+/// Every dim (a full reduction).
+#[derive(Clone, Copy, Debug)]
+pub struct All;
+
+impl ReduceDims for All {
+    fn dims(&self, ndim: usize) -> Vec<isize> {
+        (0..ndim as isize).collect()
+    }
+}
+macro_rules! reduce_dims {
+    ($($t:ty),*) => {$(
+        impl ReduceDims for $t {
+            fn dims(&self, _: usize) -> Vec<isize> { vec![*self as isize] }
+        }
+        impl<const N: usize> ReduceDims for [$t; N] {
+            fn dims(&self, _: usize) -> Vec<isize> { self.iter().map(|&d| d as isize).collect() }
+        }
+        impl ReduceDims for &[$t] {
+            fn dims(&self, _: usize) -> Vec<isize> { self.iter().map(|&d| d as isize).collect() }
+        }
+        impl ReduceDims for Vec<$t> {
+            fn dims(&self, _: usize) -> Vec<isize> { self.iter().map(|&d| d as isize).collect() }
+        }
+    )*};
+}
+reduce_dims!(i32, i64, isize, usize);
+
+/// Sorted, distinct, non-negative dims.
+fn resolve(op: &'static str, t: &Tensor, dims: &impl ReduceDims) -> Result<Vec<usize>> {
+    let mut out = dims
+        .dims(t.ndim())
+        .into_iter()
+        .map(|d| normalize_dim(op, d, t.ndim().max(1)))
+        .collect::<Result<Vec<_>>>()?;
+    out.sort_unstable();
+    let n = out.len();
+    out.dedup();
+    if out.len() != n {
+        return Err(Error::index(op, format!("a dim appears twice in {:?}", dims.dims(t.ndim()))));
+    }
+    if t.ndim() == 0 {
+        out.clear();
+    }
+    Ok(out)
+}
+
+/// Output shape of a reduction.
+fn out_shape(shape: &[usize], dims: &[usize], keepdim: bool) -> Vec<usize> {
+    let mut s = Vec::with_capacity(shape.len());
+    for (d, &n) in shape.iter().enumerate() {
+        if dims.contains(&d) {
+            if keepdim {
+                s.push(1);
+            }
+        } else {
+            s.push(n);
+        }
+    }
+    s
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Sum,
+    Prod,
+    Max,
+    Min,
+}
+
+fn reduce_values(t: &Tensor, dims: &[usize], keepdim: bool, kind: Kind, op: &'static str) -> Result<Tensor> {
+    let shape = out_shape(t.shape(), dims, keepdim);
+    let n_red: usize = dims.iter().map(|&d| t.shape()[d]).product();
+    if matches!(kind, Kind::Max | Kind::Min) && n_red == 0 {
+        return Err(Error::shape(
+            op,
+            format!("cannot reduce over an empty dim (shape {}) without an identity", fmt_shape(t.shape())),
+        ));
+    }
+    let mut dt = t.dtype();
+    if dt == DType::Bool && matches!(kind, Kind::Sum | Kind::Prod) {
+        dt = DType::I64;
+    }
+    let t = t.to_dtype(dt);
+    let out = dispatch!(all dt, T => {
+        t.with_slice::<T, _>(|s, l| {
+            let v: Vec<T> = match (kind, T::DTYPE.is_float()) {
+                // floats accumulate in f64
+                (Kind::Sum, true) => reduce(s, l, dims, 0.0f64, |a, x: T, _| a + x.to_f64(), |a, b| a + b)
+                    .into_iter().map(T::from_f64).collect(),
+                (Kind::Prod, true) => reduce(s, l, dims, 1.0f64, |a, x: T, _| a * x.to_f64(), |a, b| a * b)
+                    .into_iter().map(T::from_f64).collect(),
+                (Kind::Sum, false) => reduce(s, l, dims, 0i64, |a, x: T, _| a.wrapping_add(x.to_i64()), i64::wrapping_add)
+                    .into_iter().map(T::from_i64).collect(),
+                (Kind::Prod, false) => reduce(s, l, dims, 1i64, |a, x: T, _| a.wrapping_mul(x.to_i64()), i64::wrapping_mul)
+                    .into_iter().map(T::from_i64).collect(),
+                (Kind::Max, _) => reduce(s, l, dims, None::<T>, |a, x: T, _| Some(match a {
+                    Some(m) if !(x != x) && (m != m || m >= x) => m,
+                    _ => x,
+                }), |a, b| match (a, b) {
+                    (Some(x), Some(y)) => Some(if x != x || x >= y { x } else { y }),
+                    (a, None) => a,
+                    (None, b) => b,
+                }).into_iter().map(|v| v.unwrap_or_default()).collect(),
+                (Kind::Min, _) => reduce(s, l, dims, None::<T>, |a, x: T, _| Some(match a {
+                    Some(m) if !(x != x) && (m != m || m <= x) => m,
+                    _ => x,
+                }), |a, b| match (a, b) {
+                    (Some(x), Some(y)) => Some(if x != x || x <= y { x } else { y }),
+                    (a, None) => a,
+                    (None, b) => b,
+                }).into_iter().map(|v| v.unwrap_or_default()).collect(),
+            };
+            T::into_buffer(v)
+        })
+    });
+    Ok(Tensor::from_buffer(out, &shape))
+}
+
+/// Index of the max (or min) along one dim; ties go to the first, NaN wins.
+fn arg_reduce(t: &Tensor, dim: usize, keepdim: bool, max: bool, op: &'static str) -> Result<Tensor> {
+    if t.ndim() > 0 && t.shape()[dim] == 0 {
+        return Err(Error::shape(op, format!("cannot take {op} of an empty dim (shape {})", fmt_shape(t.shape()))));
+    }
+    let dims = if t.ndim() == 0 { vec![] } else { vec![dim] };
+    let shape = out_shape(t.shape(), &dims, keepdim);
+    let v: Vec<i64> = dispatch!(all t.dtype(), T => t.with_slice::<T, _>(|s, l| {
+        reduce(s, l, &dims, None::<(T, usize)>, |a, x: T, j| match a {
+            None => Some((x, j)),
+            Some((m, i)) => {
+                let better = if m != m { false } else if x != x { true } else if max { x > m } else { x < m };
+                Some(if better { (x, j) } else { (m, i) })
+            }
+        }, |a, b| match (a, b) {
+            (Some((x, i)), Some((y, j))) => {
+                let better = if x != x { false } else if y != y { true } else if max { y > x } else { y < x };
+                Some(if better { (y, j) } else { (x, i) })
+            }
+            (a, None) => a,
+            (None, b) => b,
+        }).into_iter().map(|a| a.map_or(0, |(_, i)| i as i64)).collect()
+    }));
+    Ok(Tensor::from_vec(v, shape))
+}
+
+impl Tensor {
+    /// Sum over `dims` (bool sums to i64; floats accumulate in f64).
+    ///
+    /// ```
+    /// use flint_runtime::{All, Tensor};
+    /// let t = Tensor::arange(0.0, 6.0, 1.0, ()).view([2, 3]);
+    /// assert_eq!(t.sum(1, false).to_vec::<f32>(), vec![3.0, 12.0]);
+    /// assert_eq!(t.sum([0, 1], true).shape(), &[1, 1]);
+    /// assert_eq!(t.sum(All, false).item::<f32>(), 15.0);
+    /// ```
+    #[track_caller]
+    pub fn sum(&self, dims: impl ReduceDims, keepdim: bool) -> Tensor {
+        or_panic(self.try_sum(dims, keepdim))
+    }
+    /// Fallible [`Tensor::sum`].
+    pub fn try_sum(&self, dims: impl ReduceDims, keepdim: bool) -> Result<Tensor> {
+        let d = resolve("sum", self, &dims)?;
+        reduce_values(self, &d, keepdim, Kind::Sum, "sum")
+    }
+    /// Sum of all elements, as a 0-d tensor.
+    pub fn sum_all(&self) -> Tensor {
+        self.sum(All, false)
+    }
+
+    /// Product over `dims`.
+    #[track_caller]
+    pub fn prod(&self, dims: impl ReduceDims, keepdim: bool) -> Tensor {
+        let d = or_panic(resolve("prod", self, &dims));
+        or_panic(reduce_values(self, &d, keepdim, Kind::Prod, "prod"))
+    }
+
+    /// Mean over `dims` (a floating-point result).
+    ///
+    /// ```
+    /// use flint_runtime::Tensor;
+    /// let t = Tensor::from_vec(vec![1i64, 2, 3, 4], [2, 2]);
+    /// assert_eq!(t.mean(0, false).to_vec::<f32>(), vec![2.0, 3.0]);
+    /// ```
+    #[track_caller]
+    pub fn mean(&self, dims: impl ReduceDims, keepdim: bool) -> Tensor {
+        or_panic(self.try_mean(dims, keepdim))
+    }
+    /// Fallible [`Tensor::mean`].
+    pub fn try_mean(&self, dims: impl ReduceDims, keepdim: bool) -> Result<Tensor> {
+        let d = resolve("mean", self, &dims)?;
+        let n: usize = d.iter().map(|&i| self.shape()[i]).product();
+        let x = self.to_dtype(self.dtype().to_float());
+        let s = reduce_values(&x, &d, keepdim, Kind::Sum, "mean")?;
+        Ok(s.div(n as f64))
+    }
+    /// Mean of all elements, as a 0-d tensor.
+    pub fn mean_all(&self) -> Tensor {
+        self.mean(All, false)
+    }
+
+    /// Maximum over `dims` (values only, like `torch.amax`; NaN propagates).
+    #[track_caller]
+    pub fn max(&self, dims: impl ReduceDims, keepdim: bool) -> Tensor {
+        or_panic(self.try_max(dims, keepdim))
+    }
+    /// Fallible [`Tensor::max`].
+    pub fn try_max(&self, dims: impl ReduceDims, keepdim: bool) -> Result<Tensor> {
+        let d = resolve("max", self, &dims)?;
+        reduce_values(self, &d, keepdim, Kind::Max, "max")
+    }
+    /// Minimum over `dims` (values only, like `torch.amin`; NaN propagates).
+    #[track_caller]
+    pub fn min(&self, dims: impl ReduceDims, keepdim: bool) -> Tensor {
+        or_panic(self.try_min(dims, keepdim))
+    }
+    /// Fallible [`Tensor::min`].
+    pub fn try_min(&self, dims: impl ReduceDims, keepdim: bool) -> Result<Tensor> {
+        let d = resolve("min", self, &dims)?;
+        reduce_values(self, &d, keepdim, Kind::Min, "min")
+    }
+    /// Maximum along `dim` with its index, like `torch.max(x, dim)`.
+    #[track_caller]
+    pub fn max_dim(&self, dim: isize, keepdim: bool) -> (Tensor, Tensor) {
+        (self.max(dim, keepdim), self.argmax(dim, keepdim))
+    }
+    /// Minimum along `dim` with its index, like `torch.min(x, dim)`.
+    #[track_caller]
+    pub fn min_dim(&self, dim: isize, keepdim: bool) -> (Tensor, Tensor) {
+        (self.min(dim, keepdim), self.argmin(dim, keepdim))
+    }
+
+    /// Index of the maximum along `dim` (the first on ties), as i64.
+    ///
+    /// ```
+    /// use flint_runtime::Tensor;
+    /// let t = Tensor::from_vec(vec![1.0f32, 5.0, 5.0, 0.0, -1.0, 2.0], [2, 3]);
+    /// assert_eq!(t.argmax(1, false).to_vec::<i64>(), vec![1, 2]);
+    /// ```
+    #[track_caller]
+    pub fn argmax(&self, dim: isize, keepdim: bool) -> Tensor {
+        let d = or_panic(normalize_dim("argmax", dim, self.ndim().max(1)));
+        or_panic(arg_reduce(self, d, keepdim, true, "argmax"))
+    }
+    /// Index of the minimum along `dim` (the first on ties), as i64.
+    #[track_caller]
+    pub fn argmin(&self, dim: isize, keepdim: bool) -> Tensor {
+        let d = or_panic(normalize_dim("argmin", dim, self.ndim().max(1)));
+        or_panic(arg_reduce(self, d, keepdim, false, "argmin"))
+    }
+    /// Index of the maximum of the flattened tensor.
+    pub fn argmax_all(&self) -> Tensor {
+        self.reshape([-1]).argmax(0, false)
+    }
+
+    /// Variance over `dims` with `correction` (1 for the unbiased estimate, PyTorch's
+    /// default; 0 for the population variance).
+    ///
+    /// ```
+    /// use flint_runtime::Tensor;
+    /// let t = Tensor::from_vec(vec![1.0f64, 2.0, 3.0, 4.0], [4]);
+    /// assert_eq!(t.var(0, 1, false).item::<f64>(), 5.0 / 3.0);
+    /// ```
+    #[track_caller]
+    pub fn var(&self, dims: impl ReduceDims, correction: usize, keepdim: bool) -> Tensor {
+        let d = or_panic(resolve("var", self, &dims));
+        let x = self.to_dtype(self.dtype().to_float());
+        let n: usize = d.iter().map(|&i| self.shape()[i]).product();
+        let mean = x.mean(d.as_slice(), true);
+        let dev = (&x - &mean).square();
+        dev.sum(d.as_slice(), keepdim).div((n as f64 - correction as f64).max(0.0))
+    }
+
+    /// Standard deviation over `dims` with `correction` (see [`Tensor::var`]).
+    #[track_caller]
+    pub fn std(&self, dims: impl ReduceDims, correction: usize, keepdim: bool) -> Tensor {
+        self.var(dims, correction, keepdim).sqrt()
+    }
+
+    /// `log(sum(exp(x)))` over `dims`, computed stably.
+    ///
+    /// ```
+    /// use flint_runtime::Tensor;
+    /// let t = Tensor::from_vec(vec![1000.0f64, 1000.0], [2]);
+    /// assert!((t.logsumexp(0, false).item::<f64>() - (1000.0 + 2f64.ln())).abs() < 1e-9);
+    /// ```
+    #[track_caller]
+    pub fn logsumexp(&self, dims: impl ReduceDims, keepdim: bool) -> Tensor {
+        let d = or_panic(resolve("logsumexp", self, &dims));
+        let x = self.to_dtype(self.dtype().to_float());
+        // a max of ±inf would give inf - inf = NaN: shift by 0 there
+        let m = x.max(d.as_slice(), true);
+        let m = m.where_finite_or_zero();
+        let s = (&x - &m).exp().sum(d.as_slice(), true).log() + &m;
+        if keepdim {
+            s
+        } else {
+            let shape = out_shape(self.shape(), &d, false);
+            s.reshape(shape)
+        }
+    }
+
+    /// Softmax along `dim`, computed stably (`exp(x - max) / sum`).
+    ///
+    /// ```
+    /// use flint_runtime::Tensor;
+    /// let p = Tensor::from_vec(vec![1.0f32, 2.0, 3.0], [3]).softmax(-1);
+    /// assert!((p.sum_all().item::<f32>() - 1.0).abs() < 1e-6);
+    /// ```
+    #[track_caller]
+    pub fn softmax(&self, dim: isize) -> Tensor {
+        let d = or_panic(normalize_dim("softmax", dim, self.ndim().max(1)));
+        let x = self.to_dtype(self.dtype().to_float());
+        let m = x.max(d, true).where_finite_or_zero();
+        let e = (&x - &m).exp();
+        let s = e.sum(d, true);
+        e / s
+    }
+
+    /// Log-softmax along `dim`, computed stably (`x - logsumexp(x)`).
+    #[track_caller]
+    pub fn log_softmax(&self, dim: isize) -> Tensor {
+        let d = or_panic(normalize_dim("log_softmax", dim, self.ndim().max(1)));
+        let x = self.to_dtype(self.dtype().to_float());
+        &x - &x.logsumexp(d, true)
+    }
+
+    /// Replaces infinite (and NaN) elements by 0: the shift used by stable softmax.
+    fn where_finite_or_zero(&self) -> Tensor {
+        let dt = self.dtype();
+        or_panic(dispatch!(float "where_finite_or_zero", dt, T => crate::cpu::map::unary::<T, T>(self, |v| {
+            if num_traits::Float::is_finite(v) { v } else { T::from_f64(0.0) }
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{All, DType, Tensor};
+
+    fn naive_sum(t: &Tensor, dim: usize) -> Vec<f64> {
+        let v = t.contiguous().to_f64_vec();
+        let s = t.shape();
+        let outer: usize = s[..dim].iter().product();
+        let inner: usize = s[dim + 1..].iter().product();
+        let mut out = vec![0.0; outer * inner];
+        for o in 0..outer {
+            for k in 0..s[dim] {
+                for i in 0..inner {
+                    out[o * inner + i] += v[(o * s[dim] + k) * inner + i];
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn sums_over_each_dim_of_strided_inputs() {
+        let t = Tensor::randn([3, 4, 5], DType::F64);
+        for view in [t.clone(), t.permute([2, 0, 1]), t.narrow(1, 1, 2), t.select(0, 1).unsqueeze(0).expand([3, 4, 5])] {
+            for d in 0..3 {
+                let got = view.sum(d as i32, false).to_vec::<f64>();
+                let want = naive_sum(&view, d);
+                for (a, b) in got.iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-12);
+                }
+            }
+        }
+        assert_eq!(t.sum([0, 2], true).shape(), &[1, 4, 1]);
+        assert!(t.try_sum([0, 0], false).is_err());
+        assert!(t.try_sum(3, false).is_err());
+    }
+
+    #[test]
+    fn max_min_arg() {
+        let t = Tensor::from_vec(vec![3.0f32, 1.0, 4.0, 1.0, 5.0, 9.0], [2, 3]);
+        assert_eq!(t.max(1, false).to_vec::<f32>(), vec![4.0, 9.0]);
+        assert_eq!(t.min(0, true).to_vec::<f32>(), vec![1.0, 1.0, 4.0]);
+        assert_eq!(t.argmin(1, false).to_vec::<i64>(), vec![1, 0]);
+        assert_eq!(t.argmax(0, true).shape(), &[1, 3]);
+        assert_eq!(t.argmax_all().item::<i64>(), 5);
+        assert_eq!(t.max(All, false).item::<f32>(), 9.0);
+        let (v, i) = t.t().max_dim(-1, false);
+        assert_eq!((v.to_vec::<f32>(), i.to_vec::<i64>()), (vec![3.0, 5.0, 9.0], vec![0, 1, 1]));
+        let n = Tensor::from_vec(vec![1.0f32, f32::NAN, 2.0], [3]);
+        assert!(n.max(0, false).item::<f32>().is_nan());
+        assert_eq!(n.argmax(0, false).item::<i64>(), 1);
+        let i = Tensor::from_vec(vec![3i64, -7, 2], [3]);
+        assert_eq!(i.min(0, false).item::<i64>(), -7);
+        assert_eq!(i.sum(0, false).item::<i64>(), -2);
+        assert_eq!(i.prod(0, false).item::<i64>(), -42);
+        let b = Tensor::from_vec(vec![true, true, false], [3]);
+        assert_eq!(b.sum(0, false).item::<i64>(), 2);
+        assert!(Tensor::zeros([0], ()).try_max(0, false).is_err());
+        assert_eq!(Tensor::zeros([0, 2], ()).sum(0, false).to_vec::<f32>(), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn mean_var_std_match_two_pass_formulas() {
+        let t = Tensor::randn([50, 7], DType::F64);
+        let v = t.to_vec::<f64>();
+        for j in 0..7 {
+            let col: Vec<f64> = (0..50).map(|i| v[i * 7 + j]).collect();
+            let m = col.iter().sum::<f64>() / 50.0;
+            let var = col.iter().map(|x| (x - m).powi(2)).sum::<f64>() / 49.0;
+            assert!((t.mean(0, false).to_vec::<f64>()[j] - m).abs() < 1e-12);
+            assert!((t.var(0, 1, false).to_vec::<f64>()[j] - var).abs() < 1e-12);
+            assert!((t.std(0, 0, false).to_vec::<f64>()[j] - (var * 49.0 / 50.0).sqrt()).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn softmax_is_stable_and_normalised() {
+        let x = Tensor::from_vec(vec![1000.0f32, 1001.0, -1000.0, f32::NEG_INFINITY], [2, 2]);
+        let p = x.softmax(1).to_vec::<f32>();
+        assert!((p[0] + p[1] - 1.0).abs() < 1e-6 && p[1] > p[0]);
+        assert_eq!(p[2..], [1.0, 0.0]);
+        let lp = x.log_softmax(1).to_vec::<f32>();
+        // inputs near 1000 carry ~6e-5 of f32 rounding
+        assert!((lp[1] - (-(1.0f32 + (-1.0f32).exp()).ln())).abs() < 2e-4);
+        assert_eq!(lp[3], f32::NEG_INFINITY);
+        let all_masked = Tensor::full([3], f64::NEG_INFINITY, ()).logsumexp(0, false).item::<f32>();
+        assert_eq!(all_masked, f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn large_reductions_are_thread_count_independent() {
+        let x = Tensor::randn([1 << 17], DType::F32);
+        crate::set_num_threads(1);
+        let a = x.sum_all().item::<f32>();
+        let am = x.argmax(0, false).item::<i64>();
+        crate::set_num_threads(2);
+        let b = x.sum_all().item::<f32>();
+        let bm = x.argmax(0, false).item::<i64>();
+        crate::set_num_threads(0);
+        assert_eq!(a.to_bits(), b.to_bits());
+        assert_eq!(am, bm);
+        let v = x.to_vec::<f32>();
+        let exact: f64 = v.iter().map(|&x| x as f64).sum();
+        assert!((a as f64 - exact).abs() < 1e-3);
+    }
+}

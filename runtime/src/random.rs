@@ -1,0 +1,319 @@
+//! Reproducible random streams: a counter-based Philox4x32-10 generator.
+//!
+//! Element `i` of a draw is a pure function of `(seed, offset + i)`, so the numbers do not
+//! depend on how many threads fill the tensor, and a CUDA kernel given the same seed and
+//! offset produces the very same stream. Each draw advances the generator's offset by the
+//! number of elements drawn.
+//!
+//! ```
+//! use flint_runtime::{manual_seed, Tensor};
+//! manual_seed(42);
+//! let a = Tensor::randn([3], ());
+//! manual_seed(42);
+//! let b = Tensor::randn([3], ());
+//! assert_eq!(a.to_vec::<f32>(), b.to_vec::<f32>());
+//! ```
+
+use crate::cpu::parallel;
+use crate::dtype::DType;
+use crate::storage::CpuBuffer;
+use crate::tensor::{check_device, Tensor, TensorOptions};
+use crate::error::{or_panic, Error, Result};
+use rayon::prelude::*;
+use std::sync::{Mutex, OnceLock};
+
+const M0: u64 = 0xD251_1F53;
+const M1: u64 = 0xCD9E_8D57;
+const W0: u32 = 0x9E37_79B9;
+const W1: u32 = 0xBB67_AE85;
+
+/// One Philox4x32-10 block: 4 random `u32` from a 128-bit counter and a 64-bit key.
+#[inline]
+pub fn philox4x32_10(mut ctr: [u32; 4], mut key: [u32; 2]) -> [u32; 4] {
+    for r in 0..10 {
+        if r > 0 {
+            key[0] = key[0].wrapping_add(W0);
+            key[1] = key[1].wrapping_add(W1);
+        }
+        let p0 = M0 * ctr[0] as u64;
+        let p1 = M1 * ctr[2] as u64;
+        ctr = [
+            (p1 >> 32) as u32 ^ ctr[1] ^ key[0],
+            p1 as u32,
+            (p0 >> 32) as u32 ^ ctr[3] ^ key[1],
+            p0 as u32,
+        ];
+    }
+    ctr
+}
+
+/// PyTorch's default CPU seed, so an unseeded program is still deterministic.
+pub const DEFAULT_SEED: u64 = 67_280_421_310_721;
+
+/// A random generator: a seed (the Philox key) and an offset (the next counter).
+///
+/// ```
+/// use flint_runtime::Generator;
+/// let mut g = Generator::new(7);
+/// let x = g.rand([2, 2], ());
+/// assert!(x.to_vec::<f32>().iter().all(|&v| (0.0..1.0).contains(&v)));
+/// assert_eq!(g.offset(), 4);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Generator {
+    seed: u64,
+    offset: u64,
+}
+
+impl Generator {
+    /// A generator seeded with `seed`, at offset 0.
+    pub fn new(seed: u64) -> Generator {
+        Generator { seed, offset: 0 }
+    }
+    /// The seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+    /// The counter of the next draw.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+    /// Reseeds and rewinds to offset 0.
+    pub fn manual_seed(&mut self, seed: u64) {
+        self.seed = seed;
+        self.offset = 0;
+    }
+    /// Restores a state saved with [`Generator::seed`] and [`Generator::offset`].
+    pub fn set_state(&mut self, seed: u64, offset: u64) {
+        self.seed = seed;
+        self.offset = offset;
+    }
+
+    /// Reserves `n` counters and returns the first.
+    fn advance(&mut self, n: usize) -> u64 {
+        let start = self.offset;
+        self.offset = self.offset.wrapping_add(n as u64);
+        start
+    }
+
+    #[inline]
+    fn block(seed: u64, counter: u64) -> [u32; 4] {
+        philox4x32_10(
+            [counter as u32, (counter >> 32) as u32, 0, 0],
+            [seed as u32, (seed >> 32) as u32],
+        )
+    }
+
+    /// Fills a buffer of `n` values, element `i` computed by `f(block(offset + i))`.
+    fn fill<T: Send + Default + Clone>(&mut self, n: usize, f: impl Fn([u32; 4]) -> T + Send + Sync) -> Vec<T> {
+        let start = self.advance(n);
+        let seed = self.seed;
+        let mut out = vec![T::default(); n];
+        let kernel = |(c, dst): (usize, &mut [T]), chunk: usize| {
+            for (j, d) in dst.iter_mut().enumerate() {
+                *d = f(Self::block(seed, start.wrapping_add((c * chunk + j) as u64)));
+            }
+        };
+        if parallel::should_parallelize(n) {
+            let chunk = parallel::chunk_len(n);
+            parallel::install(|| out.par_chunks_mut(chunk).enumerate().for_each(|x| kernel(x, chunk)));
+        } else {
+            kernel((0, &mut out), n);
+        }
+        out
+    }
+
+    /// Uniform samples in `[0, 1)`.
+    pub fn rand(&mut self, shape: impl AsRef<[usize]>, opts: impl Into<TensorOptions>) -> Tensor {
+        or_panic(self.try_uniform(shape.as_ref(), 0.0, 1.0, opts.into()))
+    }
+
+    /// Uniform samples in `[low, high)`.
+    pub fn uniform(&mut self, shape: impl AsRef<[usize]>, low: f64, high: f64, opts: impl Into<TensorOptions>) -> Tensor {
+        or_panic(self.try_uniform(shape.as_ref(), low, high, opts.into()))
+    }
+
+    fn try_uniform(&mut self, shape: &[usize], low: f64, high: f64, opts: TensorOptions) -> Result<Tensor> {
+        check_device("rand", opts.device)?;
+        let bits = mantissa_bits("rand", opts.dtype)?;
+        let n: usize = shape.iter().product();
+        let v = self.fill(n, |r| low + (high - low) * unit(r, bits));
+        Ok(Tensor::from_buffer(CpuBuffer::from_f64_iter(opts.dtype, v.into_iter()), shape))
+    }
+
+    /// Standard normal samples (Box–Muller).
+    pub fn randn(&mut self, shape: impl AsRef<[usize]>, opts: impl Into<TensorOptions>) -> Tensor {
+        or_panic(self.try_normal(shape.as_ref(), 0.0, 1.0, opts.into()))
+    }
+
+    /// Normal samples with mean and standard deviation.
+    pub fn normal(&mut self, shape: impl AsRef<[usize]>, mean: f64, std: f64, opts: impl Into<TensorOptions>) -> Tensor {
+        or_panic(self.try_normal(shape.as_ref(), mean, std, opts.into()))
+    }
+
+    fn try_normal(&mut self, shape: &[usize], mean: f64, std: f64, opts: TensorOptions) -> Result<Tensor> {
+        check_device("randn", opts.device)?;
+        mantissa_bits("randn", opts.dtype)?;
+        let n: usize = shape.iter().product();
+        let v = self.fill(n, |r| {
+            let u1 = 1.0 - unit(r, 53); // (0, 1]
+            let u2 = unit([r[2], r[3], 0, 0], 53);
+            mean + std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        });
+        Ok(Tensor::from_buffer(CpuBuffer::from_f64_iter(opts.dtype, v.into_iter()), shape))
+    }
+
+    /// Integers uniform in `[low, high)`, as an i64 tensor.
+    #[track_caller]
+    pub fn randint(&mut self, low: i64, high: i64, shape: impl AsRef<[usize]>) -> Tensor {
+        or_panic(self.try_randint(low, high, shape.as_ref()))
+    }
+
+    /// Fallible [`Generator::randint`]: an error when `low >= high`.
+    pub fn try_randint(&mut self, low: i64, high: i64, shape: &[usize]) -> Result<Tensor> {
+        if low >= high {
+            return Err(Error::index("randint", format!("empty range: low {low} >= high {high}")));
+        }
+        let range = high.wrapping_sub(low) as u64 as u128;
+        let n: usize = shape.iter().product();
+        let v = self.fill(n, |r| {
+            let x = ((r[0] as u64) << 32 | r[1] as u64) as u128;
+            low.wrapping_add(((x * range) >> 64) as i64)
+        });
+        Ok(Tensor::from_vec(v, shape))
+    }
+
+    /// Booleans that are `true` with probability `p`.
+    pub fn bernoulli(&mut self, shape: impl AsRef<[usize]>, p: f64) -> Tensor {
+        let shape = shape.as_ref();
+        let n: usize = shape.iter().product();
+        let v = self.fill(n, |r| unit(r, 53) < p);
+        Tensor::from_vec(v, shape)
+    }
+
+    /// A random permutation of `0..n` as an i64 tensor.
+    pub fn randperm(&mut self, n: usize) -> Tensor {
+        let keys = self.fill(n, |r| (r[0] as u64) << 32 | r[1] as u64);
+        let mut idx: Vec<i64> = (0..n as i64).collect();
+        idx.sort_by_key(|&i| (keys[i as usize], i));
+        Tensor::from_vec(idx, [n])
+    }
+}
+
+/// A uniform number in `[0, 1)` with `bits` random bits (exactly representable in the
+/// target dtype, so rounding never produces 1).
+#[inline]
+fn unit(r: [u32; 4], bits: u32) -> f64 {
+    let x = (r[0] as u64) << 32 | r[1] as u64;
+    (x >> (64 - bits)) as f64 * (-(bits as f64)).exp2()
+}
+
+fn mantissa_bits(op: &'static str, dtype: DType) -> Result<u32> {
+    match dtype {
+        DType::F64 => Ok(53),
+        DType::F32 => Ok(24),
+        DType::F16 => Ok(11),
+        DType::BF16 => Ok(8),
+        other => Err(Error::dtype(op, format!("expected a floating-point dtype, got {other}"))),
+    }
+}
+
+fn global() -> &'static Mutex<Generator> {
+    static G: OnceLock<Mutex<Generator>> = OnceLock::new();
+    G.get_or_init(|| Mutex::new(Generator::new(DEFAULT_SEED)))
+}
+
+/// Runs `f` with the global generator locked.
+pub fn with_global_generator<R>(f: impl FnOnce(&mut Generator) -> R) -> R {
+    let mut g = global().lock().unwrap_or_else(|p| p.into_inner());
+    f(&mut g)
+}
+
+/// Seeds the global generator (like `torch.manual_seed`).
+pub fn manual_seed(seed: u64) {
+    with_global_generator(|g| g.manual_seed(seed));
+}
+
+impl Tensor {
+    /// Uniform samples in `[0, 1)` from the global generator.
+    pub fn rand(shape: impl AsRef<[usize]>, opts: impl Into<TensorOptions>) -> Tensor {
+        with_global_generator(|g| g.rand(shape, opts))
+    }
+    /// Standard normal samples from the global generator.
+    pub fn randn(shape: impl AsRef<[usize]>, opts: impl Into<TensorOptions>) -> Tensor {
+        with_global_generator(|g| g.randn(shape, opts))
+    }
+    /// Integers uniform in `[low, high)` (i64) from the global generator.
+    #[track_caller]
+    pub fn randint(low: i64, high: i64, shape: impl AsRef<[usize]>) -> Tensor {
+        or_panic(with_global_generator(|g| g.try_randint(low, high, shape.as_ref())))
+    }
+    /// A random permutation of `0..n` (i64) from the global generator.
+    pub fn randperm(n: usize) -> Tensor {
+        with_global_generator(|g| g.randperm(n))
+    }
+    /// Uniform samples with the shape, dtype and device of `self`.
+    pub fn rand_like(&self) -> Tensor {
+        Tensor::rand(self.shape(), (self.dtype(), self.device()))
+    }
+    /// Normal samples with the shape, dtype and device of `self`.
+    pub fn randn_like(&self) -> Tensor {
+        Tensor::randn(self.shape(), (self.dtype(), self.device()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn philox_known_answers() {
+        // Random123's known-answer vectors for philox4x32-10.
+        assert_eq!(philox4x32_10([0; 4], [0; 2]), [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]);
+        assert_eq!(
+            philox4x32_10([u32::MAX; 4], [u32::MAX; 2]),
+            [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]
+        );
+    }
+
+    #[test]
+    fn same_numbers_at_any_thread_count() {
+        let draw = |threads| {
+            parallel::set_num_threads(threads);
+            let mut g = Generator::new(3);
+            let v = g.randn([300_000], DType::F64).to_vec::<f64>();
+            parallel::set_num_threads(0);
+            v
+        };
+        assert_eq!(draw(1), draw(2));
+    }
+
+    #[test]
+    fn moments_are_right() {
+        let mut g = Generator::new(11);
+        let v = g.randn([200_000], DType::F64).to_vec::<f64>();
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64;
+        assert!(mean.abs() < 0.01, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.02, "var {var}");
+        let u = g.rand([200_000], DType::F32).to_vec::<f32>();
+        assert!(u.iter().all(|&x| (0.0..1.0).contains(&x)));
+        let m = u.iter().map(|&x| x as f64).sum::<f64>() / u.len() as f64;
+        assert!((m - 0.5).abs() < 0.01);
+        let r = g.randint(-3, 4, [10_000]).to_vec::<i64>();
+        assert!(r.iter().all(|x| (-3..4).contains(x)));
+        for k in -3..4 {
+            assert!(r.contains(&k));
+        }
+        let p = g.randperm(100).to_vec::<i64>();
+        let mut s = p.clone();
+        s.sort();
+        assert_eq!(s, (0..100).collect::<Vec<_>>());
+        assert_ne!(p, s);
+    }
+
+    #[test]
+    fn randint_rejects_empty_range() {
+        assert!(Generator::new(0).try_randint(3, 3, &[2]).is_err());
+    }
+}

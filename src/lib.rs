@@ -1,0 +1,24 @@
+//! # Flint
+//!
+//! Deep learning for Rust in which models are declared with procedural macros and shape
+//! errors surface at compile time. This facade re-exports the runtime (tensors, ops,
+//! random streams) and the macros; generated code reaches everything through `flint::…`.
+//!
+//! ```
+//! use flint::prelude::*;
+//! manual_seed(0);
+//! let x = Tensor::randn([2, 3], DType::F32);
+//! let y = x.softmax(-1);
+//! assert_eq!(y.shape(), &[2, 3]);
+//! ```
+
+#[allow(unused_imports)] // the macros arrive with the DSL issue
+pub use flint_macros::*;
+pub use flint_runtime::*;
+
+/// The names most programs need: `use flint::prelude::*;`.
+pub mod prelude {
+    pub use flint_runtime::{
+        causal_mask, manual_seed, All, DType, Device, Error, GeluApprox, Generator, Result, Tensor,
+    };
+}
