@@ -5,6 +5,12 @@ use std::fmt;
 
 impl fmt::Display for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "tensor({:?}, shape={:?}, dtype={})", self.to_f64_vec(), self.shape(), self.dtype())
+        write!(
+            f,
+            "tensor({:?}, shape={:?}, dtype={})",
+            self.to_f64_vec(),
+            self.shape(),
+            self.dtype()
+        )
     }
 }

@@ -60,16 +60,28 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Self {
-        Error::Shape { op, msg: msg.into() }
+        Error::Shape {
+            op,
+            msg: msg.into(),
+        }
     }
     pub(crate) fn dtype(op: &'static str, msg: impl Into<String>) -> Self {
-        Error::DType { op, msg: msg.into() }
+        Error::DType {
+            op,
+            msg: msg.into(),
+        }
     }
     pub(crate) fn index(op: &'static str, msg: impl Into<String>) -> Self {
-        Error::Index { op, msg: msg.into() }
+        Error::Index {
+            op,
+            msg: msg.into(),
+        }
     }
     pub(crate) fn device(op: &'static str, msg: impl Into<String>) -> Self {
-        Error::Device { op, msg: msg.into() }
+        Error::Device {
+            op,
+            msg: msg.into(),
+        }
     }
 }
 

@@ -56,8 +56,16 @@ pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Di
     let n = a.len().max(b.len());
     let mut out: Dims = SmallVec::from_elem(1, n);
     for i in 0..n {
-        let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
-        let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+        let da = if i + a.len() >= n {
+            a[i + a.len() - n]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= n {
+            b[i + b.len() - n]
+        } else {
+            1
+        };
         out[i] = if da == db || db == 1 {
             da
         } else if da == 1 {
@@ -189,7 +197,11 @@ impl Layout {
     pub fn permute(&self, perm: &[usize]) -> Result<Layout> {
         let n = self.ndim();
         let mut seen = vec![false; n];
-        if perm.len() != n || perm.iter().any(|&p| p >= n || std::mem::replace(&mut seen[p], true)) {
+        if perm.len() != n
+            || perm
+                .iter()
+                .any(|&p| p >= n || std::mem::replace(&mut seen[p], true))
+        {
             return Err(Error::shape(
                 "permute",
                 format!(
@@ -276,7 +288,10 @@ pub fn infer_shape(op: &'static str, shape: &[isize], numel: usize) -> Result<Di
                 return Err(Error::shape(op, "only one dimension can be inferred (-1)"));
             }
         } else if d < 0 {
-            return Err(Error::shape(op, format!("invalid dimension {d} in shape {shape:?}")));
+            return Err(Error::shape(
+                op,
+                format!("invalid dimension {d} in shape {shape:?}"),
+            ));
         } else {
             known *= d as usize;
         }
@@ -320,7 +335,10 @@ mod tests {
         let t = l.permute(&[0, 2, 1]).unwrap(); // [2,4,3] strides [12,1,4]
         assert!(t.view_strides(&[8, 3]).is_none());
         assert_eq!(t.view_strides(&[2, 12]), None);
-        assert_eq!(t.view_strides(&[2, 4, 3, 1]).unwrap().as_slice()[..3], [12, 1, 4]);
+        assert_eq!(
+            t.view_strides(&[2, 4, 3, 1]).unwrap().as_slice()[..3],
+            [12, 1, 4]
+        );
         // a column slice keeps rows independent
         let s = Layout::contiguous(&[4, 6]).slice(1, 0, 3, 1);
         assert_eq!(s.view_strides(&[2, 2, 3]).unwrap().as_slice(), &[12, 6, 1]);
@@ -328,9 +346,14 @@ mod tests {
 
     #[test]
     fn broadcasting() {
-        assert_eq!(broadcast_shapes("t", &[3, 1], &[4]).unwrap().as_slice(), &[3, 4]);
+        assert_eq!(
+            broadcast_shapes("t", &[3, 1], &[4]).unwrap().as_slice(),
+            &[3, 4]
+        );
         assert!(broadcast_shapes("t", &[3], &[4]).is_err());
-        let l = Layout::contiguous(&[3, 1]).broadcast_to("t", &[2, 3, 4]).unwrap();
+        let l = Layout::contiguous(&[3, 1])
+            .broadcast_to("t", &[2, 3, 4])
+            .unwrap();
         assert_eq!(l.strides(), &[0, 1, 0]);
     }
 

@@ -16,9 +16,9 @@
 
 use crate::cpu::parallel;
 use crate::dtype::DType;
+use crate::error::{or_panic, Error, Result};
 use crate::storage::CpuBuffer;
 use crate::tensor::{check_device, Tensor, TensorOptions};
-use crate::error::{or_panic, Error, Result};
 use rayon::prelude::*;
 use std::sync::{Mutex, OnceLock};
 
@@ -105,18 +105,29 @@ impl Generator {
     }
 
     /// Fills a buffer of `n` values, element `i` computed by `f(block(offset + i))`.
-    fn fill<T: Send + Default + Clone>(&mut self, n: usize, f: impl Fn([u32; 4]) -> T + Send + Sync) -> Vec<T> {
+    fn fill<T: Send + Default + Clone>(
+        &mut self,
+        n: usize,
+        f: impl Fn([u32; 4]) -> T + Send + Sync,
+    ) -> Vec<T> {
         let start = self.advance(n);
         let seed = self.seed;
         let mut out = vec![T::default(); n];
         let kernel = |(c, dst): (usize, &mut [T]), chunk: usize| {
             for (j, d) in dst.iter_mut().enumerate() {
-                *d = f(Self::block(seed, start.wrapping_add((c * chunk + j) as u64)));
+                *d = f(Self::block(
+                    seed,
+                    start.wrapping_add((c * chunk + j) as u64),
+                ));
             }
         };
         if parallel::should_parallelize(n) {
             let chunk = parallel::chunk_len(n);
-            parallel::install(|| out.par_chunks_mut(chunk).enumerate().for_each(|x| kernel(x, chunk)));
+            parallel::install(|| {
+                out.par_chunks_mut(chunk)
+                    .enumerate()
+                    .for_each(|x| kernel(x, chunk))
+            });
         } else {
             kernel((0, &mut out), n);
         }
@@ -129,16 +140,31 @@ impl Generator {
     }
 
     /// Uniform samples in `[low, high)`.
-    pub fn uniform(&mut self, shape: impl AsRef<[usize]>, low: f64, high: f64, opts: impl Into<TensorOptions>) -> Tensor {
+    pub fn uniform(
+        &mut self,
+        shape: impl AsRef<[usize]>,
+        low: f64,
+        high: f64,
+        opts: impl Into<TensorOptions>,
+    ) -> Tensor {
         or_panic(self.try_uniform(shape.as_ref(), low, high, opts.into()))
     }
 
-    fn try_uniform(&mut self, shape: &[usize], low: f64, high: f64, opts: TensorOptions) -> Result<Tensor> {
+    fn try_uniform(
+        &mut self,
+        shape: &[usize],
+        low: f64,
+        high: f64,
+        opts: TensorOptions,
+    ) -> Result<Tensor> {
         check_device("rand", opts.device)?;
         let bits = mantissa_bits("rand", opts.dtype)?;
         let n: usize = shape.iter().product();
         let v = self.fill(n, |r| low + (high - low) * unit(r, bits));
-        Ok(Tensor::from_buffer(CpuBuffer::from_f64_iter(opts.dtype, v.into_iter()), shape))
+        Ok(Tensor::from_buffer(
+            CpuBuffer::from_f64_iter(opts.dtype, v.into_iter()),
+            shape,
+        ))
     }
 
     /// Standard normal samples (Box–Muller).
@@ -147,11 +173,23 @@ impl Generator {
     }
 
     /// Normal samples with mean and standard deviation.
-    pub fn normal(&mut self, shape: impl AsRef<[usize]>, mean: f64, std: f64, opts: impl Into<TensorOptions>) -> Tensor {
+    pub fn normal(
+        &mut self,
+        shape: impl AsRef<[usize]>,
+        mean: f64,
+        std: f64,
+        opts: impl Into<TensorOptions>,
+    ) -> Tensor {
         or_panic(self.try_normal(shape.as_ref(), mean, std, opts.into()))
     }
 
-    fn try_normal(&mut self, shape: &[usize], mean: f64, std: f64, opts: TensorOptions) -> Result<Tensor> {
+    fn try_normal(
+        &mut self,
+        shape: &[usize],
+        mean: f64,
+        std: f64,
+        opts: TensorOptions,
+    ) -> Result<Tensor> {
         check_device("randn", opts.device)?;
         mantissa_bits("randn", opts.dtype)?;
         let n: usize = shape.iter().product();
@@ -160,7 +198,10 @@ impl Generator {
             let u2 = unit([r[2], r[3], 0, 0], 53);
             mean + std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
         });
-        Ok(Tensor::from_buffer(CpuBuffer::from_f64_iter(opts.dtype, v.into_iter()), shape))
+        Ok(Tensor::from_buffer(
+            CpuBuffer::from_f64_iter(opts.dtype, v.into_iter()),
+            shape,
+        ))
     }
 
     /// Integers uniform in `[low, high)`, as an i64 tensor.
@@ -172,7 +213,10 @@ impl Generator {
     /// Fallible [`Generator::randint`]: an error when `low >= high`.
     pub fn try_randint(&mut self, low: i64, high: i64, shape: &[usize]) -> Result<Tensor> {
         if low >= high {
-            return Err(Error::index("randint", format!("empty range: low {low} >= high {high}")));
+            return Err(Error::index(
+                "randint",
+                format!("empty range: low {low} >= high {high}"),
+            ));
         }
         let range = high.wrapping_sub(low) as u64 as u128;
         let n: usize = shape.iter().product();
@@ -214,7 +258,10 @@ fn mantissa_bits(op: &'static str, dtype: DType) -> Result<u32> {
         DType::F32 => Ok(24),
         DType::F16 => Ok(11),
         DType::BF16 => Ok(8),
-        other => Err(Error::dtype(op, format!("expected a floating-point dtype, got {other}"))),
+        other => Err(Error::dtype(
+            op,
+            format!("expected a floating-point dtype, got {other}"),
+        )),
     }
 }
 
@@ -246,7 +293,9 @@ impl Tensor {
     /// Integers uniform in `[low, high)` (i64) from the global generator.
     #[track_caller]
     pub fn randint(low: i64, high: i64, shape: impl AsRef<[usize]>) -> Tensor {
-        or_panic(with_global_generator(|g| g.try_randint(low, high, shape.as_ref())))
+        or_panic(with_global_generator(|g| {
+            g.try_randint(low, high, shape.as_ref())
+        }))
     }
     /// A random permutation of `0..n` (i64) from the global generator.
     pub fn randperm(n: usize) -> Tensor {
@@ -269,7 +318,10 @@ mod tests {
     #[test]
     fn philox_known_answers() {
         // Random123's known-answer vectors for philox4x32-10.
-        assert_eq!(philox4x32_10([0; 4], [0; 2]), [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]);
+        assert_eq!(
+            philox4x32_10([0; 4], [0; 2]),
+            [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]
+        );
         assert_eq!(
             philox4x32_10([u32::MAX; 4], [u32::MAX; 2]),
             [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]

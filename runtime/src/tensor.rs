@@ -107,7 +107,11 @@ impl Tensor {
     pub(crate) fn from_buffer(buf: CpuBuffer, shape: &[usize]) -> Tensor {
         debug_assert_eq!(buf.len(), shape.iter().product::<usize>());
         let dtype = buf.dtype();
-        Tensor::from_parts(Arc::new(Storage::cpu(buf)), Layout::contiguous(shape), dtype)
+        Tensor::from_parts(
+            Arc::new(Storage::cpu(buf)),
+            Layout::contiguous(shape),
+            dtype,
+        )
     }
 
     /// A view of the same storage with another layout.

@@ -55,7 +55,9 @@ pub(crate) fn ternary<C: BufferElement, T: BufferElement, U: BufferElement>(
         a.0.with_slice::<T, _>(|sa, _| {
             b.0.with_slice::<T, _>(|sb, _| {
                 let mut out = vec![U::default(); n];
-                fill_strided3(&mut out, [c.1, a.1, b.1], |oc, oa, ob| f(sc[oc], sa[oa], sb[ob]));
+                fill_strided3(&mut out, [c.1, a.1, b.1], |oc, oa, ob| {
+                    f(sc[oc], sa[oa], sb[ob])
+                });
                 out
             })
         })

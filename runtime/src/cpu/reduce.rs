@@ -41,11 +41,15 @@ where
     let n_out: usize = ks.iter().product();
     let n_red: usize = rs.iter().product();
     let mut bases = Vec::with_capacity(n_out);
-    for_each_offsets(&ks, [&kst], [layout.offset()], 0..n_out, |_, [o]| bases.push(o));
+    for_each_offsets(&ks, [&kst], [layout.offset()], 0..n_out, |_, [o]| {
+        bases.push(o)
+    });
 
     let fold_range = |base: usize, range: std::ops::Range<usize>| {
         let mut acc = init;
-        for_each_offsets(&rs, [&rst], [base], range, |j, [o]| acc = fold(acc, src[o], j));
+        for_each_offsets(&rs, [&rst], [base], range, |j, [o]| {
+            acc = fold(acc, src[o], j)
+        });
         acc
     };
     let blocked = n_red >= 2 * BLOCK && n_out < 4 * parallel::num_threads().max(4);

@@ -15,7 +15,8 @@ fn coalesce<const N: usize>(shape: &[usize], strides: [&[usize]; N]) -> (Dims, [
             continue;
         }
         if let Some(&last) = out_shape.last() {
-            let merge = (0..N).all(|k| *out_strides[k].last().unwrap_or(&0) == strides[k][d] * shape[d]);
+            let merge =
+                (0..N).all(|k| *out_strides[k].last().unwrap_or(&0) == strides[k][d] * shape[d]);
             if merge {
                 let n = out_shape.len() - 1;
                 out_shape[n] = last * shape[d];
@@ -117,7 +118,10 @@ pub(crate) fn gather_map<T: Copy + Send + Sync, U: Copy + Send + Sync + Default>
         if parallel::should_parallelize(n) {
             return parallel::install(|| {
                 let mut out = Vec::with_capacity(n);
-                s.par_iter().with_min_len(4096).map(|&x| f(x)).collect_into_vec(&mut out);
+                s.par_iter()
+                    .with_min_len(4096)
+                    .map(|&x| f(x))
+                    .collect_into_vec(&mut out);
                 out
             });
         }
@@ -151,9 +155,15 @@ pub(crate) fn fill_strided<U: Send>(
         parallel::install(|| {
             out.par_chunks_mut(chunk).enumerate().for_each(|(c, dst)| {
                 let start = c * chunk;
-                for_each_offsets(shape, [strides], [layout.offset()], start..start + dst.len(), |i, [o]| {
-                    dst[i - start] = f(i, o);
-                });
+                for_each_offsets(
+                    shape,
+                    [strides],
+                    [layout.offset()],
+                    start..start + dst.len(),
+                    |i, [o]| {
+                        dst[i - start] = f(i, o);
+                    },
+                );
             })
         });
     } else {
@@ -207,9 +217,15 @@ pub(crate) fn fill_strided3<U: Send>(
         parallel::install(|| {
             out.par_chunks_mut(chunk).enumerate().for_each(|(c, dst)| {
                 let start = c * chunk;
-                for_each_offsets(shape, st, bases, start..start + dst.len(), |i, [a, b, cc]| {
-                    dst[i - start] = f(a, b, cc);
-                });
+                for_each_offsets(
+                    shape,
+                    st,
+                    bases,
+                    start..start + dst.len(),
+                    |i, [a, b, cc]| {
+                        dst[i - start] = f(a, b, cc);
+                    },
+                );
             })
         });
     } else {
@@ -241,13 +257,28 @@ mod tests {
 
     #[test]
     fn sub_ranges_agree_with_full_walk() {
-        let l = Layout::contiguous(&[3, 5, 7]).slice(1, 1, 3, 1).permute(&[1, 2, 0]).unwrap();
+        let l = Layout::contiguous(&[3, 5, 7])
+            .slice(1, 1, 3, 1)
+            .permute(&[1, 2, 0])
+            .unwrap();
         let mut all = vec![];
-        for_each_offsets(l.shape(), [l.strides()], [l.offset()], 0..l.numel(), |_, [o]| all.push(o));
+        for_each_offsets(
+            l.shape(),
+            [l.strides()],
+            [l.offset()],
+            0..l.numel(),
+            |_, [o]| all.push(o),
+        );
         for start in 0..l.numel() {
             for end in start..=l.numel() {
                 let mut part = vec![];
-                for_each_offsets(l.shape(), [l.strides()], [l.offset()], start..end, |_, [o]| part.push(o));
+                for_each_offsets(
+                    l.shape(),
+                    [l.strides()],
+                    [l.offset()],
+                    start..end,
+                    |_, [o]| part.push(o),
+                );
                 assert_eq!(part, all[start..end]);
             }
         }

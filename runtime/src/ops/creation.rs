@@ -108,7 +108,11 @@ impl Tensor {
     pub fn linspace(start: f64, end: f64, steps: usize, opts: impl Into<TensorOptions>) -> Tensor {
         let opts = opts.into();
         or_panic(check_device("linspace", opts.device));
-        let step = if steps > 1 { (end - start) / (steps - 1) as f64 } else { 0.0 };
+        let step = if steps > 1 {
+            (end - start) / (steps - 1) as f64
+        } else {
+            0.0
+        };
         // like PyTorch, fill the second half from the end so `end` is exact
         let half = steps / 2;
         let it = (0..steps).map(move |i| {
@@ -142,7 +146,14 @@ mod tests {
 
     #[test]
     fn creation_in_every_dtype() {
-        for dt in [DType::F32, DType::F64, DType::F16, DType::BF16, DType::I64, DType::Bool] {
+        for dt in [
+            DType::F32,
+            DType::F64,
+            DType::F16,
+            DType::BF16,
+            DType::I64,
+            DType::Bool,
+        ] {
             let t = Tensor::ones([2, 3], dt);
             assert_eq!(t.dtype(), dt);
             assert_eq!(t.shape(), &[2, 3]);
@@ -150,13 +161,28 @@ mod tests {
             assert_eq!(t.zeros_like().to_f64_vec(), vec![0.0; 6]);
             assert_eq!(t.full_like(1.0).dtype(), dt);
         }
-        assert_eq!(Tensor::eye(3, DType::F64).to_f64_vec(), vec![1., 0., 0., 0., 1., 0., 0., 0., 1.]);
-        assert_eq!(Tensor::arange(1.0, 2.0, 0.25, DType::F64).to_f64_vec(), vec![1.0, 1.25, 1.5, 1.75]);
-        assert_eq!(Tensor::arange(5.0, 0.0, -2.0, DType::I64).to_vec::<i64>(), vec![5, 3, 1]);
+        assert_eq!(
+            Tensor::eye(3, DType::F64).to_f64_vec(),
+            vec![1., 0., 0., 0., 1., 0., 0., 0., 1.]
+        );
+        assert_eq!(
+            Tensor::arange(1.0, 2.0, 0.25, DType::F64).to_f64_vec(),
+            vec![1.0, 1.25, 1.5, 1.75]
+        );
+        assert_eq!(
+            Tensor::arange(5.0, 0.0, -2.0, DType::I64).to_vec::<i64>(),
+            vec![5, 3, 1]
+        );
         assert!(Tensor::try_arange(0.0, 1.0, 0.0, DType::F32.into()).is_err());
         assert!(Tensor::try_arange(0.0, 1.0, -1.0, DType::F32.into()).is_err());
-        assert_eq!(Tensor::linspace(-1.0, 1.0, 3, DType::F64).to_f64_vec(), vec![-1.0, 0.0, 1.0]);
-        assert_eq!(Tensor::linspace(2.0, 2.0, 1, DType::F64).to_f64_vec(), vec![2.0]);
+        assert_eq!(
+            Tensor::linspace(-1.0, 1.0, 3, DType::F64).to_f64_vec(),
+            vec![-1.0, 0.0, 1.0]
+        );
+        assert_eq!(
+            Tensor::linspace(2.0, 2.0, 1, DType::F64).to_f64_vec(),
+            vec![2.0]
+        );
         assert_eq!(Tensor::empty([0, 4], ()).numel(), 0);
     }
 

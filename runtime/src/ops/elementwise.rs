@@ -73,7 +73,11 @@ impl Operand {
                 Tensor::full([], v, dt)
             }
             Operand::Int(v) => {
-                let dt = if lhs.dtype() == DType::Bool { DType::I64 } else { lhs.dtype() };
+                let dt = if lhs.dtype() == DType::Bool {
+                    DType::I64
+                } else {
+                    lhs.dtype()
+                };
                 Tensor::full([], v as f64, dt)
             }
         }
@@ -81,11 +85,20 @@ impl Operand {
 }
 
 /// Converts both tensors to `dtype` and broadcasts their layouts to a common shape.
-pub(crate) fn prepare(op: &'static str, a: &Tensor, b: &Tensor, dtype: DType) -> Result<(Tensor, Layout, Tensor, Layout)> {
+pub(crate) fn prepare(
+    op: &'static str,
+    a: &Tensor,
+    b: &Tensor,
+    dtype: DType,
+) -> Result<(Tensor, Layout, Tensor, Layout)> {
     if a.device() != b.device() {
         return Err(Error::device(
             op,
-            format!("expected both tensors on one device, got {} and {}", a.device(), b.device()),
+            format!(
+                "expected both tensors on one device, got {} and {}",
+                a.device(),
+                b.device()
+            ),
         ));
     }
     let shape = broadcast_shapes(op, a.shape(), b.shape())?;
@@ -123,11 +136,19 @@ impl Arith {
 #[inline]
 fn max_nan<T: Element>(x: T, y: T) -> T {
     // NaN propagates, like torch.maximum
-    if x != x || x > y { x } else { y }
+    if x != x || x > y {
+        x
+    } else {
+        y
+    }
 }
 #[inline]
 fn min_nan<T: Element>(x: T, y: T) -> T {
-    if x != x || x < y { x } else { y }
+    if x != x || x < y {
+        x
+    } else {
+        y
+    }
 }
 
 fn arith(a: &Tensor, b: Operand, kind: Arith) -> Result<Tensor> {
@@ -371,7 +392,9 @@ impl Tensor {
     #[track_caller]
     pub fn abs(&self) -> Tensor {
         let dt = self.dtype();
-        or_panic(dispatch!(num "abs", dt, T => map::unary::<T, T>(self, |v| if v < T::zero() { -v } else { v })))
+        or_panic(
+            dispatch!(num "abs", dt, T => map::unary::<T, T>(self, |v| if v < T::zero() { -v } else { v })),
+        )
     }
 
     /// `x²` elementwise.
@@ -384,9 +407,11 @@ impl Tensor {
     #[track_caller]
     pub fn sign(&self) -> Tensor {
         let dt = self.dtype();
-        or_panic(dispatch!(num "sign", dt, T => map::unary::<T, T>(self, |v| {
-            if v > T::zero() { T::one() } else if v < T::zero() { -T::one() } else { v }
-        })))
+        or_panic(
+            dispatch!(num "sign", dt, T => map::unary::<T, T>(self, |v| {
+                if v > T::zero() { T::one() } else if v < T::zero() { -T::one() } else { v }
+            })),
+        )
     }
 
     /// `max(x, 0)` elementwise.
@@ -399,7 +424,9 @@ impl Tensor {
     #[track_caller]
     pub fn relu(&self) -> Tensor {
         let dt = self.dtype();
-        or_panic(dispatch!(num "relu", dt, T => map::unary::<T, T>(self, |v| if v > T::zero() { v } else { T::zero() })))
+        or_panic(
+            dispatch!(num "relu", dt, T => map::unary::<T, T>(self, |v| if v > T::zero() { v } else { T::zero() })),
+        )
     }
 }
 
@@ -503,13 +530,22 @@ mod tests {
     fn broadcasting_arithmetic_and_operators() {
         let a = Tensor::arange(0.0, 6.0, 1.0, DType::F64).view([2, 3]);
         let b = Tensor::from_vec(vec![10.0f64, 20.0], [2, 1]);
-        assert_eq!((&a + &b).to_vec::<f64>(), vec![10., 11., 12., 23., 24., 25.]);
+        assert_eq!(
+            (&a + &b).to_vec::<f64>(),
+            vec![10., 11., 12., 23., 24., 25.]
+        );
         assert_eq!((&a - 1.0).to_vec::<f64>(), vec![-1., 0., 1., 2., 3., 4.]);
         assert_eq!((2.0 * &a).to_vec::<f64>(), vec![0., 2., 4., 6., 8., 10.]);
         assert_eq!((1.0 / (&a + 1.0)).to_vec::<f64>()[1], 0.5);
         assert_eq!((-&a).to_vec::<f64>()[5], -5.0);
-        let e = a.try_add(&Tensor::zeros([4], DType::F64)).unwrap_err().to_string();
-        assert!(e.contains("add") && e.contains("[2, 3]") && e.contains("[4]"), "{e}");
+        let e = a
+            .try_add(&Tensor::zeros([4], DType::F64))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("add") && e.contains("[2, 3]") && e.contains("[4]"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -535,18 +571,33 @@ mod tests {
         let cases: Vec<(&str, Box<dyn Fn(&Tensor) -> Tensor>, fn(f64) -> f64)> = vec![
             ("exp", Box::new(|t: &Tensor| t.exp()), f64::exp),
             ("tanh", Box::new(|t: &Tensor| t.tanh()), f64::tanh),
-            ("sigmoid", Box::new(|t: &Tensor| t.sigmoid()), |v| 1.0 / (1.0 + (-v).exp())),
-            ("silu", Box::new(|t: &Tensor| t.silu()), |v| v / (1.0 + (-v).exp())),
+            ("sigmoid", Box::new(|t: &Tensor| t.sigmoid()), |v| {
+                1.0 / (1.0 + (-v).exp())
+            }),
+            ("silu", Box::new(|t: &Tensor| t.silu()), |v| {
+                v / (1.0 + (-v).exp())
+            }),
             ("relu", Box::new(|t: &Tensor| t.relu()), |v| v.max(0.0)),
             ("abs", Box::new(|t: &Tensor| t.abs()), f64::abs),
             ("neg", Box::new(|t: &Tensor| t.neg()), |v| -v),
             ("sin", Box::new(|t: &Tensor| t.sin()), f64::sin),
             ("square", Box::new(|t: &Tensor| t.square()), |v| v * v),
-            ("gelu", Box::new(|t: &Tensor| t.gelu(GeluApprox::None)), |v| 0.5 * v * (1.0 + libm::erf(v / 2f64.sqrt()))),
+            (
+                "gelu",
+                Box::new(|t: &Tensor| t.gelu(GeluApprox::None)),
+                |v| 0.5 * v * (1.0 + libm::erf(v / 2f64.sqrt())),
+            ),
             ("floor", Box::new(|t: &Tensor| t.floor()), f64::floor),
-            ("clamp", Box::new(|t: &Tensor| t.clamp(-0.5, 1.0)), |v| v.clamp(-0.5, 1.0)),
+            ("clamp", Box::new(|t: &Tensor| t.clamp(-0.5, 1.0)), |v| {
+                v.clamp(-0.5, 1.0)
+            }),
         ];
-        for (dt, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-6), (DType::F16, 2e-3), (DType::BF16, 1e-2)] {
+        for (dt, tol) in [
+            (DType::F64, 1e-12),
+            (DType::F32, 1e-6),
+            (DType::F16, 2e-3),
+            (DType::BF16, 1e-2),
+        ] {
             let t = Tensor::from_vec(x.to_vec(), [5]).to_dtype(dt);
             for (name, f, r) in &cases {
                 let got = f(&t);
@@ -561,9 +612,22 @@ mod tests {
         close(&p.log().to_f64_vec(), &[0., 4f64.ln(), 9f64.ln()], 1e-12);
         close(&p.pow(0.5).to_f64_vec(), &[1., 2., 3.], 1e-12);
         close(&p.reciprocal().to_f64_vec(), &[1., 0.25, 1. / 9.], 1e-12);
-        assert_eq!(Tensor::from_vec(vec![0.5f32, 1.5, 2.5, -0.5], [4]).round().to_vec::<f32>(), vec![0., 2., 2., -0.]);
-        assert_eq!(Tensor::from_vec(vec![-3i64, 0, 2], [3]).sign().to_vec::<i64>(), vec![-1, 0, 1]);
-        assert_eq!(Tensor::from_vec(vec![-3i64, 2], [2]).exp().dtype(), DType::F32);
+        assert_eq!(
+            Tensor::from_vec(vec![0.5f32, 1.5, 2.5, -0.5], [4])
+                .round()
+                .to_vec::<f32>(),
+            vec![0., 2., 2., -0.]
+        );
+        assert_eq!(
+            Tensor::from_vec(vec![-3i64, 0, 2], [3])
+                .sign()
+                .to_vec::<i64>(),
+            vec![-1, 0, 1]
+        );
+        assert_eq!(
+            Tensor::from_vec(vec![-3i64, 2], [2]).exp().dtype(),
+            DType::F32
+        );
     }
 
     #[test]

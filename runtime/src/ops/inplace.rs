@@ -35,7 +35,11 @@ impl Tensor {
 
     fn check_writable(&self, op: &'static str) -> Result<()> {
         let l = self.layout();
-        if l.shape().iter().zip(l.strides()).any(|(&n, &s)| n > 1 && s == 0) {
+        if l.shape()
+            .iter()
+            .zip(l.strides())
+            .any(|(&n, &s)| n > 1 && s == 0)
+        {
             return Err(Error::shape(
                 op,
                 format!(
@@ -51,13 +55,24 @@ impl Tensor {
     fn write_from(&self, op: &'static str, src: &Tensor) -> Result<()> {
         self.check_writable(op)?;
         if src.device() != self.device() {
-            return Err(Error::device(op, format!("source is on {} but the tensor is on {}", src.device(), self.device())));
+            return Err(Error::device(
+                op,
+                format!(
+                    "source is on {} but the tensor is on {}",
+                    src.device(),
+                    self.device()
+                ),
+            ));
         }
         let lsrc_shape_ok = src.layout().broadcast_to(op, self.shape());
         let lsrc = lsrc_shape_ok.map_err(|_| {
             Error::shape(
                 op,
-                format!("source of shape {} does not broadcast to the tensor's shape {}", fmt_shape(src.shape()), fmt_shape(self.shape())),
+                format!(
+                    "source of shape {} does not broadcast to the tensor's shape {}",
+                    fmt_shape(src.shape()),
+                    fmt_shape(self.shape())
+                ),
             )
         })?;
         let mut src = src.to_dtype(self.dtype());
@@ -87,7 +102,11 @@ impl Tensor {
         if r.dtype().is_float() && !self.dtype().is_float() {
             return Err(Error::dtype(
                 op,
-                format!("result type {} can't be cast to the tensor's type {}", r.dtype(), self.dtype()),
+                format!(
+                    "result type {} can't be cast to the tensor's type {}",
+                    r.dtype(),
+                    self.dtype()
+                ),
             ));
         }
         self.write_from(op, &r)
@@ -159,13 +178,24 @@ impl Tensor {
 }
 
 /// `dst[dl] = src[sl]` elementwise (layouts of the same shape).
-fn write_strided<T: Copy + Send + Sync>(dst: &mut [T], dl: &crate::layout::Layout, src: &[T], sl: &crate::layout::Layout) {
+fn write_strided<T: Copy + Send + Sync>(
+    dst: &mut [T],
+    dl: &crate::layout::Layout,
+    src: &[T],
+    sl: &crate::layout::Layout,
+) {
     if let Some(r) = dl.contiguous_range() {
         fill_strided(&mut dst[r], sl, |_, o| src[o]);
     } else {
-        for_each_offsets(dl.shape(), [dl.strides(), sl.strides()], [dl.offset(), sl.offset()], 0..dl.numel(), |_, [d, s]| {
-            dst[d] = src[s];
-        });
+        for_each_offsets(
+            dl.shape(),
+            [dl.strides(), sl.strides()],
+            [dl.offset(), sl.offset()],
+            0..dl.numel(),
+            |_, [d, s]| {
+                dst[d] = src[s];
+            },
+        );
     }
 }
 
@@ -206,7 +236,11 @@ mod tests {
     #[test]
     fn refuses_bad_writes() {
         let x = Tensor::ones([3], ()).unsqueeze(0).expand([2, 3]);
-        assert!(x.try_copy_(&Tensor::zeros([2, 3], ())).unwrap_err().to_string().contains("overlap"));
+        assert!(x
+            .try_copy_(&Tensor::zeros([2, 3], ()))
+            .unwrap_err()
+            .to_string()
+            .contains("overlap"));
         let i = Tensor::ones([2], DType::I64);
         assert!(std::panic::catch_unwind(|| {
             i.div_(2);
@@ -214,6 +248,8 @@ mod tests {
         .is_err());
         i.add_(3);
         assert_eq!(i.to_vec::<i64>(), vec![4, 4]);
-        assert!(Tensor::zeros([2], ()).try_copy_(&Tensor::zeros([3], ())).is_err());
+        assert!(Tensor::zeros([2], ())
+            .try_copy_(&Tensor::zeros([3], ()))
+            .is_err());
     }
 }

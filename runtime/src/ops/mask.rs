@@ -141,7 +141,10 @@ impl Tensor {
     pub fn try_where(&self, cond: &Tensor, other: impl Into<Operand>) -> Result<Tensor> {
         let other = other.into().into_tensor(self);
         if cond.dtype() != DType::Bool {
-            return Err(Error::dtype("where", format!("condition must be a bool tensor, got {}", cond.dtype())));
+            return Err(Error::dtype(
+                "where",
+                format!("condition must be a bool tensor, got {}", cond.dtype()),
+            ));
         }
         let dt = DType::promote(self.dtype(), other.dtype());
         let (a, la, b, lb) = prepare("where", self, &other, dt)?;
@@ -149,7 +152,9 @@ impl Tensor {
         let la = la.broadcast_to("where", &shape)?;
         let lb = lb.broadcast_to("where", &shape)?;
         let lc = cond.layout().broadcast_to("where", &shape)?;
-        Ok(dispatch!(all dt, T => map::ternary::<bool, T, T>((cond, &lc), (&a, &la), (&b, &lb), |c, x, y| if c { x } else { y })))
+        Ok(
+            dispatch!(all dt, T => map::ternary::<bool, T, T>((cond, &lc), (&a, &la), (&b, &lb), |c, x, y| if c { x } else { y })),
+        )
     }
 
     /// `value` where `mask` is true, `self` elsewhere; `mask` broadcasts to `self`.
@@ -169,18 +174,30 @@ impl Tensor {
     /// Fallible [`Tensor::masked_fill`].
     pub fn try_masked_fill(&self, mask: &Tensor, value: f64) -> Result<Tensor> {
         if mask.dtype() != DType::Bool {
-            return Err(Error::dtype("masked_fill", format!("mask must be a bool tensor, got {}", mask.dtype())));
-        }
-        let lm = mask.layout().broadcast_to("masked_fill", self.shape()).map_err(|_| {
-            Error::shape(
+            return Err(Error::dtype(
                 "masked_fill",
-                format!("mask of shape {:?} does not broadcast to the tensor's shape {:?}", mask.shape(), self.shape()),
-            )
-        })?;
+                format!("mask must be a bool tensor, got {}", mask.dtype()),
+            ));
+        }
+        let lm = mask
+            .layout()
+            .broadcast_to("masked_fill", self.shape())
+            .map_err(|_| {
+                Error::shape(
+                    "masked_fill",
+                    format!(
+                        "mask of shape {:?} does not broadcast to the tensor's shape {:?}",
+                        mask.shape(),
+                        self.shape()
+                    ),
+                )
+            })?;
         let dt = self.dtype();
         let fill = Tensor::full([], value, dt);
         let lf = fill.layout().broadcast_to("masked_fill", self.shape())?;
-        Ok(dispatch!(all dt, T => map::ternary::<bool, T, T>((mask, &lm), (&fill, &lf), (self, self.layout()), |c, x, y| if c { x } else { y })))
+        Ok(
+            dispatch!(all dt, T => map::ternary::<bool, T, T>((mask, &lm), (&fill, &lf), (self, self.layout()), |c, x, y| if c { x } else { y })),
+        )
     }
 
     /// The upper triangle of the last two dims: elements with `col - row >= diagonal`
@@ -205,13 +222,20 @@ impl Tensor {
     fn tri(&self, diagonal: i64, upper: bool) -> Result<Tensor> {
         let op = if upper { "triu" } else { "tril" };
         if self.ndim() < 2 {
-            return Err(Error::shape(op, format!("expects at least 2 dims, got shape {:?}", self.shape())));
+            return Err(Error::shape(
+                op,
+                format!("expects at least 2 dims, got shape {:?}", self.shape()),
+            ));
         }
         let (r, c) = (self.size(-2), self.size(-1));
         let keep: Vec<bool> = (0..r * c)
             .map(|i| {
                 let d = (i % c) as i64 - (i / c) as i64;
-                if upper { d >= diagonal } else { d <= diagonal }
+                if upper {
+                    d >= diagonal
+                } else {
+                    d <= diagonal
+                }
             })
             .collect();
         let keep = Tensor::from_vec(keep, [r, c]);
@@ -248,17 +272,37 @@ mod tests {
         assert_eq!(a.ge(2.0).to_vec::<bool>(), vec![false, true, true]);
         assert_eq!(a.ne(2).to_vec::<bool>(), vec![true, false, true]);
         assert_eq!(a.unsqueeze(1).gt(&a).shape(), &[3, 3]);
-        assert_eq!(a.unsqueeze(1).gt(&a).to_vec::<bool>().iter().filter(|&&x| x).count(), 3);
+        assert_eq!(
+            a.unsqueeze(1)
+                .gt(&a)
+                .to_vec::<bool>()
+                .iter()
+                .filter(|&&x| x)
+                .count(),
+            3
+        );
     }
 
     #[test]
     fn logical_ops() {
         let x = Tensor::from_vec(vec![true, true, false, false], [4]);
         let y = Tensor::from_vec(vec![1i64, 0, 1, 0], [4]);
-        assert_eq!(x.logical_and(&y).to_vec::<bool>(), vec![true, false, false, false]);
-        assert_eq!(x.logical_or(&y).to_vec::<bool>(), vec![true, true, true, false]);
-        assert_eq!(x.logical_xor(&y).to_vec::<bool>(), vec![false, true, true, false]);
-        assert_eq!(y.logical_not().to_vec::<bool>(), vec![false, true, false, true]);
+        assert_eq!(
+            x.logical_and(&y).to_vec::<bool>(),
+            vec![true, false, false, false]
+        );
+        assert_eq!(
+            x.logical_or(&y).to_vec::<bool>(),
+            vec![true, true, true, false]
+        );
+        assert_eq!(
+            x.logical_xor(&y).to_vec::<bool>(),
+            vec![false, true, true, false]
+        );
+        assert_eq!(
+            y.logical_not().to_vec::<bool>(),
+            vec![false, true, false, true]
+        );
         assert!(x.any() && !x.all());
     }
 
@@ -266,11 +310,21 @@ mod tests {
     fn where_and_masked_fill_on_views() {
         let x = Tensor::arange(0.0, 6.0, 1.0, DType::F64).view([2, 3]).t(); // [3,2] strided
         let mask = Tensor::from_vec(vec![true, false], [2]);
-        assert_eq!(x.masked_fill(&mask, -1.0).to_vec::<f64>(), vec![-1., 3., -1., 4., -1., 5.]);
+        assert_eq!(
+            x.masked_fill(&mask, -1.0).to_vec::<f64>(),
+            vec![-1., 3., -1., 4., -1., 5.]
+        );
         let cond = x.gt(2.0);
-        assert_eq!(x.where_(&cond, &x.neg()).to_vec::<f64>(), vec![-0., 3., -1., 4., -2., 5.]);
-        assert!(x.try_masked_fill(&Tensor::ones([3], DType::Bool), 0.0).is_err());
-        assert!(x.try_masked_fill(&Tensor::ones([2], DType::F32), 0.0).is_err());
+        assert_eq!(
+            x.where_(&cond, &x.neg()).to_vec::<f64>(),
+            vec![-0., 3., -1., 4., -2., 5.]
+        );
+        assert!(x
+            .try_masked_fill(&Tensor::ones([3], DType::Bool), 0.0)
+            .is_err());
+        assert!(x
+            .try_masked_fill(&Tensor::ones([2], DType::F32), 0.0)
+            .is_err());
     }
 
     #[test]
@@ -279,7 +333,13 @@ mod tests {
         assert_eq!(t.tril(0).to_vec::<i64>(), vec![1, 0, 0, 4, 5, 0, 7, 8, 9]);
         assert_eq!(t.triu(-1).to_vec::<i64>(), vec![1, 2, 3, 4, 5, 6, 0, 8, 9]);
         let b = Tensor::ones([2, 2, 3], DType::Bool).tril(0);
-        assert_eq!(b.to_vec::<bool>()[6..], [true, false, false, true, true, false]);
-        assert_eq!(crate::causal_mask(2).to_vec::<bool>(), vec![false, true, false, false]);
+        assert_eq!(
+            b.to_vec::<bool>()[6..],
+            [true, false, false, true, true, false]
+        );
+        assert_eq!(
+            crate::causal_mask(2).to_vec::<bool>(),
+            vec![false, true, false, false]
+        );
     }
 }

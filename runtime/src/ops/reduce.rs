@@ -53,7 +53,10 @@ fn resolve(op: &'static str, t: &Tensor, dims: &impl ReduceDims) -> Result<Vec<u
     let n = out.len();
     out.dedup();
     if out.len() != n {
-        return Err(Error::index(op, format!("a dim appears twice in {:?}", dims.dims(t.ndim()))));
+        return Err(Error::index(
+            op,
+            format!("a dim appears twice in {:?}", dims.dims(t.ndim())),
+        ));
     }
     if t.ndim() == 0 {
         out.clear();
@@ -84,13 +87,22 @@ enum Kind {
     Min,
 }
 
-fn reduce_values(t: &Tensor, dims: &[usize], keepdim: bool, kind: Kind, op: &'static str) -> Result<Tensor> {
+fn reduce_values(
+    t: &Tensor,
+    dims: &[usize],
+    keepdim: bool,
+    kind: Kind,
+    op: &'static str,
+) -> Result<Tensor> {
     let shape = out_shape(t.shape(), dims, keepdim);
     let n_red: usize = dims.iter().map(|&d| t.shape()[d]).product();
     if matches!(kind, Kind::Max | Kind::Min) && n_red == 0 {
         return Err(Error::shape(
             op,
-            format!("cannot reduce over an empty dim (shape {}) without an identity", fmt_shape(t.shape())),
+            format!(
+                "cannot reduce over an empty dim (shape {}) without an identity",
+                fmt_shape(t.shape())
+            ),
         ));
     }
     let mut dt = t.dtype();
@@ -134,9 +146,21 @@ fn reduce_values(t: &Tensor, dims: &[usize], keepdim: bool, kind: Kind, op: &'st
 }
 
 /// Index of the max (or min) along one dim; ties go to the first, NaN wins.
-fn arg_reduce(t: &Tensor, dim: usize, keepdim: bool, max: bool, op: &'static str) -> Result<Tensor> {
+fn arg_reduce(
+    t: &Tensor,
+    dim: usize,
+    keepdim: bool,
+    max: bool,
+    op: &'static str,
+) -> Result<Tensor> {
     if t.ndim() > 0 && t.shape()[dim] == 0 {
-        return Err(Error::shape(op, format!("cannot take {op} of an empty dim (shape {})", fmt_shape(t.shape()))));
+        return Err(Error::shape(
+            op,
+            format!(
+                "cannot take {op} of an empty dim (shape {})",
+                fmt_shape(t.shape())
+            ),
+        ));
     }
     let dims = if t.ndim() == 0 { vec![] } else { vec![dim] };
     let shape = out_shape(t.shape(), &dims, keepdim);
@@ -283,7 +307,8 @@ impl Tensor {
         let n: usize = d.iter().map(|&i| self.shape()[i]).product();
         let mean = x.mean(d.as_slice(), true);
         let dev = (&x - &mean).square();
-        dev.sum(d.as_slice(), keepdim).div((n as f64 - correction as f64).max(0.0))
+        dev.sum(d.as_slice(), keepdim)
+            .div((n as f64 - correction as f64).max(0.0))
     }
 
     /// Standard deviation over `dims` with `correction` (see [`Tensor::var`]).
@@ -343,9 +368,11 @@ impl Tensor {
     /// Replaces infinite (and NaN) elements by 0: the shift used by stable softmax.
     fn where_finite_or_zero(&self) -> Tensor {
         let dt = self.dtype();
-        or_panic(dispatch!(float "where_finite_or_zero", dt, T => crate::cpu::map::unary::<T, T>(self, |v| {
-            if num_traits::Float::is_finite(v) { v } else { T::from_f64(0.0) }
-        })))
+        or_panic(
+            dispatch!(float "where_finite_or_zero", dt, T => crate::cpu::map::unary::<T, T>(self, |v| {
+                if num_traits::Float::is_finite(v) { v } else { T::from_f64(0.0) }
+            })),
+        )
     }
 }
 
@@ -372,7 +399,12 @@ mod tests {
     #[test]
     fn sums_over_each_dim_of_strided_inputs() {
         let t = Tensor::randn([3, 4, 5], DType::F64);
-        for view in [t.clone(), t.permute([2, 0, 1]), t.narrow(1, 1, 2), t.select(0, 1).unsqueeze(0).expand([3, 4, 5])] {
+        for view in [
+            t.clone(),
+            t.permute([2, 0, 1]),
+            t.narrow(1, 1, 2),
+            t.select(0, 1).unsqueeze(0).expand([3, 4, 5]),
+        ] {
             for d in 0..3 {
                 let got = view.sum(d as i32, false).to_vec::<f64>();
                 let want = naive_sum(&view, d);
@@ -396,7 +428,10 @@ mod tests {
         assert_eq!(t.argmax_all().item::<i64>(), 5);
         assert_eq!(t.max(All, false).item::<f32>(), 9.0);
         let (v, i) = t.t().max_dim(-1, false);
-        assert_eq!((v.to_vec::<f32>(), i.to_vec::<i64>()), (vec![3.0, 5.0, 9.0], vec![0, 1, 1]));
+        assert_eq!(
+            (v.to_vec::<f32>(), i.to_vec::<i64>()),
+            (vec![3.0, 5.0, 9.0], vec![0, 1, 1])
+        );
         let n = Tensor::from_vec(vec![1.0f32, f32::NAN, 2.0], [3]);
         assert!(n.max(0, false).item::<f32>().is_nan());
         assert_eq!(n.argmax(0, false).item::<i64>(), 1);
@@ -407,7 +442,10 @@ mod tests {
         let b = Tensor::from_vec(vec![true, true, false], [3]);
         assert_eq!(b.sum(0, false).item::<i64>(), 2);
         assert!(Tensor::zeros([0], ()).try_max(0, false).is_err());
-        assert_eq!(Tensor::zeros([0, 2], ()).sum(0, false).to_vec::<f32>(), vec![0.0, 0.0]);
+        assert_eq!(
+            Tensor::zeros([0, 2], ()).sum(0, false).to_vec::<f32>(),
+            vec![0.0, 0.0]
+        );
     }
 
     #[test]
@@ -420,7 +458,9 @@ mod tests {
             let var = col.iter().map(|x| (x - m).powi(2)).sum::<f64>() / 49.0;
             assert!((t.mean(0, false).to_vec::<f64>()[j] - m).abs() < 1e-12);
             assert!((t.var(0, 1, false).to_vec::<f64>()[j] - var).abs() < 1e-12);
-            assert!((t.std(0, 0, false).to_vec::<f64>()[j] - (var * 49.0 / 50.0).sqrt()).abs() < 1e-12);
+            assert!(
+                (t.std(0, 0, false).to_vec::<f64>()[j] - (var * 49.0 / 50.0).sqrt()).abs() < 1e-12
+            );
         }
     }
 
@@ -434,7 +474,9 @@ mod tests {
         // inputs near 1000 carry ~6e-5 of f32 rounding
         assert!((lp[1] - (-(1.0f32 + (-1.0f32).exp()).ln())).abs() < 2e-4);
         assert_eq!(lp[3], f32::NEG_INFINITY);
-        let all_masked = Tensor::full([3], f64::NEG_INFINITY, ()).logsumexp(0, false).item::<f32>();
+        let all_masked = Tensor::full([3], f64::NEG_INFINITY, ())
+            .logsumexp(0, false)
+            .item::<f32>();
         assert_eq!(all_masked, f32::NEG_INFINITY);
     }
 

@@ -112,7 +112,10 @@ impl Tensor {
     /// Fallible [`Tensor::transpose`].
     pub fn try_transpose(&self, d0: isize, d1: isize) -> Result<Tensor> {
         let n = self.ndim();
-        let (a, b) = (normalize_dim("transpose", d0, n)?, normalize_dim("transpose", d1, n)?);
+        let (a, b) = (
+            normalize_dim("transpose", d0, n)?,
+            normalize_dim("transpose", d1, n)?,
+        );
         let mut perm: Vec<usize> = (0..n).collect();
         perm.swap(a, b);
         Ok(self.with_layout(self.layout().permute(&perm)?))
@@ -126,7 +129,10 @@ impl Tensor {
             2 => self.transpose(0, 1),
             n => or_panic(Err(Error::shape(
                 "t",
-                format!("expects a tensor with <= 2 dims, got {n} (shape {})", fmt_shape(self.shape())),
+                format!(
+                    "expects a tensor with <= 2 dims, got {n} (shape {})",
+                    fmt_shape(self.shape())
+                ),
             ))),
         }
     }
@@ -141,7 +147,11 @@ impl Tensor {
     pub fn try_unsqueeze(&self, dim: isize) -> Result<Tensor> {
         let d = normalize_dim("unsqueeze", dim, self.ndim() + 1)?;
         let mut l = self.layout().clone();
-        let stride = if d < l.ndim() { l.strides[d] * l.shape[d] } else { 1 };
+        let stride = if d < l.ndim() {
+            l.strides[d] * l.shape[d]
+        } else {
+            1
+        };
         l.shape.insert(d, 1);
         l.strides.insert(d, stride);
         Ok(self.with_layout(l))
@@ -190,7 +200,10 @@ impl Tensor {
         if spec.len() < self.ndim() {
             return Err(Error::shape(
                 "expand",
-                format!("cannot expand shape {} to {spec:?} with fewer dims", fmt_shape(self.shape())),
+                format!(
+                    "cannot expand shape {} to {spec:?} with fewer dims",
+                    fmt_shape(self.shape())
+                ),
             ));
         }
         let lead = spec.len() - self.ndim();
@@ -198,7 +211,10 @@ impl Tensor {
         for (i, &d) in spec.iter().enumerate() {
             if d == -1 {
                 if i < lead {
-                    return Err(Error::shape("expand", "-1 is not allowed in a new leading dim"));
+                    return Err(Error::shape(
+                        "expand",
+                        "-1 is not allowed in a new leading dim",
+                    ));
                 }
                 target.push(self.shape()[i - lead]);
             } else if d < 0 {
@@ -313,7 +329,10 @@ impl Tensor {
         let s = normalize_dim("flatten", start, self.ndim())?;
         let e = normalize_dim("flatten", end, self.ndim())?;
         if s > e {
-            return Err(Error::shape("flatten", format!("start dim {s} is after end dim {e}")));
+            return Err(Error::shape(
+                "flatten",
+                format!("start dim {s} is after end dim {e}"),
+            ));
         }
         let shape = self.shape();
         let mut new: Vec<usize> = shape[..s].to_vec();
@@ -409,7 +428,15 @@ mod tests {
     #[test]
     fn views_share_storage() {
         let t = grid();
-        for v in [t.permute([2, 0, 1]), t.transpose(0, 2), t.narrow(1, 1, 2), t.select(0, 1), t.unsqueeze(1), t.view([6, 4]), t.unsqueeze(0).expand([3, 2, 3, 4])] {
+        for v in [
+            t.permute([2, 0, 1]),
+            t.transpose(0, 2),
+            t.narrow(1, 1, 2),
+            t.select(0, 1),
+            t.unsqueeze(1),
+            t.view([6, 4]),
+            t.unsqueeze(0).expand([3, 2, 3, 4]),
+        ] {
             assert!(v.shares_storage(&t));
         }
         assert!(!t.permute([1, 0, 2]).reshape([-1]).shares_storage(&t));
@@ -419,7 +446,10 @@ mod tests {
     fn view_of_incompatible_layout_errors() {
         let t = grid().permute([0, 2, 1]);
         let e = t.try_view([8, 3]).unwrap_err().to_string();
-        assert!(e.contains("view") && e.contains("[2, 4, 3]") && e.contains("reshape"), "{e}");
+        assert!(
+            e.contains("view") && e.contains("[2, 4, 3]") && e.contains("reshape"),
+            "{e}"
+        );
         assert_eq!(t.reshape([8, 3]).shape(), &[8, 3]);
     }
 
@@ -431,7 +461,10 @@ mod tests {
         assert_eq!(t.squeeze_dim(0).shape(), &[2, 3, 4, 1]);
         assert_eq!(t.squeeze_dim(1).shape(), &[1, 2, 3, 4, 1]);
         assert_eq!(grid().flatten(1, -1).shape(), &[2, 12]);
-        assert_eq!(grid().permute([2, 1, 0]).flatten(0, 1).to_vec::<f32>()[..4], [0.0, 12.0, 4.0, 16.0]);
+        assert_eq!(
+            grid().permute([2, 1, 0]).flatten(0, 1).to_vec::<f32>()[..4],
+            [0.0, 12.0, 4.0, 16.0]
+        );
     }
 
     #[test]
@@ -455,8 +488,14 @@ mod tests {
     #[test]
     fn expand_and_select() {
         let t = Tensor::from_vec(vec![1.0f32, 2.0, 3.0], [3]);
-        assert_eq!(t.expand([2, -1]).to_vec::<f32>(), vec![1., 2., 3., 1., 2., 3.]);
+        assert_eq!(
+            t.expand([2, -1]).to_vec::<f32>(),
+            vec![1., 2., 3., 1., 2., 3.]
+        );
         assert!(t.try_expand([2usize, 4]).is_err());
-        assert_eq!(grid().select(2, -1).to_vec::<f32>(), vec![3., 7., 11., 15., 19., 23.]);
+        assert_eq!(
+            grid().select(2, -1).to_vec::<f32>(),
+            vec![3., 7., 11., 15., 19., 23.]
+        );
     }
 }
