@@ -6,8 +6,10 @@ use proptest::prelude::*;
 
 /// A random tensor and a random non-contiguous view of it with the same logical values
 /// as `view.contiguous()`.
-fn strided_case() -> impl Strategy<Value = (Vec<usize>, Vec<f64>, Vec<usize>, Vec<(usize, usize)>)>
-{
+/// Shape, row-major data, a permutation of the dims, and a `(start, len)` cut per dim.
+type StridedCase = (Vec<usize>, Vec<f64>, Vec<usize>, Vec<(usize, usize)>);
+
+fn strided_case() -> impl Strategy<Value = StridedCase> {
     prop::collection::vec(1usize..5, 1..5).prop_flat_map(|shape| {
         let n: usize = shape.iter().product();
         let nd = shape.len();

@@ -97,6 +97,11 @@ pub trait Element:
     fn to_i64(self) -> i64;
     /// Converts from `i64`.
     fn from_i64(v: i64) -> Self;
+    /// True for a floating-point NaN (always false for integers and bool).
+    #[inline]
+    fn is_nan(self) -> bool {
+        false
+    }
 }
 
 macro_rules! float_element {
@@ -120,6 +125,10 @@ macro_rules! float_element {
             #[inline]
             fn from_i64(v: i64) -> Self {
                 Self::from_f64(v as f64)
+            }
+            #[inline]
+            fn is_nan(self) -> bool {
+                <$t>::is_nan(self)
             }
         }
     };

@@ -136,7 +136,7 @@ impl Arith {
 #[inline]
 fn max_nan<T: Element>(x: T, y: T) -> T {
     // NaN propagates, like torch.maximum
-    if x != x || x > y {
+    if x.is_nan() || x > y {
         x
     } else {
         y
@@ -144,7 +144,7 @@ fn max_nan<T: Element>(x: T, y: T) -> T {
 }
 #[inline]
 fn min_nan<T: Element>(x: T, y: T) -> T {
-    if x != x || x < y {
+    if x.is_nan() || x < y {
         x
     } else {
         y
@@ -539,7 +539,7 @@ mod tests {
         assert_eq!((1.0 / (&a + 1.0)).to_vec::<f64>()[1], 0.5);
         assert_eq!((-&a).to_vec::<f64>()[5], -5.0);
         let e = a
-            .try_add(&Tensor::zeros([4], DType::F64))
+            .try_add(Tensor::zeros([4], DType::F64))
             .unwrap_err()
             .to_string();
         assert!(
@@ -568,7 +568,8 @@ mod tests {
     #[test]
     fn unary_math_in_every_float_dtype() {
         let x = [-1.5f64, -0.25, 0.0, 0.75, 2.0];
-        let cases: Vec<(&str, Box<dyn Fn(&Tensor) -> Tensor>, fn(f64) -> f64)> = vec![
+        type Case = (&'static str, Box<dyn Fn(&Tensor) -> Tensor>, fn(f64) -> f64);
+        let cases: Vec<Case> = vec![
             ("exp", Box::new(|t: &Tensor| t.exp()), f64::exp),
             ("tanh", Box::new(|t: &Tensor| t.tanh()), f64::tanh),
             ("sigmoid", Box::new(|t: &Tensor| t.sigmoid()), |v| {

@@ -216,7 +216,7 @@ mod tests {
         x.t().narrow(0, 0, 1).add_(1.0);
         let got = x.to_vec::<f64>();
         assert_eq!(got, vec![1., 0., 7., 0., 1., 0., 7., 0., 1., 0., 7., 0.]);
-        x.mul_(&Tensor::from_vec(vec![2.0f64, 1.0, 1.0, 1.0], [4]));
+        x.mul_(Tensor::from_vec(vec![2.0f64, 1.0, 1.0, 1.0], [4]));
         assert_eq!(x.to_vec::<f64>()[..4], [2., 0., 7., 0.]);
         x.masked_fill_(&x.gt(5.0), -1.0).zero_();
         assert_eq!(x.sum_all().item::<f64>(), 0.0);

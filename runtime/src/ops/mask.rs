@@ -18,6 +18,7 @@ enum Cmp {
     Ge,
 }
 
+#[allow(clippy::bool_comparison)] // T may be bool
 fn compare(a: &Tensor, b: Operand, cmp: Cmp, op: &'static str) -> Result<Tensor> {
     let b = b.into_tensor(a);
     let dt = DType::promote(a.dtype(), b.dtype());
@@ -316,7 +317,7 @@ mod tests {
         );
         let cond = x.gt(2.0);
         assert_eq!(
-            x.where_(&cond, &x.neg()).to_vec::<f64>(),
+            x.where_(&cond, x.neg()).to_vec::<f64>(),
             vec![-0., 3., -1., 4., -2., 5.]
         );
         assert!(x

@@ -87,6 +87,7 @@ enum Kind {
     Min,
 }
 
+#[allow(clippy::bool_comparison)] // T may be bool
 fn reduce_values(
     t: &Tensor,
     dims: &[usize],
@@ -123,18 +124,18 @@ fn reduce_values(
                 (Kind::Prod, false) => reduce(s, l, dims, 1i64, |a, x: T, _| a.wrapping_mul(x.to_i64()), i64::wrapping_mul)
                     .into_iter().map(T::from_i64).collect(),
                 (Kind::Max, _) => reduce(s, l, dims, None::<T>, |a, x: T, _| Some(match a {
-                    Some(m) if !(x != x) && (m != m || m >= x) => m,
+                    Some(m) if !x.is_nan() && (m.is_nan() || m >= x) => m,
                     _ => x,
                 }), |a, b| match (a, b) {
-                    (Some(x), Some(y)) => Some(if x != x || x >= y { x } else { y }),
+                    (Some(x), Some(y)) => Some(if x.is_nan() || x >= y { x } else { y }),
                     (a, None) => a,
                     (None, b) => b,
                 }).into_iter().map(|v| v.unwrap_or_default()).collect(),
                 (Kind::Min, _) => reduce(s, l, dims, None::<T>, |a, x: T, _| Some(match a {
-                    Some(m) if !(x != x) && (m != m || m <= x) => m,
+                    Some(m) if !x.is_nan() && (m.is_nan() || m <= x) => m,
                     _ => x,
                 }), |a, b| match (a, b) {
-                    (Some(x), Some(y)) => Some(if x != x || x <= y { x } else { y }),
+                    (Some(x), Some(y)) => Some(if x.is_nan() || x <= y { x } else { y }),
                     (a, None) => a,
                     (None, b) => b,
                 }).into_iter().map(|v| v.unwrap_or_default()).collect(),
@@ -146,6 +147,7 @@ fn reduce_values(
 }
 
 /// Index of the max (or min) along one dim; ties go to the first, NaN wins.
+#[allow(clippy::bool_comparison)] // T may be bool
 fn arg_reduce(
     t: &Tensor,
     dim: usize,
@@ -168,12 +170,12 @@ fn arg_reduce(
         reduce(s, l, &dims, None::<(T, usize)>, |a, x: T, j| match a {
             None => Some((x, j)),
             Some((m, i)) => {
-                let better = if m != m { false } else if x != x { true } else if max { x > m } else { x < m };
+                let better = if m.is_nan() { false } else if x.is_nan() { true } else if max { x > m } else { x < m };
                 Some(if better { (x, j) } else { (m, i) })
             }
         }, |a, b| match (a, b) {
             (Some((x, i)), Some((y, j))) => {
-                let better = if x != x { false } else if y != y { true } else if max { y > x } else { y < x };
+                let better = if x.is_nan() { false } else if y.is_nan() { true } else if max { y > x } else { y < x };
                 Some(if better { (y, j) } else { (x, i) })
             }
             (a, None) => a,
