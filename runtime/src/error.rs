@@ -44,6 +44,10 @@ pub enum Error {
         /// What was wrong.
         msg: String,
     },
+    /// Autograd misuse: backward through a freed graph, a saved tensor modified in place,
+    /// a non-scalar without a gradient, an anomaly.
+    #[error("autograd: {0}")]
+    Autograd(String),
     /// An I/O error, with the path involved.
     #[error("{path}: {source}")]
     Io {

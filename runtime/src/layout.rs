@@ -230,7 +230,7 @@ impl Layout {
     /// (PyTorch's `computeStride`: each run of merged dims must be contiguous).
     pub fn view_strides(&self, shape: &[usize]) -> Option<Dims> {
         let numel = self.numel();
-        if numel == 0 {
+        if numel <= 1 {
             return Some(contiguous_strides(shape));
         }
         let mut new_strides: Dims = SmallVec::from_elem(0, shape.len());

@@ -10,6 +10,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod autograd;
 pub mod cpu;
 pub mod device;
 mod dispatch;
@@ -24,6 +25,7 @@ pub mod tensor;
 
 pub use half;
 
+pub use autograd::{no_grad, NoGradGuard};
 pub use cpu::parallel::{num_threads, set_num_threads};
 pub use device::Device;
 pub use dtype::{DType, Element, FloatElement, NumElement};

@@ -1,11 +1,13 @@
 //! The [`Tensor`] handle.
 
+use crate::autograd::{record, Edge, Node};
 use crate::device::Device;
 use crate::dtype::{DType, Element};
 use crate::error::{or_panic, Error, Result};
 use crate::layout::{fmt_shape, Layout};
 use crate::storage::{BufferElement, CpuBuffer, Storage, StorageData};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// An n-dimensional array: a cheap-to-clone handle over shared storage plus a layout
 /// (shape, strides, offset), a dtype and a device.
@@ -27,6 +29,16 @@ pub(crate) struct TensorImpl {
     pub(crate) storage: Arc<Storage>,
     pub(crate) layout: Layout,
     pub(crate) dtype: DType,
+    pub(crate) autograd: AutogradMeta,
+}
+
+/// Autograd state of a tensor: whether a leaf requires grad, its accumulated gradient,
+/// and the node that produced it (replaced when an in-place op rewrites history).
+#[derive(Default)]
+pub(crate) struct AutogradMeta {
+    requires_grad: AtomicBool,
+    grad: Mutex<Option<Tensor>>,
+    grad_fn: RwLock<Option<Arc<Node>>>,
 }
 
 /// Dtype and device for creating a tensor. Anything that converts into it can be
@@ -100,6 +112,7 @@ impl Tensor {
             storage,
             layout,
             dtype,
+            autograd: AutogradMeta::default(),
         }))
     }
 
@@ -295,13 +308,27 @@ impl Tensor {
     }
 
     /// A copy converted to `dtype` (the same tensor when it already has that dtype).
+    /// Differentiable between float dtypes.
     ///
     /// ```
     /// use flint_runtime::{DType, Tensor};
     /// let t = Tensor::from_vec(vec![1.7f32, -2.2], [2]).to_dtype(DType::I64);
     /// assert_eq!(t.to_vec::<i64>(), vec![1, -2]);
     /// ```
+    #[track_caller]
     pub fn to_dtype(&self, dtype: DType) -> Tensor {
+        let out = self.to_dtype_raw(dtype);
+        if dtype == self.dtype() || !dtype.is_float() {
+            return out;
+        }
+        let from = self.dtype();
+        record(out, "to_dtype", &[self], &[], move |g| {
+            vec![Some(g.to_dtype(from))]
+        })
+    }
+
+    /// Dtype conversion that records nothing (for kernels).
+    pub(crate) fn to_dtype_raw(&self, dtype: DType) -> Tensor {
         if dtype == self.dtype() {
             return self.clone();
         }
@@ -323,18 +350,143 @@ impl Tensor {
 
     /// A contiguous tensor with the same elements (the same tensor when already
     /// contiguous).
+    #[track_caller]
     pub fn contiguous(&self) -> Tensor {
         if self.is_contiguous() {
             return self.clone();
         }
-        let buf = self.with_cpu(|buf, l| crate::with_buffer!(buf, v => crate::storage::BufferElement::into_buffer(crate::cpu::strided::gather(v, l))));
-        Tensor::from_buffer(buf, self.shape())
+        self.deep_clone()
     }
 
-    /// A contiguous copy that shares nothing with `self`.
+    /// A contiguous copy that shares nothing with `self` (PyTorch's `clone()`);
+    /// differentiable.
+    #[track_caller]
     pub fn deep_clone(&self) -> Tensor {
         let buf = self.with_cpu(|buf, l| crate::with_buffer!(buf, v => crate::storage::BufferElement::into_buffer(crate::cpu::strided::gather(v, l))));
-        Tensor::from_buffer(buf, self.shape())
+        let out = Tensor::from_buffer(buf, self.shape());
+        record(out, "clone", &[self], &[], |g| vec![Some(g.clone())])
+    }
+}
+
+/// Autograd state.
+impl Tensor {
+    /// True when gradients flow to this tensor: a leaf marked with
+    /// [`Tensor::requires_grad_`], or the result of an op on such tensors.
+    pub fn requires_grad(&self) -> bool {
+        self.0.autograd.requires_grad.load(Ordering::Relaxed) || self.grad_fn().is_some()
+    }
+
+    /// Marks a leaf tensor as requiring grad (or not) and returns it, so that
+    /// `let w = Tensor::randn([3], ()).requires_grad_(true);` reads naturally.
+    ///
+    /// Panics on a non-leaf or a non-float tensor; see [`Tensor::try_requires_grad_`].
+    #[track_caller]
+    pub fn requires_grad_(&self, on: bool) -> Tensor {
+        or_panic(self.try_requires_grad_(on));
+        self.clone()
+    }
+
+    /// Fallible [`Tensor::requires_grad_`].
+    pub fn try_requires_grad_(&self, on: bool) -> Result<()> {
+        if self.grad_fn().is_some() {
+            return Err(Error::Autograd(
+                "you can only change requires_grad of leaf tensors; use detach() to get a leaf"
+                    .into(),
+            ));
+        }
+        if on && !self.dtype().is_float() {
+            return Err(Error::Autograd(format!(
+                "only floating-point tensors can require gradients, got {}",
+                self.dtype()
+            )));
+        }
+        self.0.autograd.requires_grad.store(on, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// True for a tensor not produced by a recorded op (user-created tensors, parameters,
+    /// results computed under `no_grad`, `detach()`ed tensors).
+    pub fn is_leaf(&self) -> bool {
+        self.grad_fn().is_none()
+    }
+
+    /// The gradient accumulated by `backward`, if any.
+    pub fn grad(&self) -> Option<Tensor> {
+        self.0
+            .autograd
+            .grad
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the accumulated gradient.
+    pub fn set_grad(&self, grad: Option<Tensor>) {
+        *self
+            .0
+            .autograd
+            .grad
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = grad;
+    }
+
+    /// Drops the accumulated gradient (PyTorch's `zero_grad(set_to_none=True)`).
+    pub fn zero_grad(&self) {
+        self.set_grad(None);
+    }
+
+    /// A tensor sharing this one's storage, cut from the graph (a leaf that does not
+    /// require grad).
+    pub fn detach(&self) -> Tensor {
+        Tensor::from_parts(self.0.storage.clone(), self.0.layout.clone(), self.0.dtype)
+    }
+
+    /// The node that produced this tensor (`None` for leaves).
+    pub fn grad_fn(&self) -> Option<Arc<Node>> {
+        self.0
+            .autograd
+            .grad_fn
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_grad_fn(&self, node: Option<Arc<Node>>) {
+        *self
+            .0
+            .autograd
+            .grad_fn
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = node;
+    }
+
+    /// Where a gradient for this tensor should go, if it wants one.
+    pub(crate) fn grad_edge(&self) -> Option<Edge> {
+        match self.grad_fn() {
+            Some(n) => Some(Edge::Node(n)),
+            None if self.0.autograd.requires_grad.load(Ordering::Relaxed) => {
+                Some(Edge::Leaf(self.clone()))
+            }
+            None => None,
+        }
+    }
+
+    pub(crate) fn accumulate_grad(&self, g: Tensor) {
+        let mut slot = self
+            .0
+            .autograd
+            .grad
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *slot = Some(match slot.take() {
+            Some(old) => &old + &g,
+            None => g,
+        });
+    }
+
+    /// True when both handles are the same tensor (not merely the same storage).
+    pub fn same_tensor(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Elementwise math with NumPy broadcasting and PyTorch's type promotion: arithmetic,
 //! the `+ - * /` operators, unary math and activations.
 
+use crate::autograd::{is_grad_enabled, no_grad, record};
 use crate::cpu::map;
 use crate::dispatch;
 use crate::dtype::{DType, Element, FloatElement, NumElement};
@@ -102,7 +103,7 @@ pub(crate) fn prepare(
         ));
     }
     let shape = broadcast_shapes(op, a.shape(), b.shape())?;
-    let (a, b) = (a.to_dtype(dtype), b.to_dtype(dtype));
+    let (a, b) = (a.to_dtype_raw(dtype), b.to_dtype_raw(dtype));
     let la = a.layout().broadcast_to(op, &shape)?;
     let lb = b.layout().broadcast_to(op, &shape)?;
     Ok((a, la, b, lb))
@@ -151,6 +152,7 @@ fn min_nan<T: Element>(x: T, y: T) -> T {
     }
 }
 
+#[track_caller]
 fn arith(a: &Tensor, b: Operand, kind: Arith) -> Result<Tensor> {
     let op = kind.name();
     let b = b.into_tensor(a);
@@ -161,18 +163,78 @@ fn arith(a: &Tensor, b: Operand, kind: Arith) -> Result<Tensor> {
     if matches!(kind, Arith::Div | Arith::Pow) {
         dt = dt.to_float();
     }
-    let (a, la, b, lb) = prepare(op, a, &b, dt)?;
-    dispatch!(num op, dt, T => {
+    let (ca, la, cb, lb) = prepare(op, a, &b, dt)?;
+    let out = dispatch!(num op, dt, T => {
         match kind {
-            Arith::Add => map::binary::<T, T>(&a, &la, &b, &lb, |x, y| x + y),
-            Arith::Sub => map::binary::<T, T>(&a, &la, &b, &lb, |x, y| x - y),
-            Arith::Mul => map::binary::<T, T>(&a, &la, &b, &lb, |x, y| x * y),
-            Arith::Div => map::binary::<T, T>(&a, &la, &b, &lb, |x, y| x / y),
-            Arith::Max => map::binary::<T, T>(&a, &la, &b, &lb, max_nan),
-            Arith::Min => map::binary::<T, T>(&a, &la, &b, &lb, min_nan),
-            Arith::Pow => map::binary::<T, T>(&a, &la, &b, &lb, |x, y| T::from_f64(x.to_f64().powf(y.to_f64()))),
+            Arith::Add => map::binary::<T, T>(&ca, &la, &cb, &lb, |x, y| x + y),
+            Arith::Sub => map::binary::<T, T>(&ca, &la, &cb, &lb, |x, y| x - y),
+            Arith::Mul => map::binary::<T, T>(&ca, &la, &cb, &lb, |x, y| x * y),
+            Arith::Div => map::binary::<T, T>(&ca, &la, &cb, &lb, |x, y| x / y),
+            Arith::Max => map::binary::<T, T>(&ca, &la, &cb, &lb, max_nan),
+            Arith::Min => map::binary::<T, T>(&ca, &la, &cb, &lb, min_nan),
+            Arith::Pow => map::binary::<T, T>(&ca, &la, &cb, &lb, |x, y| T::from_f64(x.to_f64().powf(y.to_f64()))),
         }
+    })?;
+    Ok(record_arith(out, kind, a, &b))
+}
+
+/// The backward of a broadcasting binary op: each input's gradient is reduced back to its
+/// shape and dtype.
+#[track_caller]
+fn record_arith(out: Tensor, kind: Arith, a: &Tensor, b: &Tensor) -> Tensor {
+    let (a, b) = (a.clone(), b.clone());
+    let (na, nb) = (a.requires_grad(), b.requires_grad());
+    let fit = |g: Tensor, like: &Tensor| sum_to(&g, like.shape()).to_dtype(like.dtype());
+    let saved: Vec<&Tensor> = match kind {
+        Arith::Add | Arith::Sub => vec![],
+        _ => vec![&a, &b],
+    };
+    let saved: Vec<Tensor> = saved.into_iter().cloned().collect();
+    let saved_refs: Vec<&Tensor> = saved.iter().collect();
+    let (a2, b2) = (a.clone(), b.clone());
+    record(out, kind.name(), &[&a2, &b2], &saved_refs, move |g| {
+        let (ga, gb) = match kind {
+            Arith::Add => (na.then(|| g.clone()), nb.then(|| g.clone())),
+            Arith::Sub => (na.then(|| g.clone()), nb.then(|| g.neg())),
+            Arith::Mul => (na.then(|| g * &b), nb.then(|| g * &a)),
+            Arith::Div => (na.then(|| g / &b), nb.then(|| -(g * &a) / (&b * &b))),
+            Arith::Max | Arith::Min => {
+                // ties split the gradient evenly, like torch.maximum
+                let wins = if kind == Arith::Max {
+                    a.gt(&b)
+                } else {
+                    a.lt(&b)
+                };
+                let wa = wins.to_dtype_raw(g.dtype()) + a.eq(&b).to_dtype_raw(g.dtype()) * 0.5;
+                (na.then(|| g * &wa), nb.then(|| g * (1.0 - &wa)))
+            }
+            Arith::Pow => {
+                let ga = na.then(|| g * &b * a.pow(&b - 1.0));
+                // d/db a^b = a^b ln a, taken as 0 where a == 0
+                let gb = nb.then(|| {
+                    let ln = a.where_(&a.ne(0.0), 1.0).log();
+                    g * a.pow(&b) * ln
+                });
+                (ga, gb)
+            }
+        };
+        vec![ga.map(|g| fit(g, &a)), gb.map(|g| fit(g, &b))]
     })
+}
+
+/// Sums `g` over the dims that broadcasting added or expanded, so it gets `shape`.
+pub(crate) fn sum_to(g: &Tensor, shape: &[usize]) -> Tensor {
+    if g.shape() == shape {
+        return g.clone();
+    }
+    let lead = g.ndim() - shape.len();
+    let mut dims: Vec<usize> = (0..lead).collect();
+    for (i, &d) in shape.iter().enumerate() {
+        if d == 1 && g.shape()[lead + i] != 1 {
+            dims.push(lead + i);
+        }
+    }
+    g.sum(dims, true).reshape(shape)
 }
 
 macro_rules! binary_methods {
@@ -183,6 +245,7 @@ macro_rules! binary_methods {
             or_panic(self.$try_name(other))
         }
         #[doc = concat!("Fallible [`Tensor::", stringify!($name), "`].")]
+        #[track_caller]
         pub fn $try_name(&self, other: impl Into<Operand>) -> Result<Tensor> {
             arith(self, other.into(), Arith::$kind)
         }
@@ -213,23 +276,52 @@ impl Tensor {
         pow, try_pow, Pow;
     }
 
-    /// Clamps every element into `[min, max]`.
+    /// Clamps every element into `[min, max]` (the gradient passes where
+    /// `min <= x <= max`, like PyTorch's).
     ///
     /// ```
     /// use flint_runtime::Tensor;
     /// let x = Tensor::from_vec(vec![-2.0f32, 0.5, 3.0], [3]);
     /// assert_eq!(x.clamp(-1.0, 1.0).to_vec::<f32>(), vec![-1.0, 0.5, 1.0]);
     /// ```
+    #[track_caller]
     pub fn clamp(&self, min: f64, max: f64) -> Tensor {
-        self.clamp_min(min).clamp_max(max)
+        self.clamp_impl(Some(min), Some(max))
     }
     /// `max(self, min)` elementwise.
+    #[track_caller]
     pub fn clamp_min(&self, min: f64) -> Tensor {
-        self.maximum(self.scalar_operand(min))
+        self.clamp_impl(Some(min), None)
     }
     /// `min(self, max)` elementwise.
+    #[track_caller]
     pub fn clamp_max(&self, max: f64) -> Tensor {
-        self.minimum(self.scalar_operand(max))
+        self.clamp_impl(None, Some(max))
+    }
+
+    #[track_caller]
+    fn clamp_impl(&self, min: Option<f64>, max: Option<f64>) -> Tensor {
+        let out = no_grad(|| {
+            let mut t = self.clone();
+            if let Some(m) = min {
+                t = t.maximum(self.scalar_operand(m));
+            }
+            if let Some(m) = max {
+                t = t.minimum(self.scalar_operand(m));
+            }
+            t
+        });
+        let x = self.clone();
+        record(out, "clamp", &[self], &[self], move |g| {
+            let mut outside = x.ne(&x); // all false
+            if let Some(m) = min {
+                outside = outside.logical_or(x.lt(m));
+            }
+            if let Some(m) = max {
+                outside = outside.logical_or(x.gt(m));
+            }
+            vec![Some(g.masked_fill(&outside, 0.0))]
+        })
     }
 
     /// A scalar operand that keeps this tensor's dtype (integer scalars for integer tensors).
@@ -244,11 +336,12 @@ impl Tensor {
 
 // ---------------------------------------------------------------- unary ops
 
-fn unary_float(x: &Tensor, op: &'static str, f: fn(f64) -> f64, ff: UnaryF) -> Result<Tensor> {
+/// Applies a float function elementwise (integers are converted to f32 first).
+fn unary_float(x: &Tensor, op: &'static str, f: UnaryF) -> Result<Tensor> {
     let dt = x.dtype().to_float();
-    let x = x.to_dtype(dt);
-    dispatch!(float op, dt, T => match ff {
-        UnaryF::Generic => map::unary::<T, T>(&x, |v| T::from_f64(f(v.to_f64()))),
+    let x = x.to_dtype_raw(dt);
+    dispatch!(float op, dt, T => match f {
+        UnaryF::Generic(f) => map::unary::<T, T>(&x, |v| T::from_f64(f(v.to_f64()))),
         UnaryF::Native(g) => map::unary::<T, T>(&x, move |v| g.apply(v)),
     })
 }
@@ -299,12 +392,76 @@ impl NativeF {
             }
         }
     }
+
+    fn name(self) -> &'static str {
+        match self {
+            NativeF::Exp => "exp",
+            NativeF::Ln => "log",
+            NativeF::Sqrt => "sqrt",
+            NativeF::Rsqrt => "rsqrt",
+            NativeF::Tanh => "tanh",
+            NativeF::Sigmoid => "sigmoid",
+            NativeF::Silu => "silu",
+            NativeF::Sin => "sin",
+            NativeF::Cos => "cos",
+            NativeF::Recip => "reciprocal",
+            NativeF::Floor => "floor",
+            NativeF::Ceil => "ceil",
+            NativeF::Round => "round",
+        }
+    }
+
+    /// The gradient of the input given the output gradient `g`, the input `x` and the
+    /// output `y` (a detached copy, or recomputed from `x` when building a
+    /// differentiable gradient).
+    fn backward(self, g: &Tensor, x: &Tensor, y: &Tensor) -> Tensor {
+        match self {
+            NativeF::Exp => g * y,
+            NativeF::Ln => g / x,
+            NativeF::Sqrt => g * 0.5 / y,
+            NativeF::Rsqrt => g * -0.5 * y * y * y,
+            NativeF::Tanh => g * (1.0 - y * y),
+            NativeF::Sigmoid => g * y * (1.0 - y),
+            NativeF::Silu => {
+                let s = x.sigmoid();
+                g * &s * (1.0 + x * (1.0 - &s))
+            }
+            NativeF::Sin => g * x.cos(),
+            NativeF::Cos => -(g * x.sin()),
+            NativeF::Recip => -(g * y * y),
+            NativeF::Floor | NativeF::Ceil | NativeF::Round => g.zeros_like(),
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
 enum UnaryF {
-    Generic,
+    Generic(fn(f64) -> f64),
     Native(NativeF),
+}
+
+/// Runs a native unary op and records its backward.
+#[track_caller]
+fn native(x: &Tensor, f: NativeF) -> Tensor {
+    let out = or_panic(unary_float(x, f.name(), UnaryF::Native(f)));
+    if !(is_grad_enabled() && x.requires_grad()) {
+        return out;
+    }
+    let (xs, ys) = (x.clone(), out.detach());
+    record(out, f.name(), &[x], &[x, &ys.clone()], move |g| {
+        // with create_graph, recompute the output so the gradient is differentiable
+        let y = if is_grad_enabled() {
+            native_raw_again(&xs, f)
+        } else {
+            ys.clone()
+        };
+        vec![Some(f.backward(g, &xs, &y).to_dtype(xs.dtype()))]
+    })
+}
+
+#[track_caller]
+fn native_raw_again(x: &Tensor, f: NativeF) -> Tensor {
+    native(x, f)
 }
 
 fn gelu_exact(x: f64) -> f64 {
@@ -319,8 +476,9 @@ fn gelu_tanh(x: f64) -> f64 {
 macro_rules! native_unary {
     ($($(#[$doc:meta])* $name:ident => $f:ident;)*) => {$(
         $(#[$doc])*
+        #[track_caller]
         pub fn $name(&self) -> Tensor {
-            or_panic(unary_float(self, stringify!($name), |v| v, UnaryF::Native(NativeF::$f)))
+            native(self, NativeF::$f)
         }
     )*};
 }
@@ -357,12 +515,31 @@ impl Tensor {
         cos => Cos;
         /// `1/x` elementwise.
         reciprocal => Recip;
-        /// Floor elementwise.
+        /// Floor elementwise (zero gradient).
         floor => Floor;
-        /// Ceiling elementwise.
+        /// Ceiling elementwise (zero gradient).
         ceil => Ceil;
-        /// Rounds to nearest, ties to even, elementwise.
+        /// Rounds to nearest, ties to even, elementwise (zero gradient).
         round => Round;
+    }
+
+    /// The error function elementwise.
+    ///
+    /// ```
+    /// use flint_runtime::Tensor;
+    /// let y = Tensor::from_vec(vec![0.0f64, 1.0], [2]).erf().to_vec::<f64>();
+    /// assert!((y[1] - 0.8427007929497149).abs() < 1e-15);
+    /// ```
+    #[track_caller]
+    pub fn erf(&self) -> Tensor {
+        let out = or_panic(unary_float(self, "erf", UnaryF::Generic(libm::erf)));
+        let x = self.clone();
+        record(out, "erf", &[self], &[self], move |g| {
+            // d/dx erf(x) = 2/√π · e^(−x²)
+            vec![Some(
+                g * (x.square().neg().exp() * std::f64::consts::FRAC_2_SQRT_PI),
+            )]
+        })
     }
 
     /// GELU with the given formula.
@@ -373,28 +550,56 @@ impl Tensor {
     /// let y = x.gelu(GeluApprox::None).to_vec::<f64>();
     /// assert!((y[1] - 0.8413447460685429).abs() < 1e-12);
     /// ```
+    #[track_caller]
     pub fn gelu(&self, approximate: GeluApprox) -> Tensor {
         let f = match approximate {
             GeluApprox::None => gelu_exact,
             GeluApprox::Tanh => gelu_tanh,
         };
-        or_panic(unary_float(self, "gelu", f, UnaryF::Generic))
+        let out = or_panic(unary_float(self, "gelu", UnaryF::Generic(f)));
+        let x = self.clone();
+        record(out, "gelu", &[self], &[self], move |g| {
+            let d = match approximate {
+                GeluApprox::None => {
+                    // Φ(x) + x·φ(x)
+                    let cdf = ((&x * std::f64::consts::FRAC_1_SQRT_2).erf() + 1.0) * 0.5;
+                    let pdf = (x.square() * -0.5).exp()
+                        * (0.5
+                            * std::f64::consts::FRAC_2_SQRT_PI
+                            * std::f64::consts::FRAC_1_SQRT_2);
+                    cdf + &x * pdf
+                }
+                GeluApprox::Tanh => {
+                    let k = (2.0 / std::f64::consts::PI).sqrt();
+                    let x2 = x.square();
+                    let t = ((&x + &x * &x2 * 0.044715) * k).tanh();
+                    (&t + 1.0) * 0.5
+                        + &x * 0.5 * (1.0 - t.square()) * ((x2 * (3.0 * 0.044715) + 1.0) * k)
+                }
+            };
+            vec![Some(g * d)]
+        })
     }
 
     /// `-x` elementwise (integers stay integers).
     #[track_caller]
     pub fn neg(&self) -> Tensor {
         let dt = self.dtype();
-        or_panic(dispatch!(num "neg", dt, T => map::unary::<T, T>(self, |v| -v)))
+        let out = or_panic(dispatch!(num "neg", dt, T => map::unary::<T, T>(self, |v| -v)));
+        record(out, "neg", &[self], &[], |g| vec![Some(g.neg())])
     }
 
     /// `|x|` elementwise.
     #[track_caller]
     pub fn abs(&self) -> Tensor {
         let dt = self.dtype();
-        or_panic(
+        let out = or_panic(
             dispatch!(num "abs", dt, T => map::unary::<T, T>(self, |v| if v < T::zero() { -v } else { v })),
-        )
+        );
+        let x = self.clone();
+        record(out, "abs", &[self], &[self], move |g| {
+            vec![Some(g * x.sign())]
+        })
     }
 
     /// `x²` elementwise.
@@ -403,15 +608,16 @@ impl Tensor {
         self.mul(self)
     }
 
-    /// The sign (-1, 0 or 1) elementwise.
+    /// The sign (-1, 0 or 1) elementwise (zero gradient).
     #[track_caller]
     pub fn sign(&self) -> Tensor {
         let dt = self.dtype();
-        or_panic(
+        let out = or_panic(
             dispatch!(num "sign", dt, T => map::unary::<T, T>(self, |v| {
                 if v > T::zero() { T::one() } else if v < T::zero() { -T::one() } else { v }
             })),
-        )
+        );
+        record(out, "sign", &[self], &[], |g| vec![Some(g.zeros_like())])
     }
 
     /// `max(x, 0)` elementwise.
@@ -424,9 +630,13 @@ impl Tensor {
     #[track_caller]
     pub fn relu(&self) -> Tensor {
         let dt = self.dtype();
-        or_panic(
+        let out = or_panic(
             dispatch!(num "relu", dt, T => map::unary::<T, T>(self, |v| if v > T::zero() { v } else { T::zero() })),
-        )
+        );
+        let y = out.detach();
+        record(out, "relu", &[self], &[&y.clone()], move |g| {
+            vec![Some(g.masked_fill(&y.le(0.0), 0.0))]
+        })
     }
 }
 

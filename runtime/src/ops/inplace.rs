@@ -4,6 +4,7 @@
 //! view is seen by every tensor sharing the storage, and bumps the storage's version
 //! counter (what autograd checks to refuse a wrong gradient).
 
+use crate::autograd::is_grad_enabled;
 use crate::cpu::strided::{fill_strided, for_each_offsets};
 use crate::dispatch;
 use crate::dtype::DType;
@@ -12,6 +13,21 @@ use crate::layout::fmt_shape;
 use crate::ops::elementwise::Operand;
 use crate::storage::{BufferElement, StorageData};
 use crate::tensor::Tensor;
+
+/// Ops that return views: an in-place write through one would also change the base,
+/// which this autograd does not track yet.
+const VIEW_OPS: &[&str] = &[
+    "view",
+    "reshape",
+    "permute",
+    "transpose",
+    "unsqueeze",
+    "squeeze",
+    "expand",
+    "narrow",
+    "slice",
+    "select",
+];
 
 impl Tensor {
     /// Copies `src` (broadcast to this shape, converted to this dtype) into this tensor.
@@ -29,8 +45,52 @@ impl Tensor {
     }
 
     /// Fallible [`Tensor::copy_`].
+    #[track_caller]
     pub fn try_copy_(&self, src: &Tensor) -> Result<()> {
+        if is_grad_enabled() && (src.requires_grad() || self.requires_grad()) {
+            self.check_rebase("copy_")?;
+            let shape = self.shape().to_vec();
+            let r = src
+                .try_broadcast_to(&shape)?
+                .to_dtype(self.dtype())
+                .deep_clone();
+            self.write_from("copy_", &r)?;
+            self.set_grad_fn(r.grad_fn());
+            return Ok(());
+        }
         self.write_from("copy_", src)
+    }
+
+    /// Refuses an in-place write that autograd cannot follow: to a leaf that requires
+    /// grad (outside `no_grad`), or to a view of a tensor that requires grad.
+    fn check_rebase(&self, op: &'static str) -> Result<()> {
+        if self.is_leaf() && self.requires_grad() {
+            return Err(Error::Autograd(format!(
+                "{op}: a leaf tensor that requires grad (shape {}) is being used in an in-place operation; wrap parameter updates in no_grad",
+                fmt_shape(self.shape())
+            )));
+        }
+        if let Some(n) = self.grad_fn() {
+            if VIEW_OPS.contains(&n.name()) {
+                return Err(Error::Autograd(format!(
+                    "{op}: in-place writes to a view (made by `{}`) of a tensor that requires grad are not supported; write to a copy, or build the result out of place",
+                    n.name()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// What an in-place op computes from: `self`, or — when the op is recorded — a
+    /// differentiable copy, so that the nodes saving it are not invalidated by the write.
+    #[track_caller]
+    fn inplace_source(&self, op: &'static str) -> Result<Tensor> {
+        if is_grad_enabled() && self.requires_grad() {
+            self.check_rebase(op)?;
+            Ok(self.deep_clone())
+        } else {
+            Ok(self.clone())
+        }
     }
 
     fn check_writable(&self, op: &'static str) -> Result<()> {
@@ -75,7 +135,7 @@ impl Tensor {
                 ),
             )
         })?;
-        let mut src = src.to_dtype(self.dtype());
+        let mut src = src.to_dtype_raw(self.dtype());
         let mut lsrc = lsrc;
         if src.shares_storage(self) {
             src = src.deep_clone();
@@ -115,6 +175,10 @@ impl Tensor {
     /// Sets every element to `value`.
     #[track_caller]
     pub fn fill_(&self, value: f64) -> &Tensor {
+        if is_grad_enabled() && self.requires_grad() {
+            or_panic(self.check_rebase("fill_"));
+            self.set_grad_fn(None);
+        }
         or_panic(self.write_from("fill_", &Tensor::full([], value, self.dtype())));
         self
     }
@@ -136,43 +200,64 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn add_(&self, other: impl Into<Operand>) -> &Tensor {
-        or_panic(self.assign_result("add_", self.try_add(other)));
+        or_panic(self.assign_result(
+            "add_",
+            self.inplace_source("add_").and_then(|x| x.try_add(other)),
+        ));
         self
     }
     /// `self -= other` in place.
     #[track_caller]
     pub fn sub_(&self, other: impl Into<Operand>) -> &Tensor {
-        or_panic(self.assign_result("sub_", self.try_sub(other)));
+        or_panic(self.assign_result(
+            "sub_",
+            self.inplace_source("sub_").and_then(|x| x.try_sub(other)),
+        ));
         self
     }
     /// `self *= other` in place.
     #[track_caller]
     pub fn mul_(&self, other: impl Into<Operand>) -> &Tensor {
-        or_panic(self.assign_result("mul_", self.try_mul(other)));
+        or_panic(self.assign_result(
+            "mul_",
+            self.inplace_source("mul_").and_then(|x| x.try_mul(other)),
+        ));
         self
     }
     /// `self /= other` in place (float tensors only, as in PyTorch).
     #[track_caller]
     pub fn div_(&self, other: impl Into<Operand>) -> &Tensor {
-        or_panic(self.assign_result("div_", self.try_div(other)));
+        or_panic(self.assign_result(
+            "div_",
+            self.inplace_source("div_").and_then(|x| x.try_div(other)),
+        ));
         self
     }
     /// Clamps in place.
     #[track_caller]
     pub fn clamp_(&self, min: f64, max: f64) -> &Tensor {
-        or_panic(self.assign_result("clamp_", Ok(self.clamp(min, max))));
+        or_panic(self.assign_result(
+            "clamp_",
+            self.inplace_source("clamp_").map(|x| x.clamp(min, max)),
+        ));
         self
     }
     /// `max(x, 0)` in place.
     #[track_caller]
     pub fn relu_(&self) -> &Tensor {
-        or_panic(self.assign_result("relu_", Ok(self.relu())));
+        or_panic(self.assign_result("relu_", self.inplace_source("relu_").map(|x| x.relu())));
         self
     }
     /// Fills the elements where `mask` is true with `value`, in place.
     #[track_caller]
     pub fn masked_fill_(&self, mask: &Tensor, value: f64) -> &Tensor {
-        or_panic(self.assign_result("masked_fill_", self.try_masked_fill(mask, value)));
+        or_panic(
+            self.assign_result(
+                "masked_fill_",
+                self.inplace_source("masked_fill_")
+                    .and_then(|x| x.try_masked_fill(mask, value)),
+            ),
+        );
         self
     }
 }

@@ -1,11 +1,12 @@
 //! Masks: comparisons, logical ops, `where_`, `masked_fill`, `triu`/`tril`.
 
+use crate::autograd::record;
 use crate::cpu::map;
 use crate::dispatch;
 use crate::dtype::{DType, Element};
 use crate::error::{or_panic, Error, Result};
 use crate::layout::broadcast_shapes;
-use crate::ops::elementwise::{prepare, Operand};
+use crate::ops::elementwise::{prepare, sum_to, Operand};
 use crate::tensor::Tensor;
 
 #[derive(Clone, Copy)]
@@ -139,6 +140,7 @@ impl Tensor {
     }
 
     /// Fallible [`Tensor::where_`].
+    #[track_caller]
     pub fn try_where(&self, cond: &Tensor, other: impl Into<Operand>) -> Result<Tensor> {
         let other = other.into().into_tensor(self);
         if cond.dtype() != DType::Bool {
@@ -153,9 +155,16 @@ impl Tensor {
         let la = la.broadcast_to("where", &shape)?;
         let lb = lb.broadcast_to("where", &shape)?;
         let lc = cond.layout().broadcast_to("where", &shape)?;
-        Ok(
-            dispatch!(all dt, T => map::ternary::<bool, T, T>((cond, &lc), (&a, &la), (&b, &lb), |c, x, y| if c { x } else { y })),
-        )
+        let out = dispatch!(all dt, T => map::ternary::<bool, T, T>((cond, &lc), (&a, &la), (&b, &lb), |c, x, y| if c { x } else { y }));
+        let (c, x, y) = (cond.clone(), self.clone(), other.clone());
+        let (nx, ny) = (x.requires_grad(), y.requires_grad());
+        Ok(record(out, "where", &[self, &other], &[], move |g| {
+            let gx = nx.then(|| {
+                sum_to(&g.masked_fill(&c.logical_not(), 0.0), x.shape()).to_dtype(x.dtype())
+            });
+            let gy = ny.then(|| sum_to(&g.masked_fill(&c, 0.0), y.shape()).to_dtype(y.dtype()));
+            vec![gx, gy]
+        }))
     }
 
     /// `value` where `mask` is true, `self` elsewhere; `mask` broadcasts to `self`.
@@ -173,6 +182,7 @@ impl Tensor {
     }
 
     /// Fallible [`Tensor::masked_fill`].
+    #[track_caller]
     pub fn try_masked_fill(&self, mask: &Tensor, value: f64) -> Result<Tensor> {
         if mask.dtype() != DType::Bool {
             return Err(Error::dtype(
@@ -196,9 +206,11 @@ impl Tensor {
         let dt = self.dtype();
         let fill = Tensor::full([], value, dt);
         let lf = fill.layout().broadcast_to("masked_fill", self.shape())?;
-        Ok(
-            dispatch!(all dt, T => map::ternary::<bool, T, T>((mask, &lm), (&fill, &lf), (self, self.layout()), |c, x, y| if c { x } else { y })),
-        )
+        let out = dispatch!(all dt, T => map::ternary::<bool, T, T>((mask, &lm), (&fill, &lf), (self, self.layout()), |c, x, y| if c { x } else { y }));
+        let m = mask.clone();
+        Ok(record(out, "masked_fill", &[self], &[], move |g| {
+            vec![Some(g.masked_fill(&m, 0.0))]
+        }))
     }
 
     /// The upper triangle of the last two dims: elements with `col - row >= diagonal`
@@ -220,6 +232,7 @@ impl Tensor {
         or_panic(self.tri(diagonal, false))
     }
 
+    #[track_caller]
     fn tri(&self, diagonal: i64, upper: bool) -> Result<Tensor> {
         let op = if upper { "triu" } else { "tril" };
         if self.ndim() < 2 {

@@ -1,5 +1,6 @@
 //! Reductions over any dims with `keepdim`, and the softmax family.
 
+use crate::autograd::record;
 use crate::cpu::reduce::reduce;
 use crate::dispatch;
 use crate::dtype::{DType, Element};
@@ -110,7 +111,7 @@ fn reduce_values(
     if dt == DType::Bool && matches!(kind, Kind::Sum | Kind::Prod) {
         dt = DType::I64;
     }
-    let t = t.to_dtype(dt);
+    let t = t.to_dtype_raw(dt);
     let out = dispatch!(all dt, T => {
         t.with_slice::<T, _>(|s, l| {
             let v: Vec<T> = match (kind, T::DTYPE.is_float()) {
@@ -185,6 +186,20 @@ fn arg_reduce(
     Ok(Tensor::from_vec(v, shape))
 }
 
+/// The backward of `max`/`min` over dims: the gradient goes to the elements equal to the
+/// extreme, split evenly among ties (like `torch.amax`).
+#[track_caller]
+fn record_extreme(out: Tensor, x: &Tensor, dims: &[usize], name: &'static str) -> Tensor {
+    let kept = out_shape(x.shape(), dims, true);
+    let dims = dims.to_vec();
+    let (xs, y) = (x.clone(), out.detach());
+    record(out, name, &[x], &[x], move |g| {
+        let hit = xs.eq(&y.reshape(kept.as_slice())).to_dtype(g.dtype());
+        let count = hit.sum(dims.as_slice(), true);
+        vec![Some(g.reshape(kept.as_slice()) * hit / count)]
+    })
+}
+
 impl Tensor {
     /// Sum over `dims` (bool sums to i64; floats accumulate in f64).
     ///
@@ -200,9 +215,14 @@ impl Tensor {
         or_panic(self.try_sum(dims, keepdim))
     }
     /// Fallible [`Tensor::sum`].
+    #[track_caller]
     pub fn try_sum(&self, dims: impl ReduceDims, keepdim: bool) -> Result<Tensor> {
         let d = resolve("sum", self, &dims)?;
-        reduce_values(self, &d, keepdim, Kind::Sum, "sum")
+        let out = reduce_values(self, &d, keepdim, Kind::Sum, "sum")?;
+        let (shape, kept) = (self.shape().to_vec(), out_shape(self.shape(), &d, true));
+        Ok(record(out, "sum", &[self], &[], move |g| {
+            vec![Some(g.reshape(kept.as_slice()).expand(shape.as_slice()))]
+        }))
     }
     /// Sum of all elements, as a 0-d tensor.
     pub fn sum_all(&self) -> Tensor {
@@ -213,7 +233,20 @@ impl Tensor {
     #[track_caller]
     pub fn prod(&self, dims: impl ReduceDims, keepdim: bool) -> Tensor {
         let d = or_panic(resolve("prod", self, &dims));
-        or_panic(reduce_values(self, &d, keepdim, Kind::Prod, "prod"))
+        let out = or_panic(reduce_values(self, &d, keepdim, Kind::Prod, "prod"));
+        let kept = out_shape(self.shape(), &d, true);
+        let (x, y) = (self.clone(), out.detach());
+        // d prod / d xᵢ = prod / xᵢ (inputs must be non-zero for this formula)
+        let dims = d.clone();
+        record(out, "prod", &[self], &[self], move |g| {
+            // recompute the product when the gradient itself must be differentiable
+            let y = if crate::autograd::is_grad_enabled() {
+                x.prod(dims.as_slice(), true)
+            } else {
+                y.reshape(kept.as_slice())
+            };
+            vec![Some(g.reshape(kept.as_slice()) * y / &x)]
+        })
     }
 
     /// Mean over `dims` (a floating-point result).
@@ -228,12 +261,12 @@ impl Tensor {
         or_panic(self.try_mean(dims, keepdim))
     }
     /// Fallible [`Tensor::mean`].
+    #[track_caller]
     pub fn try_mean(&self, dims: impl ReduceDims, keepdim: bool) -> Result<Tensor> {
         let d = resolve("mean", self, &dims)?;
         let n: usize = d.iter().map(|&i| self.shape()[i]).product();
         let x = self.to_dtype(self.dtype().to_float());
-        let s = reduce_values(&x, &d, keepdim, Kind::Sum, "mean")?;
-        Ok(s.div(n as f64))
+        Ok(x.try_sum(d.as_slice(), keepdim)?.div(n as f64))
     }
     /// Mean of all elements, as a 0-d tensor.
     pub fn mean_all(&self) -> Tensor {
@@ -246,9 +279,11 @@ impl Tensor {
         or_panic(self.try_max(dims, keepdim))
     }
     /// Fallible [`Tensor::max`].
+    #[track_caller]
     pub fn try_max(&self, dims: impl ReduceDims, keepdim: bool) -> Result<Tensor> {
         let d = resolve("max", self, &dims)?;
-        reduce_values(self, &d, keepdim, Kind::Max, "max")
+        let out = reduce_values(self, &d, keepdim, Kind::Max, "max")?;
+        Ok(record_extreme(out, self, &d, "max"))
     }
     /// Minimum over `dims` (values only, like `torch.amin`; NaN propagates).
     #[track_caller]
@@ -256,9 +291,11 @@ impl Tensor {
         or_panic(self.try_min(dims, keepdim))
     }
     /// Fallible [`Tensor::min`].
+    #[track_caller]
     pub fn try_min(&self, dims: impl ReduceDims, keepdim: bool) -> Result<Tensor> {
         let d = resolve("min", self, &dims)?;
-        reduce_values(self, &d, keepdim, Kind::Min, "min")
+        let out = reduce_values(self, &d, keepdim, Kind::Min, "min")?;
+        Ok(record_extreme(out, self, &d, "min"))
     }
     /// Maximum along `dim` with its index, like `torch.max(x, dim)`.
     #[track_caller]

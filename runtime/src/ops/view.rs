@@ -1,8 +1,10 @@
 //! Views: ops that make a new layout over the same storage (and `reshape`, which copies
 //! only when no view exists).
 
+use crate::autograd::{no_grad, record};
 use crate::error::{or_panic, Error, Result};
 use crate::layout::{fmt_shape, infer_shape, normalize_dim, Dims, Layout};
+use crate::ops::elementwise::sum_to;
 use crate::tensor::Tensor;
 use smallvec::SmallVec;
 
@@ -26,7 +28,58 @@ macro_rules! shape_spec {
 }
 shape_spec!(usize, isize, i32, i64);
 
+/// The gradient of a slice (`start`, `step` along `dim`) of a tensor of `in_shape`:
+/// zeros with `g` written into the sliced positions. Its own backward slices again, so
+/// slicing is differentiable to any order.
+#[track_caller]
+pub(crate) fn slice_backward(
+    g: &Tensor,
+    in_shape: &[usize],
+    dim: usize,
+    start: usize,
+    step: usize,
+) -> Tensor {
+    let len = g.shape()[dim];
+    let end = if len == 0 {
+        start
+    } else {
+        start + (len - 1) * step + 1
+    };
+    let out = no_grad(|| {
+        let z = Tensor::zeros(in_shape, g.dtype());
+        let dst = or_panic(z.try_slice(dim as isize, start, end, step));
+        dst.copy_(g);
+        z
+    });
+    record(out, "slice_backward", &[g], &[], move |gg| {
+        vec![Some(or_panic(gg.try_slice(dim as isize, start, end, step)))]
+    })
+}
+
 impl Tensor {
+    /// A view with another layout whose gradient is `backward(g)`.
+    #[track_caller]
+    fn view_op(
+        &self,
+        name: &'static str,
+        layout: Layout,
+        backward: impl Fn(&Tensor) -> Tensor + Send + Sync + 'static,
+    ) -> Tensor {
+        let out = self.with_layout(layout);
+        record(out, name, &[self], &[], move |g| vec![Some(backward(g))])
+    }
+
+    #[track_caller]
+    fn reshape_view(&self, name: &'static str, shape: Dims, strides: Dims) -> Tensor {
+        let l = Layout {
+            shape,
+            strides,
+            offset: self.layout().offset,
+        };
+        let in_shape = self.shape().to_vec();
+        self.view_op(name, l, move |g| g.reshape(in_shape.as_slice()))
+    }
+
     /// The same data seen with another shape, without copying; `-1` infers one dim.
     /// Panics when the strides do not allow a view (use [`Tensor::reshape`] then).
     ///
@@ -41,14 +94,11 @@ impl Tensor {
     }
 
     /// Fallible [`Tensor::view`].
+    #[track_caller]
     pub fn try_view(&self, shape: impl IntoShapeSpec) -> Result<Tensor> {
         let shape = infer_shape("view", &shape.to_spec(), self.numel())?;
         match self.layout().view_strides(&shape) {
-            Some(strides) => Ok(self.with_layout(Layout {
-                shape,
-                strides,
-                offset: self.layout().offset,
-            })),
+            Some(strides) => Ok(self.reshape_view("view", shape, strides)),
             None => Err(Error::shape(
                 "view",
                 format!(
@@ -74,15 +124,12 @@ impl Tensor {
     }
 
     /// Fallible [`Tensor::reshape`].
+    #[track_caller]
     pub fn try_reshape(&self, shape: impl IntoShapeSpec) -> Result<Tensor> {
         let spec = shape.to_spec();
         let shape = infer_shape("reshape", &spec, self.numel())?;
         match self.layout().view_strides(&shape) {
-            Some(strides) => Ok(self.with_layout(Layout {
-                shape,
-                strides,
-                offset: self.layout().offset,
-            })),
+            Some(strides) => Ok(self.reshape_view("reshape", shape, strides)),
             None => self.contiguous().try_view(shape.as_slice()),
         }
     }
@@ -95,12 +142,18 @@ impl Tensor {
     }
 
     /// Fallible [`Tensor::permute`].
+    #[track_caller]
     pub fn try_permute(&self, dims: &[isize]) -> Result<Tensor> {
         let perm = dims
             .iter()
             .map(|&d| normalize_dim("permute", d, self.ndim()))
             .collect::<Result<Vec<_>>>()?;
-        Ok(self.with_layout(self.layout().permute(&perm)?))
+        let mut inv = vec![0isize; perm.len()];
+        for (i, &p) in perm.iter().enumerate() {
+            inv[p] = i as isize;
+        }
+        let l = self.layout().permute(&perm)?;
+        Ok(self.view_op("permute", l, move |g| g.permute(&inv)))
     }
 
     /// Swaps two dims.
@@ -110,6 +163,7 @@ impl Tensor {
     }
 
     /// Fallible [`Tensor::transpose`].
+    #[track_caller]
     pub fn try_transpose(&self, d0: isize, d1: isize) -> Result<Tensor> {
         let n = self.ndim();
         let (a, b) = (
@@ -118,7 +172,8 @@ impl Tensor {
         );
         let mut perm: Vec<usize> = (0..n).collect();
         perm.swap(a, b);
-        Ok(self.with_layout(self.layout().permute(&perm)?))
+        let l = self.layout().permute(&perm)?;
+        Ok(self.view_op("transpose", l, move |g| g.transpose(a as isize, b as isize)))
     }
 
     /// The transpose of a matrix (a 0-d or 1-d tensor is returned as is).
@@ -144,6 +199,7 @@ impl Tensor {
     }
 
     /// Fallible [`Tensor::unsqueeze`].
+    #[track_caller]
     pub fn try_unsqueeze(&self, dim: isize) -> Result<Tensor> {
         let d = normalize_dim("unsqueeze", dim, self.ndim() + 1)?;
         let mut l = self.layout().clone();
@@ -154,18 +210,20 @@ impl Tensor {
         };
         l.shape.insert(d, 1);
         l.strides.insert(d, stride);
-        Ok(self.with_layout(l))
+        Ok(self.view_op("unsqueeze", l, move |g| g.squeeze_dim(d as isize)))
     }
 
     /// Removes every dim of size 1.
     pub fn squeeze(&self) -> Tensor {
         let l = self.layout();
         let keep: Vec<usize> = (0..l.ndim()).filter(|&d| l.shape[d] != 1).collect();
-        self.with_layout(Layout {
+        let nl = Layout {
             shape: keep.iter().map(|&d| l.shape[d]).collect(),
             strides: keep.iter().map(|&d| l.strides[d]).collect(),
             offset: l.offset,
-        })
+        };
+        let shape = self.shape().to_vec();
+        self.view_op("squeeze", nl, move |g| g.reshape(shape.as_slice()))
     }
 
     /// Removes dim `dim` if it has size 1 (otherwise returns the tensor unchanged, like
@@ -179,7 +237,8 @@ impl Tensor {
         let mut l = self.layout().clone();
         l.shape.remove(d);
         l.strides.remove(d);
-        self.with_layout(l)
+        let shape = self.shape().to_vec();
+        self.view_op("squeeze", l, move |g| g.reshape(shape.as_slice()))
     }
 
     /// Broadcasts to `shape` without copying (stride 0 on expanded dims); `-1` keeps a dim.
@@ -195,6 +254,7 @@ impl Tensor {
     }
 
     /// Fallible [`Tensor::expand`].
+    #[track_caller]
     pub fn try_expand(&self, shape: impl IntoShapeSpec) -> Result<Tensor> {
         let spec = shape.to_spec();
         if spec.len() < self.ndim() {
@@ -233,11 +293,14 @@ impl Tensor {
     }
 
     /// Fallible [`Tensor::broadcast_to`].
+    #[track_caller]
     pub fn try_broadcast_to(&self, shape: &[usize]) -> Result<Tensor> {
         if shape == self.shape() {
             return Ok(self.clone());
         }
-        Ok(self.with_layout(self.layout().broadcast_to("broadcast_to", shape)?))
+        let l = self.layout().broadcast_to("broadcast_to", shape)?;
+        let in_shape = self.shape().to_vec();
+        Ok(self.view_op("expand", l, move |g| sum_to(g, &in_shape)))
     }
 
     /// The elements `start..start + len` along `dim`, as a view.
@@ -253,6 +316,7 @@ impl Tensor {
     }
 
     /// Fallible [`Tensor::narrow`].
+    #[track_caller]
     pub fn try_narrow(&self, dim: isize, start: usize, len: usize) -> Result<Tensor> {
         let d = normalize_dim("narrow", dim, self.ndim())?;
         let size = self.shape()[d];
@@ -266,10 +330,15 @@ impl Tensor {
                 ),
             ));
         }
-        Ok(self.with_layout(self.layout().slice(d, start, len, 1)))
+        let l = self.layout().slice(d, start, len, 1);
+        let in_shape = self.shape().to_vec();
+        Ok(self.view_op("narrow", l, move |g| {
+            slice_backward(g, &in_shape, d, start, 1)
+        }))
     }
 
     /// Every `step`-th element of `start..end` along `dim`, as a view.
+    #[track_caller]
     pub fn try_slice(&self, dim: isize, start: usize, end: usize, step: usize) -> Result<Tensor> {
         let d = normalize_dim("slice", dim, self.ndim())?;
         let size = self.shape()[d];
@@ -279,7 +348,11 @@ impl Tensor {
         let end = end.min(size);
         let start = start.min(end);
         let len = (end - start).div_ceil(step);
-        Ok(self.with_layout(self.layout().slice(d, start, len, step)))
+        let l = self.layout().slice(d, start, len, step);
+        let in_shape = self.shape().to_vec();
+        Ok(self.view_op("slice", l, move |g| {
+            slice_backward(g, &in_shape, d, start, step)
+        }))
     }
 
     /// The slice at `index` along `dim`, with that dim removed (negative index counts from
@@ -296,6 +369,7 @@ impl Tensor {
     }
 
     /// Fallible [`Tensor::select`].
+    #[track_caller]
     pub fn try_select(&self, dim: isize, index: isize) -> Result<Tensor> {
         let d = normalize_dim("select", dim, self.ndim())?;
         let size = self.shape()[d] as isize;
@@ -312,7 +386,10 @@ impl Tensor {
         let mut l = self.layout().slice(d, i as usize, 1, 1);
         l.shape.remove(d);
         l.strides.remove(d);
-        Ok(self.with_layout(l))
+        let in_shape = self.shape().to_vec();
+        Ok(self.view_op("select", l, move |g| {
+            slice_backward(&g.unsqueeze(d as isize), &in_shape, d, i as usize, 1)
+        }))
     }
 
     /// Merges dims `start..=end` into one (a view when possible, else a copy).
@@ -322,6 +399,7 @@ impl Tensor {
     }
 
     /// Fallible [`Tensor::flatten`].
+    #[track_caller]
     pub fn try_flatten(&self, start: isize, end: isize) -> Result<Tensor> {
         if self.ndim() == 0 {
             return self.try_reshape([1usize]);
@@ -354,18 +432,19 @@ impl Tensor {
     }
 
     /// Fallible [`Tensor::split`].
+    #[track_caller]
     pub fn try_split(&self, size: usize, dim: isize) -> Result<Vec<Tensor>> {
         let d = normalize_dim("split", dim, self.ndim())?;
         if size == 0 {
             return Err(Error::shape("split", "split size must be positive"));
         }
         let n = self.shape()[d];
-        Ok((0..n.div_ceil(size).max(1))
+        (0..n.div_ceil(size).max(1))
             .map(|i| {
                 let start = (i * size).min(n);
-                self.with_layout(self.layout().slice(d, start, size.min(n - start), 1))
+                self.try_narrow(d as isize, start, size.min(n - start))
             })
-            .collect())
+            .collect()
     }
 
     /// Splits along `dim` into pieces with the given sizes (which must sum to the dim).
@@ -375,6 +454,7 @@ impl Tensor {
     }
 
     /// Fallible [`Tensor::split_sizes`].
+    #[track_caller]
     pub fn try_split_sizes(&self, sizes: &[usize], dim: isize) -> Result<Vec<Tensor>> {
         let d = normalize_dim("split_sizes", dim, self.ndim())?;
         let total: usize = sizes.iter().sum();
@@ -389,14 +469,14 @@ impl Tensor {
             ));
         }
         let mut start = 0;
-        Ok(sizes
+        sizes
             .iter()
             .map(|&s| {
-                let t = self.with_layout(self.layout().slice(d, start, s, 1));
+                let t = self.try_narrow(d as isize, start, s);
                 start += s;
                 t
             })
-            .collect())
+            .collect()
     }
 
     /// Splits along `dim` into `chunks` pieces of equal size (the last may be smaller),
@@ -407,6 +487,7 @@ impl Tensor {
     }
 
     /// Fallible [`Tensor::chunk`].
+    #[track_caller]
     pub fn try_chunk(&self, chunks: usize, dim: isize) -> Result<Vec<Tensor>> {
         if chunks == 0 {
             return Err(Error::shape("chunk", "number of chunks must be positive"));

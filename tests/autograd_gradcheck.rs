@@ -1,0 +1,329 @@
+//! gradcheck (and gradgradcheck where twice differentiable) on every differentiable op,
+//! with non-contiguous and broadcast inputs. `every_differentiable_op_is_covered` fails
+//! when an op in `autograd::DIFFERENTIABLE_OPS` has no case here.
+
+use flint::autograd::{gradcheck, gradgradcheck, GradcheckOptions, DIFFERENTIABLE_OPS};
+use flint::{DType, GeluApprox, Generator, Tensor};
+
+type Case = (
+    &'static str,
+    Box<dyn Fn(&[Tensor]) -> Tensor>,
+    Vec<Tensor>,
+    bool,
+);
+
+/// A non-contiguous [r, c] f64 tensor (a transposed view).
+fn nc(g: &mut Generator, r: usize, c: usize) -> Tensor {
+    g.randn([c, r], DType::F64).t()
+}
+
+/// Values kept away from 0 (for log, sqrt, div, pow).
+fn pos(g: &mut Generator, shape: &[usize]) -> Tensor {
+    g.uniform(shape, 0.5, 2.0, DType::F64)
+}
+
+fn cases() -> Vec<Case> {
+    let mut g = Generator::new(7);
+    let mut v: Vec<Case> = vec![];
+    let mut add = |name: &'static str,
+                   f: Box<dyn Fn(&[Tensor]) -> Tensor>,
+                   inputs: Vec<Tensor>,
+                   twice: bool| {
+        v.push((name, f, inputs, twice));
+    };
+    // broadcasting binary ops: [3,4] (non-contiguous) with [4]
+    add(
+        "add",
+        Box::new(|x| &x[0] + &x[1]),
+        vec![nc(&mut g, 3, 4), g.randn([4], DType::F64)],
+        true,
+    );
+    add(
+        "sub",
+        Box::new(|x| &x[0] - &x[1]),
+        vec![nc(&mut g, 3, 4), g.randn([3, 1], DType::F64)],
+        true,
+    );
+    add(
+        "mul",
+        Box::new(|x| &x[0] * &x[1]),
+        vec![nc(&mut g, 3, 4), g.randn([4], DType::F64)],
+        true,
+    );
+    add(
+        "div",
+        Box::new(|x| &x[0] / &x[1]),
+        vec![nc(&mut g, 3, 4), pos(&mut g, &[3, 1])],
+        true,
+    );
+    add(
+        "maximum",
+        Box::new(|x| x[0].maximum(&x[1])),
+        vec![nc(&mut g, 3, 4), g.randn([4], DType::F64)],
+        true,
+    );
+    add(
+        "minimum",
+        Box::new(|x| x[0].minimum(&x[1])),
+        vec![nc(&mut g, 3, 4), g.randn([4], DType::F64)],
+        true,
+    );
+    add(
+        "pow",
+        Box::new(|x| x[0].pow(&x[1])),
+        vec![pos(&mut g, &[3, 4]).t(), g.randn([3], DType::F64)],
+        true,
+    );
+    add(
+        "clamp",
+        Box::new(|x| x[0].clamp(-0.5, 0.7)),
+        vec![nc(&mut g, 3, 4)],
+        true,
+    );
+    let unary: Vec<(&'static str, fn(&Tensor) -> Tensor, bool)> = vec![
+        ("neg", |t| t.neg(), false),
+        ("abs", |t| t.abs(), false),
+        ("sign", |t| t.sign(), false),
+        ("relu", |t| t.relu(), false),
+        ("exp", |t| t.exp(), false),
+        ("tanh", |t| t.tanh(), false),
+        ("sigmoid", |t| t.sigmoid(), false),
+        ("silu", |t| t.silu(), false),
+        ("sin", |t| t.sin(), false),
+        ("cos", |t| t.cos(), false),
+        ("floor", |t| t.floor(), false),
+        ("ceil", |t| t.ceil(), false),
+        ("round", |t| t.round(), false),
+        ("erf", |t| t.erf(), false),
+        (
+            "gelu",
+            |t| t.gelu(GeluApprox::None) + t.gelu(GeluApprox::Tanh),
+            false,
+        ),
+        ("log", |t| t.log(), true),
+        ("sqrt", |t| t.sqrt(), true),
+        ("rsqrt", |t| t.rsqrt(), true),
+        ("reciprocal", |t| t.reciprocal(), true),
+    ];
+    for (name, f, positive) in unary {
+        // keep inputs off the kinks of abs/relu/sign/floor at 0 and integers
+        let x = if positive {
+            pos(&mut g, &[4, 3]).t()
+        } else {
+            nc(&mut g, 3, 4) * 0.9 + 0.05
+        };
+        add(name, Box::new(move |x| f(&x[0])), vec![x], true);
+    }
+    add(
+        "to_dtype",
+        Box::new(|x| x[0].to_dtype(DType::F32).to_dtype(DType::F64) * 2.0),
+        vec![nc(&mut g, 2, 3)],
+        true,
+    );
+    add(
+        "clone",
+        Box::new(|x| x[0].deep_clone() * &x[0]),
+        vec![nc(&mut g, 2, 3)],
+        true,
+    );
+    // reductions
+    add(
+        "sum",
+        Box::new(|x| x[0].sum(1, false) + x[0].sum([0, 1], true)),
+        vec![nc(&mut g, 3, 4)],
+        true,
+    );
+    add(
+        "prod",
+        Box::new(|x| x[0].prod(0, true)),
+        vec![pos(&mut g, &[3, 4])],
+        true,
+    );
+    add(
+        "max",
+        Box::new(|x| x[0].max(-1, false)),
+        vec![nc(&mut g, 3, 4)],
+        true,
+    );
+    add(
+        "min",
+        Box::new(|x| x[0].min(0, true)),
+        vec![nc(&mut g, 3, 4)],
+        true,
+    );
+    // views
+    add(
+        "view",
+        Box::new(|x| x[0].view([6, 2]) * 1.0),
+        vec![g.randn([3, 4], DType::F64)],
+        true,
+    );
+    add(
+        "reshape",
+        Box::new(|x| x[0].reshape([2, 6]).square()),
+        vec![nc(&mut g, 3, 4)],
+        true,
+    );
+    add(
+        "permute",
+        Box::new(|x| x[0].permute([2, 0, 1]).square()),
+        vec![g.randn([2, 3, 4], DType::F64)],
+        true,
+    );
+    add(
+        "transpose",
+        Box::new(|x| x[0].transpose(0, 1).square()),
+        vec![nc(&mut g, 3, 4)],
+        true,
+    );
+    add(
+        "unsqueeze",
+        Box::new(|x| x[0].unsqueeze(1).square()),
+        vec![nc(&mut g, 3, 4)],
+        true,
+    );
+    add(
+        "squeeze",
+        Box::new(|x| x[0].squeeze().square() + x[0].squeeze_dim(1).sum_all()),
+        vec![g.randn([3, 1, 4], DType::F64)],
+        true,
+    );
+    add(
+        "expand",
+        Box::new(|x| x[0].expand([2, 3, 4]).square()),
+        vec![g.randn([3, 1], DType::F64)],
+        true,
+    );
+    add(
+        "narrow",
+        Box::new(|x| x[0].narrow(1, 1, 2).square()),
+        vec![nc(&mut g, 3, 4)],
+        true,
+    );
+    add(
+        "slice",
+        Box::new(|x| x[0].try_slice(1, 0, 4, 2).map(|t| t.square()).unwrap()),
+        vec![nc(&mut g, 3, 4)],
+        true,
+    );
+    add(
+        "select",
+        Box::new(|x| x[0].select(0, -1).square()),
+        vec![nc(&mut g, 3, 4)],
+        true,
+    );
+    add(
+        "slice_backward",
+        Box::new(|x| x[0].narrow(0, 1, 2).exp()),
+        vec![nc(&mut g, 3, 4)],
+        true,
+    );
+    // masks
+    let m = Generator::new(3).bernoulli([3, 4], 0.5);
+    let m2 = m.clone();
+    add(
+        "where",
+        Box::new(move |x| x[0].where_(&m, &x[1])),
+        vec![nc(&mut g, 3, 4), g.randn([4], DType::F64)],
+        true,
+    );
+    add(
+        "masked_fill",
+        Box::new(move |x| x[0].masked_fill(&m2.narrow(0, 0, 1), 0.5).square()),
+        vec![nc(&mut g, 3, 4)],
+        true,
+    );
+    // composites built from the ops above
+    add(
+        "softmax*",
+        Box::new(|x| x[0].softmax(1)),
+        vec![nc(&mut g, 3, 4)],
+        true,
+    );
+    add(
+        "log_softmax*",
+        Box::new(|x| x[0].log_softmax(0)),
+        vec![nc(&mut g, 3, 4)],
+        true,
+    );
+    add(
+        "logsumexp*",
+        Box::new(|x| x[0].logsumexp(-1, false)),
+        vec![nc(&mut g, 3, 4)],
+        true,
+    );
+    add(
+        "var*",
+        Box::new(|x| x[0].var(0, 1, false) + x[0].std(1, 0, true).sum_all()),
+        vec![nc(&mut g, 3, 4)],
+        true,
+    );
+    add(
+        "mean*",
+        Box::new(|x| x[0].mean([0, 1], false)),
+        vec![nc(&mut g, 3, 4)],
+        true,
+    );
+    add(
+        "triu*",
+        Box::new(|x| x[0].triu(1) + x[0].tril(0)),
+        vec![nc(&mut g, 3, 4)],
+        true,
+    );
+    add(
+        "split*",
+        Box::new(|x| {
+            let p = x[0].chunk(2, 1);
+            &p[0] * &p[1]
+        }),
+        vec![nc(&mut g, 3, 4)],
+        true,
+    );
+    v
+}
+
+#[test]
+fn gradcheck_every_op() {
+    let opts = GradcheckOptions::default();
+    let mut covered = vec![];
+    for (name, f, inputs, twice) in cases() {
+        // a round trip through f32 is only as smooth as f32's rounding: larger step
+        let opts = if name == "to_dtype" {
+            GradcheckOptions {
+                eps: 1e-3,
+                atol: 1e-4,
+                rtol: 1e-3,
+            }
+        } else {
+            opts
+        };
+        gradcheck(&f, &inputs, opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+        if twice {
+            gradgradcheck(&f, &inputs, opts)
+                .unwrap_or_else(|e| panic!("{name} (second order): {e}"));
+        }
+        covered.push(if twice {
+            format!("{name}(+2nd)")
+        } else {
+            name.to_string()
+        });
+    }
+    println!(
+        "gradcheck covered {} cases: {}",
+        covered.len(),
+        covered.join(", ")
+    );
+}
+
+#[test]
+fn every_differentiable_op_is_covered() {
+    let names: Vec<&str> = cases().iter().map(|c| c.0).collect();
+    let missing: Vec<&&str> = DIFFERENTIABLE_OPS
+        .iter()
+        .filter(|op| !names.contains(op))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "differentiable ops without a gradcheck case: {missing:?}"
+    );
+}
