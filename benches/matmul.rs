@@ -35,10 +35,7 @@ fn parse_args() -> Args {
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .unwrap_or_else(|| panic!("{name} needs a value"))
-        };
+        let mut value = |name: &str| it.next().unwrap_or_else(|| panic!("{name} needs a value"));
         match arg.as_str() {
             "--threads" => {
                 a.threads = value("--threads")
@@ -155,7 +152,11 @@ fn main() {
         for (ti, &t) in args.threads.iter().enumerate() {
             set_num_threads(t);
             for (si, &n) in sizes.iter().enumerate() {
-                let iters = if n < 2048 { args.iters.max(10) } else { args.iters };
+                let iters = if n < 2048 {
+                    args.iters.max(10)
+                } else {
+                    args.iters
+                };
                 per[ti][si].push(bench_matmul(n, args.warmup, iters));
             }
         }
@@ -216,7 +217,13 @@ fn main() {
 
 /// The results in the layout of the PyTorch script's JSON (`runs[threads][workload]`).
 fn to_json(args: &Args, rows: &[Row]) -> String {
-    let num = |x: f64| if x.is_finite() { format!("{x}") } else { "null".into() };
+    let num = |x: f64| {
+        if x.is_finite() {
+            format!("{x}")
+        } else {
+            "null".into()
+        }
+    };
     let mut s = String::from("{\n \"machine\": {\"impl\": \"flint\"},\n");
     s += &format!(
         " \"config\": {{\"warmup\": {}, \"iters\": {}, \"repeats\": {}, \"threads\": {:?}}},\n",

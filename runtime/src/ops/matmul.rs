@@ -482,8 +482,8 @@ mod tests {
                 assert!((two[i] - want[i]).abs() <= 1e-5 * scale[i]);
             }
         }
-        let a = g.randint(-9, 9, &[64, 90, 40]);
-        let b = g.randint(-9, 9, &[40, 30]);
+        let a = g.randint(-9, 9, [64, 90, 40]);
+        let b = g.randint(-9, 9, [40, 30]);
         set_num_threads(1);
         let one = a.matmul(&b).to_vec::<i64>();
         set_num_threads(2);
