@@ -2,6 +2,7 @@
 
 pub(crate) mod convert;
 pub(crate) mod map;
+pub mod matmul;
 pub mod parallel;
 pub(crate) mod reduce;
 pub(crate) mod strided;

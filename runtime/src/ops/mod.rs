@@ -4,6 +4,7 @@ mod creation;
 pub(crate) mod elementwise;
 mod inplace;
 mod mask;
+mod matmul;
 mod reduce;
 mod view;
 

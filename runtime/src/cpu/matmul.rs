@@ -1,0 +1,331 @@
+//! Matrix products on host buffers: the `gemm` crate for f32, f64 and f16 (bf16 goes
+//! through f32 one level up), a plain loop for i64.
+//!
+//! Operands arrive as strided layouts `batch ++ [m, k]` and `batch ++ [k, n]` whose batch
+//! dims are already broadcast to one shape. Each matrix is handed to `gemm` with its own
+//! row and column strides, so transposed or permuted inputs are not copied (the caller
+//! makes a matrix contiguous only when neither of its strides is 1, see
+//! [`has_unit_stride`]). The output is always a new contiguous `batch ++ [m, n]` buffer.
+//!
+//! Threads: one large product runs `gemm` with `Parallelism::Rayon(num_threads())` inside
+//! the Flint pool; a batch of small products is split across the pool by batch with each
+//! product single-threaded; anything below the thresholds stays on the calling thread.
+
+use crate::cpu::parallel;
+use crate::cpu::strided::for_each_offsets;
+use crate::dtype::NumElement;
+use crate::layout::Layout;
+use crate::storage::CpuBuffer;
+use gemm::Parallelism;
+use half::f16;
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// Multiply-adds (`m * n * k`) from which one product runs multi-threaded inside `gemm`.
+///
+/// `gemm` itself only splits a product whose blocks exceed `48 * 48 * 256` (≈ 2¹⁹)
+/// multiply-adds, so below ≈ 2¹⁸ asking for threads buys nothing and costs a hand-off
+/// to the pool (a few µs, while a 64³ = 2¹⁸ product takes ≈ 10 µs on one AVX2 core).
+pub const GEMM_PAR_THRESHOLD: usize = 1 << 18;
+
+/// Total multiply-adds (`batch * m * n * k`) from which a batch of products that are each
+/// below [`GEMM_PAR_THRESHOLD`] is split across threads by batch. 2¹⁵ multiply-adds take
+/// a few µs on one core, the same order as sending work to the pool.
+pub const BATCH_PAR_THRESHOLD: usize = 1 << 15;
+
+/// True when a matrix layout (the last two dims of `l`, which must have at least two) has
+/// a unit stride in one of them (dims of size 1 count as unit-stride), so `gemm` can read
+/// it in place.
+pub(crate) fn has_unit_stride(l: &Layout) -> bool {
+    let nd = l.ndim();
+    let (rows, cols) = (l.shape()[nd - 2], l.shape()[nd - 1]);
+    let (rs, cs) = (l.strides()[nd - 2], l.strides()[nd - 1]);
+    rows <= 1 || cols <= 1 || rs == 1 || cs == 1
+}
+
+/// The batch of products `a @ b` of `la = batch ++ [m, k]` and `lb = batch ++ [k, n]`
+/// (same batch shape), as a contiguous `batch ++ [m, n]` buffer of the same dtype.
+/// Supports f32, f64, f16 and i64 buffers.
+pub(crate) fn matmul(a: &CpuBuffer, la: &Layout, b: &CpuBuffer, lb: &Layout) -> CpuBuffer {
+    let p = Plan::new(la, lb);
+    match (a, b) {
+        (CpuBuffer::F32(a), CpuBuffer::F32(b)) => CpuBuffer::F32(gemm_batched(&p, a, b)),
+        (CpuBuffer::F64(a), CpuBuffer::F64(b)) => CpuBuffer::F64(gemm_batched(&p, a, b)),
+        (CpuBuffer::F16(a), CpuBuffer::F16(b)) => CpuBuffer::F16(gemm_batched::<f16>(&p, a, b)),
+        (CpuBuffer::I64(a), CpuBuffer::I64(b)) => CpuBuffer::I64(int_batched(&p, a, b)),
+        (a, b) => panic!(
+            "internal: matmul kernel called with {} and {} buffers",
+            a.dtype(),
+            b.dtype()
+        ),
+    }
+}
+
+/// Strides of one matrix operand.
+#[derive(Clone, Copy, Debug)]
+struct Mat {
+    rs: usize,
+    cs: usize,
+}
+
+/// The shape of a batched product after planning: `offsets` holds the storage offsets of
+/// each batch's `a` and `b` matrices, `m` rows each.
+struct Plan {
+    m: usize,
+    k: usize,
+    n: usize,
+    a: Mat,
+    b: Mat,
+    offsets: Vec<(usize, usize)>,
+}
+
+impl Plan {
+    fn new(la: &Layout, lb: &Layout) -> Plan {
+        let nd = la.ndim();
+        debug_assert!(nd >= 2 && lb.ndim() == nd);
+        let (m, k, n) = (la.shape()[nd - 2], la.shape()[nd - 1], lb.shape()[nd - 1]);
+        debug_assert_eq!(lb.shape()[nd - 2], k);
+        let batch = &la.shape()[..nd - 2];
+        debug_assert_eq!(batch, &lb.shape()[..nd - 2]);
+        let (sa, sb) = (la.strides(), lb.strides());
+        // a dim of size 1 is never stepped along: give it stride 1 so gemm sees a unit stride
+        let unit = |size: usize, stride: usize| if size <= 1 { 1 } else { stride };
+        let mut a = Mat {
+            rs: unit(m, sa[nd - 2]),
+            cs: unit(k, sa[nd - 1]),
+        };
+        let b = Mat {
+            rs: unit(k, sb[nd - 2]),
+            cs: unit(n, sb[nd - 1]),
+        };
+
+        // `b` shared by every batch and `a`'s batch dims and rows one evenly strided run:
+        // one product of `batch * m` rows (PyTorch folds `[.., m, k] @ [k, n]` this way).
+        if !batch.is_empty() && m > 0 {
+            if let Some(rs) = fold_rows(batch, &sa[..nd - 2], m, a.rs, &sb[..nd - 2]) {
+                let rows = batch.iter().product::<usize>() * m;
+                a.rs = unit(rows, rs);
+                return Plan {
+                    m: rows,
+                    k,
+                    n,
+                    a,
+                    b,
+                    offsets: vec![(la.offset(), lb.offset())],
+                };
+            }
+        }
+
+        let count: usize = batch.iter().product();
+        let mut offsets = Vec::with_capacity(count);
+        for_each_offsets(
+            batch,
+            [&sa[..nd - 2], &sb[..nd - 2]],
+            [la.offset(), lb.offset()],
+            0..count,
+            |_, [oa, ob]| offsets.push((oa, ob)),
+        );
+        Plan {
+            m,
+            k,
+            n,
+            a,
+            b,
+            offsets,
+        }
+    }
+
+    fn batches(&self) -> usize {
+        self.offsets.len()
+    }
+}
+
+/// The row stride of `a`'s batch dims and rows merged into one dim, when `b` does not
+/// vary over the batch and `a`'s batch dims and rows step through storage evenly.
+fn fold_rows(
+    batch: &[usize],
+    a_batch: &[usize],
+    m: usize,
+    a_rs: usize,
+    b_batch: &[usize],
+) -> Option<usize> {
+    let b_shared = batch.iter().zip(b_batch).all(|(&d, &s)| d <= 1 || s == 0);
+    if !b_shared {
+        return None;
+    }
+    // walk from the rows outwards: each kept dim must step `size * stride` of the next
+    let (mut size, mut stride) = (m, a_rs);
+    for (&d, &s) in batch.iter().zip(a_batch).rev() {
+        if d <= 1 {
+            continue;
+        }
+        if size == 1 {
+            (size, stride) = (d, s);
+        } else if s == size * stride && s != 0 {
+            size *= d;
+        } else {
+            return None;
+        }
+    }
+    Some(stride)
+}
+
+/// Calls `gemm` for one `m × k` by `k × n` product into a row-major `m × n` destination.
+///
+/// # Safety
+/// `dst` must be valid for `m * n` writes, and `a` / `b` valid for reads at every
+/// `i * rs + j * cs` of their matrices.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_one<T: NumElement>(
+    m: usize,
+    k: usize,
+    n: usize,
+    dst: *mut T,
+    a: *const T,
+    am: Mat,
+    b: *const T,
+    bm: Mat,
+    par: Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        n as isize,
+        false,
+        a,
+        am.cs as isize,
+        am.rs as isize,
+        b,
+        bm.cs as isize,
+        bm.rs as isize,
+        T::zero(),
+        T::one(),
+        false,
+        false,
+        false,
+        par,
+    )
+}
+
+/// Batched product through `gemm` (`T` is f32, f64 or f16).
+fn gemm_batched<T: NumElement>(p: &Plan, a: &[T], b: &[T]) -> Vec<T> {
+    let mn = p.m * p.n;
+    let total = p.batches() * mn;
+    if p.k == 0 || total == 0 {
+        return vec![T::zero(); total];
+    }
+    let work = p.m * p.n * p.k;
+    let threads = parallel::num_threads();
+    let mut out: Vec<T> = Vec::with_capacity(total);
+    {
+        let dst = &mut out.spare_capacity_mut()[..total];
+        // one product (per batch) at a time
+        let run = |dst: &mut [MaybeUninit<T>], (oa, ob): (usize, usize), par| {
+            debug_assert_eq!(dst.len(), mn);
+            // SAFETY: `dst` holds `m * n` slots that gemm overwrites (read_dst = false);
+            // the layouts index inside `a` and `b` (checked when the views were made).
+            unsafe {
+                gemm_one(
+                    p.m,
+                    p.k,
+                    p.n,
+                    dst.as_mut_ptr() as *mut T,
+                    a.as_ptr().add(oa),
+                    p.a,
+                    b.as_ptr().add(ob),
+                    p.b,
+                    par,
+                )
+            }
+        };
+        if threads > 1 && work >= GEMM_PAR_THRESHOLD {
+            parallel::install(|| {
+                for (d, &o) in dst.chunks_mut(mn).zip(&p.offsets) {
+                    run(d, o, Parallelism::Rayon(threads));
+                }
+            });
+        } else if threads > 1 && p.batches() > 1 && work * p.batches() >= BATCH_PAR_THRESHOLD {
+            parallel::install(|| {
+                dst.par_chunks_mut(mn)
+                    .zip(p.offsets.par_iter())
+                    .for_each(|(d, &o)| run(d, o, Parallelism::None));
+            });
+        } else {
+            for (d, &o) in dst.chunks_mut(mn).zip(&p.offsets) {
+                run(d, o, Parallelism::None);
+            }
+        }
+    }
+    // SAFETY: every one of the `total` slots was written by gemm above.
+    unsafe { out.set_len(total) };
+    out
+}
+
+/// Batched integer product: a plain loop with wrapping arithmetic (like PyTorch's integer
+/// matmul), split across threads by output row above [`BATCH_PAR_THRESHOLD`].
+fn int_batched(p: &Plan, a: &[i64], b: &[i64]) -> Vec<i64> {
+    let (m, k, n) = (p.m, p.k, p.n);
+    let total = p.batches() * m * n;
+    let mut out = vec![0i64; total];
+    if total == 0 || k == 0 {
+        return out;
+    }
+    let row = |r: usize, dst: &mut [i64]| {
+        let (oa, ob) = p.offsets[r / m];
+        let a_row = oa + (r % m) * p.a.rs;
+        for l in 0..k {
+            let x = a[a_row + l * p.a.cs];
+            let b_row = ob + l * p.b.rs;
+            for (j, d) in dst.iter_mut().enumerate() {
+                *d = d.wrapping_add(x.wrapping_mul(b[b_row + j * p.b.cs]));
+            }
+        }
+    };
+    if parallel::num_threads() > 1 && total * k >= BATCH_PAR_THRESHOLD {
+        parallel::install(|| {
+            out.par_chunks_mut(n)
+                .enumerate()
+                .for_each(|(r, d)| row(r, d))
+        });
+    } else {
+        for (r, d) in out.chunks_mut(n).enumerate() {
+            row(r, d);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folds_rows_only_when_b_is_shared_and_a_is_evenly_strided() {
+        // a: [2, 3, m=4, k] contiguous with k = 5 -> rows stride 5, batch strides 60, 20
+        assert_eq!(fold_rows(&[2, 3], &[60, 20], 4, 5, &[0, 0]), Some(5));
+        // b varies over the batch
+        assert_eq!(fold_rows(&[2, 3], &[60, 20], 4, 5, &[0, 7]), None);
+        // a's batch dims are permuted
+        assert_eq!(fold_rows(&[3, 2], &[20, 60], 4, 5, &[0, 0]), None);
+        // a broadcast over the batch
+        assert_eq!(fold_rows(&[2], &[0], 4, 5, &[0]), None);
+        // size-1 dims are skipped; m = 1 takes the batch stride
+        assert_eq!(fold_rows(&[1, 6], &[99, 5], 1, 1, &[3, 0]), Some(5));
+    }
+
+    #[test]
+    fn unit_stride_detection() {
+        let l = Layout::contiguous(&[3, 4]);
+        assert!(has_unit_stride(&l));
+        assert!(has_unit_stride(&l.permute(&[1, 0]).unwrap()));
+        assert!(!has_unit_stride(
+            &Layout::contiguous(&[3, 4]).slice(1, 0, 2, 2)
+        ));
+        assert!(has_unit_stride(
+            &Layout::contiguous(&[3, 4]).slice(1, 0, 1, 2)
+        ));
+    }
+}

@@ -1,0 +1,494 @@
+//! Matrix products with `torch.matmul`'s rules: dot products, matrix-vector,
+//! matrix-matrix and batched products with broadcast batch dims.
+
+use crate::cpu::matmul as kernel;
+use crate::dtype::DType;
+use crate::error::{or_panic, Error, Result};
+use crate::layout::{broadcast_shapes, fmt_shape, Dims, Layout};
+use crate::tensor::Tensor;
+
+const OP: &str = "matmul";
+
+/// The layout of `t` as a stack of matrices: a 1-D `[k]` becomes a row `[1, k]` (`row`)
+/// or a column `[k, 1]`; a matrix with no unit stride is copied to contiguous first.
+fn as_matrices(t: &Tensor, row: bool) -> (Tensor, Layout) {
+    let t = if t.ndim() >= 2 && !kernel::has_unit_stride(t.layout()) {
+        t.deep_clone()
+    } else {
+        t.clone()
+    };
+    let mut l = t.layout().clone();
+    if l.ndim() == 1 {
+        let at = if row { 0 } else { 1 };
+        l.shape.insert(at, 1);
+        l.strides.insert(at, 0);
+    }
+    (t, l)
+}
+
+fn try_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (sa, sb) = (a.shape(), b.shape());
+    if a.ndim() == 0 || b.ndim() == 0 {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "shapes {} and {} cannot be multiplied: both arguments need at least 1 dimension",
+                fmt_shape(sa),
+                fmt_shape(sb)
+            ),
+        ));
+    }
+    if a.device() != b.device() {
+        return Err(Error::device(
+            OP,
+            format!(
+                "expected both tensors on one device, got {} and {}",
+                a.device(),
+                b.device()
+            ),
+        ));
+    }
+    let dtype = DType::promote(a.dtype(), b.dtype());
+    if dtype == DType::Bool {
+        return Err(Error::dtype(
+            OP,
+            format!(
+                "not defined on bool tensors (shapes {} and {}); convert with to_dtype first",
+                fmt_shape(sa),
+                fmt_shape(sb)
+            ),
+        ));
+    }
+    let (ka, kb) = (sa[sa.len() - 1], sb[sb.len().saturating_sub(2)]);
+    if ka != kb {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "shapes {} and {} cannot be multiplied ({ka} != {kb})",
+                fmt_shape(sa),
+                fmt_shape(sb)
+            ),
+        ));
+    }
+    let batch_a = &sa[..sa.len().saturating_sub(2)];
+    let batch_b = &sb[..sb.len().saturating_sub(2)];
+    let batch = broadcast_shapes(OP, batch_a, batch_b).map_err(|_| {
+        Error::shape(
+            OP,
+            format!(
+                "shapes {} and {} cannot be multiplied: batch dims {} and {} do not broadcast",
+                fmt_shape(sa),
+                fmt_shape(sb),
+                fmt_shape(batch_a),
+                fmt_shape(batch_b)
+            ),
+        )
+    })?;
+
+    // bf16 computes in f32 and rounds once at the end, like PyTorch's CPU kernel
+    let compute = if dtype == DType::BF16 {
+        DType::F32
+    } else {
+        dtype
+    };
+    let (a, la) = as_matrices(&a.to_dtype(compute), true);
+    let (b, lb) = as_matrices(&b.to_dtype(compute), false);
+    let (m, n) = (la.shape()[la.ndim() - 2], lb.shape()[lb.ndim() - 1]);
+    let full = |rows: usize, cols: usize| -> Dims {
+        let mut s = batch.clone();
+        s.extend([rows, cols]);
+        s
+    };
+    let la = la.broadcast_to(OP, &full(m, ka))?;
+    let lb = lb.broadcast_to(OP, &full(kb, n))?;
+    let buf = a.with_cpu(|ba, _| b.with_cpu(|bb, _| kernel::matmul(ba, &la, bb, &lb)));
+
+    let mut shape = batch;
+    if sa.len() >= 2 {
+        shape.push(m);
+    }
+    if sb.len() >= 2 {
+        shape.push(n);
+    }
+    Ok(Tensor::from_buffer(buf, &shape).to_dtype(dtype))
+}
+
+impl Tensor {
+    /// The matrix product `self @ other`, with the rules of `torch.matmul`:
+    ///
+    /// - 1-D · 1-D: the dot product, a 0-d tensor;
+    /// - 2-D · 2-D: the matrix product;
+    /// - 1-D · N-D: the vector is a row `[1, k]` whose dim is removed from the result;
+    /// - N-D · 1-D: the vector is a column `[k, 1]` whose dim is removed from the result;
+    /// - N-D · N-D: a batch of products over the leading dims, which broadcast.
+    ///
+    /// Mixed dtypes are promoted as in arithmetic ([`DType::promote`]). f32, f64 and f16
+    /// run on the `gemm` crate (bf16 through f32), reading transposed and permuted
+    /// inputs in place; i64 uses a plain loop. Panics when the inner dims differ, an
+    /// input is 0-d, the batch dims do not broadcast or the dtype is bool.
+    ///
+    /// ```
+    /// use flint_runtime::Tensor;
+    /// let a = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], [2, 3]);
+    /// let b = Tensor::from_vec(vec![1.0f32, 0.0, 1.0], [3]);
+    /// assert_eq!(a.matmul(&b).to_vec::<f32>(), vec![4.0, 10.0]); // [2, 3] @ [3] -> [2]
+    /// assert_eq!(a.matmul(&a.t()).shape(), &[2, 2]);
+    /// let batch = Tensor::ones([5, 1, 4, 2], ());
+    /// assert_eq!(batch.matmul(&Tensor::ones([3, 2, 6], ())).shape(), &[5, 3, 4, 6]);
+    /// ```
+    #[track_caller]
+    pub fn matmul(&self, other: &Tensor) -> Tensor {
+        or_panic(self.try_matmul(other))
+    }
+
+    /// Fallible [`Tensor::matmul`].
+    ///
+    /// ```
+    /// use flint_runtime::Tensor;
+    /// let err = Tensor::ones([2, 3], ()).try_matmul(&Tensor::ones([4, 5], ())).unwrap_err();
+    /// assert_eq!(err.to_string(), "matmul: shapes [2, 3] and [4, 5] cannot be multiplied (3 != 4)");
+    /// ```
+    pub fn try_matmul(&self, other: &Tensor) -> Result<Tensor> {
+        try_matmul(self, other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{set_num_threads, DType, Generator, Tensor};
+
+    /// `a @ b` by the definition, in f64, from the values of `a` and `b` as given
+    /// (already rounded to their dtype): the result shape, the values, and per value the
+    /// sum of `|a_ik * b_kj|` to scale tolerances by.
+    fn naive(a: &Tensor, b: &Tensor) -> (Vec<usize>, Vec<f64>, Vec<f64>) {
+        let (a1, b1) = (a.ndim() == 1, b.ndim() == 1);
+        let a = if a1 { a.unsqueeze(0) } else { a.clone() };
+        let b = if b1 { b.unsqueeze(1) } else { b.clone() };
+        let (na, nb) = (a.ndim(), b.ndim());
+        let (m, k, n) = (a.shape()[na - 2], a.shape()[na - 1], b.shape()[nb - 1]);
+        let nd = na.max(nb);
+        let mut batch = vec![1; nd - 2];
+        for (i, d) in batch.iter_mut().enumerate() {
+            let pick = |s: &[usize]| {
+                let off = nd - s.len();
+                if i >= off {
+                    s[i - off]
+                } else {
+                    1
+                }
+            };
+            let (x, y) = (pick(a.shape()), pick(b.shape()));
+            assert!(x == y || x == 1 || y == 1);
+            *d = x.max(y);
+        }
+        let full = |r: usize, c: usize| [batch.clone(), vec![r, c]].concat();
+        let av = a.expand(full(m, k)).contiguous().to_f64_vec();
+        let bv = b.expand(full(k, n)).contiguous().to_f64_vec();
+        let count: usize = batch.iter().product();
+        let (mut out, mut scale) = (vec![0.0; count * m * n], vec![0.0; count * m * n]);
+        for z in 0..count {
+            for i in 0..m {
+                for j in 0..n {
+                    for l in 0..k {
+                        let p = av[(z * m + i) * k + l] * bv[(z * k + l) * n + j];
+                        out[(z * m + i) * n + j] += p;
+                        scale[(z * m + i) * n + j] += p.abs();
+                    }
+                }
+            }
+        }
+        let mut shape = batch;
+        if !a1 {
+            shape.push(m);
+        }
+        if !b1 {
+            shape.push(n);
+        }
+        (shape, out, scale)
+    }
+
+    /// Checks `a @ b` against [`naive`] within `tol` relative to the products' magnitude.
+    fn check(a: &Tensor, b: &Tensor, tol: f64) {
+        let got = a.matmul(b);
+        let (shape, want, scale) = naive(a, b);
+        assert_eq!(got.shape(), &shape[..], "{:?} @ {:?}", a.shape(), b.shape());
+        assert_eq!(got.dtype(), DType::promote(a.dtype(), b.dtype()));
+        for (i, ((g, w), s)) in got.to_f64_vec().iter().zip(&want).zip(&scale).enumerate() {
+            assert!(
+                (g - w).abs() <= tol * (s + 1e-30),
+                "{:?} @ {:?} ({}): element {i}: {g} vs {w}",
+                a.shape(),
+                b.shape(),
+                got.dtype()
+            );
+        }
+    }
+
+    /// `try_slice` that panics, for short test lines.
+    trait Sl {
+        fn sl(&self, dim: isize, start: usize, end: usize, step: usize) -> Tensor;
+    }
+    impl Sl for Tensor {
+        fn sl(&self, dim: isize, start: usize, end: usize, step: usize) -> Tensor {
+            self.try_slice(dim, start, end, step).unwrap()
+        }
+    }
+
+    fn randn(g: &mut Generator, shape: &[usize], dtype: DType) -> Tensor {
+        g.randn(shape, dtype)
+    }
+
+    const SHAPES: &[(&[usize], &[usize])] = &[
+        (&[5], &[5]),
+        (&[5], &[5, 3]),
+        (&[4, 5], &[5]),
+        (&[4, 5], &[5, 3]),
+        (&[1, 1], &[1, 1]),
+        (&[3, 4, 5], &[3, 5, 2]),
+        (&[3, 4, 5], &[5, 2]),
+        (&[4, 5], &[3, 5, 2]),
+        (&[2, 1, 4, 5], &[3, 5, 6]),
+        (&[5], &[2, 3, 5, 4]),
+        (&[2, 3, 4, 5], &[5]),
+        (&[2, 3, 70, 33], &[33, 40]),
+        (&[4, 33, 70], &[4, 70, 65]),
+    ];
+
+    #[test]
+    fn every_rank_combination_in_f64() {
+        let mut g = Generator::new(1);
+        for &(sa, sb) in SHAPES {
+            check(
+                &randn(&mut g, sa, DType::F64),
+                &randn(&mut g, sb, DType::F64),
+                1e-13,
+            );
+        }
+    }
+
+    #[test]
+    fn dot_is_zero_dimensional() {
+        let a = Tensor::from_vec(vec![1.0f32, 2.0, 3.0], [3]);
+        let d = a.matmul(&a);
+        assert_eq!(d.shape(), &[] as &[usize]);
+        assert_eq!(d.item::<f32>(), 14.0);
+    }
+
+    #[test]
+    fn every_float_dtype_and_mixed_dtypes() {
+        let mut g = Generator::new(2);
+        for (dt, tol) in [
+            (DType::F32, 1e-6),
+            (DType::F64, 1e-13),
+            (DType::F16, 1e-2),
+            (DType::BF16, 2e-2),
+        ] {
+            for &(sa, sb) in SHAPES {
+                check(&randn(&mut g, sa, dt), &randn(&mut g, sb, dt), tol);
+            }
+        }
+        // promotion: f32 @ f64 -> f64, f16 @ bf16 -> f32, i64 @ f16 -> f16
+        let a = randn(&mut g, &[3, 4], DType::F32);
+        check(&a, &randn(&mut g, &[4, 2], DType::F64), 1e-6);
+        check(
+            &a.to_dtype(DType::F16),
+            &randn(&mut g, &[4, 2], DType::BF16),
+            1e-6,
+        );
+        let i = Tensor::from_vec((0..8i64).collect(), [4, 2]);
+        check(&a.to_dtype(DType::F16), &i, 1e-2);
+    }
+
+    #[test]
+    fn integer_matmul_is_exact() {
+        let mut g = Generator::new(3);
+        for &(sa, sb) in SHAPES {
+            let a = g.randint(-50, 50, sa);
+            let b = g.randint(-50, 50, sb);
+            let got = a.matmul(&b);
+            assert_eq!(got.dtype(), DType::I64);
+            let (shape, want, _) = naive(&a, &b);
+            assert_eq!(got.shape(), &shape[..]);
+            assert_eq!(got.to_f64_vec(), want);
+        }
+        // wraps on overflow like PyTorch instead of panicking
+        let big = Tensor::from_vec(vec![i64::MAX, 2], [1, 2]);
+        let two = Tensor::from_vec(vec![2i64, 1], [2, 1]);
+        assert_eq!(
+            big.matmul(&two).to_vec::<i64>(),
+            vec![i64::MAX.wrapping_mul(2) + 2]
+        );
+    }
+
+    #[test]
+    fn strided_inputs_are_read_in_place_or_copied() {
+        let mut g = Generator::new(4);
+        for dt in [DType::F64, DType::F32, DType::I64] {
+            let tol = if dt == DType::F32 { 1e-6 } else { 1e-13 };
+            let x = randn(&mut g, &[6, 8, 10], DType::F64)
+                .mul(10.0)
+                .to_dtype(dt);
+            let y = randn(&mut g, &[6, 10, 8], DType::F64)
+                .mul(10.0)
+                .to_dtype(dt);
+            // transposes (unit row stride)
+            check(&x.transpose(1, 2), &x, tol);
+            check(
+                &y.transpose(-1, -2),
+                &y.transpose(-1, -2).transpose(1, 2),
+                tol,
+            );
+            // permuted batch dims
+            check(
+                &x.permute([1, 0, 2]),
+                &randn(&mut g, &[8, 10, 3], DType::F64).to_dtype(dt),
+                tol,
+            );
+            // column slices with a step: no unit stride, copied
+            check(&x.sl(2, 1, 9, 2), &y.sl(1, 0, 8, 2), tol);
+            check(
+                &x.sl(1, 0, 8, 3).sl(2, 0, 10, 2),
+                &y.sl(1, 1, 10, 2).sl(2, 0, 8, 2),
+                tol,
+            );
+            // narrowed (offset) operands, 1-D strided vectors
+            check(&x.narrow(0, 2, 3).narrow(1, 1, 5), &y.narrow(0, 1, 3), tol);
+            check(
+                &x.select(0, 1).select(1, 3),
+                &x.select(0, 2).select(1, 5),
+                tol,
+            );
+            check(&y.select(0, 2), &x.select(0, 1).select(1, 2), tol);
+            // broadcast (stride-0) matrix dims and batch dims
+            let row = x.select(0, 0).select(0, 0); // [10]
+            check(&row.expand([4, 10]), &y.select(0, 0), tol);
+            check(
+                &y.select(0, 0).t().expand([3, 8, 10]),
+                &row.unsqueeze(1).expand([10, 5]),
+                tol,
+            );
+            // batch dims of `a` that fold into rows, and ones that cannot
+            check(&x, &y.select(0, 0), tol);
+            check(&x.narrow(1, 0, 4), &y.select(0, 0), tol);
+            check(&x.permute([1, 0, 2]), &y.select(0, 1), tol);
+        }
+    }
+
+    #[test]
+    fn empty_operands() {
+        let z = Tensor::zeros([3, 0], ()).matmul(&Tensor::zeros([0, 4], ()));
+        assert_eq!(
+            (z.shape(), z.to_vec::<f32>()),
+            (&[3usize, 4][..], vec![0.0; 12])
+        );
+        assert_eq!(
+            Tensor::zeros([0, 2], ())
+                .matmul(&Tensor::ones([2, 4], ()))
+                .shape(),
+            &[0, 4]
+        );
+        assert_eq!(
+            Tensor::zeros([2, 0, 2, 3], ())
+                .matmul(&Tensor::ones([3, 4], ()))
+                .shape(),
+            &[2, 0, 2, 4]
+        );
+        assert_eq!(
+            Tensor::zeros([0], DType::I64)
+                .matmul(&Tensor::zeros([0], DType::I64))
+                .item::<i64>(),
+            0
+        );
+    }
+
+    #[test]
+    fn error_messages_name_the_op_and_both_shapes() {
+        let err = |a: &[usize], b: &[usize]| {
+            Tensor::ones(a, ())
+                .try_matmul(&Tensor::ones(b, ()))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err(&[2, 3], &[4, 5]),
+            "matmul: shapes [2, 3] and [4, 5] cannot be multiplied (3 != 4)"
+        );
+        assert_eq!(
+            err(&[3], &[4]),
+            "matmul: shapes [3] and [4] cannot be multiplied (3 != 4)"
+        );
+        assert_eq!(
+            err(&[2, 3], &[2]),
+            "matmul: shapes [2, 3] and [2] cannot be multiplied (3 != 2)"
+        );
+        assert_eq!(
+            err(&[], &[3]),
+            "matmul: shapes [] and [3] cannot be multiplied: both arguments need at least 1 dimension"
+        );
+        assert_eq!(
+            err(&[2, 4, 3], &[5, 3, 4]),
+            "matmul: shapes [2, 4, 3] and [5, 3, 4] cannot be multiplied: batch dims [2] and [5] do not broadcast"
+        );
+        let b = Tensor::ones([2, 2], DType::Bool);
+        assert!(b
+            .try_matmul(&b)
+            .unwrap_err()
+            .to_string()
+            .starts_with("matmul: not defined on bool"));
+        let panic =
+            std::panic::catch_unwind(|| Tensor::ones([2, 3], ()).matmul(&Tensor::ones([2, 3], ())));
+        let msg = *panic.unwrap_err().downcast::<String>().unwrap();
+        assert!(
+            msg.starts_with(
+                "matmul: shapes [2, 3] and [2, 3] cannot be multiplied (3 != 2) (called at"
+            ),
+            "{msg}"
+        );
+        assert!(msg.contains("matmul.rs"), "{msg}");
+    }
+
+    #[test]
+    fn one_and_two_threads_agree() {
+        let mut g = Generator::new(5);
+        // large enough for multi-threaded gemm, and a batch of small products
+        let cases = [
+            (
+                randn(&mut g, &[160, 200], DType::F32),
+                randn(&mut g, &[200, 150], DType::F32),
+            ),
+            (
+                randn(&mut g, &[16, 24, 20], DType::F32),
+                randn(&mut g, &[16, 20, 12], DType::F32),
+            ),
+            (
+                randn(&mut g, &[96, 128], DType::F64).t(),
+                randn(&mut g, &[96, 64], DType::F64),
+            ),
+        ];
+        for (a, b) in &cases {
+            set_num_threads(1);
+            let one = a.matmul(b).to_f64_vec();
+            set_num_threads(2);
+            let two = a.matmul(b).to_f64_vec();
+            set_num_threads(0);
+            let (_, want, scale) = naive(a, b);
+            for i in 0..want.len() {
+                assert!(
+                    (one[i] - two[i]).abs() <= 1e-5 * scale[i],
+                    "{} vs {}",
+                    one[i],
+                    two[i]
+                );
+                assert!((two[i] - want[i]).abs() <= 1e-5 * scale[i]);
+            }
+        }
+        let a = g.randint(-9, 9, [64, 90, 40]);
+        let b = g.randint(-9, 9, [40, 30]);
+        set_num_threads(1);
+        let one = a.matmul(&b).to_vec::<i64>();
+        set_num_threads(2);
+        let two = a.matmul(&b).to_vec::<i64>();
+        set_num_threads(0);
+        assert_eq!(one, two);
+    }
+}
