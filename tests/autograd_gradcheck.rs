@@ -233,6 +233,41 @@ fn cases() -> Vec<Case> {
         vec![nc(&mut g, 3, 4)],
         true,
     );
+    // matmul: 2-D with a transposed input, 1-D on either side, broadcast batches
+    add(
+        "matmul",
+        Box::new(|x| x[0].matmul(&x[1])),
+        vec![nc(&mut g, 3, 4), nc(&mut g, 4, 2)],
+        true,
+    );
+    add(
+        "matmul(vec)*",
+        Box::new(|x| x[0].matmul(&x[1]).sum_all() + x[1].matmul(&x[2]).prod(0, false)),
+        vec![
+            g.randn([3], DType::F64),
+            g.randn([3, 4], DType::F64),
+            g.randn([4], DType::F64),
+        ],
+        true,
+    );
+    add(
+        "matmul(batched)*",
+        Box::new(|x| x[0].matmul(&x[1])),
+        vec![
+            g.randn([2, 1, 3, 4], DType::F64),
+            g.randn([3, 4, 2], DType::F64),
+        ],
+        true,
+    );
+    add(
+        "matmul(dot)*",
+        Box::new(|x| x[0].matmul(&x[1])),
+        vec![
+            g.randn([5], DType::F64),
+            g.randn([5], DType::F64).narrow(0, 0, 5),
+        ],
+        true,
+    );
     // composites built from the ops above
     add(
         "softmax*",

@@ -362,9 +362,15 @@ impl Tensor {
     /// differentiable.
     #[track_caller]
     pub fn deep_clone(&self) -> Tensor {
+        record(self.copy_raw(), "clone", &[self], &[], |g| {
+            vec![Some(g.clone())]
+        })
+    }
+
+    /// A contiguous copy that records nothing (for kernels).
+    pub(crate) fn copy_raw(&self) -> Tensor {
         let buf = self.with_cpu(|buf, l| crate::with_buffer!(buf, v => crate::storage::BufferElement::into_buffer(crate::cpu::strided::gather(v, l))));
-        let out = Tensor::from_buffer(buf, self.shape());
-        record(out, "clone", &[self], &[], |g| vec![Some(g.clone())])
+        Tensor::from_buffer(buf, self.shape())
     }
 }
 

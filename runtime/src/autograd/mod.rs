@@ -80,4 +80,6 @@ pub const DIFFERENTIABLE_OPS: &[&str] = &[
     // masks
     "where",
     "masked_fill",
+    // linear algebra
+    "matmul",
 ];

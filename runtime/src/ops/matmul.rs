@@ -1,10 +1,12 @@
 //! Matrix products with `torch.matmul`'s rules: dot products, matrix-vector,
 //! matrix-matrix and batched products with broadcast batch dims.
 
+use crate::autograd::record;
 use crate::cpu::matmul as kernel;
 use crate::dtype::DType;
 use crate::error::{or_panic, Error, Result};
 use crate::layout::{broadcast_shapes, fmt_shape, Dims, Layout};
+use crate::ops::elementwise::sum_to;
 use crate::tensor::Tensor;
 
 const OP: &str = "matmul";
@@ -13,7 +15,7 @@ const OP: &str = "matmul";
 /// or a column `[k, 1]`; a matrix with no unit stride is copied to contiguous first.
 fn as_matrices(t: &Tensor, row: bool) -> (Tensor, Layout) {
     let t = if t.ndim() >= 2 && !kernel::has_unit_stride(t.layout()) {
-        t.deep_clone()
+        t.copy_raw()
     } else {
         t.clone()
     };
@@ -26,7 +28,7 @@ fn as_matrices(t: &Tensor, row: bool) -> (Tensor, Layout) {
     (t, l)
 }
 
-fn try_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+fn matmul_raw(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (sa, sb) = (a.shape(), b.shape());
     if a.ndim() == 0 || b.ndim() == 0 {
         return Err(Error::shape(
@@ -91,8 +93,8 @@ fn try_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     } else {
         dtype
     };
-    let (a, la) = as_matrices(&a.to_dtype(compute), true);
-    let (b, lb) = as_matrices(&b.to_dtype(compute), false);
+    let (a, la) = as_matrices(&a.to_dtype_raw(compute), true);
+    let (b, lb) = as_matrices(&b.to_dtype_raw(compute), false);
     let (m, n) = (la.shape()[la.ndim() - 2], lb.shape()[lb.ndim() - 1]);
     let full = |rows: usize, cols: usize| -> Dims {
         let mut s = batch.clone();
@@ -110,7 +112,48 @@ fn try_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if sb.len() >= 2 {
         shape.push(n);
     }
-    Ok(Tensor::from_buffer(buf, &shape).to_dtype(dtype))
+    Ok(Tensor::from_buffer(buf, &shape).to_dtype_raw(dtype))
+}
+
+/// `a @ b` with its backward: `∂a = g·bᵀ`, `∂b = aᵀ·g`, vectors treated as a row (`a`) or
+/// a column (`b`), and broadcast batch dims summed back.
+#[track_caller]
+fn try_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let out = matmul_raw(a, b)?;
+    let (x, y) = (a.clone(), b.clone());
+    let (nx, ny) = (x.requires_grad(), y.requires_grad());
+    Ok(record(out, OP, &[a, b], &[a, b], move |g| {
+        let am = if x.ndim() == 1 {
+            x.unsqueeze(0)
+        } else {
+            x.clone()
+        };
+        let bm = if y.ndim() == 1 {
+            y.unsqueeze(-1)
+        } else {
+            y.clone()
+        };
+        let mut gm = g.clone();
+        if x.ndim() == 1 {
+            gm = gm.unsqueeze(if y.ndim() == 1 { 0 } else { -2 });
+        }
+        if y.ndim() == 1 {
+            gm = gm.unsqueeze(-1);
+        }
+        let ga = nx.then(|| {
+            let r = gm.matmul(&bm.transpose(-1, -2));
+            sum_to(&r, am.shape())
+                .reshape(x.shape())
+                .to_dtype(x.dtype())
+        });
+        let gb = ny.then(|| {
+            let r = am.transpose(-1, -2).matmul(&gm);
+            sum_to(&r, bm.shape())
+                .reshape(y.shape())
+                .to_dtype(y.dtype())
+        });
+        vec![ga, gb]
+    }))
 }
 
 impl Tensor {
@@ -148,6 +191,7 @@ impl Tensor {
     /// let err = Tensor::ones([2, 3], ()).try_matmul(&Tensor::ones([4, 5], ())).unwrap_err();
     /// assert_eq!(err.to_string(), "matmul: shapes [2, 3] and [4, 5] cannot be multiplied (3 != 4)");
     /// ```
+    #[track_caller]
     pub fn try_matmul(&self, other: &Tensor) -> Result<Tensor> {
         try_matmul(self, other)
     }
