@@ -169,7 +169,16 @@ impl Tensor {
                 ),
             ));
         }
-        self.write_from(op, &r)
+        let track = is_grad_enabled() && r.requires_grad();
+        if track {
+            self.check_rebase(op)?;
+        }
+        self.write_from(op, &r)?;
+        if track {
+            // the tensor's history is now that of the result
+            self.set_grad_fn(r.grad_fn());
+        }
+        Ok(())
     }
 
     /// Sets every element to `value`.

@@ -1,0 +1,158 @@
+//! The autograd engine's behaviour: accumulation, retain/create_graph, no_grad, in-place
+//! safety, anomaly mode, BPTT and memory.
+
+use flint::autograd::{self, gradcheck, no_grad, GradcheckOptions};
+use flint::{DType, Generator, Tensor};
+
+fn leaf(v: Vec<f64>, shape: &[usize]) -> Tensor {
+    Tensor::from_vec(v, shape).requires_grad_(true)
+}
+
+#[test]
+fn gradients_accumulate_and_reduce_through_broadcasting() {
+    let w = leaf(vec![1.0, 2.0, 3.0], &[3]);
+    let x = Tensor::from_vec(vec![1.0f64, 1.0, 1.0, 2.0, 2.0, 2.0], [2, 3]);
+    let y = (&x * &w).sum_all();
+    y.backward();
+    assert_eq!(w.grad().unwrap().to_vec::<f64>(), vec![3.0, 3.0, 3.0]);
+    (&w * 2.0).sum_all().backward();
+    assert_eq!(w.grad().unwrap().to_vec::<f64>(), vec![5.0, 5.0, 5.0]);
+    w.zero_grad();
+    assert!(w.grad().is_none());
+    assert!(w.is_leaf() && !y.is_leaf() && y.requires_grad());
+    assert_eq!(y.grad_fn().unwrap().name(), "sum");
+}
+
+#[test]
+fn views_slices_and_inplace_ops_route_gradients() {
+    let x = leaf((0..12).map(f64::from).collect(), &[3, 4]);
+    let y = x.t().narrow(0, 1, 2).select(1, 0) * 3.0; // x[0, 1..3] * 3
+    y.sum_all().backward();
+    let g = x.grad().unwrap().to_vec::<f64>();
+    assert_eq!(g, vec![0., 3., 3., 0., 0., 0., 0., 0., 0., 0., 0., 0.]);
+
+    let a = leaf(vec![1.0, 2.0], &[2]);
+    let b = &a * 1.0;
+    b.mul_(3.0).add_(&a);
+    b.sum_all().backward(); // d/da (3a + a) = 4
+    assert_eq!(a.grad().unwrap().to_vec::<f64>(), vec![4.0, 4.0]);
+}
+
+#[test]
+fn non_scalar_backward_needs_a_gradient() {
+    let x = leaf(vec![1.0, 2.0], &[2]);
+    let y = &x * 2.0;
+    let e = y.try_backward(None, false, false).unwrap_err().to_string();
+    assert!(e.contains("only for scalar outputs"), "{e}");
+    y.backward_with(&Tensor::from_vec(vec![1.0f64, 10.0], [2]));
+    assert_eq!(x.grad().unwrap().to_vec::<f64>(), vec![2.0, 20.0]);
+}
+
+#[test]
+fn second_backward_through_a_freed_graph_is_an_error() {
+    let x = leaf(vec![0.5], &[1]);
+    let y = x.exp().sum_all();
+    y.try_backward(None, true, false).unwrap();
+    y.try_backward(None, false, false).unwrap(); // retained the first time
+    let e = y.try_backward(None, false, false).unwrap_err().to_string();
+    assert!(
+        e.contains("backward through the graph a second time"),
+        "{e}"
+    );
+    assert!(e.contains("sum") || e.contains("exp"), "{e}");
+}
+
+#[test]
+fn modifying_a_saved_tensor_in_place_is_an_error_not_a_wrong_gradient() {
+    let x = leaf(vec![1.0, 2.0], &[2]);
+    let a = &x * 2.0;
+    let b = a.exp(); // exp saves its input `a`
+    a.add_(1.0);
+    let e = b
+        .sum_all()
+        .try_backward(None, false, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("modified by an inplace operation"), "{e}");
+    assert!(e.contains("`exp`") && e.contains("shape [2]"), "{e}");
+}
+
+#[test]
+fn backward_of_a_result_computed_under_no_grad_is_an_error() {
+    let x = leaf(vec![1.0], &[1]);
+    let y = no_grad(|| (&x * 2.0).sum_all());
+    assert!(!y.requires_grad());
+    let e = y.try_backward(None, false, false).unwrap_err().to_string();
+    assert!(e.contains("does not require grad"), "{e}");
+}
+
+#[test]
+fn leaves_are_updated_in_place_only_under_no_grad() {
+    let w = leaf(vec![1.0, 2.0], &[2]);
+    let caught = std::panic::catch_unwind(|| {
+        w.add_(1.0);
+    });
+    let msg = caught
+        .unwrap_err()
+        .downcast::<String>()
+        .map(|s| *s)
+        .unwrap_or_default();
+    assert!(msg.contains("leaf tensor that requires grad"), "{msg}");
+    no_grad(|| {
+        w.sub_(0.5);
+    });
+    assert_eq!(w.to_vec::<f64>(), vec![0.5, 1.5]);
+    assert!(w.try_requires_grad_(true).is_ok());
+    assert!((&w * 2.0).try_requires_grad_(false).is_err());
+    assert!(Tensor::ones([2], DType::I64)
+        .try_requires_grad_(true)
+        .is_err());
+}
+
+#[test]
+fn create_graph_gives_hessian_vector_products() {
+    // f(x) = Σ x³ → ∇f = 3x², H = diag(6x); Hv = 6x⊙v
+    let x = leaf(vec![1.0, -2.0, 0.5], &[3]);
+    let f = x.pow(3.0).sum_all();
+    let g = autograd::grad(&[f], &[x.clone()], None, true, true).unwrap()[0]
+        .clone()
+        .unwrap();
+    let v = Tensor::from_vec(vec![1.0f64, 1.0, 2.0], [3]);
+    let hv = autograd::grad(&[(&g * &v).sum_all()], &[x.clone()], None, false, false).unwrap()[0]
+        .clone()
+        .unwrap();
+    assert_eq!(hv.to_vec::<f64>(), vec![6.0, -12.0, 6.0]);
+    assert!(x.grad().is_none(), "grad() must not touch .grad");
+}
+
+#[test]
+fn anomaly_mode_names_the_forward_op() {
+    autograd::set_anomaly_enabled(true);
+    let x = leaf(vec![0.0, 1.0], &[2]);
+    let y = x.sqrt().sum_all(); // d sqrt / dx = inf at 0
+    let e = y.try_backward(None, false, false).unwrap_err().to_string();
+    autograd::set_anomaly_enabled(false);
+    assert!(
+        e.contains("`sqrt`") && e.contains("autograd_engine.rs"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bptt_through_fifty_steps_matches_finite_differences() {
+    // h_{t+1} = tanh(x_t W_x + h_t W_h + b), loss = Σ h_T ⊙ c
+    let mut g = Generator::new(1);
+    let (steps, batch, inp, hid) = (50, 2, 3, 4);
+    let xs = g.randn([steps, batch, inp], DType::F64);
+    let wx = g.randn([inp, hid], DType::F64) * 0.5;
+    let wh = g.randn([hid, hid], DType::F64) * 0.5;
+    let b = g.randn([hid], DType::F64) * 0.1;
+    let f = |p: &[Tensor]| {
+        let mut h = Tensor::zeros([batch, hid], DType::F64);
+        for t in 0..steps {
+            h = (xs.select(0, t as isize).matmul(&p[0]) + h.matmul(&p[1]) + &p[2]).tanh();
+        }
+        h
+    };
+    gradcheck(f, &[wx, wh, b], GradcheckOptions::default()).unwrap();
+}
