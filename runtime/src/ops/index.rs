@@ -245,6 +245,7 @@ impl Tensor {
                 ),
             ));
         }
+        let out_shape = index.shape().to_vec();
         // treat 0-d tensors as 1-d of one element, like PyTorch
         let src = if self.ndim() == 0 {
             self.reshape([1usize])
@@ -281,11 +282,6 @@ impl Tensor {
             shape: li.shape.clone(),
             strides: src_strides,
             offset: src.layout().offset(),
-        };
-        let out_shape: Vec<usize> = if self.ndim() == 0 {
-            vec![]
-        } else {
-            li.shape().to_vec()
         };
         let dt = self.dtype();
         Ok(dispatch!(all dt, T => {
@@ -791,6 +787,11 @@ mod tests {
         // index sharing the input's storage
         let x = Tensor::from_vec(vec![1i64, 0, 2], [3]);
         assert_eq!(x.gather(0, &x).to_vec::<i64>(), vec![0, 1, 2]);
+        // 0-d input and index, like PyTorch
+        let g = Tensor::scalar(5.0f32).gather(0, &Tensor::scalar(0i64));
+        assert_eq!((g.shape(), g.item::<f32>()), (&[] as &[usize], 5.0));
+        let z = Tensor::scalar(1i64).scatter_add(0, &Tensor::scalar(0i64), &Tensor::scalar(2i64));
+        assert_eq!((z.shape(), z.item::<i64>()), (&[] as &[usize], 3));
     }
 
     #[test]

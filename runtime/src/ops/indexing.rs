@@ -84,8 +84,8 @@ impl TensorIndex {
 ///
 /// ```
 /// use flint_runtime::ops::IndexRange;
-/// assert_eq!((2..-1).bounds(), (Some(2), Some(-1)));
-/// assert_eq!((..=-1).bounds(), (None, None)); // through the last element
+/// assert_eq!((2i64..-1).bounds(), (Some(2), Some(-1)));
+/// assert_eq!((..=-1i32).bounds(), (None, None)); // through the last element
 /// ```
 pub trait IndexRange {
     /// The `(start, end)` bounds, end exclusive, `None` where open.
@@ -206,7 +206,7 @@ impl From<RangeFull> for TensorIndex {
 ///
 /// ```
 /// use flint_runtime::{ops::IntoIndices, TensorIndex};
-/// assert_eq!((0, ..).into_indices(), vec![TensorIndex::Select(0), TensorIndex::slice(.., 1)]);
+/// assert_eq!((0i64, ..).into_indices(), vec![TensorIndex::Select(0), TensorIndex::slice(.., 1)]);
 /// ```
 pub trait IntoIndices {
     /// The items, in order.
