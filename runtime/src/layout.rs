@@ -221,6 +221,10 @@ impl Layout {
         if numel == 0 {
             return Some(contiguous_strides(shape));
         }
+        if self.shape.is_empty() {
+            // a 0-d tensor views as any shape of one element (PyTorch's computeStride)
+            return Some(SmallVec::from_elem(1, shape.len()));
+        }
         let mut new_strides: Dims = SmallVec::from_elem(0, shape.len());
         let old_shape = &self.shape;
         let old_strides = &self.strides;
@@ -324,6 +328,8 @@ mod tests {
         // a column slice keeps rows independent
         let s = Layout::contiguous(&[4, 6]).slice(1, 0, 3, 1);
         assert_eq!(s.view_strides(&[2, 2, 3]).unwrap().as_slice(), &[12, 6, 1]);
+        // a 0-d layout views as [1], [1, 1], ...
+        assert_eq!(Layout::contiguous(&[]).view_strides(&[1, 1]).unwrap().as_slice(), &[1, 1]);
     }
 
     #[test]

@@ -388,7 +388,7 @@ impl Tensor {
         let ls = src.layout();
         let dt = self.dtype();
         dispatch!(num OP, dt, T => {
-            let mut out = base.with_slice::<T, _>(|s, l| gather(s, l));
+            let mut out = base.with_slice::<T, _>(gather);
             src.with_slice::<T, _>(|sv, _| {
                 index.with_slice::<i64, _>(|ix, _| {
                     for_each_offsets(
@@ -398,7 +398,7 @@ impl Tensor {
                         0..li.numel(),
                         |_, [oi, os, oo]| {
                             let o = oo + ix[oi] as usize * od;
-                            out[o] = out[o] + sv[os];
+                            out[o] += sv[os];
                         },
                     );
                 })
