@@ -927,7 +927,7 @@ mod tests {
         assert_eq!(c.shape(), &[2, 2, 4]);
         assert_eq!(c.select(1, 1).to_vec::<f32>()[..2], [8., 9.]);
         assert_eq!(
-            Tensor::cat(&[g.clone()], 2).to_vec::<f32>(),
+            Tensor::cat(std::slice::from_ref(&g), 2).to_vec::<f32>(),
             g.to_vec::<f32>()
         );
     }
