@@ -114,11 +114,18 @@ fn create_graph_gives_hessian_vector_products() {
     // f(x) = Σ x³ → ∇f = 3x², H = diag(6x); Hv = 6x⊙v
     let x = leaf(vec![1.0, -2.0, 0.5], &[3]);
     let f = x.pow(3.0).sum_all();
-    let g = autograd::grad(&[f], &[x.clone()], None, true, true).unwrap()[0]
+    let g = autograd::grad(&[f], std::slice::from_ref(&x), None, true, true).unwrap()[0]
         .clone()
         .unwrap();
     let v = Tensor::from_vec(vec![1.0f64, 1.0, 2.0], [3]);
-    let hv = autograd::grad(&[(&g * &v).sum_all()], &[x.clone()], None, false, false).unwrap()[0]
+    let hv = autograd::grad(
+        &[(&g * &v).sum_all()],
+        std::slice::from_ref(&x),
+        None,
+        false,
+        false,
+    )
+    .unwrap()[0]
         .clone()
         .unwrap();
     assert_eq!(hv.to_vec::<f64>(), vec![6.0, -12.0, 6.0]);

@@ -5,12 +5,12 @@
 use flint::autograd::{gradcheck, gradgradcheck, GradcheckOptions, DIFFERENTIABLE_OPS};
 use flint::{DType, GeluApprox, Generator, Tensor};
 
-type Case = (
-    &'static str,
-    Box<dyn Fn(&[Tensor]) -> Tensor>,
-    Vec<Tensor>,
-    bool,
-);
+/// A differentiable function of some tensors.
+type Func = Box<dyn Fn(&[Tensor]) -> Tensor>;
+/// A unary op and whether it needs positive inputs.
+type Unary = (&'static str, fn(&Tensor) -> Tensor, bool);
+/// Name, function, inputs, and whether to check second derivatives too.
+type Case = (&'static str, Func, Vec<Tensor>, bool);
 
 /// A non-contiguous [r, c] f64 tensor (a transposed view).
 fn nc(g: &mut Generator, r: usize, c: usize) -> Tensor {
@@ -25,10 +25,7 @@ fn pos(g: &mut Generator, shape: &[usize]) -> Tensor {
 fn cases() -> Vec<Case> {
     let mut g = Generator::new(7);
     let mut v: Vec<Case> = vec![];
-    let mut add = |name: &'static str,
-                   f: Box<dyn Fn(&[Tensor]) -> Tensor>,
-                   inputs: Vec<Tensor>,
-                   twice: bool| {
+    let mut add = |name: &'static str, f: Func, inputs: Vec<Tensor>, twice: bool| {
         v.push((name, f, inputs, twice));
     };
     // broadcasting binary ops: [3,4] (non-contiguous) with [4]
@@ -80,7 +77,7 @@ fn cases() -> Vec<Case> {
         vec![nc(&mut g, 3, 4)],
         true,
     );
-    let unary: Vec<(&'static str, fn(&Tensor) -> Tensor, bool)> = vec![
+    let unary: Vec<Unary> = vec![
         ("neg", |t| t.neg(), false),
         ("abs", |t| t.abs(), false),
         ("sign", |t| t.sign(), false),
@@ -266,6 +263,55 @@ fn cases() -> Vec<Case> {
             g.randn([5], DType::F64),
             g.randn([5], DType::F64).narrow(0, 0, 5),
         ],
+        true,
+    );
+    // indexing
+    let idx = Tensor::from_vec(vec![2i64, 0, 2], [3]);
+    add(
+        "index_select",
+        Box::new(move |x| x[0].index_select(1, &idx).square()),
+        vec![nc(&mut g, 3, 4)],
+        true,
+    );
+    let gi = Tensor::from_vec(vec![0i64, 2, 1, 1, 0, 0], [3, 2]);
+    let gi2 = gi.clone();
+    add(
+        "gather",
+        Box::new(move |x| x[0].gather(1, &gi).square()),
+        vec![nc(&mut g, 3, 4)],
+        true,
+    );
+    add(
+        "scatter_add",
+        Box::new(move |x| x[0].scatter_add(1, &gi2, &x[1]).square()),
+        vec![nc(&mut g, 3, 4), g.randn([3, 2], DType::F64)],
+        true,
+    );
+    add(
+        "cat",
+        Box::new(|x| Tensor::cat(&[x[0].clone(), x[1].square()], 1)),
+        vec![nc(&mut g, 3, 4), g.randn([3, 2], DType::F64)],
+        true,
+    );
+    add(
+        "stack*",
+        Box::new(|x| Tensor::stack(&[&x[0], &x[1].exp()], 0)),
+        vec![nc(&mut g, 3, 4), nc(&mut g, 3, 4)],
+        true,
+    );
+    let sm = Generator::new(5).bernoulli([4], 0.5);
+    add(
+        "masked_select",
+        Box::new(move |x| x[0].masked_select(&sm).square()),
+        vec![nc(&mut g, 3, 4)],
+        true,
+    );
+    add(
+        "i*",
+        Box::new(|x| {
+            x[0].i((.., 1..3)).square() + x[0].i((-1, flint::TensorIndex::NewAxis)).sum_all()
+        }),
+        vec![nc(&mut g, 3, 4)],
         true,
     );
     // composites built from the ops above

@@ -342,6 +342,14 @@ mod tests {
         // a column slice keeps rows independent
         let s = Layout::contiguous(&[4, 6]).slice(1, 0, 3, 1);
         assert_eq!(s.view_strides(&[2, 2, 3]).unwrap().as_slice(), &[12, 6, 1]);
+        // a 0-d layout views as [1], [1, 1], ...
+        assert_eq!(
+            Layout::contiguous(&[])
+                .view_strides(&[1, 1])
+                .unwrap()
+                .as_slice(),
+            &[1, 1]
+        );
     }
 
     #[test]

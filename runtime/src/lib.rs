@@ -31,6 +31,9 @@ pub use device::Device;
 pub use dtype::{DType, Element, FloatElement, NumElement};
 pub use error::{Error, Result};
 pub use layout::Layout;
-pub use ops::{causal_mask, All, GeluApprox, IntoShapeSpec, Operand, ReduceDims};
+pub use ops::{
+    causal_mask, All, GeluApprox, IndexRange, IntoIndices, IntoShapeSpec, Operand, ReduceDims,
+    TensorIndex,
+};
 pub use random::{manual_seed, Generator};
 pub use tensor::{Tensor, TensorOptions};

@@ -294,7 +294,7 @@ impl Tensor {
         retain_graph: bool,
         create_graph: bool,
     ) -> Result<()> {
-        let g = grad.map(|g| std::slice::from_ref(g));
+        let g = grad.map(std::slice::from_ref);
         let roots = seed_grads(std::slice::from_ref(self), g)?;
         backward(&roots, retain_graph, create_graph)
     }

@@ -119,7 +119,8 @@ pub fn gradcheck(
             let fm = project(&leaves);
             element(x, i, Some(orig));
             let n = (fp - fm) / (2.0 * opts.eps);
-            if !((ai - n).abs() <= opts.atol + opts.rtol * n.abs()) {
+            let within = (ai - n).abs() <= opts.atol + opts.rtol * n.abs();
+            if !within {
                 return Err(Error::Autograd(format!(
                     "gradcheck: input {k} (shape {:?}), element {i}: analytical {ai} vs numerical {n}",
                     x.shape()

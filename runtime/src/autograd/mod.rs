@@ -80,6 +80,12 @@ pub const DIFFERENTIABLE_OPS: &[&str] = &[
     // masks
     "where",
     "masked_fill",
+    // indexing
+    "index_select",
+    "gather",
+    "scatter_add",
+    "cat",
+    "masked_select",
     // linear algebra
     "matmul",
 ];

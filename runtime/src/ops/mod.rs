@@ -2,6 +2,8 @@
 
 mod creation;
 pub(crate) mod elementwise;
+mod index;
+pub mod indexing;
 mod inplace;
 mod mask;
 mod matmul;
@@ -9,6 +11,7 @@ mod reduce;
 mod view;
 
 pub use elementwise::{GeluApprox, Operand};
+pub use indexing::{IndexRange, IntoIndices, TensorIndex};
 pub use mask::causal_mask;
 pub use reduce::{All, ReduceDims};
 pub use view::IntoShapeSpec;

@@ -194,7 +194,7 @@ fn record_extreme(out: Tensor, x: &Tensor, dims: &[usize], name: &'static str) -
     let dims = dims.to_vec();
     let (xs, y) = (x.clone(), out.detach());
     record(out, name, &[x], &[x], move |g| {
-        let hit = xs.eq(&y.reshape(kept.as_slice())).to_dtype(g.dtype());
+        let hit = xs.eq(y.reshape(kept.as_slice())).to_dtype(g.dtype());
         let count = hit.sum(dims.as_slice(), true);
         vec![Some(g.reshape(kept.as_slice()) * hit / count)]
     })
