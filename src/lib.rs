@@ -22,3 +22,8 @@ pub mod prelude {
         causal_mask, manual_seed, All, DType, Device, Error, GeluApprox, Generator, Result, Tensor,
     };
 }
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -163,3 +163,48 @@ fn bptt_through_fifty_steps_matches_finite_differences() {
     };
     gradcheck(f, &[wx, wh, b], GradcheckOptions::default()).unwrap();
 }
+
+/// `y = x·sin(x)` as a user-defined function, with its derivative written by hand.
+struct XSinX;
+
+impl autograd::Function for XSinX {
+    fn name(&self) -> &'static str {
+        "x_sin_x"
+    }
+    fn forward(&self, x: &[Tensor]) -> Tensor {
+        &x[0] * x[0].sin()
+    }
+    fn backward(&self, x: &[Tensor], _y: &Tensor, g: &Tensor) -> Vec<Option<Tensor>> {
+        vec![Some(g * (x[0].sin() + &x[0] * x[0].cos()))]
+    }
+}
+
+#[test]
+fn user_defined_functions_are_differentiable_to_second_order() {
+    let x = Generator::new(4).randn([2, 3], DType::F64);
+    let f = |v: &[Tensor]| autograd::apply(XSinX, &[&v[0]]);
+    gradcheck(f, std::slice::from_ref(&x), GradcheckOptions::default()).unwrap();
+    autograd::gradgradcheck(f, &[x], GradcheckOptions::default()).unwrap();
+}
+
+#[test]
+fn graphs_export_to_dot() {
+    let w = Tensor::ones([3, 2], DType::F64).requires_grad_(true);
+    let x = Tensor::ones([4, 3], DType::F64);
+    let y = autograd::apply(XSinX, &[&x.matmul(&w)]).relu().sum_all();
+    let dot = autograd::to_dot(&y);
+    for want in [
+        "digraph",
+        "matmul\\n[4, 2]",
+        "x_sin_x",
+        "relu",
+        "sum",
+        "parameter [3, 2]",
+        "->",
+    ] {
+        assert!(dot.contains(want), "{want} missing from:\n{dot}");
+    }
+    // one node per op, one ellipse for the one parameter
+    assert_eq!(dot.matches("shape=ellipse").count(), 1);
+    assert_eq!(dot.matches("shape=box").count(), 4);
+}

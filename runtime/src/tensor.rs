@@ -490,6 +490,11 @@ impl Tensor {
         });
     }
 
+    /// An identity for this tensor handle's target (for graph export).
+    pub(crate) fn impl_ptr(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+
     /// True when both handles are the same tensor (not merely the same storage).
     pub fn same_tensor(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.0, &other.0)

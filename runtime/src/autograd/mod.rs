@@ -13,12 +13,16 @@
 //! assert_eq!(x.grad().unwrap().to_vec::<f64>(), vec![2.0, 4.0, 6.0]);
 //! ```
 
+mod dot;
 mod engine;
+mod function;
 mod grad_mode;
 mod gradcheck;
 mod node;
 
+pub use dot::to_dot;
 pub use engine::grad;
+pub use function::{apply, Function};
 pub use grad_mode::{
     is_anomaly_enabled, is_grad_enabled, no_grad, set_anomaly_enabled, NoGradGuard,
 };

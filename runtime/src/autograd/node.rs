@@ -70,13 +70,25 @@ pub(crate) fn record(
     saved: &[&Tensor],
     backward: impl Fn(&Tensor) -> Vec<Option<Tensor>> + Send + Sync + 'static,
 ) -> Tensor {
-    if !is_grad_enabled() || !inputs.iter().any(|t| t.requires_grad()) {
-        return out;
-    }
     debug_assert!(
         super::DIFFERENTIABLE_OPS.contains(&name),
         "op `{name}` records a node but is missing from autograd::DIFFERENTIABLE_OPS"
     );
+    record_node(out, name, inputs, saved, backward)
+}
+
+/// [`record`] for any name (user-defined functions).
+#[track_caller]
+pub(crate) fn record_node(
+    out: Tensor,
+    name: &'static str,
+    inputs: &[&Tensor],
+    saved: &[&Tensor],
+    backward: impl Fn(&Tensor) -> Vec<Option<Tensor>> + Send + Sync + 'static,
+) -> Tensor {
+    if !is_grad_enabled() || !inputs.iter().any(|t| t.requires_grad()) {
+        return out;
+    }
     let edges = inputs.iter().map(|t| t.grad_edge()).collect();
     let saved = saved
         .iter()
