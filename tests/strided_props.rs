@@ -108,4 +108,24 @@ proptest! {
         xv2.mul_(2.0);
         same(&xv2, &(&xv * 2.0))?;
     }
+
+    #[test]
+    fn matmul_and_index_ops_agree((shape, data, perm, cuts) in strided_case(), pick in 0usize..16) {
+        let v = make_view(&shape, &data, &perm, &cuts);
+        let c = v.contiguous();
+        // a matrix view of the same values, multiplied by its own transpose
+        let m = v.reshape([v.size(0) as isize, -1]);
+        let mc = c.reshape([c.size(0) as isize, -1]);
+        same(&m.matmul(&m.t()), &mc.matmul(&mc.t()))?;
+        same(&m.t().matmul(&m), &mc.t().matmul(&mc))?;
+        let last = v.size(-1);
+        let idx = Tensor::from_vec(vec![(pick % last) as i64, 0], [2]);
+        same(&v.index_select(-1, &idx), &c.index_select(-1, &idx))?;
+        same(&Tensor::cat(&[&v, &c], 0), &Tensor::cat(&[&c, &c], 0))?;
+        same(&Tensor::stack(&[&v, &v], -1), &Tensor::stack(&[&c, &c], -1))?;
+        same(&v.masked_select(&v.gt(0.0)), &c.masked_select(&c.gt(0.0)))?;
+        let gi = Tensor::zeros(v.shape(), DType::I64);
+        same(&v.gather(0, &gi), &c.gather(0, &gi))?;
+        same(&v.i(..), &c.i(..))?;
+    }
 }

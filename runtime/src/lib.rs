@@ -18,6 +18,7 @@ mod display;
 pub mod dtype;
 pub mod error;
 pub mod layout;
+pub mod loss;
 pub mod ops;
 pub mod random;
 pub mod storage;
