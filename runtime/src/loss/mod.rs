@@ -453,7 +453,7 @@ mod tests {
                     .label_smoothing(0.2)
                     .forward(&v[0], &t)
             },
-            &[x.clone()],
+            std::slice::from_ref(&x),
             o,
         )
         .unwrap();

@@ -1,0 +1,130 @@
+//! Adam and AdamW.
+
+use super::{Optimizer, ParamGroup, Slots};
+use crate::autograd::no_grad;
+use crate::tensor::Tensor;
+
+#[derive(Clone, Debug)]
+struct State {
+    step: i32,
+    m: Tensor,
+    v: Tensor,
+    v_max: Option<Tensor>,
+}
+
+/// Adam like `torch.optim.Adam`; with [`Adam::decoupled`] (or [`Adam::adamw`]) it is
+/// `torch.optim.AdamW`.
+#[derive(Clone, Debug)]
+pub struct Adam {
+    groups: Vec<ParamGroup>,
+    /// `(β₁, β₂)`.
+    pub betas: (f64, f64),
+    /// Added to the denominator.
+    pub eps: f64,
+    /// Weight decay: an L2 term in the gradient, or decoupled (AdamW).
+    pub weight_decay: f64,
+    /// Decoupled weight decay (`p ← p·(1 − lr·wd)` before the update).
+    pub decoupled: bool,
+    /// Use the running maximum of the second moment (AMSGrad).
+    pub amsgrad: bool,
+    state: Slots<State>,
+}
+
+impl Adam {
+    /// Adam with PyTorch's defaults (betas 0.9/0.999, eps 1e-8, no weight decay).
+    pub fn new(params: Vec<Tensor>, lr: f64) -> Adam {
+        Adam {
+            groups: vec![ParamGroup { params, lr }],
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled: false,
+            amsgrad: false,
+            state: Slots::default(),
+        }
+    }
+    /// AdamW with PyTorch's defaults (weight decay 0.01, decoupled).
+    pub fn adamw(params: Vec<Tensor>, lr: f64) -> Adam {
+        Adam::new(params, lr).weight_decay(0.01).decoupled(true)
+    }
+    /// Sets `(β₁, β₂)`.
+    pub fn betas(mut self, b1: f64, b2: f64) -> Self {
+        self.betas = (b1, b2);
+        self
+    }
+    /// Sets ε.
+    pub fn eps(mut self, eps: f64) -> Self {
+        self.eps = eps;
+        self
+    }
+    /// Sets the weight decay.
+    pub fn weight_decay(mut self, wd: f64) -> Self {
+        self.weight_decay = wd;
+        self
+    }
+    /// Decoupled (AdamW) or L2 (Adam) weight decay.
+    pub fn decoupled(mut self, on: bool) -> Self {
+        self.decoupled = on;
+        self
+    }
+    /// Turns AMSGrad on or off.
+    pub fn amsgrad(mut self, on: bool) -> Self {
+        self.amsgrad = on;
+        self
+    }
+}
+
+impl Optimizer for Adam {
+    fn step(&mut self) {
+        self.state.sync(&self.groups);
+        let (b1, b2) = self.betas;
+        no_grad(|| {
+            for (gi, group) in self.groups.iter().enumerate() {
+                let lr = group.lr;
+                for (pi, p) in group.params.iter().enumerate() {
+                    let Some(mut g) = p.grad() else { continue };
+                    let slot = &mut self.state.state[gi][pi];
+                    let st = slot.get_or_insert_with(|| State {
+                        step: 0,
+                        m: p.zeros_like(),
+                        v: p.zeros_like(),
+                        v_max: None,
+                    });
+                    st.step += 1;
+                    if self.weight_decay != 0.0 {
+                        if self.decoupled {
+                            p.mul_(1.0 - lr * self.weight_decay);
+                        } else {
+                            g = g + p * self.weight_decay;
+                        }
+                    }
+                    st.m = &st.m + (&g - &st.m) * (1.0 - b1);
+                    st.v = &st.v * b2 + &g * &g * (1.0 - b2);
+                    let bc1 = 1.0 - b1.powi(st.step);
+                    let bc2_sqrt = (1.0 - b2.powi(st.step)).sqrt();
+                    let second = if self.amsgrad {
+                        let vmax = match st.v_max.take() {
+                            Some(m) => m.maximum(&st.v),
+                            None => st.v.clone(),
+                        };
+                        st.v_max = Some(vmax.clone());
+                        vmax
+                    } else {
+                        st.v.clone()
+                    };
+                    let denom = second.sqrt() / bc2_sqrt + self.eps;
+                    p.sub_(&st.m / denom * (lr / bc1));
+                }
+            }
+        });
+    }
+    fn groups(&self) -> &[ParamGroup] {
+        &self.groups
+    }
+    fn groups_mut(&mut self) -> &mut [ParamGroup] {
+        &mut self.groups
+    }
+    fn add_param_group(&mut self, params: Vec<Tensor>, lr: f64) {
+        self.groups.push(ParamGroup { params, lr });
+    }
+}

@@ -1,0 +1,118 @@
+//! RMSprop (plain, centered, with momentum).
+
+use super::{Optimizer, ParamGroup, Slots};
+use crate::autograd::no_grad;
+use crate::tensor::Tensor;
+
+#[derive(Clone, Debug)]
+struct State {
+    square_avg: Tensor,
+    grad_avg: Option<Tensor>,
+    buf: Option<Tensor>,
+}
+
+/// RMSprop like `torch.optim.RMSprop`.
+#[derive(Clone, Debug)]
+pub struct RmsProp {
+    groups: Vec<ParamGroup>,
+    /// Smoothing constant of the squared-gradient average.
+    pub alpha: f64,
+    /// Added to the denominator.
+    pub eps: f64,
+    /// L2 penalty added to the gradient.
+    pub weight_decay: f64,
+    /// Momentum factor.
+    pub momentum: f64,
+    /// Normalise by the variance estimate instead of the second moment.
+    pub centered: bool,
+    state: Slots<State>,
+}
+
+impl RmsProp {
+    /// RMSprop with PyTorch's defaults (alpha 0.99, eps 1e-8).
+    pub fn new(params: Vec<Tensor>, lr: f64) -> RmsProp {
+        RmsProp {
+            groups: vec![ParamGroup { params, lr }],
+            alpha: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            momentum: 0.0,
+            centered: false,
+            state: Slots::default(),
+        }
+    }
+    /// Sets alpha.
+    pub fn alpha(mut self, a: f64) -> Self {
+        self.alpha = a;
+        self
+    }
+    /// Sets ε.
+    pub fn eps(mut self, e: f64) -> Self {
+        self.eps = e;
+        self
+    }
+    /// Sets the weight decay.
+    pub fn weight_decay(mut self, wd: f64) -> Self {
+        self.weight_decay = wd;
+        self
+    }
+    /// Sets the momentum.
+    pub fn momentum(mut self, m: f64) -> Self {
+        self.momentum = m;
+        self
+    }
+    /// Turns the centered variant on or off.
+    pub fn centered(mut self, on: bool) -> Self {
+        self.centered = on;
+        self
+    }
+}
+
+impl Optimizer for RmsProp {
+    fn step(&mut self) {
+        self.state.sync(&self.groups);
+        let a = self.alpha;
+        no_grad(|| {
+            for (gi, group) in self.groups.iter().enumerate() {
+                for (pi, p) in group.params.iter().enumerate() {
+                    let Some(mut g) = p.grad() else { continue };
+                    if self.weight_decay != 0.0 {
+                        g = g + p * self.weight_decay;
+                    }
+                    let st = self.state.state[gi][pi].get_or_insert_with(|| State {
+                        square_avg: p.zeros_like(),
+                        grad_avg: None,
+                        buf: None,
+                    });
+                    st.square_avg = &st.square_avg * a + &g * &g * (1.0 - a);
+                    let avg = if self.centered {
+                        let ga = st.grad_avg.take().unwrap_or_else(|| p.zeros_like());
+                        let ga = &ga + (&g - &ga) * (1.0 - a);
+                        let avg = (&st.square_avg - &ga * &ga).sqrt() + self.eps;
+                        st.grad_avg = Some(ga);
+                        avg
+                    } else {
+                        st.square_avg.sqrt() + self.eps
+                    };
+                    if self.momentum > 0.0 {
+                        let buf = st.buf.take().unwrap_or_else(|| p.zeros_like());
+                        let buf = buf * self.momentum + &g / &avg;
+                        p.sub_(&buf * group.lr);
+                        st.buf = Some(buf);
+                    } else {
+                        p.sub_(&g / &avg * group.lr);
+                    }
+                }
+            }
+        });
+    }
+    fn groups(&self) -> &[ParamGroup] {
+        &self.groups
+    }
+    fn groups_mut(&mut self) -> &mut [ParamGroup] {
+        &mut self.groups
+    }
+    fn add_param_group(&mut self, params: Vec<Tensor>, lr: f64) {
+        self.groups.push(ParamGroup { params, lr });
+    }
+}

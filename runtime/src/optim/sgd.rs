@@ -1,0 +1,93 @@
+//! Stochastic gradient descent with momentum, dampening, Nesterov and weight decay.
+
+use super::{Optimizer, ParamGroup, Slots};
+use crate::autograd::no_grad;
+use crate::tensor::Tensor;
+
+/// SGD like `torch.optim.SGD`.
+#[derive(Clone, Debug)]
+pub struct Sgd {
+    groups: Vec<ParamGroup>,
+    /// Momentum factor (0 disables momentum).
+    pub momentum: f64,
+    /// Dampening of the momentum.
+    pub dampening: f64,
+    /// L2 penalty added to the gradient.
+    pub weight_decay: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    bufs: Slots<Tensor>,
+}
+
+impl Sgd {
+    /// Plain SGD over `params` with learning rate `lr`.
+    pub fn new(params: Vec<Tensor>, lr: f64) -> Sgd {
+        Sgd {
+            groups: vec![ParamGroup { params, lr }],
+            momentum: 0.0,
+            dampening: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+            bufs: Slots::default(),
+        }
+    }
+    /// Sets the momentum.
+    pub fn momentum(mut self, m: f64) -> Self {
+        self.momentum = m;
+        self
+    }
+    /// Sets the dampening.
+    pub fn dampening(mut self, d: f64) -> Self {
+        self.dampening = d;
+        self
+    }
+    /// Sets the weight decay.
+    pub fn weight_decay(mut self, wd: f64) -> Self {
+        self.weight_decay = wd;
+        self
+    }
+    /// Turns Nesterov momentum on or off.
+    pub fn nesterov(mut self, on: bool) -> Self {
+        self.nesterov = on;
+        self
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self) {
+        self.bufs.sync(&self.groups);
+        no_grad(|| {
+            for (gi, group) in self.groups.iter().enumerate() {
+                for (pi, p) in group.params.iter().enumerate() {
+                    let Some(mut g) = p.grad() else { continue };
+                    if self.weight_decay != 0.0 {
+                        g = g + p * self.weight_decay;
+                    }
+                    if self.momentum != 0.0 {
+                        let slot = &mut self.bufs.state[gi][pi];
+                        let buf = match slot.take() {
+                            None => g.deep_clone(),
+                            Some(b) => b * self.momentum + &g * (1.0 - self.dampening),
+                        };
+                        g = if self.nesterov {
+                            g + &buf * self.momentum
+                        } else {
+                            buf.clone()
+                        };
+                        *slot = Some(buf);
+                    }
+                    p.sub_(g * group.lr);
+                }
+            }
+        });
+    }
+    fn groups(&self) -> &[ParamGroup] {
+        &self.groups
+    }
+    fn groups_mut(&mut self) -> &mut [ParamGroup] {
+        &mut self.groups
+    }
+    fn add_param_group(&mut self, params: Vec<Tensor>, lr: f64) {
+        self.groups.push(ParamGroup { params, lr });
+    }
+}
