@@ -13,11 +13,13 @@
 //! assert_eq!(w.to_vec::<f64>(), vec![0.8, -1.6]);
 //! ```
 
+mod adadelta;
 mod adagrad;
 mod adam;
 mod rmsprop;
 mod sgd;
 
+pub use adadelta::{clip_grad_norm_, clip_grad_value_, Adadelta, Adamax, Asgd};
 pub use adagrad::Adagrad;
 pub use adam::Adam;
 pub use rmsprop::RmsProp;
