@@ -4,20 +4,6 @@ use super::{Optimizer, ParamGroup, Slots};
 use crate::autograd::no_grad;
 use crate::tensor::Tensor;
 
-macro_rules! groups_impl {
-    () => {
-        fn groups(&self) -> &[ParamGroup] {
-            &self.groups
-        }
-        fn groups_mut(&mut self) -> &mut [ParamGroup] {
-            &mut self.groups
-        }
-        fn add_param_group(&mut self, params: Vec<Tensor>, lr: f64) {
-            self.groups.push(ParamGroup { params, lr });
-        }
-    };
-}
-
 /// Adadelta like `torch.optim.Adadelta` (default lr 1.0).
 #[derive(Clone, Debug)]
 pub struct Adadelta {

@@ -13,6 +13,22 @@
 //! assert_eq!(w.to_vec::<f64>(), vec![0.8, -1.6]);
 //! ```
 
+/// The [`Optimizer`] methods that only hand out the parameter groups (every optimizer
+/// keeps them in a `groups` field).
+macro_rules! groups_impl {
+    () => {
+        fn groups(&self) -> &[ParamGroup] {
+            &self.groups
+        }
+        fn groups_mut(&mut self) -> &mut [ParamGroup] {
+            &mut self.groups
+        }
+        fn add_param_group(&mut self, params: Vec<Tensor>, lr: f64) {
+            self.groups.push(ParamGroup { params, lr });
+        }
+    };
+}
+
 mod adadelta;
 mod adagrad;
 mod adam;

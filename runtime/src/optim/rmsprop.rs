@@ -106,13 +106,5 @@ impl Optimizer for RmsProp {
             }
         });
     }
-    fn groups(&self) -> &[ParamGroup] {
-        &self.groups
-    }
-    fn groups_mut(&mut self) -> &mut [ParamGroup] {
-        &mut self.groups
-    }
-    fn add_param_group(&mut self, params: Vec<Tensor>, lr: f64) {
-        self.groups.push(ParamGroup { params, lr });
-    }
+    groups_impl!();
 }
