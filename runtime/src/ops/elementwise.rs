@@ -182,17 +182,19 @@ fn arith(a: &Tensor, b: Operand, kind: Arith) -> Result<Tensor> {
 /// shape and dtype.
 #[track_caller]
 fn record_arith(out: Tensor, kind: Arith, a: &Tensor, b: &Tensor) -> Tensor {
-    let (a, b) = (a.clone(), b.clone());
     let (na, nb) = (a.requires_grad(), b.requires_grad());
+    // the common no-grad case pays for nothing but these two checks
+    if !(is_grad_enabled() && (na || nb)) {
+        return out;
+    }
     let fit = |g: Tensor, like: &Tensor| sum_to(&g, like.shape()).to_dtype(like.dtype());
-    let saved: Vec<&Tensor> = match kind {
-        Arith::Add | Arith::Sub => vec![],
-        _ => vec![&a, &b],
+    let saved: &[&Tensor] = match kind {
+        Arith::Add | Arith::Sub => &[],
+        _ => &[a, b],
     };
-    let saved: Vec<Tensor> = saved.into_iter().cloned().collect();
-    let saved_refs: Vec<&Tensor> = saved.iter().collect();
-    let (a2, b2) = (a.clone(), b.clone());
-    record(out, kind.name(), &[&a2, &b2], &saved_refs, move |g| {
+    let inputs = [a, b];
+    let (a, b) = (a.clone(), b.clone());
+    record(out, kind.name(), &inputs, saved, move |g| {
         let (ga, gb) = match kind {
             Arith::Add => (na.then(|| g.clone()), nb.then(|| g.clone())),
             Arith::Sub => (na.then(|| g.clone()), nb.then(|| g.neg())),
