@@ -18,6 +18,8 @@ pub use flint_runtime::*;
 
 /// The names most programs need: `use flint::prelude::*;`.
 pub mod prelude {
+    pub use flint_runtime::nn::{self, Forward, Module, ModuleExt};
+    pub use flint_runtime::optim::{self, Optimizer};
     pub use flint_runtime::{
         causal_mask, manual_seed, All, DType, Device, Error, GeluApprox, Generator, Result, Tensor,
     };

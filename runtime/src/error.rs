@@ -48,6 +48,19 @@ pub enum Error {
     /// a non-scalar without a gradient, an anomaly.
     #[error("autograd: {0}")]
     Autograd(String),
+    /// A state dict that does not fit a module: missing, unexpected or wrongly-shaped
+    /// entries, all listed.
+    #[error("state dict: {0}")]
+    StateDict(String),
+    /// An invalid argument to a constructor or a configuration (a zero size, a rate
+    /// outside `[0, 1)`, …).
+    #[error("{op}: {msg}")]
+    Config {
+        /// The constructor or function that refused it.
+        op: &'static str,
+        /// What was wrong.
+        msg: String,
+    },
     /// An I/O error, with the path involved.
     #[error("{path}: {source}")]
     Io {
@@ -63,25 +76,36 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Self {
+    /// A [`Error::Shape`].
+    pub fn shape(op: &'static str, msg: impl Into<String>) -> Self {
         Error::Shape {
             op,
             msg: msg.into(),
         }
     }
-    pub(crate) fn dtype(op: &'static str, msg: impl Into<String>) -> Self {
+    /// A [`Error::DType`].
+    pub fn dtype(op: &'static str, msg: impl Into<String>) -> Self {
         Error::DType {
             op,
             msg: msg.into(),
         }
     }
-    pub(crate) fn index(op: &'static str, msg: impl Into<String>) -> Self {
+    /// An [`Error::Index`].
+    pub fn index(op: &'static str, msg: impl Into<String>) -> Self {
         Error::Index {
             op,
             msg: msg.into(),
         }
     }
-    pub(crate) fn device(op: &'static str, msg: impl Into<String>) -> Self {
+    /// An [`Error::Config`].
+    pub fn config(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::Config {
+            op,
+            msg: msg.into(),
+        }
+    }
+    /// A [`Error::Device`].
+    pub fn device(op: &'static str, msg: impl Into<String>) -> Self {
         Error::Device {
             op,
             msg: msg.into(),
@@ -95,7 +119,7 @@ impl Error {
 /// panic names the line of user code that made the bad call.
 #[track_caller]
 #[inline]
-pub(crate) fn or_panic<T>(r: Result<T>) -> T {
+pub fn or_panic<T>(r: Result<T>) -> T {
     match r {
         Ok(v) => v,
         Err(e) => fail(e),

@@ -19,6 +19,7 @@ pub mod dtype;
 pub mod error;
 pub mod layout;
 pub mod loss;
+pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod random;

@@ -1,0 +1,283 @@
+//! Stateless forms of the layers (`torch.nn.functional`): what the modules call, for
+//! users who keep their own parameters.
+
+use crate::autograd::NoGradGuard;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::layout::fmt_shape;
+use crate::random::with_global_generator;
+use crate::tensor::Tensor;
+
+/// `y = x Wᵀ + b` over the last dim of `x` (`[.., in]` → `[.., out]`), with `W` of shape
+/// `[out, in]` as in PyTorch.
+///
+/// ```
+/// use flint_runtime::{nn::functional::linear, Tensor};
+/// let x = Tensor::from_vec(vec![1.0f32, 2.0], [1, 2]);
+/// let w = Tensor::from_vec(vec![1.0f32, 1.0, 0.0, 1.0, 2.0, 0.0], [3, 2]);
+/// let b = Tensor::from_vec(vec![0.5f32, 0.0, 0.0], [3]);
+/// assert_eq!(linear(&x, &w, Some(&b)).unwrap().to_vec::<f32>(), vec![3.5, 2.0, 2.0]);
+/// ```
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let inf = weight.size(-1);
+    if x.ndim() == 0 || x.size(-1) != inf {
+        return Err(Error::shape(
+            "Linear",
+            format!(
+                "expected input of shape [.., {inf}], got {} (weight is {})",
+                fmt_shape(x.shape()),
+                fmt_shape(weight.shape())
+            ),
+        ));
+    }
+    let y = x.try_matmul(&weight.t())?;
+    match bias {
+        Some(b) => y.try_add(b),
+        None => Ok(y),
+    }
+}
+
+/// Layer normalisation over the trailing `normalized_shape` dims: mean and biased
+/// variance, `y = (x − mean)/√(var + eps) · w + b`.
+pub fn layer_norm(
+    x: &Tensor,
+    normalized_shape: &[usize],
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    let k = normalized_shape.len();
+    if x.ndim() < k || &x.shape()[x.ndim() - k..] != normalized_shape {
+        return Err(Error::shape(
+            "LayerNorm",
+            format!(
+                "expected input of shape [.., {}], got {}",
+                normalized_shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                fmt_shape(x.shape())
+            ),
+        ));
+    }
+    let dims: Vec<isize> = (0..k as isize).map(|i| -1 - i).collect();
+    let mean = x.try_mean(dims.as_slice(), true)?;
+    let xc = x.try_sub(&mean)?;
+    let var = xc.try_mul(&xc)?.try_mean(dims.as_slice(), true)?;
+    let mut y = xc.try_mul(&var.try_add(eps)?.rsqrt())?;
+    if let Some(w) = weight {
+        y = y.try_mul(w)?;
+    }
+    if let Some(b) = bias {
+        y = y.try_add(b)?;
+    }
+    Ok(y)
+}
+
+/// The running statistics of a batch norm, updated in place during training.
+pub struct RunningStats<'a> {
+    /// Running mean, `[C]`.
+    pub mean: &'a Tensor,
+    /// Running (unbiased) variance, `[C]`.
+    pub var: &'a Tensor,
+    /// Number of batches seen (i64 scalar).
+    pub num_batches_tracked: &'a Tensor,
+    /// Weight of the new batch; `None` = cumulative average.
+    pub momentum: Option<f64>,
+}
+
+/// Batch normalisation over dim 1 (`[N, C]`, `[N, C, L]`, `[N, C, H, W]`, …).
+///
+/// In training (or without running statistics) normalises with the batch mean and
+/// biased variance and, when `stats` is given, updates them in place with the unbiased
+/// variance, as PyTorch does. In evaluation normalises with the running statistics.
+pub fn batch_norm(
+    x: &Tensor,
+    stats: Option<RunningStats<'_>>,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    training: bool,
+    eps: f64,
+) -> Result<Tensor> {
+    if x.ndim() < 2 {
+        return Err(Error::shape(
+            "BatchNorm",
+            format!(
+                "expected input of shape [N, C, ..], got {}",
+                fmt_shape(x.shape())
+            ),
+        ));
+    }
+    let c = x.size(1);
+    let mut bshape = vec![1usize; x.ndim()];
+    bshape[1] = c;
+    let dims: Vec<isize> = (0..x.ndim() as isize).filter(|&d| d != 1).collect();
+    let (mean, var) = if training || stats.is_none() {
+        let n = x.numel() / c.max(1);
+        if n <= 1 && training {
+            return Err(Error::shape(
+                "BatchNorm",
+                format!(
+                    "expected more than 1 value per channel when training, got input of shape {}",
+                    fmt_shape(x.shape())
+                ),
+            ));
+        }
+        let mean = x.try_mean(dims.as_slice(), true)?;
+        let xc = x.try_sub(&mean)?;
+        let var = xc.try_mul(&xc)?.try_mean(dims.as_slice(), true)?;
+        if let (Some(s), true) = (&stats, training) {
+            let _g = NoGradGuard::new();
+            let nbt = s.num_batches_tracked;
+            nbt.add_(1i64);
+            let m = match s.momentum {
+                Some(m) => m,
+                None => 1.0 / nbt.item::<i64>() as f64,
+            };
+            let bm = mean.detach().reshape([c]).to_dtype(s.mean.dtype());
+            let bv =
+                var.detach().reshape([c]).to_dtype(s.var.dtype()) * (n as f64 / (n - 1) as f64);
+            s.mean.mul_(1.0 - m).add_(&(bm * m));
+            s.var.mul_(1.0 - m).add_(&(bv * m));
+        }
+        (mean, var)
+    } else {
+        let s = stats.as_ref().expect("checked above");
+        (
+            s.mean.to_dtype(x.dtype()).try_reshape(bshape.as_slice())?,
+            s.var.to_dtype(x.dtype()).try_reshape(bshape.as_slice())?,
+        )
+    };
+    let mut y = x.try_sub(&mean)?.try_mul(&var.try_add(eps)?.rsqrt())?;
+    if let Some(w) = weight {
+        y = y.try_mul(&w.try_reshape(bshape.as_slice())?)?;
+    }
+    if let Some(b) = bias {
+        y = y.try_add(&b.try_reshape(bshape.as_slice())?)?;
+    }
+    Ok(y)
+}
+
+/// A keep-mask scaled by `1/(1−p)` (inverted dropout), of `shape`, in `dtype`.
+pub fn dropout_mask(shape: &[usize], p: f64, dtype: DType) -> Tensor {
+    let keep = with_global_generator(|g| g.bernoulli(shape, 1.0 - p));
+    keep.to_dtype(dtype) * (1.0 / (1.0 - p))
+}
+
+fn check_p(op: &'static str, p: f64) -> Result<()> {
+    if (0.0..=1.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(Error::config(
+            op,
+            format!("dropout probability must be in [0, 1], got {p}"),
+        ))
+    }
+}
+
+/// Inverted dropout: in training, zeroes each element with probability `p` and scales
+/// the rest by `1/(1−p)`; the identity otherwise.
+pub fn dropout(x: &Tensor, p: f64, training: bool) -> Result<Tensor> {
+    check_p("dropout", p)?;
+    if !training || p == 0.0 {
+        return Ok(x.clone());
+    }
+    if p == 1.0 {
+        return x.try_mul(0.0);
+    }
+    x.try_mul(&dropout_mask(x.shape(), p, x.dtype()))
+}
+
+/// Channel dropout (`Dropout2d`/`Dropout3d`): zeroes whole channels. `x` is
+/// `[N, C, spatial…]` with `spatial` dims, or unbatched `[C, spatial…]`.
+pub fn feature_dropout(x: &Tensor, p: f64, training: bool, spatial: usize) -> Result<Tensor> {
+    let op = if spatial == 3 {
+        "Dropout3d"
+    } else {
+        "Dropout2d"
+    };
+    check_p(op, p)?;
+    let r = x.ndim();
+    if r != spatial + 1 && r != spatial + 2 {
+        return Err(Error::shape(
+            op,
+            format!(
+                "expected input of rank {} ([N, C, ..]) or {} ([C, ..]), got {}",
+                spatial + 2,
+                spatial + 1,
+                fmt_shape(x.shape())
+            ),
+        ));
+    }
+    if !training || p == 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = r - spatial; // leading dims that get their own mask entry
+    let mut mshape: Vec<usize> = x.shape()[..keep].to_vec();
+    mshape.extend(std::iter::repeat_n(1, spatial));
+    x.try_mul(&dropout_mask(&mshape, p, x.dtype()))
+}
+
+/// Scaled dot-product attention, `softmax(q kᵀ · scale + mask) v`, over `[.., Tq, D]`
+/// queries and `[.., Tk, D]` keys/values; returns the output and the attention weights.
+///
+/// `mask` follows `F.scaled_dot_product_attention`: a **bool** mask is `true` where a
+/// query *may* attend; a float mask is added to the scores. `causal` additionally hides
+/// keys after the query's position. `scale` defaults to `1/√D`. Dropout (training only)
+/// applies to the weights.
+pub fn scaled_dot_product_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    causal: bool,
+    dropout_p: f64,
+    training: bool,
+    scale: Option<f64>,
+) -> Result<(Tensor, Tensor)> {
+    let d = q.size(-1);
+    if q.ndim() < 2 || k.ndim() < 2 || v.ndim() < 2 || k.size(-1) != d || v.size(-2) != k.size(-2) {
+        return Err(Error::shape(
+            "scaled_dot_product_attention",
+            format!(
+                "expected q [.., Tq, D], k [.., Tk, D], v [.., Tk, Dv], got q {}, k {}, v {}",
+                fmt_shape(q.shape()),
+                fmt_shape(k.shape()),
+                fmt_shape(v.shape())
+            ),
+        ));
+    }
+    let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
+    let mut s = q.try_matmul(&k.try_transpose(-2, -1)?)?.try_mul(scale)?;
+    if let Some(m) = mask {
+        s = if m.dtype() == DType::Bool {
+            s.try_masked_fill(&m.logical_not(), f64::NEG_INFINITY)?
+        } else {
+            s.try_add(m)?
+        };
+    }
+    if causal {
+        let (tq, tk) = (q.size(-2), k.size(-2));
+        let hide = Tensor::ones([tq, tk], DType::Bool).triu(1 + tk as i64 - tq as i64);
+        s = s.try_masked_fill(&hide, f64::NEG_INFINITY)?;
+    }
+    let p = s.softmax(-1);
+    let pd = dropout(&p, dropout_p, training)?;
+    Ok((pd.try_matmul(v)?, p))
+}
+
+/// A `[B, T]` bool mask that is `true` at padded positions (`t >= lengths[b]`): the
+/// `key_padding_mask` of [`MultiheadAttention`](super::MultiheadAttention).
+///
+/// ```
+/// let m = flint_runtime::nn::functional::padding_mask(&[3, 1], 3);
+/// assert_eq!(m.to_vec::<bool>(), vec![false, false, false, false, true, true]);
+/// ```
+pub fn padding_mask(lengths: &[usize], max_len: usize) -> Tensor {
+    let v: Vec<bool> = lengths
+        .iter()
+        .flat_map(|&l| (0..max_len).map(move |t| t >= l))
+        .collect();
+    Tensor::from_vec(v, [lengths.len(), max_len])
+}
