@@ -20,15 +20,20 @@ pub struct Case {
 
 impl Case {
     pub fn load(name: &str) -> Case {
-        let path = golden_dir().join(format!("{name}.json"));
-        let text = std::fs::read_to_string(&path)
+        Case::from_path(&golden_dir().join(format!("{name}.json")))
+    }
+
+    /// Reads a case file; its name is the file stem.
+    pub fn from_path(path: &std::path::Path) -> Case {
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let text = std::fs::read_to_string(path)
             .unwrap_or_else(|e| panic!("cannot read golden case {}: {e}", path.display()));
         let json: Value = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", path.display()));
-        Case {
-            name: name.to_string(),
-            json,
-        }
+        Case { name, json }
     }
 
     fn tensor(&self, section: &str, key: &str) -> Tensor {

@@ -360,6 +360,132 @@ pub fn binary_cross_entropy_with_logits(
     plain_reduce(loss, reduction)
 }
 
+/// [`mse_loss`] as a module struct (`torch.nn.MSELoss`).
+///
+/// ```
+/// use flint_runtime::loss::{MseLoss, Reduction};
+/// use flint_runtime::Tensor;
+/// let l = MseLoss::new().reduction(Reduction::Sum);
+/// let x = Tensor::from_vec(vec![1.0f64, 2.0], [2]);
+/// assert_eq!(l.forward(&x, &Tensor::zeros([2], flint_runtime::DType::F64)).item::<f64>(), 5.0);
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MseLoss {
+    reduction: Reduction,
+}
+
+/// [`l1_loss`] as a module struct (`torch.nn.L1Loss`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct L1Loss {
+    reduction: Reduction,
+}
+
+macro_rules! plain_loss {
+    ($t:ident, $f:ident, $name:literal) => {
+        impl $t {
+            /// Mean reduction, PyTorch's default.
+            pub fn new() -> Self {
+                Self::default()
+            }
+            /// Sets the reduction.
+            pub fn reduction(mut self, r: Reduction) -> Self {
+                self.reduction = r;
+                self
+            }
+            /// The loss; panics when the shapes differ.
+            #[track_caller]
+            pub fn forward(&self, input: &Tensor, target: &Tensor) -> Tensor {
+                or_panic(self.try_forward(input, target))
+            }
+            /// Fallible [`Self::forward`].
+            pub fn try_forward(&self, input: &Tensor, target: &Tensor) -> Result<Tensor> {
+                same_shape($name, input, target)?;
+                Ok($f(input, target, self.reduction))
+            }
+        }
+    };
+}
+plain_loss!(MseLoss, mse_loss, "mse_loss");
+plain_loss!(L1Loss, l1_loss, "l1_loss");
+
+/// [`binary_cross_entropy_with_logits`] as a module struct (`torch.nn.BCEWithLogitsLoss`).
+///
+/// ```
+/// use flint_runtime::loss::BceWithLogitsLoss;
+/// use flint_runtime::Tensor;
+/// let l = BceWithLogitsLoss::new();
+/// let x = Tensor::from_vec(vec![0.0f64], [1]);
+/// let y = Tensor::from_vec(vec![1.0f64], [1]);
+/// assert!((l.forward(&x, &y).item::<f64>() - std::f64::consts::LN_2).abs() < 1e-12);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct BceWithLogitsLoss {
+    pos_weight: Option<Tensor>,
+    reduction: Reduction,
+}
+
+impl BceWithLogitsLoss {
+    /// No positive weight, mean reduction.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Weights the positive term (broadcast over the last dim).
+    pub fn pos_weight(mut self, w: Tensor) -> Self {
+        self.pos_weight = Some(w);
+        self
+    }
+    /// Sets the reduction.
+    pub fn reduction(mut self, r: Reduction) -> Self {
+        self.reduction = r;
+        self
+    }
+    /// The loss; panics when the shapes differ.
+    #[track_caller]
+    pub fn forward(&self, input: &Tensor, target: &Tensor) -> Tensor {
+        or_panic(self.try_forward(input, target))
+    }
+    /// Fallible [`Self::forward`].
+    pub fn try_forward(&self, input: &Tensor, target: &Tensor) -> Result<Tensor> {
+        same_shape("binary_cross_entropy_with_logits", input, target)?;
+        Ok(binary_cross_entropy_with_logits(
+            input,
+            target,
+            self.pos_weight.as_ref(),
+            self.reduction,
+        ))
+    }
+}
+
+// Losses are modules too (no parameters; a class weight is a buffer, as in PyTorch), so
+// they can sit inside a model and move with it.
+macro_rules! loss_module {
+    ($t:ident, $field:ident, $buf:literal) => {
+        impl crate::nn::Module for $t {
+            fn visit(&self, v: &mut crate::nn::Visitor<'_>) {
+                if let Some(w) = &self.$field {
+                    v.buffer($buf, w);
+                }
+            }
+            fn visit_mut(&mut self, v: &mut crate::nn::VisitorMut<'_>) {
+                if let Some(w) = &mut self.$field {
+                    v.buffer($buf, w);
+                }
+            }
+        }
+    };
+    ($t:ident) => {
+        impl crate::nn::Module for $t {
+            fn visit(&self, _: &mut crate::nn::Visitor<'_>) {}
+            fn visit_mut(&mut self, _: &mut crate::nn::VisitorMut<'_>) {}
+        }
+    };
+}
+loss_module!(CrossEntropy, weight, "weight");
+loss_module!(NllLoss, weight, "weight");
+loss_module!(BceWithLogitsLoss, pos_weight, "pos_weight");
+loss_module!(MseLoss);
+loss_module!(L1Loss);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,6 +532,22 @@ mod tests {
         );
         assert!(CrossEntropy::new()
             .try_forward(&logits, &Tensor::zeros([2], DType::F32))
+            .is_err());
+    }
+
+    #[test]
+    fn loss_structs_are_modules_with_weight_buffers() {
+        use crate::nn::ModuleExt;
+        let w = Tensor::from_vec(vec![1.0f64, 2.0], [2]);
+        let ce = CrossEntropy::new().weight(w);
+        let names: Vec<String> = ce.state_dict().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["weight"]);
+        assert_eq!(ce.num_parameters(), 0);
+        let x = Tensor::from_vec(vec![1.0f64, -2.0], [2]);
+        let y = Tensor::from_vec(vec![0.0f64, 1.0], [2]);
+        assert_eq!(L1Loss::new().forward(&x, &y).item::<f64>(), 2.0);
+        assert!(MseLoss::new()
+            .try_forward(&x, &Tensor::zeros([3], DType::F64))
             .is_err());
     }
 
