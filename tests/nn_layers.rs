@@ -242,7 +242,8 @@ fn linear_matches_hand_computation_and_pytorch_init_bounds() {
 
 #[test]
 fn wrong_input_shapes_name_the_layer_and_both_shapes() {
-    let cases: Vec<(Box<dyn Fn() -> Tensor + std::panic::RefUnwindSafe>, &str)> = vec![
+    type Call = Box<dyn Fn() -> Tensor + std::panic::RefUnwindSafe>;
+    let cases: Vec<(Call, &str)> = vec![
         (
             Box::new(|| Linear::new(8, 4, ()).forward(&Tensor::zeros([2, 7], ()))),
             "Linear: expected input of shape [.., 8], got [2, 7]",
@@ -275,7 +276,7 @@ fn wrong_input_shapes_name_the_layer_and_both_shapes() {
         ),
     ];
     for (f, want) in cases {
-        let err = std::panic::catch_unwind(|| f()).expect_err("wrong shape must panic");
+        let err = std::panic::catch_unwind(&*f).expect_err("wrong shape must panic");
         let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
         assert!(msg.contains(want), "{msg:?} should contain {want:?}");
         // and the caller's line

@@ -65,7 +65,7 @@ pub fn layer_norm(
     let mean = x.try_mean(dims.as_slice(), true)?;
     let xc = x.try_sub(&mean)?;
     let var = xc.try_mul(&xc)?.try_mean(dims.as_slice(), true)?;
-    let mut y = xc.try_mul(&var.try_add(eps)?.rsqrt())?;
+    let mut y = xc.try_mul(var.try_add(eps)?.rsqrt())?;
     if let Some(w) = weight {
         y = y.try_mul(w)?;
     }
@@ -113,7 +113,12 @@ pub fn batch_norm(
     let mut bshape = vec![1usize; x.ndim()];
     bshape[1] = c;
     let dims: Vec<isize> = (0..x.ndim() as isize).filter(|&d| d != 1).collect();
-    let (mean, var) = if training || stats.is_none() {
+    let (mean, var) = if let (false, Some(s)) = (training, &stats) {
+        (
+            s.mean.to_dtype(x.dtype()).try_reshape(bshape.as_slice())?,
+            s.var.to_dtype(x.dtype()).try_reshape(bshape.as_slice())?,
+        )
+    } else {
         let n = x.numel() / c.max(1);
         if n <= 1 && training {
             return Err(Error::shape(
@@ -142,14 +147,8 @@ pub fn batch_norm(
             s.var.mul_(1.0 - m).add_(&(bv * m));
         }
         (mean, var)
-    } else {
-        let s = stats.as_ref().expect("checked above");
-        (
-            s.mean.to_dtype(x.dtype()).try_reshape(bshape.as_slice())?,
-            s.var.to_dtype(x.dtype()).try_reshape(bshape.as_slice())?,
-        )
     };
-    let mut y = x.try_sub(&mean)?.try_mul(&var.try_add(eps)?.rsqrt())?;
+    let mut y = x.try_sub(&mean)?.try_mul(var.try_add(eps)?.rsqrt())?;
     if let Some(w) = weight {
         y = y.try_mul(&w.try_reshape(bshape.as_slice())?)?;
     }
@@ -186,7 +185,7 @@ pub fn dropout(x: &Tensor, p: f64, training: bool) -> Result<Tensor> {
     if p == 1.0 {
         return x.try_mul(0.0);
     }
-    x.try_mul(&dropout_mask(x.shape(), p, x.dtype()))
+    x.try_mul(dropout_mask(x.shape(), p, x.dtype()))
 }
 
 /// Channel dropout (`Dropout2d`/`Dropout3d`): zeroes whole channels. `x` is
@@ -216,7 +215,7 @@ pub fn feature_dropout(x: &Tensor, p: f64, training: bool, spatial: usize) -> Re
     let keep = r - spatial; // leading dims that get their own mask entry
     let mut mshape: Vec<usize> = x.shape()[..keep].to_vec();
     mshape.extend(std::iter::repeat_n(1, spatial));
-    x.try_mul(&dropout_mask(&mshape, p, x.dtype()))
+    x.try_mul(dropout_mask(&mshape, p, x.dtype()))
 }
 
 /// Scaled dot-product attention, `softmax(q kᵀ · scale + mask) v`, over `[.., Tq, D]`
@@ -226,6 +225,7 @@ pub fn feature_dropout(x: &Tensor, p: f64, training: bool, spatial: usize) -> Re
 /// query *may* attend; a float mask is added to the scores. `causal` additionally hides
 /// keys after the query's position. `scale` defaults to `1/√D`. Dropout (training only)
 /// applies to the weights.
+#[allow(clippy::too_many_arguments)] // mirrors F.scaled_dot_product_attention
 pub fn scaled_dot_product_attention(
     q: &Tensor,
     k: &Tensor,

@@ -187,7 +187,7 @@ impl<'a> Visitor<'a> {
 
     /// Enters the child `name`, walks it, and leaves it.
     pub fn child(&mut self, name: &str, module: &dyn Module) {
-        let outer = std::mem::replace(&mut self.path, String::new());
+        let outer = std::mem::take(&mut self.path);
         self.path = join(&outer, name);
         self.depth += 1;
         (self.f)(Entry::Enter {
@@ -586,12 +586,10 @@ pub trait ModuleExt: Module {
                     children: Vec::new(),
                 });
             }
-            Entry::Exit { .. } => {
-                if stack.len() > 1 {
-                    let done = stack.pop().expect("stack has a child");
-                    if let Some(parent) = stack.last_mut() {
-                        parent.children.push(done);
-                    }
+            Entry::Exit { .. } if stack.len() > 1 => {
+                let done = stack.pop().expect("stack has a child");
+                if let Some(parent) = stack.last_mut() {
+                    parent.children.push(done);
                 }
             }
             _ => {}
