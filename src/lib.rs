@@ -12,12 +12,18 @@
 //! assert_eq!(y.shape(), &[2, 3]);
 //! ```
 
-#[allow(unused_imports)] // the macros arrive with the DSL issue
+// The derive macro `Module` and the trait `Module` share a name (different namespaces),
+// like serde's `Serialize`: `use flint::Module;` brings both.
 pub use flint_macros::*;
+pub use flint_runtime::nn::Module;
 pub use flint_runtime::*;
+
+// Generated code names `::flint::…`; this lets the facade's own tests use the macros.
+extern crate self as flint;
 
 /// The names most programs need: `use flint::prelude::*;`.
 pub mod prelude {
+    pub use flint_macros::Module;
     pub use flint_runtime::nn::{self, Forward, Module, ModuleExt};
     pub use flint_runtime::optim::{self, Optimizer};
     pub use flint_runtime::{

@@ -48,6 +48,11 @@ use std::fmt;
 /// Implement the two visits (or derive them with `#[derive(Module)]`); every other
 /// operation comes from [`ModuleExt`]. Report entries in declaration order: that order is
 /// the order of `parameters()`, of `state_dict()` and of the summary.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a Flint module",
+    label = "not a module",
+    note = "in `#[derive(Module)]`, mark plain-data fields `#[module(skip)]` and tensors `#[module(param)]` or `#[module(buffer)]`"
+)]
 pub trait Module {
     /// Reports this module's parameters and buffers and recurses into its children.
     fn visit(&self, v: &mut Visitor<'_>);

@@ -1,0 +1,8 @@
+use flint::{Module, Tensor};
+
+#[derive(Module)]
+struct Net {
+    scale: Tensor,
+}
+
+fn main() {}

@@ -1,0 +1,11 @@
+use flint::nn::Linear;
+use flint::Module;
+
+#[derive(Module)]
+struct Net {
+    head: Linear,
+    #[module(rename = "head")]
+    out: Linear,
+}
+
+fn main() {}
