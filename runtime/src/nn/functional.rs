@@ -223,9 +223,22 @@ pub fn feature_dropout(x: &Tensor, p: f64, training: bool, spatial: usize) -> Re
 ///
 /// `mask` follows `F.scaled_dot_product_attention`: a **bool** mask is `true` where a
 /// query *may* attend; a float mask is added to the scores. `causal` additionally hides
-/// keys after the query's position. `scale` defaults to `1/√D`. Dropout (training only)
-/// applies to the weights.
-#[allow(clippy::too_many_arguments)] // mirrors F.scaled_dot_product_attention
+/// key `j` from query `i` when `j > i` (aligned at the top left, as PyTorch's `is_causal`,
+/// also when `Tq ≠ Tk`). `scale` defaults to `1/√D`. Dropout (training only) applies to
+/// the weights; the returned weights are those before dropout. A query that may attend
+/// to no key gets NaN weights and output, as in PyTorch.
+///
+/// ```
+/// use flint_runtime::nn::functional::scaled_dot_product_attention;
+/// use flint_runtime::Tensor;
+/// let q = Tensor::zeros([1, 3, 2], ());
+/// let v = Tensor::from_vec(vec![1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0], [1, 3, 2]);
+/// let (y, p) = scaled_dot_product_attention(&q, &q, &v, None, true, 0.0, false, None).unwrap();
+/// // equal scores: query i averages the values of keys 0..=i
+/// assert_eq!(p.to_vec::<f32>(), vec![1.0, 0.0, 0.0, 0.5, 0.5, 0.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0]);
+/// assert_eq!(y.to_vec::<f32>()[..4], [1.0, 0.0, 0.5, 0.5]);
+/// ```
+#[allow(clippy::too_many_arguments)] // PyTorch's signature
 pub fn scaled_dot_product_attention(
     q: &Tensor,
     k: &Tensor,
@@ -259,7 +272,7 @@ pub fn scaled_dot_product_attention(
     }
     if causal {
         let (tq, tk) = (q.size(-2), k.size(-2));
-        let hide = Tensor::ones([tq, tk], DType::Bool).triu(1 + tk as i64 - tq as i64);
+        let hide = Tensor::ones([tq, tk], (DType::Bool, q.device())).triu(1);
         s = s.try_masked_fill(&hide, f64::NEG_INFINITY)?;
     }
     let p = s.softmax(-1);

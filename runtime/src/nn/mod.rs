@@ -3,6 +3,7 @@
 //! [`functional`].
 
 pub mod activation;
+pub mod attention;
 pub mod container;
 pub mod dropout;
 pub mod embedding;
@@ -11,9 +12,11 @@ pub mod init;
 pub mod linear;
 pub mod module;
 pub mod norm;
+pub mod transformer;
 
 pub use crate::ops::causal_mask;
 pub use activation::{Activation, Gelu, LeakyReLU, LogSoftmax, ReLU, SiLU, Sigmoid, Softmax, Tanh};
+pub use attention::{AttnMasks, MultiheadAttention, MultiheadAttentionConfig};
 pub use container::{Residual, Sequential};
 pub use dropout::{Dropout, Dropout2d, Dropout3d, VariationalDropout};
 pub use embedding::Embedding;
@@ -24,3 +27,7 @@ pub use module::{
     Visitor, VisitorMut,
 };
 pub use norm::{BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormConfig, LayerNorm};
+pub use transformer::{
+    DecoderMasks, EncoderMasks, FeedForward, FeedForwardConfig, TransformerDecoder,
+    TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer, TransformerLayerConfig,
+};
