@@ -11,6 +11,7 @@ pub mod init;
 pub mod linear;
 pub mod module;
 pub mod norm;
+pub mod rnn;
 
 pub use crate::ops::causal_mask;
 pub use activation::{Activation, Gelu, LeakyReLU, LogSoftmax, ReLU, SiLU, Sigmoid, Softmax, Tanh};
@@ -24,3 +25,6 @@ pub use module::{
     Visitor, VisitorMut,
 };
 pub use norm::{BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormConfig, LayerNorm};
+pub use rnn::{
+    GRUCell, LSTMCell, Nonlinearity, RNNCell, RecurrentConfig, RecurrentWeights, GRU, LSTM, RNN,
+};
