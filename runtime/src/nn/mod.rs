@@ -12,6 +12,7 @@ pub mod init;
 pub mod linear;
 pub mod module;
 pub mod norm;
+pub mod rnn;
 pub mod transformer;
 
 pub use crate::ops::causal_mask;
@@ -27,6 +28,9 @@ pub use module::{
     Visitor, VisitorMut,
 };
 pub use norm::{BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormConfig, LayerNorm};
+pub use rnn::{
+    GRUCell, LSTMCell, Nonlinearity, RNNCell, RecurrentConfig, RecurrentWeights, GRU, LSTM, RNN,
+};
 pub use transformer::{
     DecoderMasks, EncoderMasks, FeedForward, FeedForwardConfig, TransformerDecoder,
     TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer, TransformerLayerConfig,
