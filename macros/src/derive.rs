@@ -24,7 +24,6 @@ pub enum Kind {
 }
 
 /// One field after parsing.
-
 pub struct FieldSpec {
     /// How the field is reached: `self.<member>`.
     pub member: syn::Member,
