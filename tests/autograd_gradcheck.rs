@@ -314,6 +314,25 @@ fn cases() -> Vec<Case> {
         vec![nc(&mut g, 3, 4)],
         true,
     );
+    // sliding windows (conv/pool building blocks) and padding
+    add(
+        "im2col",
+        Box::new(|x| flint::nn::unfold(&x[0], [2, 3], [1, 2], 1, [2, 1]).unwrap()),
+        vec![g.randn([2, 5, 4], DType::F64).transpose(1, 2).unsqueeze(0)],
+        true,
+    );
+    add(
+        "col2im",
+        Box::new(|x| flint::nn::fold(&x[0], [4, 5], [2, 3], [1, 2], 1, [2, 1]).unwrap()),
+        vec![g.randn([1, 6, 9], DType::F64)],
+        true,
+    );
+    add(
+        "pad",
+        Box::new(|x| x[0].pad(&[(1, 2), (0, 1)], 0.5)),
+        vec![nc(&mut g, 3, 4)],
+        true,
+    );
     // composites built from the ops above
     add(
         "softmax*",

@@ -92,4 +92,8 @@ pub const DIFFERENTIABLE_OPS: &[&str] = &[
     "masked_select",
     // linear algebra
     "matmul",
+    // sliding windows and padding
+    "im2col",
+    "col2im",
+    "pad",
 ];

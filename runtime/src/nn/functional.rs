@@ -1,6 +1,12 @@
 //! Stateless forms of the layers (`torch.nn.functional`): what the modules call, for
 //! users who keep their own parameters.
 
+pub use super::conv::{conv1d, conv2d, conv3d, fold, unfold};
+pub use super::pool::{
+    adaptive_avg_pool1d, adaptive_avg_pool2d, adaptive_avg_pool3d, avg_pool1d, avg_pool2d,
+    avg_pool3d, max_pool1d, max_pool2d, max_pool2d_with_indices, max_pool3d,
+};
+
 use crate::autograd::NoGradGuard;
 use crate::dtype::DType;
 use crate::error::{Error, Result};

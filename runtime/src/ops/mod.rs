@@ -7,8 +7,10 @@ pub mod indexing;
 mod inplace;
 mod mask;
 mod matmul;
+mod pad;
 mod reduce;
 mod view;
+pub(crate) mod window;
 
 pub use elementwise::{GeluApprox, Operand};
 pub use indexing::{IndexRange, IntoIndices, TensorIndex};
