@@ -1,7 +1,9 @@
 //! Adadelta, Adamax and ASGD: the less common `torch.optim` rules.
 
+use super::state::{self, SlotReader, SlotState, StateDict};
 use super::{Optimizer, ParamGroup, Slots};
 use crate::autograd::no_grad;
+use crate::error::Result;
 use crate::tensor::Tensor;
 
 /// Adadelta like `torch.optim.Adadelta` (default lr 1.0).
@@ -14,14 +16,33 @@ pub struct Adadelta {
     pub eps: f64,
     /// L2 penalty added to the gradient.
     pub weight_decay: f64,
-    state: Slots<(Tensor, Tensor)>,
+    state: Slots<AdadeltaState>,
+}
+
+#[derive(Clone, Debug)]
+struct AdadeltaState {
+    square_avg: Tensor,
+    acc_delta: Tensor,
+}
+
+impl SlotState for AdadeltaState {
+    fn save(&self, out: &mut Vec<(&'static str, Tensor)>) {
+        out.push(("square_avg", self.square_avg.clone()));
+        out.push(("acc_delta", self.acc_delta.clone()));
+    }
+    fn load(r: &mut SlotReader<'_>) -> Self {
+        AdadeltaState {
+            square_avg: r.tensor("square_avg"),
+            acc_delta: r.tensor("acc_delta"),
+        }
+    }
 }
 
 impl Adadelta {
     /// Adadelta with PyTorch's defaults (rho 0.9, eps 1e-6).
     pub fn new(params: Vec<Tensor>, lr: f64) -> Self {
         Adadelta {
-            groups: vec![ParamGroup { params, lr }],
+            groups: vec![ParamGroup::new(params, lr)],
             rho: 0.9,
             eps: 1e-6,
             weight_decay: 0.0,
@@ -51,19 +72,40 @@ impl Optimizer for Adadelta {
                     if self.weight_decay != 0.0 {
                         g = g + p * self.weight_decay;
                     }
-                    let (sq, acc) = self.state.state[gi][pi]
-                        .take()
-                        .unwrap_or_else(|| (p.zeros_like(), p.zeros_like()));
+                    let (sq, acc) = match self.state.state[gi][pi].take() {
+                        Some(s) => (s.square_avg, s.acc_delta),
+                        None => (p.zeros_like(), p.zeros_like()),
+                    };
                     let sq = sq * rho + &g * &g * (1.0 - rho);
                     let delta = (&acc + eps).sqrt() / (&sq + eps).sqrt() * &g;
                     let acc = acc * rho + &delta * &delta * (1.0 - rho);
                     p.sub_(delta * group.lr);
-                    self.state.state[gi][pi] = Some((sq, acc));
+                    self.state.state[gi][pi] = Some(AdadeltaState {
+                        square_avg: sq,
+                        acc_delta: acc,
+                    });
                 }
             }
         });
     }
     groups_impl!();
+    fn state_dict(&self) -> StateDict {
+        state::save(
+            &self.groups,
+            &self.state,
+            &[
+                ("rho", self.rho),
+                ("eps", self.eps),
+                ("weight_decay", self.weight_decay),
+            ],
+        )
+    }
+    fn load_state_dict(&mut self, sd: &StateDict) -> Result<()> {
+        let loaded = state::load(&self.groups, sd, ["rho", "eps", "weight_decay"])?;
+        let [rho, eps, wd] = loaded.commit(&mut self.groups, &mut self.state);
+        (self.rho, self.eps, self.weight_decay) = (rho, eps, wd);
+        Ok(())
+    }
 }
 
 /// Adamax (Adam with the infinity norm) like `torch.optim.Adamax`.
@@ -76,14 +118,36 @@ pub struct Adamax {
     pub eps: f64,
     /// L2 penalty added to the gradient.
     pub weight_decay: f64,
-    state: Slots<(i32, Tensor, Tensor)>,
+    state: Slots<AdamaxState>,
+}
+
+#[derive(Clone, Debug)]
+struct AdamaxState {
+    step: i32,
+    exp_avg: Tensor,
+    exp_inf: Tensor,
+}
+
+impl SlotState for AdamaxState {
+    fn save(&self, out: &mut Vec<(&'static str, Tensor)>) {
+        out.push(("step", state::count_tensor(self.step as u64)));
+        out.push(("exp_avg", self.exp_avg.clone()));
+        out.push(("exp_inf", self.exp_inf.clone()));
+    }
+    fn load(r: &mut SlotReader<'_>) -> Self {
+        AdamaxState {
+            step: r.count("step") as i32,
+            exp_avg: r.tensor("exp_avg"),
+            exp_inf: r.tensor("exp_inf"),
+        }
+    }
 }
 
 impl Adamax {
     /// Adamax with PyTorch's defaults (betas 0.9/0.999, eps 1e-8).
     pub fn new(params: Vec<Tensor>, lr: f64) -> Self {
         Adamax {
-            groups: vec![ParamGroup { params, lr }],
+            groups: vec![ParamGroup::new(params, lr)],
             betas: (0.9, 0.999),
             eps: 1e-8,
             weight_decay: 0.0,
@@ -108,19 +172,49 @@ impl Optimizer for Adamax {
                     if self.weight_decay != 0.0 {
                         g = g + p * self.weight_decay;
                     }
-                    let (step, m, u) = self.state.state[gi][pi]
-                        .take()
-                        .unwrap_or_else(|| (0, p.zeros_like(), p.zeros_like()));
+                    let (step, m, u) = match self.state.state[gi][pi].take() {
+                        Some(s) => (s.step, s.exp_avg, s.exp_inf),
+                        None => (0, p.zeros_like(), p.zeros_like()),
+                    };
                     let step = step + 1;
                     let m = &m + (&g - &m) * (1.0 - b1);
                     let u = (u * b2).maximum(g.abs() + self.eps);
                     p.sub_(&m / &u * (group.lr / (1.0 - b1.powi(step))));
-                    self.state.state[gi][pi] = Some((step, m, u));
+                    self.state.state[gi][pi] = Some(AdamaxState {
+                        step,
+                        exp_avg: m,
+                        exp_inf: u,
+                    });
                 }
             }
         });
     }
     groups_impl!();
+    fn momentum_or_beta1(&self) -> Option<f64> {
+        Some(self.betas.0)
+    }
+    fn set_momentum_or_beta1(&mut self, value: f64) {
+        self.betas.0 = value;
+    }
+    fn state_dict(&self) -> StateDict {
+        state::save(
+            &self.groups,
+            &self.state,
+            &[
+                ("betas.0", self.betas.0),
+                ("betas.1", self.betas.1),
+                ("eps", self.eps),
+                ("weight_decay", self.weight_decay),
+            ],
+        )
+    }
+    fn load_state_dict(&mut self, sd: &StateDict) -> Result<()> {
+        let names = ["betas.0", "betas.1", "eps", "weight_decay"];
+        let loaded = state::load(&self.groups, sd, names)?;
+        let [b1, b2, eps, wd] = loaded.commit(&mut self.groups, &mut self.state);
+        (self.betas, self.eps, self.weight_decay) = ((b1, b2), eps, wd);
+        Ok(())
+    }
 }
 
 /// Averaged SGD like `torch.optim.ASGD`; [`Asgd::averaged`] gives the running average
@@ -147,11 +241,28 @@ struct AsgdState {
     ax: Tensor,
 }
 
+impl SlotState for AsgdState {
+    fn save(&self, out: &mut Vec<(&'static str, Tensor)>) {
+        out.push(("step", state::count_tensor(self.step)));
+        out.push(("eta", Tensor::scalar(self.eta)));
+        out.push(("mu", Tensor::scalar(self.mu)));
+        out.push(("ax", self.ax.clone()));
+    }
+    fn load(r: &mut SlotReader<'_>) -> Self {
+        AsgdState {
+            step: r.count("step"),
+            eta: r.scalar("eta"),
+            mu: r.scalar("mu"),
+            ax: r.tensor("ax"),
+        }
+    }
+}
+
 impl Asgd {
     /// ASGD with PyTorch's defaults (lambd 1e-4, alpha 0.75, t0 1e6).
     pub fn new(params: Vec<Tensor>, lr: f64) -> Self {
         Asgd {
-            groups: vec![ParamGroup { params, lr }],
+            groups: vec![ParamGroup::new(params, lr)],
             lambd: 1e-4,
             alpha: 0.75,
             t0: 1e6,
@@ -207,6 +318,25 @@ impl Optimizer for Asgd {
         });
     }
     groups_impl!();
+    fn state_dict(&self) -> StateDict {
+        state::save(
+            &self.groups,
+            &self.state,
+            &[
+                ("lambd", self.lambd),
+                ("alpha", self.alpha),
+                ("t0", self.t0),
+                ("weight_decay", self.weight_decay),
+            ],
+        )
+    }
+    fn load_state_dict(&mut self, sd: &StateDict) -> Result<()> {
+        let names = ["lambd", "alpha", "t0", "weight_decay"];
+        let loaded = state::load(&self.groups, sd, names)?;
+        let [lambd, alpha, t0, wd] = loaded.commit(&mut self.groups, &mut self.state);
+        (self.lambd, self.alpha, self.t0, self.weight_decay) = (lambd, alpha, t0, wd);
+        Ok(())
+    }
 }
 
 /// Scales the gradients of `params` so their joint L2 norm is at most `max_norm`

@@ -1,13 +1,28 @@
 //! Adagrad with learning-rate decay and an initial accumulator.
 
+use super::state::{self, SlotReader, SlotState, StateDict};
 use super::{Optimizer, ParamGroup, Slots};
 use crate::autograd::no_grad;
+use crate::error::Result;
 use crate::tensor::Tensor;
 
 #[derive(Clone, Debug)]
 struct State {
     step: u64,
     sum: Tensor,
+}
+
+impl SlotState for State {
+    fn save(&self, out: &mut Vec<(&'static str, Tensor)>) {
+        out.push(("step", state::count_tensor(self.step)));
+        out.push(("sum", self.sum.clone()));
+    }
+    fn load(r: &mut SlotReader<'_>) -> Self {
+        State {
+            step: r.count("step"),
+            sum: r.tensor("sum"),
+        }
+    }
 }
 
 /// Adagrad like `torch.optim.Adagrad`.
@@ -29,7 +44,7 @@ impl Adagrad {
     /// Adagrad with PyTorch's defaults (eps 1e-10).
     pub fn new(params: Vec<Tensor>, lr: f64) -> Adagrad {
         Adagrad {
-            groups: vec![ParamGroup { params, lr }],
+            groups: vec![ParamGroup::new(params, lr)],
             lr_decay: 0.0,
             weight_decay: 0.0,
             initial_accumulator_value: 0.0,
@@ -84,4 +99,29 @@ impl Optimizer for Adagrad {
         });
     }
     groups_impl!();
+    fn state_dict(&self) -> StateDict {
+        state::save(
+            &self.groups,
+            &self.state,
+            &[
+                ("lr_decay", self.lr_decay),
+                ("weight_decay", self.weight_decay),
+                ("initial_accumulator_value", self.initial_accumulator_value),
+                ("eps", self.eps),
+            ],
+        )
+    }
+    fn load_state_dict(&mut self, sd: &StateDict) -> Result<()> {
+        let names = [
+            "lr_decay",
+            "weight_decay",
+            "initial_accumulator_value",
+            "eps",
+        ];
+        let loaded = state::load(&self.groups, sd, names)?;
+        let [d, wd, init, eps] = loaded.commit(&mut self.groups, &mut self.state);
+        (self.lr_decay, self.weight_decay) = (d, wd);
+        (self.initial_accumulator_value, self.eps) = (init, eps);
+        Ok(())
+    }
 }

@@ -1,7 +1,9 @@
 //! Adam and AdamW.
 
+use super::state::{self, flag, SlotReader, SlotState, StateDict};
 use super::{Optimizer, ParamGroup, Slots};
 use crate::autograd::no_grad;
+use crate::error::Result;
 use crate::tensor::Tensor;
 
 #[derive(Clone, Debug)]
@@ -10,6 +12,25 @@ struct State {
     m: Tensor,
     v: Tensor,
     v_max: Option<Tensor>,
+}
+
+impl SlotState for State {
+    fn save(&self, out: &mut Vec<(&'static str, Tensor)>) {
+        out.push(("step", state::count_tensor(self.step as u64)));
+        out.push(("exp_avg", self.m.clone()));
+        out.push(("exp_avg_sq", self.v.clone()));
+        if let Some(v) = &self.v_max {
+            out.push(("max_exp_avg_sq", v.clone()));
+        }
+    }
+    fn load(r: &mut SlotReader<'_>) -> Self {
+        State {
+            step: r.count("step") as i32,
+            m: r.tensor("exp_avg"),
+            v: r.tensor("exp_avg_sq"),
+            v_max: r.optional("max_exp_avg_sq"),
+        }
+    }
 }
 
 /// Adam like `torch.optim.Adam`; with [`Adam::decoupled`] (or [`Adam::adamw`]) it is
@@ -34,7 +55,7 @@ impl Adam {
     /// Adam with PyTorch's defaults (betas 0.9/0.999, eps 1e-8, no weight decay).
     pub fn new(params: Vec<Tensor>, lr: f64) -> Adam {
         Adam {
-            groups: vec![ParamGroup { params, lr }],
+            groups: vec![ParamGroup::new(params, lr)],
             betas: (0.9, 0.999),
             eps: 1e-8,
             weight_decay: 0.0,
@@ -119,4 +140,39 @@ impl Optimizer for Adam {
         });
     }
     groups_impl!();
+    fn momentum_or_beta1(&self) -> Option<f64> {
+        Some(self.betas.0)
+    }
+    fn set_momentum_or_beta1(&mut self, value: f64) {
+        self.betas.0 = value;
+    }
+    fn state_dict(&self) -> StateDict {
+        state::save(
+            &self.groups,
+            &self.state,
+            &[
+                ("betas.0", self.betas.0),
+                ("betas.1", self.betas.1),
+                ("eps", self.eps),
+                ("weight_decay", self.weight_decay),
+                ("decoupled_weight_decay", flag(self.decoupled)),
+                ("amsgrad", flag(self.amsgrad)),
+            ],
+        )
+    }
+    fn load_state_dict(&mut self, sd: &StateDict) -> Result<()> {
+        let names = [
+            "betas.0",
+            "betas.1",
+            "eps",
+            "weight_decay",
+            "decoupled_weight_decay",
+            "amsgrad",
+        ];
+        let loaded = state::load(&self.groups, sd, names)?;
+        let [b1, b2, eps, wd, dec, ams] = loaded.commit(&mut self.groups, &mut self.state);
+        (self.betas, self.eps, self.weight_decay) = ((b1, b2), eps, wd);
+        (self.decoupled, self.amsgrad) = (dec != 0.0, ams != 0.0);
+        Ok(())
+    }
 }

@@ -1,7 +1,9 @@
 //! RMSprop (plain, centered, with momentum).
 
+use super::state::{self, flag, SlotReader, SlotState, StateDict};
 use super::{Optimizer, ParamGroup, Slots};
 use crate::autograd::no_grad;
+use crate::error::Result;
 use crate::tensor::Tensor;
 
 #[derive(Clone, Debug)]
@@ -9,6 +11,25 @@ struct State {
     square_avg: Tensor,
     grad_avg: Option<Tensor>,
     buf: Option<Tensor>,
+}
+
+impl SlotState for State {
+    fn save(&self, out: &mut Vec<(&'static str, Tensor)>) {
+        out.push(("square_avg", self.square_avg.clone()));
+        if let Some(g) = &self.grad_avg {
+            out.push(("grad_avg", g.clone()));
+        }
+        if let Some(b) = &self.buf {
+            out.push(("momentum_buffer", b.clone()));
+        }
+    }
+    fn load(r: &mut SlotReader<'_>) -> Self {
+        State {
+            square_avg: r.tensor("square_avg"),
+            grad_avg: r.optional("grad_avg"),
+            buf: r.optional("momentum_buffer"),
+        }
+    }
 }
 
 /// RMSprop like `torch.optim.RMSprop`.
@@ -32,7 +53,7 @@ impl RmsProp {
     /// RMSprop with PyTorch's defaults (alpha 0.99, eps 1e-8).
     pub fn new(params: Vec<Tensor>, lr: f64) -> RmsProp {
         RmsProp {
-            groups: vec![ParamGroup { params, lr }],
+            groups: vec![ParamGroup::new(params, lr)],
             alpha: 0.99,
             eps: 1e-8,
             weight_decay: 0.0,
@@ -107,4 +128,31 @@ impl Optimizer for RmsProp {
         });
     }
     groups_impl!();
+    fn momentum_or_beta1(&self) -> Option<f64> {
+        Some(self.momentum)
+    }
+    fn set_momentum_or_beta1(&mut self, value: f64) {
+        self.momentum = value;
+    }
+    fn state_dict(&self) -> StateDict {
+        state::save(
+            &self.groups,
+            &self.state,
+            &[
+                ("alpha", self.alpha),
+                ("eps", self.eps),
+                ("weight_decay", self.weight_decay),
+                ("momentum", self.momentum),
+                ("centered", flag(self.centered)),
+            ],
+        )
+    }
+    fn load_state_dict(&mut self, sd: &StateDict) -> Result<()> {
+        let names = ["alpha", "eps", "weight_decay", "momentum", "centered"];
+        let loaded = state::load(&self.groups, sd, names)?;
+        let [a, eps, wd, m, c] = loaded.commit(&mut self.groups, &mut self.state);
+        (self.alpha, self.eps, self.weight_decay, self.momentum) = (a, eps, wd, m);
+        self.centered = c != 0.0;
+        Ok(())
+    }
 }

@@ -1,7 +1,9 @@
 //! Stochastic gradient descent with momentum, dampening, Nesterov and weight decay.
 
+use super::state::{self, flag, StateDict};
 use super::{Optimizer, ParamGroup, Slots};
 use crate::autograd::no_grad;
+use crate::error::Result;
 use crate::tensor::Tensor;
 
 /// SGD like `torch.optim.SGD`.
@@ -23,7 +25,7 @@ impl Sgd {
     /// Plain SGD over `params` with learning rate `lr`.
     pub fn new(params: Vec<Tensor>, lr: f64) -> Sgd {
         Sgd {
-            groups: vec![ParamGroup { params, lr }],
+            groups: vec![ParamGroup::new(params, lr)],
             momentum: 0.0,
             dampening: 0.0,
             weight_decay: 0.0,
@@ -82,4 +84,30 @@ impl Optimizer for Sgd {
         });
     }
     groups_impl!();
+    fn momentum_or_beta1(&self) -> Option<f64> {
+        Some(self.momentum)
+    }
+    fn set_momentum_or_beta1(&mut self, value: f64) {
+        self.momentum = value;
+    }
+    fn state_dict(&self) -> StateDict {
+        state::save(
+            &self.groups,
+            &self.bufs,
+            &[
+                ("momentum", self.momentum),
+                ("dampening", self.dampening),
+                ("weight_decay", self.weight_decay),
+                ("nesterov", flag(self.nesterov)),
+            ],
+        )
+    }
+    fn load_state_dict(&mut self, sd: &StateDict) -> Result<()> {
+        let names = ["momentum", "dampening", "weight_decay", "nesterov"];
+        let loaded = state::load(&self.groups, sd, names)?;
+        let [m, d, wd, n] = loaded.commit(&mut self.groups, &mut self.bufs);
+        (self.momentum, self.dampening, self.weight_decay) = (m, d, wd);
+        self.nesterov = n != 0.0;
+        Ok(())
+    }
 }
