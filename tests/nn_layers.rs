@@ -337,6 +337,34 @@ fn batchnorm_by_hand_and_cumulative_momentum() {
 }
 
 #[test]
+fn batchnorm3d_normalises_each_channel_over_batch_and_volume() {
+    let bn = flint::nn::BatchNorm3d::new(3, DType::F64);
+    let x = Generator::new(4).normal([2, 3, 2, 3, 2], 5.0, 3.0, DType::F64);
+    let y = bn.forward(&x);
+    let mean = y.mean([0isize, 2, 3, 4].as_slice(), false).to_vec::<f64>();
+    let var = y
+        .var([0isize, 2, 3, 4].as_slice(), 0, false)
+        .to_vec::<f64>();
+    for c in 0..3 {
+        assert!(mean[c].abs() < 1e-12, "{mean:?}");
+        assert!((var[c] - 1.0).abs() < 1e-3, "{var:?}"); // eps = 1e-5 shrinks it slightly
+    }
+    // running mean moved 10% of the way to the batch mean
+    let bm = x.mean([0isize, 2, 3, 4].as_slice(), false).to_vec::<f64>();
+    let rm = bn.running_mean.as_ref().unwrap().to_vec::<f64>();
+    for c in 0..3 {
+        assert!((rm[c] - 0.1 * bm[c]).abs() < 1e-12);
+    }
+    let err = bn
+        .try_forward(&Tensor::zeros([2, 3, 4, 4], DType::F64))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "BatchNorm3d: expected input of shape [N, 3, D, H, W], got [2, 3, 4, 4]"
+    );
+}
+
+#[test]
 fn dropout_scales_in_training_and_is_identity_in_eval() {
     manual_seed(5);
     let mut d = Dropout::new(0.25);
