@@ -70,6 +70,32 @@ pub(crate) fn should_parallelize(n: usize) -> bool {
     n >= PAR_THRESHOLD && num_threads() > 1
 }
 
+/// Calls `f(i, row)` for every `row_len`-long row `i` of `out`: across the pool, at
+/// least `min_rows` rows a task, when `work` (elements touched) is large enough; in
+/// order on this thread otherwise.
+pub(crate) fn for_each_row<T: Send>(
+    out: &mut [T],
+    row_len: usize,
+    min_rows: usize,
+    work: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    use rayon::prelude::*;
+    let row_len = row_len.max(1);
+    if should_parallelize(work) {
+        install(|| {
+            out.par_chunks_mut(row_len)
+                .enumerate()
+                .with_min_len(min_rows.max(1))
+                .for_each(|(i, row)| f(i, row))
+        });
+    } else {
+        out.chunks_mut(row_len)
+            .enumerate()
+            .for_each(|(i, row)| f(i, row));
+    }
+}
+
 /// A chunk length that splits `n` items into a few chunks per thread.
 #[inline]
 pub(crate) fn chunk_len(n: usize) -> usize {

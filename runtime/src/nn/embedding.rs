@@ -82,20 +82,23 @@ impl Embedding {
         }
         let n = self.weight.size(0);
         let flat = indices.try_reshape([indices.numel()])?;
-        if let Some(bad) = flat
-            .to_vec::<i64>()
-            .into_iter()
-            .find(|&i| i < 0 || i as usize >= n)
-        {
-            return Err(Error::index(
-                "Embedding",
-                format!(
-                    "index {bad} out of range for {n} embeddings (indices of shape {})",
-                    fmt_shape(indices.shape())
+        // index_select checks the range; only on failure look for the index to name.
+        let mut rows = self.weight.try_index_select(0, &flat).map_err(|e| {
+            let bad = flat
+                .to_vec::<i64>()
+                .into_iter()
+                .find(|&i| i < 0 || i as usize >= n);
+            match bad {
+                Some(bad) => Error::index(
+                    "Embedding",
+                    format!(
+                        "index {bad} out of range for {n} embeddings (indices of shape {})",
+                        fmt_shape(indices.shape())
+                    ),
                 ),
-            ));
-        }
-        let mut rows = self.weight.try_index_select(0, &flat)?;
+                None => e,
+            }
+        })?;
         if let Some(p) = self.padding_idx {
             // Same values, but no gradient flows into the padding row.
             let keep = flat.ne(p as i64).unsqueeze(1);

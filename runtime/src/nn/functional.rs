@@ -119,9 +119,11 @@ pub fn batch_norm(
     let mut bshape = vec![1usize; x.ndim()];
     bshape[1] = c;
     let dims: Vec<isize> = (0..x.ndim() as isize).filter(|&d| d != 1).collect();
-    let (mean, var) = if let (false, Some(s)) = (training, &stats) {
+    // The centred input and the variance to normalise it by.
+    let (xc, var) = if let (false, Some(s)) = (training, &stats) {
+        let mean = s.mean.to_dtype(x.dtype()).try_reshape(bshape.as_slice())?;
         (
-            s.mean.to_dtype(x.dtype()).try_reshape(bshape.as_slice())?,
+            x.try_sub(&mean)?,
             s.var.to_dtype(x.dtype()).try_reshape(bshape.as_slice())?,
         )
     } else {
@@ -152,9 +154,9 @@ pub fn batch_norm(
             s.mean.mul_(1.0 - m).add_(&(bm * m));
             s.var.mul_(1.0 - m).add_(&(bv * m));
         }
-        (mean, var)
+        (xc, var)
     };
-    let mut y = x.try_sub(&mean)?.try_mul(var.try_add(eps)?.rsqrt())?;
+    let mut y = xc.try_mul(var.try_add(eps)?.rsqrt())?;
     if let Some(w) = weight {
         y = y.try_mul(&w.try_reshape(bshape.as_slice())?)?;
     }

@@ -20,7 +20,6 @@ use crate::error::{or_panic, Error, Result};
 use crate::layout::fmt_shape;
 use crate::storage::BufferElement;
 use crate::tensor::Tensor;
-use rayon::prelude::*;
 
 /// The geometry of a set of sliding windows over 1 to 3 spatial dims (all vectors have
 /// one entry per spatial dim).
@@ -217,19 +216,8 @@ fn im2col_kernel<T: Copy + Default + Send + Sync>(src: &[T], planes: usize, w: &
         let plane = r / k;
         im2col_row(&w3, &src[plane * p..(plane + 1) * p], r % k, dst);
     };
-    if parallel::should_parallelize(out.len()) {
-        let min_rows = (4096 / l.max(1)).max(1);
-        parallel::install(|| {
-            out.par_chunks_mut(l)
-                .enumerate()
-                .with_min_len(min_rows)
-                .for_each(|(r, dst)| fill(r, dst))
-        });
-    } else {
-        out.chunks_mut(l)
-            .enumerate()
-            .for_each(|(r, dst)| fill(r, dst));
-    }
+    let work = out.len();
+    parallel::for_each_row(&mut out, l, 4096 / l.max(1), work, fill);
     out
 }
 
@@ -247,19 +235,8 @@ fn col2im_kernel<T: NumElement>(cols: &[T], planes: usize, w: &Window) -> Vec<T>
             col2im_row(&w3, &cols[r * l..(r + 1) * l], kk, dst);
         }
     };
-    if parallel::should_parallelize(cols.len().max(out.len())) {
-        let min_planes = (4096 / (k * l).max(1)).max(1);
-        parallel::install(|| {
-            out.par_chunks_mut(p)
-                .enumerate()
-                .with_min_len(min_planes)
-                .for_each(|(i, dst)| fill(i, dst))
-        });
-    } else {
-        out.chunks_mut(p)
-            .enumerate()
-            .for_each(|(i, dst)| fill(i, dst));
-    }
+    let work = cols.len().max(out.len());
+    parallel::for_each_row(&mut out, p, 4096 / (k * l).max(1), work, fill);
     out
 }
 
@@ -304,19 +281,8 @@ fn argmax_kernel<T: Element>(src: &[T], planes: usize, w: &Window) -> Vec<i64> {
             }
         }
     };
-    if parallel::should_parallelize(out.len() * taps.len()) {
-        let min_planes = (4096 / (l * taps.len()).max(1)).max(1);
-        parallel::install(|| {
-            out.par_chunks_mut(l)
-                .enumerate()
-                .with_min_len(min_planes)
-                .for_each(|(i, dst)| fill(i, dst))
-        });
-    } else {
-        out.chunks_mut(l)
-            .enumerate()
-            .for_each(|(i, dst)| fill(i, dst));
-    }
+    let work = out.len() * taps.len();
+    parallel::for_each_row(&mut out, l, 4096 / (l * taps.len()).max(1), work, fill);
     out
 }
 
