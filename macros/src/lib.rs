@@ -6,6 +6,7 @@
 use proc_macro::TokenStream;
 
 mod derive;
+mod model;
 
 /// Implements `flint::nn::Module` (and `Display`, the PyTorch-style summary) for a struct
 /// of layers, or an enum whose variants each hold one layer.
@@ -49,4 +50,35 @@ mod derive;
 #[proc_macro_derive(Module, attributes(module))]
 pub fn derive_module(input: TokenStream) -> TokenStream {
     derive::derive_module(input.into()).into()
+}
+
+/// Declares whole models — layers with their sizes and a forward body over symbolic
+/// shapes — and checks the shapes at compile time. See the crate README's `model!`
+/// section for the full syntax.
+///
+/// ```
+/// use flint::{model, Tensor};
+///
+/// model! {
+///     /// A two-layer perceptron.
+///     pub struct Mlp<const IN: usize, const HID: usize>(classes: usize) {
+///         fc1: Linear(IN -> HID),
+///         fc2: Linear(HID -> classes),
+///     }
+///     fn forward(x: [b, IN]) -> [b, classes] {
+///         fc2(fc1(x).relu())
+///     }
+/// }
+///
+/// let mlp = Mlp::<4, 8>::new(3, ());
+/// assert_eq!(mlp.forward(&Tensor::zeros([2, 4], ())).shape(), &[2, 3]);
+/// let err = mlp.try_forward(&Tensor::zeros([2, 5], ())).unwrap_err();
+/// assert_eq!(
+///     err.to_string(),
+///     "Mlp::forward: argument `x` should be [b, IN], got [2, 5]: IN = 4, got 5 at dim 1"
+/// );
+/// ```
+#[proc_macro]
+pub fn model(input: TokenStream) -> TokenStream {
+    model::expand(input.into()).into()
 }

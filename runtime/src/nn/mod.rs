@@ -15,6 +15,7 @@ pub mod module;
 pub mod norm;
 pub mod pool;
 pub mod rnn;
+pub mod shape;
 pub mod transformer;
 
 pub use crate::ops::causal_mask;
