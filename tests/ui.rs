@@ -7,4 +7,5 @@ fn macro_errors_and_passing_programs() {
     let t = trybuild::TestCases::new();
     t.pass("tests/ui/pass_*.rs");
     t.compile_fail("tests/ui/derive_*.rs");
+    t.compile_fail("tests/ui/model_*.rs");
 }

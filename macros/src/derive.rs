@@ -35,6 +35,10 @@ pub struct FieldSpec {
     pub optional: bool,
     /// The field's span, for errors in generated code.
     pub span: Span,
+    /// The field's type.
+    pub ty: Type,
+    /// A declared shape rule, `#[shape([.., 784] -> [.., 256])]`.
+    pub rule: Option<(crate::model::parse::RuleDecl, Span)>,
 }
 
 /// Struct-level options.
@@ -46,6 +50,8 @@ pub struct ItemOptions {
     pub no_display: bool,
     /// `#[module(forward)]` on an enum: delegate `Forward` to the variants.
     pub forward: bool,
+    /// `#[module(sequential)]` on a struct: `forward` chains the child fields in order.
+    pub sequential: Option<Span>,
 }
 
 /// Parsed item.
@@ -127,9 +133,12 @@ pub fn parse_item_options(input: &DeriveInput, errors: &mut Vec<syn::Error>) -> 
             } else if meta.path.is_ident("forward") {
                 opts.forward = true;
                 Ok(())
+            } else if meta.path.is_ident("sequential") {
+                opts.sequential = Some(meta.path.span());
+                Ok(())
             } else {
                 Err(meta.error(format!(
-                    "unknown module option `{}`; expected `name = \"…\"`, `no_display` or `forward`",
+                    "unknown module option `{}`; expected `name = \"…\"`, `no_display`, `forward` or `sequential`",
                     path_string(&meta.path)
                 )))
             }
@@ -158,6 +167,23 @@ pub fn parse_field(
     let mut kind: Option<(Kind, Span)> = None;
     let mut rename: Option<String> = None;
     let mut ok = true;
+    let mut rule = None;
+    for attr in field.attrs.iter().filter(|a| a.path().is_ident("shape")) {
+        match attr.parse_args::<crate::model::parse::RuleDecl>() {
+            Ok(r) if rule.is_none() => rule = Some((r, attr.span())),
+            Ok(_) => {
+                errors.push(syn::Error::new(
+                    attr.span(),
+                    "a field has one `#[shape(…)]` rule",
+                ));
+                ok = false;
+            }
+            Err(e) => {
+                errors.push(e);
+                ok = false;
+            }
+        }
+    }
     for attr in field.attrs.iter().filter(|a| a.path().is_ident("module")) {
         let r = attr.parse_nested_meta(|meta| {
             let k = if meta.path.is_ident("param") {
@@ -252,6 +278,8 @@ pub fn parse_field(
         kind,
         optional: inner.is_some(),
         span: field_span(field),
+        ty: base.clone(),
+        rule,
     })
 }
 
@@ -453,12 +481,120 @@ pub fn derive_module(input: TokenStream) -> TokenStream {
             "`#[module(forward)]` is for enums of layers; write `forward` for a struct, or use `model!`",
         ));
     }
+    let seq = match (&shape, opts.sequential) {
+        (Shape::Struct(fields), Some(span)) => sequential(fields, span, &mut errors),
+        (Shape::Enum(_), Some(span)) => {
+            errors.push(syn::Error::new(span, "`#[module(sequential)]` is for structs; an enum of layers uses `#[module(forward)]`"));
+            None
+        }
+        _ => None,
+    };
     let stub = !errors.is_empty();
     let mut out = generate(&input, &shape, &opts, stub);
+    if let Some(body) = seq.filter(|_| !stub) {
+        let ident = &input.ident;
+        let (impl_g, ty_g, where_g) = input.generics.split_for_impl();
+        out.extend(quote! {
+            impl #impl_g ::flint::nn::Forward for #ident #ty_g #where_g {
+                fn try_forward(&self, x: &::flint::Tensor) -> ::flint::Result<::flint::Tensor> {
+                    let mut x: ::flint::Tensor = ::core::clone::Clone::clone(x);
+                    #body
+                    ::core::result::Result::Ok(x)
+                }
+            }
+        });
+    }
     for e in errors {
         out.extend(e.to_compile_error());
     }
     out
+}
+
+/// Layers known to keep the shape of their input: a chain checks across them.
+const SHAPE_KEEPING: [&str; 11] = [
+    "ReLU",
+    "Gelu",
+    "Tanh",
+    "Sigmoid",
+    "SiLU",
+    "LeakyReLU",
+    "Dropout",
+    "Identity",
+    "Softmax",
+    "LogSoftmax",
+    "Dropout2d",
+];
+
+/// `#[module(sequential)]`: the body of `forward` chaining the child fields, after checking
+/// each declared `#[shape]` output against the next declared input.
+fn sequential(
+    fields: &[FieldSpec],
+    span: Span,
+    errors: &mut Vec<syn::Error>,
+) -> Option<TokenStream> {
+    let mut steps = Vec::new();
+    let mut chain: Vec<(String, Span, crate::model::check::Rule)> = Vec::new();
+    let mut segments = Vec::new();
+    for f in fields {
+        match f.kind {
+            Kind::Skip => continue,
+            Kind::Param | Kind::Buffer => {
+                errors.push(syn::Error::new(
+                    f.span,
+                    "a `#[module(sequential)]` struct chains its layers; a parameter or buffer has no place in the chain (write `forward` by hand)",
+                ));
+                continue;
+            }
+            Kind::Child => {}
+        }
+        let m = &f.member;
+        let many = matches!(&f.ty, Type::Array(_))
+            || last_segment(&f.ty).is_some_and(|s| s.ident == "Vec");
+        let call = if many {
+            quote_spanned!(f.span=> for __m in self.#m.iter() { x = ::flint::nn::Forward::try_forward(__m, &x)?; })
+        } else if f.optional {
+            quote_spanned!(f.span=> if let ::std::option::Option::Some(__m) = &self.#m { x = ::flint::nn::Forward::try_forward(__m, &x)?; })
+        } else {
+            quote_spanned!(f.span=> x = ::flint::nn::Forward::try_forward(&self.#m, &x)?;)
+        };
+        steps.push(call);
+        let keeps = last_segment(&f.ty).is_some_and(|s| SHAPE_KEEPING.iter().any(|k| s.ident == k));
+        match &f.rule {
+            Some((decl, rspan)) => {
+                if decl.args.len() != 1 {
+                    errors.push(syn::Error::new(
+                        *rspan,
+                        "a layer in a sequential chain takes one input",
+                    ));
+                    continue;
+                }
+                let mut names = crate::model::check::Names {
+                    model: String::new(),
+                    generics: Vec::new(),
+                    params: Vec::new(),
+                    syms: Default::default(),
+                };
+                match crate::model::check::rule_from(&mut names, &decl.args, &decl.ret) {
+                    Ok(r) => chain.push((f.name.clone(), f.span, r)),
+                    Err(e) => errors.push(e),
+                }
+            }
+            None if keeps && !f.optional => {}
+            None => segments.push(std::mem::take(&mut chain)),
+        }
+    }
+    segments.push(chain);
+    for seg in &segments {
+        errors.extend(crate::model::check::check_chain(seg));
+    }
+    if steps.is_empty() {
+        errors.push(syn::Error::new(
+            span,
+            "`#[module(sequential)]` needs at least one layer field",
+        ));
+        return None;
+    }
+    Some(quote!(#(#steps)*))
 }
 
 #[cfg(test)]
@@ -474,6 +610,71 @@ mod tests {
             Shape::Enum(_) => panic!("struct expected"),
         };
         (specs, errors.iter().map(|e| e.to_string()).collect())
+    }
+
+    fn derive_errors(src: TokenStream) -> Vec<String> {
+        let out = derive_module(src).to_string();
+        out.split("compile_error !")
+            .skip(1)
+            .map(|s| {
+                let start = s.find('"').unwrap_or(0) + 1;
+                let end = s[start..].find("\" }").map_or(s.len(), |e| start + e);
+                s[start..end].to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sequential_checks_the_declared_chain() {
+        let ok = derive_module(quote! {
+            #[module(sequential)]
+            struct Mlp {
+                #[shape([.., 784] -> [.., 256])]
+                fc1: Linear,
+                act: ReLU,
+                drop: Dropout,
+                #[shape([.., 256] -> [.., 10])]
+                fc2: Linear,
+            }
+        })
+        .to_string();
+        assert!(!ok.contains("compile_error"), "{ok}");
+        assert!(
+            ok.contains("impl :: flint :: nn :: Forward for Mlp"),
+            "{ok}"
+        );
+        let errs = derive_errors(quote! {
+            #[module(sequential)]
+            struct Mlp {
+                #[shape([.., 784] -> [.., 512])]
+                fc1: Linear,
+                act: ReLU,
+                #[shape([.., 256] -> [.., 10])]
+                fc2: Linear,
+            }
+        });
+        assert_eq!(
+            errs,
+            ["shape mismatch: `fc1` produces [.., 512] but `fc2` expects [.., 256]"]
+        );
+        // A field with no rule that is not known to keep the shape cuts the chain.
+        let errs = derive_errors(quote! {
+            #[module(sequential)]
+            struct Mlp {
+                #[shape([.., 784] -> [.., 512])]
+                fc1: Linear,
+                mystery: Custom,
+                #[shape([.., 256] -> [.., 10])]
+                fc2: Linear,
+                #[module(param)]
+                scale: Tensor,
+            }
+        });
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("a `#[module(sequential)]` struct chains its layers"),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -22,7 +22,30 @@ mod model;
 /// - `#[module(child)]`: force a field to be a child.
 ///
 /// Item options: `#[module(name = "…")]` (the name the summary prints),
-/// `#[module(no_display)]`, and on enums `#[module(forward)]` (delegate `Forward`).
+/// `#[module(no_display)]`, on enums `#[module(forward)]` (delegate `Forward`), and on
+/// structs `#[module(sequential)]`: `Forward` chains the child fields in declaration order
+/// (lists element by element, `Option`s when present). Give a field its shape rule with
+/// `#[shape([.., 784] -> [.., 256])]` and the chain is checked at compile time: each
+/// declared output against the next declared input (layers that keep the shape, such as
+/// activations and dropout, are looked through; a field with no rule cuts the chain).
+///
+/// ```
+/// use flint::nn::{Forward, Linear, ReLU};
+/// use flint::{Module, Tensor};
+///
+/// #[derive(Module)]
+/// #[module(sequential)]
+/// struct Mlp {
+///     #[shape([.., 4] -> [.., 8])]
+///     fc1: Linear,
+///     act: ReLU,
+///     #[shape([.., 8] -> [.., 2])]
+///     fc2: Linear,
+/// }
+///
+/// let mlp = Mlp { fc1: Linear::new(4, 8, ()), act: ReLU, fc2: Linear::new(8, 2, ()) };
+/// assert_eq!(mlp.forward(&Tensor::zeros([3, 4], ())).shape(), &[3, 2]);
+/// ```
 ///
 /// ```
 /// use flint::nn::{Linear, ModuleExt};
@@ -47,7 +70,7 @@ mod model;
 /// assert_eq!(names, ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "temperature"]);
 /// assert!(mlp.to_string().starts_with("Mlp(\n  (fc1): Linear(in_features=4"));
 /// ```
-#[proc_macro_derive(Module, attributes(module))]
+#[proc_macro_derive(Module, attributes(module, shape))]
 pub fn derive_module(input: TokenStream) -> TokenStream {
     derive::derive_module(input.into()).into()
 }

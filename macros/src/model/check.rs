@@ -2005,12 +2005,6 @@ impl<'a> Checker<'a> {
         }
         Some(out)
     }
-
-    /// Runs over a body (for the tests).
-    #[cfg(test)]
-    pub fn env_shape(&self, name: &str) -> Option<String> {
-        self.env.get(name).map(|v| v.shape.to_string())
-    }
 }
 
 impl Val {

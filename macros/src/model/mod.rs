@@ -482,15 +482,10 @@ fn resolve(
         return mk(kind, CallStyle::Method, ty, ctor);
     }
     if !single || !BUILTINS.contains(&last.as_str()) {
-        if spec.init.is_some() || spec.args.is_some() {
-            let ty = path_type(&spec.path);
-            let ctor = custom_ctor(spec, names)?;
-            return mk(LayerKind::Unknown, CallStyle::Method, ty, ctor);
-        }
         return Err(syn::Error::new(
             spec.path.span(),
             format!(
-                "unknown layer `{last}`: the built-in layers are {}; a layer of your own needs a shape rule and a constructor, e.g. `#[shape([.., D] -> [.., D])] {fname}: MyLayer = MyLayer::new(D, opts)`",
+                "unknown layer `{last}`: the built-in layers are {}; a layer of your own needs its shape rule and how to build it, e.g. `#[shape([.., D] -> [.., D])] {fname}: MyLayer = MyLayer::new(D, opts)`",
                 BUILTINS.join(", ")
             ),
         ));

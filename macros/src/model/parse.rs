@@ -1,6 +1,6 @@
 //! `model!` input → IR. Only syntax is checked here; what the sizes mean is `check`'s.
 
-use proc_macro2::{Delimiter, Span, TokenStream, TokenTree};
+use proc_macro2::{Span, TokenStream, TokenTree};
 use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned;
 use syn::{bracketed, parenthesized, Attribute, Expr, Ident, Token, Type, Visibility};
@@ -116,8 +116,6 @@ pub enum ShapeItem {
 pub struct ForwardDef {
     /// Docs of the function.
     pub attrs: Vec<Attribute>,
-    /// The `forward` name's span.
-    pub span: Span,
     /// The arguments.
     pub args: Vec<ArgDecl>,
     /// The declared output shape.
@@ -507,18 +505,12 @@ impl Parse for ForwardDef {
         let body = input.parse()?;
         Ok(ForwardDef {
             attrs,
-            span: name.span(),
             args,
             ret,
             relations,
             body,
         })
     }
-}
-
-/// Is this group a bracket group (for shape literals inside expressions)?
-pub fn is_bracket(tt: &TokenTree) -> bool {
-    matches!(tt, TokenTree::Group(g) if g.delimiter() == Delimiter::Bracket)
 }
 
 #[cfg(test)]
