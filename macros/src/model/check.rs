@@ -412,7 +412,7 @@ impl<'a> Checker<'a> {
     /// Are two dims equal? Decided here when it can be (literals, data symbols), left
     /// to the compiler otherwise. `msg` is the error if they are not.
     fn same_dim(&mut self, a: &Dim, b: &Dim, span: Span, msg: &dyn Fn() -> String) -> bool {
-        if a == b {
+        if a == b || a.has_unknown() || b.has_unknown() {
             return true;
         }
         if (a.as_lit().is_some() && b.as_lit().is_some())
@@ -515,10 +515,10 @@ impl<'a> Checker<'a> {
                 match d.as_atom() {
                     Some(Atom::Sym(s)) => spec.push(quote!(::flint::nn::shape::DimSpec::Sym(#s))),
                     _ => {
-                        if d.is_runtime() && d.as_atom().is_none() {
+                        if d.has_sym() {
                             self.err(
                                 e.span(),
-                                format!("`{d}`: a dim of an argument is one name (`t`), a constant or a size of the model, not arithmetic on data symbols"),
+                                format!("`{d}`: a dim of an argument is one data symbol (`t`), or sizes of the model, not arithmetic on data symbols"),
                             );
                             continue;
                         }
@@ -561,10 +561,10 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// Follows the body; returns its statements and the variable holding the result.
-    pub fn body(&mut self, block: &syn::Block, ret: &Shape, ret_span: Span) -> TokenStream {
+    /// The statements of a block; its value and the span of its final expression.
+    fn block(&mut self, block: &syn::Block, default_span: Span) -> (Option<Val>, Span) {
         let mut last: Option<Val> = None;
-        let mut last_span = ret_span;
+        let mut last_span = default_span;
         for (i, stmt) in block.stmts.iter().enumerate() {
             match stmt {
                 syn::Stmt::Local(l) => {
@@ -614,6 +614,12 @@ impl<'a> Checker<'a> {
                 ),
             }
         }
+        (last, last_span)
+    }
+
+    /// Follows the body; returns its statements and the variable holding the result.
+    pub fn body(&mut self, block: &syn::Block, ret: &Shape, ret_span: Span) -> TokenStream {
+        let (last, last_span) = self.block(block, ret_span);
         match last {
             Some(v) => {
                 if v.shape.rest != Some(u32::MAX) {
@@ -648,6 +654,7 @@ impl<'a> Checker<'a> {
             Expr::MethodCall(m) => self.is_tensor(&m.receiver),
             Expr::Binary(b) => self.is_tensor(&b.left) || self.is_tensor(&b.right),
             Expr::Paren(p) => self.is_tensor(&p.expr),
+            Expr::Block(_) => true,
             Expr::Group(g) => self.is_tensor(&g.expr),
             Expr::Unary(u) => self.is_tensor(&u.expr),
             _ => false,
@@ -682,6 +689,24 @@ impl<'a> Checker<'a> {
                 }
             }
             Expr::Binary(b) => self.binary(b),
+            Expr::Block(b) if b.label.is_none() => {
+                // A nested scope: its `let`s end with it.
+                let saved = self.env.clone();
+                let (v, _) = self.block(&b.block, b.span());
+                self.env = saved;
+                if v.is_none()
+                    && b.block
+                        .stmts
+                        .last()
+                        .is_none_or(|s| !matches!(s, syn::Stmt::Expr(_, None)))
+                {
+                    self.err(
+                        b.span(),
+                        "a block in a forward body ends with the expression it gives",
+                    );
+                }
+                v
+            }
             Expr::Unary(u) if matches!(u.op, syn::UnOp::Neg(_)) => {
                 let v = self.expr(&u.expr)?;
                 let var = &v.var;
@@ -2096,15 +2121,21 @@ pub fn check_chain(chain: &[(String, Span, Rule)]) -> Vec<syn::Error> {
     let mut errors = Vec::new();
     for w in chain.windows(2) {
         let (prev, next) = (&w[0], &w[1]);
-        let val = Val {
-            kind: prev.2.args.first().map_or(ValKind::Float, |a| a.0),
-            shape: prev.2.ret.clone(),
-            var: format_ident!("x"),
-            origin: prev.0.clone(),
+        // The previous layer's own symbols are unknowns here, not data dims.
+        let unknown = |d: &Dim| {
+            d.subst(&|a| match a {
+                Atom::Sym(n) if !n.starts_with('?') => Some(Dim::atom(Atom::Sym(format!("?{n}")))),
+                _ => None,
+            })
         };
         let val = Val {
             kind: ValKind::Float,
-            ..val
+            shape: Shape {
+                rest: prev.2.ret.rest,
+                dims: prev.2.ret.dims.iter().map(unknown).collect(),
+            },
+            var: format_ident!("x"),
+            origin: prev.0.clone(),
         };
         ck.apply_rule(&next.2, &next.0, &[(val, next.1)], next.1);
     }

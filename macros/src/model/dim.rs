@@ -115,6 +115,19 @@ impl Dim {
             .any(|a| matches!(a, Atom::Param(_) | Atom::Sym(_)))
     }
 
+    /// Does it mention a data symbol (`b`, `t`)?
+    pub fn has_sym(&self) -> bool {
+        self.atoms().iter().any(|a| matches!(a, Atom::Sym(_)))
+    }
+
+    /// Does it mention a size nothing determines (`?n`: an output of a rule that no input
+    /// binds, a `-1` in a reshape of an unknown rank)? Such a dim matches anything.
+    pub fn has_unknown(&self) -> bool {
+        self.atoms()
+            .iter()
+            .any(|a| matches!(a, Atom::Sym(n) if n.starts_with('?')))
+    }
+
     /// Does it mention a const generic of the model?
     pub fn has_generic(&self) -> bool {
         self.atoms().iter().any(|a| matches!(a, Atom::Generic(_)))

@@ -191,7 +191,7 @@ fn expand_model(m: &ModelDef, sigs: &HashMap<String, (&ModelDef, Option<Rule>)>)
     drop(ck);
     let mut type_checks = Vec::new();
     for d in &deferred {
-        deferred_check(d, &mut type_checks, &mut asserts, &mut free_asserts);
+        deferred_check(d, Some(&mut type_checks), &mut asserts, &mut free_asserts);
     }
 
     generate(
@@ -247,7 +247,7 @@ fn clone_layer(l: &Layer) -> Layer {
 /// names or literals (`Dim<FF>` vs `Dim<H>`), else a const assertion.
 fn deferred_check(
     d: &Deferred,
-    type_checks: &mut Vec<TokenStream>,
+    type_checks: Option<&mut Vec<TokenStream>>,
     asserts: &mut Vec<TokenStream>,
     free: &mut Vec<TokenStream>,
 ) {
@@ -255,7 +255,7 @@ fn deferred_check(
         x.as_lit().is_some() || matches!(x.as_atom(), Some(Atom::Generic(_) | Atom::Const(_)))
     };
     let span = d.span;
-    if bare(&d.a) && bare(&d.b) {
+    if let Some(type_checks) = type_checks.filter(|_| bare(&d.a) && bare(&d.b)) {
         let (a, b) = (d.a.code(Ctx::Const), d.b.code(Ctx::Const));
         type_checks.push(quote_spanned!(span=>
             let _: ::flint::nn::shape::Dim<{ #a }> = ::flint::nn::shape::Dim::<{ #b }>;
@@ -819,25 +819,13 @@ fn resolve(
                 {
                     return Err(syn::Error::new(d[2].2, msg));
                 }
-                let mut tc = Vec::new();
                 let deferred = Deferred {
                     a: first.clone(),
                     b: end.clone(),
                     span: d[2].2,
                     msg: format!("{model}: {msg}"),
                 };
-                deferred_check(&deferred, &mut tc, asserts, free);
-                // A bare-name mismatch becomes an assertion here too (no forward scope).
-                for _ in tc {
-                    let (a, b) = (first.code(Ctx::Const), end.code(Ctx::Const));
-                    let m = &deferred.msg;
-                    let a = quote_spanned!(d[2].2=> ::core::assert!(#a == #b, #m););
-                    if first.has_generic() || end.has_generic() {
-                        asserts.push(a);
-                    } else {
-                        free.push(quote!(const _: () = { #a };));
-                    }
-                }
+                deferred_check(&deferred, None, asserts, free);
             }
             let act = match opt("activation") {
                 None => quote!(Relu),
@@ -1252,7 +1240,7 @@ mod tests {
                 format_ident!("ff{}", i),
             );
             fields.push(quote!(#ln: LayerNorm(D), #attn: MultiheadAttention(D, heads = H), #ff: FeedForward(D -> 4 * D -> D),));
-            body.push(quote!(let x = x + #attn(#ln(x), causal); let x = x + #ff(x);));
+            body.push(quote!(let x = { let h = x + #attn(#ln(x), causal); h + #ff(h) };));
         }
         let ts = quote! {
             pub struct Deep<const D: usize, const H: usize> where D % H == 0 { #(#fields)* }
