@@ -613,15 +613,7 @@ mod tests {
     }
 
     fn derive_errors(src: TokenStream) -> Vec<String> {
-        let out = derive_module(src).to_string();
-        out.split("compile_error !")
-            .skip(1)
-            .map(|s| {
-                let start = s.find('"').unwrap_or(0) + 1;
-                let end = s[start..].find("\" }").map_or(s.len(), |e| start + e);
-                s[start..end].to_string()
-            })
-            .collect()
+        crate::compile_errors(&derive_module(src))
     }
 
     #[test]

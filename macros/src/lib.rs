@@ -8,6 +8,20 @@ use proc_macro::TokenStream;
 mod derive;
 mod model;
 
+/// The messages of the `compile_error!`s in a macro's output, for the unit tests.
+#[cfg(test)]
+pub(crate) fn compile_errors(out: &proc_macro2::TokenStream) -> Vec<String> {
+    out.to_string()
+        .split("compile_error !")
+        .skip(1)
+        .map(|s| {
+            let start = s.find('"').map_or(0, |i| i + 1);
+            let end = s[start..].find("\" }").map_or(s.len(), |e| start + e);
+            s[start..end].replace("\\\"", "\"")
+        })
+        .collect()
+}
+
 /// Implements `flint::nn::Module` (and `Display`, the PyTorch-style summary) for a struct
 /// of layers, or an enum whose variants each hold one layer.
 ///

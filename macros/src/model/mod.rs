@@ -1106,15 +1106,7 @@ mod tests {
     use super::*;
 
     fn errors_of(ts: TokenStream) -> Vec<String> {
-        let out = expand(ts).to_string();
-        out.split("compile_error !")
-            .skip(1)
-            .map(|s| {
-                let start = s.find('"').unwrap_or(0) + 1;
-                let end = s[start..].find("\" }").map_or(s.len(), |e| start + e);
-                s[start..end].replace("\\\"", "\"")
-            })
-            .collect()
+        crate::compile_errors(&expand(ts))
     }
 
     #[test]
