@@ -343,6 +343,14 @@ fn resolve(
         None => None,
     };
     let list = count.is_some();
+    let mut attrs = f.attrs.clone();
+    if !attrs.iter().any(|a| a.path().is_ident("doc")) {
+        let doc = match &f.count {
+            Some(c) => format!("`[{}; {}]`", spec.text, quote!(#c)),
+            None => format!("`{}`", spec.text),
+        };
+        attrs.push(syn::parse_quote!(#[doc = #doc]));
+    }
     let mk = |kind: LayerKind,
               call: CallStyle,
               ty: TokenStream,
@@ -358,7 +366,7 @@ fn resolve(
             ty,
             ctor,
             count: count.clone(),
-            attrs: f.attrs.clone(),
+            attrs: attrs.clone(),
         })
     };
     if let Some(rule_decl) = &f.shape {

@@ -55,6 +55,8 @@ pub struct LayerSpec {
     pub args_span: Span,
     /// `= expr`: how to build it (custom layers).
     pub init: Option<Expr>,
+    /// The declaration as written, for the field's doc.
+    pub text: String,
 }
 
 /// One constructor argument.
@@ -282,10 +284,12 @@ impl Parse for LayerSpec {
                 break;
             }
         }
+        let mut text = quote::quote!(#path).to_string().replace(' ', "");
         let (args, args_span) = if input.peek(syn::token::Paren) {
             let content;
             let paren = parenthesized!(content in input);
             let ts: TokenStream = content.parse()?;
+            text = format!("{text}({})", ts.to_string().replace(" ,", ","));
             (Some(parse_args(ts)?), paren.span.join())
         } else {
             (None, path.span())
@@ -301,6 +305,7 @@ impl Parse for LayerSpec {
             args,
             args_span,
             init,
+            text,
         })
     }
 }
