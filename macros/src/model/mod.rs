@@ -1257,6 +1257,65 @@ mod tests {
         );
     }
 
+    /// Deleting any one token of a valid input anywhere (including inside groups) gives
+    /// errors or an expansion, never a panic.
+    #[test]
+    fn never_panics_on_mutilated_input() {
+        use proc_macro2::{Group, TokenTree};
+        let src = quote! {
+            pub struct Block<const D: usize, const H: usize>(p: f64) where D % H == 0 {
+                ln: LayerNorm(D),
+                attn: MultiheadAttention(D, heads = H, dropout = p),
+                ff: FeedForward(D -> 4 * D -> D, activation = Gelu),
+                conv: Conv1d(D -> D, kernel = 3, padding = 1),
+            }
+            fn forward(x: [b, t, D], m: Mask[t, t]) -> [b, t, D] where t <= 64 {
+                let h = x + attn(ln(x), m);
+                let c = conv(h.transpose(1, 2)).transpose(1, 2);
+                let s = matmul(h, c.transpose(-2, -1)).softmax(-1).reshape([b, t, -1]);
+                ({ let y = ff(c); y + h }) + s.mean(-1, true)
+            }
+        };
+        // Every token tree, flattened, with the path of group indices to reach it.
+        fn paths(ts: &TokenStream, prefix: Vec<usize>, out: &mut Vec<Vec<usize>>) {
+            for (i, tt) in ts.clone().into_iter().enumerate() {
+                let mut p = prefix.clone();
+                p.push(i);
+                out.push(p.clone());
+                if let TokenTree::Group(g) = tt {
+                    paths(&g.stream(), p, out);
+                }
+            }
+        }
+        fn without(ts: &TokenStream, path: &[usize]) -> TokenStream {
+            ts.clone()
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, tt)| {
+                    if i != path[0] {
+                        return Some(tt);
+                    }
+                    if path.len() == 1 {
+                        return None;
+                    }
+                    match tt {
+                        TokenTree::Group(g) => Some(TokenTree::Group(Group::new(g.delimiter(), without(&g.stream(), &path[1..])))),
+                        other => Some(other),
+                    }
+                })
+                .collect()
+        }
+        assert!(errors_of(src.clone()).is_empty(), "{:?}", errors_of(src.clone()));
+        let mut all = Vec::new();
+        paths(&src, Vec::new(), &mut all);
+        assert!(all.len() > 150, "{}", all.len());
+        for p in &all {
+            let mutated = without(&src, p);
+            let r = std::panic::catch_unwind(|| expand(mutated.clone()).to_string());
+            assert!(r.is_ok(), "panicked on {mutated}");
+        }
+    }
+
     #[test]
     fn models_of_one_block_know_each_other() {
         let errs = errors_of(quote! {
