@@ -61,6 +61,17 @@ pub enum Error {
         /// What was wrong.
         msg: String,
     },
+    /// A checkpoint file that cannot be read or written as safetensors: a truncated or
+    /// corrupt file, a dtype Flint has no counterpart for, a tensor whose bytes do not
+    /// match its shape, duplicate names. Failures of the file system itself are
+    /// [`Error::Io`].
+    #[error("checkpoint {path}: {msg}")]
+    Checkpoint {
+        /// The file involved.
+        path: String,
+        /// What was wrong.
+        msg: String,
+    },
     /// An I/O error, with the path involved.
     #[error("{path}: {source}")]
     Io {
@@ -102,6 +113,20 @@ impl Error {
         Error::Config {
             op,
             msg: msg.into(),
+        }
+    }
+    /// An [`Error::Checkpoint`] about the file at `path`.
+    pub fn checkpoint(path: impl AsRef<std::path::Path>, msg: impl Into<String>) -> Self {
+        Error::Checkpoint {
+            path: path.as_ref().display().to_string(),
+            msg: msg.into(),
+        }
+    }
+    /// An [`Error::Io`] about the file at `path`.
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            source,
         }
     }
     /// A [`Error::Device`].

@@ -17,6 +17,7 @@ mod dispatch;
 mod display;
 pub mod dtype;
 pub mod error;
+pub mod io;
 pub mod layout;
 pub mod loss;
 pub mod nn;

@@ -430,6 +430,82 @@ pub trait ModuleExt: Module {
         Ok(())
     }
 
+    /// Writes [`ModuleExt::state_dict`] (parameters and buffers by dotted name) to a
+    /// safetensors file at `path`, atomically: an existing file is replaced only once the
+    /// new one is completely on disk, and is left as it was if anything fails. The file
+    /// loads back with [`ModuleExt::load`], and in PyTorch with
+    /// `model.load_state_dict(safetensors.torch.load_file(path))` when the names match.
+    /// See [`crate::io::save_tensors`] for the format and the errors.
+    ///
+    /// ```
+    /// use flint_runtime::nn::{Linear, ModuleExt};
+    /// let path = std::env::temp_dir().join(format!("flint-module-save-{}.safetensors", std::process::id()));
+    /// let trained = Linear::new(3, 2, ());
+    /// trained.save(&path).unwrap();
+    ///
+    /// let mut fresh = Linear::new(3, 2, ());
+    /// fresh.load(&path).unwrap();
+    /// assert_eq!(fresh.weight.to_vec::<f32>(), trained.weight.to_vec::<f32>());
+    /// assert!(fresh.weight.requires_grad()); // still a trainable parameter
+    /// std::fs::remove_file(&path).unwrap();
+    /// ```
+    fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        crate::io::save_tensors(path, &self.state_dict())
+    }
+
+    /// Loads a safetensors file written by [`ModuleExt::save`] or by PyTorch
+    /// (`safetensors.torch.save_file(model.state_dict(), path)`) into the module, strictly:
+    /// [`ModuleExt::load_with`] with `strict = true`.
+    ///
+    /// Every missing, unexpected and wrongly-shaped tensor is listed by name in one
+    /// [`Error::StateDict`] that also names the file, and then the module is left
+    /// untouched. Values are copied into the existing tensors (an optimizer holding the
+    /// parameters stays valid) and converted to their dtypes. A file that cannot be read
+    /// is an [`Error::Io`] or [`Error::Checkpoint`].
+    ///
+    /// ```
+    /// use flint_runtime::nn::{Linear, ModuleExt};
+    /// let path = std::env::temp_dir().join(format!("flint-module-load-{}.safetensors", std::process::id()));
+    /// Linear::new(3, 2, ()).save(&path).unwrap();
+    ///
+    /// let mut wider = Linear::new(4, 2, ());
+    /// let before = wider.weight.to_vec::<f32>();
+    /// let err = wider.load(&path).unwrap_err().to_string();
+    /// assert!(err.contains("weight: expected shape [2, 4], got [2, 3]"));
+    /// assert_eq!(wider.weight.to_vec::<f32>(), before); // untouched
+    /// std::fs::remove_file(&path).unwrap();
+    /// ```
+    fn load(&mut self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        self.load_with(path, true)
+    }
+
+    /// Loads a safetensors file into the module; with `strict = false`, tensors missing
+    /// from the file keep their values and tensors of the file that the module lacks are
+    /// ignored (for loading a backbone into a model with a new head). Shapes must match
+    /// either way. See [`ModuleExt::load`].
+    ///
+    /// ```
+    /// use flint_runtime::nn::{Linear, ModuleExt};
+    /// let path = std::env::temp_dir().join(format!("flint-module-load-with-{}.safetensors", std::process::id()));
+    /// let with_bias = Linear::new(3, 2, ());
+    /// with_bias.save(&path).unwrap(); // weight and bias
+    ///
+    /// let mut no_bias = Linear::with_bias(3, 2, false, ());
+    /// let err = no_bias.load(&path).unwrap_err().to_string();
+    /// assert!(err.ends_with("unexpected bias"), "{err}");
+    /// no_bias.load_with(&path, false).unwrap(); // takes the weight, ignores the bias
+    /// assert_eq!(no_bias.weight.to_vec::<f32>(), with_bias.weight.to_vec::<f32>());
+    /// std::fs::remove_file(&path).unwrap();
+    /// ```
+    fn load_with(&mut self, path: impl AsRef<std::path::Path>, strict: bool) -> Result<()> {
+        let path = path.as_ref();
+        let state = crate::io::load_tensors(path)?;
+        self.load_state_dict(&state, strict).map_err(|e| match e {
+            Error::StateDict(msg) => Error::StateDict(format!("{}: {msg}", path.display())),
+            other => other,
+        })
+    }
+
     /// Puts the module and all its children in training mode.
     fn train(&mut self) {
         self.set_training(true)
