@@ -314,7 +314,7 @@ impl Dim {
 }
 
 fn atom_code(a: &Atom, ctx: Ctx) -> TokenStream {
-    let t = match a {
+    match a {
         Atom::Generic(n) | Atom::Const(n) => {
             let i = format_ident!("{}", n, span = Span::call_site());
             quote!(#i)
@@ -339,8 +339,7 @@ fn atom_code(a: &Atom, ctx: Ctx) -> TokenStream {
                 quote!((#n / #d))
             }
         }
-    };
-    t
+    }
 }
 
 impl fmt::Display for Atom {

@@ -1299,13 +1299,20 @@ mod tests {
                         return None;
                     }
                     match tt {
-                        TokenTree::Group(g) => Some(TokenTree::Group(Group::new(g.delimiter(), without(&g.stream(), &path[1..])))),
+                        TokenTree::Group(g) => Some(TokenTree::Group(Group::new(
+                            g.delimiter(),
+                            without(&g.stream(), &path[1..]),
+                        ))),
                         other => Some(other),
                     }
                 })
                 .collect()
         }
-        assert!(errors_of(src.clone()).is_empty(), "{:?}", errors_of(src.clone()));
+        assert!(
+            errors_of(src.clone()).is_empty(),
+            "{:?}",
+            errors_of(src.clone())
+        );
         let mut all = Vec::new();
         paths(&src, Vec::new(), &mut all);
         assert!(all.len() > 150, "{}", all.len());

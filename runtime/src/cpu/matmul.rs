@@ -187,27 +187,30 @@ unsafe fn gemm_one<T: NumElement>(
     bm: Mat,
     par: Parallelism,
 ) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        n as isize,
-        false,
-        a,
-        am.cs as isize,
-        am.rs as isize,
-        b,
-        bm.cs as isize,
-        bm.rs as isize,
-        T::zero(),
-        T::one(),
-        false,
-        false,
-        false,
-        par,
-    )
+    // SAFETY: the caller upholds `gemm`'s contract (see `# Safety` above).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            n as isize,
+            false,
+            a,
+            am.cs as isize,
+            am.rs as isize,
+            b,
+            bm.cs as isize,
+            bm.rs as isize,
+            T::zero(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
 }
 
 /// Batched product through `gemm` (`T` is f32, f64 or f16).

@@ -1701,16 +1701,16 @@ mod tests {
         let head = Linear::new(12, 1, ());
         let mut params = lstm.parameters();
         params.extend(head.parameters());
-        let mut gen = crate::random::Generator::new(3);
+        let mut rng = crate::random::Generator::new(3);
         {
             let _g = NoGradGuard::new();
             let bound = 1.0 / 12f64.sqrt();
             for p in &params {
-                p.copy_(&gen.uniform(p.shape(), -bound, bound, ()));
+                p.copy_(&rng.uniform(p.shape(), -bound, bound, ()));
             }
         }
         let mut opt = Adam::new(params, 0.03);
-        let xs: Vec<f32> = gen
+        let xs: Vec<f32> = rng
             .bernoulli([b, t], 0.5)
             .to_vec::<bool>()
             .iter()

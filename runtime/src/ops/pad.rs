@@ -53,7 +53,7 @@ impl Tensor {
         let dims: Vec<(usize, usize, usize)> = pads
             .iter()
             .enumerate()
-            .filter(|(_, &(b, a))| b + a > 0)
+            .filter(|(_, (b, a))| b + a > 0)
             .map(|(i, &(b, a))| (nd - 1 - i, b, a))
             .collect();
         if dims.is_empty() {
