@@ -1,0 +1,307 @@
+#line 1 "common.cuh"
+// Definitions shared by every Flint kernel module. flint_kernels::MODULES prepends this
+// file to each module's source, so every module compiles on its own with NVRTC and
+// needs no header at all (no libc, no cuda_fp16.h): half-precision conversions are
+// written with PTX `cvt` instructions and bit operations.
+//
+// Conventions (see kernels/README.md):
+// - Element types: f32 = float, f64 = double, f16 = f16_t, bf16 = bf16_t (2-byte
+//   structs holding the IEEE bits), i64 = long long, bool = unsigned char (0 or 1).
+// - f16/bf16/f32 compute in float, f64 in double ("acc" type below).
+// - Sizes, strides, offsets and indices are 64-bit signed (`long long`), in elements.
+// - Unless a kernel says otherwise, any grid and block size works (grid-stride loops);
+//   kernels that reduce with a block need blockDim.x to be a multiple of 32, at most
+//   1024, and blockDim.y = blockDim.z = 1.
+
+typedef long long i64;
+typedef unsigned long long u64;
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned char u8;
+
+/// IEEE half: the 16 bits, as Rust's `half::f16`.
+struct __align__(2) f16_t {
+    u16 bits;
+};
+/// bfloat16: the upper 16 bits of an f32, as Rust's `half::bf16`.
+struct __align__(2) bf16_t {
+    u16 bits;
+};
+
+#define FLINT_INF __int_as_float(0x7f800000)
+#define FLINT_NAN __int_as_float(0x7fc00000)
+#define FLINT_INF_F64 __longlong_as_double(0x7ff0000000000000LL)
+#define FLINT_NAN_F64 __longlong_as_double(0x7ff8000000000000LL)
+
+// ---------------------------------------------------------------------------------------
+// Half-precision conversions
+
+#ifndef FLINT_HOST_EMULATION
+__device__ __forceinline__ float f16_to_f32(f16_t h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h.bits));
+    return f;
+}
+
+__device__ __forceinline__ f16_t f32_to_f16(float f) {
+    f16_t h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(f));
+    return h;
+}
+#else // the host emulation of kernels/tests/emulated.rs (no PTX there)
+__device__ __forceinline__ float f16_to_f32(f16_t h) { return flint_emu_f16_to_f32(h.bits); }
+__device__ __forceinline__ f16_t f32_to_f16(float f) {
+    f16_t h;
+    h.bits = flint_emu_f32_to_f16(f);
+    return h;
+}
+#endif
+
+__device__ __forceinline__ float bf16_to_f32(bf16_t h) {
+    return __uint_as_float(((u32)h.bits) << 16);
+}
+
+/// Round to nearest even, NaN kept quiet with its sign (as `half::bf16::from_f32`).
+__device__ __forceinline__ bf16_t f32_to_bf16(float f) {
+    u32 u = __float_as_uint(f);
+    bf16_t r;
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        r.bits = (u16)((u >> 16) | 0x40u);
+        return r;
+    }
+    u += 0x7fffu + ((u >> 16) & 1u);
+    r.bits = (u16)(u >> 16);
+    return r;
+}
+
+/// f64 -> f16 as the CPU runtime converts (`half::f16::from_f64` on x86 with F16C):
+/// rounded to f32, then to f16 (both to nearest even).
+__device__ __forceinline__ f16_t f64_to_f16(double d) { return f32_to_f16((float)d); }
+
+/// f64 -> bf16 as `half::bf16::from_f64`: the f64 is truncated to its upper 32 bits
+/// (20 mantissa bits), then rounded to nearest even. Exact for every normal result.
+__device__ __forceinline__ bf16_t f64_to_bf16(double d) {
+    if (d != d) {
+        return f32_to_bf16((float)d);
+    }
+    return f32_to_bf16((float)__hiloint2double(__double2hiint(d), 0));
+}
+
+// ---------------------------------------------------------------------------------------
+// Element traits: Ty<T>::acc is the compute type; load/store convert between storage and
+// acc; to_f64/from_f64 convert through double (casts, scalars, random numbers) exactly as
+// the CPU runtime's `Element::to_f64/from_f64` do.
+
+template <typename T> struct Ty;
+
+template <> struct Ty<float> {
+    typedef float acc;
+    static __device__ __forceinline__ float load(float v) { return v; }
+    static __device__ __forceinline__ float store(float v) { return v; }
+    static __device__ __forceinline__ double to_f64(float v) { return (double)v; }
+    static __device__ __forceinline__ float from_f64(double v) { return (float)v; }
+};
+
+template <> struct Ty<double> {
+    typedef double acc;
+    static __device__ __forceinline__ double load(double v) { return v; }
+    static __device__ __forceinline__ double store(double v) { return v; }
+    static __device__ __forceinline__ double to_f64(double v) { return v; }
+    static __device__ __forceinline__ double from_f64(double v) { return v; }
+};
+
+template <> struct Ty<f16_t> {
+    typedef float acc;
+    static __device__ __forceinline__ float load(f16_t v) { return f16_to_f32(v); }
+    static __device__ __forceinline__ f16_t store(float v) { return f32_to_f16(v); }
+    static __device__ __forceinline__ double to_f64(f16_t v) { return (double)f16_to_f32(v); }
+    static __device__ __forceinline__ f16_t from_f64(double v) { return f64_to_f16(v); }
+};
+
+template <> struct Ty<bf16_t> {
+    typedef float acc;
+    static __device__ __forceinline__ float load(bf16_t v) { return bf16_to_f32(v); }
+    static __device__ __forceinline__ bf16_t store(float v) { return f32_to_bf16(v); }
+    static __device__ __forceinline__ double to_f64(bf16_t v) { return (double)bf16_to_f32(v); }
+    static __device__ __forceinline__ bf16_t from_f64(double v) { return f64_to_bf16(v); }
+};
+
+template <> struct Ty<i64> {
+    typedef i64 acc;
+    static __device__ __forceinline__ i64 load(i64 v) { return v; }
+    static __device__ __forceinline__ i64 store(i64 v) { return v; }
+    static __device__ __forceinline__ double to_f64(i64 v) { return (double)v; }
+    // PTX float -> integer conversions truncate, saturate and map NaN to 0, as Rust's `as`.
+    static __device__ __forceinline__ i64 from_f64(double v) { return (i64)v; }
+};
+
+template <> struct Ty<u8> {
+    typedef u8 acc;
+    static __device__ __forceinline__ u8 load(u8 v) { return v; }
+    static __device__ __forceinline__ u8 store(u8 v) { return v; }
+    static __device__ __forceinline__ double to_f64(u8 v) { return v != 0 ? 1.0 : 0.0; }
+    static __device__ __forceinline__ u8 from_f64(double v) { return v != 0.0 ? 1 : 0; }
+};
+
+// Overloaded math on the acc types (float and double).
+__device__ __forceinline__ float m_exp(float x) { return expf(x); }
+__device__ __forceinline__ double m_exp(double x) { return exp(x); }
+__device__ __forceinline__ float m_log(float x) { return logf(x); }
+__device__ __forceinline__ double m_log(double x) { return log(x); }
+__device__ __forceinline__ float m_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double m_sqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ float m_rsqrt(float x) { return 1.0f / sqrtf(x); }
+__device__ __forceinline__ double m_rsqrt(double x) { return 1.0 / sqrt(x); }
+__device__ __forceinline__ float m_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double m_tanh(double x) { return tanh(x); }
+__device__ __forceinline__ float m_erf(float x) { return erff(x); }
+__device__ __forceinline__ double m_erf(double x) { return erf(x); }
+__device__ __forceinline__ float m_sin(float x) { return sinf(x); }
+__device__ __forceinline__ double m_sin(double x) { return sin(x); }
+__device__ __forceinline__ float m_cos(float x) { return cosf(x); }
+__device__ __forceinline__ double m_cos(double x) { return cos(x); }
+__device__ __forceinline__ float m_pow(float x, float y) { return powf(x, y); }
+__device__ __forceinline__ double m_pow(double x, double y) { return pow(x, y); }
+__device__ __forceinline__ float m_floor(float x) { return floorf(x); }
+__device__ __forceinline__ double m_floor(double x) { return floor(x); }
+__device__ __forceinline__ float m_ceil(float x) { return ceilf(x); }
+__device__ __forceinline__ double m_ceil(double x) { return ceil(x); }
+__device__ __forceinline__ float m_rint(float x) { return rintf(x); }
+__device__ __forceinline__ double m_rint(double x) { return rint(x); }
+__device__ __forceinline__ float m_abs(float x) { return fabsf(x); }
+__device__ __forceinline__ double m_abs(double x) { return fabs(x); }
+__device__ __forceinline__ i64 m_abs(i64 x) { return x < 0 ? -x : x; }
+__device__ __forceinline__ float m_inf(float) { return FLINT_INF; }
+__device__ __forceinline__ double m_inf(double) { return FLINT_INF_F64; }
+__device__ __forceinline__ float m_nan(float) { return FLINT_NAN; }
+__device__ __forceinline__ double m_nan(double) { return FLINT_NAN_F64; }
+
+/// `a` unless `b` is larger or NaN (NaN propagates, as torch.maximum and max()).
+template <typename A> __device__ __forceinline__ A nan_max(A a, A b) {
+    return (a != a || a > b) ? a : b;
+}
+/// `a` unless `b` is smaller or NaN.
+template <typename A> __device__ __forceinline__ A nan_min(A a, A b) {
+    return (a != a || a < b) ? a : b;
+}
+
+// ---------------------------------------------------------------------------------------
+// Strided layouts
+
+#define FLINT_MAX_DIMS 8
+
+/// A strided view of `rank` <= 8 dims: element (c0, .., c{rank-1}) lives at
+/// `offset + sum(c_d * stride[d])`. Broadcast dims have stride 0. Mirrored by
+/// `flint_kernels::Layout` (#[repr(C)], 144 bytes), passed to kernels by value.
+struct Layout {
+    i64 rank;
+    i64 shape[FLINT_MAX_DIMS];
+    i64 stride[FLINT_MAX_DIMS];
+    i64 offset;
+};
+static_assert(sizeof(Layout) == 144, "Layout must match flint_kernels::Layout");
+
+/// Element offset of the `i`-th element (row-major order over `l.shape`).
+__device__ __forceinline__ i64 layout_offset(const Layout& l, i64 i) {
+    i64 off = l.offset;
+#pragma unroll
+    for (int d = FLINT_MAX_DIMS - 1; d >= 0; --d) {
+        if (d < l.rank) {
+            i64 s = l.shape[d];
+            i64 c = i % s;
+            i /= s;
+            off += c * l.stride[d];
+        }
+    }
+    return off;
+}
+
+// ---------------------------------------------------------------------------------------
+// Loops and reductions
+
+/// for (i = global thread id; i < n; i += total threads)
+#define FLINT_GRID_STRIDE(i, n)                                                            \
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (i64)(n);                 \
+         i += (i64)blockDim.x * gridDim.x)
+
+/// for (row = blockIdx.x; row < rows; row += gridDim.x): one block per row.
+#define FLINT_BLOCK_STRIDE(row, rows)                                                      \
+    for (i64 row = blockIdx.x; row < (i64)(rows); row += gridDim.x)
+
+struct SumOp {
+    template <typename A> __device__ __forceinline__ A operator()(A a, A b) const { return a + b; }
+};
+struct MaxOp {
+    template <typename A> __device__ __forceinline__ A operator()(A a, A b) const {
+        return nan_max(a, b);
+    }
+};
+struct MinOp {
+    template <typename A> __device__ __forceinline__ A operator()(A a, A b) const {
+        return nan_min(a, b);
+    }
+};
+
+template <typename A, typename Op> __device__ __forceinline__ A warp_reduce(A v, Op op) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+    }
+    return v;
+}
+
+/// Reduces `v` over the block; every thread gets the result. blockDim.x must be a
+/// multiple of 32 (at most 1024); `scratch` is a __shared__ array of at least 32.
+/// Contains __syncthreads(): call it from all threads of the block.
+template <typename A, typename Op>
+__device__ __forceinline__ A block_reduce(A v, Op op, A* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_reduce(v, op);
+    __syncthreads(); // the previous use of scratch is finished
+    if (lane == 0) {
+        scratch[warp] = v;
+    }
+    __syncthreads();
+    A r = scratch[0];
+    for (int w = 1; w < warps; ++w) {
+        r = op(r, scratch[w]);
+    }
+    return r;
+}
+
+// ---------------------------------------------------------------------------------------
+// Atomics (scatter_add, index_add)
+
+__device__ __forceinline__ void atomic_add(float* p, float v) { atomicAdd(p, v); }
+__device__ __forceinline__ void atomic_add(double* p, double v) { atomicAdd(p, v); }
+__device__ __forceinline__ void atomic_add(i64* p, i64 v) {
+    atomicAdd((u64*)p, (u64)v); // two's complement: the same bits as a signed add
+}
+
+/// 16-bit float add through a compare-and-swap on the aligned 32-bit word holding it.
+template <typename H> __device__ __forceinline__ void atomic_add_half(H* p, float v) {
+    u32* word = (u32*)((size_t)p & ~(size_t)3);
+    const u32 shift = ((size_t)p & 2) ? 16u : 0u;
+    u32 old = *word, assumed;
+    do {
+        assumed = old;
+        H h;
+        h.bits = (u16)((assumed >> shift) & 0xffffu);
+        H sum = Ty<H>::store(Ty<H>::load(h) + v);
+        u32 next = (assumed & ~(0xffffu << shift)) | ((u32)sum.bits << shift);
+        old = atomicCAS(word, assumed, next);
+    } while (old != assumed);
+}
+__device__ __forceinline__ void atomic_add(f16_t* p, float v) { atomic_add_half(p, v); }
+__device__ __forceinline__ void atomic_add(bf16_t* p, float v) { atomic_add_half(p, v); }
+
+// ---------------------------------------------------------------------------------------
+// Instantiation lists: X(dtype name, C type, extra args...)
+
+#define FLINT_FLOATS(X, ...)                                                               \
+    X(f32, float, __VA_ARGS__)                                                             \
+    X(f64, double, __VA_ARGS__)                                                            \
+    X(f16, f16_t, __VA_ARGS__)                                                             \
+    X(bf16, bf16_t, __VA_ARGS__)
+#define FLINT_NUMS(X, ...) FLINT_FLOATS(X, __VA_ARGS__) X(i64, i64, __VA_ARGS__)
+#define FLINT_ALL(X, ...) FLINT_NUMS(X, __VA_ARGS__) X(bool, u8, __VA_ARGS__)

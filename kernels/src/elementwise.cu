@@ -1,0 +1,168 @@
+#line 1 "elementwise.cu"
+// Elementwise kernels over strided, broadcast operands. Outputs are contiguous with
+// `n` elements in row-major order of the operands' common shape; each input is
+// described by a Layout whose shape is that output shape (stride 0 on broadcast dims).
+// Any grid and block size works.
+
+// ---------------------------------------------------------------------------------------
+// Binary arithmetic: <op>_<dt>(const T* a, Layout la, const T* b, Layout lb, T* out, i64 n)
+
+struct AddF {
+    template <typename A> __device__ __forceinline__ A operator()(A x, A y) const { return x + y; }
+};
+struct SubF {
+    template <typename A> __device__ __forceinline__ A operator()(A x, A y) const { return x - y; }
+};
+struct MulF {
+    template <typename A> __device__ __forceinline__ A operator()(A x, A y) const { return x * y; }
+};
+struct DivF {
+    template <typename A> __device__ __forceinline__ A operator()(A x, A y) const { return x / y; }
+};
+struct MaximumF {
+    template <typename A> __device__ __forceinline__ A operator()(A x, A y) const {
+        return nan_max(x, y);
+    }
+};
+struct MinimumF {
+    template <typename A> __device__ __forceinline__ A operator()(A x, A y) const {
+        return nan_min(x, y);
+    }
+};
+struct PowF {
+    template <typename A> __device__ __forceinline__ A operator()(A x, A y) const {
+        return m_pow(x, y);
+    }
+};
+
+template <typename T, typename Op>
+__device__ __forceinline__ void binary_kernel(const T* a, const Layout& la, const T* b,
+                                              const Layout& lb, T* out, i64 n) {
+    FLINT_GRID_STRIDE(i, n) {
+        out[i] = Ty<T>::store(
+            Op()(Ty<T>::load(a[layout_offset(la, i)]), Ty<T>::load(b[layout_offset(lb, i)])));
+    }
+}
+
+#define BINARY(dt, T, op, Op)                                                              \
+    extern "C" __global__ void op##_##dt(const T* a, Layout la, const T* b, Layout lb,     \
+                                         T* out, i64 n) {                                  \
+        binary_kernel<T, Op>(a, la, b, lb, out, n);                                        \
+    }
+FLINT_NUMS(BINARY, add, AddF)
+FLINT_NUMS(BINARY, sub, SubF)
+FLINT_NUMS(BINARY, mul, MulF)
+FLINT_FLOATS(BINARY, div, DivF)
+FLINT_NUMS(BINARY, maximum, MaximumF)
+FLINT_NUMS(BINARY, minimum, MinimumF)
+FLINT_FLOATS(BINARY, pow, PowF)
+
+// ---------------------------------------------------------------------------------------
+// Binary with a scalar: <op>_scalar_<dt>(const T* x, Layout lx, T* out, i64 n, double s)
+// The scalar is first rounded to T (as the CPU runtime turns it into a tensor of x's
+// dtype). rsub = s - x, rdiv = s / x, rpow = s ^ x.
+
+struct RsubF {
+    template <typename A> __device__ __forceinline__ A operator()(A x, A y) const { return y - x; }
+};
+struct RdivF {
+    template <typename A> __device__ __forceinline__ A operator()(A x, A y) const { return y / x; }
+};
+struct RpowF {
+    template <typename A> __device__ __forceinline__ A operator()(A x, A y) const {
+        return m_pow(y, x);
+    }
+};
+
+template <typename T, typename Op>
+__device__ __forceinline__ void scalar_kernel(const T* x, const Layout& lx, T* out, i64 n,
+                                              double s) {
+    const typename Ty<T>::acc sv = Ty<T>::load(Ty<T>::from_f64(s));
+    FLINT_GRID_STRIDE(i, n) {
+        out[i] = Ty<T>::store(Op()(Ty<T>::load(x[layout_offset(lx, i)]), sv));
+    }
+}
+
+#define SCALAR(dt, T, op, Op)                                                              \
+    extern "C" __global__ void op##_scalar_##dt(const T* x, Layout lx, T* out, i64 n,      \
+                                                double s) {                                \
+        scalar_kernel<T, Op>(x, lx, out, n, s);                                            \
+    }
+FLINT_FLOATS(SCALAR, add, AddF)
+FLINT_FLOATS(SCALAR, sub, SubF)
+FLINT_FLOATS(SCALAR, rsub, RsubF)
+FLINT_FLOATS(SCALAR, mul, MulF)
+FLINT_FLOATS(SCALAR, div, DivF)
+FLINT_FLOATS(SCALAR, rdiv, RdivF)
+FLINT_FLOATS(SCALAR, pow, PowF)
+FLINT_FLOATS(SCALAR, rpow, RpowF)
+FLINT_FLOATS(SCALAR, maximum, MaximumF)
+FLINT_FLOATS(SCALAR, minimum, MinimumF)
+
+// ---------------------------------------------------------------------------------------
+// Comparisons: <op>_<dt>(const T* a, Layout la, const T* b, Layout lb, u8* out, i64 n)
+// Logical: logical_<op>_bool(const u8* a, Layout la, const u8* b, Layout lb, u8* out, i64 n)
+
+struct EqF {
+    template <typename A> __device__ __forceinline__ bool operator()(A x, A y) const { return x == y; }
+};
+struct NeF {
+    template <typename A> __device__ __forceinline__ bool operator()(A x, A y) const { return x != y; }
+};
+struct LtF {
+    template <typename A> __device__ __forceinline__ bool operator()(A x, A y) const { return x < y; }
+};
+struct LeF {
+    template <typename A> __device__ __forceinline__ bool operator()(A x, A y) const { return x <= y; }
+};
+struct GtF {
+    template <typename A> __device__ __forceinline__ bool operator()(A x, A y) const { return x > y; }
+};
+struct GeF {
+    template <typename A> __device__ __forceinline__ bool operator()(A x, A y) const { return x >= y; }
+};
+struct AndF {
+    template <typename A> __device__ __forceinline__ bool operator()(A x, A y) const {
+        return (x != 0) && (y != 0);
+    }
+};
+struct OrF {
+    template <typename A> __device__ __forceinline__ bool operator()(A x, A y) const {
+        return (x != 0) || (y != 0);
+    }
+};
+struct XorF {
+    template <typename A> __device__ __forceinline__ bool operator()(A x, A y) const {
+        return (x != 0) != (y != 0);
+    }
+};
+
+template <typename T, typename Op>
+__device__ __forceinline__ void compare_kernel(const T* a, const Layout& la, const T* b,
+                                               const Layout& lb, u8* out, i64 n) {
+    FLINT_GRID_STRIDE(i, n) {
+        out[i] = Op()(Ty<T>::load(a[layout_offset(la, i)]), Ty<T>::load(b[layout_offset(lb, i)]))
+                     ? 1
+                     : 0;
+    }
+}
+
+#define COMPARE(dt, T, op, Op)                                                             \
+    extern "C" __global__ void op##_##dt(const T* a, Layout la, const T* b, Layout lb,     \
+                                         u8* out, i64 n) {                                 \
+        compare_kernel<T, Op>(a, la, b, lb, out, n);                                       \
+    }
+FLINT_ALL(COMPARE, eq, EqF)
+FLINT_ALL(COMPARE, ne, NeF)
+FLINT_ALL(COMPARE, lt, LtF)
+FLINT_ALL(COMPARE, le, LeF)
+FLINT_ALL(COMPARE, gt, GtF)
+FLINT_ALL(COMPARE, ge, GeF)
+COMPARE(bool, u8, logical_and, AndF)
+COMPARE(bool, u8, logical_or, OrF)
+COMPARE(bool, u8, logical_xor, XorF)
+
+extern "C" __global__ void logical_not_bool(const u8* x, Layout lx, u8* out, i64 n) {
+    FLINT_GRID_STRIDE(i, n) { out[i] = x[layout_offset(lx, i)] != 0 ? 0 : 1; }
+}
+

@@ -1,0 +1,162 @@
+#line 1 "index.cu"
+// Index ops: index_select (embedding), index_add (embedding backward), gather,
+// scatter_add, masked_fill, where. Any grid and block size works.
+//
+// Indices are i64; a negative index counts from the end (i + size), as PyTorch. An index
+// still out of range is skipped (index_select/gather write 0 there) and, when `status`
+// is not null, sets *status = 1 so the caller can report an error after the launch.
+// The *_add kernels use atomics: their summation order, hence the last bits of float
+// results, varies from run to run.
+
+__device__ __forceinline__ bool fix_index(i64& k, i64 size, int* status) {
+    if (k < 0) {
+        k += size;
+    }
+    if (k < 0 || k >= size) {
+        if (status != 0) {
+            atomicExch(status, 1);
+        }
+        return false;
+    }
+    return true;
+}
+
+// index_select_<dt>(const T* src, const i64* idx, T* out, i64 outer, i64 src_dim,
+//                   i64 inner, i64 n_idx, int* status)
+//   src [outer, src_dim, inner], idx [n_idx] -> out [outer, n_idx, inner],
+//   out[o, j, i] = src[o, idx[j], i]. Embedding: outer = 1, src_dim = vocab,
+//   inner = embedding dim, idx = the flattened token ids.
+// index_add_<dt>(const T* src, const i64* idx, T* out, i64 outer, i64 out_dim, i64 inner,
+//                i64 n_idx, int* status)
+//   out[o, idx[j], i] += src[o, j, i] for src [outer, n_idx, inner] (embedding backward:
+//   src = the output gradient, out = the zeroed weight gradient).
+template <typename T>
+__device__ __forceinline__ void index_select_all(const T* src, const i64* idx, T* out, i64 outer,
+                                                 i64 src_dim, i64 inner, i64 n_idx,
+                                                 int* status) {
+    FLINT_GRID_STRIDE(e, outer * n_idx * inner) {
+        const i64 i = e % inner, oj = e / inner, j = oj % n_idx, o = oj / n_idx;
+        i64 k = idx[j];
+        if (fix_index(k, src_dim, status)) {
+            out[e] = src[(o * src_dim + k) * inner + i];
+        } else {
+            out[e] = Ty<T>::from_f64(0.0);
+        }
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void index_add_all(const T* src, const i64* idx, T* out, i64 outer,
+                                              i64 out_dim, i64 inner, i64 n_idx, int* status) {
+    FLINT_GRID_STRIDE(e, outer * n_idx * inner) {
+        const i64 i = e % inner, oj = e / inner, j = oj % n_idx, o = oj / n_idx;
+        i64 k = idx[j];
+        if (fix_index(k, out_dim, status)) {
+            atomic_add(&out[(o * out_dim + k) * inner + i], Ty<T>::load(src[e]));
+        }
+    }
+}
+
+// gather_<dt>(const T* src, const i64* idx, T* out, i64 outer, i64 src_dim, i64 idx_dim,
+//             i64 inner, int* status)
+//   src [outer, src_dim, inner], idx and out [outer, idx_dim, inner]:
+//   out[o, j, i] = src[o, idx[o, j, i], i] (torch.gather with the non-gathered dims of
+//   idx equal to src's; make idx contiguous first).
+// scatter_add_<dt>(const T* src, const i64* idx, T* out, i64 outer, i64 out_dim,
+//                  i64 idx_dim, i64 inner, int* status)
+//   src and idx [outer, idx_dim, inner], out [outer, out_dim, inner]:
+//   out[o, idx[o, j, i], i] += src[o, j, i] (the backward of gather).
+template <typename T>
+__device__ __forceinline__ void gather_all(const T* src, const i64* idx, T* out, i64 outer,
+                                           i64 src_dim, i64 idx_dim, i64 inner, int* status) {
+    FLINT_GRID_STRIDE(e, outer * idx_dim * inner) {
+        const i64 i = e % inner, o = e / (idx_dim * inner);
+        i64 k = idx[e];
+        if (fix_index(k, src_dim, status)) {
+            out[e] = src[(o * src_dim + k) * inner + i];
+        } else {
+            out[e] = Ty<T>::from_f64(0.0);
+        }
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void scatter_add_all(const T* src, const i64* idx, T* out, i64 outer,
+                                                i64 out_dim, i64 idx_dim, i64 inner,
+                                                int* status) {
+    FLINT_GRID_STRIDE(e, outer * idx_dim * inner) {
+        const i64 i = e % inner, o = e / (idx_dim * inner);
+        i64 k = idx[e];
+        if (fix_index(k, out_dim, status)) {
+            atomic_add(&out[(o * out_dim + k) * inner + i], Ty<T>::load(src[e]));
+        }
+    }
+}
+
+#define SELECT(dt, T, _)                                                                   \
+    extern "C" __global__ void index_select_##dt(const T* src, const i64* idx, T* out,     \
+                                                 i64 outer, i64 src_dim, i64 inner,        \
+                                                 i64 n_idx, int* status) {                 \
+        index_select_all<T>(src, idx, out, outer, src_dim, inner, n_idx, status);          \
+    }                                                                                      \
+    extern "C" __global__ void gather_##dt(const T* src, const i64* idx, T* out,           \
+                                           i64 outer, i64 src_dim, i64 idx_dim, i64 inner, \
+                                           int* status) {                                  \
+        gather_all<T>(src, idx, out, outer, src_dim, idx_dim, inner, status);              \
+    }
+FLINT_ALL(SELECT, _)
+
+#define ADD(dt, T, _)                                                                      \
+    extern "C" __global__ void index_add_##dt(const T* src, const i64* idx, T* out,        \
+                                              i64 outer, i64 out_dim, i64 inner,           \
+                                              i64 n_idx, int* status) {                    \
+        index_add_all<T>(src, idx, out, outer, out_dim, inner, n_idx, status);             \
+    }                                                                                      \
+    extern "C" __global__ void scatter_add_##dt(const T* src, const i64* idx, T* out,      \
+                                                i64 outer, i64 out_dim, i64 idx_dim,       \
+                                                i64 inner, int* status) {                  \
+        scatter_add_all<T>(src, idx, out, outer, out_dim, idx_dim, inner, status);         \
+    }
+FLINT_NUMS(ADD, _)
+
+// masked_fill_<dt>(const T* x, Layout lx, const u8* mask, Layout lm, T value, T* out, i64 n)
+//   out[i] = mask ? value : x (value passed as T's bits), out contiguous.
+// where_<dt>(const u8* cond, Layout lc, const T* a, Layout la, const T* b, Layout lb,
+//            T* out, i64 n)
+//   out[i] = cond ? a : b, out contiguous.
+#define MASK(dt, T, _)                                                                     \
+    extern "C" __global__ void masked_fill_##dt(const T* x, Layout lx, const u8* mask,     \
+                                                Layout lm, T value, T* out, i64 n) {       \
+        FLINT_GRID_STRIDE(i, n) {                                                          \
+            out[i] = mask[layout_offset(lm, i)] != 0 ? value : x[layout_offset(lx, i)];    \
+        }                                                                                  \
+    }                                                                                      \
+    extern "C" __global__ void where_##dt(const u8* cond, Layout lc, const T* a,           \
+                                          Layout la, const T* b, Layout lb, T* out,        \
+                                          i64 n) {                                         \
+        FLINT_GRID_STRIDE(i, n) {                                                          \
+            out[i] = cond[layout_offset(lc, i)] != 0 ? a[layout_offset(la, i)]             \
+                                                     : b[layout_offset(lb, i)];            \
+        }                                                                                  \
+    }
+FLINT_ALL(MASK, _)
+
+// triu_<dt> / tril_<dt>(const T* x, T* out, i64 batch, i64 rows, i64 cols, i64 k)
+//   x and out contiguous [batch, rows, cols]; triu keeps col - row >= k, tril keeps
+//   col - row <= k, the rest is 0 (false for bool).
+#define TRI(dt, T, _)                                                                      \
+    extern "C" __global__ void triu_##dt(const T* x, T* out, i64 batch, i64 rows,          \
+                                         i64 cols, i64 k) {                                \
+        FLINT_GRID_STRIDE(e, batch * rows * cols) {                                        \
+            const i64 c = e % cols, r = (e / cols) % rows;                                 \
+            out[e] = (c - r >= k) ? x[e] : Ty<T>::from_f64(0.0);                           \
+        }                                                                                  \
+    }                                                                                      \
+    extern "C" __global__ void tril_##dt(const T* x, T* out, i64 batch, i64 rows,          \
+                                         i64 cols, i64 k) {                                \
+        FLINT_GRID_STRIDE(e, batch * rows * cols) {                                        \
+            const i64 c = e % cols, r = (e / cols) % rows;                                 \
+            out[e] = (c - r <= k) ? x[e] : Ty<T>::from_f64(0.0);                           \
+        }                                                                                  \
+    }
+FLINT_ALL(TRI, _)

@@ -1,0 +1,1001 @@
+// Runs Flint's CUDA kernels under the host emulation of emu.h and checks their results:
+// against reference computations written here (in double, straight from the documented
+// formulas), and, for casts, random streams and optimizer steps, by printing `data` lines
+// that kernels/tests/emulated.rs compares with the CPU runtime (flint_runtime).
+//
+// Output: `ok <check>` / `FAIL <check>: <why>` / `data ...` lines; exit status 1 on a failure.
+// Built by kernels/tests/emulated.rs with the module sources written next to it.
+
+#include "emu.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <string>
+
+namespace ew {
+#include "elementwise.cu"
+}
+namespace un {
+#include "unary.cu"
+}
+namespace cp {
+#include "copy.cu"
+}
+namespace rd {
+#include "reduce.cu"
+}
+namespace sm {
+#include "softmax.cu"
+}
+namespace nm {
+#include "norm.cu"
+}
+namespace ix {
+#include "index.cu"
+}
+namespace rn {
+#include "random.cu"
+}
+namespace op {
+#include "optim.cu"
+}
+namespace at {
+#include "attention.cu"
+}
+
+typedef long long i64;
+typedef std::vector<double> Vd;
+
+// ---------------------------------------------------------------------------------------
+// Reporting
+
+static int g_failures = 0, g_checks = 0;
+
+static void report(bool ok, const std::string& name, const std::string& why) {
+    ++g_checks;
+    if (ok) {
+        std::printf("ok %s\n", name.c_str());
+    } else {
+        ++g_failures;
+        std::printf("FAIL %s: %s\n", name.c_str(), why.c_str());
+    }
+}
+
+static bool same(double a, double b, double rtol, double atol) {
+    if (std::isnan(a) || std::isnan(b)) {
+        return std::isnan(a) && std::isnan(b);
+    }
+    if (std::isinf(a) || std::isinf(b)) {
+        return a == b;
+    }
+    return std::fabs(a - b) <= atol + rtol * std::fabs(b);
+}
+
+template <typename G>
+static void close(const std::string& name, const G& got, const Vd& want, double rtol = 0,
+                  double atol = 0) {
+    if (got.size() != want.size()) {
+        report(false, name, "length " + std::to_string(got.size()) + " != " + std::to_string(want.size()));
+        return;
+    }
+    for (size_t i = 0; i < want.size(); ++i) {
+        if (!same((double)got[i], want[i], rtol, atol)) {
+            char buf[200];
+            std::snprintf(buf, sizeof buf, "element %zu: got %.17g, want %.17g", i, (double)got[i], want[i]);
+            report(false, name, buf);
+            return;
+        }
+    }
+    report(true, name, "");
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+template <class L> static L layout(std::vector<i64> shape, std::vector<i64> strides = {}, i64 offset = 0) {
+    L l{};
+    l.rank = (i64)shape.size();
+    if (strides.empty()) {
+        strides.assign(shape.size(), 1);
+        for (int d = (int)shape.size() - 2; d >= 0; --d) {
+            strides[d] = strides[d + 1] * shape[d + 1];
+        }
+    }
+    for (int d = 0; d < 8; ++d) {
+        l.shape[d] = d < (int)shape.size() ? shape[d] : 1;
+        l.stride[d] = d < (int)shape.size() ? strides[d] : 0;
+    }
+    l.offset = offset;
+    return l;
+}
+
+static void run(unsigned blocks, unsigned threads, const std::function<void()>& k) {
+    emu_launch(dim3{blocks, 1, 1}, dim3{threads, 1, 1}, k);
+}
+
+static uint64_t g_lcg = 0x2545F4914F6CDD1Dull;
+/// Deterministic pseudo-random numbers in [lo, hi).
+static double rnd(double lo = -2, double hi = 2) {
+    g_lcg = g_lcg * 6364136223846793005ull + 1442695040888963407ull;
+    return lo + (hi - lo) * (double)(g_lcg >> 11) * (1.0 / 9007199254740992.0);
+}
+static Vd rnd_vec(size_t n, double lo = -2, double hi = 2) {
+    Vd v(n);
+    for (auto& x : v) x = rnd(lo, hi);
+    return v;
+}
+template <typename T> static std::vector<T> cast_vec(const Vd& v) {
+    return std::vector<T>(v.begin(), v.end());
+}
+
+static uint16_t h16(float f) { return flint_emu_f32_to_f16(f); }
+static float f16v(uint16_t h) { return flint_emu_f16_to_f32(h); }
+static float bf16v(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
+static uint32_t bits(float f) { return __float_as_uint(f); }
+static uint64_t bits(double d) { uint64_t u; std::memcpy(&u, &d, 8); return u; }
+
+template <typename T> static void print_hex(const std::vector<T>& v);
+template <> void print_hex(const std::vector<float>& v) { for (float x : v) std::printf(" %08" PRIx32, bits(x)); }
+template <> void print_hex(const std::vector<double>& v) { for (double x : v) std::printf(" %016" PRIx64, bits(x)); }
+template <> void print_hex(const std::vector<uint16_t>& v) { for (uint16_t x : v) std::printf(" %04x", x); }
+template <> void print_hex(const std::vector<i64>& v) { for (i64 x : v) std::printf(" %016" PRIx64, (uint64_t)x); }
+template <> void print_hex(const std::vector<uint8_t>& v) { for (uint8_t x : v) std::printf(" %x", x); }
+
+// ---------------------------------------------------------------------------------------
+// elementwise
+
+static void test_elementwise() {
+    using namespace ew;
+    {
+        std::vector<float> a = {1, 2, 3, 4, 5, 6}, b = {10, 20, 30}, out(6);
+        auto la = layout<Layout>({2, 3}), lb = layout<Layout>({2, 3}, {0, 1});
+        run(2, 4, [&] { add_f32(a.data(), la, b.data(), lb, out.data(), 6); });
+        close("add_f32 broadcast row", out, {11, 22, 33, 14, 25, 36});
+    }
+    {
+        // a = transpose of a [2, 3] buffer (shape [3, 2], strides [1, 3]), offset view of b
+        std::vector<double> s = {1, 2, 3, 4, 5, 6}, b = {99, .5, .5, .5, .5, .5, .5}, out(6);
+        auto la = layout<Layout>({3, 2}, {1, 3}), lb = layout<Layout>({3, 2}, {}, 1);
+        run(1, 32, [&] { sub_f64(s.data(), la, b.data(), lb, out.data(), 6); });
+        close("sub_f64 transposed and offset views", out, {.5, 3.5, 1.5, 4.5, 2.5, 5.5});
+    }
+    {
+        std::vector<float> a = {1, NAN, 3, -INFINITY}, b = {2, 0, NAN, -5}, mx(4), mn(4);
+        auto l = layout<Layout>({4});
+        run(1, 32, [&] { maximum_f32(a.data(), l, b.data(), l, mx.data(), 4); });
+        run(1, 32, [&] { minimum_f32(a.data(), l, b.data(), l, mn.data(), 4); });
+        close("maximum_f32 propagates NaN", mx, {2, NAN, NAN, -5});
+        close("minimum_f32 propagates NaN", mn, {1, NAN, NAN, -INFINITY});
+        std::vector<i64> ia = {-3, 7}, ib = {5, -9}, io(2);
+        auto l2 = layout<Layout>({2});
+        run(1, 32, [&] { maximum_i64(ia.data(), l2, ib.data(), l2, io.data(), 2); });
+        close("maximum_i64", io, {5, 7});
+        run(1, 32, [&] { mul_i64(ia.data(), l2, ib.data(), l2, io.data(), 2); });
+        close("mul_i64", io, {-15, -63});
+    }
+    {
+        std::vector<uint16_t> a = {h16(1), h16(2), h16(3)}, b = {h16(3), h16(7), h16(0.1f)}, out(3);
+        auto l = layout<Layout>({3});
+        run(1, 32, [&] { div_f16((f16_t*)a.data(), l, (f16_t*)b.data(), l, (f16_t*)out.data(), 3); });
+        Vd want;
+        for (int i = 0; i < 3; ++i) want.push_back(h16(f16v(a[i]) / f16v(b[i])));
+        close("div_f16 rounds the f32 quotient", out, want);
+    }
+    {
+        std::vector<uint16_t> x = {h16(1)}, out(1);
+        auto l = layout<Layout>({1});
+        run(1, 1, [&] { add_scalar_f16((f16_t*)x.data(), l, (f16_t*)out.data(), 1, 0.1); });
+        close("add_scalar_f16 rounds the scalar to f16 first", out, {(double)h16(1.0f + f16v(h16(0.1f)))});
+        std::vector<float> xf = {1, 2}, of(2);
+        auto l2 = layout<Layout>({2});
+        run(1, 32, [&] { rsub_scalar_f32(xf.data(), l2, of.data(), 2, 10.0); });
+        close("rsub_scalar_f32", of, {9, 8});
+        std::vector<double> xd = {3, .5}, od(2);
+        run(1, 32, [&] { rpow_scalar_f64(xd.data(), l2, od.data(), 2, 2.0); });
+        close("rpow_scalar_f64", od, {8, std::sqrt(2.0)}, 1e-15);
+        run(1, 32, [&] { rdiv_scalar_f64(xd.data(), l2, od.data(), 2, 1.5); });
+        close("rdiv_scalar_f64", od, {.5, 3});
+        std::vector<float> pa = {2, 9}, pb = {10, .5}, po(2);
+        run(1, 32, [&] { pow_f32(pa.data(), l2, pb.data(), l2, po.data(), 2); });
+        close("pow_f32", po, {1024, 3}, 1e-6);
+    }
+    {
+        std::vector<i64> a = {1, 5, 3, 7}, b = {4, 4};
+        std::vector<uint8_t> out(4);
+        auto la = layout<Layout>({2, 2}), lb = layout<Layout>({2, 2}, {0, 0});
+        run(1, 32, [&] { lt_i64(a.data(), la, b.data(), lb, out.data(), 4); });
+        close("lt_i64 against a broadcast scalar", out, {1, 0, 1, 0});
+        std::vector<uint16_t> fa = {h16(1), h16(2)}, fb = {h16(2), h16(2)};
+        auto l2 = layout<Layout>({2});
+        run(1, 32, [&] { ge_f16((f16_t*)fa.data(), l2, (f16_t*)fb.data(), l2, out.data(), 2); });
+        close("ge_f16", std::vector<uint8_t>(out.begin(), out.begin() + 2), {0, 1});
+        std::vector<float> na = {NAN, 1}, nb = {NAN, 1};
+        run(1, 32, [&] { ne_f32(na.data(), l2, nb.data(), l2, out.data(), 2); });
+        close("ne_f32 with NaN", std::vector<uint8_t>(out.begin(), out.begin() + 2), {1, 0});
+        std::vector<uint8_t> x = {0, 1, 1, 0}, y = {0, 0, 1, 1}, o(4);
+        auto l4 = layout<Layout>({4});
+        run(1, 32, [&] { logical_xor_bool(x.data(), l4, y.data(), l4, o.data(), 4); });
+        close("logical_xor_bool", o, {0, 1, 0, 1});
+        run(1, 32, [&] { logical_and_bool(x.data(), l4, y.data(), l4, o.data(), 4); });
+        close("logical_and_bool", o, {0, 0, 1, 0});
+        run(1, 32, [&] { logical_not_bool(x.data(), l4, o.data(), 4); });
+        close("logical_not_bool", o, {1, 0, 0, 1});
+        run(1, 32, [&] { eq_bool(x.data(), l4, y.data(), l4, o.data(), 4); });
+        close("eq_bool", o, {1, 0, 1, 0});
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// unary
+
+static double gelu_ref(double x) { return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0))); }
+static double gelu_tanh_ref(double x) {
+    return 0.5 * x * (1 + std::tanh(std::sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
+}
+
+template <typename T, typename K>
+static void unary_case(const char* name, K kernel, const Vd& xs, double (*f)(double), double rtol,
+                       double atol) {
+    using namespace un;
+    // the input is every other element of a buffer: a strided view
+    std::vector<T> buf(2 * xs.size(), T(77)), out(xs.size());
+    for (size_t i = 0; i < xs.size(); ++i) buf[2 * i] = (T)xs[i];
+    auto l = layout<Layout>({(i64)xs.size()}, {2});
+    run(2, 32, [&] { kernel(buf.data(), l, out.data(), (i64)xs.size()); });
+    Vd want;
+    for (double x : xs) want.push_back(f((double)(T)x));
+    close(name, out, want, rtol, atol);
+}
+
+static void test_unary() {
+    using namespace un;
+    const Vd xs = {-2.5, -1, -0.5, 0, 0.3, 1.5, 2.5, 3.5}, pos = {0.1, 0.5, 1, 2, 7.5, 100};
+    unary_case<float>("exp_f32", exp_f32, xs, [](double x) { return std::exp(x); }, 1e-6, 0);
+    unary_case<double>("exp_f64", exp_f64, xs, [](double x) { return std::exp(x); }, 1e-15, 0);
+    unary_case<float>("log_f32", log_f32, pos, [](double x) { return std::log(x); }, 1e-6, 1e-7);
+    unary_case<double>("sqrt_f64", sqrt_f64, pos, [](double x) { return std::sqrt(x); }, 0, 0);
+    unary_case<float>("rsqrt_f32", rsqrt_f32, pos, [](double x) { return 1 / std::sqrt(x); }, 1e-6, 0);
+    unary_case<float>("tanh_f32", tanh_f32, xs, [](double x) { return std::tanh(x); }, 1e-6, 1e-7);
+    unary_case<double>("sigmoid_f64", sigmoid_f64, xs, [](double x) { return 1 / (1 + std::exp(-x)); }, 1e-15, 0);
+    unary_case<float>("silu_f32", silu_f32, xs, [](double x) { return x / (1 + std::exp(-x)); }, 1e-6, 1e-7);
+    unary_case<double>("sin_f64", sin_f64, xs, [](double x) { return std::sin(x); }, 1e-15, 1e-16);
+    unary_case<float>("cos_f32", cos_f32, xs, [](double x) { return std::cos(x); }, 1e-6, 1e-7);
+    unary_case<double>("reciprocal_f64", reciprocal_f64, pos, [](double x) { return 1 / x; }, 0, 0);
+    unary_case<float>("floor_f32", floor_f32, xs, [](double x) { return std::floor(x); }, 0, 0);
+    unary_case<double>("ceil_f64", ceil_f64, xs, [](double x) { return std::ceil(x); }, 0, 0);
+    // half to even: -2.5 -> -2, -0.5 -> -0, 1.5 -> 2, 2.5 -> 2, 3.5 -> 4
+    unary_case<float>("round_f32 half to even", round_f32, xs, [](double x) { return std::nearbyint(x); }, 0, 0);
+    unary_case<double>("erf_f64", erf_f64, xs, [](double x) { return std::erf(x); }, 1e-15, 1e-16);
+    unary_case<double>("gelu_f64", gelu_f64, xs, gelu_ref, 1e-14, 1e-16);
+    unary_case<float>("gelu_f32", gelu_f32, xs, gelu_ref, 1e-6, 1e-7);
+    unary_case<double>("gelu_tanh_f64", gelu_tanh_f64, xs, gelu_tanh_ref, 1e-14, 1e-16);
+    unary_case<float>("square_f32", square_f32, xs, [](double x) { return x * x; }, 1e-7, 0);
+    unary_case<i64>("neg_i64", neg_i64, {-3, 0, 5}, [](double x) { return -x; }, 0, 0);
+    unary_case<i64>("abs_i64", abs_i64, {-3, 0, 5}, [](double x) { return std::fabs(x); }, 0, 0);
+    unary_case<i64>("relu_i64", relu_i64, {-3, 0, 5}, [](double x) { return x > 0 ? x : 0; }, 0, 0);
+    {
+        std::vector<float> x = {-3, -0.0f, 0, NAN, 2}, s(5), r(5);
+        auto l = layout<Layout>({5});
+        run(1, 32, [&] { sign_f32(x.data(), l, s.data(), 5); });
+        run(1, 32, [&] { relu_f32(x.data(), l, r.data(), 5); });
+        close("sign_f32 keeps zero and NaN", s, {-1, 0, 0, NAN, 1});
+        report(std::signbit(s[1]), "sign_f32(-0) is -0", "lost the sign");
+        close("relu_f32 propagates NaN", r, {0, 0, 0, NAN, 2});
+    }
+    {
+        std::vector<uint16_t> x = {h16(0.5f), h16(-1.25f)}, o(2);
+        auto l = layout<Layout>({2});
+        run(1, 32, [&] { exp_f16((f16_t*)x.data(), l, (f16_t*)o.data(), 2); });
+        close("exp_f16 rounds exp of the f32 value", o, {(double)h16(std::exp(0.5f)), (double)h16(std::exp(-1.25f))});
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// copy: casts are printed for emulated.rs to compare with the CPU runtime's to_dtype
+
+template <typename S, typename D, typename K>
+static void cast_data(const char* from, const char* to, K kernel, const std::vector<S>& x) {
+    using namespace cp;
+    std::vector<D> out(x.size());
+    auto l = layout<Layout>({(i64)x.size()});
+    run(1, 32, [&] { kernel(x.data(), l, out.data(), (i64)x.size()); });
+    std::printf("data cast %s %s %zu", from, to, x.size());
+    print_hex(x);
+    print_hex(out);
+    std::printf("\n");
+}
+
+static void test_copy() {
+    using namespace cp;
+    // f32 values around bf16/f16 rounding boundaries: ties, just above ties (in the f32's
+    // last 3 bits, which the CPU's f64 -> bf16 truncation ignores), subnormals, NaN, inf
+    const float p8 = std::ldexp(1.0f, -8), p20 = std::ldexp(1.0f, -20), p23 = std::ldexp(1.0f, -23);
+    const std::vector<float> fx = {1.0f + p8, 1.0f + 3 * p8, 1.0f + p8 + p20, 1.0f + p8 + p23,
+                                   -2.7f, 0.1f, 65519.0f, 65520.0f, 1e-7f, 3e38f, INFINITY, -0.0f, 1e-40f};
+    const std::vector<double> dx = {1.0 / 3, 1 + std::ldexp(1.0, -8) + std::ldexp(1.0, -40), -2.5,
+                                    1e300, 2049.0, 4097.0, 1e-9, std::ldexp(1.0, 60)};
+    // (out-of-range f64 -> i64 saturates on the GPU, as in Rust; C++ on the host does not)
+    const std::vector<double> dx_int = {1.0 / 3, -2.5, -7.9, 2049.0, std::ldexp(1.0, 60)};
+    const std::vector<i64> ix = {0, -7, 9007199254740993LL, (i64)1 << 62, 2049};
+    cast_data<float, uint16_t>("f32", "bf16", [](const float* x, Layout l, uint16_t* o, i64 n) { cast_f32_bf16(x, l, (bf16_t*)o, n); }, fx);
+    cast_data<float, uint16_t>("f32", "f16", [](const float* x, Layout l, uint16_t* o, i64 n) { cast_f32_f16(x, l, (f16_t*)o, n); }, fx);
+    cast_data<float, double>("f32", "f64", cast_f32_f64, fx);
+    cast_data<float, uint8_t>("f32", "bool", cast_f32_bool, fx);
+    cast_data<double, uint16_t>("f64", "bf16", [](const double* x, Layout l, uint16_t* o, i64 n) { cast_f64_bf16(x, l, (bf16_t*)o, n); }, dx);
+    cast_data<double, uint16_t>("f64", "f16", [](const double* x, Layout l, uint16_t* o, i64 n) { cast_f64_f16(x, l, (f16_t*)o, n); }, dx);
+    cast_data<double, float>("f64", "f32", cast_f64_f32, dx);
+    cast_data<double, i64>("f64", "i64", cast_f64_i64, dx_int);
+    cast_data<i64, float>("i64", "f32", cast_i64_f32, ix);
+    cast_data<i64, uint16_t>("i64", "f16", [](const i64* x, Layout l, uint16_t* o, i64 n) { cast_i64_f16(x, l, (f16_t*)o, n); }, ix);
+    cast_data<i64, uint8_t>("i64", "bool", cast_i64_bool, ix);
+    {
+        std::vector<uint8_t> b = {0, 1, 1};
+        std::vector<double> o(3);
+        auto l = layout<Layout>({3});
+        run(1, 32, [&] { cast_bool_f64(b.data(), l, o.data(), 3); });
+        close("cast_bool_f64", o, {0, 1, 1});
+        std::vector<uint16_t> h = {h16(1.5f), h16(-2.0f)};
+        std::vector<uint16_t> bo(2);
+        auto l2 = layout<Layout>({2});
+        run(1, 32, [&] { cast_f16_bf16((const f16_t*)h.data(), l2, (bf16_t*)bo.data(), 2); });
+        close("cast_f16_bf16", std::vector<double>{bf16v(bo[0]), bf16v(bo[1])}, {1.5, -2});
+    }
+    {
+        std::vector<float> s = {1, 2, 3, 4, 5, 6}, d(6);
+        auto ls = layout<Layout>({3, 2}, {1, 3}), ld = layout<Layout>({3, 2});
+        run(1, 4, [&] { copy_f32(s.data(), ls, d.data(), ld, 6); });
+        close("copy_f32 makes a transpose contiguous", d, {1, 4, 2, 5, 3, 6});
+        std::vector<float> big(8, 0);
+        auto lsrc = layout<Layout>({4}), ldst = layout<Layout>({4}, {2}, 1);
+        run(1, 32, [&] { copy_f32(s.data(), lsrc, big.data(), ldst, 4); });
+        close("copy_f32 writes into a strided view", big, {0, 1, 0, 2, 0, 3, 0, 4});
+        std::vector<uint16_t> hb(6, 0);
+        f16_t v;
+        v.bits = h16(-1.5f);
+        auto lv = layout<Layout>({2, 2}, {3, 1}, 1); // columns 1..2 of a [2, 3]
+        run(1, 32, [&] { fill_f16((f16_t*)hb.data(), lv, 4, v); });
+        close("fill_f16 fills a view only", hb, {0, (double)v.bits, (double)v.bits, 0, (double)v.bits, (double)v.bits});
+        std::vector<uint8_t> bb(3, 0);
+        auto lb = layout<Layout>({3});
+        run(1, 32, [&] { fill_bool(bb.data(), lb, 3, (uint8_t)1); });
+        close("fill_bool", bb, {1, 1, 1});
+        std::vector<i64> ar(5);
+        run(2, 2, [&] { arange_i64(ar.data(), 5, -2.0, 3.0); });
+        close("arange_i64", ar, {-2, 1, 4, 7, 10});
+        std::vector<float> af(4);
+        run(1, 32, [&] { arange_f32(af.data(), 4, 0.5, 0.25); });
+        close("arange_f32", af, {0.5, 0.75, 1, 1.25});
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// reduce
+
+static void test_reduce() {
+    using namespace rd;
+    const int O = 2, D = 5, I = 3;
+    Vd x = rnd_vec(O * D * I);
+    x[(0 * D + 1) * I + 0] = 100; // a tie for argmax at d = 1 and 3: the lower index wins
+    x[(0 * D + 3) * I + 0] = 100;
+    x[(1 * D + 2) * I + 1] = NAN; // the first NaN wins argmax and argmin
+    x[(1 * D + 4) * I + 1] = NAN;
+    auto xf = cast_vec<float>(x);
+    Vd s(O * I, 0), mx(O * I, -INFINITY), mn(O * I, INFINITY);
+    std::vector<i64> amax(O * I, -1), amin(O * I, -1);
+    for (int o = 0; o < O; ++o)
+        for (int i = 0; i < I; ++i)
+            for (int d = 0; d < D; ++d) {
+                const double v = (float)x[(o * D + d) * I + i];
+                const int r = o * I + i;
+                s[r] += v;
+                if (std::isnan(v)) {
+                    if (!std::isnan(mx[r])) amax[r] = amin[r] = d;
+                    mx[r] = mn[r] = NAN;
+                } else if (!std::isnan(mx[r])) {
+                    if (v > mx[r]) mx[r] = v, amax[r] = d;
+                    if (v < mn[r]) mn[r] = v, amin[r] = d;
+                }
+            }
+    std::vector<float> out(O * I), vals(O * I);
+    std::vector<i64> idx(O * I);
+    run(2, 64, [&] { sum_dim_f32(xf.data(), out.data(), O, D, I); });
+    close("sum_dim_f32 over the middle dim", out, s, 1e-6, 1e-6);
+    Vd mean = s;
+    for (auto& m : mean) m /= D;
+    run(2, 64, [&] { mean_dim_f32(xf.data(), out.data(), O, D, I); });
+    close("mean_dim_f32", out, mean, 1e-6, 1e-6);
+    run(3, 32, [&] { max_dim_f32(xf.data(), out.data(), O, D, I); });
+    close("max_dim_f32 (NaN propagates)", out, mx);
+    run(3, 32, [&] { min_dim_f32(xf.data(), out.data(), O, D, I); });
+    close("min_dim_f32", out, mn);
+    run(2, 64, [&] { argmax_dim_f32(xf.data(), vals.data(), idx.data(), O, D, I); });
+    close("argmax_dim_f32 indices (ties: lowest, NaN first)", idx, Vd(amax.begin(), amax.end()));
+    close("argmax_dim_f32 values", vals, mx);
+    run(2, 64, [&] { argmin_dim_f32(xf.data(), nullptr, idx.data(), O, D, I); });
+    close("argmin_dim_f32 indices, no values", idx, Vd(amin.begin(), amin.end()));
+
+    Vd big = rnd_vec(1000);
+    double total = 0;
+    for (double v : big) total += v;
+    std::vector<double> one(1);
+    run(1, 64, [&] { sum_dim_f64(big.data(), one.data(), 1, 1000, 1); });
+    close("sum_dim_f64 whole tensor", one, {total}, 1e-13, 1e-13);
+    std::vector<i64> ints = {5, -7, 3, 2, -9, 4}, io(2);
+    run(1, 32, [&] { sum_dim_i64(ints.data(), io.data(), 1, 3, 2); });
+    close("sum_dim_i64 inner 2", io, {5 + 3 - 9, -7 + 2 + 4});
+    run(1, 32, [&] { max_dim_i64(ints.data(), io.data(), 2, 3, 1); });
+    close("max_dim_i64", io, {5, 4});
+    std::vector<uint16_t> hx = {h16(1), h16(2), h16(3.5f), h16(-0.5f)}, ho(1);
+    run(1, 32, [&] { sum_dim_f16((f16_t*)hx.data(), (f16_t*)ho.data(), 1, 4, 1); });
+    close("sum_dim_f16", Vd{f16v(ho[0])}, {6});
+}
+
+// ---------------------------------------------------------------------------------------
+// softmax
+
+template <typename T> static void softmax_case(const char* dt, double tol) {
+    using namespace sm;
+    const int R = 3, C = 70;
+    Vd x = rnd_vec(R * C, -3, 3), dy = rnd_vec(R * C);
+    auto xt = cast_vec<T>(x), dyt = cast_vec<T>(dy);
+    Vd y(R * C), ly(R * C), dx(R * C), ldx(R * C);
+    for (int r = 0; r < R; ++r) {
+        double m = -INFINITY, s = 0, sdy = 0, sdyy = 0;
+        for (int c = 0; c < C; ++c) m = std::max(m, (double)xt[r * C + c]);
+        for (int c = 0; c < C; ++c) s += std::exp((double)xt[r * C + c] - m);
+        for (int c = 0; c < C; ++c) {
+            y[r * C + c] = std::exp((double)xt[r * C + c] - m) / s;
+            ly[r * C + c] = (double)xt[r * C + c] - m - std::log(s);
+        }
+        for (int c = 0; c < C; ++c) {
+            sdyy += (double)dyt[r * C + c] * (double)(T)y[r * C + c];
+            sdy += (double)dyt[r * C + c];
+        }
+        for (int c = 0; c < C; ++c) {
+            dx[r * C + c] = (double)(T)y[r * C + c] * ((double)dyt[r * C + c] - sdyy);
+            ldx[r * C + c] = (double)dyt[r * C + c] - std::exp((double)(T)ly[r * C + c]) * sdy;
+        }
+    }
+    std::vector<T> out(R * C), g(R * C);
+    std::string n = std::string("_") + dt;
+    if constexpr (std::is_same<T, float>::value) {
+        run(2, 64, [&] { softmax_f32(xt.data(), out.data(), R, C); });
+        close("softmax" + n, out, y, tol, tol);
+        run(2, 64, [&] { softmax_backward_f32(out.data(), dyt.data(), g.data(), R, C); });
+        close("softmax_backward" + n, g, dx, tol, tol);
+        run(2, 64, [&] { log_softmax_f32(xt.data(), out.data(), R, C); });
+        close("log_softmax" + n, out, ly, tol, tol);
+        run(2, 64, [&] { log_softmax_backward_f32(out.data(), dyt.data(), g.data(), R, C); });
+        close("log_softmax_backward" + n, g, ldx, tol, tol);
+    } else {
+        run(2, 64, [&] { softmax_f64(xt.data(), out.data(), R, C); });
+        close("softmax" + n, out, y, tol, tol);
+        run(2, 64, [&] { softmax_backward_f64(out.data(), dyt.data(), g.data(), R, C); });
+        close("softmax_backward" + n, g, dx, tol, tol);
+        run(2, 64, [&] { log_softmax_f64(xt.data(), out.data(), R, C); });
+        close("log_softmax" + n, out, ly, tol, tol);
+        run(2, 64, [&] { log_softmax_backward_f64(out.data(), dyt.data(), g.data(), R, C); });
+        close("log_softmax_backward" + n, g, ldx, tol, tol);
+        std::vector<double> inf(4, -INFINITY), o(4);
+        run(1, 32, [&] { softmax_f64(inf.data(), o.data(), 1, 4); });
+        close("softmax_f64 of an all -inf row is NaN", o, {NAN, NAN, NAN, NAN});
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// norm
+
+static Vd layer_norm_ref(const Vd& x, const Vd& w, const Vd& b, int R, int C, double eps) {
+    Vd y(R * C);
+    for (int r = 0; r < R; ++r) {
+        double m = 0, v = 0;
+        for (int c = 0; c < C; ++c) m += x[r * C + c];
+        m /= C;
+        for (int c = 0; c < C; ++c) v += (x[r * C + c] - m) * (x[r * C + c] - m);
+        v /= C;
+        for (int c = 0; c < C; ++c) y[r * C + c] = (x[r * C + c] - m) / std::sqrt(v + eps) * w[c] + b[c];
+    }
+    return y;
+}
+
+/// d(sum(dy * f(x)))/dx by central differences.
+static Vd numeric_grad(const std::function<Vd(const Vd&)>& f, const Vd& x, const Vd& dy) {
+    Vd g(x.size());
+    const double h = 1e-6;
+    for (size_t i = 0; i < x.size(); ++i) {
+        Vd xp = x, xm = x;
+        xp[i] += h;
+        xm[i] -= h;
+        const Vd yp = f(xp), ym = f(xm);
+        double s = 0;
+        for (size_t j = 0; j < dy.size(); ++j) s += dy[j] * (yp[j] - ym[j]);
+        g[i] = s / (2 * h);
+    }
+    return g;
+}
+
+static Vd batch_norm_ref(const Vd& x, const Vd& w, const Vd& b, int N, int C, int S, double eps) {
+    Vd y(x.size());
+    for (int c = 0; c < C; ++c) {
+        double m = 0, v = 0;
+        for (int n = 0; n < N; ++n)
+            for (int s = 0; s < S; ++s) m += x[(n * C + c) * S + s];
+        m /= N * S;
+        for (int n = 0; n < N; ++n)
+            for (int s = 0; s < S; ++s) v += std::pow(x[(n * C + c) * S + s] - m, 2);
+        v /= N * S;
+        for (int n = 0; n < N; ++n)
+            for (int s = 0; s < S; ++s)
+                y[(n * C + c) * S + s] = (x[(n * C + c) * S + s] - m) / std::sqrt(v + eps) * w[c] + b[c];
+    }
+    return y;
+}
+
+static void test_norm() {
+    using namespace nm;
+    {
+        const int R = 4, C = 37;
+        const double eps = 1e-5;
+        Vd x = rnd_vec(R * C, -3, 3), w = rnd_vec(C), b = rnd_vec(C), dy = rnd_vec(R * C);
+        Vd y(R * C), mean(R), rstd(R), dx(R * C), dw(C), db(C);
+        run(3, 64, [&] { layer_norm_f64(x.data(), w.data(), b.data(), y.data(), mean.data(), rstd.data(), R, C, eps); });
+        close("layer_norm_f64", y, layer_norm_ref(x, w, b, R, C, eps), 1e-13, 1e-13);
+        Vd want_mean(R), want_rstd(R);
+        for (int r = 0; r < R; ++r) {
+            double m = 0, v = 0;
+            for (int c = 0; c < C; ++c) m += x[r * C + c] / C;
+            for (int c = 0; c < C; ++c) v += std::pow(x[r * C + c] - m, 2) / C;
+            want_mean[r] = m;
+            want_rstd[r] = 1 / std::sqrt(v + eps);
+        }
+        close("layer_norm_f64 saved mean", mean, want_mean, 1e-13, 1e-14);
+        close("layer_norm_f64 saved rstd", rstd, want_rstd, 1e-13, 0);
+        run(3, 64, [&] { layer_norm_backward_f64(dy.data(), x.data(), w.data(), mean.data(), rstd.data(), dx.data(), R, C); });
+        close("layer_norm_backward_f64 vs finite differences", dx,
+              numeric_grad([&](const Vd& xx) { return layer_norm_ref(xx, w, b, R, C, eps); }, x, dy), 1e-6, 1e-7);
+        run(2, 16, [&] { layer_norm_backward_params_f64(dy.data(), x.data(), mean.data(), rstd.data(), dw.data(), db.data(), R, C); });
+        close("layer_norm_backward_params_f64 dweight vs finite differences", dw,
+              numeric_grad([&](const Vd& ww) { return layer_norm_ref(x, ww, b, R, C, eps); }, w, dy), 1e-6, 1e-7);
+        close("layer_norm_backward_params_f64 dbias vs finite differences", db,
+              numeric_grad([&](const Vd& bb) { return layer_norm_ref(x, w, bb, R, C, eps); }, b, dy), 1e-6, 1e-7);
+        auto xf = cast_vec<float>(x);
+        std::vector<float> yf(R * C);
+        run(1, 32, [&] { layer_norm_f32(xf.data(), nullptr, nullptr, yf.data(), nullptr, nullptr, R, C, eps); });
+        close("layer_norm_f32 without affine or saved stats", yf,
+              layer_norm_ref(Vd(xf.begin(), xf.end()), Vd(C, 1), Vd(C, 0), R, C, eps), 1e-5, 1e-5);
+    }
+    {
+        const int N = 3, C = 4, S = 5;
+        const double eps = 1e-5;
+        Vd x = rnd_vec(N * C * S, -2, 3), w = rnd_vec(C), b = rnd_vec(C), dy = rnd_vec(N * C * S);
+        Vd mean(C), var(C), y(N * C * S), s1(C), s2(C), dw(C), db(C), dx(N * C * S);
+        run(2, 32, [&] { batch_norm_stats_f64(x.data(), mean.data(), var.data(), N, C, S); });
+        Vd wm(C, 0), wv(C, 0);
+        for (int c = 0; c < C; ++c) {
+            for (int n = 0; n < N; ++n)
+                for (int s = 0; s < S; ++s) wm[c] += x[(n * C + c) * S + s] / (N * S);
+            for (int n = 0; n < N; ++n)
+                for (int s = 0; s < S; ++s) wv[c] += std::pow(x[(n * C + c) * S + s] - wm[c], 2) / (N * S);
+        }
+        close("batch_norm_stats_f64 mean", mean, wm, 1e-13, 1e-14);
+        close("batch_norm_stats_f64 biased var", var, wv, 1e-13, 1e-14);
+        run(2, 32, [&] { batch_norm_apply_f64(x.data(), mean.data(), var.data(), w.data(), b.data(), y.data(), N, C, S, eps); });
+        close("batch_norm_apply_f64", y, batch_norm_ref(x, w, b, N, C, S, eps), 1e-13, 1e-13);
+        run(2, 32, [&] { batch_norm_backward_reduce_f64(dy.data(), x.data(), mean.data(), var.data(), s1.data(), s2.data(), dw.data(), db.data(), N, C, S, eps); });
+        close("batch_norm_backward_reduce_f64 dweight vs finite differences", dw,
+              numeric_grad([&](const Vd& ww) { return batch_norm_ref(x, ww, b, N, C, S, eps); }, w, dy), 1e-6, 1e-7);
+        close("batch_norm_backward_reduce_f64 dbias vs finite differences", db,
+              numeric_grad([&](const Vd& bb) { return batch_norm_ref(x, w, bb, N, C, S, eps); }, b, dy), 1e-6, 1e-7);
+        run(3, 8, [&] { batch_norm_backward_apply_f64(dy.data(), x.data(), mean.data(), var.data(), w.data(), s1.data(), s2.data(), dx.data(), N, C, S, eps); });
+        close("batch_norm_backward_apply_f64 vs finite differences (training mode)", dx,
+              numeric_grad([&](const Vd& xx) { return batch_norm_ref(xx, w, b, N, C, S, eps); }, x, dy), 1e-6, 1e-7);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// index
+
+static void test_index() {
+    using namespace ix;
+    {
+        // embedding: vocab 4, dim 3; ids with a negative one
+        std::vector<float> wt = {0, 1, 2, 10, 11, 12, 20, 21, 22, 30, 31, 32}, out(9);
+        std::vector<i64> ids = {2, -1, 0};
+        int status = 0;
+        run(1, 4, [&] { index_select_f32(wt.data(), ids.data(), out.data(), 1, 4, 3, 3, &status); });
+        close("index_select_f32 (embedding, negative id)", out, {20, 21, 22, 30, 31, 32, 0, 1, 2});
+        report(status == 0, "index_select_f32 status stays 0", "status set");
+        std::vector<i64> bad = {1, 4, -5};
+        run(1, 4, [&] { index_select_f32(wt.data(), bad.data(), out.data(), 1, 4, 3, 3, &status); });
+        close("index_select_f32 writes 0 for bad ids", out, {10, 11, 12, 0, 0, 0, 0, 0, 0});
+        report(status == 1, "index_select_f32 flags bad ids", "status not set");
+        // embedding backward with a repeated id
+        std::vector<float> g = {1, 2, 3, 4, 5, 6, 7, 8, 9}, gw(12, 0);
+        std::vector<i64> rep = {1, 3, 1};
+        run(2, 2, [&] { index_add_f32(g.data(), rep.data(), gw.data(), 1, 4, 3, 3, nullptr); });
+        close("index_add_f32 sums repeated ids", gw, {0, 0, 0, 8, 10, 12, 0, 0, 0, 4, 5, 6});
+        std::vector<uint16_t> gh, gwh(12, 0);
+        for (float v : g) gh.push_back(h16(v * 0.5f));
+        run(2, 2, [&] { index_add_f16((f16_t*)gh.data(), rep.data(), (f16_t*)gwh.data(), 1, 4, 3, 3, nullptr); });
+        Vd got;
+        for (auto v : gwh) got.push_back(f16v(v));
+        close("index_add_f16 (16-bit CAS) sums repeated ids", got, {0, 0, 0, 4, 5, 6, 0, 0, 0, 2, 2.5, 3});
+        // index_select over a middle dim: src [2, 3, 2], pick [2, 0]
+        std::vector<i64> s = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, so(8);
+        std::vector<i64> pick = {2, 0};
+        run(1, 32, [&] { index_select_i64(s.data(), pick.data(), so.data(), 2, 3, 2, 2, nullptr); });
+        close("index_select_i64 middle dim", so, {5, 6, 1, 2, 11, 12, 7, 8});
+    }
+    {
+        // gather / scatter_add along dim 1 of [2, 4, 3] with idx [2, 2, 3]
+        const int O = 2, D = 4, J = 2, I = 3;
+        Vd src = rnd_vec(O * D * I);
+        std::vector<i64> idx(O * J * I);
+        for (auto& k : idx) k = (i64)rnd(0, D);
+        idx[1] = -1; // from the end
+        Vd want(O * J * I);
+        for (int o = 0; o < O; ++o)
+            for (int j = 0; j < J; ++j)
+                for (int i = 0; i < I; ++i) {
+                    i64 k = idx[(o * J + j) * I + i];
+                    if (k < 0) k += D;
+                    want[(o * J + j) * I + i] = src[(o * D + k) * I + i];
+                }
+        std::vector<double> out(O * J * I);
+        run(2, 4, [&] { gather_f64(src.data(), idx.data(), out.data(), O, D, J, I, nullptr); });
+        close("gather_f64 dim 1", out, want);
+        Vd acc(O * D * I, 0), wacc(O * D * I, 0);
+        for (int o = 0; o < O; ++o)
+            for (int j = 0; j < J; ++j)
+                for (int i = 0; i < I; ++i) {
+                    i64 k = idx[(o * J + j) * I + i];
+                    if (k < 0) k += D;
+                    wacc[(o * D + k) * I + i] += out[(o * J + j) * I + i];
+                }
+        run(2, 4, [&] { scatter_add_f64(out.data(), idx.data(), acc.data(), O, D, J, I, nullptr); });
+        close("scatter_add_f64 dim 1", acc, wacc, 1e-15, 1e-15);
+        std::vector<i64> ia(O * D * I, 0), isrc(O * J * I, 1);
+        int status = 0;
+        idx[0] = 9;
+        run(1, 32, [&] { scatter_add_i64(isrc.data(), idx.data(), ia.data(), O, D, J, I, &status); });
+        i64 total = 0;
+        for (auto v : ia) total += v;
+        report(status == 1 && total == O * J * I - 1, "scatter_add_i64 skips and flags a bad index",
+               "status " + std::to_string(status) + " total " + std::to_string(total));
+    }
+    {
+        std::vector<float> x = {1, 2, 3, 4, 5, 6}, out(6);
+        std::vector<uint8_t> m = {1, 0, 1}; // a row mask broadcast over 2 rows
+        auto lx = layout<Layout>({2, 3}), lm = layout<Layout>({2, 3}, {0, 1});
+        run(1, 32, [&] { masked_fill_f32(x.data(), lx, m.data(), lm, -INFINITY, out.data(), 6); });
+        close("masked_fill_f32 broadcast mask", out, {-INFINITY, 2, -INFINITY, -INFINITY, 5, -INFINITY});
+        std::vector<uint8_t> c = {1, 0}; // a column condition
+        std::vector<float> b = {-1};
+        auto lc = layout<Layout>({2, 3}, {1, 0}), lb = layout<Layout>({2, 3}, {0, 0});
+        run(1, 32, [&] { where_f32(c.data(), lc, x.data(), lx, b.data(), lb, out.data(), 6); });
+        close("where_f32 broadcast", out, {1, 2, 3, -1, -1, -1});
+        std::vector<uint8_t> ones(2 * 3 * 3, 1), tri(18);
+        run(1, 32, [&] { triu_bool(ones.data(), tri.data(), 2, 3, 3, 1); });
+        close("triu_bool k=1 (causal mask)", tri, {0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 1, 1, 0, 0, 1, 0, 0, 0});
+        std::vector<double> d(6, 7), dout(6);
+        run(1, 32, [&] { tril_f64(d.data(), dout.data(), 1, 2, 3, 0); });
+        close("tril_f64 k=0 on [2, 3]", dout, {7, 0, 0, 7, 7, 0});
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// random: streams printed for emulated.rs to compare with flint_runtime::Generator
+
+static void test_random() {
+    using namespace rn;
+    const uint64_t seed = 0x0123456789ABCDEFull, offset = 0xFFFFFFF8ull;
+    const int n = 37;
+    const double low = -1.5, high = 2.25;
+    std::vector<float> f(n);
+    std::vector<double> d(n);
+    std::vector<uint16_t> h(n);
+    run(2, 8, [&] { philox_uniform_f32(f.data(), n, seed, offset, low, high); });
+    std::printf("data uniform f32 %" PRIu64 " %" PRIu64 " %d %016" PRIx64 " %016" PRIx64, seed, offset, n, bits(low), bits(high));
+    print_hex(f);
+    std::printf("\n");
+    run(2, 8, [&] { philox_uniform_f64(d.data(), n, seed, offset, low, high); });
+    std::printf("data uniform f64 %" PRIu64 " %" PRIu64 " %d %016" PRIx64 " %016" PRIx64, seed, offset, n, bits(low), bits(high));
+    print_hex(d);
+    std::printf("\n");
+    run(2, 8, [&] { philox_uniform_f16((f16_t*)h.data(), n, seed, offset, low, high); });
+    std::printf("data uniform f16 %" PRIu64 " %" PRIu64 " %d %016" PRIx64 " %016" PRIx64, seed, offset, n, bits(low), bits(high));
+    print_hex(h);
+    std::printf("\n");
+    run(2, 8, [&] { philox_uniform_bf16((bf16_t*)h.data(), n, seed, offset, low, high); });
+    std::printf("data uniform bf16 %" PRIu64 " %" PRIu64 " %d %016" PRIx64 " %016" PRIx64, seed, offset, n, bits(low), bits(high));
+    print_hex(h);
+    std::printf("\n");
+    const double mean = 0.25, sd = 1.5;
+    run(2, 8, [&] { philox_normal_f32(f.data(), n, seed, offset, mean, sd); });
+    std::printf("data normal f32 %" PRIu64 " %" PRIu64 " %d %016" PRIx64 " %016" PRIx64, seed, offset, n, bits(mean), bits(sd));
+    print_hex(f);
+    std::printf("\n");
+    run(2, 8, [&] { philox_normal_f64(d.data(), n, seed, offset, mean, sd); });
+    std::printf("data normal f64 %" PRIu64 " %" PRIu64 " %d %016" PRIx64 " %016" PRIx64, seed, offset, n, bits(mean), bits(sd));
+    print_hex(d);
+    std::printf("\n");
+    run(2, 8, [&] { philox_normal_bf16((bf16_t*)h.data(), n, seed, offset, mean, sd); });
+    std::printf("data normal bf16 %" PRIu64 " %" PRIu64 " %d %016" PRIx64 " %016" PRIx64, seed, offset, n, bits(mean), bits(sd));
+    print_hex(h);
+    std::printf("\n");
+    std::vector<uint8_t> keep(n);
+    run(2, 8, [&] { philox_bernoulli_bool(keep.data(), n, seed, offset, 0.3); });
+    std::printf("data bernoulli %" PRIu64 " %" PRIu64 " %d %016" PRIx64, seed, offset, n, bits(0.3));
+    print_hex(keep);
+    std::printf("\n");
+    std::vector<i64> ints(n);
+    run(2, 8, [&] { philox_randint_i64(ints.data(), n, seed, offset, -1000, 3); });
+    std::printf("data randint %" PRIu64 " %" PRIu64 " %d -1000 3", seed, offset, n);
+    print_hex(ints);
+    std::printf("\n");
+    // dropout at offset 0 (what manual_seed(seed) then functional::dropout draws)
+    const double p = 0.4;
+    std::vector<float> x(n), y(n), dx(n);
+    for (int i = 0; i < n; ++i) x[i] = (float)rnd(-3, 3);
+    run(2, 8, [&] { dropout_f32(x.data(), y.data(), keep.data(), n, seed, 0, p); });
+    std::printf("data dropout f32 %" PRIu64 " %d %016" PRIx64, seed, n, bits(p));
+    print_hex(x);
+    print_hex(y);
+    print_hex(keep);
+    std::printf("\n");
+    run(1, 32, [&] { dropout_backward_f32(x.data(), keep.data(), dx.data(), n, 1 / (1 - p)); });
+    Vd want;
+    for (int i = 0; i < n; ++i) want.push_back(keep[i] ? x[i] * (float)(1 / (1 - p)) : 0.0);
+    close("dropout_backward_f32 = dy * keep / (1 - p)", dx, want);
+    close("dropout_f32 output = its backward of x", y, want);
+}
+
+// ---------------------------------------------------------------------------------------
+// optim: steps printed for emulated.rs to replay with flint_runtime's Sgd and Adam
+
+template <typename T, typename K>
+static void optim_data(const char* what, const K& step, int n, int steps) {
+    std::vector<T> p(n), g(n);
+    for (auto& v : p) v = (T)rnd(-1, 1);
+    std::printf("data %s %d %d", what, n, steps);
+    print_hex(p);
+    for (int s = 0; s < steps; ++s) {
+        for (auto& v : g) v = (T)rnd(-1, 1);
+        step(p, g, s);
+        print_hex(g);
+        print_hex(p);
+    }
+    std::printf("\n");
+}
+
+static void test_optim() {
+    using namespace op;
+    const int n = 5, steps = 3;
+    {
+        std::vector<double> buf(n);
+        // Sgd::new(p, 0.1).momentum(0.9).dampening(0.1).weight_decay(0.01).nesterov(true)
+        optim_data<double>("sgd f64", [&](std::vector<double>& p, std::vector<double>& g, int s) {
+            run(1, 32, [&] { sgd_f64(p.data(), g.data(), buf.data(), n, 0.1, 0.9, 0.1, 0.01, 1, s == 0); });
+        }, n, steps);
+        std::vector<float> fbuf(n);
+        // Sgd::new(p, 0.05).momentum(0.8)
+        optim_data<float>("sgd f32", [&](std::vector<float>& p, std::vector<float>& g, int s) {
+            run(1, 32, [&] { sgd_f32(p.data(), g.data(), fbuf.data(), n, 0.05, 0.8, 0.0, 0.0, 0, s == 0); });
+        }, n, steps);
+    }
+    {
+        std::vector<double> m(n, 0), v(n, 0), vmax(n, 0);
+        // Adam::new(p, 0.01).weight_decay(0.1).amsgrad(true)
+        optim_data<double>("adam f64", [&](std::vector<double>& p, std::vector<double>& g, int s) {
+            const int t = s + 1;
+            const double bc1 = 1 - std::pow(0.9, t), bc2 = std::sqrt(1 - std::pow(0.999, t));
+            run(1, 32, [&] { adam_f64(p.data(), g.data(), m.data(), v.data(), vmax.data(), n, 0.01, 0.9, 0.999, 1e-8, 0.1, 0, bc1, bc2); });
+        }, n, steps);
+        std::vector<float> fm(n, 0), fv(n, 0);
+        // Adam::adamw(p, 0.02) (weight decay 0.01, decoupled)
+        optim_data<float>("adamw f32", [&](std::vector<float>& p, std::vector<float>& g, int s) {
+            const int t = s + 1;
+            const double bc1 = 1 - std::pow(0.9, t), bc2 = std::sqrt(1 - std::pow(0.999, t));
+            run(1, 32, [&] { adam_f32(p.data(), g.data(), fm.data(), fv.data(), nullptr, n, 0.02, 0.9, 0.999, 1e-8, 0.01, 1, bc1, bc2); });
+        }, n, steps);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// attention: fused kernels vs the materialized computation
+
+struct AttCase {
+    const char* name;
+    int B, H, Tq, Tk, D, Dv;
+    bool causal, mask, bias, transposed_q, block_row; // block_row: query 1 of batch 0 sees nothing
+    int warps;
+};
+
+struct AttRef {
+    Vd out, lse, dq, dk, dv;
+};
+
+/// softmax(q kᵀ·scale + bias, masked) v and its gradients, materialized, in double.
+static AttRef attention_ref(const AttCase& c, const Vd& q, const Vd& k, const Vd& v, const Vd& dout,
+                            const std::vector<uint8_t>& mask, const Vd& bias, double scale) {
+    AttRef r;
+    r.out.assign(c.B * c.H * c.Tq * c.Dv, 0);
+    r.lse.assign(c.B * c.H * c.Tq, 0);
+    r.dq.assign(c.B * c.H * c.Tq * c.D, 0);
+    r.dk.assign(c.B * c.H * c.Tk * c.D, 0);
+    r.dv.assign(c.B * c.H * c.Tk * c.Dv, 0);
+    for (int b = 0; b < c.B; ++b)
+        for (int h = 0; h < c.H; ++h) {
+            const int bh = b * c.H + h;
+            for (int i = 0; i < c.Tq; ++i) {
+                Vd s(c.Tk), p(c.Tk, 0), dp(c.Tk, 0);
+                bool any = false;
+                double m = -INFINITY;
+                for (int j = 0; j < c.Tk; ++j) {
+                    bool hide = (c.causal && j > i) || (c.mask && !mask[b * c.Tk + j]) ||
+                                (c.block_row && b == 0 && i == 1);
+                    double dot = 0;
+                    for (int e = 0; e < c.D; ++e) dot += q[(bh * c.Tq + i) * c.D + e] * k[(bh * c.Tk + j) * c.D + e];
+                    s[j] = hide ? -INFINITY : dot * scale + (c.bias ? bias[(h * c.Tq + i) * c.Tk + j] : 0);
+                    if (!hide) any = true, m = std::max(m, s[j]);
+                }
+                const int row = bh * c.Tq + i;
+                if (!any) {
+                    for (int e = 0; e < c.Dv; ++e) r.out[row * c.Dv + e] = NAN;
+                    r.lse[row] = -INFINITY;
+                    continue; // no gradient flows through a fully masked row
+                }
+                double z = 0;
+                for (int j = 0; j < c.Tk; ++j) z += std::exp(s[j] - m);
+                r.lse[row] = m + std::log(z);
+                for (int j = 0; j < c.Tk; ++j) p[j] = std::exp(s[j] - m) / z;
+                for (int j = 0; j < c.Tk; ++j)
+                    for (int e = 0; e < c.Dv; ++e) {
+                        r.out[row * c.Dv + e] += p[j] * v[(bh * c.Tk + j) * c.Dv + e];
+                        r.dv[(bh * c.Tk + j) * c.Dv + e] += p[j] * dout[row * c.Dv + e];
+                        dp[j] += dout[row * c.Dv + e] * v[(bh * c.Tk + j) * c.Dv + e];
+                    }
+                double pdp = 0;
+                for (int j = 0; j < c.Tk; ++j) pdp += p[j] * dp[j];
+                for (int j = 0; j < c.Tk; ++j) {
+                    const double ds = p[j] * (dp[j] - pdp) * scale;
+                    for (int e = 0; e < c.D; ++e) {
+                        r.dq[row * c.D + e] += ds * k[(bh * c.Tk + j) * c.D + e];
+                        r.dk[(bh * c.Tk + j) * c.D + e] += ds * q[row * c.D + e];
+                    }
+                }
+            }
+        }
+    return r;
+}
+
+template <typename T> struct AttKernels;
+template <> struct AttKernels<float> {
+    static constexpr auto fwd = at::attention_forward_f32;
+    static constexpr auto delta = at::attention_backward_delta_f32;
+    static constexpr auto dq = at::attention_backward_dq_f32;
+    static constexpr auto dkv = at::attention_backward_dkv_f32;
+};
+template <> struct AttKernels<double> {
+    static constexpr auto fwd = at::attention_forward_f64;
+    static constexpr auto delta = at::attention_backward_delta_f64;
+    static constexpr auto dq = at::attention_backward_dq_f64;
+    static constexpr auto dkv = at::attention_backward_dkv_f64;
+};
+
+template <typename T> static void attention_case(const AttCase& c, double tol) {
+    using namespace at;
+    const int B = c.B, H = c.H, Tq = c.Tq, Tk = c.Tk, D = c.D, Dv = c.Dv;
+    Vd q = rnd_vec(B * H * Tq * D), k = rnd_vec(B * H * Tk * D), v = rnd_vec(B * H * Tk * Dv);
+    Vd dout = rnd_vec(B * H * Tq * Dv), bias = rnd_vec(H * Tq * Tk, -1, 1);
+    for (auto* x : {&q, &k, &v, &dout, &bias})
+        for (auto& e : *x) e = (double)(T)e; // exactly representable in T
+    std::vector<uint8_t> mask(B * Tk, 1);
+    if (c.mask) {
+        for (int j = Tk - 2; j < Tk; ++j) mask[0 * Tk + j] = 0; // batch 0: last 2 keys padded
+        mask[(B - 1) * Tk + 0] = 0;                              // last batch: key 0 hidden
+    }
+    std::vector<uint8_t> full_mask; // c.block_row: mask [B, 1, Tq, Tk]
+    AttentionParams p{};
+    p.batch = B, p.heads = H, p.tq = Tq, p.tk = Tk, p.d = D, p.dv = Dv;
+    p.scale = 1 / std::sqrt((double)D);
+    p.causal = c.causal;
+    // q stored as [B, Tq, H, D] (the layout before transpose(1, 2)) when transposed_q
+    std::vector<T> qs(q.size());
+    for (int b = 0; b < B; ++b)
+        for (int h = 0; h < H; ++h)
+            for (int i = 0; i < Tq; ++i)
+                for (int e = 0; e < D; ++e) {
+                    const size_t src = ((size_t)(b * H + h) * Tq + i) * D + e;
+                    const size_t dst = c.transposed_q ? ((size_t)(b * Tq + i) * H + h) * D + e : src;
+                    qs[dst] = (T)q[src];
+                }
+    if (c.transposed_q) {
+        p.q_stride[0] = (i64)Tq * H * D, p.q_stride[1] = D, p.q_stride[2] = (i64)H * D;
+    } else {
+        p.q_stride[0] = (i64)H * Tq * D, p.q_stride[1] = (i64)Tq * D, p.q_stride[2] = D;
+    }
+    p.k_stride[0] = (i64)H * Tk * D, p.k_stride[1] = (i64)Tk * D, p.k_stride[2] = D;
+    p.v_stride[0] = (i64)H * Tk * Dv, p.v_stride[1] = (i64)Tk * Dv, p.v_stride[2] = Dv;
+    const uint8_t* mask_ptr = nullptr;
+    if (c.block_row) {
+        full_mask.assign((size_t)B * Tq * Tk, 1);
+        for (int b = 0; b < B; ++b)
+            for (int i = 0; i < Tq; ++i)
+                for (int j = 0; j < Tk; ++j)
+                    full_mask[((size_t)b * Tq + i) * Tk + j] = (c.mask ? mask[b * Tk + j] : 1) && !(b == 0 && i == 1);
+        p.mask_stride[0] = (i64)Tq * Tk, p.mask_stride[1] = 0, p.mask_stride[2] = Tk, p.mask_stride[3] = 1;
+        mask_ptr = full_mask.data();
+    } else if (c.mask) {
+        p.mask_stride[0] = Tk, p.mask_stride[1] = 0, p.mask_stride[2] = 0, p.mask_stride[3] = 1;
+        mask_ptr = mask.data();
+    }
+    std::vector<T> bias_t = cast_vec<T>(bias);
+    if (c.bias) {
+        p.bias_stride[0] = 0, p.bias_stride[1] = (i64)Tq * Tk, p.bias_stride[2] = Tk, p.bias_stride[3] = 1;
+    }
+    const T* bias_ptr = c.bias ? bias_t.data() : nullptr;
+    std::vector<T> kt = cast_vec<T>(k), vt = cast_vec<T>(v), dot = cast_vec<T>(dout);
+    std::vector<T> out(B * H * Tq * Dv), dq(q.size()), dk(k.size()), dv(v.size());
+    std::vector<T> lse(B * H * Tq), delta(B * H * Tq); // A = T for f32/f64
+    const AttRef r = attention_ref(c, q, k, v, dout, mask, bias, p.scale);
+    const unsigned W = c.warps;
+    const unsigned qtiles = (Tq + W - 1) / W, ktiles = (Tk + W - 1) / W;
+    const std::string n = std::string(c.name) + (std::is_same<T, float>::value ? " f32" : " f64");
+    emu_launch(dim3{qtiles, (unsigned)(B * H), 1}, dim3{32 * W, 1, 1},
+               [&] { AttKernels<T>::fwd(qs.data(), kt.data(), vt.data(), mask_ptr, bias_ptr, out.data(), lse.data(), p); });
+    close("attention_forward " + n + " out", out, r.out, tol, tol);
+    close("attention_forward " + n + " lse", lse, r.lse, tol, tol);
+    run(2, 64, [&] { AttKernels<T>::delta(out.data(), dot.data(), delta.data(), B * H * Tq, Dv); });
+    // a small grid: exercise the grid-stride loops over query tiles and (b, h)
+    emu_launch(dim3{(qtiles + 1) / 2, (unsigned)(B * H + 1) / 2, 1}, dim3{32 * W, 1, 1},
+               [&] { AttKernels<T>::dq(qs.data(), kt.data(), vt.data(), mask_ptr, bias_ptr, dot.data(), lse.data(), delta.data(), dq.data(), p); });
+    emu_launch(dim3{ktiles, (unsigned)(B * H), 1}, dim3{32 * W, 1, 1},
+               [&] { AttKernels<T>::dkv(qs.data(), kt.data(), vt.data(), mask_ptr, bias_ptr, dot.data(), lse.data(), delta.data(), dk.data(), dv.data(), p); });
+    close("attention_backward " + n + " dq", dq, r.dq, tol, tol);
+    close("attention_backward " + n + " dk", dk, r.dk, tol, tol);
+    close("attention_backward " + n + " dv", dv, r.dv, tol, tol);
+}
+
+static void test_attention() {
+    // name, B, H, Tq, Tk, D, Dv, causal, mask, bias, transposed q, a fully masked row, warps
+    const AttCase cases[] = {
+        {"plain", 1, 1, 5, 5, 8, 8, false, false, false, false, false, 2},
+        {"causal Tq<Tk odd dims, tiles", 2, 3, 7, 40, 5, 6, true, false, false, false, false, 2},
+        {"key padding + bias, strided q", 2, 2, 9, 19, 33, 17, false, true, true, true, false, 3},
+        {"causal + mask + bias, Tq>Tk", 2, 1, 13, 6, 16, 4, true, true, true, false, false, 4},
+        {"fully masked query row", 2, 2, 4, 5, 8, 8, false, true, false, false, true, 2},
+        {"head dim 128", 1, 2, 3, 34, 128, 128, true, false, false, true, false, 1},
+    };
+    for (const auto& c : cases) {
+        attention_case<double>(c, 1e-12);
+        attention_case<float>(c, 2e-5);
+    }
+}
+
+#include <chrono>
+
+static void timed(const char* name, const std::function<void()>& f) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("time %s %.2f s\n", name, s);
+}
+
+int main() {
+    timed("elementwise", test_elementwise);
+    timed("unary", test_unary);
+    timed("copy", test_copy);
+    timed("reduce", test_reduce);
+    timed("softmax", [] {
+        softmax_case<float>("f32", 1e-6);
+        softmax_case<double>("f64", 1e-14);
+    });
+    timed("norm", test_norm);
+    timed("index", test_index);
+    timed("random", test_random);
+    timed("optim", test_optim);
+    timed("attention", test_attention);
+    std::printf("summary %d checks, %d failed\n", g_checks, g_failures);
+    return g_failures == 0 ? 0 : 1;
+}

@@ -1,0 +1,258 @@
+// A small host emulation of the CUDA execution model, enough to run Flint's kernels on a
+// CPU for testing (kernels/tests/emulated.rs). Every thread of a block is a fiber
+// (ucontext) on the calling OS thread; blocks run one after another, so `__shared__` can
+// be `static`. A fiber runs until it reaches __syncthreads or a warp shuffle (a warp
+// barrier), and the scheduler releases a barrier once every live thread of the block (or
+// lane of the warp) waits at it: a barrier that some threads never reach is reported as
+// a deadlock. Device pointers are host pointers. It checks what the kernels compute, not
+// how fast, and not the memory model.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <ucontext.h>
+#include <vector>
+
+#define FLINT_HOST_EMULATION 1
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+#define __align__(n) alignas(n)
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+
+// Set by the scheduler before it resumes a thread.
+inline dim3 gridDim, blockDim, threadIdx, blockIdx;
+
+namespace emu {
+
+enum class State { Runnable, BlockWait, WarpWait, Done };
+
+struct Fiber {
+    ucontext_t ctx;
+    std::vector<char> stack;
+    State state = State::Runnable;
+};
+
+struct Block {
+    ucontext_t scheduler;
+    std::vector<Fiber> fibers;
+    int current = 0;
+    const std::function<void()>* kernel = nullptr;
+    uint64_t slots[1024] = {}; // shuffle slots, one per thread
+};
+
+inline Block* g_block = nullptr;
+
+inline void fiber_main() {
+    (*g_block->kernel)();
+    g_block->fibers[g_block->current].state = State::Done;
+    // returning resumes uc_link = the scheduler
+}
+
+/// Blocks the current thread in `st` until the scheduler releases it.
+inline void wait(State st) {
+    Block& b = *g_block;
+    Fiber& f = b.fibers[b.current];
+    f.state = st;
+    swapcontext(&f.ctx, &b.scheduler);
+}
+
+[[noreturn]] inline void deadlock(const char* why) {
+    std::printf("FAIL emulation: %s (block %u,%u)\n", why, blockIdx.x, blockIdx.y);
+    std::fflush(stdout);
+    std::exit(3);
+}
+
+inline void run_block(int nt) {
+    Block& b = *g_block;
+    for (;;) {
+        bool live = false;
+        for (int t = 0; t < nt; ++t) {
+            if (b.fibers[t].state == State::Runnable) {
+                b.current = t;
+                threadIdx.x = (unsigned)t;
+                swapcontext(&b.scheduler, &b.fibers[t].ctx);
+            }
+        }
+        // every thread now waits or is done: release a complete barrier
+        bool released = false;
+        for (int w = 0; w * 32 < nt; ++w) {
+            const int lo = w * 32, hi = lo + 32 < nt ? lo + 32 : nt;
+            int waiting = 0, done = 0;
+            for (int t = lo; t < hi; ++t) {
+                waiting += b.fibers[t].state == State::WarpWait;
+                done += b.fibers[t].state == State::Done;
+            }
+            if (waiting > 0 && waiting + done == hi - lo) {
+                if (done > 0) deadlock("a warp shuffle with exited lanes");
+                for (int t = lo; t < hi; ++t) b.fibers[t].state = State::Runnable;
+                released = true;
+            }
+        }
+        int at_block = 0, done = 0;
+        for (int t = 0; t < nt; ++t) {
+            at_block += b.fibers[t].state == State::BlockWait;
+            done += b.fibers[t].state == State::Done;
+            live |= b.fibers[t].state != State::Done;
+        }
+        if (!live) return;
+        if (released) continue;
+        if (at_block > 0 && at_block + done == nt) {
+            if (done > 0) deadlock("__syncthreads not reached by exited threads");
+            for (int t = 0; t < nt; ++t) b.fibers[t].state = State::Runnable;
+            continue;
+        }
+        deadlock("threads wait at different barriers");
+    }
+}
+
+} // namespace emu
+
+/// Runs `kernel` (a call of one kernel with its arguments) on a grid of blocks.
+inline void emu_launch(dim3 grid, dim3 block, const std::function<void()>& kernel) {
+    gridDim = grid;
+    blockDim = block;
+    const int nt = (int)block.x;
+    if (nt > 1024) emu::deadlock("more than 1024 threads per block");
+    auto b = std::make_unique<emu::Block>();
+    b->kernel = &kernel;
+    b->fibers.resize(nt);
+    emu::g_block = b.get();
+    for (unsigned by = 0; by < grid.y; ++by) {
+        for (unsigned bx = 0; bx < grid.x; ++bx) {
+            blockIdx.x = bx;
+            blockIdx.y = by;
+            for (auto& f : b->fibers) {
+                f.stack.resize(256 * 1024);
+                getcontext(&f.ctx);
+                f.ctx.uc_stack.ss_sp = f.stack.data();
+                f.ctx.uc_stack.ss_size = f.stack.size();
+                f.ctx.uc_link = &b->scheduler;
+                makecontext(&f.ctx, emu::fiber_main, 0);
+                f.state = emu::State::Runnable;
+            }
+            emu::run_block(nt);
+        }
+    }
+    emu::g_block = nullptr;
+}
+
+inline void __syncthreads() { emu::wait(emu::State::BlockWait); }
+
+template <typename T> inline T __shfl_xor_sync(unsigned, T v, int lane_mask) {
+    static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
+    const unsigned t = threadIdx.x, partner = (t & ~31u) | ((t & 31u) ^ (unsigned)lane_mask);
+    uint64_t u = 0;
+    std::memcpy(&u, &v, sizeof(T));
+    emu::g_block->slots[t] = u;
+    emu::wait(emu::State::WarpWait);
+    const uint64_t o = emu::g_block->slots[partner];
+    emu::wait(emu::State::WarpWait);
+    T r;
+    std::memcpy(&r, &o, sizeof(T));
+    return r;
+}
+
+// Bit casts and rounding intrinsics.
+inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+inline double __longlong_as_double(long long i) { double d; std::memcpy(&d, &i, 8); return d; }
+inline int __double2hiint(double d) {
+    uint64_t u;
+    std::memcpy(&u, &d, 8);
+    return (int)(uint32_t)(u >> 32);
+}
+inline double __hiloint2double(int hi, int lo) {
+    const uint64_t u = ((uint64_t)(uint32_t)hi << 32) | (uint32_t)lo;
+    double d;
+    std::memcpy(&d, &u, 8);
+    return d;
+}
+inline double __dmul_rn(double a, double b) { return a * b; } // built with -ffp-contract=off
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
+    return (unsigned long long)(((unsigned __int128)a * b) >> 64);
+}
+
+// Atomics.
+inline float atomicAdd(float* p, float v) {
+    const float o = *p;
+    *p = o + v;
+    return o;
+}
+inline double atomicAdd(double* p, double v) {
+    const double o = *p;
+    *p = o + v;
+    return o;
+}
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+    const unsigned long long o = *p;
+    *p = o + v;
+    return o;
+}
+inline unsigned atomicCAS(unsigned* p, unsigned expected, unsigned desired) {
+    const unsigned o = *p;
+    if (o == expected) {
+        *p = desired;
+    }
+    return o;
+}
+inline int atomicExch(int* p, int v) {
+    const int o = *p;
+    *p = v;
+    return o;
+}
+
+// IEEE half <-> float, round to nearest even (the PTX cvt instructions on the device).
+inline float flint_emu_f16_to_f32(uint16_t h) {
+    const int s = h >> 15, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    float v;
+    if (e == 0) {
+        v = std::ldexp((float)m, -24);
+    } else if (e == 31) {
+        v = m ? NAN : INFINITY;
+    } else {
+        v = std::ldexp((float)(m | 0x400), e - 25);
+    }
+    return s ? -v : v;
+}
+
+inline uint16_t flint_emu_f32_to_f16(float value) {
+    uint32_t x;
+    std::memcpy(&x, &value, 4);
+    const uint32_t sign = x & 0x80000000u, exp = x & 0x7F800000u;
+    uint32_t man = x & 0x007FFFFFu;
+    const uint32_t half_sign = sign >> 16;
+    if (exp == 0x7F800000u) {
+        return (uint16_t)(half_sign | 0x7C00u | (man ? 0x0200u : 0u) | (man >> 13));
+    }
+    const int half_exp = (int)(exp >> 23) - 127 + 15;
+    if (half_exp >= 0x1F) {
+        return (uint16_t)(half_sign | 0x7C00u);
+    }
+    if (half_exp <= 0) {
+        if (14 - half_exp > 24) {
+            return (uint16_t)half_sign;
+        }
+        man |= 0x00800000u;
+        uint32_t half_man = man >> (14 - half_exp);
+        const uint32_t round_bit = 1u << (13 - half_exp);
+        if ((man & round_bit) != 0 && (man & (3 * round_bit - 1)) != 0) {
+            half_man += 1;
+        }
+        return (uint16_t)(half_sign | half_man);
+    }
+    const uint32_t h = half_sign | ((uint32_t)half_exp << 10) | (man >> 13);
+    const uint32_t round_bit = 0x00001000u;
+    return (uint16_t)(((man & round_bit) != 0 && (man & (3 * round_bit - 1)) != 0) ? h + 1 : h);
+}

@@ -1,0 +1,163 @@
+//! Compiles every kernel module with NVRTC (no GPU needed) and checks its entry points.
+//!
+//! NVRTC is loaded at run time (cudarc's `dynamic-loading`). Without it the test prints
+//! a `SKIPPED` line and passes — unless `REQUIRE_NVRTC=1`, as in CI, where it fails.
+//! Get it with `pip install "nvidia-cuda-nvrtc==13.0.*"` and
+//! `export LD_LIBRARY_PATH=<site-packages>/nvidia/cu13/lib`.
+
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions};
+use flint_kernels::{KernelModule, COMPILE_OPTIONS, MODULES};
+use std::collections::BTreeSet;
+use std::io::Write;
+
+/// The architecture compiled for: the H100/H200's. A real `sm_` arch makes NVRTC run
+/// ptxas too, so PTX that ptxas rejects (e.g. a bad inline `asm`) fails here.
+const ARCH: &str = "sm_90";
+
+/// The newest PTX ISA the 580 driver (CUDA 13.0) loads.
+const MAX_PTX_VERSION: (u32, u32) = (9, 0);
+
+/// A line on the real stderr: the test harness captures `eprintln!`, not this.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+fn nvrtc_version() -> Option<(i32, i32)> {
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: only called after is_culib_present() found the library.
+    let r = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    (r == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS).then_some((major, minor))
+}
+
+/// `.visible .entry name(` / `.entry name(` lines of a PTX file.
+fn ptx_entries(ptx: &str) -> BTreeSet<String> {
+    ptx.lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let rest = l
+                .strip_prefix(".visible .entry ")
+                .or_else(|| l.strip_prefix(".entry "))?;
+            Some(rest.split('(').next()?.trim().to_string())
+        })
+        .collect()
+}
+
+/// The `.version X.Y` of a PTX file.
+fn ptx_version(ptx: &str) -> Option<(u32, u32)> {
+    let v = ptx
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(".version "))?;
+    let (a, b) = v.trim().split_once('.')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// Compiles one module; an error message (with NVRTC's log) on failure.
+fn check_module(m: &KernelModule) -> Result<usize, String> {
+    let opts = CompileOptions {
+        arch: Some(ARCH),
+        options: COMPILE_OPTIONS.iter().map(|s| s.to_string()).collect(),
+        name: Some(format!("{}.cu", m.name)),
+        ..Default::default()
+    };
+    let ptx = compile_ptx_with_opts(m.source, opts)
+        .map_err(|e| match e {
+            CompileError::CompileError {
+                nvrtc,
+                options,
+                log,
+            } => format!(
+                "module `{}` failed to compile ({nvrtc:?}, options {options:?}); NVRTC log:\n{}",
+                m.name,
+                log.to_string_lossy()
+            ),
+            other => format!("module `{}`: NVRTC failed: {other:?}", m.name),
+        })?
+        .to_src();
+    let found = ptx_entries(&ptx);
+    let listed: BTreeSet<String> = m.entries.iter().map(|s| s.to_string()).collect();
+    let missing: Vec<_> = listed.difference(&found).collect();
+    let unlisted: Vec<_> = found.difference(&listed).collect();
+    if !missing.is_empty() || !unlisted.is_empty() {
+        return Err(format!(
+            "module `{}`: listed in lib.rs but not in the PTX: {missing:?}; \
+             in the PTX but not listed: {unlisted:?}",
+            m.name
+        ));
+    }
+    match ptx_version(&ptx) {
+        Some(v) if v <= MAX_PTX_VERSION => {}
+        v => {
+            return Err(format!(
+                "module `{}`: PTX version {v:?} is newer than {MAX_PTX_VERSION:?}, which the \
+                 580 driver rejects; use NVRTC 13.0 (nvidia-cuda-nvrtc==13.0.*)",
+                m.name
+            ))
+        }
+    }
+    Ok(found.len())
+}
+
+#[test]
+fn every_module_compiles_to_sm90_with_exactly_its_listed_entries() {
+    // SAFETY: only probes for the library (libloading), calls nothing in it.
+    let present = unsafe { cudarc::nvrtc::sys::is_culib_present() };
+    if !present {
+        let msg = format!(
+            "SKIPPED: NVRTC not found (set LD_LIBRARY_PATH to nvidia/cu13/lib); {} modules not compiled",
+            MODULES.len()
+        );
+        if std::env::var("REQUIRE_NVRTC").as_deref() == Ok("1") {
+            panic!("REQUIRE_NVRTC=1 but NVRTC is missing. {msg}");
+        }
+        say(&msg);
+        return;
+    }
+    say(&format!(
+        "NVRTC {:?}: compiling {} modules for {ARCH}",
+        nvrtc_version(),
+        MODULES.len()
+    ));
+
+    // NVRTC compiles separate programs concurrently; the big modules take ~20 s each.
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(MODULES.len());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(m) = MODULES.get(i) else { break };
+                let t = std::time::Instant::now();
+                let r = check_module(m);
+                if let Ok(n) = &r {
+                    say(&format!(
+                        "  {:<12} {n:>4} entries  {:.1} s",
+                        m.name,
+                        t.elapsed().as_secs_f64()
+                    ));
+                }
+                results.lock().unwrap().push((i, r));
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap();
+    results.sort_by_key(|(i, _)| *i);
+    assert_eq!(results.len(), MODULES.len());
+    let errors: Vec<String> = results.into_iter().filter_map(|(_, r)| r.err()).collect();
+    assert!(errors.is_empty(), "{}", errors.join("\n\n"));
+}
+
+#[test]
+fn ptx_parsing() {
+    let ptx = ".version 9.0\n.target sm_90\n.visible .entry add_f32(\n\t.param .u64 a\n)\n\
+               .entry helper_kernel(\n.func (.param .b32 r) f(\n";
+    let e = ptx_entries(ptx);
+    assert_eq!(
+        e.into_iter().collect::<Vec<_>>(),
+        ["add_f32", "helper_kernel"]
+    );
+    assert_eq!(ptx_version(ptx), Some((9, 0)));
+    assert!(Some((9, 1)) > Some(MAX_PTX_VERSION));
+}
