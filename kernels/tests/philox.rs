@@ -142,16 +142,16 @@ fn philox_h_reproduces_the_cpu_generator() {
     let n = 48;
     for (seed, offset) in cases {
         let rows = run(&exe, seed, offset, n);
-        let gen = || {
+        let rng = || {
             let mut g = Generator::new(seed);
             g.set_state(seed, offset);
             g
         };
-        let u64s = gen().uniform([n], -2.0, 3.0, DType::F64).to_vec::<f64>();
-        let u32s = gen().uniform([n], -2.0, 3.0, DType::F32).to_vec::<f32>();
-        let normals = gen().normal([n], 0.5, 2.0, DType::F64).to_vec::<f64>();
-        let bern = gen().bernoulli([n], 0.3).to_vec::<bool>();
-        let ints = gen().randint(-5, 17, [n]).to_vec::<i64>();
+        let u64s = rng().uniform([n], -2.0, 3.0, DType::F64).to_vec::<f64>();
+        let u32s = rng().uniform([n], -2.0, 3.0, DType::F32).to_vec::<f32>();
+        let normals = rng().normal([n], 0.5, 2.0, DType::F64).to_vec::<f64>();
+        let bern = rng().bernoulli([n], 0.3).to_vec::<bool>();
+        let ints = rng().randint(-5, 17, [n]).to_vec::<i64>();
         for (i, r) in rows.iter().enumerate() {
             let c = offset.wrapping_add(i as u64);
             let block = philox4x32_10(
