@@ -103,6 +103,24 @@ pub fn device_count() -> usize {
     probe().unwrap_or(0)
 }
 
+/// Waits until all work queued on `device` has finished (PyTorch's
+/// `torch.cuda.synchronize`), reporting an error that a kernel or copy raised
+/// asynchronously. For timing: ops return as soon as their work is queued.
+///
+/// ```
+/// use flint_runtime::{cuda, Device};
+/// if cuda::available().is_ok() {
+///     cuda::synchronize(Device::Cuda(0))?;
+/// }
+/// # Ok::<(), flint_runtime::Error>(())
+/// ```
+pub fn synchronize(device: crate::Device) -> Result<()> {
+    match device {
+        crate::Device::Cuda(n) => gpu(n)?.synchronize(),
+        crate::Device::Cpu => Ok(()),
+    }
+}
+
 /// The device `cuda:ordinal`, opened on first use (probe, primary context, stream).
 pub(crate) fn gpu(ordinal: usize) -> Result<Arc<Gpu>> {
     static GPUS: OnceLock<Mutex<Vec<Option<Arc<Gpu>>>>> = OnceLock::new();

@@ -32,7 +32,7 @@ mod matmul;
 
 pub use alloc::{empty_cache, memory_stats, DeviceVec, MemoryStats};
 pub use buffer::CudaBuffer;
-pub use context::{available, device_count};
+pub use context::{available, device_count, synchronize};
 
 pub(crate) use context::gpu;
 pub(crate) use matmul::matmul;
