@@ -36,7 +36,8 @@ pub enum Error {
         /// What was wrong.
         msg: String,
     },
-    /// Tensors on different devices, or a device that is not available.
+    /// Tensors on different devices in one op, or a CUDA call that failed on a device
+    /// that is available (out of memory, a failed copy or cuBLAS call).
     #[error("{op}: {msg}")]
     Device {
         /// The op that failed.
