@@ -213,7 +213,11 @@ fn body(t: &Tensor, indent: usize) -> String {
 }
 
 fn read<T: BufferElement>(t: &Tensor, offs: &[usize]) -> Vec<Val> {
-    t.with_slice::<T, _>(|s, _| offs.iter().map(|&o| to_val(s[o])).collect())
+    // `t` is on the host (Display copies a device tensor first)
+    t.with_slice::<T, _>("display", |s, _| {
+        offs.iter().map(|&o| to_val(s[o])).collect()
+    })
+    .unwrap_or_default()
 }
 
 /// PyTorch's `_add_suffixes`: `, suffix` on the last line while it fits, else on a new
@@ -270,7 +274,10 @@ impl fmt::Display for Tensor {
             if !matches!(dt, DType::F32 | DType::I64 | DType::Bool) {
                 suffixes.push(dtype_suffix);
             }
-            body(self, indent)
+            match self.host() {
+                Ok(host) => body(&host, indent),
+                Err(e) => format!("<not readable: {e}>"),
+            }
         };
         f.write_str(&add_suffixes(format!("{PREFIX}{s}"), &suffixes, indent))
     }

@@ -36,13 +36,37 @@ pub enum Error {
         /// What was wrong.
         msg: String,
     },
-    /// Tensors on different devices, or a device that is not available.
+    /// Tensors on different devices in one op, or a CUDA call that failed on a device
+    /// that is available (out of memory, a failed copy or cuBLAS call).
     #[error("{op}: {msg}")]
     Device {
         /// The op that failed.
         op: &'static str,
         /// What was wrong.
         msg: String,
+    },
+    /// CUDA was asked for but cannot be used: a build without the `cuda` feature, no
+    /// driver library, no GPU, a device ordinal out of range, a driver too old for the
+    /// CUDA 13 API, or a missing cuBLAS/NVRTC library. Never a panic: probe with
+    /// `flint_runtime::cuda::available()` (feature `cuda`) or try the move.
+    ///
+    /// ```
+    /// use flint_runtime::{DType, Device, Error, Tensor};
+    /// // on a machine without a GPU (or a build without the `cuda` feature)
+    /// if let Err(e) = Tensor::try_zeros([2], (DType::F32, Device::Cuda(0))) {
+    ///     assert!(e.to_string().starts_with("CUDA is not available: "), "{e}");
+    /// }
+    /// ```
+    #[error("CUDA is not available: {0}")]
+    CudaUnavailable(String),
+    /// An op that has no CUDA kernel yet was given a tensor on a CUDA device. Move the
+    /// tensor to the CPU with `.to(Device::Cpu)` first, or use an op that has one.
+    #[error("`{op}` has no CUDA kernel yet (tensor on {device})")]
+    NoCudaKernel {
+        /// The op that was called.
+        op: &'static str,
+        /// The device of the tensor it was given.
+        device: crate::Device,
     },
     /// Autograd misuse: backward through a freed graph, a saved tensor modified in place,
     /// a non-scalar without a gradient, an anomaly.
@@ -128,6 +152,18 @@ impl Error {
             path: path.as_ref().display().to_string(),
             source,
         }
+    }
+    /// An [`Error::Device`] for tensors on two devices given to one op: "expected all
+    /// tensors on one device, got cpu and cuda:0".
+    pub fn devices(op: &'static str, a: crate::Device, b: crate::Device) -> Self {
+        Error::Device {
+            op,
+            msg: format!("expected all tensors on one device, got {a} and {b}"),
+        }
+    }
+    /// An [`Error::CudaUnavailable`] with the reason.
+    pub fn cuda_unavailable(reason: impl Into<String>) -> Self {
+        Error::CudaUnavailable(reason.into())
     }
     /// A [`Error::Device`].
     pub fn device(op: &'static str, msg: impl Into<String>) -> Self {

@@ -1,5 +1,6 @@
-//! Flint's runtime: strided tensors on the CPU (CUDA behind a feature later), random
-//! streams, and the ops that the `flint` facade and the macros build on.
+//! Flint's runtime: strided tensors on the CPU and, behind the cargo feature `cuda`, on
+//! CUDA devices (module `cuda`); random streams, and the ops that the `flint` facade and the
+//! macros build on.
 //!
 //! ```
 //! use flint_runtime::{DType, Tensor};
@@ -12,6 +13,8 @@
 
 pub mod autograd;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod device;
 mod dispatch;
 mod display;

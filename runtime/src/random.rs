@@ -157,14 +157,16 @@ impl Generator {
         high: f64,
         opts: TensorOptions,
     ) -> Result<Tensor> {
-        check_device("rand", opts.device)?;
+        check_device(opts.device)?;
         let bits = mantissa_bits("rand", opts.dtype)?;
         let n: usize = shape.iter().product();
         let v = self.fill(n, |r| low + (high - low) * unit(r, bits));
-        Ok(Tensor::from_buffer(
+        // drawn on the host, so a seed gives the same numbers on every device
+        Tensor::from_buffer_on(
             CpuBuffer::from_f64_iter(opts.dtype, v.into_iter()),
             shape,
-        ))
+            opts.device,
+        )
     }
 
     /// Standard normal samples (Box–Muller).
@@ -190,7 +192,7 @@ impl Generator {
         std: f64,
         opts: TensorOptions,
     ) -> Result<Tensor> {
-        check_device("randn", opts.device)?;
+        check_device(opts.device)?;
         mantissa_bits("randn", opts.dtype)?;
         let n: usize = shape.iter().product();
         let v = self.fill(n, |r| {
@@ -198,10 +200,11 @@ impl Generator {
             let u2 = unit([r[2], r[3], 0, 0], 53);
             mean + std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
         });
-        Ok(Tensor::from_buffer(
+        Tensor::from_buffer_on(
             CpuBuffer::from_f64_iter(opts.dtype, v.into_iter()),
             shape,
-        ))
+            opts.device,
+        )
     }
 
     /// Integers uniform in `[low, high)`, as an i64 tensor.

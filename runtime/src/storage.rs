@@ -134,6 +134,29 @@ buffer_element!(f64, F64);
 pub enum StorageData {
     /// Host memory.
     Cpu(CpuBuffer),
+    /// The memory of a CUDA device (feature `cuda`).
+    #[cfg(feature = "cuda")]
+    Cuda(crate::cuda::CudaBuffer),
+}
+
+impl StorageData {
+    /// The host buffer, or `None` for device memory.
+    pub fn as_cpu(&self) -> Option<&CpuBuffer> {
+        match self {
+            StorageData::Cpu(b) => Some(b),
+            #[cfg(feature = "cuda")]
+            StorageData::Cuda(_) => None,
+        }
+    }
+
+    /// The host buffer for writing, or `None` for device memory.
+    pub fn as_cpu_mut(&mut self) -> Option<&mut CpuBuffer> {
+        match self {
+            StorageData::Cpu(b) => Some(b),
+            #[cfg(feature = "cuda")]
+            StorageData::Cuda(_) => None,
+        }
+    }
 }
 
 /// A buffer shared by a tensor and all its views, with a version counter that every
@@ -152,6 +175,17 @@ impl Storage {
             data: RwLock::new(StorageData::Cpu(buf)),
             version: AtomicU64::new(0),
             device: Device::Cpu,
+        }
+    }
+
+    /// A storage owning the device buffer `buf`, on the device that holds it.
+    #[cfg(feature = "cuda")]
+    pub fn cuda(buf: crate::cuda::CudaBuffer) -> Storage {
+        let device = Device::Cuda(buf.ordinal());
+        Storage {
+            data: RwLock::new(StorageData::Cuda(buf)),
+            version: AtomicU64::new(0),
+            device,
         }
     }
 

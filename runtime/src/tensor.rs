@@ -95,13 +95,35 @@ impl From<(DType, Device)> for TensorOptions {
     }
 }
 
-pub(crate) fn check_device(op: &'static str, device: Device) -> Result<()> {
+/// Ok when tensors can be created on `device`: always for the CPU; for a CUDA device,
+/// when the `cuda` feature is on and the device can be opened (an
+/// [`Error::CudaUnavailable`] otherwise).
+pub(crate) fn check_device(device: Device) -> Result<()> {
     match device {
         Device::Cpu => Ok(()),
-        d => Err(Error::device(
-            op,
-            format!("device {d} is not available: this build has no CUDA backend"),
-        )),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(n) => crate::cuda::gpu(n).map(|_| ()),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => Err(no_cuda_backend()),
+    }
+}
+
+/// The error for any use of a CUDA device in a build without the `cuda` feature.
+#[cfg(not(feature = "cuda"))]
+pub(crate) fn no_cuda_backend() -> Error {
+    Error::cuda_unavailable(
+        "this build of Flint has no CUDA backend (enable the cargo feature `cuda`)",
+    )
+}
+
+/// The one device of `tensors`, or the error "expected all tensors on one device, got
+/// cpu and cuda:0" naming `op`.
+pub(crate) fn same_device(op: &'static str, tensors: &[&Tensor]) -> Result<Device> {
+    let mut it = tensors.iter().map(|t| t.device());
+    let first = it.next().unwrap_or_default();
+    match it.find(|&d| d != first) {
+        Some(other) => Err(Error::devices(op, first, other)),
+        None => Ok(first),
     }
 }
 
@@ -234,17 +256,34 @@ impl Tensor {
         &self.0.storage
     }
 
-    /// Runs `f` on the CPU buffer and layout.
-    pub(crate) fn with_cpu<R>(&self, f: impl FnOnce(&CpuBuffer, &Layout) -> R) -> R {
+    /// Runs `f` on the CPU buffer and layout: the one place where ops get at host
+    /// memory. A tensor on a CUDA device gives [`Error::NoCudaKernel`] naming `op`
+    /// instead (its memory is not touched).
+    pub(crate) fn with_cpu<R>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&CpuBuffer, &Layout) -> R,
+    ) -> Result<R> {
+        let _ = op; // unused without the `cuda` feature
         let guard = self.0.storage.read();
         match &*guard {
-            StorageData::Cpu(buf) => f(buf, &self.0.layout),
+            StorageData::Cpu(buf) => Ok(f(buf, &self.0.layout)),
+            #[cfg(feature = "cuda")]
+            StorageData::Cuda(_) => Err(Error::NoCudaKernel {
+                op,
+                device: self.device(),
+            }),
         }
     }
 
-    /// Runs `f` on the typed CPU slice and layout; panics if `T` is not the dtype.
-    pub(crate) fn with_slice<T: BufferElement, R>(&self, f: impl FnOnce(&[T], &Layout) -> R) -> R {
-        self.with_cpu(|buf, l| match T::slice(buf) {
+    /// Runs `f` on the typed CPU slice and layout ([`Error::NoCudaKernel`] naming `op`
+    /// for a CUDA tensor); panics if `T` is not the dtype (an internal error).
+    pub(crate) fn with_slice<T: BufferElement, R>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&[T], &Layout) -> R,
+    ) -> Result<R> {
+        self.with_cpu(op, |buf, l| match T::slice(buf) {
             Some(s) => f(s, l),
             None => panic!(
                 "internal: expected a {} buffer, found {}",
@@ -279,7 +318,8 @@ impl Tensor {
                 ),
             ));
         }
-        Ok(self.with_slice::<T, _>(|s, l| crate::cpu::strided::gather(s, l)))
+        self.host()?
+            .with_slice::<T, _>("to_vec", |s, l| crate::cpu::strided::gather(s, l))
     }
 
     /// The single value of a one-element tensor.
@@ -302,9 +342,30 @@ impl Tensor {
         Ok(self.try_to_vec::<T>()?[0])
     }
 
-    /// The elements converted to `f64`, in row-major order (any dtype).
+    /// The elements converted to `f64`, in row-major order (any dtype; a CUDA tensor is
+    /// copied to the host first). Panics when that copy fails; see
+    /// [`Tensor::try_to_f64_vec`].
+    ///
+    /// ```
+    /// use flint_runtime::Tensor;
+    /// assert_eq!(Tensor::from_vec(vec![1i64, -2], [2]).to_f64_vec(), vec![1.0, -2.0]);
+    /// ```
+    #[track_caller]
     pub fn to_f64_vec(&self) -> Vec<f64> {
-        self.with_cpu(|buf, l| crate::with_buffer!(buf, v => crate::cpu::strided::gather_map(v, l, |x| x.to_f64())))
+        or_panic(self.try_to_f64_vec())
+    }
+
+    /// Fallible [`Tensor::to_f64_vec`].
+    pub fn try_to_f64_vec(&self) -> Result<Vec<f64>> {
+        self.host()?.with_cpu("to_f64_vec", |buf, l| crate::with_buffer!(buf, v => crate::cpu::strided::gather_map(v, l, |x| x.to_f64())))
+    }
+
+    /// This tensor when it is on the CPU, else a host copy of it (recording nothing).
+    pub(crate) fn host(&self) -> Result<Tensor> {
+        match self.device() {
+            Device::Cpu => Ok(self.clone()),
+            Device::Cuda(_) => self.to_raw(Device::Cpu),
+        }
     }
 
     /// A copy converted to `dtype` (the same tensor when it already has that dtype).
@@ -317,7 +378,7 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn to_dtype(&self, dtype: DType) -> Tensor {
-        let out = self.to_dtype_raw(dtype);
+        let out = or_panic(self.to_dtype_raw(dtype));
         if dtype == self.dtype() || !dtype.is_float() {
             return out;
         }
@@ -327,50 +388,195 @@ impl Tensor {
         })
     }
 
-    /// Dtype conversion that records nothing (for kernels).
-    pub(crate) fn to_dtype_raw(&self, dtype: DType) -> Tensor {
+    /// Dtype conversion that records nothing (for kernels); the same tensor when it
+    /// already has `dtype`.
+    pub(crate) fn to_dtype_raw(&self, dtype: DType) -> Result<Tensor> {
         if dtype == self.dtype() {
-            return self.clone();
+            return Ok(self.clone());
         }
-        let buf = self.with_cpu(|buf, l| crate::cpu::convert::convert(buf, l, dtype));
-        Tensor::from_buffer(buf, self.shape())
+        let buf = self.with_cpu("to_dtype", |buf, l| {
+            crate::cpu::convert::convert(buf, l, dtype)
+        })?;
+        Ok(Tensor::from_buffer(buf, self.shape()))
     }
 
-    /// The tensor moved to `device` (the same tensor when already there).
+    /// The tensor moved to `device` (the same tensor when already there); see
+    /// [`Tensor::try_to`].
+    ///
+    /// ```
+    /// use flint_runtime::{Device, Tensor};
+    /// let x = Tensor::from_vec(vec![1.0f32, 2.0], [2]);
+    /// assert!(x.to(Device::Cpu).same_tensor(&x));
+    /// ```
     #[track_caller]
     pub fn to(&self, device: Device) -> Tensor {
         or_panic(self.try_to(device))
     }
 
-    /// Fallible [`Tensor::to`]: an error when the device is not available.
+    /// Fallible [`Tensor::to`]: an [`Error::CudaUnavailable`] when the device cannot be
+    /// used (no `cuda` feature, no driver, no GPU, an ordinal out of range).
+    ///
+    /// The result is contiguous. A move is differentiable: the gradient goes back to the
+    /// source device. Non-contiguous views are copied to contiguous on the host side
+    /// (before an upload, after a download of the span of device memory they cover).
+    ///
+    /// ```
+    /// use flint_runtime::{Device, Tensor};
+    /// let x = Tensor::from_vec(vec![1.0f32, 2.0], [2]);
+    /// match x.try_to(Device::Cuda(0)) {
+    ///     Ok(y) => assert_eq!(y.to(Device::Cpu).to_vec::<f32>(), vec![1.0, 2.0]),
+    ///     Err(e) => assert!(e.to_string().starts_with("CUDA is not available: ")),
+    /// }
+    /// ```
     pub fn try_to(&self, device: Device) -> Result<Tensor> {
-        check_device("to", device)?;
-        Ok(self.clone())
+        if device == self.device() {
+            return Ok(self.clone());
+        }
+        check_device(device)?;
+        let out = self.to_raw(device)?;
+        let from = self.device();
+        Ok(record(out, "to", &[self], &[], move |g| {
+            vec![Some(g.to(from))]
+        }))
+    }
+
+    /// A contiguous copy of this tensor on `device` that records nothing.
+    pub(crate) fn to_raw(&self, device: Device) -> Result<Tensor> {
+        match (self.device(), device) {
+            (a, b) if a == b => Ok(self.clone()),
+            #[cfg(feature = "cuda")]
+            (Device::Cpu, Device::Cuda(n)) => {
+                let t = if self.is_contiguous() {
+                    self.clone()
+                } else {
+                    self.copy_raw()?
+                };
+                let (off, len) = (t.layout().offset(), t.numel());
+                let buf = t.with_cpu("to", |buf, _| {
+                    crate::cuda::CudaBuffer::from_cpu(buf, off..off + len, n)
+                })??;
+                Ok(Tensor::from_parts(
+                    Arc::new(Storage::cuda(buf)),
+                    Layout::contiguous(self.shape()),
+                    self.dtype(),
+                ))
+            }
+            #[cfg(feature = "cuda")]
+            (Device::Cuda(_), Device::Cpu) => {
+                // download the span of device memory the view covers, then gather on
+                // the host (any strides, expanded views included)
+                let l = self.layout();
+                let span = l.storage_extent() - l.offset();
+                let guard = self.storage().read();
+                let StorageData::Cuda(dbuf) = &*guard else {
+                    return Err(Error::device(
+                        "to",
+                        "internal: a CUDA tensor without a CUDA buffer",
+                    ));
+                };
+                let host = dbuf.to_cpu(l.offset()..l.offset() + span)?;
+                drop(guard);
+                let local = Layout {
+                    offset: 0,
+                    ..l.clone()
+                };
+                let t = Tensor::from_parts(Arc::new(Storage::cpu(host)), local, self.dtype());
+                if t.is_contiguous() {
+                    Ok(t)
+                } else {
+                    t.copy_raw()
+                }
+            }
+            #[cfg(feature = "cuda")]
+            (Device::Cuda(_), Device::Cuda(_)) => self.to_raw(Device::Cpu)?.to_raw(device),
+            (_, device) => {
+                check_device(device)?;
+                Err(Error::device(
+                    "to",
+                    format!("cannot move a tensor to {device}"),
+                ))
+            }
+        }
     }
 
     /// A contiguous tensor with the same elements (the same tensor when already
-    /// contiguous).
+    /// contiguous); see [`Tensor::try_contiguous`].
+    ///
+    /// ```
+    /// use flint_runtime::Tensor;
+    /// let t = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]).t();
+    /// assert!(!t.is_contiguous() && t.contiguous().is_contiguous());
+    /// ```
     #[track_caller]
     pub fn contiguous(&self) -> Tensor {
+        or_panic(self.try_contiguous())
+    }
+
+    /// Fallible [`Tensor::contiguous`]: an error for a non-contiguous view of a CUDA
+    /// tensor, which needs a strided copy kernel that the CUDA backend does not have yet.
+    pub fn try_contiguous(&self) -> Result<Tensor> {
         if self.is_contiguous() {
-            return self.clone();
+            return Ok(self.clone());
         }
-        self.deep_clone()
+        self.try_deep_clone()
     }
 
     /// A contiguous copy that shares nothing with `self` (PyTorch's `clone()`);
-    /// differentiable.
+    /// differentiable. See [`Tensor::try_deep_clone`].
+    ///
+    /// ```
+    /// use flint_runtime::Tensor;
+    /// let a = Tensor::from_vec(vec![1.0f32, 2.0], [2]);
+    /// assert!(!a.deep_clone().shares_storage(&a));
+    /// ```
     #[track_caller]
     pub fn deep_clone(&self) -> Tensor {
-        record(self.copy_raw(), "clone", &[self], &[], |g| {
+        or_panic(self.try_deep_clone())
+    }
+
+    /// Fallible [`Tensor::deep_clone`]: on CUDA only contiguous tensors can be copied
+    /// so far ([`Error::NoCudaKernel`] for other views).
+    pub fn try_deep_clone(&self) -> Result<Tensor> {
+        Ok(record(self.copy_raw()?, "clone", &[self], &[], |g| {
             vec![Some(g.clone())]
-        })
+        }))
     }
 
     /// A contiguous copy that records nothing (for kernels).
-    pub(crate) fn copy_raw(&self) -> Tensor {
-        let buf = self.with_cpu(|buf, l| crate::with_buffer!(buf, v => crate::storage::BufferElement::into_buffer(crate::cpu::strided::gather(v, l))));
-        Tensor::from_buffer(buf, self.shape())
+    pub(crate) fn copy_raw(&self) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(_) = self.device() {
+            let Some(range) = self.layout().contiguous_range() else {
+                return Err(Error::NoCudaKernel {
+                    op: "contiguous",
+                    device: self.device(),
+                });
+            };
+            let guard = self.storage().read();
+            let StorageData::Cuda(dbuf) = &*guard else {
+                return Err(Error::device(
+                    "clone",
+                    "internal: a CUDA tensor without a CUDA buffer",
+                ));
+            };
+            let buf = dbuf.copy_range(range)?;
+            drop(guard);
+            return Ok(Tensor::from_cuda(buf, self.shape()));
+        }
+        let buf = self.with_cpu("contiguous", |buf, l| crate::with_buffer!(buf, v => crate::storage::BufferElement::into_buffer(crate::cpu::strided::gather(v, l))))?;
+        Ok(Tensor::from_buffer(buf, self.shape()))
+    }
+
+    /// A contiguous tensor owning the device buffer `buf` with `shape`.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn from_cuda(buf: crate::cuda::CudaBuffer, shape: &[usize]) -> Tensor {
+        debug_assert_eq!(buf.len(), shape.iter().product::<usize>());
+        let dtype = buf.dtype();
+        Tensor::from_parts(
+            Arc::new(Storage::cuda(buf)),
+            Layout::contiguous(shape),
+            dtype,
+        )
     }
 }
 

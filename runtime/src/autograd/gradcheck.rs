@@ -4,7 +4,7 @@ use crate::autograd::{engine::grad, no_grad, NoGradGuard};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::random::Generator;
-use crate::storage::{BufferElement, StorageData};
+use crate::storage::BufferElement;
 use crate::tensor::Tensor;
 
 /// Tolerances and step of [`gradcheck`] (PyTorch's defaults).
@@ -30,7 +30,7 @@ impl Default for GradcheckOptions {
 
 /// Reads or writes element `i` (row-major over the view) of an f64 tensor in place,
 /// without recording anything.
-fn element(t: &Tensor, i: usize, set: Option<f64>) -> f64 {
+fn element(t: &Tensor, i: usize, set: Option<f64>) -> Result<f64> {
     let l = t.layout();
     let mut idx = vec![0usize; l.ndim()];
     let mut rem = i;
@@ -42,13 +42,16 @@ fn element(t: &Tensor, i: usize, set: Option<f64>) -> f64 {
     match set {
         Some(v) => {
             let mut g = t.storage().write();
-            let StorageData::Cpu(buf) = &mut *g;
+            let buf = g.as_cpu_mut().ok_or(Error::NoCudaKernel {
+                op: "gradcheck",
+                device: t.device(),
+            })?;
             let s = <f64 as BufferElement>::slice_mut(buf).expect("gradcheck inputs are f64");
             let old = s[off];
             s[off] = v;
-            old
+            Ok(old)
         }
-        None => t.with_slice::<f64, _>(|s, _| s[off]),
+        None => t.with_slice::<f64, _>("gradcheck", |s, _| s[off]),
     }
 }
 
@@ -112,12 +115,12 @@ pub fn gradcheck(
             .map(|g| g.to_dtype(DType::F64).to_vec::<f64>())
             .unwrap_or_else(|| vec![0.0; x.numel()]);
         for (i, &ai) in a.iter().enumerate() {
-            let orig = element(x, i, None);
-            element(x, i, Some(orig + opts.eps));
+            let orig = element(x, i, None)?;
+            element(x, i, Some(orig + opts.eps))?;
             let fp = project(&leaves);
-            element(x, i, Some(orig - opts.eps));
+            element(x, i, Some(orig - opts.eps))?;
             let fm = project(&leaves);
-            element(x, i, Some(orig));
+            element(x, i, Some(orig))?;
             let n = (fp - fm) / (2.0 * opts.eps);
             let within = (ai - n).abs() <= opts.atol + opts.rtol * n.abs();
             if !within {

@@ -63,6 +63,7 @@ pub const DIFFERENTIABLE_OPS: &[&str] = &[
     "erf",
     "gelu",
     "to_dtype",
+    "to",
     "clone",
     // reductions
     "sum",

@@ -2,33 +2,37 @@
 //! selects. Outputs are new contiguous tensors.
 
 use crate::cpu::strided::{fill_strided2, fill_strided3, gather_map};
+use crate::error::Result;
 use crate::layout::Layout;
 use crate::storage::BufferElement;
 use crate::tensor::Tensor;
 
-/// `f` applied to every element of `x` (whose dtype must be `T`).
+/// `f` applied to every element of `x` (whose dtype must be `T`); `op` names the op in
+/// the error for a CUDA tensor.
 pub(crate) fn unary<T: BufferElement, U: BufferElement>(
+    op: &'static str,
     x: &Tensor,
     f: impl Fn(T) -> U + Send + Sync,
-) -> Tensor {
-    let out = x.with_slice::<T, _>(|s, l| gather_map(s, l, f));
-    Tensor::from_buffer(U::into_buffer(out), x.shape())
+) -> Result<Tensor> {
+    let out = x.with_slice::<T, _>(op, |s, l| gather_map(s, l, f))?;
+    Ok(Tensor::from_buffer(U::into_buffer(out), x.shape()))
 }
 
 /// `f(a, b)` over the broadcast of `a` and `b` (layouts `la`, `lb` already broadcast to
 /// the output shape; both of dtype `T`).
 pub(crate) fn binary<T: BufferElement, U: BufferElement>(
+    op: &'static str,
     a: &Tensor,
     la: &Layout,
     b: &Tensor,
     lb: &Layout,
     f: impl Fn(T, T) -> U + Send + Sync,
-) -> Tensor {
+) -> Result<Tensor> {
     let shape = la.shape();
     let n = la.numel();
     // fast path: both contiguous over the same shape
-    let out = a.with_slice::<T, _>(|sa, _| {
-        b.with_slice::<T, _>(|sb, _| {
+    let out = a.with_slice::<T, _>(op, |sa, _| {
+        b.with_slice::<T, _>(op, |sb, _| {
             if let (Some(ra), Some(rb)) = (la.contiguous_range(), lb.contiguous_range()) {
                 if !crate::cpu::parallel::should_parallelize(n) {
                     return sa[ra].iter().zip(&sb[rb]).map(|(&x, &y)| f(x, y)).collect();
@@ -38,22 +42,23 @@ pub(crate) fn binary<T: BufferElement, U: BufferElement>(
             fill_strided2(&mut out, la, lb, |oa, ob| f(sa[oa], sb[ob]));
             out
         })
-    });
-    Tensor::from_buffer(U::into_buffer(out), shape)
+    })??;
+    Ok(Tensor::from_buffer(U::into_buffer(out), shape))
 }
 
 /// `f(c, a, b)` over three layouts broadcast to one shape (`c` of dtype `C`, `a` and `b`
 /// of dtype `T`).
 pub(crate) fn ternary<C: BufferElement, T: BufferElement, U: BufferElement>(
+    op: &'static str,
     c: (&Tensor, &Layout),
     a: (&Tensor, &Layout),
     b: (&Tensor, &Layout),
     f: impl Fn(C, T, T) -> U + Send + Sync,
-) -> Tensor {
+) -> Result<Tensor> {
     let n = a.1.numel();
-    let out = c.0.with_slice::<C, _>(|sc, _| {
-        a.0.with_slice::<T, _>(|sa, _| {
-            b.0.with_slice::<T, _>(|sb, _| {
+    let out = c.0.with_slice::<C, _>(op, |sc, _| {
+        a.0.with_slice::<T, _>(op, |sa, _| {
+            b.0.with_slice::<T, _>(op, |sb, _| {
                 let mut out = vec![U::default(); n];
                 fill_strided3(&mut out, [c.1, a.1, b.1], |oc, oa, ob| {
                     f(sc[oc], sa[oa], sb[ob])
@@ -61,6 +66,6 @@ pub(crate) fn ternary<C: BufferElement, T: BufferElement, U: BufferElement>(
                 out
             })
         })
-    });
-    Tensor::from_buffer(U::into_buffer(out), a.1.shape())
+    })???;
+    Ok(Tensor::from_buffer(U::into_buffer(out), a.1.shape()))
 }

@@ -467,7 +467,7 @@ fn adaptive_avg_pool_nd<const D: usize>(x: &Tensor, output: [usize; D]) -> Resul
             y = y.try_matmul(&adaptive_matrix(input, output[i], x.dtype()))?;
         }
         if D > 1 {
-            y = y.try_permute(&perm)?.contiguous();
+            y = y.try_permute(&perm)?.try_contiguous()?;
         }
     }
     Ok(y)

@@ -1,5 +1,6 @@
 //! Creation functions: `zeros`, `ones`, `full`, `arange`, `linspace`, `eye`, `*_like`.
 
+use crate::device::Device;
 use crate::error::{or_panic, Error, Result};
 use crate::storage::CpuBuffer;
 use crate::tensor::{check_device, Tensor, TensorOptions};
@@ -18,13 +19,28 @@ impl Tensor {
     }
 
     /// Fallible [`Tensor::full`]: an error when the device is not available.
+    ///
+    /// ```
+    /// use flint_runtime::{DType, Tensor};
+    /// let t = Tensor::try_full(&[2], 1.5, DType::F64.into())?;
+    /// assert_eq!(t.to_vec::<f64>(), vec![1.5, 1.5]);
+    /// # Ok::<(), flint_runtime::Error>(())
+    /// ```
     pub fn try_full(shape: &[usize], value: f64, opts: TensorOptions) -> Result<Tensor> {
-        check_device("full", opts.device)?;
         let n: usize = shape.iter().product();
-        Ok(Tensor::from_buffer(
-            CpuBuffer::from_f64_iter(opts.dtype, std::iter::repeat_n(value, n)),
-            shape,
-        ))
+        match opts.device {
+            Device::Cpu => Ok(Tensor::from_buffer(
+                CpuBuffer::from_f64_iter(opts.dtype, std::iter::repeat_n(value, n)),
+                shape,
+            )),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(ord) => Ok(Tensor::from_cuda(
+                crate::cuda::CudaBuffer::full(opts.dtype, n, value, ord)?,
+                shape,
+            )),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => Err(crate::tensor::no_cuda_backend()),
+        }
     }
 
     /// A tensor of zeros.
@@ -35,10 +51,42 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn zeros(shape: impl AsRef<[usize]>, opts: impl Into<TensorOptions>) -> Tensor {
-        let opts = opts.into();
-        or_panic(check_device("zeros", opts.device));
-        let n: usize = shape.as_ref().iter().product();
-        Tensor::from_buffer(CpuBuffer::zeros(opts.dtype, n), shape.as_ref())
+        or_panic(Self::try_zeros(shape, opts))
+    }
+
+    /// Fallible [`Tensor::zeros`]: an [`Error::CudaUnavailable`] when the device cannot
+    /// be used.
+    ///
+    /// ```
+    /// use flint_runtime::{DType, Device, Tensor};
+    /// match Tensor::try_zeros([2], (DType::F32, Device::Cuda(0))) {
+    ///     Ok(t) => assert_eq!(t.device(), Device::Cuda(0)),
+    ///     Err(e) => assert!(e.to_string().starts_with("CUDA is not available: ")),
+    /// }
+    /// ```
+    pub fn try_zeros(shape: impl AsRef<[usize]>, opts: impl Into<TensorOptions>) -> Result<Tensor> {
+        let (shape, opts) = (shape.as_ref(), opts.into());
+        let n: usize = shape.iter().product();
+        match opts.device {
+            Device::Cpu => Ok(Tensor::from_buffer(CpuBuffer::zeros(opts.dtype, n), shape)),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(ord) => Ok(Tensor::from_cuda(
+                crate::cuda::CudaBuffer::zeros(opts.dtype, n, ord)?,
+                shape,
+            )),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => Err(crate::tensor::no_cuda_backend()),
+        }
+    }
+
+    /// A tensor built on the host and then placed on `device` (an upload for CUDA).
+    pub(crate) fn from_buffer_on(
+        buf: CpuBuffer,
+        shape: &[usize],
+        device: Device,
+    ) -> Result<Tensor> {
+        check_device(device)?;
+        Tensor::from_buffer(buf, shape).to_raw(device)
     }
 
     /// A tensor of ones.
@@ -84,7 +132,7 @@ impl Tensor {
 
     /// Fallible [`Tensor::arange`]: an error for a zero step or a step of the wrong sign.
     pub fn try_arange(start: f64, end: f64, step: f64, opts: TensorOptions) -> Result<Tensor> {
-        check_device("arange", opts.device)?;
+        check_device(opts.device)?;
         if step == 0.0 || !step.is_finite() || (end - start) * step < 0.0 {
             return Err(Error::shape(
                 "arange",
@@ -92,10 +140,11 @@ impl Tensor {
             ));
         }
         let n = ((end - start) / step).ceil().max(0.0) as usize;
-        Ok(Tensor::from_buffer(
+        Tensor::from_buffer_on(
             CpuBuffer::from_f64_iter(opts.dtype, (0..n).map(|i| start + i as f64 * step)),
             &[n],
-        ))
+            opts.device,
+        )
     }
 
     /// `steps` values evenly spaced from `start` to `end` inclusive.
@@ -107,7 +156,7 @@ impl Tensor {
     #[track_caller]
     pub fn linspace(start: f64, end: f64, steps: usize, opts: impl Into<TensorOptions>) -> Tensor {
         let opts = opts.into();
-        or_panic(check_device("linspace", opts.device));
+        or_panic(check_device(opts.device));
         let step = if steps > 1 {
             (end - start) / (steps - 1) as f64
         } else {
@@ -122,7 +171,11 @@ impl Tensor {
                 end - step * (steps - 1 - i) as f64
             }
         });
-        Tensor::from_buffer(CpuBuffer::from_f64_iter(opts.dtype, it), &[steps])
+        or_panic(Tensor::from_buffer_on(
+            CpuBuffer::from_f64_iter(opts.dtype, it),
+            &[steps],
+            opts.device,
+        ))
     }
 
     /// The `n × n` identity matrix.
@@ -134,9 +187,13 @@ impl Tensor {
     #[track_caller]
     pub fn eye(n: usize, opts: impl Into<TensorOptions>) -> Tensor {
         let opts = opts.into();
-        or_panic(check_device("eye", opts.device));
+        or_panic(check_device(opts.device));
         let it = (0..n * n).map(move |i| if i / n == i % n { 1.0 } else { 0.0 });
-        Tensor::from_buffer(CpuBuffer::from_f64_iter(opts.dtype, it), &[n, n])
+        or_panic(Tensor::from_buffer_on(
+            CpuBuffer::from_f64_iter(opts.dtype, it),
+            &[n, n],
+            opts.device,
+        ))
     }
 }
 
@@ -188,7 +245,21 @@ mod tests {
 
     #[test]
     fn no_cuda_is_a_clear_error() {
-        let e = Tensor::try_full(&[2], 0.0, Device::Cuda(0).into()).unwrap_err();
-        assert!(e.to_string().contains("cuda:0 is not available"), "{e}");
+        // without the `cuda` feature, or without a GPU, creating on cuda:0 is an error
+        for r in [
+            Tensor::try_full(&[2], 0.0, Device::Cuda(0).into()),
+            Tensor::try_zeros([2], (DType::F32, Device::Cuda(0))),
+            Tensor::try_arange(0.0, 2.0, 1.0, Device::Cuda(0).into()),
+        ] {
+            match r {
+                Err(e) => {
+                    assert!(e.to_string().starts_with("CUDA is not available: "), "{e}")
+                }
+                Ok(t) => assert!(cfg!(feature = "cuda") && t.device() == Device::Cuda(0)),
+            }
+        }
+        // a device that no machine has
+        let e = Tensor::try_zeros([2], (DType::F32, Device::Cuda(999))).unwrap_err();
+        assert!(e.to_string().starts_with("CUDA is not available: "), "{e}");
     }
 }

@@ -64,14 +64,14 @@ impl From<bool> for Operand {
 }
 
 impl Operand {
-    /// This operand as a tensor combined with `lhs`: scalars become 0-d tensors whose
-    /// dtype follows PyTorch's rule for Python scalars.
-    pub(crate) fn into_tensor(self, lhs: &Tensor) -> Tensor {
+    /// This operand as a tensor combined with `lhs`: scalars become 0-d tensors on
+    /// `lhs`'s device whose dtype follows PyTorch's rule for Python scalars.
+    pub(crate) fn into_tensor(self, lhs: &Tensor) -> Result<Tensor> {
         match self {
-            Operand::Tensor(t) => t,
+            Operand::Tensor(t) => Ok(t),
             Operand::Float(v) => {
                 let dt = lhs.dtype().to_float();
-                Tensor::full([], v, dt)
+                Tensor::try_full(&[], v, (dt, lhs.device()).into())
             }
             Operand::Int(v) => {
                 let dt = if lhs.dtype() == DType::Bool {
@@ -79,7 +79,7 @@ impl Operand {
                 } else {
                     lhs.dtype()
                 };
-                Tensor::full([], v as f64, dt)
+                Tensor::try_full(&[], v as f64, (dt, lhs.device()).into())
             }
         }
     }
@@ -93,17 +93,10 @@ pub(crate) fn prepare(
     dtype: DType,
 ) -> Result<(Tensor, Layout, Tensor, Layout)> {
     if a.device() != b.device() {
-        return Err(Error::device(
-            op,
-            format!(
-                "expected both tensors on one device, got {} and {}",
-                a.device(),
-                b.device()
-            ),
-        ));
+        return Err(Error::devices(op, a.device(), b.device()));
     }
     let shape = broadcast_shapes(op, a.shape(), b.shape())?;
-    let (a, b) = (a.to_dtype_raw(dtype), b.to_dtype_raw(dtype));
+    let (a, b) = (a.to_dtype_raw(dtype)?, b.to_dtype_raw(dtype)?);
     let la = a.layout().broadcast_to(op, &shape)?;
     let lb = b.layout().broadcast_to(op, &shape)?;
     Ok((a, la, b, lb))
@@ -155,7 +148,7 @@ fn min_nan<T: Element>(x: T, y: T) -> T {
 #[track_caller]
 fn arith(a: &Tensor, b: Operand, kind: Arith) -> Result<Tensor> {
     let op = kind.name();
-    let b = b.into_tensor(a);
+    let b = b.into_tensor(a)?;
     let mut dt = DType::promote(a.dtype(), b.dtype());
     if dt == DType::Bool {
         dt = DType::I64;
@@ -166,15 +159,15 @@ fn arith(a: &Tensor, b: Operand, kind: Arith) -> Result<Tensor> {
     let (ca, la, cb, lb) = prepare(op, a, &b, dt)?;
     let out = dispatch!(num op, dt, T => {
         match kind {
-            Arith::Add => map::binary::<T, T>(&ca, &la, &cb, &lb, |x, y| x + y),
-            Arith::Sub => map::binary::<T, T>(&ca, &la, &cb, &lb, |x, y| x - y),
-            Arith::Mul => map::binary::<T, T>(&ca, &la, &cb, &lb, |x, y| x * y),
-            Arith::Div => map::binary::<T, T>(&ca, &la, &cb, &lb, |x, y| x / y),
-            Arith::Max => map::binary::<T, T>(&ca, &la, &cb, &lb, max_nan),
-            Arith::Min => map::binary::<T, T>(&ca, &la, &cb, &lb, min_nan),
-            Arith::Pow => map::binary::<T, T>(&ca, &la, &cb, &lb, |x, y| T::from_f64(x.to_f64().powf(y.to_f64()))),
+            Arith::Add => map::binary::<T, T>(op, &ca, &la, &cb, &lb, |x, y| x + y),
+            Arith::Sub => map::binary::<T, T>(op, &ca, &la, &cb, &lb, |x, y| x - y),
+            Arith::Mul => map::binary::<T, T>(op, &ca, &la, &cb, &lb, |x, y| x * y),
+            Arith::Div => map::binary::<T, T>(op, &ca, &la, &cb, &lb, |x, y| x / y),
+            Arith::Max => map::binary::<T, T>(op, &ca, &la, &cb, &lb, max_nan),
+            Arith::Min => map::binary::<T, T>(op, &ca, &la, &cb, &lb, min_nan),
+            Arith::Pow => map::binary::<T, T>(op, &ca, &la, &cb, &lb, |x, y| T::from_f64(x.to_f64().powf(y.to_f64()))),
         }
-    })?;
+    })??;
     Ok(record_arith(out, kind, a, &b))
 }
 
@@ -207,7 +200,8 @@ fn record_arith(out: Tensor, kind: Arith, a: &Tensor, b: &Tensor) -> Tensor {
                 } else {
                     a.lt(&b)
                 };
-                let wa = wins.to_dtype_raw(g.dtype()) + a.eq(&b).to_dtype_raw(g.dtype()) * 0.5;
+                let wa = or_panic(wins.to_dtype_raw(g.dtype()))
+                    + or_panic(a.eq(&b).to_dtype_raw(g.dtype())) * 0.5;
                 (na.then(|| g * &wa), nb.then(|| g * (1.0 - &wa)))
             }
             Arith::Pow => {
@@ -341,11 +335,11 @@ impl Tensor {
 /// Applies a float function elementwise (integers are converted to f32 first).
 fn unary_float(x: &Tensor, op: &'static str, f: UnaryF) -> Result<Tensor> {
     let dt = x.dtype().to_float();
-    let x = x.to_dtype_raw(dt);
+    let x = x.to_dtype_raw(dt)?;
     dispatch!(float op, dt, T => match f {
-        UnaryF::Generic(f) => map::unary::<T, T>(&x, |v| T::from_f64(f(v.to_f64()))),
-        UnaryF::Native(g) => map::unary::<T, T>(&x, move |v| g.apply(v)),
-    })
+        UnaryF::Generic(f) => map::unary::<T, T>(op, &x, |v| T::from_f64(f(v.to_f64()))),
+        UnaryF::Native(g) => map::unary::<T, T>(op, &x, move |v| g.apply(v)),
+    })?
 }
 
 /// Unary float functions computed natively in the element type (f16/bf16 via f32).
@@ -587,7 +581,9 @@ impl Tensor {
     #[track_caller]
     pub fn neg(&self) -> Tensor {
         let dt = self.dtype();
-        let out = or_panic(dispatch!(num "neg", dt, T => map::unary::<T, T>(self, |v| -v)));
+        let out = or_panic(
+            dispatch!(num "neg", dt, T => map::unary::<T, T>("neg", self, |v| -v)).and_then(|r| r),
+        );
         record(out, "neg", &[self], &[], |g| vec![Some(g.neg())])
     }
 
@@ -596,7 +592,8 @@ impl Tensor {
     pub fn abs(&self) -> Tensor {
         let dt = self.dtype();
         let out = or_panic(
-            dispatch!(num "abs", dt, T => map::unary::<T, T>(self, |v| if v < T::zero() { -v } else { v })),
+            dispatch!(num "abs", dt, T => map::unary::<T, T>("abs", self, |v| if v < T::zero() { -v } else { v }))
+                .and_then(|r| r),
         );
         let x = self.clone();
         record(out, "abs", &[self], &[self], move |g| {
@@ -615,9 +612,10 @@ impl Tensor {
     pub fn sign(&self) -> Tensor {
         let dt = self.dtype();
         let out = or_panic(
-            dispatch!(num "sign", dt, T => map::unary::<T, T>(self, |v| {
+            dispatch!(num "sign", dt, T => map::unary::<T, T>("sign", self, |v| {
                 if v > T::zero() { T::one() } else if v < T::zero() { -T::one() } else { v }
-            })),
+            }))
+            .and_then(|r| r),
         );
         record(out, "sign", &[self], &[], |g| vec![Some(g.zeros_like())])
     }
@@ -633,7 +631,8 @@ impl Tensor {
     pub fn relu(&self) -> Tensor {
         let dt = self.dtype();
         let out = or_panic(
-            dispatch!(num "relu", dt, T => map::unary::<T, T>(self, |v| if v > T::zero() { v } else { T::zero() })),
+            dispatch!(num "relu", dt, T => map::unary::<T, T>("relu", self, |v| if v > T::zero() { v } else { T::zero() }))
+                .and_then(|r| r),
         );
         let y = out.detach();
         record(out, "relu", &[self], &[&y.clone()], move |g| {
@@ -695,14 +694,14 @@ macro_rules! bin_operator {
             type Output = Tensor;
             #[track_caller]
             fn $method(self, rhs: &Tensor) -> Tensor {
-                Operand::from(self).into_tensor(rhs).$fn(rhs)
+                or_panic(Operand::from(self).into_tensor(rhs)).$fn(rhs)
             }
         }
         impl std::ops::$trait<Tensor> for $s {
             type Output = Tensor;
             #[track_caller]
             fn $method(self, rhs: Tensor) -> Tensor {
-                Operand::from(self).into_tensor(&rhs).$fn(&rhs)
+                or_panic(Operand::from(self).into_tensor(&rhs)).$fn(&rhs)
             }
         }
     )*};

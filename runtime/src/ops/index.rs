@@ -57,14 +57,7 @@ fn check_index_tensor(op: &'static str, index: &Tensor) -> Result<()> {
 
 fn check_same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.device() != b.device() {
-        return Err(Error::device(
-            op,
-            format!(
-                "expected tensors on one device, got {} and {}",
-                a.device(),
-                b.device()
-            ),
-        ));
+        return Err(Error::devices(op, a.device(), b.device()));
     }
     Ok(())
 }
@@ -82,17 +75,17 @@ fn out_of_range(op: &'static str, value: i64, dim: usize, size: usize, shape: &[
 
 /// A copy of `index` that does not share storage with `other` (so that reading both
 /// never takes the same storage lock twice).
-fn unaliased(index: &Tensor, other: &Tensor) -> Tensor {
+fn unaliased(index: &Tensor, other: &Tensor) -> Result<Tensor> {
     if index.shares_storage(other) {
-        index.deep_clone()
+        index.copy_raw()
     } else {
-        index.clone()
+        Ok(index.clone())
     }
 }
 
 /// The first element of the `i64` tensor `index` outside `0..size`, if any.
-fn first_bad_index(index: &Tensor, size: usize) -> Option<i64> {
-    index.with_slice::<i64, _>(|s, l| {
+fn first_bad_index(op: &'static str, index: &Tensor, size: usize) -> Result<Option<i64>> {
+    index.with_slice::<i64, _>(op, |s, l| {
         let mut bad = None;
         for_each_offsets(
             l.shape(),
@@ -152,7 +145,7 @@ impl Tensor {
         let shape = self.shape();
         let size = shape[d];
         let idx: Vec<usize> = index
-            .to_vec::<i64>()
+            .try_to_vec::<i64>()?
             .into_iter()
             .map(|i| {
                 if i < 0 || i as u64 >= size as u64 {
@@ -173,7 +166,7 @@ impl Tensor {
         let inner_contiguous = inner.iter().enumerate().all(|(i, &o)| i == o);
         let dt = self.dtype();
         Ok(dispatch!(all dt, T => {
-            let out = self.with_slice::<T, _>(|s, _| {
+            let out = self.with_slice::<T, _>(OP, |s, _| {
                 let mut out = vec![T::default(); n];
                 if n == 0 {
                     return out;
@@ -200,7 +193,7 @@ impl Tensor {
                     out.chunks_mut(row).enumerate().for_each(|(r, dst)| fill_row(r, dst));
                 }
                 out
-            });
+            })?;
             Tensor::from_buffer(T::into_buffer(out), &out_shape)
         }))
     }
@@ -254,7 +247,7 @@ impl Tensor {
         } else {
             self.clone()
         };
-        let index = unaliased(index, &src);
+        let index = unaliased(index, &src)?;
         let index = if index.ndim() == 0 {
             index.reshape([1usize])
         } else {
@@ -273,7 +266,7 @@ impl Tensor {
             }
         }
         let size = src.shape()[d];
-        if let Some(v) = first_bad_index(&index, size) {
+        if let Some(v) = first_bad_index(OP, &index, size)? {
             return Err(out_of_range(OP, v, d, size, self.shape()));
         }
         let li = index.layout().clone();
@@ -287,13 +280,13 @@ impl Tensor {
         };
         let dt = self.dtype();
         Ok(dispatch!(all dt, T => {
-            let out = src.with_slice::<T, _>(|s, _| {
-                index.with_slice::<i64, _>(|ix, _| {
+            let out = src.with_slice::<T, _>(OP, |s, _| {
+                index.with_slice::<i64, _>(OP, |ix, _| {
                     let mut out = vec![T::default(); li.numel()];
                     fill_strided2(&mut out, &li, &ls, |oi, os| s[os + ix[oi] as usize * sd]);
                     out
                 })
-            });
+            })??;
             Tensor::from_buffer(T::into_buffer(out), &out_shape)
         }))
     }
@@ -379,8 +372,8 @@ impl Tensor {
             }
         }
         let size = base.shape()[d];
-        let index = unaliased(&index, &src);
-        if let Some(v) = first_bad_index(&index, size) {
+        let index = unaliased(&index, &src)?;
+        if let Some(v) = first_bad_index(OP, &index, size)? {
             return Err(out_of_range(OP, v, d, size, self.shape()));
         }
         let li = index.layout().clone();
@@ -390,9 +383,9 @@ impl Tensor {
         let ls = src.layout();
         let dt = self.dtype();
         dispatch!(num OP, dt, T => {
-            let mut out = base.with_slice::<T, _>(gather);
-            src.with_slice::<T, _>(|sv, _| {
-                index.with_slice::<i64, _>(|ix, _| {
+            let mut out = base.with_slice::<T, _>(OP, gather)?;
+            src.with_slice::<T, _>(OP, |sv, _| {
+                index.with_slice::<i64, _>(OP, |ix, _| {
                     for_each_offsets(
                         li.shape(),
                         [li.strides(), &ls.strides()[..ndim], &out_strides],
@@ -404,7 +397,7 @@ impl Tensor {
                         },
                     );
                 })
-            });
+            })??;
             Tensor::from_buffer(T::into_buffer(out), self.shape())
         })
     }
@@ -537,13 +530,13 @@ impl Tensor {
                 ),
             )
         })?;
-        let mask = unaliased(mask, self);
+        let mask = unaliased(mask, self)?;
         let ls = self.layout().broadcast_to(OP, &shape)?;
         let lm = mask.layout().broadcast_to(OP, &shape)?;
         let dt = self.dtype();
         Ok(dispatch!(all dt, T => {
-            let out = self.with_slice::<T, _>(|s, _| {
-                mask.with_slice::<bool, _>(|m, _| {
+            let out = self.with_slice::<T, _>(OP, |s, _| {
+                mask.with_slice::<bool, _>(OP, |m, _| {
                     let mut out = Vec::new();
                     for_each_offsets(&shape, [ls.strides(), lm.strides()], [ls.offset(), lm.offset()], 0..ls.numel(), |_, [os, om]| {
                         if m[om] {
@@ -552,7 +545,7 @@ impl Tensor {
                     });
                     out
                 })
-            });
+            })??;
             let n = out.len();
             Tensor::from_buffer(T::into_buffer(out), &[n])
         }))
@@ -668,16 +661,7 @@ fn cat_impl<T: AsRef<Tensor>>(op: &'static str, tensors: &[T], dim: isize) -> Re
         .iter()
         .skip(1)
         .fold(all[0].dtype(), |acc, t| DType::promote(acc, t.dtype()));
-    let device = all[0].device();
-    if let Some(t) = all.iter().find(|t| t.device() != device) {
-        return Err(Error::device(
-            op,
-            format!(
-                "expected all tensors on one device, got {device} and {}",
-                t.device()
-            ),
-        ));
-    }
+    let device = crate::tensor::same_device(op, &all)?;
     // legacy PyTorch rule: 1-D empty tensors are skipped
     let parts: Vec<(usize, &Tensor)> = all
         .iter()
@@ -686,7 +670,7 @@ fn cat_impl<T: AsRef<Tensor>>(op: &'static str, tensors: &[T], dim: isize) -> Re
         .filter(|(_, t)| !(t.ndim() == 1 && t.numel() == 0))
         .collect();
     let Some(&(i0, first)) = parts.first() else {
-        return Ok(Tensor::zeros([0usize], dt));
+        return Tensor::try_zeros([0usize], (dt, device));
     };
     if first.ndim() == 0 {
         return Err(Error::shape(
@@ -725,10 +709,10 @@ fn cat_impl<T: AsRef<Tensor>>(op: &'static str, tensors: &[T], dim: isize) -> Re
         let mut out = vec![E::default(); n];
         let mut start = 0usize;
         for &(_, t) in &parts {
-            let t = t.to_dtype(dt);
+            let t = t.to_dtype_raw(dt)?;
             let len = t.shape()[d];
             let chunk = len * inner;
-            t.with_slice::<E, _>(|s, l| {
+            t.with_slice::<E, _>(op, |s, l| {
                 if chunk == 0 {
                     return;
                 }
@@ -744,7 +728,7 @@ fn cat_impl<T: AsRef<Tensor>>(op: &'static str, tensors: &[T], dim: isize) -> Re
                         out[oo] = s[os];
                     });
                 }
-            });
+            })?;
             start += len;
         }
         Tensor::from_buffer(E::into_buffer(out), &out_shape)

@@ -11,7 +11,7 @@ use crate::dtype::DType;
 use crate::error::{or_panic, Error, Result};
 use crate::layout::fmt_shape;
 use crate::ops::elementwise::Operand;
-use crate::storage::{BufferElement, StorageData};
+use crate::storage::BufferElement;
 use crate::tensor::Tensor;
 
 /// Ops that return views: an in-place write through one would also change the base,
@@ -53,7 +53,7 @@ impl Tensor {
             let r = src
                 .try_broadcast_to(&shape)?
                 .to_dtype(self.dtype())
-                .deep_clone();
+                .try_deep_clone()?;
             self.write_from("copy_", &r)?;
             self.set_grad_fn(r.grad_fn());
             return Ok(());
@@ -87,7 +87,7 @@ impl Tensor {
     fn inplace_source(&self, op: &'static str) -> Result<Tensor> {
         if is_grad_enabled() && self.requires_grad() {
             self.check_rebase(op)?;
-            Ok(self.deep_clone())
+            self.try_deep_clone()
         } else {
             Ok(self.clone())
         }
@@ -115,14 +115,7 @@ impl Tensor {
     fn write_from(&self, op: &'static str, src: &Tensor) -> Result<()> {
         self.check_writable(op)?;
         if src.device() != self.device() {
-            return Err(Error::device(
-                op,
-                format!(
-                    "source is on {} but the tensor is on {}",
-                    src.device(),
-                    self.device()
-                ),
-            ));
+            return Err(Error::devices(op, self.device(), src.device()));
         }
         let lsrc_shape_ok = src.layout().broadcast_to(op, self.shape());
         let lsrc = lsrc_shape_ok.map_err(|_| {
@@ -135,24 +128,27 @@ impl Tensor {
                 ),
             )
         })?;
-        let mut src = src.to_dtype_raw(self.dtype());
+        let mut src = src.to_dtype_raw(self.dtype())?;
         let mut lsrc = lsrc;
         if src.shares_storage(self) {
-            src = src.deep_clone();
+            src = src.copy_raw()?;
             lsrc = src.layout().broadcast_to(op, self.shape())?;
         }
         let dt = self.dtype();
         let dst_layout = self.layout().clone();
-        src.with_cpu(|sbuf, _| {
+        src.with_cpu(op, |sbuf, _| {
             let mut guard = self.storage().write();
-            let StorageData::Cpu(dbuf) = &mut *guard;
+            let dbuf = guard.as_cpu_mut().ok_or(Error::NoCudaKernel {
+                op,
+                device: self.device(),
+            })?;
             dispatch!(all dt, T => {
                 let s = <T as BufferElement>::slice(sbuf).expect("source converted to the destination dtype");
                 let d = <T as BufferElement>::slice_mut(dbuf).expect("destination dtype");
                 write_strided(d, &dst_layout, s, &lsrc);
-            })
-        });
-        Ok(())
+            });
+            Ok(())
+        })?
     }
 
     /// Writes `result` (computed out of place by `op`) back, refusing a float result into
@@ -188,7 +184,10 @@ impl Tensor {
             or_panic(self.check_rebase("fill_"));
             self.set_grad_fn(None);
         }
-        or_panic(self.write_from("fill_", &Tensor::full([], value, self.dtype())));
+        or_panic(
+            Tensor::try_full(&[], value, (self.dtype(), self.device()).into())
+                .and_then(|v| self.write_from("fill_", &v)),
+        );
         self
     }
 

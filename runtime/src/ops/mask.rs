@@ -21,17 +21,17 @@ enum Cmp {
 
 #[allow(clippy::bool_comparison)] // T may be bool
 fn compare(a: &Tensor, b: Operand, cmp: Cmp, op: &'static str) -> Result<Tensor> {
-    let b = b.into_tensor(a);
+    let b = b.into_tensor(a)?;
     let dt = DType::promote(a.dtype(), b.dtype());
     let (a, la, b, lb) = prepare(op, a, &b, dt)?;
-    Ok(dispatch!(all dt, T => match cmp {
-        Cmp::Eq => map::binary::<T, bool>(&a, &la, &b, &lb, |x, y| x == y),
-        Cmp::Ne => map::binary::<T, bool>(&a, &la, &b, &lb, |x, y| x != y),
-        Cmp::Lt => map::binary::<T, bool>(&a, &la, &b, &lb, |x, y| x < y),
-        Cmp::Le => map::binary::<T, bool>(&a, &la, &b, &lb, |x, y| x <= y),
-        Cmp::Gt => map::binary::<T, bool>(&a, &la, &b, &lb, |x, y| x > y),
-        Cmp::Ge => map::binary::<T, bool>(&a, &la, &b, &lb, |x, y| x >= y),
-    }))
+    dispatch!(all dt, T => match cmp {
+        Cmp::Eq => map::binary::<T, bool>(op, &a, &la, &b, &lb, |x, y| x == y),
+        Cmp::Ne => map::binary::<T, bool>(op, &a, &la, &b, &lb, |x, y| x != y),
+        Cmp::Lt => map::binary::<T, bool>(op, &a, &la, &b, &lb, |x, y| x < y),
+        Cmp::Le => map::binary::<T, bool>(op, &a, &la, &b, &lb, |x, y| x <= y),
+        Cmp::Gt => map::binary::<T, bool>(op, &a, &la, &b, &lb, |x, y| x > y),
+        Cmp::Ge => map::binary::<T, bool>(op, &a, &la, &b, &lb, |x, y| x >= y),
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -42,14 +42,14 @@ enum Logic {
 }
 
 fn logical(a: &Tensor, b: Operand, l: Logic, op: &'static str) -> Result<Tensor> {
-    let b = b.into_tensor(a);
-    let (a, b) = (a.truthy(), b.truthy());
+    let b = b.into_tensor(a)?;
+    let (a, b) = (a.try_truthy()?, b.try_truthy()?);
     let (a, la, b, lb) = prepare(op, &a, &b, DType::Bool)?;
-    Ok(match l {
-        Logic::And => map::binary::<bool, bool>(&a, &la, &b, &lb, |x, y| x && y),
-        Logic::Or => map::binary::<bool, bool>(&a, &la, &b, &lb, |x, y| x || y),
-        Logic::Xor => map::binary::<bool, bool>(&a, &la, &b, &lb, |x, y| x ^ y),
-    })
+    match l {
+        Logic::And => map::binary::<bool, bool>(op, &a, &la, &b, &lb, |x, y| x && y),
+        Logic::Or => map::binary::<bool, bool>(op, &a, &la, &b, &lb, |x, y| x || y),
+        Logic::Xor => map::binary::<bool, bool>(op, &a, &la, &b, &lb, |x, y| x ^ y),
+    }
 }
 
 macro_rules! cmp_methods {
@@ -108,13 +108,23 @@ impl Tensor {
     }
 
     /// Logical NOT (zero is true).
+    #[track_caller]
     pub fn logical_not(&self) -> Tensor {
-        map::unary::<bool, bool>(&self.truthy(), |x| !x)
+        or_panic(self.try_logical_not())
+    }
+
+    /// Fallible [`Tensor::logical_not`].
+    pub fn try_logical_not(&self) -> Result<Tensor> {
+        map::unary::<bool, bool>("logical_not", &self.try_truthy()?, |x| !x)
     }
 
     /// The tensor as bool (non-zero is true).
+    fn try_truthy(&self) -> Result<Tensor> {
+        self.to_dtype_raw(DType::Bool)
+    }
+
     fn truthy(&self) -> Tensor {
-        self.to_dtype(DType::Bool)
+        or_panic(self.try_truthy())
     }
 
     /// True when every element is non-zero.
@@ -142,7 +152,7 @@ impl Tensor {
     /// Fallible [`Tensor::where_`].
     #[track_caller]
     pub fn try_where(&self, cond: &Tensor, other: impl Into<Operand>) -> Result<Tensor> {
-        let other = other.into().into_tensor(self);
+        let other = other.into().into_tensor(self)?;
         if cond.dtype() != DType::Bool {
             return Err(Error::dtype(
                 "where",
@@ -150,12 +160,13 @@ impl Tensor {
             ));
         }
         let dt = DType::promote(self.dtype(), other.dtype());
+        crate::tensor::same_device("where", &[self, cond, &other])?;
         let (a, la, b, lb) = prepare("where", self, &other, dt)?;
         let shape = broadcast_shapes("where", la.shape(), cond.shape())?;
         let la = la.broadcast_to("where", &shape)?;
         let lb = lb.broadcast_to("where", &shape)?;
         let lc = cond.layout().broadcast_to("where", &shape)?;
-        let out = dispatch!(all dt, T => map::ternary::<bool, T, T>((cond, &lc), (&a, &la), (&b, &lb), |c, x, y| if c { x } else { y }));
+        let out = dispatch!(all dt, T => map::ternary::<bool, T, T>("where", (cond, &lc), (&a, &la), (&b, &lb), |c, x, y| if c { x } else { y }))?;
         let (c, x, y) = (cond.clone(), self.clone(), other.clone());
         let (nx, ny) = (x.requires_grad(), y.requires_grad());
         Ok(record(out, "where", &[self, &other], &[], move |g| {
@@ -203,10 +214,11 @@ impl Tensor {
                     ),
                 )
             })?;
+        crate::tensor::same_device("masked_fill", &[self, mask])?;
         let dt = self.dtype();
-        let fill = Tensor::full([], value, dt);
+        let fill = Tensor::try_full(&[], value, (dt, self.device()).into())?;
         let lf = fill.layout().broadcast_to("masked_fill", self.shape())?;
-        let out = dispatch!(all dt, T => map::ternary::<bool, T, T>((mask, &lm), (&fill, &lf), (self, self.layout()), |c, x, y| if c { x } else { y }));
+        let out = dispatch!(all dt, T => map::ternary::<bool, T, T>("masked_fill", (mask, &lm), (&fill, &lf), (self, self.layout()), |c, x, y| if c { x } else { y }))?;
         let m = mask.clone();
         Ok(record(out, "masked_fill", &[self], &[], move |g| {
             vec![Some(g.masked_fill(&m, 0.0))]

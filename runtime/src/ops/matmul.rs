@@ -3,6 +3,7 @@
 
 use crate::autograd::record;
 use crate::cpu::matmul as kernel;
+use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{or_panic, Error, Result};
 use crate::layout::{broadcast_shapes, fmt_shape, Dims, Layout};
@@ -13,9 +14,9 @@ const OP: &str = "matmul";
 
 /// The layout of `t` as a stack of matrices: a 1-D `[k]` becomes a row `[1, k]` (`row`)
 /// or a column `[k, 1]`; a matrix with no unit stride is copied to contiguous first.
-fn as_matrices(t: &Tensor, row: bool) -> (Tensor, Layout) {
+fn as_matrices(t: &Tensor, row: bool) -> Result<(Tensor, Layout)> {
     let t = if t.ndim() >= 2 && !kernel::has_unit_stride(t.layout()) {
-        t.copy_raw()
+        t.copy_raw()?
     } else {
         t.clone()
     };
@@ -25,7 +26,7 @@ fn as_matrices(t: &Tensor, row: bool) -> (Tensor, Layout) {
         l.shape.insert(at, 1);
         l.strides.insert(at, 0);
     }
-    (t, l)
+    Ok((t, l))
 }
 
 fn matmul_raw(a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -41,14 +42,7 @@ fn matmul_raw(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         ));
     }
     if a.device() != b.device() {
-        return Err(Error::device(
-            OP,
-            format!(
-                "expected both tensors on one device, got {} and {}",
-                a.device(),
-                b.device()
-            ),
-        ));
+        return Err(Error::devices(OP, a.device(), b.device()));
     }
     let dtype = DType::promote(a.dtype(), b.dtype());
     if dtype == DType::Bool {
@@ -87,14 +81,15 @@ fn matmul_raw(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         )
     })?;
 
-    // bf16 computes in f32 and rounds once at the end, like PyTorch's CPU kernel
-    let compute = if dtype == DType::BF16 {
+    // bf16 computes in f32 and rounds once at the end, like PyTorch's CPU kernel (on
+    // CUDA, cuBLAS accumulates f16 and bf16 in f32 itself)
+    let compute = if dtype == DType::BF16 && a.device() == Device::Cpu {
         DType::F32
     } else {
         dtype
     };
-    let (a, la) = as_matrices(&a.to_dtype_raw(compute), true);
-    let (b, lb) = as_matrices(&b.to_dtype_raw(compute), false);
+    let (a, la) = as_matrices(&a.to_dtype_raw(compute)?, true)?;
+    let (b, lb) = as_matrices(&b.to_dtype_raw(compute)?, false)?;
     let (m, n) = (la.shape()[la.ndim() - 2], lb.shape()[lb.ndim() - 1]);
     let full = |rows: usize, cols: usize| -> Dims {
         let mut s = batch.clone();
@@ -103,8 +98,6 @@ fn matmul_raw(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     };
     let la = la.broadcast_to(OP, &full(m, ka))?;
     let lb = lb.broadcast_to(OP, &full(kb, n))?;
-    let buf = a.with_cpu(|ba, _| b.with_cpu(|bb, _| kernel::matmul(ba, &la, bb, &lb)));
-
     let mut shape = batch;
     if sa.len() >= 2 {
         shape.push(m);
@@ -112,7 +105,15 @@ fn matmul_raw(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if sb.len() >= 2 {
         shape.push(n);
     }
-    Ok(Tensor::from_buffer(buf, &shape).to_dtype_raw(dtype))
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(_) = a.device() {
+        let buf = crate::cuda::matmul(&a, &la, &b, &lb)?;
+        return Ok(Tensor::from_cuda(buf, &shape));
+    }
+    let buf = a.with_cpu(OP, |ba, _| {
+        b.with_cpu(OP, |bb, _| kernel::matmul(ba, &la, bb, &lb))
+    })??;
+    Tensor::from_buffer(buf, &shape).to_dtype_raw(dtype)
 }
 
 /// `a @ b` with its backward: `∂a = g·bᵀ`, `∂b = aᵀ·g`, vectors treated as a row (`a`) or

@@ -111,9 +111,9 @@ fn reduce_values(
     if dt == DType::Bool && matches!(kind, Kind::Sum | Kind::Prod) {
         dt = DType::I64;
     }
-    let t = t.to_dtype_raw(dt);
+    let t = t.to_dtype_raw(dt)?;
     let out = dispatch!(all dt, T => {
-        t.with_slice::<T, _>(|s, l| {
+        t.with_slice::<T, _>(op, |s, l| {
             let v: Vec<T> = match (kind, T::DTYPE.is_float()) {
                 // floats accumulate in f64
                 (Kind::Sum, true) => reduce(s, l, dims, 0.0f64, |a, x: T, _| a + x.to_f64(), |a, b| a + b)
@@ -142,7 +142,7 @@ fn reduce_values(
                 }).into_iter().map(|v| v.unwrap_or_default()).collect(),
             };
             T::into_buffer(v)
-        })
+        })?
     });
     Ok(Tensor::from_buffer(out, &shape))
 }
@@ -167,7 +167,7 @@ fn arg_reduce(
     }
     let dims = if t.ndim() == 0 { vec![] } else { vec![dim] };
     let shape = out_shape(t.shape(), &dims, keepdim);
-    let v: Vec<i64> = dispatch!(all t.dtype(), T => t.with_slice::<T, _>(|s, l| {
+    let v: Vec<i64> = dispatch!(all t.dtype(), T => t.with_slice::<T, _>(op, |s, l| {
         reduce(s, l, &dims, None::<(T, usize)>, |a, x: T, j| match a {
             None => Some((x, j)),
             Some((m, i)) => {
@@ -182,7 +182,7 @@ fn arg_reduce(
             (a, None) => a,
             (None, b) => b,
         }).into_iter().map(|a| a.map_or(0, |(_, i)| i as i64)).collect()
-    }));
+    })?);
     Ok(Tensor::from_vec(v, shape))
 }
 
@@ -408,9 +408,10 @@ impl Tensor {
     fn where_finite_or_zero(&self) -> Tensor {
         let dt = self.dtype();
         or_panic(
-            dispatch!(float "where_finite_or_zero", dt, T => crate::cpu::map::unary::<T, T>(self, |v| {
+            dispatch!(float "where_finite_or_zero", dt, T => crate::cpu::map::unary::<T, T>("softmax", self, |v| {
                 if num_traits::Float::is_finite(v) { v } else { T::from_f64(0.0) }
-            })),
+            }))
+            .and_then(|r| r),
         )
     }
 }

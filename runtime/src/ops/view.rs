@@ -130,7 +130,7 @@ impl Tensor {
         let shape = infer_shape("reshape", &spec, self.numel())?;
         match self.layout().view_strides(&shape) {
             Some(strides) => Ok(self.reshape_view("reshape", shape, strides)),
-            None => self.contiguous().try_view(shape.as_slice()),
+            None => self.try_contiguous()?.try_view(shape.as_slice()),
         }
     }
 

@@ -288,13 +288,23 @@ fn argmax_kernel<T: Element>(src: &[T], planes: usize, w: &Window) -> Vec<i64> {
 
 /// Runs `f` on the contiguous typed data of `t` (copying it first when `t` is a
 /// non-contiguous view).
-fn with_contiguous<T: BufferElement, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> R {
+fn with_contiguous<T: BufferElement, R>(
+    op: &'static str,
+    t: &Tensor,
+    f: impl FnOnce(&[T]) -> R,
+) -> Result<R> {
+    if let crate::Device::Cuda(_) = t.device() {
+        return Err(Error::NoCudaKernel {
+            op,
+            device: t.device(),
+        });
+    }
     let t = if t.is_contiguous() {
         t.clone()
     } else {
-        t.copy_raw()
+        t.copy_raw()?
     };
-    t.with_slice::<T, _>(|s, l| f(&s[l.offset()..l.offset() + l.numel()]))
+    t.with_slice::<T, _>(op, |s, l| f(&s[l.offset()..l.offset() + l.numel()]))
 }
 
 fn check_window(op: &'static str, w: &Window) -> Result<()> {
@@ -343,7 +353,7 @@ impl Tensor {
         let shape = [b, c * w.taps(), w.windows()];
         let dt = self.dtype();
         let out = dispatch!(all dt, T => {
-            let v = with_contiguous::<T, _>(self, |s| im2col_kernel(s, b * c, w));
+            let v = with_contiguous::<T, _>(OP, self, |s| im2col_kernel(s, b * c, w))?;
             Tensor::from_buffer(T::into_buffer(v), &shape)
         });
         let w = w.clone();
@@ -375,7 +385,7 @@ impl Tensor {
         shape.extend_from_slice(&w.input);
         let dt = self.dtype();
         let out = dispatch!(num OP, dt, T => {
-            let v = with_contiguous::<T, _>(self, |s| col2im_kernel(s, b * c, w));
+            let v = with_contiguous::<T, _>(OP, self, |s| col2im_kernel(s, b * c, w))?;
             Tensor::from_buffer(T::into_buffer(v), &shape)
         })?;
         let w = w.clone();
@@ -406,7 +416,7 @@ impl Tensor {
         shape.extend_from_slice(&w.output);
         let dt = self.dtype();
         let idx = dispatch!(num OP, dt, T => {
-            with_contiguous::<T, _>(self, |s| argmax_kernel(s, b * c, w))
+            with_contiguous::<T, _>(OP, self, |s| argmax_kernel(s, b * c, w))?
         })?;
         Ok(Tensor::from_buffer(i64::into_buffer(idx), &shape))
     }

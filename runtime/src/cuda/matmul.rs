@@ -1,0 +1,297 @@
+//! Matrix products on CUDA with cuBLAS: one `gemm`, one strided-batched `gemm` when the
+//! batch offsets of both operands are evenly spaced (contiguous batches, broadcast
+//! operands with stride 0), else one `gemm` per batch entry.
+//!
+//! cuBLAS is column-major. A row-major `C = A·B` (`[m, k]·[k, n]`) is computed as the
+//! column-major `Cᵀ = Bᵀ·Aᵀ`, for which the row-major buffers of `B` and `A` already are
+//! `Bᵀ` and `Aᵀ` (or their transposes, when a view has its unit stride in the other
+//! dim: then cuBLAS is told to transpose, so `.t()` views need no copy).
+
+use super::alloc::DeviceVec;
+use super::buffer::CudaBuffer;
+use super::context::Gpu;
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::storage::StorageData;
+use crate::tensor::Tensor;
+use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
+use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
+use half::{bf16, f16};
+use std::ffi::c_int;
+use std::sync::Arc;
+
+const OP: &str = "matmul";
+
+/// An element type cuBLAS multiplies (f16 and bf16 accumulate in f32).
+trait GemmElement: DeviceRepr + ValidAsZeroBits + Copy
+where
+    CudaBlas: Gemm<Self>,
+{
+    const ONE: Self;
+    const ZERO: Self;
+}
+impl GemmElement for f32 {
+    const ONE: Self = 1.0;
+    const ZERO: Self = 0.0;
+}
+impl GemmElement for f64 {
+    const ONE: Self = 1.0;
+    const ZERO: Self = 0.0;
+}
+impl GemmElement for f16 {
+    const ONE: Self = f16::ONE;
+    const ZERO: Self = f16::ZERO;
+}
+impl GemmElement for bf16 {
+    const ONE: Self = bf16::ONE;
+    const ZERO: Self = bf16::ZERO;
+}
+
+/// How cuBLAS reads a row-major `[r, c]` matrix with strides `(s0, s1)` as the
+/// column-major `c × r` matrix it is: `(N, ld)` when the columns of the row-major matrix
+/// are unit-stride, `(T, ld)` when its rows are; `None` when neither is (or the leading
+/// dimension cuBLAS needs does not hold, as for an expanded, stride-0 matrix).
+fn operand(r: usize, c: usize, s0: usize, s1: usize) -> Option<(cublasOperation_t, usize)> {
+    if s1 == 1 || c <= 1 {
+        let ld = if r <= 1 { c.max(1) } else { s0 };
+        if ld >= c.max(1) {
+            return Some((cublasOperation_t::CUBLAS_OP_N, ld));
+        }
+    }
+    if s0 == 1 || r <= 1 {
+        let ld = if c <= 1 { r.max(1) } else { s1 };
+        if ld >= r.max(1) {
+            return Some((cublasOperation_t::CUBLAS_OP_T, ld));
+        }
+    }
+    None
+}
+
+/// The element offset of every matrix of a `[batch.., rows, cols]` layout, batch entries
+/// in row-major order.
+fn batch_offsets(l: &Layout) -> Vec<usize> {
+    let nb = l.ndim() - 2;
+    let mut offs = vec![l.offset()];
+    for d in 0..nb {
+        let (size, stride) = (l.shape()[d], l.strides()[d]);
+        offs = offs
+            .iter()
+            .flat_map(|&o| (0..size).map(move |i| o + i * stride))
+            .collect();
+    }
+    offs
+}
+
+/// The common step of evenly spaced offsets (`Some(0)` for one entry).
+fn even_step(offs: &[usize]) -> Option<usize> {
+    match offs {
+        [] | [_] => Some(0),
+        [a, b, ..] => {
+            let step = b.checked_sub(*a)?;
+            offs.windows(2)
+                .all(|w| w[1].checked_sub(w[0]) == Some(step))
+                .then_some(step)
+        }
+    }
+}
+
+fn int(v: usize, what: &str) -> Result<c_int> {
+    c_int::try_from(v).map_err(|_| {
+        Error::shape(
+            OP,
+            format!(
+                "{what} = {v} is too large for cuBLAS (at most {})",
+                c_int::MAX
+            ),
+        )
+    })
+}
+
+fn cublas_error(ordinal: usize, e: cudarc::cublas::result::CublasError) -> Error {
+    Error::device(OP, format!("cuBLAS error on cuda:{ordinal}: {e}"))
+}
+
+/// `a @ b` for layouts `la = batch ++ [m, k]` and `lb = batch ++ [k, n]` over device
+/// buffers of one dtype, into a new contiguous `batch ++ [m, n]` buffer.
+fn gemm<T: GemmElement>(
+    g: &Arc<Gpu>,
+    a: &DeviceVec<T>,
+    la: &Layout,
+    b: &DeviceVec<T>,
+    lb: &Layout,
+) -> Result<DeviceVec<T>>
+where
+    CudaBlas: Gemm<T>,
+{
+    let nd = la.ndim();
+    let (m, k, n) = (la.shape()[nd - 2], la.shape()[nd - 1], lb.shape()[nd - 1]);
+    let batch: usize = la.shape()[..nd - 2].iter().product();
+    let total = batch * m * n;
+    let mut out = g.alloc::<T>(total)?;
+    if total == 0 {
+        return Ok(out);
+    }
+    if k == 0 {
+        // an empty sum: zeros, like PyTorch
+        g.stream
+            .memset_zeros(&mut *out)
+            .map_err(|e| super::context::driver_error(OP, g.ordinal, e))?;
+        return Ok(out);
+    }
+    let device = Device::Cuda(g.ordinal);
+    let no_kernel = || Error::NoCudaKernel {
+        op: "contiguous",
+        device,
+    };
+    // first cuBLAS operand: Bᵀ (n × k), second: Aᵀ (k × m), result Cᵀ (n × m), ldc = n
+    let (op_b, ldb) =
+        operand(k, n, lb.strides()[nd - 2], lb.strides()[nd - 1]).ok_or_else(no_kernel)?;
+    let (op_a, lda) =
+        operand(m, k, la.strides()[nd - 2], la.strides()[nd - 1]).ok_or_else(no_kernel)?;
+    let cfg = GemmConfig {
+        transa: op_b,
+        transb: op_a,
+        m: int(n, "n")?,
+        n: int(m, "m")?,
+        k: int(k, "k")?,
+        alpha: T::ONE,
+        lda: int(ldb, "the leading dimension of b")?,
+        ldb: int(lda, "the leading dimension of a")?,
+        beta: T::ZERO,
+        ldc: int(n, "n")?,
+    };
+    let blas = g.blas()?;
+    // cuBLAS works in the context current on the calling thread
+    g.bind()?;
+    let (offs_a, offs_b) = (batch_offsets(la), batch_offsets(lb));
+    match (even_step(&offs_a), even_step(&offs_b)) {
+        (Some(step_a), Some(step_b)) => {
+            let (va, vb) = (a.slice(offs_a[0]..), b.slice(offs_b[0]..));
+            // SAFETY: the configuration describes matrices inside the two buffers (their
+            // layouts were checked by the caller against the buffers' lengths) and an
+            // output of `batch * m * n` elements.
+            let r = unsafe {
+                if batch == 1 {
+                    blas.gemm(cfg, &vb, &va, &mut *out)
+                } else {
+                    let stride = |s: usize, what| {
+                        i64::try_from(s).map_err(|_| {
+                            Error::shape(OP, format!("{what} stride {s} too large for cuBLAS"))
+                        })
+                    };
+                    let cfg = StridedBatchedConfig {
+                        gemm: cfg,
+                        batch_size: int(batch, "the batch size")?,
+                        stride_a: stride(step_b, "b's batch")?,
+                        stride_b: stride(step_a, "a's batch")?,
+                        stride_c: stride(m * n, "the output's batch")?,
+                    };
+                    blas.gemm_strided_batched(cfg, &vb, &va, &mut *out)
+                }
+            };
+            r.map_err(|e| cublas_error(g.ordinal, e))?;
+        }
+        _ => {
+            for (i, (&oa, &ob)) in offs_a.iter().zip(&offs_b).enumerate() {
+                let (va, vb) = (a.slice(oa..), b.slice(ob..));
+                let mut vc = out.slice_mut(i * m * n..(i + 1) * m * n);
+                // SAFETY: as above, for one matrix of each operand and of the output.
+                unsafe { blas.gemm(cfg, &vb, &va, &mut vc) }
+                    .map_err(|e| cublas_error(g.ordinal, e))?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `a @ b` on CUDA for the broadcast layouts `la = batch ++ [m, k]`, `lb = batch ++ [k, n]`
+/// of two tensors of one float dtype on one device; a new contiguous
+/// `batch ++ [m, n]` buffer.
+pub(crate) fn matmul(a: &Tensor, la: &Layout, b: &Tensor, lb: &Layout) -> Result<CudaBuffer> {
+    let device = a.device();
+    let ga = a.storage().read();
+    // one guard when both views share a storage (`x @ x`)
+    let gb = if a.shares_storage(b) {
+        None
+    } else {
+        Some(b.storage().read())
+    };
+    let (ba, bb) = match (&*ga, gb.as_deref().unwrap_or(&*ga)) {
+        (StorageData::Cuda(x), StorageData::Cuda(y)) => (x, y),
+        _ => return Err(Error::devices(OP, a.device(), b.device())),
+    };
+    if la.storage_extent() > ba.len() || lb.storage_extent() > bb.len() {
+        return Err(Error::shape(
+            OP,
+            "internal: a layout reaches past its CUDA buffer",
+        ));
+    }
+    let g = match ba {
+        CudaBuffer::F32(v) => v.gpu().clone(),
+        CudaBuffer::F64(v) => v.gpu().clone(),
+        CudaBuffer::F16(v) => v.gpu().clone(),
+        CudaBuffer::BF16(v) => v.gpu().clone(),
+        CudaBuffer::I64(_) | CudaBuffer::Bool(_) => {
+            return Err(Error::NoCudaKernel { op: OP, device });
+        }
+    };
+    Ok(match (ba, bb) {
+        (CudaBuffer::F32(x), CudaBuffer::F32(y)) => CudaBuffer::F32(gemm(&g, x, la, y, lb)?),
+        (CudaBuffer::F64(x), CudaBuffer::F64(y)) => CudaBuffer::F64(gemm(&g, x, la, y, lb)?),
+        (CudaBuffer::F16(x), CudaBuffer::F16(y)) => CudaBuffer::F16(gemm(&g, x, la, y, lb)?),
+        (CudaBuffer::BF16(x), CudaBuffer::BF16(y)) => CudaBuffer::BF16(gemm(&g, x, la, y, lb)?),
+        _ => {
+            return Err(Error::NoCudaKernel {
+                op: "to_dtype",
+                device,
+            })
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cublasOperation_t::{CUBLAS_OP_N as N, CUBLAS_OP_T as T};
+
+    #[test]
+    fn operands_read_row_major_and_transposed_views_in_place() {
+        // contiguous [3, 4]: columns unit-stride, ld = 4
+        assert_eq!(operand(3, 4, 4, 1), Some((N, 4)));
+        // its transpose [4, 3] with strides (1, 4): rows unit-stride, ld = 4
+        assert_eq!(operand(4, 3, 1, 4), Some((T, 4)));
+        // a column slice [3, 2] of a [3, 4] matrix keeps ld = 4
+        assert_eq!(operand(3, 2, 4, 1), Some((N, 4)));
+        // a 1-D row [1, k] (stride 0 inserted) and column [k, 1]
+        assert_eq!(operand(1, 5, 0, 1), Some((N, 5)));
+        assert_eq!(operand(5, 1, 1, 0), Some((N, 1)));
+        // a strided vector [1, 5] with stride 2: read transposed with ld = 2
+        assert_eq!(operand(1, 5, 0, 2), Some((T, 2)));
+        // an expanded matrix (stride 0 rows) has no valid leading dimension
+        assert_eq!(operand(3, 4, 0, 1), None);
+        // no unit stride at all
+        assert_eq!(operand(3, 4, 8, 2), None);
+    }
+
+    #[test]
+    fn batch_offsets_are_evenly_spaced_for_contiguous_and_broadcast_batches() {
+        let contiguous = Layout::contiguous(&[2, 3, 4, 5]);
+        let offs = batch_offsets(&contiguous);
+        assert_eq!(offs, vec![0, 20, 40, 60, 80, 100]);
+        assert_eq!(even_step(&offs), Some(20));
+        // a [4, 5] matrix broadcast over a batch of 3: stride 0
+        let broadcast = Layout::contiguous(&[4, 5])
+            .broadcast_to("test", &[3, 4, 5])
+            .unwrap();
+        assert_eq!(even_step(&batch_offsets(&broadcast)), Some(0));
+        // [2, 1, 4, 5] broadcast to [2, 3, 4, 5]: 0, 0, 0, 20, 20, 20 is not even
+        let partial = Layout::contiguous(&[2, 1, 4, 5])
+            .broadcast_to("test", &[2, 3, 4, 5])
+            .unwrap();
+        let offs = batch_offsets(&partial);
+        assert_eq!(offs, vec![0, 0, 0, 20, 20, 20]);
+        assert_eq!(even_step(&offs), None);
+    }
+}

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Builds Flint's CUDA test binaries (and the benchmarks) on this machine — no GPU and no
+# CUDA needed — and packs them, with a runner, into one folder for a GPU machine that has
+# a CUDA 13 driver and PyTorch (its pip wheels bring cuBLAS and NVRTC) but no Rust
+# toolchain and no internet.
+#
+#   scripts/gpu-check.sh [--all] [--no-bench]
+#
+#   --all       every test binary of the workspace (built with the `cuda` feature), not
+#               only the CUDA tests (`tests/cuda.rs`) and the runtime's unit tests
+#   --no-bench  leave the benchmarks out
+#
+# Output: target/gpu-check/ (the binaries, run.sh, MANIFEST) and target/gpu-check.tar.gz.
+# On the GPU machine, the one command (from the folder that holds gpu-check/):
+#
+#   bash gpu-check/run.sh
+#
+# It finds cuBLAS and NVRTC in the pip packages of PyTorch (nvidia/*/lib) or a CUDA
+# toolkit, runs every binary, and ends with a table of passed / failed / skipped (tests
+# that printed a "SKIPPED (...)" line, e.g. "SKIPPED (no CUDA)" where the GPU could not be
+# used) per binary and a closing "gpu-check: N passed, N failed, N skipped" line; it exits
+# non-zero when anything failed.
+# Binaries are built with the `gpu` profile (release, no debug info, stripped) so the
+# folder stays small. They need a glibc no older than this machine's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+all=0 bench=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --all) all=1; shift ;;
+        --no-bench) bench=0; shift ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+
+out=$repo/target/gpu-check
+rm -rf "$out" "$out.tar.gz"
+mkdir -p "$out/tests" "$out/benches"
+
+# the executables cargo reports for a build, one "kind name path" line each
+artifacts() {
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+        continue
+    kinds = m["target"]["kind"]
+    kind = "bench" if "bench" in kinds else "test"
+    name = m["target"]["name"]
+    if any(k in kinds for k in ("lib", "rlib", "proc-macro")):
+        name += "-unittests"
+    print(kind, name, m["executable"])
+'
+}
+
+build_tests() {
+    echo "== building test binaries (profile gpu, feature cuda): $*" >&2
+    cargo test --profile gpu --features cuda "$@" --no-run --message-format=json-render-diagnostics \
+        | artifacts
+}
+if [ $all = 1 ]; then
+    build_tests --workspace > "$out/.tests"
+else
+    { build_tests -p flint --test cuda; build_tests -p flint-runtime --lib; } > "$out/.tests"
+fi
+if [ $bench = 1 ] && ls benches/*.rs >/dev/null 2>&1; then
+    echo "== building benchmarks (profile gpu, feature cuda)" >&2
+    cargo bench --profile gpu --features cuda -p flint --no-run --message-format=json-render-diagnostics \
+        | artifacts | grep '^bench ' > "$out/.benches" || true
+else
+    : > "$out/.benches"
+fi
+
+{
+    echo "# built $(date -u +%Y-%m-%dT%H:%M:%SZ) from $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty')"
+    echo "# kind name file"
+} > "$out/MANIFEST"
+while read -r kind name path; do
+    dir=tests
+    [ "$kind" = bench ] && dir=benches
+    cp "$path" "$out/$dir/$name"
+    echo "$kind $name $dir/$name" >> "$out/MANIFEST"
+done < <(cat "$out/.tests" "$out/.benches")
+rm -f "$out/.tests" "$out/.benches"
+
+cat > "$out/run.sh" <<'RUN'
+#!/usr/bin/env bash
+# Runs every binary listed in MANIFEST (built by scripts/gpu-check.sh) and prints a
+# summary table. Needs the CUDA driver (libcuda) and cuBLAS + NVRTC, which are found in
+# PyTorch's pip packages or a CUDA toolkit. Extra arguments go to every test binary
+# (e.g. `bash run.sh --nocapture`); BENCH_ARGS go to the benchmarks (default --quick).
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$here"
+
+# cuBLAS / NVRTC from pip wheels (nvidia/cu13/lib, nvidia/cublas/lib, ...) or a toolkit
+libs=()
+for py in python3 python; do
+    command -v "$py" >/dev/null 2>&1 || continue
+    while IFS= read -r d; do libs+=("$d"); done < <("$py" - <<'PY' 2>/dev/null
+import glob, os, site, sys
+roots = set(site.getsitepackages() + [site.getusersitepackages()] + sys.path)
+seen = set()
+for r in roots:
+    for lib in glob.glob(os.path.join(r, "nvidia", "**", "lib"), recursive=True):
+        if lib not in seen and (glob.glob(os.path.join(lib, "libcublas*")) or glob.glob(os.path.join(lib, "libnvrtc*"))):
+            seen.add(lib)
+            print(lib)
+PY
+)
+    break
+done
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [ -d "$d" ] && libs+=("$d")
+done
+if [ ${#libs[@]} -gt 0 ]; then
+    LD_LIBRARY_PATH=$(IFS=:; echo "${libs[*]}")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    export LD_LIBRARY_PATH
+fi
+echo "== LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+
+logs=$here/logs
+mkdir -p "$logs"
+rows=()
+bad=0
+while read -r kind name file; do
+    case "$kind" in ''|'#'*) continue ;; esac
+    log=$logs/$name.log
+    echo "== $kind $name"
+    start=$(date +%s.%N)
+    if [ "$kind" = bench ]; then
+        # shellcheck disable=SC2086
+        "./$file" ${BENCH_ARGS:---quick} >"$log" 2>&1
+    else
+        "./$file" --test-threads=1 "$@" >"$log" 2>&1
+    fi
+    rc=$?
+    secs=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
+    tail -n 3 "$log"
+    # a test that printed a "SKIPPED (...)" line passed without doing its work: it is
+    # counted as skipped, not passed
+    skipped=$(grep -c 'SKIPPED (' "$log")
+    if [ "$kind" = bench ]; then
+        passed=$([ $rc = 0 ] && [ "$skipped" = 0 ] && echo 1 || echo 0)
+        failed=$([ $rc = 0 ] && echo 0 || echo 1)
+    else
+        passed=$(grep -E '^test result:' "$log" | awk '{ s += $4 } END { print s + 0 }')
+        failed=$(grep -E '^test result:' "$log" | awk '{ s += $6 } END { print s + 0 }')
+        passed=$((passed > skipped ? passed - skipped : 0))
+    fi
+    status=ok
+    if [ $rc != 0 ]; then
+        status="FAIL (exit $rc)"
+        bad=1
+        grep -E '^(test .* FAILED|---- |thread .* panicked)' "$log" | head -n 20
+    fi
+    rows+=("$kind|$name|$status|$passed|$failed|$skipped|$secs")
+done < MANIFEST
+
+echo
+echo "| kind | binary | status | passed | failed | skipped | seconds |"
+echo "|---|---|---|---:|---:|---:|---:|"
+tp=0 tf=0 ts=0
+for r in "${rows[@]}"; do
+    IFS='|' read -r kind name status passed failed skipped secs <<<"$r"
+    echo "| $kind | $name | $status | $passed | $failed | $skipped | $secs |"
+    tp=$((tp + passed)) tf=$((tf + failed)) ts=$((ts + skipped))
+done
+echo
+echo "gpu-check: $tp passed, $tf failed, $ts skipped"
+echo "(logs in $logs)"
+exit $bad
+RUN
+chmod +x "$out/run.sh"
+
+tar -C "$repo/target" -czf "$out.tar.gz" gpu-check
+echo >&2
+cat "$out/MANIFEST" >&2
+echo "== packed $(du -sh "$out" | cut -f1) into target/gpu-check/ and target/gpu-check.tar.gz" >&2
+echo "== on the GPU machine: tar xzf gpu-check.tar.gz && bash gpu-check/run.sh" >&2
