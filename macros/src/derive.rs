@@ -350,10 +350,34 @@ pub fn parse(input: &DeriveInput, errors: &mut Vec<syn::Error>) -> Shape {
     }
 }
 
+/// The generics as the type's arguments, with const parameters braced (`Net<'a, T, { D }>`):
+/// unbraced, a type named `D` in the user's scope would capture the const argument.
+fn ty_generics(g: &syn::Generics) -> TokenStream {
+    if g.params.is_empty() {
+        return quote!();
+    }
+    let args = g.params.iter().map(|p| match p {
+        syn::GenericParam::Lifetime(l) => {
+            let l = &l.lifetime;
+            quote!(#l)
+        }
+        syn::GenericParam::Type(t) => {
+            let i = &t.ident;
+            quote!(#i)
+        }
+        syn::GenericParam::Const(c) => {
+            let i = &c.ident;
+            quote!({ #i })
+        }
+    });
+    quote!(<#(#args),*>)
+}
+
 /// Generates the impls (empty walks when `stub`).
 pub fn generate(input: &DeriveInput, shape: &Shape, opts: &ItemOptions, stub: bool) -> TokenStream {
     let ident = &input.ident;
-    let (impl_g, ty_g, where_g) = input.generics.split_for_impl();
+    let (impl_g, _, where_g) = input.generics.split_for_impl();
+    let ty_g = ty_generics(&input.generics);
     let (visit, visit_mut, training) = if stub {
         (quote!(), quote!(), quote!())
     } else {
@@ -493,7 +517,8 @@ pub fn derive_module(input: TokenStream) -> TokenStream {
     let mut out = generate(&input, &shape, &opts, stub);
     if let Some(body) = seq.filter(|_| !stub) {
         let ident = &input.ident;
-        let (impl_g, ty_g, where_g) = input.generics.split_for_impl();
+        let (impl_g, _, where_g) = input.generics.split_for_impl();
+        let ty_g = ty_generics(&input.generics);
         out.extend(quote! {
             impl #impl_g ::flint::nn::Forward for #ident #ty_g #where_g {
                 fn try_forward(&self, x: &::flint::Tensor) -> ::flint::Result<::flint::Tensor> {
@@ -587,11 +612,14 @@ fn sequential(
     for seg in &segments {
         errors.extend(crate::model::check::check_chain(seg));
     }
-    if steps.is_empty() {
+    // (A field that failed to parse is reported already: no second error for it.)
+    if steps.is_empty() && errors.is_empty() {
         errors.push(syn::Error::new(
             span,
             "`#[module(sequential)]` needs at least one layer field",
         ));
+    }
+    if steps.is_empty() {
         return None;
     }
     Some(quote!(#(#steps)*))

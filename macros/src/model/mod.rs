@@ -74,7 +74,14 @@ fn expand_model(m: &ModelDef, sigs: &HashMap<String, (&ModelDef, Option<Rule>)>)
     let ident = &m.ident;
     let model = ident.to_string();
 
+    let mut seen_params = HashSet::new();
     for (p, _) in &m.params {
+        if !seen_params.insert(p.to_string()) {
+            errors.push(syn::Error::new(
+                p.span(),
+                format!("two constructor parameters are named `{p}`"),
+            ));
+        }
         if p == "opts" {
             errors.push(syn::Error::new(
                 p.span(),
@@ -895,11 +902,21 @@ fn path_type(p: &syn::Path) -> TokenStream {
     quote!(#p)
 }
 
+/// `Block<D, 4>` as an expression path, `Block::<{ D }, { 4 }>`: braced, so that a type
+/// named `D` in scope cannot capture a const argument.
 fn turbofish(p: &syn::Path) -> TokenStream {
     let mut p = p.clone();
     for seg in p.segments.iter_mut() {
         if let syn::PathArguments::AngleBracketed(a) = &mut seg.arguments {
             a.colon2_token = Some(Default::default());
+            for arg in a.args.iter_mut() {
+                if let syn::GenericArgument::Type(syn::Type::Path(tp)) = arg {
+                    if tp.qself.is_none() && tp.path.get_ident().is_some() {
+                        let e = &tp.path;
+                        *arg = syn::GenericArgument::Const(syn::parse_quote!({ #e }));
+                    }
+                }
+            }
         }
     }
     quote!(#p)
@@ -954,10 +971,12 @@ fn generate(
     } else {
         quote!(<#(const #gens: usize),*>)
     };
+    // Braced (`Block<{ D }>`): a type named `D` in the user's scope must not capture
+    // the const generic.
     let guse = if gens.is_empty() {
         quote!()
     } else {
-        quote!(<#(#gens),*>)
+        quote!(<#({ #gens }),*>)
     };
     let phantom = if gens.is_empty() {
         quote!()
@@ -972,9 +991,37 @@ fn generate(
     } else {
         quote!(__flint_sizes: ::core::marker::PhantomData,)
     };
-    let pnames: Vec<&Ident> = m.params.iter().map(|(n, _)| n).collect();
+    // A stub (the model has errors) renames its parameters, so that a duplicate name
+    // (itself reported) raises no second error.
+    let stub_name = |prefix: &str, i: usize| format_ident!("__{}{}", prefix, i);
+    let pnames: Vec<Ident> = m
+        .params
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| if stub { stub_name("p", i) } else { n.clone() })
+        .collect();
     let ptys: Vec<&syn::Type> = m.params.iter().map(|(_, t)| t).collect();
-    let fwd_args: Vec<&Ident> = m.forward.args.iter().map(|a| &a.ident).collect();
+    // The struct keeps the parameters' own names (each once).
+    let mut seen_fields = HashSet::new();
+    let (fnames, ftys): (Vec<&Ident>, Vec<&syn::Type>) = m
+        .params
+        .iter()
+        .filter(|(n, _)| seen_fields.insert(n.to_string()))
+        .map(|(n, t)| (n, t))
+        .unzip();
+    let fwd_args: Vec<Ident> = m
+        .forward
+        .args
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            if stub {
+                stub_name("a", i)
+            } else {
+                a.ident.clone()
+            }
+        })
+        .collect();
     let fwd_attrs = &m.forward.attrs;
     let model = ident.to_string();
 
@@ -1066,7 +1113,7 @@ fn generate(
         #[derive(::flint::Module)]
         #vis struct #ident #gdecl {
             #(#fields)*
-            #(#[allow(missing_docs)] pub #pnames: #ptys,)*
+            #(#[allow(missing_docs)] pub #fnames: #ftys,)*
             #phantom
         }
 
