@@ -961,7 +961,7 @@ impl<'a> Checker<'a> {
     }
 
     fn matmul(&mut self, a: Val, b: Val, span: Span) -> Option<Val> {
-        if a.dims_len_known() < 2 || b.dims_len_known() < 2 {
+        if a.shape.dims.len() < 2 || b.shape.dims.len() < 2 {
             self.err(
                 span,
                 format!(
@@ -1964,7 +1964,7 @@ impl<'a> Checker<'a> {
                 return None;
             }
             let fail = |this: &mut Self| {
-                let subst = pat_subst(pat, &bound);
+                let subst = pat_subst(pat, &bound, false);
                 this.err(
                     *sp,
                     format!(
@@ -1997,7 +1997,11 @@ impl<'a> Checker<'a> {
                 if want.atoms_unbound(&bound) {
                     continue;
                 }
-                let (vo, vs, ws) = (v.origin.clone(), v.shape.clone(), pat_subst(pat, &bound));
+                let (vo, vs, ws) = (
+                    v.origin.clone(),
+                    v.shape.clone(),
+                    pat_subst(pat, &bound, false),
+                );
                 let msg =
                     || format!("shape mismatch: `{vo}` produces {vs} but `{lname}` expects {ws}");
                 if !self.same_dim(vd, &want, *sp, &msg) {
@@ -2005,7 +2009,7 @@ impl<'a> Checker<'a> {
                 }
             }
         }
-        let mut out = pat_subst_shape(&rule.ret, &bound);
+        let mut out = pat_subst(&rule.ret, &bound, true);
         if rule.ret.rest.is_some() {
             out.rest = vals
                 .first()
@@ -2032,12 +2036,6 @@ impl<'a> Checker<'a> {
     }
 }
 
-impl Val {
-    fn dims_len_known(&self) -> usize {
-        self.shape.dims.len()
-    }
-}
-
 impl Dim {
     fn atoms_unbound(&self, bound: &HashMap<String, Dim>) -> bool {
         let mut names = Vec::new();
@@ -2059,7 +2057,9 @@ fn collect_syms(d: &Dim, out: &mut Vec<String>) {
     }
 }
 
-fn pat_subst_shape(pat: &Shape, bound: &HashMap<String, Dim>) -> Shape {
+/// A rule's pattern with its bound symbols replaced; an unbound one stays as written
+/// (for messages) or, with `unknown`, becomes the unknown `?s` (for outputs).
+fn pat_subst(pat: &Shape, bound: &HashMap<String, Dim>, unknown: bool) -> Shape {
     Shape {
         rest: pat.rest,
         dims: pat
@@ -2067,32 +2067,15 @@ fn pat_subst_shape(pat: &Shape, bound: &HashMap<String, Dim>) -> Shape {
             .iter()
             .map(|d| {
                 d.subst(&|a| match a {
-                    Atom::Sym(s) => Some(
-                        bound
-                            .get(s)
-                            .cloned()
-                            .unwrap_or_else(|| Dim::atom(Atom::Sym(format!("?{s}")))),
-                    ),
+                    Atom::Sym(s) => bound
+                        .get(s)
+                        .cloned()
+                        .or_else(|| unknown.then(|| Dim::atom(Atom::Sym(format!("?{s}"))))),
                     _ => None,
                 })
             })
             .collect(),
     }
-}
-
-fn pat_subst(pat: &Shape, bound: &HashMap<String, Dim>) -> Shape {
-    let mut s = pat.clone();
-    s.dims = pat
-        .dims
-        .iter()
-        .map(|d| {
-            d.subst(&|a| match a {
-                Atom::Sym(s) => bound.get(s).cloned(),
-                _ => None,
-            })
-        })
-        .collect();
-    s
 }
 
 /// Reads a rule (`#[shape(…)]` or a model's signature) into patterns, with `subst` for
