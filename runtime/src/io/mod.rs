@@ -24,7 +24,9 @@
 //! ```
 
 mod checkpoint;
+mod resume;
 
 pub use checkpoint::{
     load_tensors, load_tensors_with_metadata, save_tensors, save_tensors_with_metadata, Metadata,
 };
+pub use resume::TrainCheckpoint;

@@ -394,6 +394,29 @@ pub trait ModuleExt: Module {
     /// assert!(err.to_string().contains("weight: expected shape [2, 4], got [2, 3]"));
     /// ```
     fn load_state_dict(&mut self, state: &[(String, Tensor)], strict: bool) -> Result<()> {
+        self.check_state_dict(state, strict)?;
+        let given: BTreeMap<&str, &Tensor> = state.iter().map(|(k, t)| (k.as_str(), t)).collect();
+        let _g = NoGradGuard::new();
+        for (name, t) in self.state_dict() {
+            if let Some(src) = given.get(name.as_str()) {
+                let src = src.to_dtype(t.dtype()).try_to(t.device())?;
+                t.try_copy_(&src)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The checks of [`ModuleExt::load_state_dict`] without the writes: `Ok` when `state`
+    /// would load, else the [`Error::StateDict`] listing every problem.
+    ///
+    /// ```
+    /// use flint_runtime::nn::{Linear, ModuleExt};
+    /// let a = Linear::new(3, 2, ());
+    /// assert!(a.check_state_dict(&a.state_dict(), true).is_ok());
+    /// let err = a.check_state_dict(&a.state_dict()[..1], true).unwrap_err();
+    /// assert!(err.to_string().contains("missing bias"), "{err}");
+    /// ```
+    fn check_state_dict(&self, state: &[(String, Tensor)], strict: bool) -> Result<()> {
         let given: BTreeMap<&str, &Tensor> = state.iter().map(|(k, t)| (k.as_str(), t)).collect();
         let mut problems = Vec::new();
         let mut seen = BTreeSet::new();
@@ -419,13 +442,6 @@ pub trait ModuleExt: Module {
         }
         if !problems.is_empty() {
             return Err(Error::StateDict(problems.join("; ")));
-        }
-        let _g = NoGradGuard::new();
-        for (name, t) in self.state_dict() {
-            if let Some(src) = given.get(name.as_str()) {
-                let src = src.to_dtype(t.dtype()).try_to(t.device())?;
-                t.try_copy_(&src)?;
-            }
         }
         Ok(())
     }
