@@ -1,0 +1,80 @@
+//! What the examples share: command-line flags, the device flag and accuracy.
+//! (A folder, not `examples/common.rs`, so that cargo does not take it for an example.)
+#![allow(dead_code)] // each example uses a part
+
+pub mod classify;
+
+use flint::{Device, Tensor};
+use std::str::FromStr;
+
+/// The command line of an example: `--name value` options and `--name` switches. Every
+/// argument must be taken by [`Args::value`] or [`Args::flag`] before [`Args::finish`],
+/// which rejects anything left over with the usage line.
+pub struct Args {
+    rest: Vec<String>,
+    usage: &'static str,
+}
+
+impl Args {
+    /// The process's arguments; `usage` is printed with any error.
+    pub fn from_env(usage: &'static str) -> Args {
+        Args {
+            rest: std::env::args().skip(1).collect(),
+            usage,
+        }
+    }
+
+    /// True when `--name` was given (and takes it).
+    pub fn flag(&mut self, name: &str) -> bool {
+        let before = self.rest.len();
+        self.rest.retain(|a| a != name);
+        self.rest.len() != before
+    }
+
+    /// The value after `--name`, parsed; `default` when absent.
+    pub fn value<T: FromStr>(&mut self, name: &str, default: T) -> Result<T, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let Some(i) = self.rest.iter().position(|a| a == name) else {
+            return Ok(default);
+        };
+        let Some(v) = self.rest.get(i + 1).cloned() else {
+            return Err(format!("{name} needs a value\nusage: {}", self.usage));
+        };
+        self.rest.drain(i..i + 2);
+        v.parse()
+            .map_err(|e| format!("{name} {v}: {e}\nusage: {}", self.usage))
+    }
+
+    /// Ok when every argument was taken.
+    pub fn finish(self) -> Result<(), String> {
+        match self.rest.first() {
+            None => Ok(()),
+            Some(a) => Err(format!("unknown argument `{a}`\nusage: {}", self.usage)),
+        }
+    }
+}
+
+/// `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device, String> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| format!("unknown device `{s}`: expected cpu, cuda or cuda:N")),
+    }
+}
+
+/// The number of rows of `logits` (`[n, classes]`) whose arg-max is the label.
+pub fn correct(logits: &Tensor, labels: &Tensor) -> usize {
+    let pred = logits.argmax(-1, false);
+    pred.eq(labels)
+        .to_dtype(flint::DType::I64)
+        .sum_all()
+        .to(Device::Cpu)
+        .item::<i64>() as usize
+}
