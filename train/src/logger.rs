@@ -13,6 +13,16 @@ use crate::plot::{plot_panels, PlotOptions, Series};
 use crate::tensorboard::EventWriter;
 
 /// The first line of every `metrics.csv`.
+///
+/// ```
+/// # let dir = std::env::temp_dir().join(format!("flint-train-doc-header-{}", std::process::id()));
+/// let log = flint_train::RunLogger::create(&dir)?;
+/// let csv = std::fs::read_to_string(log.csv_file()).unwrap();
+/// assert_eq!(csv.lines().next(), Some(flint_train::CSV_HEADER));
+/// # drop(log);
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// # Ok::<(), flint_train::TrainError>(())
+/// ```
 pub const CSV_HEADER: &str = "step,tag,value,wall_time";
 
 /// Buffered writes reach the files at least this often while scalars are being logged,
