@@ -17,6 +17,8 @@
 pub use flint_macros::*;
 pub use flint_runtime::nn::Module;
 pub use flint_runtime::*;
+/// Training tooling: progress bars, run logs (CSV and TensorBoard), curves as PNG.
+pub use flint_train as train;
 
 // Generated code names `::flint::…`; this lets the facade's own tests use the macros.
 extern crate self as flint;
