@@ -19,12 +19,12 @@
 
 pub mod common;
 
-use common::{parse_device, Args};
+use common::{parse_device, progress, Args};
 use flint::data::{CharDataset, CharVocab, DataLoader, Dataset};
 use flint::loss::CrossEntropy;
 use flint::optim::{Adam, CosineAnnealingLR, LinearLR, LrScheduler, Optimizer, SequentialLR};
 use flint::prelude::*;
-use flint::train::{Progress, RunLogger};
+use flint::train::RunLogger;
 use flint::{assert_shapes, model, no_grad, Tensor};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -210,10 +210,7 @@ pub fn train(text: &str, cfg: &Config) -> flint::Result<Report> {
     };
 
     let clock = Instant::now();
-    let mut bar = match cfg.progress {
-        true => Progress::new(cfg.steps as u64, "train"),
-        false => Progress::hidden(),
-    };
+    let mut bar = progress(cfg.progress, cfg.steps as u64, "train");
     let mut losses = Vec::with_capacity(cfg.steps);
     net.module().train();
     let mut batches = (0..).flat_map(|epoch| loader.epoch(epoch));

@@ -16,13 +16,13 @@
 
 pub mod common;
 
-use common::{parse_device, Args};
+use common::{parse_device, progress, Args};
 use flint::data::CharVocab;
 use flint::loss::CrossEntropy;
 use flint::nn::{Embedding, Linear, RecurrentConfig, VariationalDropout, LSTM};
 use flint::optim::{clip_grad_norm_, Adam};
 use flint::prelude::*;
-use flint::train::{Progress, RunLogger};
+use flint::train::RunLogger;
 use flint::{no_grad, Tensor};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -168,10 +168,7 @@ pub fn train(text: &str, cfg: &Config) -> flint::Result<Report> {
     let flat = |t: &Tensor| t.try_reshape([-1, v as i64]);
 
     let clock = Instant::now();
-    let mut bar = match cfg.progress {
-        true => Progress::new(cfg.steps as u64, "train"),
-        false => Progress::hidden(),
-    };
+    let mut bar = progress(cfg.progress, cfg.steps as u64, "train");
     model.train();
     let mut losses = Vec::with_capacity(cfg.steps);
     let (mut i, mut state): (usize, Option<State>) = (0, None);

@@ -3,13 +3,13 @@
 //! metrics in CSV and TensorBoard files, a checkpoint per epoch that `--resume` continues
 //! from, and the curves as a PNG at the end.
 
-use super::{correct, parse_device, Args};
+use super::{correct, parse_device, progress, Args};
 use flint::data::{DataLoader, Dataset, Digits, TensorDataset};
 use flint::io::TrainCheckpoint;
 use flint::loss::CrossEntropy;
 use flint::optim::{LrScheduler, Optimizer};
 use flint::prelude::*;
-use flint::train::{Progress, RunLogger};
+use flint::train::RunLogger;
 use flint::no_grad;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -140,7 +140,11 @@ pub fn train<M: Module + Forward>(
         (start, step) = (ck.epoch(), ck.step());
         eprintln!("resumed from {} after epoch {start}", ck_path.display());
     }
-    let mut log = RunLogger::create(&cfg.out)?;
+    // a resumed run keeps the metrics logged up to the checkpoint and appends to them
+    let mut log = match start {
+        0 => RunLogger::create(&cfg.out)?,
+        _ => RunLogger::resume(&cfg.out, step)?,
+    };
     let batch = |b: Vec<Tensor>| -> flint::Result<(Tensor, Tensor)> {
         Ok((prepare(&b[0].try_to(cfg.device)?)?, b[1].try_to(cfg.device)?))
     };
@@ -150,10 +154,7 @@ pub fn train<M: Module + Forward>(
     let end = (cfg.stop_after).map_or(cfg.epochs, |n| (start + n).min(cfg.epochs));
     for epoch in start..end {
         model.train();
-        let mut bar = match cfg.progress {
-            true => Progress::new(loader.len() as u64, format!("epoch {}/{}", epoch + 1, cfg.epochs)),
-            false => Progress::hidden(),
-        };
+        let mut bar = progress(cfg.progress, loader.len() as u64, format!("epoch {}/{}", epoch + 1, cfg.epochs));
         let (mut sum, mut n) = (0.0, 0usize);
         for b in loader.epoch(epoch) {
             let (x, y) = batch(b?)?;

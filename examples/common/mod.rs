@@ -78,3 +78,11 @@ pub fn correct(logits: &Tensor, labels: &Tensor) -> usize {
         .to(Device::Cpu)
         .item::<i64>() as usize
 }
+
+/// A progress bar over `total` steps, or a hidden one when `show` is false.
+pub fn progress(show: bool, total: u64, prefix: impl Into<String>) -> flint::train::Progress {
+    match show {
+        true => flint::train::Progress::new(total, prefix),
+        false => flint::train::Progress::hidden(total, prefix),
+    }
+}
