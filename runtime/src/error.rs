@@ -96,6 +96,32 @@ pub enum Error {
         /// What was wrong.
         msg: String,
     },
+    /// A data file that does not hold what its reader expects: a malformed line (wrong
+    /// number of columns, a value that is not a number), a value out of range, text that
+    /// is not UTF-8, a corrupt gzip stream. Displayed as `path:line: msg` (like a
+    /// compiler's diagnostic) or `path: msg` when no single line is at fault. A file
+    /// that cannot be opened at all is an [`Error::Io`].
+    ///
+    /// ```
+    /// use flint_runtime::Error;
+    /// let e = Error::data("data/digits/digits.csv.gz", Some(17), "expected 65 comma-separated integers, got 64");
+    /// assert_eq!(e.to_string(), "data/digits/digits.csv.gz:17: expected 65 comma-separated integers, got 64");
+    /// assert_eq!(Error::data("a.txt", None, "empty").to_string(), "a.txt: empty");
+    /// ```
+    #[error("{}: {msg}", data_location(.path, *.line))]
+    Data {
+        /// The file involved (or the name given to in-memory data).
+        path: std::path::PathBuf,
+        /// The 1-based line at fault, if one is.
+        line: Option<usize>,
+        /// What was wrong.
+        msg: String,
+    },
+    /// A [`DataLoader`](crate::data::DataLoader) failure that is not the dataset's own
+    /// error: a worker thread that panicked (the panic's message is kept), stopped
+    /// unexpectedly or could not be started.
+    #[error("DataLoader: {0}")]
+    DataLoader(String),
     /// An I/O error, with the path involved.
     #[error("{path}: {source}")]
     Io {
@@ -146,6 +172,19 @@ impl Error {
             msg: msg.into(),
         }
     }
+    /// An [`Error::Data`] about the file at `path`, at the 1-based `line` if one is at
+    /// fault.
+    pub fn data(
+        path: impl AsRef<std::path::Path>,
+        line: Option<usize>,
+        msg: impl Into<String>,
+    ) -> Self {
+        Error::Data {
+            path: path.as_ref().to_path_buf(),
+            line,
+            msg: msg.into(),
+        }
+    }
     /// An [`Error::Io`] about the file at `path`.
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         Error::Io {
@@ -171,6 +210,14 @@ impl Error {
             op,
             msg: msg.into(),
         }
+    }
+}
+
+/// `path:line` or `path`, the prefix of an [`Error::Data`] message.
+fn data_location(path: &std::path::Path, line: Option<usize>) -> String {
+    match line {
+        Some(l) => format!("{}:{l}", path.display()),
+        None => path.display().to_string(),
     }
 }
 

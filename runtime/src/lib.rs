@@ -15,6 +15,7 @@ pub mod autograd;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod data;
 pub mod device;
 mod dispatch;
 mod display;
