@@ -28,7 +28,9 @@ mod alloc;
 mod buffer;
 mod context;
 pub mod kernels;
+mod launch;
 mod matmul;
+pub(crate) mod ops;
 
 pub use alloc::{empty_cache, memory_stats, DeviceVec, MemoryStats};
 pub use buffer::CudaBuffer;
