@@ -171,7 +171,10 @@ pub(crate) fn ptr(op: &'static str, t: &Tensor) -> Result<(Arc<Gpu>, u64, usize)
 pub(crate) fn ptr_for(op: &'static str, t: &Tensor, layout: &Layout) -> Result<u64> {
     let (_, p, len) = ptr(op, t)?;
     if layout.numel() > 0 && layout.storage_extent() > len {
-        return Err(Error::shape(op, "internal: a layout reaches past its CUDA buffer"));
+        return Err(Error::shape(
+            op,
+            "internal: a layout reaches past its CUDA buffer",
+        ));
     }
     Ok(p)
 }
@@ -240,7 +243,10 @@ mod tests {
     fn entry_names_and_missing_entries() {
         let d = Device::Cuda(0);
         assert_eq!(entry("add", d, "add", DType::F32).unwrap(), "add_f32");
-        assert_eq!(entry("cast", d, "cast_f16", DType::BF16).unwrap(), "cast_f16_bf16");
+        assert_eq!(
+            entry("cast", d, "cast_f16", DType::BF16).unwrap(),
+            "cast_f16_bf16"
+        );
         // integer division has no kernel: the op's error, not a panic
         let e = entry("div", d, "div", DType::I64).unwrap_err();
         assert!(matches!(e, Error::NoCudaKernel { op: "div", .. }), "{e:?}");
@@ -271,7 +277,10 @@ mod tests {
         let Arg::Layout(LayoutArg(k)) = layout("t", &l).unwrap() else {
             panic!("not a layout")
         };
-        assert_eq!((k.rank, &k.shape[..2], &k.strides[..2]), (2, &[3, 2][..], &[1, 3][..]));
+        assert_eq!(
+            (k.rank, &k.shape[..2], &k.strides[..2]),
+            (2, &[3, 2][..], &[1, 3][..])
+        );
         let e = layout("t", &Layout::contiguous(&[1; 9])).unwrap_err();
         assert!(e.to_string().contains("at most 8 dims"), "{e}");
     }

@@ -76,11 +76,17 @@ fn no_kernel(op: &'static str, device: Device) -> Error {
 
 /// The device, and the address of the element at `t`'s offset (for kernels that take
 /// a pointer to a contiguous tensor's first element).
-fn first_element(op: &'static str, t: &Tensor) -> Result<(std::sync::Arc<super::context::Gpu>, u64)> {
+fn first_element(
+    op: &'static str,
+    t: &Tensor,
+) -> Result<(std::sync::Arc<super::context::Gpu>, u64)> {
     let (g, p, len) = launch::ptr(op, t)?;
     let l = t.layout();
     if l.numel() > 0 && l.storage_extent() > len {
-        return Err(Error::shape(op, "internal: a layout reaches past its CUDA buffer"));
+        return Err(Error::shape(
+            op,
+            "internal: a layout reaches past its CUDA buffer",
+        ));
     }
     Ok((g, p + (l.offset() * t.dtype().size_in_bytes()) as u64))
 }
@@ -151,7 +157,12 @@ pub(crate) fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
         &g,
         &name,
         launch::elementwise(n),
-        &[Arg::Ptr(p), launch::layout(OP, x.layout())?, Arg::Ptr(po), Arg::n(n)],
+        &[
+            Arg::Ptr(p),
+            launch::layout(OP, x.layout())?,
+            Arg::Ptr(po),
+            Arg::n(n),
+        ],
     )?;
     Ok(Tensor::from_cuda(buf, x.shape()))
 }
@@ -172,7 +183,12 @@ pub(crate) fn unary(op: &'static str, x: &Tensor, out_dtype: DType) -> Result<Te
         &g,
         &name,
         launch::elementwise(n),
-        &[Arg::Ptr(p), launch::layout(op, x.layout())?, Arg::Ptr(po), Arg::n(n)],
+        &[
+            Arg::Ptr(p),
+            launch::layout(op, x.layout())?,
+            Arg::Ptr(po),
+            Arg::n(n),
+        ],
     )?;
     Ok(Tensor::from_cuda(buf, x.shape()))
 }
@@ -357,14 +373,25 @@ pub(crate) fn reduce(
         &g,
         &name,
         launch::rows(n_out),
-        &[Arg::Ptr(p), Arg::Ptr(po), Arg::n(outer), Arg::n(dim), Arg::n(inner)],
+        &[
+            Arg::Ptr(p),
+            Arg::Ptr(po),
+            Arg::n(outer),
+            Arg::n(dim),
+            Arg::n(inner),
+        ],
     )?;
     Ok(Tensor::from_cuda(buf, shape))
 }
 
 /// The index (i64) of the maximum (`max`) or minimum along `dim` (`argmax_dim_<dt>` /
 /// `argmin_dim_<dt>`), with the output shape `shape`. Bool goes through i64.
-pub(crate) fn arg_reduce(t: &Tensor, dim: Option<usize>, max: bool, shape: &[usize]) -> Result<Tensor> {
+pub(crate) fn arg_reduce(
+    t: &Tensor,
+    dim: Option<usize>,
+    max: bool,
+    shape: &[usize],
+) -> Result<Tensor> {
     let op = if max { "argmax" } else { "argmin" };
     if t.dtype() == DType::Bool {
         return arg_reduce(&cast(t, DType::I64)?, dim, max, shape);
@@ -403,7 +430,8 @@ pub(crate) fn index_select(src: &Tensor, d: usize, index: &Tensor) -> Result<Opt
     let (src, idx) = (contiguous(src)?, contiguous(index)?);
     let (g, ps) = first_element(OP, &src)?;
     let (_, pi) = first_element(OP, &idx)?;
-    let (outer, inner): (usize, usize) = (shape[..d].iter().product(), shape[d + 1..].iter().product());
+    let (outer, inner): (usize, usize) =
+        (shape[..d].iter().product(), shape[d + 1..].iter().product());
     let n_idx = idx.numel();
     let mut out_shape: Dims = shape.into();
     out_shape[d] = n_idx;
@@ -596,7 +624,13 @@ pub(crate) fn tri(x: &Tensor, diagonal: i64, upper: bool) -> Result<Tensor> {
 
 /// `start + i·step` for `i` in `0..n` on device `ordinal` (`arange_<dt>`, computed in
 /// f64 as the CPU does); `None` for bool (no kernel: the caller uploads).
-pub(crate) fn arange(n: usize, start: f64, step: f64, dtype: DType, ordinal: usize) -> Result<Option<Tensor>> {
+pub(crate) fn arange(
+    n: usize,
+    start: f64,
+    step: f64,
+    dtype: DType,
+    ordinal: usize,
+) -> Result<Option<Tensor>> {
     const OP: &str = "arange";
     if dtype == DType::Bool {
         return Ok(None);
@@ -633,7 +667,13 @@ pub(crate) fn bernoulli(shape: &[usize], p: f64, ordinal: usize) -> Result<Tenso
         &g,
         "philox_bernoulli_bool",
         launch::elementwise(n),
-        &[Arg::Ptr(po), Arg::n(n), Arg::U64(seed), Arg::U64(offset), Arg::F64(p)],
+        &[
+            Arg::Ptr(po),
+            Arg::n(n),
+            Arg::U64(seed),
+            Arg::U64(offset),
+            Arg::F64(p),
+        ],
     )?;
     Ok(Tensor::from_cuda(buf, shape))
 }
@@ -652,7 +692,11 @@ mod tests {
             assert!(has(format!("{op}_{dt}")), "{op}");
         }
         for op in BINARY {
-            let dt = if op.starts_with("logical") { "bool" } else { "f64" };
+            let dt = if op.starts_with("logical") {
+                "bool"
+            } else {
+                "f64"
+            };
             assert!(has(format!("{op}_{dt}")), "{op}");
         }
         for op in SCALAR {
@@ -661,7 +705,16 @@ mod tests {
         for k in ["sum", "max", "min", "argmax", "argmin"] {
             assert!(has(format!("{k}_dim_i64")), "{k}");
         }
-        for k in ["index_select", "gather", "scatter_add", "copy", "where", "masked_fill", "triu", "tril"] {
+        for k in [
+            "index_select",
+            "gather",
+            "scatter_add",
+            "copy",
+            "where",
+            "masked_fill",
+            "triu",
+            "tril",
+        ] {
             assert!(has(format!("{k}_f16")), "{k}");
         }
         assert!(has("philox_bernoulli_bool".into()) && has("arange_i64".into()));

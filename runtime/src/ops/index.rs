@@ -86,7 +86,13 @@ fn unaliased(index: &Tensor, other: &Tensor) -> Result<Tensor> {
 /// The error for an index outside `0..size` that a CUDA kernel flagged: the index is
 /// copied to the host to name the first bad value, as the CPU's error does.
 #[cfg(feature = "cuda")]
-fn cuda_bad_index(op: &'static str, index: &Tensor, dim: usize, size: usize, shape: &[usize]) -> Error {
+fn cuda_bad_index(
+    op: &'static str,
+    index: &Tensor,
+    dim: usize,
+    size: usize,
+    shape: &[usize],
+) -> Error {
     let host = match index.host() {
         Ok(h) => h,
         Err(e) => return e,
