@@ -9,8 +9,13 @@
 
 use flint::autograd::{gradcheck, GradcheckOptions};
 use flint::half::{bf16, f16};
-use flint::nn::{Linear, ModuleExt};
-use flint::{cuda, DType, Device, Error, Generator, Tensor};
+use flint::loss::CrossEntropy;
+use flint::nn::functional::{dropout, layer_norm, scaled_dot_product_attention};
+use flint::nn::{Embedding, Forward, Linear, ModuleExt};
+use flint::optim::{Adam, Optimizer};
+use flint::{
+    causal_mask, cuda, manual_seed, All, DType, Device, Error, GeluApprox, Generator, Tensor,
+};
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Mutex, MutexGuard};
@@ -417,37 +422,23 @@ fn ops_without_a_cuda_kernel_are_errors_not_panics() {
     };
     let d = g.device;
     let x = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]).to(d);
-    let e = x.try_add(&x).unwrap_err();
+    // masked_select (a data-dependent output size) has no kernel
+    let mask = Tensor::from_vec(vec![true, false, true, true], [2, 2]).to(d);
+    let e = x.try_masked_select(&mask).unwrap_err();
     assert!(
-        matches!(e, Error::NoCudaKernel { op: "add", device } if device == d),
+        matches!(e, Error::NoCudaKernel { op: "masked_select", device } if device == d),
         "{e:?}"
     );
     assert_eq!(
         e.to_string(),
-        "`add` has no CUDA kernel yet (tensor on cuda:0)"
+        "`masked_select` has no CUDA kernel yet (tensor on cuda:0)"
     );
-    let e = x.try_sum(0, false).unwrap_err();
-    assert!(e.to_string().contains("has no CUDA kernel yet"), "{e}");
-    let e = x
-        .try_index_select(0, &Tensor::from_vec(vec![1i64], [1]).to(d))
-        .unwrap_err();
-    assert!(e.to_string().contains("has no CUDA kernel yet"), "{e}");
-    let e = x.t().try_contiguous().unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("`contiguous` has no CUDA kernel yet"),
-        "{e}"
-    );
-    let e = x.try_matmul(&x.to_dtype(DType::F64)).unwrap_err();
-    assert!(
-        e.to_string().contains("`to_dtype` has no CUDA kernel yet"),
-        "{e}"
-    );
+    // nor has `prod`
+    let e = catch_unwind(AssertUnwindSafe(|| x.prod(0, false))).unwrap_err();
+    let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
     // the panicking forms panic with the message (no abort, no read of device memory)
-    let p = catch_unwind(AssertUnwindSafe(|| x.exp())).unwrap_err();
-    let msg = p.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(
-        msg.contains("has no CUDA kernel yet (tensor on cuda:0)"),
+        msg.contains("`prod` has no CUDA kernel yet (tensor on cuda:0)"),
         "{msg}"
     );
     // the tensor is still usable
@@ -475,5 +466,658 @@ fn tensors_on_two_devices_in_one_op_are_an_error() {
     ] {
         assert!(matches!(e, Error::Device { .. }), "{e:?}");
         assert!(e.to_string().contains(want), "{e}");
+    }
+}
+
+/// An op of the parity table, applied to its inputs.
+type ParityOp = Box<dyn Fn(&[Tensor]) -> Tensor>;
+/// One op of the parity table: a name, the inputs (made on the CPU) and the op.
+type ParityCase = (&'static str, Vec<Tensor>, ParityOp);
+
+/// The parity cases of every op wired to a CUDA kernel, for one float dtype.
+fn parity_cases(dt: DType) -> Vec<ParityCase> {
+    let mut rng = Generator::new(11);
+    let mut r = |shape: &[usize]| rng.randn(shape, DType::F64).to_dtype(dt);
+    let (a, b, row) = (r(&[3, 4]), r(&[3, 4]), r(&[4]));
+    let at = r(&[4, 3]); // .t() gives a non-contiguous [3, 4]
+    let x3 = r(&[2, 3, 5]);
+    let pos = a.abs() + 0.25;
+    let ids = Tensor::from_vec(vec![2i64, 0, 2, 1], [4]);
+    let gidx = Tensor::from_vec(vec![0i64, 3, 1, 1, 2, 0, 3, 3, 0], [3, 3]);
+    let mask = Tensor::from_vec(vec![true, false, false, true], [4]);
+    let cond = a.gt(0.0);
+    let case = |name: &'static str, inputs: Vec<Tensor>, f: ParityOp| (name, inputs, f);
+    let mut v: Vec<ParityCase> = vec![
+        case(
+            "add (broadcast row)",
+            vec![a.clone(), row.clone()],
+            Box::new(|t| &t[0] + &t[1]),
+        ),
+        case(
+            "sub (non-contiguous)",
+            vec![a.clone(), at.clone()],
+            Box::new(|t| &t[0] - t[1].t()),
+        ),
+        case(
+            "mul (broadcast col)",
+            vec![a.clone(), r(&[3, 1])],
+            Box::new(|t| &t[0] * &t[1]),
+        ),
+        case(
+            "div",
+            vec![a.clone(), pos.clone()],
+            Box::new(|t| &t[0] / &t[1]),
+        ),
+        case(
+            "pow",
+            vec![pos.clone(), b.clone()],
+            Box::new(|t| t[0].pow(&t[1])),
+        ),
+        case(
+            "maximum",
+            vec![a.clone(), b.clone()],
+            Box::new(|t| t[0].maximum(&t[1])),
+        ),
+        case(
+            "minimum (non-contiguous)",
+            vec![a.clone(), at.clone()],
+            Box::new(|t| t[0].minimum(t[1].t())),
+        ),
+        case("add_scalar", vec![a.clone()], Box::new(|t| &t[0] + 1.5)),
+        case("rsub_scalar", vec![a.clone()], Box::new(|t| 1.5 - &t[0])),
+        case(
+            "mul_scalar (non-contiguous)",
+            vec![at.clone()],
+            Box::new(|t| t[0].t() * -0.75),
+        ),
+        case("div_scalar", vec![a.clone()], Box::new(|t| &t[0] / 3.0)),
+        case("pow_scalar", vec![a.clone()], Box::new(|t| t[0].pow(2.0))),
+        case(
+            "maximum_scalar",
+            vec![a.clone()],
+            Box::new(|t| t[0].maximum(0.1)),
+        ),
+        case(
+            "clamp",
+            vec![a.clone()],
+            Box::new(|t| t[0].clamp(-0.5, 0.5)),
+        ),
+        case("exp", vec![a.clone()], Box::new(|t| t[0].exp())),
+        case("log", vec![pos.clone()], Box::new(|t| t[0].log())),
+        case("sqrt", vec![pos.clone()], Box::new(|t| t[0].sqrt())),
+        case("rsqrt", vec![pos.clone()], Box::new(|t| t[0].rsqrt())),
+        case(
+            "tanh (non-contiguous)",
+            vec![at.clone()],
+            Box::new(|t| t[0].t().tanh()),
+        ),
+        case("sigmoid", vec![a.clone()], Box::new(|t| t[0].sigmoid())),
+        case("silu", vec![a.clone()], Box::new(|t| t[0].silu())),
+        case("sin", vec![a.clone()], Box::new(|t| t[0].sin())),
+        case("cos", vec![a.clone()], Box::new(|t| t[0].cos())),
+        case(
+            "reciprocal",
+            vec![pos.clone()],
+            Box::new(|t| t[0].reciprocal()),
+        ),
+        case("floor", vec![&a * 3.0], Box::new(|t| t[0].floor())),
+        case("ceil", vec![&a * 3.0], Box::new(|t| t[0].ceil())),
+        case("round", vec![&a * 3.0], Box::new(|t| t[0].round())),
+        case("erf", vec![a.clone()], Box::new(|t| t[0].erf())),
+        case(
+            "gelu",
+            vec![a.clone()],
+            Box::new(|t| t[0].gelu(GeluApprox::None)),
+        ),
+        case(
+            "gelu_tanh",
+            vec![a.clone()],
+            Box::new(|t| t[0].gelu(GeluApprox::Tanh)),
+        ),
+        case("neg", vec![a.clone()], Box::new(|t| t[0].neg())),
+        case("abs", vec![a.clone()], Box::new(|t| t[0].abs())),
+        case("sign", vec![a.clone()], Box::new(|t| t[0].sign())),
+        case("relu", vec![a.clone()], Box::new(|t| t[0].relu())),
+        case(
+            "eq",
+            vec![a.clone(), a.where_(&cond, 0.0)],
+            Box::new(|t| t[0].eq(&t[1]).to_dtype(DType::F64)),
+        ),
+        case(
+            "ne",
+            vec![a.clone(), a.where_(&cond, 0.0)],
+            Box::new(|t| t[0].ne(&t[1]).to_dtype(DType::F64)),
+        ),
+        case(
+            "lt (broadcast)",
+            vec![a.clone(), row.clone()],
+            Box::new(|t| t[0].lt(&t[1]).to_dtype(DType::F64)),
+        ),
+        case(
+            "le",
+            vec![a.clone()],
+            Box::new(|t| t[0].le(0.0).to_dtype(DType::F64)),
+        ),
+        case(
+            "gt",
+            vec![a.clone(), b.clone()],
+            Box::new(|t| t[0].gt(&t[1]).to_dtype(DType::F64)),
+        ),
+        case(
+            "ge",
+            vec![a.clone(), b.clone()],
+            Box::new(|t| t[0].ge(&t[1]).to_dtype(DType::F64)),
+        ),
+        case(
+            "logical_and/or/xor/not",
+            vec![a.clone(), b.clone()],
+            Box::new(|t| {
+                let (p, q) = (t[0].gt(0.0), t[1].gt(0.0));
+                let s = p.logical_and(&q).to_dtype(DType::I64)
+                    + p.logical_or(&q).to_dtype(DType::I64) * 2
+                    + p.logical_xor(&q).to_dtype(DType::I64) * 4
+                    + p.logical_not().to_dtype(DType::I64) * 8;
+                s.to_dtype(DType::F64)
+            }),
+        ),
+        case(
+            "where (broadcast)",
+            vec![a.clone(), row.clone()],
+            Box::new(|t| t[0].where_(&t[0].gt(0.0), &t[1])),
+        ),
+        case(
+            "masked_fill (broadcast)",
+            vec![a.clone(), mask.clone()],
+            Box::new(|t| t[0].masked_fill(&t[1], -1e9)),
+        ),
+        case(
+            "cast to f16",
+            vec![a.clone()],
+            Box::new(|t| t[0].to_dtype(DType::F16).to_dtype(DType::F64)),
+        ),
+        case(
+            "cast to bf16",
+            vec![a.clone()],
+            Box::new(|t| t[0].to_dtype(DType::BF16).to_dtype(DType::F64)),
+        ),
+        case(
+            "cast to i64",
+            vec![&a * 5.0],
+            Box::new(|t| t[0].to_dtype(DType::I64).to_dtype(DType::F64)),
+        ),
+        case(
+            "cast to bool",
+            vec![a.round()],
+            Box::new(|t| t[0].to_dtype(DType::Bool).to_dtype(DType::F64)),
+        ),
+        case(
+            "contiguous (permute)",
+            vec![x3.clone()],
+            Box::new(|t| t[0].permute([2, 0, 1]).contiguous()),
+        ),
+        case(
+            "contiguous (step slice)",
+            vec![x3.clone()],
+            Box::new(|t| t[0].try_slice(2, 0, 5, 2).unwrap().contiguous()),
+        ),
+        case(
+            "copy_ into a view",
+            vec![a.clone(), row.clone()],
+            Box::new(|t| {
+                let z = t[0].deep_clone();
+                z.narrow(1, 1, 2).copy_(&t[1].narrow(0, 0, 2));
+                z
+            }),
+        ),
+        case(
+            "fill_ a column",
+            vec![a.clone()],
+            Box::new(|t| {
+                let z = t[0].deep_clone();
+                z.select(1, 2).fill_(7.0);
+                z
+            }),
+        ),
+        case(
+            "sum dim 1",
+            vec![x3.clone()],
+            Box::new(|t| t[0].sum(1, false)),
+        ),
+        case(
+            "sum dims [0, 2] (non-contiguous)",
+            vec![x3.clone()],
+            Box::new(|t| t[0].permute([1, 0, 2]).sum([0, 2], true)),
+        ),
+        case(
+            "sum all",
+            vec![x3.clone()],
+            Box::new(|t| t[0].sum(All, false)),
+        ),
+        case(
+            "mean dim 0",
+            vec![x3.clone()],
+            Box::new(|t| t[0].mean(0, false)),
+        ),
+        case(
+            "max dim 2",
+            vec![x3.clone()],
+            Box::new(|t| t[0].max(2, false)),
+        ),
+        case(
+            "min dims [0, 1]",
+            vec![x3.clone()],
+            Box::new(|t| t[0].min([0, 1], false)),
+        ),
+        case(
+            "argmax dim 1",
+            vec![x3.clone()],
+            Box::new(|t| t[0].argmax(1, false).to_dtype(DType::F64)),
+        ),
+        case(
+            "argmin dim 0",
+            vec![x3.clone()],
+            Box::new(|t| t[0].argmin(0, true).to_dtype(DType::F64)),
+        ),
+        case(
+            "var dim 2",
+            vec![x3.clone()],
+            Box::new(|t| t[0].var(2, 1, false)),
+        ),
+        case(
+            "logsumexp dim 1",
+            vec![x3.clone()],
+            Box::new(|t| t[0].logsumexp(1, false)),
+        ),
+        case(
+            "softmax dim -1",
+            vec![x3.clone()],
+            Box::new(|t| t[0].softmax(-1)),
+        ),
+        case(
+            "softmax dim 0 (masked -inf)",
+            vec![a.clone(), mask.clone()],
+            Box::new(|t| t[0].masked_fill(&t[1], f64::NEG_INFINITY).softmax(0)),
+        ),
+        case(
+            "log_softmax dim -1",
+            vec![x3.clone()],
+            Box::new(|t| t[0].log_softmax(-1)),
+        ),
+        case(
+            "index_select dim 0 (embedding)",
+            vec![a.clone(), ids.clone()],
+            Box::new(|t| t[0].index_select(0, &t[1])),
+        ),
+        case(
+            "index_select dim 1",
+            vec![a.clone(), ids.narrow(0, 0, 3)],
+            Box::new(|t| t[0].index_select(1, &t[1])),
+        ),
+        case(
+            "gather dim 1",
+            vec![a.clone(), gidx.clone()],
+            Box::new(|t| t[0].gather(1, &t[1])),
+        ),
+        case(
+            "scatter_add dim 1",
+            vec![a.clone(), gidx.clone(), r(&[3, 3])],
+            Box::new(|t| t[0].scatter_add(1, &t[1], &t[2])),
+        ),
+        case(
+            "scatter_add dim 0 (partial index)",
+            vec![
+                a.clone(),
+                Tensor::from_vec(vec![2i64, 0, 1, 2], [2, 2]),
+                r(&[3, 3]),
+            ],
+            Box::new(|t| t[0].scatter_add(0, &t[1], &t[2])),
+        ),
+        case(
+            "cat dim 1",
+            vec![a.clone(), r(&[3, 2])],
+            Box::new(|t| Tensor::cat(&[&t[0], &t[1]], 1)),
+        ),
+        case(
+            "stack dim 0 (non-contiguous)",
+            vec![a.clone(), at.clone()],
+            Box::new(|t| Tensor::stack(&[t[0].clone(), t[1].t()], 0)),
+        ),
+        case(
+            "triu",
+            vec![x3.clone()],
+            Box::new(|t| t[0].narrow(2, 0, 3).triu(1)),
+        ),
+        case("tril", vec![x3.clone()], Box::new(|t| t[0].tril(-1))),
+        case(
+            "causal mask fill",
+            vec![r(&[4, 4])],
+            Box::new(|t| {
+                let m = Tensor::ones([4, 4], (DType::Bool, t[0].device())).triu(1);
+                t[0].masked_fill(&m, f64::NEG_INFINITY).softmax(-1)
+            }),
+        ),
+        case(
+            "arange",
+            vec![a.clone()],
+            Box::new(|t| Tensor::arange(-2.0, 3.0, 0.5, (t[0].dtype(), t[0].device()))),
+        ),
+        case(
+            "matmul (batched, transposed)",
+            vec![x3.clone(), r(&[2, 4, 5])],
+            Box::new(|t| t[0].matmul(&t[1].transpose(1, 2))),
+        ),
+        case(
+            "layer_norm",
+            vec![x3.clone(), r(&[5]), r(&[5])],
+            Box::new(|t| layer_norm(&t[0], &[5], Some(&t[1]), Some(&t[2]), 1e-5).unwrap()),
+        ),
+    ];
+    // i64 ops on the same path
+    let ints = Tensor::from_vec(vec![3i64, -1, 4, 1, -5, 9], [2, 3]);
+    v.push(case(
+        "add/mul/neg/relu i64",
+        vec![ints.clone()],
+        Box::new(|t| {
+            ((&t[0] + &t[0].t().contiguous().t()) * 3 - t[0].neg().relu()).to_dtype(DType::F64)
+        }),
+    ));
+    v.push(case(
+        "sum/max/argmax i64",
+        vec![ints],
+        Box::new(|t| {
+            let s = t[0].sum(1, false) + t[0].max(0, false).sum(0, true) + t[0].argmax(1, false);
+            s.to_dtype(DType::F64)
+        }),
+    ));
+    v
+}
+
+#[test]
+fn every_wired_op_matches_the_cpu() {
+    let Some(g) = gpu("every_wired_op_matches_the_cpu") else {
+        return;
+    };
+    let d = g.device;
+    let mut failures = Vec::new();
+    println!("{:<40} {:<5} {:>12}  ok", "op", "dtype", "max_abs_err");
+    for (dt, rtol, atol) in [(DType::F32, 2e-5, 2e-5), (DType::F64, 1e-10, 1e-12)] {
+        for (name, inputs, f) in parity_cases(dt) {
+            let want = f(&inputs).to_f64_vec();
+            let on_dev: Vec<Tensor> = inputs.iter().map(|t| t.to(d)).collect();
+            let got = match catch_unwind(AssertUnwindSafe(|| f(&on_dev))) {
+                Ok(t) if t.device() == d => t.to_f64_vec(),
+                Ok(t) => {
+                    failures.push(format!("{name} {dt}: result on {}", t.device()));
+                    continue;
+                }
+                Err(p) => {
+                    let msg = p.downcast_ref::<String>().cloned().unwrap_or_default();
+                    println!("{name:<40} {dt:<5} {:>12}  FAILED: {msg}", "-");
+                    failures.push(format!("{name} {dt}: {msg}"));
+                    continue;
+                }
+            };
+            let mut err = 0.0f64;
+            let mut ok = got.len() == want.len();
+            for (x, y) in got.iter().zip(&want) {
+                if x.is_nan() || y.is_nan() || x.is_infinite() || y.is_infinite() {
+                    ok &= x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan());
+                    continue;
+                }
+                err = err.max((x - y).abs());
+                ok &= (x - y).abs() <= atol + rtol * y.abs();
+            }
+            println!(
+                "{name:<40} {dt:<5} {err:>12.3e}  {}",
+                if ok { "ok" } else { "FAILED" }
+            );
+            if !ok {
+                failures.push(format!("{name} {dt}: max abs err {err:e}"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "CUDA results differ from the CPU's: {failures:#?}"
+    );
+}
+
+#[test]
+fn dropout_on_the_device_draws_the_cpu_mask() {
+    let Some(g) = gpu("dropout_on_the_device_draws_the_cpu_mask") else {
+        return;
+    };
+    let d = g.device;
+    let x = Tensor::ones([64, 33], DType::F32);
+    manual_seed(1234);
+    let cpu = dropout(&x, 0.3, true).unwrap();
+    let after_cpu = flint::random::with_global_generator(|g| g.offset());
+    manual_seed(1234);
+    let dev = dropout(&x.to(d), 0.3, true).unwrap();
+    let after_dev = flint::random::with_global_generator(|g| g.offset());
+    assert_eq!(dev.device(), d);
+    assert_eq!(
+        after_cpu, after_dev,
+        "the generator advances by the same count"
+    );
+    let bits = |t: &Tensor| {
+        t.to_vec::<f32>()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bits(&cpu), bits(&dev.to(Device::Cpu)));
+    let kept = cpu.to_vec::<f32>().iter().filter(|&&v| v != 0.0).count();
+    assert!(
+        (1300..1650).contains(&kept),
+        "{kept} of 2112 kept at p = 0.3"
+    );
+}
+
+#[test]
+fn index_errors_on_the_device_are_the_cpu_errors() {
+    let Some(g) = gpu("index_errors_on_the_device_are_the_cpu_errors") else {
+        return;
+    };
+    let d = g.device;
+    let t = Tensor::zeros([2, 3], ());
+    for bad in [vec![0i64, 3], vec![-1i64, 1]] {
+        let idx = Tensor::from_vec(bad, [2]);
+        let want = t.try_index_select(1, &idx).unwrap_err().to_string();
+        let got = t
+            .to(d)
+            .try_index_select(1, &idx.to(d))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(got, want);
+        let gi = idx.reshape([1, 2]);
+        let want = t.try_gather(1, &gi).unwrap_err().to_string();
+        let got = t.to(d).try_gather(1, &gi.to(d)).unwrap_err().to_string();
+        assert_eq!(got, want);
+    }
+}
+
+/// A small MLP (Linear, GELU, LayerNorm, Dropout, Linear) trained with AdamW on a
+/// label-smoothed cross-entropy; returns the losses of `steps` steps on `device`.
+fn train_mlp(device: Device, steps: usize) -> Vec<f64> {
+    manual_seed(5);
+    let mut l1 = Linear::new(8, 32, ());
+    let mut l2 = Linear::new(32, 4, ());
+    let norm_w = Tensor::ones([32], ()).requires_grad_(true);
+    let norm_b = Tensor::zeros([32], ()).requires_grad_(true);
+    let mut data = Generator::new(9);
+    let x = data.randn([16, 8], ()).to(device);
+    let y = data.randint(0, 4, [16]).to(device);
+    l1.to_device(device).unwrap();
+    l2.to_device(device).unwrap();
+    let (norm_w, norm_b) = (
+        norm_w.detach().to(device).requires_grad_(true),
+        norm_b.detach().to(device).requires_grad_(true),
+    );
+    let mut params = l1.parameters();
+    params.extend(l2.parameters());
+    params.extend([norm_w.clone(), norm_b.clone()]);
+    let mut opt = Adam::adamw(params, 1e-2);
+    let ce = CrossEntropy::new().label_smoothing(0.1);
+    manual_seed(77); // the dropout stream
+    let mut losses = Vec::new();
+    for _ in 0..steps {
+        opt.zero_grad();
+        let h = l1.forward(&x).gelu(GeluApprox::None);
+        let h = layer_norm(&h, &[32], Some(&norm_w), Some(&norm_b), 1e-5).unwrap();
+        let h = dropout(&h, 0.1, true).unwrap().relu();
+        let loss = ce.forward(&l2.forward(&h), &y);
+        assert_eq!(loss.device(), device);
+        loss.backward();
+        opt.step();
+        losses.push(loss.to_dtype(DType::F64).item::<f64>());
+    }
+    for p in l1.parameters() {
+        assert_eq!(p.device(), device);
+    }
+    losses
+}
+
+#[test]
+fn an_mlp_trains_on_the_device_as_on_the_cpu() {
+    let Some(_g) = gpu("an_mlp_trains_on_the_device_as_on_the_cpu") else {
+        return;
+    };
+    let cpu = train_mlp(Device::Cpu, 20);
+    let dev = train_mlp(Device::Cuda(0), 20);
+    println!("cpu losses {cpu:?}\ncuda losses {dev:?}");
+    assert!(cpu[19] < cpu[0] * 0.7, "the loss falls: {cpu:?}");
+    assert_close(&dev, &cpu, 1e-4, 0.0, "losses");
+}
+
+/// A one-block causal language model (Embedding, q/k/v projections, scaled dot-product
+/// attention with a causal mask, a residual, LayerNorm, an output projection) trained
+/// with AdamW; the losses of `steps` steps on `device`.
+fn train_attention(device: Device, steps: usize) -> Vec<f64> {
+    manual_seed(21);
+    let (vocab, dim, t) = (11, 16, 6);
+    let mut emb = Embedding::new(vocab, dim, ());
+    let mut proj: Vec<Linear> = (0..4).map(|_| Linear::new(dim, dim, ())).collect();
+    let mut head = Linear::new(dim, vocab, ());
+    let mut data = Generator::new(3);
+    let tokens = data.randint(0, vocab as i64, [2, t + 1]).to(device);
+    let (inp, tgt) = (tokens.narrow(1, 0, t), tokens.narrow(1, 1, t));
+    emb.to_device(device).unwrap();
+    head.to_device(device).unwrap();
+    let mut params = emb.parameters();
+    for p in proj.iter_mut() {
+        p.to_device(device).unwrap();
+        params.extend(p.parameters());
+    }
+    params.extend(head.parameters());
+    let mut opt = Adam::adamw(params, 5e-3);
+    let mask = causal_mask(t).to(device);
+    let mut losses = Vec::new();
+    for _ in 0..steps {
+        opt.zero_grad();
+        let x = emb.forward(&inp);
+        let (q, k, v) = (
+            proj[0].forward(&x),
+            proj[1].forward(&x),
+            proj[2].forward(&x),
+        );
+        // attention written out: masked_fill with the causal mask, softmax, matmul
+        let s = q.matmul(&k.transpose(1, 2)) / (dim as f64).sqrt();
+        let a = s
+            .masked_fill(&mask, f64::NEG_INFINITY)
+            .softmax(-1)
+            .matmul(&v);
+        // and through the functional form (its causal mask is made on the device)
+        let (a2, _) =
+            scaled_dot_product_attention(&q, &k, &v, None, true, 0.0, false, None).unwrap();
+        let h = &x + proj[3].forward(&(&a + &a2));
+        let h = layer_norm(&h, &[dim], None, None, 1e-5).unwrap();
+        let logits = head.forward(&h);
+        let loss =
+            CrossEntropy::new().forward(&logits.reshape([-1, vocab as isize]), &tgt.reshape([-1]));
+        loss.backward();
+        opt.step();
+        losses.push(loss.to_dtype(DType::F64).item::<f64>());
+    }
+    losses
+}
+
+#[test]
+fn an_attention_block_trains_on_the_device_as_on_the_cpu() {
+    let Some(_g) = gpu("an_attention_block_trains_on_the_device_as_on_the_cpu") else {
+        return;
+    };
+    let cpu = train_attention(Device::Cpu, 10);
+    let dev = train_attention(Device::Cuda(0), 10);
+    println!("cpu losses {cpu:?}\ncuda losses {dev:?}");
+    assert!(cpu[9] < cpu[0], "the loss falls: {cpu:?}");
+    assert_close(&dev, &cpu, 1e-4, 0.0, "losses");
+}
+
+#[test]
+fn gradients_through_device_kernels_pass_gradcheck() {
+    let Some(g) = gpu("gradients_through_device_kernels_pass_gradcheck") else {
+        return;
+    };
+    let d = g.device;
+    let mut rng = Generator::new(17);
+    let x = rng.randn([3, 4], DType::F64);
+    let w = rng.randn([4], DType::F64);
+    let idx = Tensor::from_vec(vec![2i64, 0, 2], [3]).to(d);
+    let gidx = Tensor::from_vec(vec![3i64, 0, 1, 1, 2, 2], [3, 2]).to(d);
+    let m = causal_mask(4).narrow(0, 0, 3).to(d);
+    type Case = (&'static str, Box<dyn Fn(&Tensor, &Tensor) -> Tensor>);
+    let cases: Vec<Case> = vec![
+        (
+            "mul/div broadcast",
+            Box::new(|x, w| (x * w) / (w.abs() + 1.0)),
+        ),
+        (
+            "tanh/sigmoid/exp",
+            Box::new(|x, w| (x.tanh() + (x * w).sigmoid()).exp()),
+        ),
+        (
+            "gelu",
+            Box::new(|x, _| x.gelu(GeluApprox::None) + x.gelu(GeluApprox::Tanh)),
+        ),
+        (
+            "softmax/log_softmax",
+            Box::new(|x, w| (x + w).softmax(-1) * x.log_softmax(0)),
+        ),
+        (
+            "masked_fill/where",
+            Box::new(move |x, w| x.masked_fill(&m, 0.0).where_(&x.gt(0.0), w)),
+        ),
+        (
+            "sum/max/mean",
+            Box::new(|x, w| x.max(1, true) * w + x.mean(0, true) - x.sum(All, false)),
+        ),
+        (
+            "layer_norm",
+            Box::new(|x, w| layer_norm(x, &[4], Some(w), None, 1e-5).unwrap()),
+        ),
+        (
+            "index_select/gather",
+            Box::new(move |x, w| x.index_select(0, &idx).gather(1, &gidx) * w.narrow(0, 0, 2)),
+        ),
+        (
+            "cat/stack",
+            Box::new(|x, w| {
+                Tensor::cat(&[x.clone(), w.unsqueeze(0)], 0)
+                    .t()
+                    .contiguous()
+                    * 2.0
+            }),
+        ),
+    ];
+    for (name, f) in cases {
+        if let Err(e) = gradcheck(
+            |xs| f(&xs[0].to(d), &xs[1].to(d)).to(Device::Cpu),
+            &[x.clone(), w.clone()],
+            GradcheckOptions::default(),
+        ) {
+            panic!("{name}: {e}");
+        }
+        println!("gradcheck on cuda: {name} ok");
     }
 }

@@ -2,16 +2,14 @@
 // Index ops: index_select (embedding), index_add (embedding backward), gather,
 // scatter_add, masked_fill, where. Any grid and block size works.
 //
-// Indices are i64; a negative index counts from the end (i + size), as PyTorch. An index
-// still out of range is skipped (index_select/gather write 0 there) and, when `status`
-// is not null, sets *status = 1 so the caller can report an error after the launch.
+// Indices are i64 in 0..size, as in the CPU runtime (whose index ops take no negative
+// indices). An index out of range, negative ones included, is skipped (index_select/
+// gather write 0 there) and, when `status` is not null, sets *status = 1 so the caller
+// can report an error after the launch.
 // The *_add kernels use atomics: their summation order, hence the last bits of float
 // results, varies from run to run.
 
 __device__ __forceinline__ bool fix_index(i64& k, i64 size, int* status) {
-    if (k < 0) {
-        k += size;
-    }
     if (k < 0 || k >= size) {
         if (status != 0) {
             atomicExch(status, 1);

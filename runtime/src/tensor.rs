@@ -255,6 +255,11 @@ impl Tensor {
     pub(crate) fn storage(&self) -> &Arc<Storage> {
         &self.0.storage
     }
+    /// True for a tensor on a CUDA device.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn is_cuda(&self) -> bool {
+        matches!(self.device(), Device::Cuda(_))
+    }
 
     /// Runs `f` on the CPU buffer and layout: the one place where ops get at host
     /// memory. A tensor on a CUDA device gives [`Error::NoCudaKernel`] naming `op`
@@ -394,6 +399,10 @@ impl Tensor {
         if dtype == self.dtype() {
             return Ok(self.clone());
         }
+        #[cfg(feature = "cuda")]
+        if self.is_cuda() {
+            return crate::cuda::ops::cast(self, dtype);
+        }
         let buf = self.with_cpu("to_dtype", |buf, l| {
             crate::cpu::convert::convert(buf, l, dtype)
         })?;
@@ -512,8 +521,8 @@ impl Tensor {
         or_panic(self.try_contiguous())
     }
 
-    /// Fallible [`Tensor::contiguous`]: an error for a non-contiguous view of a CUDA
-    /// tensor, which needs a strided copy kernel that the CUDA backend does not have yet.
+    /// Fallible [`Tensor::contiguous`] (on CUDA, non-contiguous views are copied with
+    /// the strided copy kernel).
     pub fn try_contiguous(&self) -> Result<Tensor> {
         if self.is_contiguous() {
             return Ok(self.clone());
@@ -534,8 +543,7 @@ impl Tensor {
         or_panic(self.try_deep_clone())
     }
 
-    /// Fallible [`Tensor::deep_clone`]: on CUDA only contiguous tensors can be copied
-    /// so far ([`Error::NoCudaKernel`] for other views).
+    /// Fallible [`Tensor::deep_clone`].
     pub fn try_deep_clone(&self) -> Result<Tensor> {
         Ok(record(self.copy_raw()?, "clone", &[self], &[], |g| {
             vec![Some(g.clone())]
@@ -547,10 +555,7 @@ impl Tensor {
         #[cfg(feature = "cuda")]
         if let Device::Cuda(_) = self.device() {
             let Some(range) = self.layout().contiguous_range() else {
-                return Err(Error::NoCudaKernel {
-                    op: "contiguous",
-                    device: self.device(),
-                });
+                return crate::cuda::ops::copy_to_new(self);
             };
             let guard = self.storage().read();
             let StorageData::Cuda(dbuf) = &*guard else {

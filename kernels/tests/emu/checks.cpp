@@ -598,13 +598,19 @@ static void test_norm() {
 static void test_index() {
     using namespace ix;
     {
-        // embedding: vocab 4, dim 3; ids with a negative one
+        // embedding: vocab 4, dim 3
         std::vector<float> wt = {0, 1, 2, 10, 11, 12, 20, 21, 22, 30, 31, 32}, out(9);
-        std::vector<i64> ids = {2, -1, 0};
+        std::vector<i64> ids = {2, 3, 0};
         int status = 0;
         run(1, 4, [&] { index_select_f32(wt.data(), ids.data(), out.data(), 1, 4, 3, 3, &status); });
-        close("index_select_f32 (embedding, negative id)", out, {20, 21, 22, 30, 31, 32, 0, 1, 2});
+        close("index_select_f32 (embedding)", out, {20, 21, 22, 30, 31, 32, 0, 1, 2});
         report(status == 0, "index_select_f32 status stays 0", "status set");
+        // a negative id is out of range (as in the CPU runtime), not counted from the end
+        std::vector<i64> neg = {2, -1, 0};
+        run(1, 4, [&] { index_select_f32(wt.data(), neg.data(), out.data(), 1, 4, 3, 3, &status); });
+        close("index_select_f32 writes 0 for a negative id", out, {20, 21, 22, 0, 0, 0, 0, 1, 2});
+        report(status == 1, "index_select_f32 flags a negative id", "status not set");
+        status = 0;
         std::vector<i64> bad = {1, 4, -5};
         run(1, 4, [&] { index_select_f32(wt.data(), bad.data(), out.data(), 1, 4, 3, 3, &status); });
         close("index_select_f32 writes 0 for bad ids", out, {10, 11, 12, 0, 0, 0, 0, 0, 0});
@@ -632,13 +638,11 @@ static void test_index() {
         Vd src = rnd_vec(O * D * I);
         std::vector<i64> idx(O * J * I);
         for (auto& k : idx) k = (i64)rnd(0, D);
-        idx[1] = -1; // from the end
         Vd want(O * J * I);
         for (int o = 0; o < O; ++o)
             for (int j = 0; j < J; ++j)
                 for (int i = 0; i < I; ++i) {
                     i64 k = idx[(o * J + j) * I + i];
-                    if (k < 0) k += D;
                     want[(o * J + j) * I + i] = src[(o * D + k) * I + i];
                 }
         std::vector<double> out(O * J * I);
@@ -649,7 +653,6 @@ static void test_index() {
             for (int j = 0; j < J; ++j)
                 for (int i = 0; i < I; ++i) {
                     i64 k = idx[(o * J + j) * I + i];
-                    if (k < 0) k += D;
                     wacc[(o * D + k) * I + i] += out[(o * J + j) * I + i];
                 }
         run(2, 4, [&] { scatter_add_f64(out.data(), idx.data(), acc.data(), O, D, J, I, nullptr); });
@@ -657,10 +660,11 @@ static void test_index() {
         std::vector<i64> ia(O * D * I, 0), isrc(O * J * I, 1);
         int status = 0;
         idx[0] = 9;
+        idx[1] = -1; // negative: out of range too
         run(1, 32, [&] { scatter_add_i64(isrc.data(), idx.data(), ia.data(), O, D, J, I, &status); });
         i64 total = 0;
         for (auto v : ia) total += v;
-        report(status == 1 && total == O * J * I - 1, "scatter_add_i64 skips and flags a bad index",
+        report(status == 1 && total == O * J * I - 2, "scatter_add_i64 skips and flags bad indices",
                "status " + std::to_string(status) + " total " + std::to_string(total));
     }
     {

@@ -1,5 +1,9 @@
 //! Elementwise kernels over tensors: unary maps, broadcasting binary maps, ternary
 //! selects. Outputs are new contiguous tensors.
+//!
+//! With the `cuda` feature, each of the three is also the dispatch point of its op
+//! family for CUDA tensors: the kernel is found by the op's name
+//! ([`crate::cuda::ops`] lists the names it has kernels for).
 
 use crate::cpu::strided::{fill_strided2, fill_strided3, gather_map};
 use crate::error::Result;
@@ -14,6 +18,10 @@ pub(crate) fn unary<T: BufferElement, U: BufferElement>(
     x: &Tensor,
     f: impl Fn(T) -> U + Send + Sync,
 ) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() {
+        return crate::cuda::ops::unary(op, x, U::DTYPE);
+    }
     let out = x.with_slice::<T, _>(op, |s, l| gather_map(s, l, f))?;
     Ok(Tensor::from_buffer(U::into_buffer(out), x.shape()))
 }
@@ -28,6 +36,10 @@ pub(crate) fn binary<T: BufferElement, U: BufferElement>(
     lb: &Layout,
     f: impl Fn(T, T) -> U + Send + Sync,
 ) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if a.is_cuda() {
+        return crate::cuda::ops::binary(op, a, la, b, lb, U::DTYPE);
+    }
     let shape = la.shape();
     let n = la.numel();
     // fast path: both contiguous over the same shape
@@ -55,6 +67,11 @@ pub(crate) fn ternary<C: BufferElement, T: BufferElement, U: BufferElement>(
     b: (&Tensor, &Layout),
     f: impl Fn(C, T, T) -> U + Send + Sync,
 ) -> Result<Tensor> {
+    // `where` and `masked_fill`: `c ? a : b`
+    #[cfg(feature = "cuda")]
+    if a.0.is_cuda() {
+        return crate::cuda::ops::where_(c, a, b);
+    }
     let n = a.1.numel();
     let out = c.0.with_slice::<C, _>(op, |sc, _| {
         a.0.with_slice::<T, _>(op, |sa, _| {

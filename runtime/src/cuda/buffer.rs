@@ -6,7 +6,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::storage::CpuBuffer;
 use cudarc::driver::sys;
-use cudarc::driver::{DevicePtrMut, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
 use half::{bf16, f16};
 use std::ops::Range;
 use std::sync::Arc;
@@ -142,6 +142,29 @@ impl CudaBuffer {
     /// The ordinal of the device that holds it.
     pub fn ordinal(&self) -> usize {
         with_cuda_buffer!(self, v => v.ordinal())
+    }
+
+    /// The device that holds it and the address of its first element (for kernel
+    /// arguments; valid while the buffer lives).
+    pub(crate) fn raw(&self) -> (Arc<Gpu>, u64) {
+        with_cuda_buffer!(self, v => {
+            let g = v.gpu().clone();
+            // no events exist on Flint's contexts: the guard records nothing
+            let (ptr, _guard) = v.device_ptr(&g.stream);
+            (g.clone(), ptr)
+        })
+    }
+
+    /// `n` uninitialised elements of `dtype` on `g` (for kernel outputs).
+    pub(crate) fn uninit(g: &Arc<Gpu>, dtype: DType, n: usize) -> Result<CudaBuffer> {
+        Ok(match dtype {
+            DType::Bool => CudaBuffer::Bool(g.alloc(n)?),
+            DType::I64 => CudaBuffer::I64(g.alloc(n)?),
+            DType::F16 => CudaBuffer::F16(g.alloc(n)?),
+            DType::BF16 => CudaBuffer::BF16(g.alloc(n)?),
+            DType::F32 => CudaBuffer::F32(g.alloc(n)?),
+            DType::F64 => CudaBuffer::F64(g.alloc(n)?),
+        })
     }
 
     /// Copies elements `range` of a host buffer to device `ordinal`.

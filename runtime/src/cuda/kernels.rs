@@ -51,7 +51,9 @@ pub fn module(ordinal: usize, name: &'static str, source: &'static str) -> Resul
         .compute_capability()
         .map_err(|e| super::context::driver_error("kernels", ordinal, e))?;
     let opts = CompileOptions {
-        options: vec![format!("--gpu-architecture=compute_{major}{minor}")],
+        options: std::iter::once(format!("--gpu-architecture=compute_{major}{minor}"))
+            .chain(flint_kernels::COMPILE_OPTIONS.iter().map(|o| o.to_string()))
+            .collect(),
         name: Some(format!("{name}.cu")),
         ..Default::default()
     };

@@ -69,6 +69,21 @@ fn operand(r: usize, c: usize, s0: usize, s1: usize) -> Option<(cublasOperation_
     None
 }
 
+/// Whether cuBLAS reads the matrices (last two dims) of `l` in place; when not (no unit
+/// stride, or an expanded matrix with no leading dimension), the operand is copied to
+/// contiguous first.
+pub(crate) fn gemm_operand(l: &Layout) -> bool {
+    let nd = l.ndim();
+    nd < 2
+        || operand(
+            l.shape()[nd - 2],
+            l.shape()[nd - 1],
+            l.strides()[nd - 2],
+            l.strides()[nd - 1],
+        )
+        .is_some()
+}
+
 /// The element offset of every matrix of a `[batch.., rows, cols]` layout, batch entries
 /// in row-major order.
 fn batch_offsets(l: &Layout) -> Vec<usize> {

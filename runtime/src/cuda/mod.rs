@@ -7,11 +7,33 @@
 //! [`Error::CudaUnavailable`](crate::Error::CudaUnavailable) ("CUDA is not available: …"),
 //! never a panic.
 //!
-//! What runs on CUDA so far: moves between devices ([`Tensor::to`](crate::Tensor::to),
-//! differentiable), `zeros`/`full`/`ones` (device memsets), contiguous clones, and
-//! `matmul` for f32, f64, f16 and bf16 (cuBLAS). Every other op given a CUDA tensor
-//! returns [`Error::NoCudaKernel`](crate::Error::NoCudaKernel) from its `try_` form (and
-//! panics with that message from its panicking form) without touching device memory.
+//! What runs on CUDA (each op launches the `flint-kernels` entry of its family, compiled
+//! with NVRTC for the device at first use; the module cache is per device):
+//! - moves between devices ([`Tensor::to`](crate::Tensor::to), differentiable),
+//!   `zeros`/`full`/`ones` (device memsets), `arange` (kernel);
+//! - elementwise arithmetic with broadcasting and any strides (`add sub mul div pow
+//!   maximum minimum`, the operators, `clamp`), tensor-scalar forms with the scalar as a
+//!   kernel argument, unary math (`exp log sqrt rsqrt tanh sigmoid silu sin cos
+//!   reciprocal floor ceil round erf gelu` (exact and tanh) `neg abs sign relu`),
+//!   comparisons and logical ops, `where_`, `masked_fill`, dtype casts
+//!   ([`Tensor::to_dtype`](crate::Tensor::to_dtype));
+//! - `contiguous`/`deep_clone` of any view (strided copy kernel) and the in-place ops
+//!   (`copy_`, `fill_`, `add_`, `mul_`, `masked_fill_`, …, written through the view);
+//! - reductions over any dims (`sum`, `mean`, `max`, `min`, `argmax`, `argmin`, and
+//!   what is built on them: `var`, `std`, `logsumexp`, `softmax`, `log_softmax`);
+//! - `index_select` (embedding lookups), `gather`, `scatter_add` (their backward), `cat`,
+//!   `stack`, `triu`/`tril` (and the causal masks of attention);
+//! - `matmul` for f32, f64, f16 and bf16 (cuBLAS);
+//! - dropout masks drawn on the device from the global generator's Philox stream (the
+//!   same bits as on the CPU for the same seed and offset).
+//!
+//! So layers, losses and optimizers built from these ops (Linear, activations,
+//! LayerNorm, Dropout, Embedding, attention, cross-entropy, the Adam/AdamW updates) run
+//! on CUDA with their autograd (`tests/cuda.rs` trains an MLP and an attention block on
+//! both devices). An op without a kernel (`prod`, `masked_select`, convolutions, …)
+//! given a CUDA tensor returns
+//! [`Error::NoCudaKernel`](crate::Error::NoCudaKernel) from its `try_` form (and panics
+//! with that message from its panicking form) without touching device memory.
 //!
 //! ```
 //! use flint_runtime::{cuda, Device, Tensor};
@@ -28,14 +50,16 @@ mod alloc;
 mod buffer;
 mod context;
 pub mod kernels;
+mod launch;
 mod matmul;
+pub(crate) mod ops;
 
 pub use alloc::{empty_cache, memory_stats, DeviceVec, MemoryStats};
 pub use buffer::CudaBuffer;
 pub use context::{available, device_count, synchronize};
 
 pub(crate) use context::gpu;
-pub(crate) use matmul::matmul;
+pub(crate) use matmul::{gemm_operand, matmul};
 
 #[cfg(test)]
 mod tests {

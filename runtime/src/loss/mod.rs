@@ -210,7 +210,7 @@ impl NllLoss {
                     .index_select(0, &safe.reshape([-1]))
                     .reshape(safe.shape())
             }
-            None => Tensor::ones(safe.shape(), logp.dtype()),
+            None => Tensor::ones(safe.shape(), (logp.dtype(), logp.device())),
         };
         let w = w.where_(&valid, 0.0);
         Ok(((picked * &w).neg(), w))

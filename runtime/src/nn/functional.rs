@@ -193,6 +193,12 @@ pub fn dropout(x: &Tensor, p: f64, training: bool) -> Result<Tensor> {
     if p == 1.0 {
         return x.try_mul(0.0);
     }
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(ordinal) = x.device() {
+        // the same keep-mask bits as `dropout_mask`, drawn on the device
+        let keep = crate::cuda::ops::bernoulli(x.shape(), 1.0 - p, ordinal)?;
+        return x.try_mul(keep.to_dtype_raw(x.dtype())?.try_mul(1.0 / (1.0 - p))?);
+    }
     x.try_mul(dropout_mask(x.shape(), p, x.dtype()))
 }
 

@@ -145,9 +145,42 @@ fn min_nan<T: Element>(x: T, y: T) -> T {
     }
 }
 
+/// `a <kind> s` for a CUDA tensor and a scalar operand, with the scalar as a kernel
+/// argument (no device tensor for it); `None` when there is no such kernel (integer
+/// results, a tensor operand, the CPU).
+#[cfg(feature = "cuda")]
+fn cuda_scalar(a: &Tensor, b: &Operand, kind: Arith) -> Result<Option<Tensor>> {
+    if !a.is_cuda() {
+        return Ok(None);
+    }
+    // the dtype the 0-d scalar tensor of `Operand::into_tensor` would promote `a` to
+    let (s, mut dt) = match *b {
+        Operand::Float(v) => (v, a.dtype().to_float()),
+        Operand::Int(v) if a.dtype() == DType::Bool => (v as f64, DType::I64),
+        Operand::Int(v) => (v as f64, a.dtype()),
+        Operand::Tensor(_) => return Ok(None),
+    };
+    if matches!(kind, Arith::Div | Arith::Pow) {
+        dt = dt.to_float();
+    }
+    if !dt.is_float() {
+        return Ok(None);
+    }
+    crate::cuda::ops::scalar(kind.name(), &a.to_dtype_raw(dt)?, s)
+}
+
 #[track_caller]
 fn arith(a: &Tensor, b: Operand, kind: Arith) -> Result<Tensor> {
     let op = kind.name();
+    #[cfg(feature = "cuda")]
+    if let Some(out) = cuda_scalar(a, &b, kind)? {
+        if !(is_grad_enabled() && a.requires_grad()) {
+            return Ok(out);
+        }
+        // the backward needs the scalar as a tensor
+        let b = b.into_tensor(a)?;
+        return Ok(record_arith(out, kind, a, &b));
+    }
     let b = b.into_tensor(a)?;
     let mut dt = DType::promote(a.dtype(), b.dtype());
     if dt == DType::Bool {
@@ -552,7 +585,12 @@ impl Tensor {
             GeluApprox::None => gelu_exact,
             GeluApprox::Tanh => gelu_tanh,
         };
-        let out = or_panic(unary_float(self, "gelu", UnaryF::Generic(f)));
+        // the op name picks the CUDA kernel
+        let name = match approximate {
+            GeluApprox::None => "gelu",
+            GeluApprox::Tanh => "gelu_tanh",
+        };
+        let out = or_panic(unary_float(self, name, UnaryF::Generic(f)));
         let x = self.clone();
         record(out, "gelu", &[self], &[self], move |g| {
             let d = match approximate {

@@ -83,6 +83,27 @@ fn unaliased(index: &Tensor, other: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// The error for an index outside `0..size` that a CUDA kernel flagged: the index is
+/// copied to the host to name the first bad value, as the CPU's error does.
+#[cfg(feature = "cuda")]
+fn cuda_bad_index(
+    op: &'static str,
+    index: &Tensor,
+    dim: usize,
+    size: usize,
+    shape: &[usize],
+) -> Error {
+    let host = match index.host() {
+        Ok(h) => h,
+        Err(e) => return e,
+    };
+    match first_bad_index(op, &host, size) {
+        Ok(Some(v)) => out_of_range(op, v, dim, size, shape),
+        Ok(None) => Error::index(op, "a CUDA kernel flagged an index out of range"),
+        Err(e) => e,
+    }
+}
+
 /// The first element of the `i64` tensor `index` outside `0..size`, if any.
 fn first_bad_index(op: &'static str, index: &Tensor, size: usize) -> Result<Option<i64>> {
     index.with_slice::<i64, _>(op, |s, l| {
@@ -144,6 +165,13 @@ impl Tensor {
         let d = normalize_dim(OP, dim, self.ndim())?;
         let shape = self.shape();
         let size = shape[d];
+        #[cfg(feature = "cuda")]
+        if self.is_cuda() {
+            return match crate::cuda::ops::index_select(self, d, index)? {
+                Some(t) => Ok(t),
+                None => Err(cuda_bad_index(OP, index, d, size, shape)),
+            };
+        }
         let idx: Vec<usize> = index
             .try_to_vec::<i64>()?
             .into_iter()
@@ -266,6 +294,13 @@ impl Tensor {
             }
         }
         let size = src.shape()[d];
+        #[cfg(feature = "cuda")]
+        if src.is_cuda() {
+            return match crate::cuda::ops::gather(&src, d, &index)? {
+                Some(t) => Ok(t.with_layout(Layout::contiguous(&out_shape))),
+                None => Err(cuda_bad_index(OP, &index, d, size, self.shape())),
+            };
+        }
         if let Some(v) = first_bad_index(OP, &index, size)? {
             return Err(out_of_range(OP, v, d, size, self.shape()));
         }
@@ -373,6 +408,13 @@ impl Tensor {
         }
         let size = base.shape()[d];
         let index = unaliased(&index, &src)?;
+        #[cfg(feature = "cuda")]
+        if base.is_cuda() && self.dtype() != DType::Bool {
+            return match crate::cuda::ops::scatter_add(&base, d, &index, &src)? {
+                Some(t) => Ok(t.with_layout(Layout::contiguous(self.shape()))),
+                None => Err(cuda_bad_index(OP, &index, d, size, self.shape())),
+            };
+        }
         if let Some(v) = first_bad_index(OP, &index, size)? {
             return Err(out_of_range(OP, v, d, size, self.shape()));
         }
@@ -590,7 +632,7 @@ impl Tensor {
             view[d] = idx.numel();
             let full = idx.reshape(view.as_slice()).expand(g.shape()).contiguous();
             vec![Some(
-                Tensor::zeros(&shape, g.dtype()).scatter_add(d as isize, &full, g),
+                Tensor::zeros(&shape, (g.dtype(), g.device())).scatter_add(d as isize, &full, g),
             )]
         }))
     }
@@ -602,7 +644,7 @@ impl Tensor {
         let (shape, idx) = (self.shape().to_vec(), index.clone());
         Ok(record(out, "gather", &[self], &[], move |g| {
             vec![Some(
-                Tensor::zeros(&shape, g.dtype()).scatter_add(dim, &idx, g),
+                Tensor::zeros(&shape, (g.dtype(), g.device())).scatter_add(dim, &idx, g),
             )]
         }))
     }
@@ -620,7 +662,7 @@ impl Tensor {
                 if got.shape() == src_shape.as_slice() {
                     got
                 } else {
-                    let z = Tensor::zeros(&src_shape, g.dtype());
+                    let z = Tensor::zeros(&src_shape, (g.dtype(), g.device()));
                     let mut region = z.clone();
                     for (k, &n) in got.shape().iter().enumerate() {
                         region = region.narrow(k as isize, 0, n);
@@ -646,7 +688,7 @@ impl Tensor {
                 .reshape(bshape.as_slice())
                 .masked_select_impl(&m)
                 .unwrap_or_else(|_| Tensor::zeros([0usize], DType::I64));
-            let flat = Tensor::zeros([n], g.dtype()).scatter_add(0, &pos, g);
+            let flat = Tensor::zeros([n], (g.dtype(), g.device())).scatter_add(0, &pos, g);
             vec![Some(sum_to(&flat.reshape(bshape.as_slice()), &shape))]
         }))
     }
@@ -699,6 +741,14 @@ fn cat_impl<T: AsRef<Tensor>>(op: &'static str, tensors: &[T], dim: isize) -> Re
             ));
         }
         out_shape[d] += t.shape()[d];
+    }
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(_) = device {
+        let parts = parts
+            .iter()
+            .map(|(_, t)| t.to_dtype_raw(dt))
+            .collect::<Result<Vec<_>>>()?;
+        return crate::cuda::ops::cat(&parts, d, &out_shape, dt);
     }
     let out_strides = contiguous_strides(&out_shape);
     let n: usize = out_shape.iter().product();

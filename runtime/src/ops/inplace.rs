@@ -134,6 +134,10 @@ impl Tensor {
             src = src.copy_raw()?;
             lsrc = src.layout().broadcast_to(op, self.shape())?;
         }
+        #[cfg(feature = "cuda")]
+        if self.is_cuda() {
+            return crate::cuda::ops::write(op, self, &src, &lsrc);
+        }
         let dt = self.dtype();
         let dst_layout = self.layout().clone();
         src.with_cpu(op, |sbuf, _| {

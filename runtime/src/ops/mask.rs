@@ -5,7 +5,7 @@ use crate::cpu::map;
 use crate::dispatch;
 use crate::dtype::{DType, Element};
 use crate::error::{or_panic, Error, Result};
-use crate::layout::broadcast_shapes;
+use crate::layout::{broadcast_shapes, Layout};
 use crate::ops::elementwise::{prepare, sum_to, Operand};
 use crate::tensor::Tensor;
 
@@ -215,14 +215,25 @@ impl Tensor {
                 )
             })?;
         crate::tensor::same_device("masked_fill", &[self, mask])?;
-        let dt = self.dtype();
-        let fill = Tensor::try_full(&[], value, (dt, self.device()).into())?;
-        let lf = fill.layout().broadcast_to("masked_fill", self.shape())?;
-        let out = dispatch!(all dt, T => map::ternary::<bool, T, T>("masked_fill", (mask, &lm), (&fill, &lf), (self, self.layout()), |c, x, y| if c { x } else { y }))?;
+        let out = self.masked_fill_raw(mask, &lm, value)?;
         let m = mask.clone();
         Ok(record(out, "masked_fill", &[self], &[], move |g| {
             vec![Some(g.masked_fill(&m, 0.0))]
         }))
+    }
+
+    /// `value` where the mask view `lm` (broadcast to this shape) is true; records
+    /// nothing.
+    fn masked_fill_raw(&self, mask: &Tensor, lm: &Layout, value: f64) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if self.is_cuda() {
+            // the fill value as a kernel argument
+            return crate::cuda::ops::masked_fill(self, mask, lm, value);
+        }
+        let dt = self.dtype();
+        let fill = Tensor::try_full(&[], value, (dt, self.device()).into())?;
+        let lf = fill.layout().broadcast_to("masked_fill", self.shape())?;
+        dispatch!(all dt, T => map::ternary::<bool, T, T>("masked_fill", (mask, lm), (&fill, &lf), (self, self.layout()), |c, x, y| if c { x } else { y }))
     }
 
     /// The upper triangle of the last two dims: elements with `col - row >= diagonal`
@@ -254,6 +265,15 @@ impl Tensor {
             ));
         }
         let (r, c) = (self.size(-2), self.size(-1));
+        let dt = self.dtype();
+        let zero = Tensor::try_zeros([], (dt, self.device()))?;
+        #[cfg(feature = "cuda")]
+        if self.is_cuda() {
+            // the [r, c] keep-mask made on the device by the triangle kernel
+            let ones = Tensor::try_full(&[r, c], 1.0, (DType::Bool, self.device()).into())?;
+            let keep = crate::cuda::ops::tri(&ones, diagonal, upper)?;
+            return self.try_where(&keep, zero);
+        }
         let keep: Vec<bool> = (0..r * c)
             .map(|i| {
                 let d = (i % c) as i64 - (i / c) as i64;
@@ -265,8 +285,6 @@ impl Tensor {
             })
             .collect();
         let keep = Tensor::from_vec(keep, [r, c]);
-        let dt = self.dtype();
-        let zero = Tensor::zeros([], dt);
         self.try_where(&keep, zero)
     }
 }

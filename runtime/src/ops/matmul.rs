@@ -15,7 +15,11 @@ const OP: &str = "matmul";
 /// The layout of `t` as a stack of matrices: a 1-D `[k]` becomes a row `[1, k]` (`row`)
 /// or a column `[k, 1]`; a matrix with no unit stride is copied to contiguous first.
 fn as_matrices(t: &Tensor, row: bool) -> Result<(Tensor, Layout)> {
-    let t = if t.ndim() >= 2 && !kernel::has_unit_stride(t.layout()) {
+    #[cfg(feature = "cuda")]
+    let cuda_copy = t.is_cuda() && t.ndim() >= 2 && !crate::cuda::gemm_operand(t.layout());
+    #[cfg(not(feature = "cuda"))]
+    let cuda_copy = false;
+    let t = if cuda_copy || (t.ndim() >= 2 && !kernel::has_unit_stride(t.layout())) {
         t.copy_raw()?
     } else {
         t.clone()

@@ -112,6 +112,16 @@ fn reduce_values(
         dt = DType::I64;
     }
     let t = t.to_dtype_raw(dt)?;
+    #[cfg(feature = "cuda")]
+    if t.is_cuda() {
+        let kind = match kind {
+            Kind::Sum => "sum",
+            Kind::Prod => "prod",
+            Kind::Max => "max",
+            Kind::Min => "min",
+        };
+        return crate::cuda::ops::reduce(kind, &t, dims, &shape);
+    }
     let out = dispatch!(all dt, T => {
         t.with_slice::<T, _>(op, |s, l| {
             let v: Vec<T> = match (kind, T::DTYPE.is_float()) {
@@ -167,6 +177,10 @@ fn arg_reduce(
     }
     let dims = if t.ndim() == 0 { vec![] } else { vec![dim] };
     let shape = out_shape(t.shape(), &dims, keepdim);
+    #[cfg(feature = "cuda")]
+    if t.is_cuda() {
+        return crate::cuda::ops::arg_reduce(t, dims.first().copied(), max, &shape);
+    }
     let v: Vec<i64> = dispatch!(all t.dtype(), T => t.with_slice::<T, _>(op, |s, l| {
         reduce(s, l, &dims, None::<(T, usize)>, |a, x: T, j| match a {
             None => Some((x, j)),
@@ -406,6 +420,14 @@ impl Tensor {
 
     /// Replaces infinite (and NaN) elements by 0: the shift used by stable softmax.
     fn where_finite_or_zero(&self) -> Tensor {
+        #[cfg(feature = "cuda")]
+        if self.is_cuda() {
+            // |x| < ∞ is false for ±∞ and NaN; like the CPU path, records nothing
+            return crate::autograd::no_grad(|| {
+                let x = self.detach();
+                x.where_(&x.abs().lt(f64::INFINITY), 0.0)
+            });
+        }
         let dt = self.dtype();
         or_panic(
             dispatch!(float "where_finite_or_zero", dt, T => crate::cpu::map::unary::<T, T>("softmax", self, |v| {

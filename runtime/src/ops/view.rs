@@ -46,7 +46,7 @@ pub(crate) fn slice_backward(
         start + (len - 1) * step + 1
     };
     let out = no_grad(|| {
-        let z = Tensor::zeros(in_shape, g.dtype());
+        let z = Tensor::zeros(in_shape, (g.dtype(), g.device()));
         let dst = or_panic(z.try_slice(dim as isize, start, end, step));
         dst.copy_(g);
         z

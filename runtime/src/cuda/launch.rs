@@ -1,0 +1,287 @@
+//! Launching the kernels of the `flint-kernels` crate: finding an entry's module
+//! ([`flint_kernels::module_of`]) and compiling it on first use (the cache of
+//! [`super::kernels::module`]), turning tensor layouts into the kernels' by-value
+//! `Layout` struct, launch configurations, and scalar kernel arguments.
+//!
+//! Kernel arguments are raw device addresses and plain values ([`Arg`]): every buffer of
+//! a device is used on that device's one stream, so cudarc's per-buffer events are not
+//! needed (they are disabled on Flint's contexts), and a buffer only has to live until
+//! its kernels are queued (a freed block is reused by later work of the same stream).
+
+use super::buffer::CudaBuffer;
+use super::context::{driver_error, Gpu};
+use super::kernels::module;
+use crate::device::Device;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::layout::{fmt_shape, Layout};
+use crate::storage::{CpuBuffer, StorageData};
+use crate::tensor::Tensor;
+use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use flint_kernels::KernelLayout;
+use std::sync::Arc;
+
+/// Threads per block of every launch (a multiple of 32, as the block-wise kernels need).
+pub(crate) const BLOCK: u32 = 256;
+/// The most blocks of a launch; the kernels loop (grid-stride) over the rest.
+const MAX_GRID: usize = 1 << 16;
+
+/// [`KernelLayout`] as a kernel argument (the C `Layout`, passed by value).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LayoutArg(pub(crate) KernelLayout);
+
+// SAFETY: `KernelLayout` is `#[repr(C)]` plain data matching the C struct `Layout` of
+// `common.cuh` (144 bytes, checked on both sides).
+unsafe impl DeviceRepr for LayoutArg {}
+
+/// One kernel argument, in the C type of the kernel's parameter.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Arg {
+    /// A device address (`T*`); 0 for a null pointer.
+    Ptr(u64),
+    /// `i64` (`long long`).
+    I64(i64),
+    /// `u64` (`unsigned long long`).
+    U64(u64),
+    /// `double`.
+    F64(f64),
+    /// `float`.
+    F32(f32),
+    /// A 1-byte value (`u8`, a bool element).
+    U8(u8),
+    /// A 2-byte value (the bits of an f16 or bf16 element).
+    U16(u16),
+    /// A strided view.
+    Layout(LayoutArg),
+}
+
+impl Arg {
+    /// A size or count as `i64`.
+    pub(crate) fn n(v: usize) -> Arg {
+        Arg::I64(v as i64)
+    }
+
+    /// `value` converted to `dtype` exactly as [`Tensor::full`] converts it, as the
+    /// by-value `T value` argument of `fill`/`masked_fill` (T's storage bits).
+    pub(crate) fn element(dtype: DType, value: f64) -> Arg {
+        match CpuBuffer::from_f64_iter(dtype, std::iter::once(value)) {
+            CpuBuffer::Bool(v) => Arg::U8(v[0] as u8),
+            CpuBuffer::I64(v) => Arg::I64(v[0]),
+            CpuBuffer::F16(v) => Arg::U16(v[0].to_bits()),
+            CpuBuffer::BF16(v) => Arg::U16(v[0].to_bits()),
+            CpuBuffer::F32(v) => Arg::F32(v[0]),
+            CpuBuffer::F64(v) => Arg::F64(v[0]),
+        }
+    }
+}
+
+/// The `<dtype>` suffix of entry names (`add_f32`, `cast_f16_bf16`, …).
+pub(crate) fn suffix(dtype: DType) -> &'static str {
+    match dtype {
+        DType::Bool => "bool",
+        DType::I64 => "i64",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        DType::F32 => "f32",
+        DType::F64 => "f64",
+    }
+}
+
+/// The entry `<base>_<dtype>`, or [`Error::NoCudaKernel`] naming `op` when the kernels
+/// have no such entry (an op or a dtype the CUDA backend does not cover).
+pub(crate) fn entry(op: &'static str, device: Device, base: &str, dtype: DType) -> Result<String> {
+    let name = format!("{base}_{}", suffix(dtype));
+    match flint_kernels::module_of(&name) {
+        Some(_) => Ok(name),
+        None => Err(Error::NoCudaKernel { op, device }),
+    }
+}
+
+/// A grid-stride launch over `n` elements.
+pub(crate) fn elementwise(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(BLOCK as usize).min(MAX_GRID) as u32, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A block-wise launch: one block per row (grid-stride over `rows`).
+pub(crate) fn rows(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows.min(MAX_GRID) as u32, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Queues `entry` on `g`'s stream with `args` (nothing for an empty grid). `op` names
+/// the op in errors: no kernel, a compile or load failure, a failed launch.
+pub(crate) fn launch(
+    op: &'static str,
+    g: &Gpu,
+    entry: &str,
+    cfg: LaunchConfig,
+    args: &[Arg],
+) -> Result<()> {
+    if cfg.grid_dim.0 == 0 {
+        return Ok(());
+    }
+    let device = Device::Cuda(g.ordinal);
+    let km = flint_kernels::module_of(entry).ok_or(Error::NoCudaKernel { op, device })?;
+    let m = module(g.ordinal, km.name, km.source)?;
+    let f = m
+        .load_function(entry)
+        .map_err(|e| driver_error(op, g.ordinal, e))?;
+    let mut b = g.stream.launch_builder(&f);
+    for a in args {
+        match a {
+            Arg::Ptr(v) | Arg::U64(v) => b.arg(v),
+            Arg::I64(v) => b.arg(v),
+            Arg::F64(v) => b.arg(v),
+            Arg::F32(v) => b.arg(v),
+            Arg::U8(v) => b.arg(v),
+            Arg::U16(v) => b.arg(v),
+            Arg::Layout(v) => b.arg(v),
+        };
+    }
+    // SAFETY: each caller passes the arguments of `entry`'s documented signature
+    // (kernels/README.md), device addresses of live buffers of this device large enough
+    // for the layouts and sizes passed with them.
+    unsafe { b.launch(cfg) }.map_err(|e| driver_error(op, g.ordinal, e))?;
+    Ok(())
+}
+
+/// The device, the address of the first element of the buffer, and the buffer's length
+/// of a CUDA tensor (an error naming `op` for a CPU tensor). The address stays valid
+/// while `t` lives.
+pub(crate) fn ptr(op: &'static str, t: &Tensor) -> Result<(Arc<Gpu>, u64, usize)> {
+    let guard = t.storage().read();
+    match &*guard {
+        StorageData::Cuda(b) => {
+            let (g, p) = b.raw();
+            Ok((g, p, b.len()))
+        }
+        StorageData::Cpu(_) => Err(Error::devices(op, t.device(), Device::Cuda(0))),
+    }
+}
+
+/// The address of a CUDA tensor's buffer, checking that `layout` stays inside it.
+pub(crate) fn ptr_for(op: &'static str, t: &Tensor, layout: &Layout) -> Result<u64> {
+    let (_, p, len) = ptr(op, t)?;
+    if layout.numel() > 0 && layout.storage_extent() > len {
+        return Err(Error::shape(
+            op,
+            "internal: a layout reaches past its CUDA buffer",
+        ));
+    }
+    Ok(p)
+}
+
+/// A strided view as a kernel argument (at most [`flint_kernels::MAX_DIMS`] dims).
+pub(crate) fn layout(op: &'static str, l: &Layout) -> Result<Arg> {
+    KernelLayout::new(l.shape(), l.strides(), l.offset())
+        .map(|k| Arg::Layout(LayoutArg(k)))
+        .ok_or_else(|| {
+            Error::shape(
+                op,
+                format!(
+                    "CUDA kernels take at most {} dims, got shape {}",
+                    flint_kernels::MAX_DIMS,
+                    fmt_shape(l.shape())
+                ),
+            )
+        })
+}
+
+/// A new uninitialised contiguous output of `shape` on `g` and its address.
+pub(crate) fn output(g: &Arc<Gpu>, dtype: DType, n: usize) -> Result<(CudaBuffer, u64)> {
+    let buf = CudaBuffer::uninit(g, dtype, n)?;
+    let (_, p) = buf.raw();
+    Ok((buf, p))
+}
+
+/// A device `int` set to 0, for the `int* status` argument of the index kernels: a
+/// kernel sets it to 1 when it meets an index out of range.
+pub(crate) struct Status {
+    flag: super::alloc::DeviceVec<i32>,
+}
+
+impl Status {
+    pub(crate) fn new(g: &Arc<Gpu>) -> Result<Status> {
+        let mut flag = g.alloc::<i32>(1)?;
+        g.stream
+            .memset_zeros(&mut *flag)
+            .map_err(|e| driver_error("index", g.ordinal, e))?;
+        Ok(Status { flag })
+    }
+
+    pub(crate) fn arg(&self) -> Arg {
+        let g = self.flag.gpu().clone();
+        let (p, _guard) = cudarc::driver::DevicePtr::device_ptr(&*self.flag, &g.stream);
+        Arg::Ptr(p)
+    }
+
+    /// Whether a kernel flagged a bad index (waits for the kernels queued so far).
+    pub(crate) fn flagged(&self) -> Result<bool> {
+        let g = self.flag.gpu();
+        let mut host = [0i32];
+        g.stream
+            .memcpy_dtoh(&*self.flag, &mut host)
+            .map_err(|e| driver_error("index", g.ordinal, e))?;
+        g.synchronize()?;
+        Ok(host[0] != 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_names_and_missing_entries() {
+        let d = Device::Cuda(0);
+        assert_eq!(entry("add", d, "add", DType::F32).unwrap(), "add_f32");
+        assert_eq!(
+            entry("cast", d, "cast_f16", DType::BF16).unwrap(),
+            "cast_f16_bf16"
+        );
+        // integer division has no kernel: the op's error, not a panic
+        let e = entry("div", d, "div", DType::I64).unwrap_err();
+        assert!(matches!(e, Error::NoCudaKernel { op: "div", .. }), "{e:?}");
+    }
+
+    #[test]
+    fn launch_configs_cover_every_element() {
+        let c = elementwise(1000);
+        assert_eq!((c.grid_dim.0, c.block_dim.0), (4, 256));
+        assert_eq!(elementwise(0).grid_dim.0, 0);
+        // huge sizes are capped: the kernels loop over the rest
+        assert_eq!(elementwise(1 << 40).grid_dim.0 as usize, MAX_GRID);
+        assert_eq!(rows(3).grid_dim.0, 3);
+    }
+
+    #[test]
+    fn scalar_elements_are_rounded_like_full() {
+        assert!(matches!(Arg::element(DType::F32, 0.1), Arg::F32(v) if v == 0.1f32));
+        assert!(matches!(Arg::element(DType::F16, 1.0), Arg::U16(0x3c00)));
+        assert!(matches!(Arg::element(DType::BF16, -2.0), Arg::U16(0xc000)));
+        assert!(matches!(Arg::element(DType::Bool, 3.0), Arg::U8(1)));
+        assert!(matches!(Arg::element(DType::I64, -7.9), Arg::I64(-7)));
+    }
+
+    #[test]
+    fn layouts_become_kernel_layouts() {
+        let l = Layout::contiguous(&[2, 3]).permute(&[1, 0]).unwrap();
+        let Arg::Layout(LayoutArg(k)) = layout("t", &l).unwrap() else {
+            panic!("not a layout")
+        };
+        assert_eq!(
+            (k.rank, &k.shape[..2], &k.strides[..2]),
+            (2, &[3, 2][..], &[1, 3][..])
+        );
+        let e = layout("t", &Layout::contiguous(&[1; 9])).unwrap_err();
+        assert!(e.to_string().contains("at most 8 dims"), "{e}");
+    }
+}

@@ -1,0 +1,724 @@
+//! The CUDA side of the tensor ops: one function per op family, each called from the
+//! op's CPU implementation when its inputs are on a CUDA device, each launching the
+//! `flint-kernels` entry `<op>_<dtype>` of that family (see `kernels/README.md` for
+//! the signatures). Ops and dtypes without an entry return
+//! [`Error::NoCudaKernel`](crate::Error::NoCudaKernel); nothing here copies device
+//! memory to the host, except the few bytes of an index kernel's status flag.
+//!
+//! Inputs may be any strided view where the kernel takes a `Layout` (elementwise ops,
+//! copies, casts); the other kernels (reductions, index ops, triangles) take
+//! contiguous inputs, made with the strided copy kernel when needed. Outputs are new
+//! contiguous tensors.
+
+use super::launch::{self, Arg, Status};
+use crate::device::Device;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::layout::{Dims, Layout};
+use crate::tensor::Tensor;
+
+/// Unary ops with an entry `<op>_<dtype>(const T* x, Layout lx, T* out, i64 n)`.
+const UNARY: &[&str] = &[
+    "exp",
+    "log",
+    "sqrt",
+    "rsqrt",
+    "tanh",
+    "sigmoid",
+    "silu",
+    "sin",
+    "cos",
+    "reciprocal",
+    "floor",
+    "ceil",
+    "round",
+    "erf",
+    "gelu",
+    "gelu_tanh",
+    "neg",
+    "abs",
+    "square",
+    "sign",
+    "relu",
+    "logical_not",
+];
+
+/// Binary ops with an entry `<op>_<dtype>(a, Layout la, b, Layout lb, out, i64 n)`
+/// (arithmetic keeps the dtype, comparisons and logical ops give bool).
+const BINARY: &[&str] = &[
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "pow",
+    "maximum",
+    "minimum",
+    "eq",
+    "ne",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "logical_and",
+    "logical_or",
+    "logical_xor",
+];
+
+/// Tensor-scalar ops with an entry `<op>_scalar_<dtype>(x, Layout lx, out, i64 n,
+/// double s)` (floats only).
+const SCALAR: &[&str] = &[
+    "add", "sub", "rsub", "mul", "div", "rdiv", "pow", "rpow", "maximum", "minimum",
+];
+
+fn no_kernel(op: &'static str, device: Device) -> Error {
+    Error::NoCudaKernel { op, device }
+}
+
+/// The device, and the address of the element at `t`'s offset (for kernels that take
+/// a pointer to a contiguous tensor's first element).
+fn first_element(
+    op: &'static str,
+    t: &Tensor,
+) -> Result<(std::sync::Arc<super::context::Gpu>, u64)> {
+    let (g, p, len) = launch::ptr(op, t)?;
+    let l = t.layout();
+    if l.numel() > 0 && l.storage_extent() > len {
+        return Err(Error::shape(
+            op,
+            "internal: a layout reaches past its CUDA buffer",
+        ));
+    }
+    Ok((g, p + (l.offset() * t.dtype().size_in_bytes()) as u64))
+}
+
+/// `t` itself when contiguous, else a contiguous copy (strided copy kernel).
+pub(crate) fn contiguous(t: &Tensor) -> Result<Tensor> {
+    if t.is_contiguous() {
+        return Ok(t.clone());
+    }
+    copy_to_new(t)
+}
+
+/// A new contiguous copy of any view of a CUDA tensor (`copy_<dt>`).
+pub(crate) fn copy_to_new(t: &Tensor) -> Result<Tensor> {
+    const OP: &str = "contiguous";
+    let p = launch::ptr_for(OP, t, t.layout())?;
+    let (g, _, _) = launch::ptr(OP, t)?;
+    let n = t.numel();
+    let name = launch::entry(OP, t.device(), "copy", t.dtype())?;
+    let (buf, po) = launch::output(&g, t.dtype(), n)?;
+    let ls = launch::layout(OP, t.layout())?;
+    let ld = launch::layout(OP, &Layout::contiguous(t.shape()))?;
+    launch::launch(
+        OP,
+        &g,
+        &name,
+        launch::elementwise(n),
+        &[Arg::Ptr(p), ls, Arg::Ptr(po), ld, Arg::n(n)],
+    )?;
+    Ok(Tensor::from_cuda(buf, t.shape()))
+}
+
+/// Writes the view `lsrc` of `src` (same shape as `dst`, same dtype) into the elements
+/// of `dst` through its layout, bumping `dst`'s version (`copy_<dt>`). `src` must not
+/// share storage with `dst`.
+pub(crate) fn write(op: &'static str, dst: &Tensor, src: &Tensor, lsrc: &Layout) -> Result<()> {
+    let ps = launch::ptr_for(op, src, lsrc)?;
+    let pd = launch::ptr_for(op, dst, dst.layout())?;
+    let (g, _, _) = launch::ptr(op, dst)?;
+    let n = dst.numel();
+    let name = launch::entry(op, dst.device(), "copy", dst.dtype())?;
+    let args = [
+        Arg::Ptr(ps),
+        launch::layout(op, lsrc)?,
+        Arg::Ptr(pd),
+        launch::layout(op, dst.layout())?,
+        Arg::n(n),
+    ];
+    // the write guard bumps the version counter and keeps readers out while queued
+    let _w = dst.storage().write();
+    launch::launch(op, &g, &name, launch::elementwise(n), &args)
+}
+
+/// `x` converted to `dtype` (`cast_<from>_<to>`, the CPU's conversions).
+pub(crate) fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
+    const OP: &str = "to_dtype";
+    if x.dtype() == dtype {
+        return Ok(x.clone());
+    }
+    let base = format!("cast_{}", launch::suffix(x.dtype()));
+    let name = launch::entry(OP, x.device(), &base, dtype)?;
+    let p = launch::ptr_for(OP, x, x.layout())?;
+    let (g, _, _) = launch::ptr(OP, x)?;
+    let n = x.numel();
+    let (buf, po) = launch::output(&g, dtype, n)?;
+    launch::launch(
+        OP,
+        &g,
+        &name,
+        launch::elementwise(n),
+        &[
+            Arg::Ptr(p),
+            launch::layout(OP, x.layout())?,
+            Arg::Ptr(po),
+            Arg::n(n),
+        ],
+    )?;
+    Ok(Tensor::from_cuda(buf, x.shape()))
+}
+
+/// A unary op of the [`UNARY`] table on a view of a CUDA tensor; the output has
+/// `out_dtype` (the input's, or bool for `logical_not`).
+pub(crate) fn unary(op: &'static str, x: &Tensor, out_dtype: DType) -> Result<Tensor> {
+    if !UNARY.contains(&op) {
+        return Err(no_kernel(op, x.device()));
+    }
+    let name = launch::entry(op, x.device(), op, x.dtype())?;
+    let p = launch::ptr_for(op, x, x.layout())?;
+    let (g, _, _) = launch::ptr(op, x)?;
+    let n = x.numel();
+    let (buf, po) = launch::output(&g, out_dtype, n)?;
+    launch::launch(
+        op,
+        &g,
+        &name,
+        launch::elementwise(n),
+        &[
+            Arg::Ptr(p),
+            launch::layout(op, x.layout())?,
+            Arg::Ptr(po),
+            Arg::n(n),
+        ],
+    )?;
+    Ok(Tensor::from_cuda(buf, x.shape()))
+}
+
+/// A binary op of the [`BINARY`] table over the views `la` of `a` and `lb` of `b`
+/// (one dtype, already broadcast to one shape); the output has `out_dtype`.
+pub(crate) fn binary(
+    op: &'static str,
+    a: &Tensor,
+    la: &Layout,
+    b: &Tensor,
+    lb: &Layout,
+    out_dtype: DType,
+) -> Result<Tensor> {
+    if !BINARY.contains(&op) {
+        return Err(no_kernel(op, a.device()));
+    }
+    let name = launch::entry(op, a.device(), op, a.dtype())?;
+    let pa = launch::ptr_for(op, a, la)?;
+    let pb = launch::ptr_for(op, b, lb)?;
+    let (g, _, _) = launch::ptr(op, a)?;
+    let n = la.numel();
+    let (buf, po) = launch::output(&g, out_dtype, n)?;
+    launch::launch(
+        op,
+        &g,
+        &name,
+        launch::elementwise(n),
+        &[
+            Arg::Ptr(pa),
+            launch::layout(op, la)?,
+            Arg::Ptr(pb),
+            launch::layout(op, lb)?,
+            Arg::Ptr(po),
+            Arg::n(n),
+        ],
+    )?;
+    Ok(Tensor::from_cuda(buf, la.shape()))
+}
+
+/// `x <op> s` for a float tensor and a scalar passed as a kernel argument
+/// (`<op>_scalar_<dt>`, the scalar rounded to x's dtype as the CPU does); `None` when
+/// the table or the dtype has no such kernel (then the caller takes the tensor path).
+pub(crate) fn scalar(op: &'static str, x: &Tensor, s: f64) -> Result<Option<Tensor>> {
+    if !SCALAR.contains(&op) || !x.dtype().is_float() {
+        return Ok(None);
+    }
+    let base = format!("{op}_scalar");
+    let name = launch::entry(op, x.device(), &base, x.dtype())?;
+    let p = launch::ptr_for(op, x, x.layout())?;
+    let (g, _, _) = launch::ptr(op, x)?;
+    let n = x.numel();
+    let (buf, po) = launch::output(&g, x.dtype(), n)?;
+    launch::launch(
+        op,
+        &g,
+        &name,
+        launch::elementwise(n),
+        &[
+            Arg::Ptr(p),
+            launch::layout(op, x.layout())?,
+            Arg::Ptr(po),
+            Arg::n(n),
+            Arg::F64(s),
+        ],
+    )?;
+    Ok(Some(Tensor::from_cuda(buf, x.shape())))
+}
+
+/// `cond ? a : b` over three views broadcast to one shape (`where_<dt>`).
+pub(crate) fn where_(
+    c: (&Tensor, &Layout),
+    a: (&Tensor, &Layout),
+    b: (&Tensor, &Layout),
+) -> Result<Tensor> {
+    const OP: &str = "where";
+    let name = launch::entry(OP, a.0.device(), "where", a.0.dtype())?;
+    let pc = launch::ptr_for(OP, c.0, c.1)?;
+    let pa = launch::ptr_for(OP, a.0, a.1)?;
+    let pb = launch::ptr_for(OP, b.0, b.1)?;
+    let (g, _, _) = launch::ptr(OP, a.0)?;
+    let n = a.1.numel();
+    let (buf, po) = launch::output(&g, a.0.dtype(), n)?;
+    launch::launch(
+        OP,
+        &g,
+        &name,
+        launch::elementwise(n),
+        &[
+            Arg::Ptr(pc),
+            launch::layout(OP, c.1)?,
+            Arg::Ptr(pa),
+            launch::layout(OP, a.1)?,
+            Arg::Ptr(pb),
+            launch::layout(OP, b.1)?,
+            Arg::Ptr(po),
+            Arg::n(n),
+        ],
+    )?;
+    Ok(Tensor::from_cuda(buf, a.1.shape()))
+}
+
+/// `mask ? value : x` with the mask view `lm` broadcast to x's shape; `value` is a
+/// kernel argument (`masked_fill_<dt>`).
+pub(crate) fn masked_fill(x: &Tensor, mask: &Tensor, lm: &Layout, value: f64) -> Result<Tensor> {
+    const OP: &str = "masked_fill";
+    let dt = x.dtype();
+    let name = launch::entry(OP, x.device(), "masked_fill", dt)?;
+    let px = launch::ptr_for(OP, x, x.layout())?;
+    let pm = launch::ptr_for(OP, mask, lm)?;
+    let (g, _, _) = launch::ptr(OP, x)?;
+    let n = x.numel();
+    let (buf, po) = launch::output(&g, dt, n)?;
+    launch::launch(
+        OP,
+        &g,
+        &name,
+        launch::elementwise(n),
+        &[
+            Arg::Ptr(px),
+            launch::layout(OP, x.layout())?,
+            Arg::Ptr(pm),
+            launch::layout(OP, lm)?,
+            Arg::element(dt, value),
+            Arg::Ptr(po),
+            Arg::n(n),
+        ],
+    )?;
+    Ok(Tensor::from_cuda(buf, x.shape()))
+}
+
+/// `t` (contiguous) viewed as `[outer, dim, inner]` around the sorted `dims`, or a
+/// contiguous copy with the kept dims first and the reduced dims last when `dims` are
+/// not one run of adjacent dims. Returns the tensor and `(outer, dim, inner)`.
+fn reduction_view(t: &Tensor, dims: &[usize]) -> Result<(Tensor, usize, usize, usize)> {
+    let shape = t.shape();
+    let prod = |r: &[usize]| r.iter().product::<usize>();
+    let (Some(&first), Some(&last)) = (dims.first(), dims.last()) else {
+        // nothing reduced: every element is its own output
+        return Ok((contiguous(t)?, t.numel(), 1, 1));
+    };
+    if last - first + 1 == dims.len() {
+        let src = contiguous(t)?;
+        return Ok((
+            src,
+            prod(&shape[..first]),
+            prod(&shape[first..=last]),
+            prod(&shape[last + 1..]),
+        ));
+    }
+    let kept: Vec<usize> = (0..t.ndim()).filter(|d| !dims.contains(d)).collect();
+    let perm: Vec<usize> = kept.iter().chain(dims).copied().collect();
+    let moved = t.with_layout(t.layout().permute(&perm)?);
+    let n_out = kept.iter().map(|&d| shape[d]).product();
+    let n_red = dims.iter().map(|&d| shape[d]).product();
+    Ok((copy_to_new(&moved)?, n_out, n_red, 1))
+}
+
+/// `sum`, `max` or `min` of a CUDA tensor over the sorted, distinct `dims`
+/// (`<kind>_dim_<dt>`), with the output shape `shape`. Bool max/min go through i64.
+pub(crate) fn reduce(
+    kind: &'static str,
+    t: &Tensor,
+    dims: &[usize],
+    shape: &[usize],
+) -> Result<Tensor> {
+    if !matches!(kind, "sum" | "max" | "min") {
+        return Err(no_kernel(kind, t.device()));
+    }
+    if t.dtype() == DType::Bool {
+        let r = reduce(kind, &cast(t, DType::I64)?, dims, shape)?;
+        return cast(&r, DType::Bool);
+    }
+    let (src, outer, dim, inner) = reduction_view(t, dims)?;
+    let base = format!("{kind}_dim");
+    let name = launch::entry(kind, t.device(), &base, t.dtype())?;
+    let (g, p) = first_element(kind, &src)?;
+    let n_out = outer * inner;
+    let (buf, po) = launch::output(&g, t.dtype(), n_out)?;
+    launch::launch(
+        kind,
+        &g,
+        &name,
+        launch::rows(n_out),
+        &[
+            Arg::Ptr(p),
+            Arg::Ptr(po),
+            Arg::n(outer),
+            Arg::n(dim),
+            Arg::n(inner),
+        ],
+    )?;
+    Ok(Tensor::from_cuda(buf, shape))
+}
+
+/// The index (i64) of the maximum (`max`) or minimum along `dim` (`argmax_dim_<dt>` /
+/// `argmin_dim_<dt>`), with the output shape `shape`. Bool goes through i64.
+pub(crate) fn arg_reduce(
+    t: &Tensor,
+    dim: Option<usize>,
+    max: bool,
+    shape: &[usize],
+) -> Result<Tensor> {
+    let op = if max { "argmax" } else { "argmin" };
+    if t.dtype() == DType::Bool {
+        return arg_reduce(&cast(t, DType::I64)?, dim, max, shape);
+    }
+    let dims: Vec<usize> = dim.into_iter().collect();
+    let (src, outer, d, inner) = reduction_view(t, &dims)?;
+    let base = format!("{op}_dim");
+    let name = launch::entry(op, t.device(), &base, t.dtype())?;
+    let (g, p) = first_element(op, &src)?;
+    let n_out = outer * inner;
+    let (buf, po) = launch::output(&g, DType::I64, n_out)?;
+    launch::launch(
+        op,
+        &g,
+        &name,
+        launch::rows(n_out),
+        &[
+            Arg::Ptr(p),
+            Arg::Ptr(0),
+            Arg::Ptr(po),
+            Arg::n(outer),
+            Arg::n(d),
+            Arg::n(inner),
+        ],
+    )?;
+    Ok(Tensor::from_cuda(buf, shape))
+}
+
+/// `src.index_select(d, index)` for a 0-d or 1-d i64 `index` on the same device
+/// (`index_select_<dt>`); `Ok(None)` when an index is out of range (the caller finds
+/// it and raises the CPU's error).
+pub(crate) fn index_select(src: &Tensor, d: usize, index: &Tensor) -> Result<Option<Tensor>> {
+    const OP: &str = "index_select";
+    let shape = src.shape();
+    let name = launch::entry(OP, src.device(), "index_select", src.dtype())?;
+    let (src, idx) = (contiguous(src)?, contiguous(index)?);
+    let (g, ps) = first_element(OP, &src)?;
+    let (_, pi) = first_element(OP, &idx)?;
+    let (outer, inner): (usize, usize) =
+        (shape[..d].iter().product(), shape[d + 1..].iter().product());
+    let n_idx = idx.numel();
+    let mut out_shape: Dims = shape.into();
+    out_shape[d] = n_idx;
+    let n = outer * n_idx * inner;
+    let (buf, po) = launch::output(&g, src.dtype(), n)?;
+    let status = Status::new(&g)?;
+    launch::launch(
+        OP,
+        &g,
+        &name,
+        launch::elementwise(n),
+        &[
+            Arg::Ptr(ps),
+            Arg::Ptr(pi),
+            Arg::Ptr(po),
+            Arg::n(outer),
+            Arg::n(shape[d]),
+            Arg::n(inner),
+            Arg::n(n_idx),
+            status.arg(),
+        ],
+    )?;
+    if n > 0 && status.flagged()? {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::from_cuda(buf, &out_shape)))
+}
+
+/// The view of `t` cut to `shape[k]` in every dim `k` (from 0): the region of a
+/// gather/scatter that `index` covers.
+fn region(t: &Tensor, shape: &[usize], skip: Option<usize>) -> Tensor {
+    let mut l = t.layout().clone();
+    for (k, &n) in shape.iter().enumerate() {
+        if Some(k) != skip && n != l.shape()[k] {
+            l = l.slice(k, 0, n, 1);
+        }
+    }
+    t.with_layout(l)
+}
+
+/// `src.gather(d, index)` for `src` and `index` of the same rank (≥ 1), `index` no
+/// larger than `src` outside dim `d` (`gather_<dt>`); `Ok(None)` for an index out of
+/// range.
+pub(crate) fn gather(src: &Tensor, d: usize, index: &Tensor) -> Result<Option<Tensor>> {
+    const OP: &str = "gather";
+    let name = launch::entry(OP, src.device(), "gather", src.dtype())?;
+    let ishape = index.shape().to_vec();
+    let src_dim = src.shape()[d];
+    let src = contiguous(&region(src, &ishape, Some(d)))?;
+    let idx = contiguous(index)?;
+    let (g, ps) = first_element(OP, &src)?;
+    let (_, pi) = first_element(OP, &idx)?;
+    let outer: usize = ishape[..d].iter().product();
+    let inner: usize = ishape[d + 1..].iter().product();
+    let n = idx.numel();
+    let (buf, po) = launch::output(&g, src.dtype(), n)?;
+    let status = Status::new(&g)?;
+    launch::launch(
+        OP,
+        &g,
+        &name,
+        launch::elementwise(n),
+        &[
+            Arg::Ptr(ps),
+            Arg::Ptr(pi),
+            Arg::Ptr(po),
+            Arg::n(outer),
+            Arg::n(src_dim),
+            Arg::n(ishape[d]),
+            Arg::n(inner),
+            status.arg(),
+        ],
+    )?;
+    if n > 0 && status.flagged()? {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::from_cuda(buf, &ishape)))
+}
+
+/// A copy of `base` with `src` added at `index` along `d` (`scatter_add_<dt>`, float
+/// sums in a nondeterministic order); all three of one rank (≥ 1), `index` no larger
+/// than `src`, and than `base` outside `d`. `Ok(None)` for an index out of range.
+pub(crate) fn scatter_add(
+    base: &Tensor,
+    d: usize,
+    index: &Tensor,
+    src: &Tensor,
+) -> Result<Option<Tensor>> {
+    const OP: &str = "scatter_add";
+    let name = launch::entry(OP, base.device(), "scatter_add", base.dtype())?;
+    let ishape = index.shape().to_vec();
+    let out = copy_to_new(base)?;
+    // the part of the output the index covers, as a contiguous buffer of its own when
+    // it is not the whole output
+    let covers_all = ishape
+        .iter()
+        .zip(base.shape())
+        .enumerate()
+        .all(|(k, (&i, &b))| k == d || i == b);
+    let target = if covers_all {
+        out.clone()
+    } else {
+        copy_to_new(&region(&out, &ishape, Some(d)))?
+    };
+    let src = contiguous(&region(src, &ishape, None))?;
+    let idx = contiguous(index)?;
+    let (g, ps) = first_element(OP, &src)?;
+    let (_, pi) = first_element(OP, &idx)?;
+    let (_, pt) = first_element(OP, &target)?;
+    let outer: usize = ishape[..d].iter().product();
+    let inner: usize = ishape[d + 1..].iter().product();
+    let n = idx.numel();
+    let status = Status::new(&g)?;
+    launch::launch(
+        OP,
+        &g,
+        &name,
+        launch::elementwise(n),
+        &[
+            Arg::Ptr(ps),
+            Arg::Ptr(pi),
+            Arg::Ptr(pt),
+            Arg::n(outer),
+            Arg::n(base.shape()[d]),
+            Arg::n(ishape[d]),
+            Arg::n(inner),
+            status.arg(),
+        ],
+    )?;
+    if n > 0 && status.flagged()? {
+        return Ok(None);
+    }
+    if !covers_all {
+        let view = region(&out, &ishape, Some(d));
+        write(OP, &view, &target, target.layout())?;
+    }
+    Ok(Some(out))
+}
+
+/// The tensors `parts` (already of dtype `dt`) joined along `d` into a new tensor of
+/// `shape` (one strided copy per part into its slot).
+pub(crate) fn cat(parts: &[Tensor], d: usize, shape: &[usize], dt: DType) -> Result<Tensor> {
+    const OP: &str = "cat";
+    let device = parts.first().map_or(Device::Cpu, |t| t.device());
+    let (g, _, _) = match parts.first() {
+        Some(t) => launch::ptr(OP, t)?,
+        None => return Err(no_kernel(OP, device)),
+    };
+    let n: usize = shape.iter().product();
+    let (buf, _) = launch::output(&g, dt, n)?;
+    let out = Tensor::from_cuda(buf, shape);
+    let mut start = 0;
+    for t in parts {
+        let len = t.shape()[d];
+        let slot = out.with_layout(out.layout().slice(d, start, len, 1));
+        write(OP, &slot, t, t.layout())?;
+        start += len;
+    }
+    Ok(out)
+}
+
+/// The upper (`upper`) or lower triangle of the last two dims of `x`, the rest zeroed
+/// (`triu_<dt>` / `tril_<dt>`).
+pub(crate) fn tri(x: &Tensor, diagonal: i64, upper: bool) -> Result<Tensor> {
+    let op = if upper { "triu" } else { "tril" };
+    let name = launch::entry(op, x.device(), op, x.dtype())?;
+    let src = contiguous(x)?;
+    let (g, p) = first_element(op, &src)?;
+    let nd = x.ndim();
+    let (r, c) = (x.shape()[nd - 2], x.shape()[nd - 1]);
+    let batch: usize = x.shape()[..nd - 2].iter().product();
+    let n = x.numel();
+    let (buf, po) = launch::output(&g, x.dtype(), n)?;
+    launch::launch(
+        op,
+        &g,
+        &name,
+        launch::elementwise(n),
+        &[
+            Arg::Ptr(p),
+            Arg::Ptr(po),
+            Arg::n(batch),
+            Arg::n(r),
+            Arg::n(c),
+            Arg::I64(diagonal),
+        ],
+    )?;
+    Ok(Tensor::from_cuda(buf, x.shape()))
+}
+
+/// `start + i·step` for `i` in `0..n` on device `ordinal` (`arange_<dt>`, computed in
+/// f64 as the CPU does); `None` for bool (no kernel: the caller uploads).
+pub(crate) fn arange(
+    n: usize,
+    start: f64,
+    step: f64,
+    dtype: DType,
+    ordinal: usize,
+) -> Result<Option<Tensor>> {
+    const OP: &str = "arange";
+    if dtype == DType::Bool {
+        return Ok(None);
+    }
+    let g = super::gpu(ordinal)?;
+    let name = launch::entry(OP, Device::Cuda(ordinal), "arange", dtype)?;
+    let (buf, po) = launch::output(&g, dtype, n)?;
+    launch::launch(
+        OP,
+        &g,
+        &name,
+        launch::elementwise(n),
+        &[Arg::Ptr(po), Arg::n(n), Arg::F64(start), Arg::F64(step)],
+    )?;
+    Ok(Some(Tensor::from_cuda(buf, &[n])))
+}
+
+/// Booleans of `shape` that are true with probability `p`, drawn on device `ordinal`
+/// from the global generator's Philox stream (`philox_bernoulli_bool`): the same bits
+/// as [`Generator::bernoulli`](crate::Generator::bernoulli) from the same state, which
+/// advances by the number of elements.
+pub(crate) fn bernoulli(shape: &[usize], p: f64, ordinal: usize) -> Result<Tensor> {
+    const OP: &str = "bernoulli";
+    let g = super::gpu(ordinal)?;
+    let n: usize = shape.iter().product();
+    let (seed, offset) = crate::random::with_global_generator(|rng| {
+        let (s, o) = (rng.seed(), rng.offset());
+        rng.set_state(s, o.wrapping_add(n as u64));
+        (s, o)
+    });
+    let (buf, po) = launch::output(&g, DType::Bool, n)?;
+    launch::launch(
+        OP,
+        &g,
+        "philox_bernoulli_bool",
+        launch::elementwise(n),
+        &[
+            Arg::Ptr(po),
+            Arg::n(n),
+            Arg::U64(seed),
+            Arg::U64(offset),
+            Arg::F64(p),
+        ],
+    )?;
+    Ok(Tensor::from_cuda(buf, shape))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every table entry has a kernel for the dtypes the ops use it with: a renamed
+    /// kernel would otherwise become a run-time `NoCudaKernel` on the GPU.
+    #[test]
+    fn every_table_entry_has_kernels() {
+        let has = |name: String| flint_kernels::module_of(&name).is_some();
+        for op in UNARY {
+            let dt = if *op == "logical_not" { "bool" } else { "f32" };
+            assert!(has(format!("{op}_{dt}")), "{op}");
+        }
+        for op in BINARY {
+            let dt = if op.starts_with("logical") {
+                "bool"
+            } else {
+                "f64"
+            };
+            assert!(has(format!("{op}_{dt}")), "{op}");
+        }
+        for op in SCALAR {
+            assert!(has(format!("{op}_scalar_bf16")), "{op}");
+        }
+        for k in ["sum", "max", "min", "argmax", "argmin"] {
+            assert!(has(format!("{k}_dim_i64")), "{k}");
+        }
+        for k in [
+            "index_select",
+            "gather",
+            "scatter_add",
+            "copy",
+            "where",
+            "masked_fill",
+            "triu",
+            "tril",
+        ] {
+            assert!(has(format!("{k}_f16")), "{k}");
+        }
+        assert!(has("philox_bernoulli_bool".into()) && has("arange_i64".into()));
+        // integer ops on i64 that the kernels have, and those they do not
+        assert!(has("relu_i64".into()) && has("neg_i64".into()) && !has("exp_i64".into()));
+    }
+}
