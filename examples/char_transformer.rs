@@ -3,7 +3,7 @@
 //! then sampled.
 //!
 //! ```sh
-//! cargo run --release --example char_transformer                 # 1,500 steps
+//! cargo run --release --example char_transformer                 # 600 steps
 //! cargo run --release --example char_transformer -- --quick      # 20 small steps (CI)
 //! cargo run --release --example char_transformer -- --steps 300 --sample 400
 //! ```
@@ -20,7 +20,7 @@
 pub mod common;
 
 use common::{parse_device, progress, Args};
-use flint::data::{CharDataset, CharVocab, DataLoader, Dataset};
+use flint::data::{CharDataset, CharVocab, DataLoader};
 use flint::loss::CrossEntropy;
 use flint::optim::{Adam, CosineAnnealingLR, LinearLR, LrScheduler, Optimizer, SequentialLR};
 use flint::prelude::*;
@@ -103,16 +103,16 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            steps: 1500,
+            steps: 600,
             batch: 32,
             ctx: 64,
-            layers: 4,
+            layers: 2,
             dropout: 0.1,
             lr: 2e-3,
             label_smoothing: 0.1,
             small: false,
             seed: 0,
-            eval_every: 250,
+            eval_every: 100,
             sample: 300,
             out: PathBuf::from("runs/char_transformer"),
             device: Device::Cpu,
@@ -178,8 +178,10 @@ pub fn train(text: &str, cfg: &Config) -> flint::Result<Report> {
     // linear warm-up over the first 5% of the steps, then a cosine down to lr / 10
     let warmup = (cfg.steps / 20).max(1);
     let ramp = LinearLR::try_new(&mut opt, 0.01, 1.0, warmup)?;
-    let cosine = CosineAnnealingLR::try_new(&mut opt, cfg.steps - warmup.min(cfg.steps), cfg.lr / 10.0)?;
-    let mut sched = SequentialLR::try_new(&mut opt, vec![Box::new(ramp), Box::new(cosine)], &[warmup])?;
+    let cosine =
+        CosineAnnealingLR::try_new(&mut opt, cfg.steps - warmup.min(cfg.steps), cfg.lr / 10.0)?;
+    let mut sched =
+        SequentialLR::try_new(&mut opt, vec![Box::new(ramp), Box::new(cosine)], &[warmup])?;
     let loss_fn = CrossEntropy::new().label_smoothing(cfg.label_smoothing);
     let loader = DataLoader::new(train_set, cfg.batch)
         .shuffle(cfg.seed)
@@ -236,11 +238,16 @@ pub fn train(text: &str, cfg: &Config) -> flint::Result<Report> {
     }
     bar.finish();
     let seconds = clock.elapsed().as_secs_f64();
-    log.plot(cfg.out.join("curves.png"), &[&["train/loss", "val/loss"], &["train/lr"]])?;
+    log.plot(
+        cfg.out.join("curves.png"),
+        &[&["train/loss", "val/loss"], &["train/lr"]],
+    )?;
 
     net.module().eval();
     let prompt = "The ";
-    let sample = sample(&net, &vocab, prompt, cfg.sample, cfg.ctx, 0.8, cfg.seed, cfg.device)?;
+    let sample = sample(
+        &net, &vocab, prompt, cfg.sample, cfg.ctx, 0.8, cfg.seed, cfg.device,
+    )?;
     let tail = &losses[losses.len().saturating_sub(10)..];
     Ok(Report {
         first_loss: losses.first().copied().unwrap_or(f64::NAN),
@@ -272,7 +279,10 @@ fn sample(
             let window = &ids[ids.len().saturating_sub(ctx)..];
             let x = Tensor::from_vec(window.to_vec(), [1, window.len()]).try_to(device)?;
             let logits = net.forward(&x)?.select(1, -1).squeeze_dim(0);
-            let probs = (logits / temperature).softmax(-1).to(Device::Cpu).to_vec::<f32>();
+            let probs = (logits / temperature)
+                .softmax(-1)
+                .to(Device::Cpu)
+                .to_vec::<f32>();
             let u = g.rand([1], DType::F64).item::<f64>() as f32;
             let mut acc = 0.0;
             let next = probs
@@ -286,7 +296,7 @@ fn sample(
         }
         Ok(())
     })?;
-    vocab.decode(&ids)
+    vocab.try_decode(&ids)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

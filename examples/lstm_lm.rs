@@ -2,7 +2,7 @@
 //! backpropagation through time on the bundled text corpus, then sampled.
 //!
 //! ```sh
-//! cargo run --release --example lstm_lm                 # 600 steps
+//! cargo run --release --example lstm_lm                 # 300 steps
 //! cargo run --release --example lstm_lm -- --quick      # 15 small steps (CI)
 //! ```
 //!
@@ -45,7 +45,14 @@ pub type State = (Tensor, Tensor);
 impl CharLstm {
     /// A model over `vocab` characters: embeddings of `emb`, `layers` LSTM layers of
     /// `hidden` units, dropout probability `p`.
-    pub fn new(vocab: usize, emb: usize, hidden: usize, layers: usize, p: f64, opts: impl Into<flint::TensorOptions>) -> CharLstm {
+    pub fn new(
+        vocab: usize,
+        emb: usize,
+        hidden: usize,
+        layers: usize,
+        p: f64,
+        opts: impl Into<flint::TensorOptions>,
+    ) -> CharLstm {
         let opts = opts.into();
         let config = RecurrentConfig {
             num_layers: layers,
@@ -104,11 +111,11 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            steps: 600,
+            steps: 300,
             batch: 32,
-            bptt: 64,
+            bptt: 48,
             emb: 64,
-            hidden: 256,
+            hidden: 128,
             layers: 2,
             dropout: 0.25,
             lr: 3e-3,
@@ -161,7 +168,14 @@ pub fn train(text: &str, cfg: &Config) -> flint::Result<Report> {
     let train_data = batchify(&ids[..cut], cfg.batch, cfg.device)?;
     let val_data = batchify(&ids[cut..], cfg.batch, cfg.device)?;
     let v = vocab.len();
-    let mut model = CharLstm::new(v, cfg.emb, cfg.hidden, cfg.layers, cfg.dropout, (DType::F32, cfg.device));
+    let mut model = CharLstm::new(
+        v,
+        cfg.emb,
+        cfg.hidden,
+        cfg.layers,
+        cfg.dropout,
+        (DType::F32, cfg.device),
+    );
     let mut opt = Adam::new(model.parameters(), cfg.lr);
     let loss_fn = CrossEntropy::new();
     let mut log = RunLogger::create(&cfg.out)?;
@@ -223,7 +237,14 @@ pub fn train(text: &str, cfg: &Config) -> flint::Result<Report> {
 
 /// `n` characters after `prompt`, fed one at a time through the recurrent state and drawn
 /// from the softmax of the logits / 0.8.
-fn sample(model: &CharLstm, vocab: &CharVocab, prompt: &str, n: usize, seed: u64, device: Device) -> flint::Result<String> {
+fn sample(
+    model: &CharLstm,
+    vocab: &CharVocab,
+    prompt: &str,
+    n: usize,
+    seed: u64,
+    device: Device,
+) -> flint::Result<String> {
     let mut ids = vocab.encode(prompt)?;
     let mut g = Generator::new(seed);
     no_grad(|| -> flint::Result<()> {
@@ -247,7 +268,7 @@ fn sample(model: &CharLstm, vocab: &CharVocab, prompt: &str, n: usize, seed: u64
         }
         Ok(())
     })?;
-    vocab.decode(&ids)
+    vocab.try_decode(&ids)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -271,7 +292,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     cfg.out = args.value("--out", cfg.out)?;
     cfg.device = parse_device(&args.value("--device", "cpu".to_string())?)?;
     cfg.progress = !args.flag("--no-progress");
-    let path: PathBuf = args.value("--text", PathBuf::from("data/text/python_reference_topics.txt"))?;
+    let path: PathBuf = args.value(
+        "--text",
+        PathBuf::from("data/text/python_reference_topics.txt"),
+    )?;
     args.finish()?;
     let text = std::fs::read_to_string(&path).map_err(|e| flint::Error::io(&path, e))?;
 

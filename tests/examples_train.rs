@@ -69,18 +69,34 @@ fn digits_reaches_97_percent_on_the_held_out_fifth() {
     let r = digits::run(&cfg).unwrap();
     assert_eq!((r.test_rows, r.epochs_run), (360, 30));
     assert!(r.accuracy >= 0.97, "held-out accuracy {}", r.accuracy);
-    assert!(r.last_loss < r.first_loss, "{} -> {}", r.first_loss, r.last_loss);
+    assert!(
+        r.last_loss < r.first_loss,
+        "{} -> {}",
+        r.first_loss,
+        r.last_loss
+    );
     // what the run leaves behind: metrics, TensorBoard events, curves, checkpoint
     let files: Vec<String> = std::fs::read_dir(&cfg.out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     for want in ["metrics.csv", "curves.png", "checkpoint.safetensors"] {
-        assert!(files.iter().any(|f| f == want), "{want} missing from {files:?}");
+        assert!(
+            files.iter().any(|f| f == want),
+            "{want} missing from {files:?}"
+        );
     }
-    assert!(files.iter().any(|f| f.starts_with("events.out.tfevents.")), "{files:?}");
+    assert!(
+        files.iter().any(|f| f.starts_with("events.out.tfevents.")),
+        "{files:?}"
+    );
     let csv = std::fs::read_to_string(cfg.out.join("metrics.csv")).unwrap();
-    assert_eq!(csv.lines().filter(|l| l.contains(",test/accuracy,")).count(), 30);
+    assert_eq!(
+        csv.lines()
+            .filter(|l| l.contains(",test/accuracy,"))
+            .count(),
+        30
+    );
     let _ = std::fs::remove_dir_all(&cfg.out);
 }
 
@@ -90,7 +106,12 @@ fn digits_reaches_97_percent_on_the_held_out_fifth() {
 fn digits_resumed_run_is_bit_identical() {
     let bits = |w: &[(String, flint::Tensor)]| -> Vec<(String, Vec<u32>)> {
         w.iter()
-            .map(|(k, t)| (k.clone(), t.to_vec::<f32>().iter().map(|v| v.to_bits()).collect()))
+            .map(|(k, t)| {
+                (
+                    k.clone(),
+                    t.to_vec::<f32>().iter().map(|v| v.to_bits()).collect(),
+                )
+            })
             .collect()
     };
     let straight = digits_config("digits-straight", 2);
@@ -120,7 +141,12 @@ fn digits_resnet_learns() {
     cfg.label_smoothing = 0.0;
     let r = digits_resnet::run(&cfg).unwrap();
     let _ = std::fs::remove_dir_all(&cfg.out);
-    assert!(r.last_loss < r.first_loss, "{} -> {}", r.first_loss, r.last_loss);
+    assert!(
+        r.last_loss < r.first_loss,
+        "{} -> {}",
+        r.first_loss,
+        r.last_loss
+    );
     assert!(r.accuracy > 0.85, "held-out accuracy {}", r.accuracy);
 }
 
@@ -141,6 +167,16 @@ fn lstm_lm_loss_falls() {
     let r = lstm_lm::train(&text[..60_000], &cfg).unwrap();
     let _ = std::fs::remove_dir_all(&cfg.out);
     assert!(r.val_loss.is_finite());
-    assert!(r.last_loss < r.first_loss - 0.5, "{} -> {}", r.first_loss, r.last_loss);
-    assert_eq!(r.sample.chars().count(), "The ".len() + 20, "{:?}", r.sample);
+    assert!(
+        r.last_loss < r.first_loss - 0.5,
+        "{} -> {}",
+        r.first_loss,
+        r.last_loss
+    );
+    assert_eq!(
+        r.sample.chars().count(),
+        "The ".len() + 20,
+        "{:?}",
+        r.sample
+    );
 }

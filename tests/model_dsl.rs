@@ -37,7 +37,12 @@ fn gpt_example_trains() {
         r.first_loss,
         r.last_loss
     );
-    assert_eq!(r.sample.chars().count(), "The ".len() + 24, "{:?}", r.sample);
+    assert_eq!(
+        r.sample.chars().count(),
+        "The ".len() + 24,
+        "{:?}",
+        r.sample
+    );
 }
 
 #[test]

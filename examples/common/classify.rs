@@ -7,10 +7,10 @@ use super::{correct, parse_device, progress, Args};
 use flint::data::{DataLoader, Dataset, Digits, TensorDataset};
 use flint::io::TrainCheckpoint;
 use flint::loss::CrossEntropy;
+use flint::no_grad;
 use flint::optim::{LrScheduler, Optimizer};
 use flint::prelude::*;
 use flint::train::RunLogger;
-use flint::no_grad;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -136,7 +136,7 @@ pub fn train<M: Module + Forward>(
     let (mut start, mut step) = (0, 0u64);
     if cfg.resume && ck_path.exists() {
         let ck = TrainCheckpoint::load(&ck_path)?;
-        ck.restore(model, opt, sched.as_deref_mut())?;
+        ck.restore(model, opt, sched.as_mut().map(|s| &mut **s as _))?;
         (start, step) = (ck.epoch(), ck.step());
         eprintln!("resumed from {} after epoch {start}", ck_path.display());
     }
@@ -146,7 +146,10 @@ pub fn train<M: Module + Forward>(
         _ => RunLogger::resume(&cfg.out, step)?,
     };
     let batch = |b: Vec<Tensor>| -> flint::Result<(Tensor, Tensor)> {
-        Ok((prepare(&b[0].try_to(cfg.device)?)?, b[1].try_to(cfg.device)?))
+        Ok((
+            prepare(&b[0].try_to(cfg.device)?)?,
+            b[1].try_to(cfg.device)?,
+        ))
     };
 
     let clock = Instant::now();
@@ -154,7 +157,11 @@ pub fn train<M: Module + Forward>(
     let end = (cfg.stop_after).map_or(cfg.epochs, |n| (start + n).min(cfg.epochs));
     for epoch in start..end {
         model.train();
-        let mut bar = progress(cfg.progress, loader.len() as u64, format!("epoch {}/{}", epoch + 1, cfg.epochs));
+        let mut bar = progress(
+            cfg.progress,
+            loader.len() as u64,
+            format!("epoch {}/{}", epoch + 1, cfg.epochs),
+        );
         let (mut sum, mut n) = (0.0, 0usize);
         for b in loader.epoch(epoch) {
             let (x, y) = batch(b?)?;
@@ -170,7 +177,7 @@ pub fn train<M: Module + Forward>(
             n += x.size(0);
         }
         bar.finish();
-        if let Some(s) = sched.as_deref_mut() {
+        if let Some(s) = sched.as_mut() {
             s.try_step(opt)?;
         }
         last_loss = sum / n as f64;
@@ -195,7 +202,7 @@ pub fn train<M: Module + Forward>(
         log.scalar("test/loss", step, test_loss)?;
         log.scalar("test/accuracy", step, accuracy)?;
         log.flush()?;
-        TrainCheckpoint::capture(&*model, &*opt, sched.as_deref().map(|s| s as _), epoch + 1)
+        TrainCheckpoint::capture(&*model, &*opt, sched.as_ref().map(|s| &**s as _), epoch + 1)
             .with_step(step)
             .save(&ck_path)?;
         eprintln!(

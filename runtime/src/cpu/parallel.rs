@@ -34,9 +34,16 @@ pub fn set_num_threads(n: usize) {
 /// The number of threads CPU kernels use.
 pub fn num_threads() -> usize {
     match NUM_THREADS.load(Ordering::Relaxed) {
-        0 => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        // asked once: `available_parallelism` reads the cgroup quota files on every call,
+        // which cost a third of a small model's training step when asked per op
+        0 => {
+            static AVAILABLE: OnceLock<usize> = OnceLock::new();
+            *AVAILABLE.get_or_init(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            })
+        }
         n => n,
     }
 }
