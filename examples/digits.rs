@@ -49,7 +49,7 @@ pub fn run(cfg: &Config) -> flint::Result<Report> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let cfg = Config::new("runs/digits", 30).from_args(
+    let cfg = Config::new("runs/digits", 30).with_args(
         "digits [--quick] [--epochs N] [--resume] [--out DIR] [--data FILE] [--device cpu|cuda] [--no-progress]",
         3,
     )?;

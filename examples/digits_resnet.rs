@@ -67,7 +67,7 @@ pub fn run(cfg: &Config) -> flint::Result<Report> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut cfg = Config::new("runs/digits_resnet", 15);
     cfg.label_smoothing = 0.0;
-    let cfg = cfg.from_args(
+    let cfg = cfg.with_args(
         "digits_resnet [--quick] [--epochs N] [--resume] [--out DIR] [--data FILE] [--device cpu|cuda] [--no-progress]",
         2,
     )?;

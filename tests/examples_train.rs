@@ -1,5 +1,7 @@
 //! The examples that train something, run here with small settings: the loss has to fall
 //! and the model has to beat chance, so an example cannot silently rot.
+// Each example file brings its own copy of `examples/common/`, as each example binary does.
+#![allow(clippy::duplicate_mod)]
 
 #[allow(dead_code)] // `main` and the CLI helpers are for the example binary
 #[path = "../examples/derive_mlp.rs"]

@@ -58,7 +58,7 @@ impl Config {
 
     /// The defaults changed by the command line: `--quick` (`quick_epochs` epochs),
     /// `--epochs N`, `--resume`, `--out DIR`, `--data FILE`, `--device D`, `--no-progress`.
-    pub fn from_args(mut self, name: &'static str, quick_epochs: usize) -> Result<Config, String> {
+    pub fn with_args(mut self, name: &'static str, quick_epochs: usize) -> Result<Config, String> {
         let mut args = Args::from_env(name);
         if args.flag("--quick") {
             self.epochs = quick_epochs;

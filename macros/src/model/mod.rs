@@ -759,7 +759,7 @@ fn resolve(
                 },
                 CallStyle::Forward,
                 quote!(#nn::#ty),
-                quote_spanned!(span=> #nn::#ty::try_with_config(#ci, #co, #kc, #nn::#cfg { stride: [#sc; #nd], padding: [#pc; #nd], dilation: [#dc; #nd], groups: #gc, bias: #bias, ..::core::default::Default::default() }, opts)?),
+                quote_spanned!(span=> #nn::#ty::try_with_config(#ci, #co, #kc, #nn::#cfg { stride: [#sc; #nd], padding: [#pc; #nd], dilation: [#dc; #nd], groups: #gc, bias: #bias }, opts)?),
             )
         }
         "MaxPool1d" | "MaxPool2d" | "AvgPool1d" | "AvgPool2d" => {
@@ -1119,7 +1119,7 @@ fn generate(
 
         impl #gdecl #ident #guse {
             #[doc = #doc_new]
-            #[allow(clippy::too_many_arguments, unused_variables)]
+            #[allow(clippy::too_many_arguments, clippy::unnecessary_cast, unused_variables)]
             pub fn try_new(#(#pnames: #ptys,)* opts: impl ::core::convert::Into<::flint::TensorOptions>) -> ::flint::Result<Self> {
                 #new_body
             }
