@@ -1,4 +1,5 @@
-//! Writes the autograd graph of a small MLP's loss as Graphviz DOT (`graph.dot`), and a
+//! Writes the autograd graph of a small model's loss (Linear, LayerNorm, GELU, Linear,
+//! label-smoothed cross-entropy) as Graphviz DOT (`graph.dot`), and a
 //! picture (`graph.png`) where the `dot` program exists.
 //!
 //! ```sh
@@ -6,21 +7,35 @@
 //! ```
 
 use flint::autograd::to_dot;
+use flint::loss::CrossEntropy;
+use flint::nn::{LayerNorm, Linear};
 use flint::prelude::*;
+
+/// A small classifier: Linear → LayerNorm → GELU → Linear.
+#[derive(Module)]
+#[module(sequential)]
+struct Small {
+    fc1: Linear,
+    norm: LayerNorm,
+    act: flint::nn::Gelu,
+    fc2: Linear,
+}
 
 fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let dir = std::path::PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| ".".into()));
     std::fs::create_dir_all(&dir)?;
-    let mut g = Generator::new(0);
-    let w1 = g.randn([4, 8], DType::F32).requires_grad_(true);
-    let b1 = Tensor::zeros([8], DType::F32).requires_grad_(true);
-    let w2 = g.randn([8, 3], DType::F32).requires_grad_(true);
-    let x = g.randn([5, 4], DType::F32);
+    manual_seed(0);
+    let model = Small {
+        fc1: Linear::new(4, 8, ()),
+        norm: LayerNorm::new(&[8], ()),
+        act: flint::nn::Gelu::default(),
+        fc2: Linear::new(8, 3, ()),
+    };
+    let x = Tensor::randn([5, 4], DType::F32);
     let y = Tensor::from_vec(vec![0i64, 2, 1, 1, 0], [5]);
-
-    let logits = (x.matmul(&w1) + &b1).relu().matmul(&w2);
-    let picked = logits.log_softmax(-1).gather(1, &y.unsqueeze(1));
-    let loss = picked.mean_all().neg();
+    let loss = CrossEntropy::new()
+        .label_smoothing(0.1)
+        .forward(&model.forward(&x), &y);
 
     let dot_path = dir.join("graph.dot");
     std::fs::write(&dot_path, to_dot(&loss))?;
@@ -42,9 +57,12 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     }
     loss.backward();
     println!(
-        "loss {:.4}, |grad w1| = {:.4}",
+        "loss {:.4}, |grad fc1.weight| = {:.4}",
         loss.item::<f32>(),
-        w1.grad()
+        model
+            .fc1
+            .weight
+            .grad()
             .map(|g| g.square().sum_all().sqrt().item::<f32>())
             .unwrap_or(0.0)
     );
