@@ -19,7 +19,7 @@
 
 pub mod common;
 
-use common::{parse_device, progress, Args};
+use common::{draw, progress, Args, TextOptions};
 use flint::data::{CharDataset, CharVocab, DataLoader};
 use flint::loss::CrossEntropy;
 use flint::optim::{Adam, CosineAnnealingLR, LinearLR, LrScheduler, Optimizer, SequentialLR};
@@ -279,20 +279,7 @@ fn sample(
             let window = &ids[ids.len().saturating_sub(ctx)..];
             let x = Tensor::from_vec(window.to_vec(), [1, window.len()]).try_to(device)?;
             let logits = net.forward(&x)?.select(1, -1).squeeze_dim(0);
-            let probs = (logits / temperature)
-                .softmax(-1)
-                .to(Device::Cpu)
-                .to_vec::<f32>();
-            let u = g.rand([1], DType::F64).item::<f64>() as f32;
-            let mut acc = 0.0;
-            let next = probs
-                .iter()
-                .position(|&p| {
-                    acc += p;
-                    acc > u
-                })
-                .unwrap_or(probs.len() - 1);
-            ids.push(next as i64);
+            ids.push(draw(&logits, temperature, &mut g));
         }
         Ok(())
     })?;
@@ -316,19 +303,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..cfg
         };
     }
-    cfg.steps = args.value("--steps", cfg.steps)?;
-    cfg.sample = args.value("--sample", cfg.sample)?;
-    cfg.out = args.value("--out", cfg.out)?;
-    cfg.device = parse_device(&args.value("--device", "cpu".to_string())?)?;
-    cfg.progress = !args.flag("--no-progress");
-    let path: PathBuf = args.value(
-        "--text",
-        PathBuf::from("data/text/python_reference_topics.txt"),
-    )?;
-    args.finish()?;
-    let text = std::fs::read_to_string(&path).map_err(|e| flint::Error::io(&path, e))?;
+    let o = TextOptions::parse(args, cfg.steps, cfg.sample, cfg.out.clone())?;
+    (cfg.steps, cfg.sample, cfg.out, cfg.device, cfg.progress) =
+        (o.steps, o.sample, o.out, o.device, o.progress);
 
-    let r = train(&text, &cfg)?;
+    let r = train(&o.text, &cfg)?;
     println!("parameters: {}", r.parameters);
     println!(
         "{} steps in {:.1} s: loss {:.3} → {:.3} (last 10 steps), validation {:.3}",

@@ -16,7 +16,7 @@
 
 pub mod common;
 
-use common::{parse_device, progress, Args};
+use common::{draw, progress, Args, TextOptions};
 use flint::data::CharVocab;
 use flint::loss::CrossEntropy;
 use flint::nn::{Embedding, Linear, RecurrentConfig, VariationalDropout, LSTM};
@@ -252,16 +252,7 @@ fn sample(
         let (mut logits, mut state) = model.forward(&x, None)?;
         for _ in 0..n {
             let last = logits.select(0, -1).squeeze_dim(0);
-            let probs = (last / 0.8).softmax(-1).to(Device::Cpu).to_vec::<f32>();
-            let u = g.rand([1], DType::F64).item::<f64>() as f32;
-            let mut acc = 0.0;
-            let next = probs
-                .iter()
-                .position(|&p| {
-                    acc += p;
-                    acc > u
-                })
-                .unwrap_or(probs.len() - 1) as i64;
+            let next = draw(&last, 0.8, &mut g);
             ids.push(next);
             let x = Tensor::from_vec(vec![next], [1, 1]).try_to(device)?;
             (logits, state) = model.forward(&x, Some(&state))?;
@@ -287,19 +278,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..cfg
         };
     }
-    cfg.steps = args.value("--steps", cfg.steps)?;
-    cfg.sample = args.value("--sample", cfg.sample)?;
-    cfg.out = args.value("--out", cfg.out)?;
-    cfg.device = parse_device(&args.value("--device", "cpu".to_string())?)?;
-    cfg.progress = !args.flag("--no-progress");
-    let path: PathBuf = args.value(
-        "--text",
-        PathBuf::from("data/text/python_reference_topics.txt"),
-    )?;
-    args.finish()?;
-    let text = std::fs::read_to_string(&path).map_err(|e| flint::Error::io(&path, e))?;
+    let o = TextOptions::parse(args, cfg.steps, cfg.sample, cfg.out.clone())?;
+    (cfg.steps, cfg.sample, cfg.out, cfg.device, cfg.progress) =
+        (o.steps, o.sample, o.out, o.device, o.progress);
 
-    let r = train(&text, &cfg)?;
+    let r = train(&o.text, &cfg)?;
     println!(
         "{} steps in {:.1} s: loss {:.3} → {:.3} (last 10 steps), held-out {:.3} nats/char (perplexity {:.2})",
         cfg.steps, r.seconds, r.first_loss, r.last_loss, r.val_loss, r.val_loss.exp()

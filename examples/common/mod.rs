@@ -86,3 +86,70 @@ pub fn progress(show: bool, total: u64, prefix: impl Into<String>) -> flint::tra
         false => flint::train::Progress::hidden(total, prefix),
     }
 }
+
+/// A character id drawn from `softmax(logits / temperature)` (`logits`: `[vocab]`) with
+/// the generator `g`.
+pub fn draw(logits: &Tensor, temperature: f64, g: &mut flint::Generator) -> i64 {
+    let probs = (logits / temperature)
+        .softmax(-1)
+        .to(Device::Cpu)
+        .to_vec::<f32>();
+    let u = g.rand([1], flint::DType::F64).item::<f64>() as f32;
+    let mut acc = 0.0;
+    probs
+        .iter()
+        .position(|&p| {
+            acc += p;
+            acc > u
+        })
+        .unwrap_or(probs.len() - 1) as i64
+}
+
+/// The options the text examples share, taken from `args`: `--steps N`, `--sample N`
+/// (characters to generate), `--out DIR`, `--device D`, `--no-progress`, and `--text FILE`
+/// (default: the bundled corpus), whose contents are returned.
+pub struct TextOptions {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Characters to sample at the end.
+    pub sample: usize,
+    /// Where metrics go.
+    pub out: std::path::PathBuf,
+    /// Where to train.
+    pub device: Device,
+    /// Draw a progress bar.
+    pub progress: bool,
+    /// The training text.
+    pub text: String,
+}
+
+impl TextOptions {
+    /// Reads the options (defaults: `steps`, `sample`, `out`) and the text, and checks that
+    /// nothing else was given.
+    pub fn parse(
+        mut args: Args,
+        steps: usize,
+        sample: usize,
+        out: std::path::PathBuf,
+    ) -> Result<TextOptions, Box<dyn std::error::Error>> {
+        let steps = args.value("--steps", steps)?;
+        let sample = args.value("--sample", sample)?;
+        let out = args.value("--out", out)?;
+        let device = parse_device(&args.value("--device", "cpu".to_string())?)?;
+        let progress = !args.flag("--no-progress");
+        let path: std::path::PathBuf = args.value(
+            "--text",
+            std::path::PathBuf::from("data/text/python_reference_topics.txt"),
+        )?;
+        args.finish()?;
+        let text = std::fs::read_to_string(&path).map_err(|e| flint::Error::io(&path, e))?;
+        Ok(TextOptions {
+            steps,
+            sample,
+            out,
+            device,
+            progress,
+            text,
+        })
+    }
+}

@@ -235,6 +235,23 @@ impl Status {
     }
 }
 
+/// Launches an index kernel over `n` elements with `args` followed by a fresh [`Status`]
+/// flag, and tells whether every index was in range (`false`: the kernel flagged one).
+/// Waits for the kernel when `n > 0`.
+pub(crate) fn launch_checked(
+    op: &'static str,
+    g: &Arc<Gpu>,
+    entry: &str,
+    n: usize,
+    args: &[Arg],
+) -> Result<bool> {
+    let status = Status::new(g)?;
+    let mut all = args.to_vec();
+    all.push(status.arg());
+    launch(op, g, entry, elementwise(n), &all)?;
+    Ok(n == 0 || !status.flagged()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

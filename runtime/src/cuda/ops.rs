@@ -10,7 +10,7 @@
 //! contiguous inputs, made with the strided copy kernel when needed. Outputs are new
 //! contiguous tensors.
 
-use super::launch::{self, Arg, Status};
+use super::launch::{self, Arg};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -437,12 +437,11 @@ pub(crate) fn index_select(src: &Tensor, d: usize, index: &Tensor) -> Result<Opt
     out_shape[d] = n_idx;
     let n = outer * n_idx * inner;
     let (buf, po) = launch::output(&g, src.dtype(), n)?;
-    let status = Status::new(&g)?;
-    launch::launch(
+    let in_range = launch::launch_checked(
         OP,
         &g,
         &name,
-        launch::elementwise(n),
+        n,
         &[
             Arg::Ptr(ps),
             Arg::Ptr(pi),
@@ -451,10 +450,9 @@ pub(crate) fn index_select(src: &Tensor, d: usize, index: &Tensor) -> Result<Opt
             Arg::n(shape[d]),
             Arg::n(inner),
             Arg::n(n_idx),
-            status.arg(),
         ],
     )?;
-    if n > 0 && status.flagged()? {
+    if !in_range {
         return Ok(None);
     }
     Ok(Some(Tensor::from_cuda(buf, &out_shape)))
@@ -488,12 +486,11 @@ pub(crate) fn gather(src: &Tensor, d: usize, index: &Tensor) -> Result<Option<Te
     let inner: usize = ishape[d + 1..].iter().product();
     let n = idx.numel();
     let (buf, po) = launch::output(&g, src.dtype(), n)?;
-    let status = Status::new(&g)?;
-    launch::launch(
+    let in_range = launch::launch_checked(
         OP,
         &g,
         &name,
-        launch::elementwise(n),
+        n,
         &[
             Arg::Ptr(ps),
             Arg::Ptr(pi),
@@ -502,10 +499,9 @@ pub(crate) fn gather(src: &Tensor, d: usize, index: &Tensor) -> Result<Option<Te
             Arg::n(src_dim),
             Arg::n(ishape[d]),
             Arg::n(inner),
-            status.arg(),
         ],
     )?;
-    if n > 0 && status.flagged()? {
+    if !in_range {
         return Ok(None);
     }
     Ok(Some(Tensor::from_cuda(buf, &ishape)))
@@ -544,12 +540,11 @@ pub(crate) fn scatter_add(
     let outer: usize = ishape[..d].iter().product();
     let inner: usize = ishape[d + 1..].iter().product();
     let n = idx.numel();
-    let status = Status::new(&g)?;
-    launch::launch(
+    let in_range = launch::launch_checked(
         OP,
         &g,
         &name,
-        launch::elementwise(n),
+        n,
         &[
             Arg::Ptr(ps),
             Arg::Ptr(pi),
@@ -558,10 +553,9 @@ pub(crate) fn scatter_add(
             Arg::n(base.shape()[d]),
             Arg::n(ishape[d]),
             Arg::n(inner),
-            status.arg(),
         ],
     )?;
-    if n > 0 && status.flagged()? {
+    if !in_range {
         return Ok(None);
     }
     if !covers_all {
