@@ -8,7 +8,8 @@
 # ($FLINT_TORCH_VENV, default ~/.venvs/flint-torch), made on first use. PyPI's Linux wheel
 # of torch cannot be imported without its nvidia-* libraries (it preloads them), so this is
 # a plain `pip install torch`: a few GB, once. The PyTorch side calls the baseline script's
-# own `bench_matmul` (same data, warm-up, timing and medians), without its other workloads.
+# own `bench_matmul` (benches/torch_baseline.py; same data, warm-up, timing and medians),
+# without its other workloads.
 # JSON results go to bench-out/ (ignored by git).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-baseline=${TORCH_BASELINE:-$repo/../shared/bench/torch_baseline.py}
+baseline=${TORCH_BASELINE:-$repo/benches/torch_baseline.py}
 [ -f "$baseline" ] || { echo "torch_baseline.py not found at $baseline (set TORCH_BASELINE)" >&2; exit 1; }
 venv=${FLINT_TORCH_VENV:-$HOME/.venvs/flint-torch}
 py=$venv/bin/python
