@@ -42,7 +42,7 @@ mkdir -p "$out"
 args=(--threads "$threads" --warmup "$warmup" --iters "$iters" --repeats "$repeats")
 
 echo "== building the Flint benchmark (release)" >&2
-cargo bench --bench matmul --no-run >&2
+cargo bench --bench workloads --no-run >&2
 
 echo "== PyTorch" >&2
 "$py" - "$baseline" "$out/torch-matmul.json" "${args[@]}" <<'EOF'
@@ -86,7 +86,7 @@ with open(a.out, "w") as f:
 EOF
 
 echo "== Flint" >&2
-cargo bench --bench matmul -- "${args[@]}" --json "$out/flint-matmul.json" >&2
+cargo bench --bench workloads -- "$out/flint-matmul.json" --only matmul_512,matmul_1024,matmul_2048 "${args[@]}" >&2
 
 "$py" - "$out/torch-matmul.json" "$out/flint-matmul.json" <<'EOF'
 import json, sys
