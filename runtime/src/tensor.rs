@@ -248,6 +248,17 @@ impl Tensor {
     pub fn shares_storage(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.0.storage, &other.0.storage)
     }
+    /// True when this handle is the only one to the tensor and the tensor the only one
+    /// on its storage (no clone, view, saved copy or state-dict entry shares it): a
+    /// write into it can then be seen by nobody else, so kernels may reuse its buffer
+    /// instead of allocating a new one.
+    #[allow(dead_code)] // used by the engine and the fused optimizers (in progress)
+    pub(crate) fn is_exclusive(&self) -> bool {
+        Arc::strong_count(&self.0) == 1
+            && Arc::weak_count(&self.0) == 0
+            && Arc::strong_count(&self.0.storage) == 1
+            && Arc::weak_count(&self.0.storage) == 0
+    }
     /// The storage's version counter (bumped by every in-place write).
     pub fn version(&self) -> u64 {
         self.0.storage.version()
