@@ -208,3 +208,81 @@ fn graphs_export_to_dot() {
     assert_eq!(dot.matches("shape=ellipse").count(), 1);
     assert_eq!(dot.matches("shape=box").count(), 4);
 }
+
+/// The engine adds a tensor's gradients into a buffer nobody else holds and adds a
+/// view's gradient straight into its input's (no zero tensor per view): the results
+/// must be those of plain out-of-place sums, and a gradient the caller holds must
+/// never change under it.
+#[test]
+fn in_place_accumulation_and_view_scatter_match_out_of_place_sums() {
+    // one [T, B, H] tensor read T times through select, each step also through
+    // chunk (narrow views), like an RNN's input projection
+    let (t, b, h) = (5usize, 3usize, 4usize);
+    let mut g = Generator::new(7);
+    let x = g
+        .normal(&[t, b, 2 * h], 0.0, 1.0, DType::F64)
+        .requires_grad_(true);
+    let w = g.normal(&[h, h], 0.0, 1.0, DType::F64).requires_grad_(true);
+    let forward = |x: &Tensor, w: &Tensor| {
+        let mut s = Tensor::zeros([b, h], DType::F64);
+        for k in 0..t {
+            let parts = x.select(0, k as isize).chunk(2, -1);
+            s = (&s.matmul(w) + &parts[0]).tanh() * parts[1].sigmoid();
+        }
+        s.square().sum_all()
+    };
+    // reference: the same gradient with the whole graph kept differentiable
+    // (create_graph takes the ordinary backward of every view, out of place)
+    let want = autograd::grad(
+        &[forward(&x, &w)],
+        &[x.clone(), w.clone()],
+        None,
+        false,
+        true,
+    )
+    .unwrap();
+    let (want_x, want_w) = (
+        want[0].as_ref().unwrap().detach().to_vec::<f64>(),
+        want[1].as_ref().unwrap().detach().to_vec::<f64>(),
+    );
+    forward(&x, &w).backward();
+    let close = |a: &[f64], b: &[f64]| {
+        a.iter()
+            .zip(b)
+            .all(|(p, q)| (p - q).abs() <= 1e-12 * (1.0 + q.abs()))
+    };
+    let held = x.grad().unwrap();
+    assert!(close(&held.to_vec::<f64>(), &want_x));
+    assert!(close(&w.grad().unwrap().to_vec::<f64>(), &want_w));
+    // a second backward accumulates; the gradient held from the first stays as it was
+    let first = held.to_vec::<f64>();
+    forward(&x, &w).backward();
+    assert_eq!(held.to_vec::<f64>(), first);
+    let doubled: Vec<f64> = want_x.iter().map(|v| 2.0 * v).collect();
+    assert!(close(&x.grad().unwrap().to_vec::<f64>(), &doubled));
+    // a view node still frees its backward: a second pass without retain_graph fails
+    let y = x.select(0, 1).sum_all();
+    y.backward();
+    let e = y.try_backward(None, false, false).unwrap_err().to_string();
+    assert!(e.contains("a second time"), "{e}");
+}
+
+/// Slices of a non-contiguous tensor and overlapping slices of one tensor get the
+/// gradient of the definition (views of a permuted input take the ordinary backward).
+#[test]
+fn overlapping_and_strided_views_route_gradients() {
+    let x = leaf((0..12).map(f64::from).collect(), &[3, 4]);
+    let a = x.narrow(1, 0, 3); // columns 0..3
+    let b = x.narrow(1, 1, 3); // columns 1..4, overlapping
+    let c = x.t().select(0, 2); // column 2 through a transposed (strided) view
+    ((&a * 2.0).sum_all() + (&b * 3.0).sum_all() + c.sum_all()).backward();
+    let want: Vec<f64> = (0..12)
+        .map(|i| match i % 4 {
+            0 => 2.0,
+            1 => 5.0,
+            2 => 6.0,
+            _ => 3.0,
+        })
+        .collect();
+    assert_eq!(x.grad().unwrap().to_vec::<f64>(), want);
+}

@@ -35,6 +35,7 @@ pub use half;
 
 pub use autograd::{no_grad, NoGradGuard};
 pub use cpu::parallel::{num_threads, set_num_threads};
+pub use cpu::pool::{cpu_cache_bytes, cpu_cache_limit, empty_cpu_cache, set_cpu_cache_limit};
 pub use device::Device;
 pub use dtype::{DType, Element, FloatElement, NumElement};
 pub use error::{Error, Result};

@@ -65,13 +65,14 @@ impl CpuBuffer {
 
     /// A buffer of `n` default values (zeros, `false`).
     pub fn zeros(dtype: DType, n: usize) -> CpuBuffer {
+        use crate::cpu::pool::zeros;
         match dtype {
-            DType::Bool => CpuBuffer::Bool(vec![false; n]),
-            DType::I64 => CpuBuffer::I64(vec![0; n]),
-            DType::F16 => CpuBuffer::F16(vec![f16::ZERO; n]),
-            DType::BF16 => CpuBuffer::BF16(vec![bf16::ZERO; n]),
-            DType::F32 => CpuBuffer::F32(vec![0.0; n]),
-            DType::F64 => CpuBuffer::F64(vec![0.0; n]),
+            DType::Bool => CpuBuffer::Bool(zeros(n)),
+            DType::I64 => CpuBuffer::I64(zeros(n)),
+            DType::F16 => CpuBuffer::F16(zeros(n)),
+            DType::BF16 => CpuBuffer::BF16(zeros(n)),
+            DType::F32 => CpuBuffer::F32(zeros(n)),
+            DType::F64 => CpuBuffer::F64(zeros(n)),
         }
     }
 
@@ -96,6 +97,8 @@ pub trait BufferElement: Element {
     fn slice(b: &CpuBuffer) -> Option<&[Self]>;
     /// The typed mutable slice, if the buffer holds this type.
     fn slice_mut(b: &mut CpuBuffer) -> Option<&mut [Self]>;
+    /// The vector inside, if the buffer holds this type (the buffer back otherwise).
+    fn from_buffer(b: CpuBuffer) -> Result<Vec<Self>, CpuBuffer>;
 }
 
 macro_rules! buffer_element {
@@ -117,6 +120,13 @@ macro_rules! buffer_element {
                 match b {
                     CpuBuffer::$v(v) => Some(v),
                     _ => None,
+                }
+            }
+            #[inline]
+            fn from_buffer(b: CpuBuffer) -> Result<Vec<Self>, CpuBuffer> {
+                match b {
+                    CpuBuffer::$v(v) => Ok(v),
+                    other => Err(other),
                 }
             }
         }
@@ -166,6 +176,15 @@ pub struct Storage {
     data: RwLock<StorageData>,
     version: AtomicU64,
     device: Device,
+}
+
+impl Drop for Storage {
+    /// Hands a large host buffer to the cache ([`crate::cpu::pool`]) for reuse.
+    fn drop(&mut self) {
+        if let Ok(StorageData::Cpu(buf)) = self.data.get_mut() {
+            crate::cpu::pool::give(std::mem::replace(buf, CpuBuffer::Bool(Vec::new())));
+        }
+    }
 }
 
 impl Storage {

@@ -252,7 +252,6 @@ impl Tensor {
     /// on its storage (no clone, view, saved copy or state-dict entry shares it): a
     /// write into it can then be seen by nobody else, so kernels may reuse its buffer
     /// instead of allocating a new one.
-    #[allow(dead_code)] // used by the engine and the fused optimizers (in progress)
     pub(crate) fn is_exclusive(&self) -> bool {
         Arc::strong_count(&self.0) == 1
             && Arc::weak_count(&self.0) == 0
@@ -267,7 +266,6 @@ impl Tensor {
         &self.0.storage
     }
     /// True for a tensor on a CUDA device.
-    #[cfg(feature = "cuda")]
     pub(crate) fn is_cuda(&self) -> bool {
         matches!(self.device(), Device::Cuda(_))
     }
@@ -707,7 +705,7 @@ impl Tensor {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         *slot = Some(match slot.take() {
-            Some(old) => &old + &g,
+            Some(old) => crate::autograd::sum_grads(old, g),
             None => g,
         });
     }

@@ -1,6 +1,6 @@
 //! The backward engine: reverse topological traversal with gradient accumulation.
 
-use crate::autograd::grad_mode::{is_anomaly_enabled, NoGradGuard};
+use crate::autograd::grad_mode::{is_anomaly_enabled, is_grad_enabled, NoGradGuard};
 use crate::autograd::node::{Edge, Node};
 use crate::error::{or_panic, Error, Result};
 use crate::layout::fmt_shape;
@@ -14,9 +14,63 @@ fn key(n: &Arc<Node>) -> usize {
 
 fn add_grads(a: Option<Tensor>, b: Tensor) -> Tensor {
     match a {
-        Some(a) => &a + &b,
+        Some(a) => sum_grads(a, b),
         None => b,
     }
+}
+
+/// True when `t` is a buffer the engine may add into: held by nobody else, contiguous,
+/// and not part of a graph.
+fn reusable(t: &Tensor) -> bool {
+    t.is_exclusive() && t.layout().is_contiguous() && t.grad_fn().is_none() && !t.requires_grad()
+}
+
+/// `a + b` for two gradients of one tensor. With grad mode off (no `create_graph`), the
+/// sum is written into whichever of the two buffers nobody else holds, instead of a new
+/// tensor: accumulating the gradient of a tensor used `n` times then costs `n` adds and
+/// no allocation.
+pub(crate) fn sum_grads(a: Tensor, b: Tensor) -> Tensor {
+    if !is_grad_enabled() && a.dtype() == b.dtype() && a.shape() == b.shape() {
+        if reusable(&a) {
+            a.add_(&b);
+            return a;
+        }
+        if reusable(&b) {
+            b.add_(&a);
+            return b;
+        }
+    }
+    &a + &b
+}
+
+/// The backward of a view node (one with a [`ViewGrad`]) without `create_graph`: adds
+/// `g` into the pending gradient of the view's input through the view's layout, creating
+/// that gradient as zeros first. Returns false (nothing done) when the input's pending
+/// gradient is shared or of another layout; the node's own backward then runs.
+fn scatter_view_grad(grads: &mut HashMap<usize, Tensor>, node: &Node, g: &Tensor) -> bool {
+    let (Some(view), [Some(Edge::Node(input))]) = (&node.view, node.inputs.as_slice()) else {
+        return false;
+    };
+    let k = key(input);
+    let acc = match grads.remove(&k) {
+        None => Tensor::zeros(view.input_shape.as_slice(), (g.dtype(), g.device())),
+        Some(acc)
+            if reusable(&acc)
+                && acc.dtype() == g.dtype()
+                && acc.shape() == view.input_shape.as_slice() =>
+        {
+            acc
+        }
+        Some(acc) => {
+            grads.insert(k, acc);
+            return false;
+        }
+    };
+    let mut layout = view.layout.clone();
+    layout.offset += acc.layout().offset();
+    acc.with_layout(layout).add_(g);
+    grads.insert(k, acc);
+    true
 }
 
 /// What to do with the gradients that reach leaves.
@@ -107,6 +161,17 @@ fn run(
             }
         }
         let input_grads = match grad {
+            Some(g)
+                if !create_graph && node.view.is_some() && {
+                    let _mode = NoGradGuard::with(false);
+                    scatter_view_grad(&mut grads, &node, &g)
+                } =>
+            {
+                // the gradient is already in the input's; the backward is not needed
+                check_anomaly(&node, &g)?;
+                release_backward(&node, retain_graph)?;
+                Some(vec![None])
+            }
             Some(g) => Some(call_backward(&node, &g, retain_graph, create_graph)?),
             None => None,
         };
@@ -160,14 +225,8 @@ fn call_backward(
         }
     }
     let mut slot = node.backward.lock().unwrap_or_else(|p| p.into_inner());
-    let f = match slot.as_ref() {
-        Some(f) => f,
-        None => {
-            return Err(Error::Autograd(format!(
-                "trying to backward through the graph a second time (through `{}` called at {}): its saved tensors were freed after the first backward; pass retain_graph = true to the first backward if you need to",
-                node.name, node.location
-            )))
-        }
+    let Some(f) = slot.as_ref() else {
+        return Err(freed_graph(node));
     };
     let out = {
         let _mode = NoGradGuard::with(create_graph);
@@ -180,6 +239,26 @@ fn call_backward(
         check_anomaly(node, g)?;
     }
     Ok(out)
+}
+
+fn freed_graph(node: &Node) -> Error {
+    Error::Autograd(format!(
+        "trying to backward through the graph a second time (through `{}` called at {}): its saved tensors were freed after the first backward; pass retain_graph = true to the first backward if you need to",
+        node.name, node.location
+    ))
+}
+
+/// Frees a node's backward as running it would (unless the graph is retained), with the
+/// same error for a second pass through a freed graph.
+fn release_backward(node: &Node, retain_graph: bool) -> Result<()> {
+    let mut slot = node.backward.lock().unwrap_or_else(|p| p.into_inner());
+    if slot.is_none() {
+        return Err(freed_graph(node));
+    }
+    if !retain_graph {
+        *slot = None;
+    }
+    Ok(())
 }
 
 fn deliver_leaf(t: &Tensor, g: Tensor, sink: &mut Sink<'_>) {

@@ -22,13 +22,14 @@ mod node;
 
 pub use dot::to_dot;
 pub use engine::grad;
+pub(crate) use engine::sum_grads;
 pub use function::{apply, Function};
 pub use grad_mode::{
     is_anomaly_enabled, is_grad_enabled, no_grad, set_anomaly_enabled, NoGradGuard,
 };
 pub use gradcheck::{gradcheck, gradgradcheck, GradcheckOptions};
 pub use node::Node;
-pub(crate) use node::{record, Edge};
+pub(crate) use node::{record, record_with_view, Edge, ViewGrad};
 
 /// Every op that records a backward node. A debug build checks that each recorded node is
 /// in this list, and the gradcheck suite checks that each entry here has a gradcheck case,

@@ -35,6 +35,20 @@ pub struct Node {
     pub(crate) backward: Mutex<Option<BackwardFn>>,
     pub(crate) saved: Vec<Saved>,
     pub(crate) out_shape: Vec<usize>,
+    /// Set for a view op of a contiguous input (see [`ViewGrad`]).
+    pub(crate) view: Option<ViewGrad>,
+}
+
+/// How a view's gradient lands in its input's: the view's layout within a contiguous
+/// buffer of the input's shape. The engine adds the view's gradient straight into the
+/// input's pending gradient through this layout instead of calling the backward, which
+/// allocates a zero tensor of the whole input per view (quadratic for the `T` steps an
+/// RNN selects out of one `[T, B, G]` projection).
+pub(crate) struct ViewGrad {
+    /// The output's layout relative to a contiguous input.
+    pub(crate) layout: crate::layout::Layout,
+    /// The input's shape.
+    pub(crate) input_shape: Vec<usize>,
 }
 
 impl Node {
@@ -86,6 +100,19 @@ pub(crate) fn record_node(
     saved: &[&Tensor],
     backward: impl Fn(&Tensor) -> Vec<Option<Tensor>> + Send + Sync + 'static,
 ) -> Tensor {
+    record_with_view(out, name, inputs, saved, None, backward)
+}
+
+/// [`record_node`] with the [`ViewGrad`] of a view op.
+#[track_caller]
+pub(crate) fn record_with_view(
+    out: Tensor,
+    name: &'static str,
+    inputs: &[&Tensor],
+    saved: &[&Tensor],
+    view: Option<ViewGrad>,
+    backward: impl Fn(&Tensor) -> Vec<Option<Tensor>> + Send + Sync + 'static,
+) -> Tensor {
     if !is_grad_enabled() || !inputs.iter().any(|t| t.requires_grad()) {
         return out;
     }
@@ -105,6 +132,7 @@ pub(crate) fn record_node(
         backward: Mutex::new(Some(Box::new(backward))),
         saved,
         out_shape: out.shape().to_vec(),
+        view,
     });
     out.set_grad_fn(Some(node));
     out

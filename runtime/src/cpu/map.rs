@@ -5,7 +5,7 @@
 //! family for CUDA tensors: the kernel is found by the op's name
 //! ([`crate::cuda::ops`] lists the names it has kernels for).
 
-use crate::cpu::strided::{fill_strided2, fill_strided3, gather_map};
+use crate::cpu::strided::{gather_map, zip3_map, zip_map};
 use crate::error::Result;
 use crate::layout::Layout;
 use crate::storage::BufferElement;
@@ -40,22 +40,10 @@ pub(crate) fn binary<T: BufferElement, U: BufferElement>(
     if a.is_cuda() {
         return crate::cuda::ops::binary(op, a, la, b, lb, U::DTYPE);
     }
-    let shape = la.shape();
-    let n = la.numel();
-    // fast path: both contiguous over the same shape
     let out = a.with_slice::<T, _>(op, |sa, _| {
-        b.with_slice::<T, _>(op, |sb, _| {
-            if let (Some(ra), Some(rb)) = (la.contiguous_range(), lb.contiguous_range()) {
-                if !crate::cpu::parallel::should_parallelize(n) {
-                    return sa[ra].iter().zip(&sb[rb]).map(|(&x, &y)| f(x, y)).collect();
-                }
-            }
-            let mut out = vec![U::default(); n];
-            fill_strided2(&mut out, la, lb, |oa, ob| f(sa[oa], sb[ob]));
-            out
-        })
+        b.with_slice::<T, _>(op, |sb, _| zip_map(sa, la, sb, lb, f))
     })??;
-    Ok(Tensor::from_buffer(U::into_buffer(out), shape))
+    Ok(Tensor::from_buffer(U::into_buffer(out), la.shape()))
 }
 
 /// `f(c, a, b)` over three layouts broadcast to one shape (`c` of dtype `C`, `a` and `b`
@@ -72,16 +60,9 @@ pub(crate) fn ternary<C: BufferElement, T: BufferElement, U: BufferElement>(
     if a.0.is_cuda() {
         return crate::cuda::ops::where_(c, a, b);
     }
-    let n = a.1.numel();
     let out = c.0.with_slice::<C, _>(op, |sc, _| {
         a.0.with_slice::<T, _>(op, |sa, _| {
-            b.0.with_slice::<T, _>(op, |sb, _| {
-                let mut out = vec![U::default(); n];
-                fill_strided3(&mut out, [c.1, a.1, b.1], |oc, oa, ob| {
-                    f(sc[oc], sa[oa], sb[ob])
-                });
-                out
-            })
+            b.0.with_slice::<T, _>(op, |sb, _| zip3_map((sc, c.1), (sa, a.1), (sb, b.1), f))
         })
     })???;
     Ok(Tensor::from_buffer(U::into_buffer(out), a.1.shape()))

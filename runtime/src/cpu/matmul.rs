@@ -214,7 +214,11 @@ unsafe fn gemm_one<T: NumElement>(
 }
 
 /// Batched product through `gemm` (`T` is f32, f64 or f16).
-fn gemm_batched<T: NumElement>(p: &Plan, a: &[T], b: &[T]) -> Vec<T> {
+fn gemm_batched<T: NumElement + crate::storage::BufferElement>(
+    p: &Plan,
+    a: &[T],
+    b: &[T],
+) -> Vec<T> {
     let mn = p.m * p.n;
     let total = p.batches() * mn;
     if p.k == 0 || total == 0 {
@@ -222,7 +226,7 @@ fn gemm_batched<T: NumElement>(p: &Plan, a: &[T], b: &[T]) -> Vec<T> {
     }
     let work = p.m * p.n * p.k;
     let threads = parallel::num_threads();
-    let mut out: Vec<T> = Vec::with_capacity(total);
+    let mut out: Vec<T> = crate::cpu::pool::take(total);
     {
         let dst = &mut out.spare_capacity_mut()[..total];
         // one product (per batch) at a time

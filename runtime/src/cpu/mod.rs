@@ -4,5 +4,6 @@ pub(crate) mod convert;
 pub(crate) mod map;
 pub mod matmul;
 pub mod parallel;
+pub mod pool;
 pub(crate) mod reduce;
 pub(crate) mod strided;

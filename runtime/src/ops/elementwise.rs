@@ -3,6 +3,7 @@
 
 use crate::autograd::{is_grad_enabled, no_grad, record};
 use crate::cpu::map;
+use crate::cpu::strided::zip_assign;
 use crate::dispatch;
 use crate::dtype::{DType, Element, FloatElement, NumElement};
 use crate::error::{or_panic, Error, Result};
@@ -102,8 +103,9 @@ pub(crate) fn prepare(
     Ok((a, la, b, lb))
 }
 
+/// The broadcasting binary arithmetic ops.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Arith {
+pub(crate) enum Arith {
     Add,
     Sub,
     Mul,
@@ -169,8 +171,88 @@ fn cuda_scalar(a: &Tensor, b: &Operand, kind: Arith) -> Result<Option<Tensor>> {
     crate::cuda::ops::scalar(kind.name(), &a.to_dtype_raw(dt)?, s)
 }
 
+/// `a = a <kind> b` computed directly in `a`'s storage, on the CPU, when that is the
+/// whole of what the in-place op must do: nothing to record for autograd, no dtype
+/// change (the result type is `a`'s: same-dtype tensors, or a scalar), `a` does not
+/// overlap itself and `b` does not share its storage. Returns `false` (nothing done)
+/// otherwise; the caller then computes out of place and writes the result back, which
+/// also produces any error.
+pub(crate) fn assign_arith(a: &Tensor, b: &Operand, kind: Arith) -> bool {
+    use crate::storage::BufferElement;
+    if a.device() != crate::Device::Cpu
+        || !matches!(kind, Arith::Add | Arith::Sub | Arith::Mul | Arith::Div)
+    {
+        return false;
+    }
+    let dt = a.dtype();
+    let int = dt == DType::I64;
+    if !(dt.is_float() || int && kind != Arith::Div) {
+        return false;
+    }
+    let grad = is_grad_enabled();
+    let l = a.layout();
+    if (grad && a.requires_grad())
+        || l.shape()
+            .iter()
+            .zip(l.strides())
+            .any(|(&n, &s)| n > 1 && s == 0)
+    {
+        return false;
+    }
+    // the source: a tensor with its layout broadcast to `a`'s shape, or a scalar
+    let scalar_layout = || Layout {
+        shape: l.shape.clone(),
+        strides: smallvec::smallvec![0; l.ndim()],
+        offset: 0,
+    };
+    let (src, ls, value): (Option<&Tensor>, Layout, f64) = match b {
+        Operand::Float(v) if !int => (None, scalar_layout(), *v),
+        Operand::Int(v) => (None, scalar_layout(), *v as f64),
+        Operand::Tensor(t) => {
+            if t.dtype() != dt
+                || t.device() != crate::Device::Cpu
+                || (grad && t.requires_grad())
+                || t.shares_storage(a)
+            {
+                return false;
+            }
+            match t.layout().broadcast_to("assign", a.shape()) {
+                Ok(ls) => (Some(t), ls, 0.0),
+                Err(_) => return false,
+            }
+        }
+        _ => return false,
+    };
+    let int_value = match b {
+        Operand::Int(v) => *v,
+        _ => 0,
+    };
+    let mut guard = a.storage().write();
+    let Some(buf) = guard.as_cpu_mut() else {
+        return false;
+    };
+    let done: Result<bool> = dispatch!(num "assign", dt, T => {
+        let d = <T as BufferElement>::slice_mut(buf).expect("a buffer of the tensor's dtype");
+        let mut run = |s: &[T]| match kind {
+            Arith::Add => zip_assign(d, l, s, &ls, |x, y| x + y),
+            Arith::Sub => zip_assign(d, l, s, &ls, |x, y| x - y),
+            Arith::Mul => zip_assign(d, l, s, &ls, |x, y| x * y),
+            _ => zip_assign(d, l, s, &ls, |x, y| x / y),
+        };
+        match src {
+            Some(t) => t.with_slice::<T, _>("assign", |s, _| run(s)).is_ok(),
+            None => {
+                let v = if int { T::from_i64(int_value) } else { T::from_f64(value) };
+                run(&[v]);
+                true
+            }
+        }
+    });
+    done.unwrap_or(false)
+}
+
 #[track_caller]
-fn arith(a: &Tensor, b: Operand, kind: Arith) -> Result<Tensor> {
+pub(crate) fn arith(a: &Tensor, b: Operand, kind: Arith) -> Result<Tensor> {
     let op = kind.name();
     #[cfg(feature = "cuda")]
     if let Some(out) = cuda_scalar(a, &b, kind)? {
@@ -369,8 +451,11 @@ impl Tensor {
 fn unary_float(x: &Tensor, op: &'static str, f: UnaryF) -> Result<Tensor> {
     let dt = x.dtype().to_float();
     let x = x.to_dtype_raw(dt)?;
+    if let (UnaryF::Split(_, f), DType::F32) = (f, dt) {
+        return map::unary::<f32, f32>(op, &x, f);
+    }
     dispatch!(float op, dt, T => match f {
-        UnaryF::Generic(f) => map::unary::<T, T>(op, &x, |v| T::from_f64(f(v.to_f64()))),
+        UnaryF::Generic(f) | UnaryF::Split(f, _) => map::unary::<T, T>(op, &x, |v| T::from_f64(f(v.to_f64()))),
         UnaryF::Native(g) => map::unary::<T, T>(op, &x, move |v| g.apply(v)),
     })?
 }
@@ -465,8 +550,11 @@ impl NativeF {
 
 #[derive(Clone, Copy)]
 enum UnaryF {
+    /// Computed in f64 for every float dtype.
     Generic(fn(f64) -> f64),
     Native(NativeF),
+    /// An f64 function, and its f32 form used for f32 tensors.
+    Split(fn(f64) -> f64, fn(f32) -> f32),
 }
 
 /// Runs a native unary op and records its backward.
@@ -493,13 +581,77 @@ fn native_raw_again(x: &Tensor, f: NativeF) -> Tensor {
     native(x, f)
 }
 
-fn gelu_exact(x: f64) -> f64 {
-    0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
+/// GELU and its derivative, exact (`x·Φ(x)`) and tanh-approximated, for f32 (computed
+/// in f32, like PyTorch's CPU kernels) and f64. `Φ(x) = erfc(−x/√2)/2`, which keeps
+/// its accuracy in the left tail where `1 + erf(x/√2)` cancels to 0 in f32.
+macro_rules! gelu_fns {
+    ($t:ident, $erfc:path, $exact:ident, $tanh:ident, $dexact:ident, $dtanh:ident) => {
+        fn $exact(x: $t) -> $t {
+            0.5 * x * $erfc(-x * std::$t::consts::FRAC_1_SQRT_2)
+        }
+        /// `x·(1 + tanh u)/2 = x·σ(2u)`, the form without cancellation for `u ≪ 0`.
+        fn $tanh(x: $t) -> $t {
+            let k = std::$t::consts::FRAC_2_SQRT_PI * std::$t::consts::FRAC_1_SQRT_2;
+            x / (1.0 + (-2.0 * k * (x + 0.044715 * x * x * x)).exp())
+        }
+        /// `Φ(x) + x·φ(x)`.
+        fn $dexact(x: $t) -> $t {
+            let cdf = 0.5 * $erfc(-x * std::$t::consts::FRAC_1_SQRT_2);
+            let pdf = (-0.5 * x * x).exp()
+                * (0.5 * std::$t::consts::FRAC_2_SQRT_PI * std::$t::consts::FRAC_1_SQRT_2);
+            cdf + x * pdf
+        }
+        /// With `s = σ(2u) = (1 + tanh u)/2`: `s + x·2s(1 − s)·u'`.
+        fn $dtanh(x: $t) -> $t {
+            let k = std::$t::consts::FRAC_2_SQRT_PI * std::$t::consts::FRAC_1_SQRT_2;
+            let x2 = x * x;
+            let s = 1.0 / (1.0 + (-2.0 * k * (x + 0.044715 * x * x2)).exp());
+            s + 2.0 * x * s * (1.0 - s) * (k * (1.0 + 3.0 * 0.044715 * x2))
+        }
+    };
 }
+gelu_fns!(
+    f64,
+    libm::erfc,
+    gelu_exact,
+    gelu_tanh,
+    dgelu_exact,
+    dgelu_tanh
+);
+gelu_fns!(
+    f32,
+    libm::erfcf,
+    gelu_exact_f32,
+    gelu_tanh_f32,
+    dgelu_exact_f32,
+    dgelu_tanh_f32
+);
 
-fn gelu_tanh(x: f64) -> f64 {
-    let k = (2.0 / std::f64::consts::PI).sqrt();
-    0.5 * x * (1.0 + (k * (x + 0.044715 * x * x * x)).tanh())
+/// `g · gelu'(x)` in one pass: GELU's backward when it need not be differentiable (no
+/// `create_graph`), on the CPU, for f32/f64 with `g` and `x` of one dtype and shape.
+/// `None` otherwise (the caller builds it out of tensor ops).
+fn gelu_backward_fused(g: &Tensor, x: &Tensor, approximate: GeluApprox) -> Option<Tensor> {
+    if is_grad_enabled() || g.is_cuda() || g.dtype() != x.dtype() || g.shape() != x.shape() {
+        return None;
+    }
+    let (lg, lx) = (g.layout().clone(), x.layout().clone());
+    let op = "gelu_backward";
+    let out = match (g.dtype(), approximate) {
+        (DType::F32, GeluApprox::None) => {
+            map::binary(op, g, &lg, x, &lx, |g: f32, x| g * dgelu_exact_f32(x))
+        }
+        (DType::F32, GeluApprox::Tanh) => {
+            map::binary(op, g, &lg, x, &lx, |g: f32, x| g * dgelu_tanh_f32(x))
+        }
+        (DType::F64, GeluApprox::None) => {
+            map::binary(op, g, &lg, x, &lx, |g: f64, x| g * dgelu_exact(x))
+        }
+        (DType::F64, GeluApprox::Tanh) => {
+            map::binary(op, g, &lg, x, &lx, |g: f64, x| g * dgelu_tanh(x))
+        }
+        _ => return None,
+    };
+    out.ok()
 }
 
 macro_rules! native_unary {
@@ -582,17 +734,20 @@ impl Tensor {
     #[track_caller]
     pub fn gelu(&self, approximate: GeluApprox) -> Tensor {
         let f = match approximate {
-            GeluApprox::None => gelu_exact,
-            GeluApprox::Tanh => gelu_tanh,
+            GeluApprox::None => UnaryF::Split(gelu_exact, gelu_exact_f32),
+            GeluApprox::Tanh => UnaryF::Split(gelu_tanh, gelu_tanh_f32),
         };
         // the op name picks the CUDA kernel
         let name = match approximate {
             GeluApprox::None => "gelu",
             GeluApprox::Tanh => "gelu_tanh",
         };
-        let out = or_panic(unary_float(self, name, UnaryF::Generic(f)));
+        let out = or_panic(unary_float(self, name, f));
         let x = self.clone();
         record(out, "gelu", &[self], &[self], move |g| {
+            if let Some(gx) = gelu_backward_fused(g, &x, approximate) {
+                return vec![Some(gx)];
+            }
             let d = match approximate {
                 GeluApprox::None => {
                     // Φ(x) + x·φ(x)

@@ -7,7 +7,7 @@
 
 use crate::autograd::record;
 use crate::cpu::parallel;
-use crate::cpu::strided::{fill_strided2, for_each_offsets, gather};
+use crate::cpu::strided::{for_each_offsets, gather, map_offsets2};
 use crate::dispatch;
 use crate::dtype::DType;
 use crate::error::{or_panic, Error, Result};
@@ -317,9 +317,7 @@ impl Tensor {
         Ok(dispatch!(all dt, T => {
             let out = src.with_slice::<T, _>(OP, |s, _| {
                 index.with_slice::<i64, _>(OP, |ix, _| {
-                    let mut out = vec![T::default(); li.numel()];
-                    fill_strided2(&mut out, &li, &ls, |oi, os| s[os + ix[oi] as usize * sd]);
-                    out
+                    map_offsets2(&li, &ls, |oi, os| s[os + ix[oi] as usize * sd])
                 })
             })??;
             Tensor::from_buffer(T::into_buffer(out), &out_shape)

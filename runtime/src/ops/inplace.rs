@@ -10,7 +10,7 @@ use crate::dispatch;
 use crate::dtype::DType;
 use crate::error::{or_panic, Error, Result};
 use crate::layout::fmt_shape;
-use crate::ops::elementwise::Operand;
+use crate::ops::elementwise::{arith, assign_arith, Arith, Operand};
 use crate::storage::BufferElement;
 use crate::tensor::Tensor;
 
@@ -181,6 +181,19 @@ impl Tensor {
         Ok(())
     }
 
+    /// `self = self <kind> other`: straight into the storage when nothing else is needed
+    /// ([`assign_arith`]), else out of place and written back (recording for autograd).
+    #[track_caller]
+    fn arith_inplace(&self, op: &'static str, other: Operand, kind: Arith) -> Result<()> {
+        if assign_arith(self, &other, kind) {
+            return Ok(());
+        }
+        self.assign_result(
+            op,
+            self.inplace_source(op).and_then(|x| arith(&x, other, kind)),
+        )
+    }
+
     /// Sets every element to `value`.
     #[track_caller]
     pub fn fill_(&self, value: f64) -> &Tensor {
@@ -212,37 +225,25 @@ impl Tensor {
     /// ```
     #[track_caller]
     pub fn add_(&self, other: impl Into<Operand>) -> &Tensor {
-        or_panic(self.assign_result(
-            "add_",
-            self.inplace_source("add_").and_then(|x| x.try_add(other)),
-        ));
+        or_panic(self.arith_inplace("add_", other.into(), Arith::Add));
         self
     }
     /// `self -= other` in place.
     #[track_caller]
     pub fn sub_(&self, other: impl Into<Operand>) -> &Tensor {
-        or_panic(self.assign_result(
-            "sub_",
-            self.inplace_source("sub_").and_then(|x| x.try_sub(other)),
-        ));
+        or_panic(self.arith_inplace("sub_", other.into(), Arith::Sub));
         self
     }
     /// `self *= other` in place.
     #[track_caller]
     pub fn mul_(&self, other: impl Into<Operand>) -> &Tensor {
-        or_panic(self.assign_result(
-            "mul_",
-            self.inplace_source("mul_").and_then(|x| x.try_mul(other)),
-        ));
+        or_panic(self.arith_inplace("mul_", other.into(), Arith::Mul));
         self
     }
     /// `self /= other` in place (float tensors only, as in PyTorch).
     #[track_caller]
     pub fn div_(&self, other: impl Into<Operand>) -> &Tensor {
-        or_panic(self.assign_result(
-            "div_",
-            self.inplace_source("div_").and_then(|x| x.try_div(other)),
-        ));
+        or_panic(self.arith_inplace("div_", other.into(), Arith::Div));
         self
     }
     /// Clamps in place.
@@ -317,6 +318,72 @@ mod tests {
         assert_eq!(x.to_vec::<f64>()[..4], [2., 0., 7., 0.]);
         x.masked_fill_(&x.gt(5.0), -1.0).zero_();
         assert_eq!(x.sum_all().item::<f64>(), 0.0);
+    }
+
+    /// The direct in-place kernel (same dtype or a scalar, through any view, with
+    /// broadcasting) against the out-of-place op, and the cases that take the
+    /// out-of-place path (another dtype, autograd).
+    #[test]
+    fn in_place_arithmetic_matches_out_of_place() {
+        let base = || Tensor::arange(0.0, 24.0, 1.0, DType::F64).view([2, 3, 4]);
+        let row = Tensor::from_vec(vec![1.0f64, -2.0, 0.5, 4.0], [4]);
+        let col = Tensor::from_vec(vec![2.0f64, 3.0, 5.0], [3, 1]);
+        type Case = (&'static str, fn(&Tensor, &Tensor) -> Tensor);
+        let cases: [Case; 4] = [
+            ("add", |a, b| a + b),
+            ("sub", |a, b| a - b),
+            ("mul", |a, b| a * b),
+            ("div", |a, b| a / b),
+        ];
+        for (name, f) in cases {
+            for other in [&row, &col] {
+                // through a permuted view: x.permute(2, 0, 1) op= other.permute-compatible
+                let x = base();
+                let view = x.narrow(1, 1, 2); // [2, 2, 4], strided
+                let o = if other.ndim() == 1 {
+                    other.clone()
+                } else {
+                    other.narrow(0, 0, 2)
+                };
+                let want = f(&view, &o).to_vec::<f64>();
+                match name {
+                    "add" => view.add_(&o),
+                    "sub" => view.sub_(&o),
+                    "mul" => view.mul_(&o),
+                    _ => view.div_(&o),
+                };
+                assert_eq!(view.to_vec::<f64>(), want, "{name}");
+                // the rows outside the view are untouched
+                assert_eq!(
+                    x.select(1, 0).to_vec::<f64>(),
+                    base().select(1, 0).to_vec::<f64>()
+                );
+            }
+        }
+        // scalars, f32 and i64
+        let y = Tensor::from_vec(vec![1.5f32, -2.0, 3.25], [3]);
+        y.mul_(2.0).add_(1).sub_(0.5f32).div_(4.0);
+        let want: Vec<f32> = [1.5f32, -2.0, 3.25]
+            .iter()
+            .map(|v| ((v * 2.0 + 1.0) - 0.5) / 4.0)
+            .collect();
+        assert_eq!(y.to_vec::<f32>(), want);
+        let k = Tensor::from_vec(vec![3i64, -4, 5], [3]);
+        k.mul_(3).sub_(Tensor::from_vec(vec![1i64, 1, 1], [3]));
+        assert_eq!(k.to_vec::<i64>(), vec![8, -13, 14]);
+        // another dtype converts (out-of-place path), like PyTorch's f32 += f64
+        let z = Tensor::from_vec(vec![1.0f32, 2.0], [2]);
+        z.add_(Tensor::from_vec(vec![0.25f64, 0.5], [2]));
+        assert_eq!(
+            (z.dtype(), z.to_vec::<f32>()),
+            (DType::F32, vec![1.25, 2.5])
+        );
+        // a large contiguous tensor (the parallel chunks) with a broadcast row
+        let big = Tensor::arange(0.0, 70000.0, 1.0, DType::F32).view([700, 100]);
+        let r = Tensor::arange(0.0, 100.0, 1.0, DType::F32);
+        let want = (&big + &r).to_vec::<f32>();
+        big.add_(&r);
+        assert_eq!(big.to_vec::<f32>(), want);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Views: ops that make a new layout over the same storage (and `reshape`, which copies
 //! only when no view exists).
 
-use crate::autograd::{no_grad, record};
+use crate::autograd::{no_grad, record, record_with_view, ViewGrad};
 use crate::error::{or_panic, Error, Result};
 use crate::layout::{fmt_shape, infer_shape, normalize_dim, Dims, Layout};
 use crate::ops::elementwise::sum_to;
@@ -65,8 +65,29 @@ impl Tensor {
         layout: Layout,
         backward: impl Fn(&Tensor) -> Tensor + Send + Sync + 'static,
     ) -> Tensor {
+        let input = self.layout();
+        // a view that does not repeat elements, of a contiguous input: the engine can add
+        // its gradient into the input's through the layout (autograd::node::ViewGrad)
+        let view = (input.is_contiguous()
+            && self.requires_grad()
+            && !layout
+                .shape()
+                .iter()
+                .zip(layout.strides())
+                .any(|(&n, &s)| n > 1 && s == 0))
+        .then(|| ViewGrad {
+            layout: Layout {
+                shape: layout.shape.clone(),
+                strides: layout.strides.clone(),
+                offset: layout.offset - input.offset,
+            },
+            input_shape: self.shape().to_vec(),
+        });
         let out = self.with_layout(layout);
-        record(out, name, &[self], &[], move |g| vec![Some(backward(g))])
+        debug_assert!(crate::autograd::DIFFERENTIABLE_OPS.contains(&name));
+        record_with_view(out, name, &[self], &[], view, move |g| {
+            vec![Some(backward(g))]
+        })
     }
 
     #[track_caller]

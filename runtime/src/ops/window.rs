@@ -205,10 +205,10 @@ fn col2im_row<T: NumElement>(w: &W3, row: &[T], kk: usize, dst: &mut [T]) {
 }
 
 /// `[planes, *input]` (contiguous) → `[planes, taps, windows]`.
-fn im2col_kernel<T: Copy + Default + Send + Sync>(src: &[T], planes: usize, w: &Window) -> Vec<T> {
+fn im2col_kernel<T: BufferElement>(src: &[T], planes: usize, w: &Window) -> Vec<T> {
     let (k, l, p) = (w.taps(), w.windows(), w.plane());
     let w3 = w.w3();
-    let mut out = vec![T::default(); planes * k * l];
+    let mut out = crate::cpu::pool::zeros(planes * k * l);
     if out.is_empty() {
         return out;
     }
@@ -222,10 +222,10 @@ fn im2col_kernel<T: Copy + Default + Send + Sync>(src: &[T], planes: usize, w: &
 }
 
 /// `[planes, taps, windows]` (contiguous) → `[planes, *input]`, summing overlaps.
-fn col2im_kernel<T: NumElement>(cols: &[T], planes: usize, w: &Window) -> Vec<T> {
+fn col2im_kernel<T: NumElement + BufferElement>(cols: &[T], planes: usize, w: &Window) -> Vec<T> {
     let (k, l, p) = (w.taps(), w.windows(), w.plane());
     let w3 = w.w3();
-    let mut out = vec![T::zero(); planes * p];
+    let mut out = crate::cpu::pool::zeros(planes * p);
     if out.is_empty() || l == 0 {
         return out;
     }
