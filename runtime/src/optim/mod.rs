@@ -39,6 +39,7 @@ macro_rules! groups_impl {
 mod adadelta;
 mod adagrad;
 mod adam;
+mod fused;
 mod rmsprop;
 pub mod scheduler;
 mod sgd;
