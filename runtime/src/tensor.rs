@@ -252,7 +252,6 @@ impl Tensor {
     /// on its storage (no clone, view, saved copy or state-dict entry shares it): a
     /// write into it can then be seen by nobody else, so kernels may reuse its buffer
     /// instead of allocating a new one.
-    #[allow(dead_code)] // used by the engine and the fused optimizers (in progress)
     pub(crate) fn is_exclusive(&self) -> bool {
         Arc::strong_count(&self.0) == 1
             && Arc::weak_count(&self.0) == 0

@@ -112,20 +112,27 @@ impl Optimizer for Adam {
                         v_max: None,
                     });
                     st.step += 1;
-                    if !self.amsgrad {
-                        let coeffs = fused::AdamStep {
-                            lr,
-                            weight_decay: self.weight_decay,
-                            decoupled: self.decoupled,
-                            betas: (b1, b2),
-                            bias1: 1.0 - b1.powi(st.step),
-                            bias2_sqrt: (1.0 - b2.powi(st.step)).sqrt(),
-                            eps: self.eps,
-                        };
-                        if let Some((m, v)) = fused::adam(p, &g, &st.m, &st.v, &coeffs) {
-                            (st.m, st.v) = (m, v);
-                            continue;
+                    let coeffs = fused::AdamStep {
+                        lr,
+                        weight_decay: self.weight_decay,
+                        decoupled: self.decoupled,
+                        amsgrad: self.amsgrad,
+                        betas: (b1, b2),
+                        bias1: 1.0 - b1.powi(st.step),
+                        bias2_sqrt: (1.0 - b2.powi(st.step)).sqrt(),
+                        eps: self.eps,
+                    };
+                    let v_max = if self.amsgrad {
+                        st.v_max.as_ref()
+                    } else {
+                        None
+                    };
+                    if let Some((m, v, v_max)) = fused::adam(p, &g, &st.m, &st.v, v_max, &coeffs) {
+                        (st.m, st.v) = (m, v);
+                        if v_max.is_some() {
+                            st.v_max = v_max;
                         }
+                        continue;
                     }
                     if self.weight_decay != 0.0 {
                         if self.decoupled {
