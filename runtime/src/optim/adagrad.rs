@@ -1,7 +1,7 @@
 //! Adagrad with learning-rate decay and an initial accumulator.
 
 use super::state::{self, SlotReader, SlotState, StateDict};
-use super::{Optimizer, ParamGroup, Slots};
+use super::{fused, Optimizer, ParamGroup, Slots};
 use crate::autograd::no_grad;
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -87,10 +87,15 @@ impl Optimizer for Adagrad {
                         sum: p.full_like(init),
                     });
                     st.step += 1;
+                    let clr = group.lr / (1.0 + (st.step - 1) as f64 * self.lr_decay);
+                    let (wd, eps) = (self.weight_decay, self.eps);
+                    if let Some(sum) = fused::adagrad(p, &g, &st.sum, clr, wd, eps) {
+                        st.sum = sum;
+                        continue;
+                    }
                     if self.weight_decay != 0.0 {
                         g = g + p * self.weight_decay;
                     }
-                    let clr = group.lr / (1.0 + (st.step - 1) as f64 * self.lr_decay);
                     st.sum = &st.sum + &g * &g;
                     let std = st.sum.sqrt() + self.eps;
                     p.sub_(g / std * clr);

@@ -1,7 +1,7 @@
 //! Adam and AdamW.
 
 use super::state::{self, flag, SlotReader, SlotState, StateDict};
-use super::{Optimizer, ParamGroup, Slots};
+use super::{fused, Optimizer, ParamGroup, Slots};
 use crate::autograd::no_grad;
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -112,6 +112,28 @@ impl Optimizer for Adam {
                         v_max: None,
                     });
                     st.step += 1;
+                    let coeffs = fused::AdamStep {
+                        lr,
+                        weight_decay: self.weight_decay,
+                        decoupled: self.decoupled,
+                        amsgrad: self.amsgrad,
+                        betas: (b1, b2),
+                        bias1: 1.0 - b1.powi(st.step),
+                        bias2_sqrt: (1.0 - b2.powi(st.step)).sqrt(),
+                        eps: self.eps,
+                    };
+                    let v_max = if self.amsgrad {
+                        st.v_max.as_ref()
+                    } else {
+                        None
+                    };
+                    if let Some((m, v, v_max)) = fused::adam(p, &g, &st.m, &st.v, v_max, &coeffs) {
+                        (st.m, st.v) = (m, v);
+                        if v_max.is_some() {
+                            st.v_max = v_max;
+                        }
+                        continue;
+                    }
                     if self.weight_decay != 0.0 {
                         if self.decoupled {
                             p.mul_(1.0 - lr * self.weight_decay);

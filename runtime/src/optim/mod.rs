@@ -4,6 +4,11 @@
 //! groups carry their own learning rate; the other hyper-parameters are shared by all
 //! groups.
 //!
+//! On the CPU, [`Sgd`], [`Adam`], [`RmsProp`] and [`Adagrad`] update a contiguous `f32` or
+//! `f64` parameter in one fused pass over its elements (state tensors in place unless
+//! something else, such as an earlier state dict, holds them); the result is the same as
+//! that of the op chain the other cases take.
+//!
 //! Learning-rate schedulers live in [`scheduler`] (re-exported here); the state of an
 //! optimizer or a scheduler is saved to and restored from a [`StateDict`] (see
 //! [`state`] for the names), so that training resumed from a checkpoint continues bit
@@ -39,6 +44,7 @@ macro_rules! groups_impl {
 mod adadelta;
 mod adagrad;
 mod adam;
+mod fused;
 mod rmsprop;
 pub mod scheduler;
 mod sgd;

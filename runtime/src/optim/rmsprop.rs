@@ -1,7 +1,7 @@
 //! RMSprop (plain, centered, with momentum).
 
 use super::state::{self, flag, SlotReader, SlotState, StateDict};
-use super::{Optimizer, ParamGroup, Slots};
+use super::{fused, Optimizer, ParamGroup, Slots};
 use crate::autograd::no_grad;
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -97,14 +97,37 @@ impl Optimizer for RmsProp {
             for (gi, group) in self.groups.iter().enumerate() {
                 for (pi, p) in group.params.iter().enumerate() {
                     let Some(mut g) = p.grad() else { continue };
-                    if self.weight_decay != 0.0 {
-                        g = g + p * self.weight_decay;
-                    }
                     let st = self.state.state[gi][pi].get_or_insert_with(|| State {
                         square_avg: p.zeros_like(),
                         grad_avg: None,
                         buf: None,
                     });
+                    let coeffs = fused::RmsPropStep {
+                        lr: group.lr,
+                        alpha: a,
+                        eps: self.eps,
+                        weight_decay: self.weight_decay,
+                        momentum: self.momentum,
+                        centered: self.centered,
+                    };
+                    let state = fused::RmsPropState {
+                        square_avg: &st.square_avg,
+                        grad_avg: st.grad_avg.as_ref(),
+                        buf: st.buf.as_ref(),
+                    };
+                    if let Some((sa, ga, buf)) = fused::rmsprop(p, &g, state, &coeffs) {
+                        st.square_avg = sa;
+                        if ga.is_some() {
+                            st.grad_avg = ga;
+                        }
+                        if buf.is_some() {
+                            st.buf = buf;
+                        }
+                        continue;
+                    }
+                    if self.weight_decay != 0.0 {
+                        g = g + p * self.weight_decay;
+                    }
                     st.square_avg = &st.square_avg * a + &g * &g * (1.0 - a);
                     let avg = if self.centered {
                         let ga = st.grad_avg.take().unwrap_or_else(|| p.zeros_like());

@@ -1,7 +1,7 @@
 //! Stochastic gradient descent with momentum, dampening, Nesterov and weight decay.
 
 use super::state::{self, flag, StateDict};
-use super::{Optimizer, ParamGroup, Slots};
+use super::{fused, Optimizer, ParamGroup, Slots};
 use crate::autograd::no_grad;
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -62,11 +62,24 @@ impl Optimizer for Sgd {
             for (gi, group) in self.groups.iter().enumerate() {
                 for (pi, p) in group.params.iter().enumerate() {
                     let Some(mut g) = p.grad() else { continue };
+                    let slot = &mut self.bufs.state[gi][pi];
+                    let coeffs = fused::SgdStep {
+                        lr: group.lr,
+                        momentum: self.momentum,
+                        dampening: self.dampening,
+                        weight_decay: self.weight_decay,
+                        nesterov: self.nesterov,
+                    };
+                    if let Some(buf) = fused::sgd(p, &g, slot.as_ref(), &coeffs) {
+                        if buf.is_some() {
+                            *slot = buf;
+                        }
+                        continue;
+                    }
                     if self.weight_decay != 0.0 {
                         g = g + p * self.weight_decay;
                     }
                     if self.momentum != 0.0 {
-                        let slot = &mut self.bufs.state[gi][pi];
                         let buf = match slot.take() {
                             None => g.deep_clone(),
                             Some(b) => b * self.momentum + &g * (1.0 - self.dampening),
