@@ -35,7 +35,8 @@
 //! warm-up and two timed steps; the difference is the workload's peak resident-set
 //! increase. `scripts/torch_peak_rss.py` does the same on the PyTorch side.
 //!
-//! `--only NAME,...` times only those workloads (for profiling).
+//! `--only NAME,...` times only those workloads (for profiling). `--no-buffer-cache` turns
+//! off the host buffer cache (`flint::set_cpu_cache_limit(0)`) to measure what it gives.
 
 use flint::loss::{mse_loss, CrossEntropy, Reduction};
 use flint::nn::functional::scaled_dot_product_attention;
@@ -130,6 +131,8 @@ fn parse_args() -> Args {
                 a.only = Some(names);
             }
             "--rss" => a.rss = true,
+            // measure without the host buffer cache (its effect, A/B in one binary)
+            "--no-buffer-cache" => flint::set_cpu_cache_limit(0),
             "--rss-child" => a.rss_child = Some(value("--rss-child")),
             // `cargo bench` passes `--bench`
             "--bench" => {}

@@ -220,9 +220,9 @@ fn in_place_accumulation_and_view_scatter_match_out_of_place_sums() {
     let (t, b, h) = (5usize, 3usize, 4usize);
     let mut g = Generator::new(7);
     let x = g
-        .normal(&[t, b, 2 * h], 0.0, 1.0, DType::F64)
+        .normal([t, b, 2 * h], 0.0, 1.0, DType::F64)
         .requires_grad_(true);
-    let w = g.normal(&[h, h], 0.0, 1.0, DType::F64).requires_grad_(true);
+    let w = g.normal([h, h], 0.0, 1.0, DType::F64).requires_grad_(true);
     let forward = |x: &Tensor, w: &Tensor| {
         let mut s = Tensor::zeros([b, h], DType::F64);
         for k in 0..t {

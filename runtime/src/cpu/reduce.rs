@@ -147,7 +147,7 @@ mod tests {
     #[test]
     fn column_reductions_match_row_reductions_of_the_transpose() {
         let mut g = crate::Generator::new(3);
-        let x = g.normal(&[37, 5, 70], 0.0, 1.0, DType::F64);
+        let x = g.normal([37, 5, 70], 0.0, 1.0, DType::F64);
         let xt = x.permute([1, 2, 0]).contiguous(); // [5, 70, 37]
         assert_eq!(
             x.sum(0, false).to_vec::<f64>(),
