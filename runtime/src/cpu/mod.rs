@@ -5,4 +5,5 @@ pub(crate) mod map;
 pub mod matmul;
 pub mod parallel;
 pub(crate) mod reduce;
+pub(crate) mod rowwise;
 pub(crate) mod strided;
