@@ -154,7 +154,7 @@ pub(crate) fn softmax_forward<T: RowFloat>(x: &[T], n: usize, log: bool) -> Vec<
 
 /// `log Σ exp` of every `n`-long row of `x` (one value a row).
 pub(crate) fn logsumexp_forward<T: RowFloat>(x: &[T], n: usize) -> Vec<T> {
-    let rows = if n == 0 { 0 } else { x.len() / n };
+    let rows = x.len().checked_div(n).unwrap_or(0);
     let mut out = vec![T::neg_infinity(); rows];
     // one output a row: tasks of `min_rows(n)` outputs
     for_each_row(&mut out, 1, min_rows(n), x.len(), |r, o| {
@@ -206,7 +206,7 @@ pub(crate) fn layer_norm_forward<T: RowFloat>(
     b: Option<&[T]>,
     eps: f64,
 ) -> LayerNormOut<T> {
-    let rows = if n == 0 { 0 } else { x.len() / n };
+    let rows = x.len().checked_div(n).unwrap_or(0);
     let eps = T::from(eps).unwrap_or_else(T::zero);
     let inv_n = T::one() / T::from(n).unwrap_or_else(T::one);
     // pass 1: [mean, rstd] per row

@@ -559,8 +559,22 @@ mod tests {
                 let fused = layer_norm(&xd, &ns, Some(&w), None, 1e-5).unwrap();
                 let composed = layer_norm_composed(&xd, k, Some(&w), None, 1e-5).unwrap();
                 let gouts = [gout.clone()];
-                let a = grad(&[fused], &[w.clone()], Some(&gouts), false, false).unwrap();
-                let c = grad(&[composed], &[w.clone()], Some(&gouts), false, false).unwrap();
+                let a = grad(
+                    &[fused],
+                    std::slice::from_ref(&w),
+                    Some(&gouts),
+                    false,
+                    false,
+                )
+                .unwrap();
+                let c = grad(
+                    &[composed],
+                    std::slice::from_ref(&w),
+                    Some(&gouts),
+                    false,
+                    false,
+                )
+                .unwrap();
                 assert_close(
                     "dw alone",
                     a[0].as_ref().unwrap(),
@@ -582,7 +596,7 @@ mod tests {
         gradcheck(f, &inputs, opts).unwrap();
         gradgradcheck(f, &inputs, opts).unwrap();
         let plain = |v: &[Tensor]| layer_norm(&v[0], &[5], None, None, 1e-5).unwrap();
-        gradcheck(plain, &[x.clone()], opts).unwrap();
+        gradcheck(plain, std::slice::from_ref(&x), opts).unwrap();
         gradgradcheck(plain, &[x], opts).unwrap();
         // two normalised dims
         let x = Tensor::randn([2, 3, 4], DType::F64);

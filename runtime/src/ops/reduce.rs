@@ -806,20 +806,35 @@ mod tests {
                     for (name, fused, composed) in cases {
                         assert_eq!(fused.grad_fn().unwrap().name(), name, "one node");
                         let g = gout.narrow(d as isize, 0, fused.size(d as isize));
-                        let a = grad(&[fused], &[x.clone()], Some(&[g.clone()]), false, false)
-                            .unwrap()[0]
+                        let a = grad(
+                            &[fused],
+                            std::slice::from_ref(&x),
+                            Some(std::slice::from_ref(&g)),
+                            false,
+                            false,
+                        )
+                        .unwrap()[0]
                             .clone()
                             .unwrap();
-                        let b = grad(&[composed], &[x.clone()], Some(&[g]), false, false).unwrap()
-                            [0]
-                        .clone()
-                        .unwrap();
+                        let b = grad(
+                            &[composed],
+                            std::slice::from_ref(&x),
+                            Some(&[g]),
+                            false,
+                            false,
+                        )
+                        .unwrap()[0]
+                            .clone()
+                            .unwrap();
                         assert_close(&format!("grad {name} {what}"), &a, &b, tol);
                     }
                 }
             }
         }
     }
+
+    /// A function of the gradcheck inputs.
+    type Unary<'a> = dyn Fn(&[Tensor]) -> Tensor + 'a;
 
     #[test]
     fn fused_softmax_second_order() {
@@ -829,13 +844,12 @@ mod tests {
         for x in [x, xt] {
             for d in [0isize, 1] {
                 let opts = GradcheckOptions::default();
-                let fs: [&dyn Fn(&[Tensor]) -> Tensor; 3] =
-                    [&|v| v[0].softmax(d), &|v| v[0].log_softmax(d), &|v| {
-                        v[0].logsumexp(d as usize, false)
-                    }];
+                let fs: [&Unary<'_>; 3] = [&|v| v[0].softmax(d), &|v| v[0].log_softmax(d), &|v| {
+                    v[0].logsumexp(d as usize, false)
+                }];
                 for f in fs {
-                    gradcheck(f, &[x.clone()], opts).unwrap();
-                    gradgradcheck(f, &[x.clone()], opts).unwrap();
+                    gradcheck(f, std::slice::from_ref(&x), opts).unwrap();
+                    gradgradcheck(f, std::slice::from_ref(&x), opts).unwrap();
                 }
             }
         }
