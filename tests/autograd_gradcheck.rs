@@ -333,25 +333,38 @@ fn cases() -> Vec<Case> {
         vec![nc(&mut g, 3, 4)],
         true,
     );
-    // composites built from the ops above
+    // fused row kernels (one node each; second order through tensor-op backwards)
     add(
-        "softmax*",
+        "softmax",
         Box::new(|x| x[0].softmax(1)),
         vec![nc(&mut g, 3, 4)],
         true,
     );
     add(
-        "log_softmax*",
+        "log_softmax",
         Box::new(|x| x[0].log_softmax(0)),
         vec![nc(&mut g, 3, 4)],
         true,
     );
     add(
-        "logsumexp*",
+        "logsumexp",
         Box::new(|x| x[0].logsumexp(-1, false)),
         vec![nc(&mut g, 3, 4)],
         true,
     );
+    add(
+        "layer_norm",
+        Box::new(|x| {
+            flint::nn::functional::layer_norm(&x[0], &[4], Some(&x[1]), Some(&x[2]), 1e-5).unwrap()
+        }),
+        vec![
+            nc(&mut g, 3, 4),
+            g.randn([4], DType::F64),
+            g.randn([4], DType::F64),
+        ],
+        true,
+    );
+    // composites built from the ops above
     add(
         "var*",
         Box::new(|x| x[0].var(0, 1, false) + x[0].std(1, 0, true).sum_all()),

@@ -71,6 +71,11 @@ pub const DIFFERENTIABLE_OPS: &[&str] = &[
     "prod",
     "max",
     "min",
+    // fused row kernels (cpu/rowwise.rs)
+    "softmax",
+    "log_softmax",
+    "logsumexp",
+    "layer_norm",
     // views
     "view",
     "reshape",

@@ -6,4 +6,5 @@ pub mod matmul;
 pub mod parallel;
 pub mod pool;
 pub(crate) mod reduce;
+pub(crate) mod rowwise;
 pub(crate) mod strided;

@@ -7,9 +7,10 @@ pub use super::pool::{
     avg_pool3d, max_pool1d, max_pool2d, max_pool2d_with_indices, max_pool3d,
 };
 
-use crate::autograd::NoGradGuard;
+use crate::autograd::{is_grad_enabled, record, NoGradGuard};
+use crate::cpu::rowwise::{self, LayerNormNeeds};
 use crate::dtype::DType;
-use crate::error::{Error, Result};
+use crate::error::{or_panic, Error, Result};
 use crate::layout::fmt_shape;
 use crate::random::with_global_generator;
 use crate::tensor::Tensor;
@@ -45,6 +46,18 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 
 /// Layer normalisation over the trailing `normalized_shape` dims: mean and biased
 /// variance, `y = (x − mean)/√(var + eps) · w + b`.
+///
+/// An f32/f64 CPU input with a weight and bias of exactly `normalized_shape` (or none)
+/// runs fused kernels (one pass per row each way) and records one `layer_norm` node;
+/// other inputs (f16/bf16, CUDA, broadcasting weights) use a composition of tensor ops.
+///
+/// ```
+/// use flint_runtime::{nn::functional::layer_norm, Tensor};
+/// let x = Tensor::from_vec(vec![1.0f64, 3.0], [1, 2]);
+/// let b = Tensor::from_vec(vec![0.0f64, 10.0], [2]);
+/// let y = layer_norm(&x, &[2], None, Some(&b), 0.0).unwrap();
+/// assert_eq!(y.to_vec::<f64>(), vec![-1.0, 11.0]);
+/// ```
 pub fn layer_norm(
     x: &Tensor,
     normalized_shape: &[usize],
@@ -67,6 +80,27 @@ pub fn layer_norm(
             ),
         ));
     }
+    let n: usize = normalized_shape.iter().product();
+    let fits = |t: Option<&Tensor>| {
+        t.is_none_or(|t| {
+            t.dtype() == x.dtype() && t.device() == x.device() && t.shape() == normalized_shape
+        })
+    };
+    if k > 0 && n > 0 && rowwise::supports(x) && fits(weight) && fits(bias) {
+        return layer_norm_fused(x, normalized_shape, weight, bias, eps);
+    }
+    layer_norm_composed(x, k, weight, bias, eps)
+}
+
+/// [`layer_norm`] over the last `k` dims as tensor ops (half types, CUDA tensors, and
+/// weights or biases that only broadcast to the normalised shape).
+fn layer_norm_composed(
+    x: &Tensor,
+    k: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
     let dims: Vec<isize> = (0..k as isize).map(|i| -1 - i).collect();
     let mean = x.try_mean(dims.as_slice(), true)?;
     let xc = x.try_sub(&mean)?;
@@ -79,6 +113,107 @@ pub fn layer_norm(
         y = y.try_add(b)?;
     }
     Ok(y)
+}
+
+/// [`layer_norm`] of an f32/f64 CPU tensor with the fused row kernels: one recorded node
+/// (`layer_norm`, inputs `x`, `weight`, `bias`) whose backward runs the fused backward
+/// kernel, or, under `create_graph`, [`layer_norm_grad_ops`].
+fn layer_norm_fused(
+    x: &Tensor,
+    normalized_shape: &[usize],
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    const OP: &str = "LayerNorm";
+    let n: usize = normalized_shape.iter().product();
+    let (y, mean, rstd) = rowwise::layer_norm_rows(OP, x, n, weight, bias, eps)?;
+    let inputs: Vec<&Tensor> = [Some(x), weight, bias].into_iter().flatten().collect();
+    if !(is_grad_enabled() && inputs.iter().any(|t| t.requires_grad())) {
+        return Ok(y);
+    }
+    let needs = LayerNormNeeds {
+        x: x.requires_grad(),
+        weight: weight.is_some_and(|w| w.requires_grad()),
+        bias: bias.is_some_and(|b| b.requires_grad()),
+    };
+    let saved: Vec<&Tensor> = [Some(x), weight, Some(&mean), Some(&rstd)]
+        .into_iter()
+        .flatten()
+        .collect();
+    let (xs, ws, has_bias) = (x.clone(), weight.cloned(), bias.is_some());
+    let (ms, rs) = (mean.clone(), rstd.clone());
+    let k = normalized_shape.len();
+    let shape = normalized_shape.to_vec();
+    Ok(record(y, "layer_norm", &inputs, &saved, move |g| {
+        let (dx, dw, db) = if is_grad_enabled() {
+            layer_norm_grad_ops(&xs, g, ws.as_ref(), k, eps, needs)
+        } else {
+            let (dx, dw, db) = or_panic(rowwise::layer_norm_rows_backward(
+                OP,
+                &xs,
+                g,
+                &ms,
+                &rs,
+                n,
+                ws.as_ref(),
+                needs,
+            ));
+            (
+                dx,
+                dw.map(|t| t.reshape(shape.as_slice())),
+                db.map(|t| t.reshape(shape.as_slice())),
+            )
+        };
+        let mut grads = vec![dx];
+        if ws.is_some() {
+            grads.push(dw);
+        }
+        if has_bias {
+            grads.push(db);
+        }
+        grads
+    }))
+}
+
+/// The layer-norm gradients `(dx, dweight, dbias)` as differentiable tensor ops (for
+/// `create_graph`), with the statistics recomputed from `x`: `x̂ = (x − mean)·rstd`,
+/// `ĝ = g ⊙ w`, `dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ ⊙ x̂))` over the last `k` dims,
+/// `dw = Σ g ⊙ x̂` and `db = Σ g` over the leading dims.
+fn layer_norm_grad_ops(
+    x: &Tensor,
+    g: &Tensor,
+    w: Option<&Tensor>,
+    k: usize,
+    eps: f64,
+    needs: LayerNormNeeds,
+) -> (Option<Tensor>, Option<Tensor>, Option<Tensor>) {
+    let dims: Vec<isize> = (0..k as isize).map(|i| -1 - i).collect();
+    let dims = dims.as_slice();
+    let lead: Vec<usize> = (0..x.ndim() - k).collect();
+    let over_rows = |t: Tensor| {
+        if lead.is_empty() {
+            t
+        } else {
+            t.sum(lead.as_slice(), false)
+        }
+    };
+    let mean = x.mean(dims, true);
+    let xc = x - &mean;
+    let rstd = ((&xc * &xc).mean(dims, true) + eps).rsqrt();
+    let xhat = &xc * &rstd;
+    let dx = needs.x.then(|| {
+        let gy = match w {
+            Some(w) => g * w,
+            None => g.clone(),
+        };
+        let a = gy.mean(dims, true);
+        let b = (&gy * &xhat).mean(dims, true);
+        &rstd * ((&gy - &a) - &xhat * &b)
+    });
+    let dw = (needs.weight && w.is_some()).then(|| over_rows(g * &xhat));
+    let db = needs.bias.then(|| over_rows(g.clone()));
+    (dx, dw, db)
 }
 
 /// The running statistics of a batch norm, updated in place during training.
@@ -307,4 +442,167 @@ pub fn padding_mask(lengths: &[usize], max_len: usize) -> Tensor {
         .flat_map(|&l| (0..max_len).map(move |t| t >= l))
         .collect();
     Tensor::from_vec(v, [lengths.len(), max_len])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autograd::{grad, gradcheck, gradgradcheck, GradcheckOptions};
+
+    fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
+        assert_eq!(got.shape(), want.shape(), "{what}: shapes");
+        for (i, (a, b)) in got.to_f64_vec().iter().zip(want.to_f64_vec()).enumerate() {
+            assert!(
+                (a - b).abs() <= tol * (1.0 + b.abs()),
+                "{what}: element {i}: {a} vs {b}"
+            );
+        }
+    }
+
+    /// The error of `x − mean` grows with `|x|`: tolerances scale by `max(1, max |x|)`.
+    fn scale(x: &Tensor) -> f64 {
+        x.to_f64_vec().iter().fold(1.0, |m, v| m.max(v.abs()))
+    }
+
+    /// `(x, normalized_shape)` cases: one and two normalised dims, rows of length 1, a
+    /// non-contiguous view, large offsets (a one-pass variance would lose them; the
+    /// offset is smaller in f32, whose rounding of `x` itself is `|x|·6e-8`).
+    fn cases(dtype: DType) -> Vec<(Tensor, Vec<usize>)> {
+        let offset = if dtype == DType::F64 { 1e4 } else { 10.0 };
+        let big = Tensor::randn([6, 40], DType::F64) + offset;
+        vec![
+            (Tensor::randn([4, 8], DType::F64), vec![8]),
+            (Tensor::randn([2, 3, 5], DType::F64) * 3.0, vec![3, 5]),
+            (Tensor::randn([7, 1], DType::F64), vec![1]),
+            (Tensor::randn([9, 4], DType::F64).t(), vec![9]),
+            (big, vec![40]),
+            (Tensor::randn([300, 256], DType::F64), vec![256]),
+        ]
+        .into_iter()
+        .map(|(x, s)| (x.to_dtype(dtype), s))
+        .collect()
+    }
+
+    #[test]
+    fn fused_layer_norm_matches_the_composition() {
+        // f64: 1e-12; f32: 1e-5 relative (f32 lane sums against the composition's f64
+        // sums)
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            for (x, ns) in cases(dtype) {
+                let w = Tensor::randn(&ns, dtype);
+                let b = Tensor::randn(&ns, dtype);
+                let k = ns.len();
+                let tol = tol * scale(&x);
+                for (wo, bo) in [
+                    (None, None),
+                    (Some(&w), None),
+                    (None, Some(&b)),
+                    (Some(&w), Some(&b)),
+                ] {
+                    let what = format!(
+                        "{dtype} {:?} w {} b {}",
+                        x.shape(),
+                        wo.is_some(),
+                        bo.is_some()
+                    );
+                    let fused = layer_norm(&x, &ns, wo, bo, 1e-5).unwrap();
+                    let composed = layer_norm_composed(&x, k, wo, bo, 1e-5).unwrap();
+                    assert_close(&what, &fused, &composed, tol);
+                }
+            }
+        }
+        // a row of equal values: x̂ = 0, the output is the bias
+        let x = Tensor::full([2, 3], 5.0, DType::F64);
+        let b = Tensor::from_vec(vec![0.5f64, -1.0, 2.0], [3]);
+        let y = layer_norm(&x, &[3], None, Some(&b), 1e-5).unwrap();
+        assert_eq!(y.to_vec::<f64>(), vec![0.5, -1.0, 2.0, 0.5, -1.0, 2.0]);
+        // the input shape is still checked
+        let e = layer_norm(&x, &[4], None, None, 1e-5)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("expected input of shape [.., 4], got [2, 3]"),
+            "{e}"
+        );
+        // a weight that only broadcasts keeps the composition
+        let w = Tensor::from_vec(vec![2.0f64], [1]);
+        let y = layer_norm(&x, &[3], Some(&w), None, 1e-5).unwrap();
+        assert_eq!(y.to_vec::<f64>(), vec![0.0; 6]);
+    }
+
+    #[test]
+    fn fused_layer_norm_gradients_match_the_composition() {
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            for (x, ns) in cases(dtype) {
+                let x = x.detach().requires_grad_(true);
+                let w = (Tensor::randn(&ns, dtype) + 1.0).requires_grad_(true);
+                let b = Tensor::randn(&ns, dtype).requires_grad_(true);
+                let gout = Tensor::randn(x.shape(), dtype);
+                let k = ns.len();
+                let tol = tol * scale(&x);
+                for (wo, bo) in [(None, None), (Some(&w), None), (Some(&w), Some(&b))] {
+                    let leaves: Vec<Tensor> =
+                        [Some(&x), wo, bo].into_iter().flatten().cloned().collect();
+                    let fused = layer_norm(&x, &ns, wo, bo, 1e-5).unwrap();
+                    assert_eq!(fused.grad_fn().unwrap().name(), "layer_norm");
+                    let composed = layer_norm_composed(&x, k, wo, bo, 1e-5).unwrap();
+                    let gouts = [gout.clone()];
+                    let a = grad(&[fused], &leaves, Some(&gouts), false, false).unwrap();
+                    let c = grad(&[composed], &leaves, Some(&gouts), false, false).unwrap();
+                    for (i, (a, c)) in a.iter().zip(&c).enumerate() {
+                        let what = format!("{dtype} {:?} input {i}", x.shape());
+                        assert_close(&what, a.as_ref().unwrap(), c.as_ref().unwrap(), tol);
+                    }
+                }
+                // only the weight requires grad: dx is not computed, dw still right
+                let xd = x.detach();
+                let fused = layer_norm(&xd, &ns, Some(&w), None, 1e-5).unwrap();
+                let composed = layer_norm_composed(&xd, k, Some(&w), None, 1e-5).unwrap();
+                let gouts = [gout.clone()];
+                let a = grad(
+                    &[fused],
+                    std::slice::from_ref(&w),
+                    Some(&gouts),
+                    false,
+                    false,
+                )
+                .unwrap();
+                let c = grad(
+                    &[composed],
+                    std::slice::from_ref(&w),
+                    Some(&gouts),
+                    false,
+                    false,
+                )
+                .unwrap();
+                assert_close(
+                    "dw alone",
+                    a[0].as_ref().unwrap(),
+                    c[0].as_ref().unwrap(),
+                    tol,
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fused_layer_norm_gradcheck_first_and_second_order() {
+        let opts = GradcheckOptions::default();
+        let x = Tensor::randn([5, 3], DType::F64).t(); // [3, 5], non-contiguous
+        let w = Tensor::randn([5], DType::F64);
+        let b = Tensor::randn([5], DType::F64);
+        let f = |v: &[Tensor]| layer_norm(&v[0], &[5], Some(&v[1]), Some(&v[2]), 1e-5).unwrap();
+        let inputs = [x.clone(), w, b];
+        gradcheck(f, &inputs, opts).unwrap();
+        gradgradcheck(f, &inputs, opts).unwrap();
+        let plain = |v: &[Tensor]| layer_norm(&v[0], &[5], None, None, 1e-5).unwrap();
+        gradcheck(plain, std::slice::from_ref(&x), opts).unwrap();
+        gradgradcheck(plain, &[x], opts).unwrap();
+        // two normalised dims
+        let x = Tensor::randn([2, 3, 4], DType::F64);
+        let w = Tensor::randn([3, 4], DType::F64);
+        let f2 = |v: &[Tensor]| layer_norm(&v[0], &[3, 4], Some(&v[1]), None, 1e-5).unwrap();
+        gradcheck(f2, &[x.clone(), w.clone()], opts).unwrap();
+        gradgradcheck(f2, &[x, w], opts).unwrap();
+    }
 }

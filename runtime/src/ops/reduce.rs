@@ -1,7 +1,8 @@
 //! Reductions over any dims with `keepdim`, and the softmax family.
 
-use crate::autograd::record;
+use crate::autograd::{is_grad_enabled, record};
 use crate::cpu::reduce::reduce;
+use crate::cpu::rowwise;
 use crate::dispatch;
 use crate::dtype::{DType, Element};
 use crate::error::{or_panic, Error, Result};
@@ -372,6 +373,9 @@ impl Tensor {
 
     /// `log(sum(exp(x)))` over `dims`, computed stably.
     ///
+    /// Over one dim of an f32/f64 CPU tensor this is one fused kernel and one recorded
+    /// node (`logsumexp`); otherwise a composition of max, exp, sum and log.
+    ///
     /// ```
     /// use flint_runtime::Tensor;
     /// let t = Tensor::from_vec(vec![1000.0f64, 1000.0], [2]);
@@ -381,19 +385,16 @@ impl Tensor {
     pub fn logsumexp(&self, dims: impl ReduceDims, keepdim: bool) -> Tensor {
         let d = or_panic(resolve("logsumexp", self, &dims));
         let x = self.to_dtype(self.dtype().to_float());
-        // a max of ±inf would give inf - inf = NaN: shift by 0 there
-        let m = x.max(d.as_slice(), true);
-        let m = m.where_finite_or_zero();
-        let s = (&x - &m).exp().sum(d.as_slice(), true).log() + &m;
-        if keepdim {
-            s
-        } else {
-            let shape = out_shape(self.shape(), &d, false);
-            s.reshape(shape)
+        if d.len() == 1 && rowwise::supports(&x) {
+            return or_panic(fused_logsumexp(&x, d[0], keepdim));
         }
+        logsumexp_composed(&x, &d, keepdim)
     }
 
     /// Softmax along `dim`, computed stably (`exp(x - max) / sum`).
+    ///
+    /// On an f32/f64 CPU tensor this is one fused kernel each way and one recorded node
+    /// (`softmax`); f16/bf16 and CUDA tensors use a composition of tensor ops.
     ///
     /// ```
     /// use flint_runtime::Tensor;
@@ -404,18 +405,30 @@ impl Tensor {
     pub fn softmax(&self, dim: isize) -> Tensor {
         let d = or_panic(normalize_dim("softmax", dim, self.ndim().max(1)));
         let x = self.to_dtype(self.dtype().to_float());
-        let m = x.max(d, true).where_finite_or_zero();
-        let e = (&x - &m).exp();
-        let s = e.sum(d, true);
-        e / s
+        if rowwise::supports(&x) {
+            return or_panic(fused_softmax(&x, d, false));
+        }
+        softmax_composed(&x, d)
     }
 
     /// Log-softmax along `dim`, computed stably (`x - logsumexp(x)`).
+    ///
+    /// On an f32/f64 CPU tensor this is one fused kernel each way and one recorded node
+    /// (`log_softmax`); f16/bf16 and CUDA tensors use a composition of tensor ops.
+    ///
+    /// ```
+    /// use flint_runtime::Tensor;
+    /// let l = Tensor::from_vec(vec![0.0f64, 0.0], [2]).log_softmax(0);
+    /// assert_eq!(l.to_vec::<f64>(), vec![-(2f64.ln()); 2]);
+    /// ```
     #[track_caller]
     pub fn log_softmax(&self, dim: isize) -> Tensor {
         let d = or_panic(normalize_dim("log_softmax", dim, self.ndim().max(1)));
         let x = self.to_dtype(self.dtype().to_float());
-        &x - &x.logsumexp(d, true)
+        if rowwise::supports(&x) {
+            return or_panic(fused_softmax(&x, d, true));
+        }
+        log_softmax_composed(&x, d)
     }
 
     /// Replaces infinite (and NaN) elements by 0: the shift used by stable softmax.
@@ -436,6 +449,132 @@ impl Tensor {
             .and_then(|r| r),
         )
     }
+}
+
+/// `log Σ exp` over `dims` of a float tensor as tensor ops (half types, CUDA).
+#[track_caller]
+fn logsumexp_composed(x: &Tensor, d: &[usize], keepdim: bool) -> Tensor {
+    // a max of ±inf would give inf - inf = NaN: shift by 0 there
+    let m = x.max(d, true);
+    let m = m.where_finite_or_zero();
+    let s = (x - &m).exp().sum(d, true).log() + &m;
+    if keepdim {
+        s
+    } else {
+        let shape = out_shape(x.shape(), d, false);
+        s.reshape(shape)
+    }
+}
+
+/// Softmax along `d` of a float tensor as tensor ops (half types, CUDA).
+#[track_caller]
+fn softmax_composed(x: &Tensor, d: usize) -> Tensor {
+    let m = x.max(d, true).where_finite_or_zero();
+    let e = (x - &m).exp();
+    let s = e.sum(d, true);
+    e / s
+}
+
+/// Log-softmax along `d` of a float tensor as tensor ops (half types, CUDA).
+#[track_caller]
+fn log_softmax_composed(x: &Tensor, d: usize) -> Tensor {
+    x - &logsumexp_composed(x, &[d], true)
+}
+
+/// The dims of an `ndim`-dim tensor with `d` moved last, the others in order.
+fn last_perm(ndim: usize, d: usize) -> Vec<usize> {
+    (0..ndim).filter(|&i| i != d).chain([d]).collect()
+}
+
+/// A view of `t` with dim `d` moved last (`t` itself when it already is). Records
+/// nothing.
+fn move_last(t: &Tensor, d: usize) -> Result<Tensor> {
+    if t.ndim() <= 1 || d + 1 == t.ndim() {
+        return Ok(t.clone());
+    }
+    Ok(t.with_layout(t.layout().permute(&last_perm(t.ndim(), d))?))
+}
+
+/// The inverse of [`move_last`]: the last dim of `t` moved back to `d`. Records nothing.
+fn move_back(t: &Tensor, d: usize) -> Result<Tensor> {
+    let n = t.ndim();
+    if n <= 1 || d + 1 == n {
+        return Ok(t.clone());
+    }
+    let perm: Vec<usize> = (0..n)
+        .map(|i| match i.cmp(&d) {
+            std::cmp::Ordering::Less => i,
+            std::cmp::Ordering::Equal => n - 1,
+            std::cmp::Ordering::Greater => i - 1,
+        })
+        .collect();
+    Ok(t.with_layout(t.layout().permute(&perm)?))
+}
+
+/// Softmax (or log-softmax) along `d` of an f32/f64 CPU tensor with the fused row
+/// kernels: `d` is moved last (a copy unless it already is last and `x` contiguous), and
+/// the result viewed back. Records one node whose backward runs the fused backward
+/// kernel, or, under `create_graph`, the same formula as tensor ops (so it can be
+/// differentiated again): softmax `dx = y ⊙ (g − Σ g⊙y)`, log-softmax
+/// `dx = g − softmax(x) ⊙ Σ g`.
+#[track_caller]
+fn fused_softmax(x: &Tensor, d: usize, log: bool) -> Result<Tensor> {
+    let name = if log { "log_softmax" } else { "softmax" };
+    let y_last = rowwise::softmax_last(name, &move_last(x, d)?, log)?;
+    let y = move_back(&y_last, d)?;
+    if !(is_grad_enabled() && x.requires_grad()) {
+        return Ok(y);
+    }
+    let (xs, ys) = (x.clone(), y_last.clone());
+    Ok(record(y, name, &[x], &[x, &y_last], move |g| {
+        let dx = if is_grad_enabled() {
+            // create_graph: differentiable ops on a recomputed softmax
+            let p = xs.softmax(d as isize);
+            if log {
+                g - &p * g.sum(d, true)
+            } else {
+                &p * (g - (g * &p).sum(d, true))
+            }
+        } else {
+            or_panic(
+                move_last(g, d)
+                    .and_then(|gl| rowwise::softmax_last_backward(name, &ys, &gl, log))
+                    .and_then(|dx| move_back(&dx, d)),
+            )
+        };
+        vec![Some(dx)]
+    }))
+}
+
+/// `log Σ exp` along `d` of an f32/f64 CPU tensor with the fused row kernel; one node,
+/// whose backward is `g ⊙ exp(x − lse)` (tensor ops, with `lse` recomputed under
+/// `create_graph`).
+#[track_caller]
+fn fused_logsumexp(x: &Tensor, d: usize, keepdim: bool) -> Result<Tensor> {
+    let lse = rowwise::logsumexp_last("logsumexp", &move_last(x, d)?)?;
+    let kept = lse.reshape(out_shape(x.shape(), &[d], true));
+    let out = if keepdim {
+        kept.clone()
+    } else {
+        lse.reshape(out_shape(x.shape(), &[d], false))
+    };
+    if !(is_grad_enabled() && x.requires_grad()) {
+        return Ok(out);
+    }
+    let (xs, ls) = (x.clone(), kept.clone());
+    Ok(record(out, "logsumexp", &[x], &[x, &kept], move |g| {
+        let l = if is_grad_enabled() {
+            xs.logsumexp(d, true)
+        } else {
+            ls.clone()
+        };
+        let g = if keepdim {
+            g.clone()
+        } else {
+            g.unsqueeze(d as isize)
+        };
+        vec![Some(g * (&xs - &l).exp())]
+    }))
 }
 
 #[cfg(test)]
@@ -540,6 +679,182 @@ mod tests {
             .logsumexp(0, false)
             .item::<f32>();
         assert_eq!(all_masked, f32::NEG_INFINITY);
+    }
+
+    /// Elementwise: equal NaN-ness, equal infinities, finite values within
+    /// `tol · (1 + |want|)`.
+    fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
+        assert_eq!(got.shape(), want.shape(), "{what}: shapes");
+        let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
+        for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+            let ok = if b.is_nan() {
+                a.is_nan()
+            } else if b.is_infinite() {
+                a == b
+            } else {
+                (a - b).abs() <= tol * (1.0 + b.abs())
+            };
+            assert!(ok, "{what}: element {i}: {a} vs {b}");
+        }
+    }
+
+    /// Random inputs with `-inf` entries, an all-`-inf` row (along the last dim), large
+    /// values and a row of length-1 rows when `shape` says so.
+    fn nasty(shape: &[usize], dtype: DType) -> Tensor {
+        let mut v = Tensor::randn(shape, DType::F64).to_vec::<f64>();
+        let n = *shape.last().unwrap_or(&1);
+        for (i, x) in v.iter_mut().enumerate() {
+            match i % 11 {
+                3 => *x = f64::NEG_INFINITY,
+                7 => *x = *x * 10.0 + 1000.0,
+                _ => *x *= 4.0,
+            }
+        }
+        if v.len() >= 2 * n {
+            for x in &mut v[n..2 * n] {
+                *x = f64::NEG_INFINITY;
+            }
+        }
+        Tensor::from_vec(v, shape).to_dtype(dtype)
+    }
+
+    const SHAPES: [&[usize]; 6] = [&[5, 1], &[4, 7], &[3, 9, 16], &[2, 3, 300], &[1], &[6]];
+
+    #[test]
+    fn fused_softmax_family_matches_the_composition() {
+        // f64: against the f64 composition, 1e-12. f32: against the f64 composition of
+        // the same values, 1e-5 relative (the f32 composition itself is further off:
+        // its x − (lse + max) rounds at the scale of the max, ~6e-5 near 1000, where the
+        // fused (x − max) − lse keeps the relative precision of a small result)
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            for shape in SHAPES {
+                let x = nasty(shape, dtype);
+                let x64 = x.to_dtype(DType::F64);
+                for d in 0..shape.len() {
+                    let what = format!("{dtype} {shape:?} dim {d}");
+                    let dd = d as isize;
+                    assert_close(
+                        &format!("softmax {what}"),
+                        &x.softmax(dd),
+                        &super::softmax_composed(&x64, d),
+                        tol,
+                    );
+                    assert_close(
+                        &format!("log_softmax {what}"),
+                        &x.log_softmax(dd),
+                        &super::log_softmax_composed(&x64, d),
+                        tol,
+                    );
+                    for keep in [false, true] {
+                        assert_close(
+                            &format!("logsumexp {what}"),
+                            &x.logsumexp(d, keep),
+                            &super::logsumexp_composed(&x64, &[d], keep),
+                            tol,
+                        );
+                    }
+                }
+                // a non-contiguous view along the last dim
+                if shape.len() >= 2 {
+                    let t = x.transpose(0, -1);
+                    assert_close(
+                        "softmax of a view",
+                        &t.softmax(-1),
+                        &super::softmax_composed(&x64.transpose(0, -1), shape.len() - 1),
+                        tol,
+                    );
+                }
+            }
+        }
+        // a scalar, an empty tensor and integers (converted to f32 first)
+        let s = Tensor::from_vec(vec![3.0f64], &[] as &[usize]);
+        assert_eq!(s.softmax(0).item::<f64>(), 1.0);
+        assert_eq!(s.log_softmax(-1).item::<f64>(), 0.0);
+        assert_eq!(Tensor::zeros([0, 3], ()).softmax(1).shape(), &[0, 3]);
+        assert_eq!(Tensor::zeros([2, 0], ()).log_softmax(1).shape(), &[2, 0]);
+        let i = Tensor::from_vec(vec![0i64, 0], [2]).softmax(0);
+        assert_eq!(i.to_vec::<f32>(), vec![0.5, 0.5]);
+    }
+
+    #[test]
+    fn fused_softmax_gradients_match_the_composition() {
+        use crate::autograd::grad;
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            for shape in [&[4usize, 7][..], &[3, 9, 16], &[5, 1], &[2, 3, 300]] {
+                // finite inputs (gradients at -inf entries are 0·∞-prone in the
+                // composition), with large values
+                let x = (Tensor::randn(shape, DType::F64) * 30.0).to_dtype(dtype);
+                let x = x.requires_grad_(true);
+                let gout = Tensor::randn(shape, dtype);
+                for d in 0..shape.len() {
+                    let what = format!("{dtype} {shape:?} dim {d}");
+                    let cases: [(&str, Tensor, Tensor); 3] = [
+                        (
+                            "softmax",
+                            x.softmax(d as isize),
+                            super::softmax_composed(&x, d),
+                        ),
+                        (
+                            "log_softmax",
+                            x.log_softmax(d as isize),
+                            super::log_softmax_composed(&x, d),
+                        ),
+                        (
+                            "logsumexp",
+                            x.logsumexp(d, true),
+                            super::logsumexp_composed(&x, &[d], true),
+                        ),
+                    ];
+                    for (name, fused, composed) in cases {
+                        assert_eq!(fused.grad_fn().unwrap().name(), name, "one node");
+                        let g = gout.narrow(d as isize, 0, fused.size(d as isize));
+                        let a = grad(
+                            &[fused],
+                            std::slice::from_ref(&x),
+                            Some(std::slice::from_ref(&g)),
+                            false,
+                            false,
+                        )
+                        .unwrap()[0]
+                            .clone()
+                            .unwrap();
+                        let b = grad(
+                            &[composed],
+                            std::slice::from_ref(&x),
+                            Some(&[g]),
+                            false,
+                            false,
+                        )
+                        .unwrap()[0]
+                            .clone()
+                            .unwrap();
+                        assert_close(&format!("grad {name} {what}"), &a, &b, tol);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A function of the gradcheck inputs.
+    type Unary<'a> = dyn Fn(&[Tensor]) -> Tensor + 'a;
+
+    #[test]
+    fn fused_softmax_second_order() {
+        use crate::autograd::{gradcheck, gradgradcheck, GradcheckOptions};
+        let x = Tensor::randn([4, 5], DType::F64);
+        let xt = Tensor::randn([5, 4], DType::F64).t();
+        for x in [x, xt] {
+            for d in [0isize, 1] {
+                let opts = GradcheckOptions::default();
+                let fs: [&Unary<'_>; 3] = [&|v| v[0].softmax(d), &|v| v[0].log_softmax(d), &|v| {
+                    v[0].logsumexp(d as usize, false)
+                }];
+                for f in fs {
+                    gradcheck(f, std::slice::from_ref(&x), opts).unwrap();
+                    gradgradcheck(f, std::slice::from_ref(&x), opts).unwrap();
+                }
+            }
+        }
     }
 
     #[test]
