@@ -24,8 +24,30 @@ static LIMIT: AtomicUsize = AtomicUsize::new(1 << 30);
 
 #[derive(Default)]
 struct Cache {
-    free: HashMap<(DType, usize), Vec<CpuBuffer>>,
+    /// Cached buffers by (dtype, capacity), each with the tick it was cached at (the
+    /// oldest first in every list).
+    free: HashMap<(DType, usize), Vec<(u64, CpuBuffer)>>,
     bytes: usize,
+    tick: u64,
+}
+
+impl Cache {
+    /// Removes the least recently cached buffer, if any.
+    fn evict_oldest(&mut self) -> Option<CpuBuffer> {
+        let key = self
+            .free
+            .iter()
+            .filter_map(|(k, list)| list.first().map(|(t, _)| (*t, *k)))
+            .min()?
+            .1;
+        let list = self.free.get_mut(&key)?;
+        let (_, buf) = list.remove(0);
+        if list.is_empty() {
+            self.free.remove(&key);
+        }
+        self.bytes -= bytes_of(&buf);
+        Some(buf)
+    }
 }
 
 fn cache() -> std::sync::MutexGuard<'static, Cache> {
@@ -45,7 +67,7 @@ fn bytes_of(buf: &CpuBuffer) -> usize {
 pub(crate) fn take<T: BufferElement>(n: usize) -> Vec<T> {
     if n * std::mem::size_of::<T>() >= MIN_BYTES {
         let mut c = cache();
-        if let Some(buf) = c.free.get_mut(&(T::DTYPE, n)).and_then(|list| list.pop()) {
+        if let Some((_, buf)) = c.free.get_mut(&(T::DTYPE, n)).and_then(|list| list.pop()) {
             c.bytes -= bytes_of(&buf);
             drop(c);
             if let Ok(mut v) = T::from_buffer(buf) {
@@ -64,8 +86,9 @@ pub(crate) fn zeros<T: BufferElement>(n: usize) -> Vec<T> {
     v
 }
 
-/// Keeps `buf` for reuse if it is large enough and fits under the limit (evicting
-/// buffers of other sizes to make room); frees it otherwise.
+/// Keeps `buf` for reuse if it is large enough and fits under the limit, evicting the
+/// least recently cached buffers to make room (so the sizes of a model trained earlier
+/// in the process give way to the current one's); frees it otherwise.
 pub(crate) fn give(buf: CpuBuffer) {
     let bytes = bytes_of(&buf);
     let limit = LIMIT.load(Ordering::Relaxed);
@@ -77,27 +100,15 @@ pub(crate) fn give(buf: CpuBuffer) {
     {
         let mut c = cache();
         while c.bytes + bytes > limit {
-            let Some(&k) = c
-                .free
-                .keys()
-                .find(|&&k| k != key)
-                .or_else(|| c.free.keys().next())
-            else {
-                break;
-            };
-            let list = c.free.get_mut(&k).expect("key just found");
-            if let Some(old) = list.pop() {
-                c.bytes -= bytes_of(&old);
-                evicted.push(old);
-            }
-            if c.free.get(&k).is_some_and(|l| l.is_empty()) {
-                c.free.remove(&k);
+            match c.evict_oldest() {
+                Some(old) => evicted.push(old),
+                None => break,
             }
         }
-        if c.bytes + bytes <= limit {
-            c.bytes += bytes;
-            c.free.entry(key).or_default().push(buf);
-        }
+        c.tick += 1;
+        let tick = c.tick;
+        c.bytes += bytes;
+        c.free.entry(key).or_default().push((tick, buf));
     }
     // freed outside the lock
     drop(evicted);
@@ -174,5 +185,31 @@ mod tests {
         // small buffers are not cached
         give(CpuBuffer::F64(vec![1.0; 8]));
         assert!(cache().free.get(&(DType::F64, 8)).is_none());
+    }
+
+    /// Over the limit, the least recently cached buffers go first.
+    #[test]
+    fn eviction_takes_the_oldest() {
+        let mut c = Cache::default();
+        for (i, n) in [MIN_BYTES, 2 * MIN_BYTES, MIN_BYTES]
+            .into_iter()
+            .enumerate()
+        {
+            c.tick += 1;
+            c.bytes += n;
+            c.free
+                .entry((DType::Bool, n))
+                .or_default()
+                .push((i as u64 + 1, CpuBuffer::Bool(Vec::with_capacity(n))));
+        }
+        let first = c.evict_oldest().expect("a buffer");
+        assert_eq!(bytes_of(&first), MIN_BYTES);
+        assert_eq!(c.free[&(DType::Bool, MIN_BYTES)].len(), 1);
+        assert_eq!(
+            bytes_of(&c.evict_oldest().expect("a buffer")),
+            2 * MIN_BYTES
+        );
+        assert_eq!(bytes_of(&c.evict_oldest().expect("a buffer")), MIN_BYTES);
+        assert!(c.evict_oldest().is_none() && c.bytes == 0);
     }
 }
