@@ -31,6 +31,14 @@ macro_rules! dispatch {
             other => $crate::dispatch!(float $op, other, $T => $body),
         }
     };
+    // f32 and f64 only (the fused CPU kernels); `$other` for any other dtype
+    (f32_f64 $dt:expr, $T:ident => $body:expr, else $other:expr) => {
+        match $dt {
+            $crate::DType::F32 => { #[allow(dead_code)] type $T = f32; $body }
+            $crate::DType::F64 => { #[allow(dead_code)] type $T = f64; $body }
+            _ => $other,
+        }
+    };
     (all $dt:expr, $T:ident => $body:expr) => {
         match $dt {
             $crate::DType::Bool => { #[allow(dead_code)] type $T = bool; $body }

@@ -427,23 +427,13 @@ fn contiguous_data<T: RowFloat, R>(
     })?
 }
 
-/// Runs `f::<T>` for the dtype of `t` (`f32` or `f64`).
+/// Runs `$body` with `$T` the Rust type of `t`'s dtype (`f32` or `f64`).
 macro_rules! by_dtype {
     ($op:expr, $t:expr, $T:ident => $body:expr) => {
-        match $t.dtype() {
-            DType::F32 => {
-                type $T = f32;
-                $body
-            }
-            DType::F64 => {
-                type $T = f64;
-                $body
-            }
-            other => Err(Error::dtype(
-                $op,
-                format!("internal: fused row kernels take f32 or f64, got {other}"),
-            )),
-        }
+        $crate::dispatch!(f32_f64 $t.dtype(), $T => $body, else Err(Error::dtype(
+            $op,
+            format!("internal: fused row kernels take f32 or f64, got {}", $t.dtype()),
+        )))
     };
 }
 

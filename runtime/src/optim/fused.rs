@@ -53,17 +53,7 @@ pub(crate) enum Slot<'a> {
 /// other dtype.
 macro_rules! per_float {
     ($dtype:expr, $T:ident => $body:expr) => {
-        match $dtype {
-            DType::F32 => {
-                type $T = f32;
-                $body
-            }
-            DType::F64 => {
-                type $T = f64;
-                $body
-            }
-            _ => None,
-        }
+        $crate::dispatch!(f32_f64 $dtype, $T => $body, else None)
     };
 }
 
