@@ -184,7 +184,7 @@ mod tests {
         assert!(zeros::<f32>(n).iter().all(|&x| x == 0.0));
         // small buffers are not cached
         give(CpuBuffer::F64(vec![1.0; 8]));
-        assert!(cache().free.get(&(DType::F64, 8)).is_none());
+        assert!(!cache().free.contains_key(&(DType::F64, 8)));
     }
 
     /// Over the limit, the least recently cached buffers go first.
