@@ -222,6 +222,25 @@ fn median(sorted: &[f64]) -> f64 {
 
 // ------------------------------------------------------------------------ A. matmul
 
+/// Times the step every `*_train` workload shares: `loss()` (forward and loss), backward,
+/// the optimizer step and `zero_grad`.
+fn time_train_step(
+    mut loss: impl FnMut() -> Tensor,
+    opt: &mut impl Optimizer,
+    warmup: usize,
+    iters: usize,
+) -> Timing {
+    time_it(
+        || {
+            loss().backward();
+            opt.step();
+            opt.zero_grad();
+        },
+        warmup,
+        iters,
+    )
+}
+
 fn bench_matmul(n: usize, warmup: usize, iters: usize) -> Timing {
     manual_seed(0);
     let a = Tensor::randn([n, n], DType::F32);
@@ -257,13 +276,9 @@ fn bench_mlp(warmup: usize, iters: usize) -> Timing {
         .eps(1e-8)
         .weight_decay(0.01)
         .decoupled(true);
-    time_it(
-        || {
-            let loss = loss_fn.forward(&model.forward(&x), &y);
-            loss.backward();
-            opt.step();
-            opt.zero_grad();
-        },
+    time_train_step(
+        || loss_fn.forward(&model.forward(&x), &y),
+        &mut opt,
         warmup,
         iters,
     )
@@ -420,14 +435,9 @@ fn bench_transformer(warmup: usize, iters: usize, sdpa: bool) -> (Timing, Timing
         .decoupled(true);
     let flat_targets = targets.view([B * T]);
     model.train();
-    let train = time_it(
-        || {
-            let logits = model.forward(&tokens);
-            let loss = loss_fn.forward(&logits.view([B * T, V]), &flat_targets);
-            loss.backward();
-            opt.step();
-            opt.zero_grad();
-        },
+    let train = time_train_step(
+        || loss_fn.forward(&model.forward(&tokens).view([B * T, V]), &flat_targets),
+        &mut opt,
         warmup,
         iters,
     );
@@ -466,13 +476,9 @@ fn bench_cnn(warmup: usize, iters: usize) -> Timing {
     let mut opt = Sgd::new(model.parameters(), 0.1)
         .momentum(0.9)
         .weight_decay(5e-4);
-    time_it(
-        || {
-            let loss = loss_fn.forward(&model.forward(&x), &y);
-            loss.backward();
-            opt.step();
-            opt.zero_grad();
-        },
+    time_train_step(
+        || loss_fn.forward(&model.forward(&x), &y),
+        &mut opt,
         warmup,
         iters,
     )
