@@ -8,3 +8,4 @@ pub mod pool;
 pub(crate) mod reduce;
 pub(crate) mod rowwise;
 pub(crate) mod strided;
+pub(crate) mod vmath;

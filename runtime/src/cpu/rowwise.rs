@@ -10,7 +10,8 @@
 //!
 //! Row sums use [`LANES`] independent accumulators of the element type (combined in a
 //! fixed tree at the end): the loop vectorises, and the rounding error grows with
-//! `n / LANES` rather than `n`. `exp` is the standard library's.
+//! `n / LANES` rather than `n`. `exp` is [`RowFloat::exp_v`]: the vectorisable
+//! `cpu::vmath::exp_f32` for f32, the standard library's for f64.
 //!
 //! Edge cases follow the tensor-op compositions these kernels replace (kept in
 //! `ops/reduce.rs` and `nn/functional.rs` for other dtypes and devices): the softmax
@@ -33,9 +34,22 @@ pub(crate) const LANES: usize = 8;
 pub(crate) const COL_BLOCK: usize = 32;
 
 /// The element types the kernels run on (`f32`, `f64`).
-pub(crate) trait RowFloat: Float + BufferElement + Send + Sync {}
-impl RowFloat for f32 {}
-impl RowFloat for f64 {}
+pub(crate) trait RowFloat: Float + BufferElement + Send + Sync {
+    /// `eˣ`, in a form a loop vectorises where there is one.
+    fn exp_v(self) -> Self;
+}
+impl RowFloat for f32 {
+    #[inline(always)]
+    fn exp_v(self) -> Self {
+        crate::cpu::vmath::exp_f32(self)
+    }
+}
+impl RowFloat for f64 {
+    #[inline(always)]
+    fn exp_v(self) -> Self {
+        self.exp()
+    }
+}
 
 /// Rows per parallel task: enough that a task touches a few thousand elements.
 #[inline]
@@ -120,9 +134,9 @@ fn shift_of<T: Float>(x: &[T]) -> T {
 
 /// `log Σ exp(x)` of one row, shifted stably.
 #[inline(always)]
-fn row_logsumexp<T: Float>(x: &[T]) -> T {
+fn row_logsumexp<T: RowFloat>(x: &[T]) -> T {
     let shift = shift_of(x);
-    sum_map(x, |v| (v - shift).exp()).ln() + shift
+    sum_map(x, |v| (v - shift).exp_v()).ln() + shift
 }
 
 /// Softmax (or, with `log`, log-softmax) of every `n`-long row of `x`.
@@ -137,14 +151,14 @@ pub(crate) fn softmax_forward<T: RowFloat>(x: &[T], n: usize, log: bool) -> Vec<
             // (x − shift) − log Σ, as PyTorch: near the max the result keeps its relative
             // precision, where x − (log Σ + shift) would round at the scale of the max
             let shift = shift_of(x);
-            let log_sum = sum_map(x, |v| (v - shift).exp()).ln();
+            let log_sum = sum_map(x, |v| (v - shift).exp_v()).ln();
             for (y, &x) in y.iter_mut().zip(x) {
                 *y = (x - shift) - log_sum;
             }
         } else {
             let shift = shift_of(x);
             for (y, &x) in y.iter_mut().zip(x) {
-                *y = (x - shift).exp();
+                *y = (x - shift).exp_v();
             }
             let inv = T::one() / sum_map(y, |v| v);
             for y in y.iter_mut() {
@@ -178,7 +192,7 @@ pub(crate) fn softmax_backward<T: RowFloat>(y: &[T], g: &[T], n: usize, log: boo
         if log {
             let s = sum_map(g, |v| v);
             for ((d, &y), &g) in dx.iter_mut().zip(y).zip(g) {
-                *d = g - y.exp() * s;
+                *d = g - y.exp_v() * s;
             }
         } else {
             let s = sum_map2(g, y, |g, y| g * y);

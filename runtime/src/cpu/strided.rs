@@ -1,6 +1,7 @@
 //! Strided iteration: visiting the elements of one or more layouts in row-major order.
 
 use crate::cpu::parallel;
+use crate::cpu::vmath::{map_into, update_each, update_zip, zip_into};
 use crate::layout::{Dims, Layout};
 use crate::storage::BufferElement;
 use rayon::prelude::*;
@@ -177,9 +178,7 @@ pub(crate) fn gather_map<T: Copy + Send + Sync, U: BufferElement>(
             |i, [o], len, [s]| {
                 let d = &mut dst[i - start..i - start + len];
                 if s == 1 {
-                    for (d, &x) in d.iter_mut().zip(&src[o..o + len]) {
-                        d.write(f(x));
-                    }
+                    map_into(d, &src[o..o + len], &f);
                 } else {
                     for (j, d) in d.iter_mut().enumerate() {
                         d.write(f(src[o + j * s]));
@@ -239,23 +238,14 @@ pub(crate) fn zip_map<T: Copy + Send + Sync, U: BufferElement>(
             |i, [oa, ob], len, inner| {
                 let o = &mut dst[i - start..i - start + len];
                 match inner {
-                    [1, 1] => {
-                        let (x, y) = (&a[oa..oa + len], &b[ob..ob + len]);
-                        for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
-                            o.write(f(x, y));
-                        }
-                    }
+                    [1, 1] => zip_into(o, &a[oa..oa + len], &b[ob..ob + len], &f),
                     [1, 0] => {
                         let y = b[ob];
-                        for (o, &x) in o.iter_mut().zip(&a[oa..oa + len]) {
-                            o.write(f(x, y));
-                        }
+                        map_into(o, &a[oa..oa + len], &|x| f(x, y));
                     }
                     [0, 1] => {
                         let x = a[oa];
-                        for (o, &y) in o.iter_mut().zip(&b[ob..ob + len]) {
-                            o.write(f(x, y));
-                        }
+                        map_into(o, &b[ob..ob + len], &|y| f(x, y));
                     }
                     [sa, sb] => {
                         for (j, o) in o.iter_mut().enumerate() {
@@ -303,16 +293,10 @@ pub(crate) fn zip_assign<T: Copy + Send + Sync>(
     f: impl Fn(T, T) -> T + Send + Sync,
 ) {
     let assign = |d: &mut [T], od: usize, os: usize, len: usize, inner: [usize; 2]| match inner {
-        [1, 1] => {
-            for (x, &y) in d[od..od + len].iter_mut().zip(&src[os..os + len]) {
-                *x = f(*x, y);
-            }
-        }
+        [1, 1] => update_zip(&mut d[od..od + len], &src[os..os + len], &f),
         [1, 0] => {
             let y = src[os];
-            for x in d[od..od + len].iter_mut() {
-                *x = f(*x, y);
-            }
+            update_each(&mut d[od..od + len], &|x| f(x, y));
         }
         [sd, ss] => {
             for j in 0..len {

@@ -301,10 +301,13 @@ pub fn batch_norm(
     Ok(y)
 }
 
-/// A keep-mask scaled by `1/(1−p)` (inverted dropout), of `shape`, in `dtype`.
+/// A keep-mask scaled by `1/(1−p)` (inverted dropout), of `shape`, in `dtype` (a float
+/// dtype; panics naming `dropout` otherwise).
+#[track_caller]
 pub fn dropout_mask(shape: &[usize], p: f64, dtype: DType) -> Tensor {
-    let keep = with_global_generator(|g| g.bernoulli(shape, 1.0 - p));
-    keep.to_dtype(dtype) * (1.0 / (1.0 - p))
+    or_panic(with_global_generator(|g| {
+        g.scaled_bernoulli(shape, 1.0 - p, 1.0 / (1.0 - p), dtype)
+    }))
 }
 
 fn check_p(op: &'static str, p: f64) -> Result<()> {

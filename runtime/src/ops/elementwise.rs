@@ -2,8 +2,8 @@
 //! the `+ - * /` operators, unary math and activations.
 
 use crate::autograd::{is_grad_enabled, no_grad, record};
-use crate::cpu::map;
 use crate::cpu::strided::zip_assign;
+use crate::cpu::{map, vmath};
 use crate::dispatch;
 use crate::dtype::{DType, Element, FloatElement, NumElement};
 use crate::error::{or_panic, Error, Result};
@@ -451,8 +451,23 @@ impl Tensor {
 fn unary_float(x: &Tensor, op: &'static str, f: UnaryF) -> Result<Tensor> {
     let dt = x.dtype().to_float();
     let x = x.to_dtype_raw(dt)?;
-    if let (UnaryF::Split(_, f), DType::F32) = (f, dt) {
-        return map::unary::<f32, f32>(op, &x, f);
+    if dt == DType::F32 {
+        // f32 kernels of their own (vectorisable forms of exp, tanh, the sigmoid and GELU),
+        // each passed as a function item so the loop inlines and vectorises it
+        macro_rules! f32_map {
+            ($f:expr) => {
+                return map::unary::<f32, f32>(op, &x, $f)
+            };
+        }
+        match f {
+            UnaryF::Native(NativeF::Exp) => f32_map!(vmath::exp_f32),
+            UnaryF::Native(NativeF::Tanh) => f32_map!(vmath::tanh_f32),
+            UnaryF::Native(NativeF::Sigmoid) => f32_map!(vmath::sigmoid_f32),
+            UnaryF::Native(NativeF::Silu) => f32_map!(|v: f32| v / (1.0 + vmath::exp_f32(-v))),
+            UnaryF::Split(_, F32Kernel::GeluExact) => f32_map!(gelu_exact_f32),
+            UnaryF::Split(_, F32Kernel::GeluTanh) => f32_map!(gelu_tanh_f32),
+            _ => {}
+        }
     }
     dispatch!(float op, dt, T => match f {
         UnaryF::Generic(f) | UnaryF::Split(f, _) => map::unary::<T, T>(op, &x, |v| T::from_f64(f(v.to_f64()))),
@@ -554,7 +569,14 @@ enum UnaryF {
     Generic(fn(f64) -> f64),
     Native(NativeF),
     /// An f64 function, and its f32 form used for f32 tensors.
-    Split(fn(f64) -> f64, fn(f32) -> f32),
+    Split(fn(f64) -> f64, F32Kernel),
+}
+
+/// The f32 forms of [`UnaryF::Split`] functions.
+#[derive(Clone, Copy)]
+enum F32Kernel {
+    GeluExact,
+    GeluTanh,
 }
 
 /// Runs a native unary op and records its backward.
@@ -582,22 +604,23 @@ fn native_raw_again(x: &Tensor, f: NativeF) -> Tensor {
 }
 
 /// GELU and its derivative, exact (`x·Φ(x)`) and tanh-approximated, for f32 (computed
-/// in f32, like PyTorch's CPU kernels) and f64. `Φ(x) = erfc(−x/√2)/2`, which keeps
-/// its accuracy in the left tail where `1 + erf(x/√2)` cancels to 0 in f32.
+/// in f32, like PyTorch's CPU kernels, with the vectorisable `cpu::vmath` functions) and
+/// f64. `Φ(x) = erfc(−x/√2)/2`, which keeps its accuracy in the left tail where
+/// `1 + erf(x/√2)` cancels to 0 in f32.
 macro_rules! gelu_fns {
-    ($t:ident, $erfc:path, $exact:ident, $tanh:ident, $dexact:ident, $dtanh:ident) => {
+    ($t:ident, $erfc:path, $exp:path, $exact:ident, $tanh:ident, $dexact:ident, $dtanh:ident) => {
         fn $exact(x: $t) -> $t {
             0.5 * x * $erfc(-x * std::$t::consts::FRAC_1_SQRT_2)
         }
         /// `x·(1 + tanh u)/2 = x·σ(2u)`, the form without cancellation for `u ≪ 0`.
         fn $tanh(x: $t) -> $t {
             let k = std::$t::consts::FRAC_2_SQRT_PI * std::$t::consts::FRAC_1_SQRT_2;
-            x / (1.0 + (-2.0 * k * (x + 0.044715 * x * x * x)).exp())
+            x / (1.0 + $exp(-2.0 * k * (x + 0.044715 * x * x * x)))
         }
         /// `Φ(x) + x·φ(x)`.
         fn $dexact(x: $t) -> $t {
             let cdf = 0.5 * $erfc(-x * std::$t::consts::FRAC_1_SQRT_2);
-            let pdf = (-0.5 * x * x).exp()
+            let pdf = $exp(-0.5 * x * x)
                 * (0.5 * std::$t::consts::FRAC_2_SQRT_PI * std::$t::consts::FRAC_1_SQRT_2);
             cdf + x * pdf
         }
@@ -605,7 +628,7 @@ macro_rules! gelu_fns {
         fn $dtanh(x: $t) -> $t {
             let k = std::$t::consts::FRAC_2_SQRT_PI * std::$t::consts::FRAC_1_SQRT_2;
             let x2 = x * x;
-            let s = 1.0 / (1.0 + (-2.0 * k * (x + 0.044715 * x * x2)).exp());
+            let s = 1.0 / (1.0 + $exp(-2.0 * k * (x + 0.044715 * x * x2)));
             s + 2.0 * x * s * (1.0 - s) * (k * (1.0 + 3.0 * 0.044715 * x2))
         }
     };
@@ -613,6 +636,7 @@ macro_rules! gelu_fns {
 gelu_fns!(
     f64,
     libm::erfc,
+    f64::exp,
     gelu_exact,
     gelu_tanh,
     dgelu_exact,
@@ -620,7 +644,8 @@ gelu_fns!(
 );
 gelu_fns!(
     f32,
-    libm::erfcf,
+    vmath::erfc_f32,
+    vmath::exp_f32,
     gelu_exact_f32,
     gelu_tanh_f32,
     dgelu_exact_f32,
@@ -734,8 +759,8 @@ impl Tensor {
     #[track_caller]
     pub fn gelu(&self, approximate: GeluApprox) -> Tensor {
         let f = match approximate {
-            GeluApprox::None => UnaryF::Split(gelu_exact, gelu_exact_f32),
-            GeluApprox::Tanh => UnaryF::Split(gelu_tanh, gelu_tanh_f32),
+            GeluApprox::None => UnaryF::Split(gelu_exact, F32Kernel::GeluExact),
+            GeluApprox::Tanh => UnaryF::Split(gelu_tanh, F32Kernel::GeluTanh),
         };
         // the op name picks the CUDA kernel
         let name = match approximate {
