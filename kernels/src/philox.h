@@ -84,8 +84,29 @@ FLINT_HD double flint_normal(flint_u32x4 r, double mean, double std) {
     return FLINT_DADD(mean, FLINT_DMUL(FLINT_DMUL(std, radius), angle));
 }
 
-/* True with probability p: unit(v0, v1) < p with 53 bits. */
-FLINT_HD int flint_bernoulli(flint_u32x4 r, double p) { return flint_unit(r.v[0], r.v[1], 53) < p; }
+/* Bernoulli draws take one 32-bit word per element (flint_runtime::random): element i is
+ * word i % 4 of the block of counter offset + i / 4, true when the word is below
+ * ceil(p * 2^32) (0 for p <= 0 or NaN, 2^32 for p >= 1): the threshold. */
+FLINT_HD unsigned long long flint_bernoulli_threshold(double p) {
+    double t;
+    unsigned long long k;
+    if (!(p > 0.0)) {
+        return 0ull;
+    }
+    if (p >= 1.0) {
+        return 4294967296ull;
+    }
+    t = p * 4294967296.0;
+    k = (unsigned long long)t;
+    return (double)k < t ? k + 1ull : k;
+}
+
+/* Element i of a Bernoulli draw at (seed, offset) against a flint_bernoulli_threshold. */
+FLINT_HD int flint_bernoulli_at(unsigned long long seed, unsigned long long offset,
+                                long long i, unsigned long long threshold) {
+    const flint_u32x4 r = flint_philox_block(seed, offset + (unsigned long long)i / 4ull);
+    return (unsigned long long)r.v[i & 3] < threshold;
+}
 
 /* An integer uniform in [low, high) (low < high): low + ((v0 << 32 | v1) * range) >> 64. */
 FLINT_HD long long flint_randint(flint_u32x4 r, long long low, long long high) {

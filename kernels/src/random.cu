@@ -1,6 +1,7 @@
 #line 1 "random.cu"
 // Random numbers and dropout from the Philox4x32-10 stream of flint_runtime::Generator
-// (see philox.h): element i uses the block of counter `offset + i` under key `seed`, so a
+// (see philox.h): element i uses the block of counter `offset + i` under key `seed`
+// (Bernoulli draws: one word of the block of `offset + i / 4`), so a
 // kernel launched with the generator's (seed, offset) produces the CPU's numbers; the
 // caller then advances the generator's offset by n. Outputs are contiguous, n elements.
 // Any grid and block size works.
@@ -38,12 +39,11 @@ template <> struct UnitBits<bf16_t> { static const int value = 8; };
 FLINT_FLOATS(RANDOM, _)
 
 // philox_bernoulli_bool(u8* out, i64 n, u64 seed, u64 offset, double p)
-//   out[i] = unit53 < p (Generator::bernoulli).
+//   out[i] = element i of the Bernoulli draw (one 32-bit word each; Generator::bernoulli).
 extern "C" __global__ void philox_bernoulli_bool(u8* out, i64 n, u64 seed, u64 offset,
                                                  double p) {
-    FLINT_GRID_STRIDE(i, n) {
-        out[i] = flint_bernoulli(flint_philox_block(seed, offset + (u64)i), p) ? 1 : 0;
-    }
+    const u64 threshold = flint_bernoulli_threshold(p);
+    FLINT_GRID_STRIDE(i, n) { out[i] = flint_bernoulli_at(seed, offset, i, threshold) ? 1 : 0; }
 }
 
 // philox_randint_i64(i64* out, i64 n, u64 seed, u64 offset, i64 low, i64 high)
@@ -67,8 +67,9 @@ __device__ __forceinline__ void dropout_all(const T* x, T* out, u8* keep, i64 n,
     typedef typename Ty<T>::acc A;
     const double q = 1.0 - p;
     const A scale = Ty<T>::load(Ty<T>::from_f64(1.0 / q));
+    const u64 threshold = flint_bernoulli_threshold(q);
     FLINT_GRID_STRIDE(i, n) {
-        const bool k = flint_bernoulli(flint_philox_block(seed, offset + (u64)i), q);
+        const bool k = flint_bernoulli_at(seed, offset, i, threshold);
         if (keep != 0) {
             keep[i] = k ? 1 : 0;
         }

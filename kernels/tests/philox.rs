@@ -16,7 +16,8 @@ const PHILOX_H: &str = include_str!("../src/philox.h");
 
 /// Host definitions of the FLINT_* hooks of philox.h, then a driver that prints, for
 /// element i of a draw at (seed, offset): the raw block, uniform f64 in [low, high),
-/// uniform f32, normal f64, bernoulli(p) and randint(lo, hi), as exact hex bit patterns.
+/// uniform f32, normal f64, element i of a bernoulli(p) draw (one word of the block of
+/// `offset + i/4`) and randint(lo, hi), as exact hex bit patterns.
 const HARNESS: &str = r#"
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,7 +46,8 @@ int main(int argc, char** argv) {
         printf("%08x %08x %08x %08x %016llx %08x %016llx %d %lld\n", r.v[0], r.v[1], r.v[2],
                r.v[3], bits64(flint_uniform(r, 53, -2.0, 3.0)),
                bits32((float)flint_uniform(r, 24, -2.0, 3.0)),
-               bits64(flint_normal(r, 0.5, 2.0)), flint_bernoulli(r, 0.3),
+               bits64(flint_normal(r, 0.5, 2.0)),
+               flint_bernoulli_at(seed, offset, (long long)i, flint_bernoulli_threshold(0.3)),
                flint_randint(r, -5, 17));
     }
     return 0;

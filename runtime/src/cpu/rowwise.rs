@@ -20,6 +20,7 @@
 //! and a NaN anywhere in a row makes the whole row NaN.
 
 use crate::cpu::parallel::for_each_row;
+use crate::cpu::pool;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::storage::BufferElement;
@@ -141,12 +142,19 @@ fn row_logsumexp<T: RowFloat>(x: &[T]) -> T {
 
 /// Softmax (or, with `log`, log-softmax) of every `n`-long row of `x`.
 pub(crate) fn softmax_forward<T: RowFloat>(x: &[T], n: usize, log: bool) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
+    let mut y = pool::zeros::<T>(x.len());
     if n == 0 {
         return y;
     }
     for_each_row(&mut y, n, min_rows(n), x.len(), |r, y| {
-        let x = &x[r * n..(r + 1) * n];
+        softmax_row(&x[r * n..(r + 1) * n], y, log)
+    });
+    y
+}
+
+crate::cpu::vmath::multiversion_loop! {
+    /// Softmax (or log-softmax) of one row `x` into `y`.
+    fn softmax_row<T: RowFloat>(x: &[T], y: &mut [T], log: bool) {
         if log {
             // (x − shift) − log Σ, as PyTorch: near the max the result keeps its relative
             // precision, where x − (log Σ + shift) would round at the scale of the max
@@ -165,8 +173,24 @@ pub(crate) fn softmax_forward<T: RowFloat>(x: &[T], n: usize, log: bool) -> Vec<
                 *y = *y * inv;
             }
         }
-    });
-    y
+    }
+}
+
+crate::cpu::vmath::multiversion_loop! {
+    /// One row of [`softmax_backward`].
+    fn softmax_backward_row<T: RowFloat>(y: &[T], g: &[T], dx: &mut [T], log: bool) {
+        if log {
+            let s = sum_map(g, |v| v);
+            for ((d, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+                *d = g - y.exp_v() * s;
+            }
+        } else {
+            let s = sum_map2(g, y, |g, y| g * y);
+            for ((d, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+                *d = y * (g - s);
+            }
+        }
+    }
 }
 
 /// `log Σ exp` of every `n`-long row of `x` (one value a row).
@@ -183,23 +207,12 @@ pub(crate) fn logsumexp_forward<T: RowFloat>(x: &[T], n: usize) -> Vec<T> {
 /// Gradient of softmax (`dx = y ⊙ (g − Σ g⊙y)`) or, with `log`, of log-softmax
 /// (`dx = g − exp(y) ⊙ Σ g`), from the forward output `y` and the output gradient `g`.
 pub(crate) fn softmax_backward<T: RowFloat>(y: &[T], g: &[T], n: usize, log: bool) -> Vec<T> {
-    let mut dx = vec![T::zero(); y.len()];
+    let mut dx = pool::zeros::<T>(y.len());
     if n == 0 {
         return dx;
     }
     for_each_row(&mut dx, n, min_rows(n), 2 * y.len(), |r, dx| {
-        let (y, g) = (&y[r * n..(r + 1) * n], &g[r * n..(r + 1) * n]);
-        if log {
-            let s = sum_map(g, |v| v);
-            for ((d, &y), &g) in dx.iter_mut().zip(y).zip(g) {
-                *d = g - y.exp_v() * s;
-            }
-        } else {
-            let s = sum_map2(g, y, |g, y| g * y);
-            for ((d, &y), &g) in dx.iter_mut().zip(y).zip(g) {
-                *d = y * (g - s);
-            }
-        }
+        softmax_backward_row(&y[r * n..(r + 1) * n], &g[r * n..(r + 1) * n], dx, log)
     });
     dx
 }
@@ -236,7 +249,7 @@ pub(crate) fn layer_norm_forward<T: RowFloat>(
         s[1] = T::one() / (var + eps).sqrt();
     });
     // pass 2: the output
-    let mut y = vec![T::zero(); x.len()];
+    let mut y = pool::zeros::<T>(x.len());
     if rows > 0 {
         for_each_row(&mut y, n, min_rows(n), x.len(), |r, y| {
             let x = &x[r * n..(r + 1) * n];
@@ -295,7 +308,7 @@ pub(crate) fn layer_norm_backward<T: RowFloat>(
 ) -> (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>) {
     let rows = mean.len();
     let dx = needs.x.then(|| {
-        let mut dx = vec![T::zero(); x.len()];
+        let mut dx = pool::zeros::<T>(x.len());
         if rows == 0 || n == 0 {
             return dx;
         }

@@ -679,6 +679,22 @@ fn gelu_backward_fused(g: &Tensor, x: &Tensor, approximate: GeluApprox) -> Optio
     out.ok()
 }
 
+/// `g` where `y > 0` (or NaN), 0 where `y ≤ 0`, in one pass: ReLU's backward from its
+/// output `y`, when it need not be differentiable (no `create_graph`), on the CPU, with
+/// `g` and `y` of one dtype and shape (what `g.masked_fill(&y.le(0.0), 0.0)` computes
+/// in two passes and a boolean mask). `None` otherwise.
+fn relu_backward_fused(g: &Tensor, y: &Tensor) -> Option<Tensor> {
+    if is_grad_enabled() || g.is_cuda() || g.dtype() != y.dtype() || g.shape() != y.shape() {
+        return None;
+    }
+    let (lg, ly) = (g.layout().clone(), y.layout().clone());
+    let out = dispatch!(num "relu_backward", g.dtype(), T => map::binary(
+        "relu_backward", g, &lg, y, &ly,
+        |g: T, y: T| if y <= T::zero() { T::zero() } else { g },
+    ));
+    out.ok().and_then(|r| r.ok())
+}
+
 macro_rules! native_unary {
     ($($(#[$doc:meta])* $name:ident => $f:ident;)*) => {$(
         $(#[$doc])*
@@ -854,7 +870,10 @@ impl Tensor {
         );
         let y = out.detach();
         record(out, "relu", &[self], &[&y.clone()], move |g| {
-            vec![Some(g.masked_fill(&y.le(0.0), 0.0))]
+            let fused = relu_backward_fused(g, &y);
+            vec![Some(
+                fused.unwrap_or_else(|| g.masked_fill(&y.le(0.0), 0.0)),
+            )]
         })
     }
 }
