@@ -19,6 +19,7 @@ use crate::cpu::pool;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use num_traits::Float;
+use std::mem::MaybeUninit;
 
 /// The `[N, C, S]` geometry of a batch-norm input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +127,25 @@ pub(crate) fn batch_stats<T: RowFloat>(x: &[T], g: Geom) -> (Vec<T>, Vec<T>) {
     stats.chunks_exact(2).map(|s| (s[0], s[1])).unzip()
 }
 
+/// A new vector of `len` (= `N·C·S`) elements, run `r` (of `S`) filled by `f(r, run)`,
+/// which must write every element of its run; runs split across the pool.
+fn fill_runs<T: RowFloat>(
+    len: usize,
+    g: Geom,
+    work: usize,
+    f: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
+    let mut out: Vec<T> = pool::take(len);
+    if len == 0 || g.s == 0 {
+        return out;
+    }
+    let dst = &mut out.spare_capacity_mut()[..len];
+    for_each_row(dst, g.s, g.min_runs(), work, f);
+    // SAFETY: every run of the `len / S` runs of `S` was written by `f`
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// `((x − mean)·invstd)·w + b` per channel (`w`, `b` optional, of length `C`): the
 /// same operations in the same order as the composition, so with equal statistics the
 /// output is bit for bit the composition's.
@@ -137,12 +157,7 @@ pub(crate) fn normalize<T: RowFloat>(
     w: Option<&[T]>,
     b: Option<&[T]>,
 ) -> Vec<T> {
-    let mut y: Vec<T> = pool::take(x.len());
-    y.resize(x.len(), T::zero());
-    if x.is_empty() || g.s == 0 {
-        return y;
-    }
-    for_each_row(&mut y, g.s, g.min_runs(), x.len(), |r, y| {
+    fill_runs(x.len(), g, x.len(), |r, y| {
         let ch = r % g.c;
         let x = &x[r * g.s..(r + 1) * g.s];
         let (m, k) = (mean[ch], invstd[ch]);
@@ -150,29 +165,28 @@ pub(crate) fn normalize<T: RowFloat>(
             (Some(w), Some(b)) => {
                 let (w, b) = (w[ch], b[ch]);
                 for (y, &x) in y.iter_mut().zip(x) {
-                    *y = (x - m) * k * w + b;
+                    y.write((x - m) * k * w + b);
                 }
             }
             (Some(w), None) => {
                 let w = w[ch];
                 for (y, &x) in y.iter_mut().zip(x) {
-                    *y = (x - m) * k * w;
+                    y.write((x - m) * k * w);
                 }
             }
             (None, Some(b)) => {
                 let b = b[ch];
                 for (y, &x) in y.iter_mut().zip(x) {
-                    *y = (x - m) * k + b;
+                    y.write((x - m) * k + b);
                 }
             }
             (None, None) => {
                 for (y, &x) in y.iter_mut().zip(x) {
-                    *y = (x - m) * k;
+                    y.write((x - m) * k);
                 }
             }
         }
-    });
-    y
+    })
 }
 
 /// `1/√(var + eps)` of each channel.
@@ -222,49 +236,39 @@ pub(crate) fn backward<T: RowFloat>(
         sums
     });
     let dx = needs.x.then(|| {
-        let mut dx: Vec<T> = pool::take(x.len());
-        dx.resize(x.len(), T::zero());
-        if x.is_empty() || g.s == 0 {
-            return dx;
-        }
         let inv_m = T::one() / T::from(g.per_channel()).unwrap_or_else(T::one);
         let w_of = |ch: usize| w.map_or(T::one(), |w| w[ch]);
         match (&sums, batch_stats) {
-            (Some(sums), true) => {
-                for_each_row(&mut dx, g.s, g.min_runs(), 3 * x.len(), |r, dx| {
-                    let ch = r % g.c;
-                    let range = r * g.s..(r + 1) * g.s;
-                    let (x, gr) = (&x[range.clone()], &gr[range]);
-                    let (m, k) = (mean[ch], invstd[ch]);
-                    let scale = k * w_of(ch);
-                    let (a, b) = (sums[2 * ch] * inv_m, sums[2 * ch + 1] * inv_m);
-                    for ((d, &x), &gv) in dx.iter_mut().zip(x).zip(gr) {
-                        *d = scale * (gv - a - (x - m) * k * b);
-                    }
-                });
-            }
-            _ => {
-                for_each_row(&mut dx, g.s, g.min_runs(), 2 * x.len(), |r, dx| {
-                    let ch = r % g.c;
-                    let gr = &gr[r * g.s..(r + 1) * g.s];
-                    let k = invstd[ch];
-                    match w {
-                        Some(w) => {
-                            let w = w[ch];
-                            for (d, &gv) in dx.iter_mut().zip(gr) {
-                                *d = gv * w * k;
-                            }
-                        }
-                        None => {
-                            for (d, &gv) in dx.iter_mut().zip(gr) {
-                                *d = gv * k;
-                            }
+            (Some(sums), true) => fill_runs(x.len(), g, 3 * x.len(), |r, dx| {
+                let ch = r % g.c;
+                let range = r * g.s..(r + 1) * g.s;
+                let (x, gr) = (&x[range.clone()], &gr[range]);
+                let (m, k) = (mean[ch], invstd[ch]);
+                let scale = k * w_of(ch);
+                let (a, b) = (sums[2 * ch] * inv_m, sums[2 * ch + 1] * inv_m);
+                for ((d, &x), &gv) in dx.iter_mut().zip(x).zip(gr) {
+                    d.write(scale * (gv - a - (x - m) * k * b));
+                }
+            }),
+            _ => fill_runs(x.len(), g, 2 * x.len(), |r, dx| {
+                let ch = r % g.c;
+                let gr = &gr[r * g.s..(r + 1) * g.s];
+                let k = invstd[ch];
+                match w {
+                    Some(w) => {
+                        let w = w[ch];
+                        for (d, &gv) in dx.iter_mut().zip(gr) {
+                            d.write(gv * w * k);
                         }
                     }
-                });
-            }
+                    None => {
+                        for (d, &gv) in dx.iter_mut().zip(gr) {
+                            d.write(gv * k);
+                        }
+                    }
+                }
+            }),
         }
-        dx
     });
     let (dw, db) = match sums {
         Some(s) => (
