@@ -500,8 +500,8 @@ mod tests {
                     _ => (loss(&x, &w, &p) - loss(&x, &w, &q)) / (2.0 * h),
                 }
             };
-            for i in 0..len {
-                assert!((dx[i] - fd(&x, i, 0)).abs() < 1e-6, "batch {batch} dx[{i}]");
+            for (i, &d) in dx.iter().enumerate() {
+                assert!((d - fd(&x, i, 0)).abs() < 1e-6, "batch {batch} dx[{i}]");
             }
             for ch in 0..g.c {
                 assert!((dw[ch] - fd(&w, ch, 1)).abs() < 1e-6, "dw[{ch}]");

@@ -845,13 +845,13 @@ mod tests {
                         );
                         let (m1, v1, n1) = bn_buffers(c, dtype);
                         let (m2, v2, n2) = (m1.deep_clone(), v1.deep_clone(), n1.deep_clone());
-                        let s1 = with_stats.then(|| RunningStats {
+                        let s1 = with_stats.then_some(RunningStats {
                             mean: &m1,
                             var: &v1,
                             num_batches_tracked: &n1,
                             momentum,
                         });
-                        let s2 = with_stats.then(|| RunningStats {
+                        let s2 = with_stats.then_some(RunningStats {
                             mean: &m2,
                             var: &v2,
                             num_batches_tracked: &n2,
