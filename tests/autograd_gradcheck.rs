@@ -364,6 +364,20 @@ fn cases() -> Vec<Case> {
         ],
         true,
     );
+    // batch norm on batch statistics, [N, C, L] non-contiguous
+    add(
+        "batch_norm",
+        Box::new(|x| {
+            flint::nn::functional::batch_norm(&x[0], None, Some(&x[1]), Some(&x[2]), true, 1e-5)
+                .unwrap()
+        }),
+        vec![
+            g.randn([4, 5, 3], DType::F64).transpose(1, 2),
+            g.randn([3], DType::F64),
+            g.randn([3], DType::F64),
+        ],
+        true,
+    );
     // composites built from the ops above
     add(
         "var*",

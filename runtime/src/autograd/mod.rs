@@ -76,6 +76,8 @@ pub const DIFFERENTIABLE_OPS: &[&str] = &[
     "log_softmax",
     "logsumexp",
     "layer_norm",
+    // fused batch norm (cpu/batchnorm.rs)
+    "batch_norm",
     // views
     "view",
     "reshape",

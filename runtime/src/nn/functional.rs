@@ -8,6 +8,7 @@ pub use super::pool::{
 };
 
 use crate::autograd::{is_grad_enabled, record, NoGradGuard};
+use crate::cpu::batchnorm::{self, BatchNormNeeds};
 use crate::cpu::rowwise::{self, LayerNormNeeds};
 use crate::dtype::DType;
 use crate::error::{or_panic, Error, Result};
@@ -233,6 +234,10 @@ pub struct RunningStats<'a> {
 /// In training (or without running statistics) normalises with the batch mean and
 /// biased variance and, when `stats` is given, updates them in place with the unbiased
 /// variance, as PyTorch does. In evaluation normalises with the running statistics.
+///
+/// f32/f64 CPU inputs (with a weight and bias of `C` elements in the input's dtype) run
+/// the fused kernels of `cpu/batchnorm.rs` as one recorded node (`batch_norm`); other
+/// dtypes and devices run the tensor-op composition.
 pub fn batch_norm(
     x: &Tensor,
     stats: Option<RunningStats<'_>>,
@@ -251,45 +256,59 @@ pub fn batch_norm(
         ));
     }
     let c = x.size(1);
+    let n = x.numel() / c.max(1);
+    if n <= 1 && training {
+        return Err(Error::shape(
+            "BatchNorm",
+            format!(
+                "expected more than 1 value per channel when training, got input of shape {}",
+                fmt_shape(x.shape())
+            ),
+        ));
+    }
+    // batch statistics in training, and in evaluation without running statistics
+    let use_batch = training || stats.is_none();
+    if batch_norm_fusable(x, stats.as_ref(), weight, bias, use_batch) {
+        return batch_norm_fused(x, stats, weight, bias, training, use_batch, eps);
+    }
+    batch_norm_composed(x, stats, weight, bias, training, use_batch, eps)
+}
+
+/// [`batch_norm`] as tensor ops (half types, CUDA tensors, and parameters or running
+/// statistics the fused kernels do not take); `use_batch` = normalise with the batch
+/// statistics.
+fn batch_norm_composed(
+    x: &Tensor,
+    stats: Option<RunningStats<'_>>,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    training: bool,
+    use_batch: bool,
+    eps: f64,
+) -> Result<Tensor> {
+    let c = x.size(1);
+    let n = x.numel() / c.max(1);
     let mut bshape = vec![1usize; x.ndim()];
     bshape[1] = c;
     let dims: Vec<isize> = (0..x.ndim() as isize).filter(|&d| d != 1).collect();
     // The centred input and the variance to normalise it by.
-    let (xc, var) = if let (false, Some(s)) = (training, &stats) {
-        let mean = s.mean.to_dtype(x.dtype()).try_reshape(bshape.as_slice())?;
-        (
-            x.try_sub(&mean)?,
-            s.var.to_dtype(x.dtype()).try_reshape(bshape.as_slice())?,
-        )
-    } else {
-        let n = x.numel() / c.max(1);
-        if n <= 1 && training {
-            return Err(Error::shape(
-                "BatchNorm",
-                format!(
-                    "expected more than 1 value per channel when training, got input of shape {}",
-                    fmt_shape(x.shape())
-                ),
-            ));
+    let (xc, var) = match (use_batch, &stats) {
+        (false, Some(s)) => {
+            let mean = s.mean.to_dtype(x.dtype()).try_reshape(bshape.as_slice())?;
+            (
+                x.try_sub(&mean)?,
+                s.var.to_dtype(x.dtype()).try_reshape(bshape.as_slice())?,
+            )
         }
-        let mean = x.try_mean(dims.as_slice(), true)?;
-        let xc = x.try_sub(&mean)?;
-        let var = xc.try_mul(&xc)?.try_mean(dims.as_slice(), true)?;
-        if let (Some(s), true) = (&stats, training) {
-            let _g = NoGradGuard::new();
-            let nbt = s.num_batches_tracked;
-            nbt.add_(1i64);
-            let m = match s.momentum {
-                Some(m) => m,
-                None => 1.0 / nbt.item::<i64>() as f64,
-            };
-            let bm = mean.detach().reshape([c]).to_dtype(s.mean.dtype());
-            let bv =
-                var.detach().reshape([c]).to_dtype(s.var.dtype()) * (n as f64 / (n - 1) as f64);
-            s.mean.mul_(1.0 - m).add_(&(bm * m));
-            s.var.mul_(1.0 - m).add_(&(bv * m));
+        _ => {
+            let mean = x.try_mean(dims.as_slice(), true)?;
+            let xc = x.try_sub(&mean)?;
+            let var = xc.try_mul(&xc)?.try_mean(dims.as_slice(), true)?;
+            if let (Some(s), true) = (&stats, training) {
+                update_running_stats(s, &mean, &var, n);
+            }
+            (xc, var)
         }
-        (xc, var)
     };
     let mut y = xc.try_mul(var.try_add(eps)?.rsqrt())?;
     if let Some(w) = weight {
@@ -299,6 +318,168 @@ pub fn batch_norm(
         y = y.try_add(&b.try_reshape(bshape.as_slice())?)?;
     }
     Ok(y)
+}
+
+/// Updates the running statistics in place from a batch's per-channel `mean` and biased
+/// `var` (`C` elements each, any shape) over `n` values a channel: PyTorch's
+/// `r ← (1 − m)·r + m·batch`, the variance made unbiased (`·n/(n−1)`), `m` the momentum
+/// or, without one, `1/num_batches_tracked` (a cumulative average).
+fn update_running_stats(s: &RunningStats<'_>, mean: &Tensor, var: &Tensor, n: usize) {
+    let _g = NoGradGuard::new();
+    let c = mean.numel();
+    let nbt = s.num_batches_tracked;
+    nbt.add_(1i64);
+    let m = match s.momentum {
+        Some(m) => m,
+        None => 1.0 / nbt.item::<i64>() as f64,
+    };
+    let bm = mean.detach().reshape([c]).to_dtype(s.mean.dtype());
+    let bv = var.detach().reshape([c]).to_dtype(s.var.dtype()) * (n as f64 / (n - 1) as f64);
+    s.mean.mul_(1.0 - m).add_(&(bm * m));
+    s.var.mul_(1.0 - m).add_(&(bv * m));
+}
+
+/// True when [`batch_norm_fused`] takes the call: a non-empty f32/f64 CPU input, a
+/// weight and bias (if any) of `C` elements in its dtype on the CPU, and, in
+/// evaluation, running statistics of `C` elements that do not require grad (the
+/// composition would differentiate through them).
+fn batch_norm_fusable(
+    x: &Tensor,
+    stats: Option<&RunningStats<'_>>,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    use_batch: bool,
+) -> bool {
+    let c = x.size(1);
+    let param_ok = |t: Option<&Tensor>| {
+        t.is_none_or(|t| t.device() == x.device() && t.dtype() == x.dtype() && t.numel() == c)
+    };
+    let stats_ok = use_batch
+        || stats.is_some_and(|s| {
+            [s.mean, s.var]
+                .iter()
+                .all(|t| t.numel() == c && !t.requires_grad() && t.device() == x.device())
+        });
+    rowwise::supports(x) && x.numel() > 0 && param_ok(weight) && param_ok(bias) && stats_ok
+}
+
+/// [`batch_norm`] with the fused kernels of `cpu/batchnorm.rs`: one recorded node
+/// (`batch_norm`, inputs `x`, `weight`, `bias`) saving the statistics, whose backward
+/// runs the fused backward kernel, or, under `create_graph`, [`batch_norm_grad_ops`].
+fn batch_norm_fused(
+    x: &Tensor,
+    stats: Option<RunningStats<'_>>,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    training: bool,
+    use_batch: bool,
+    eps: f64,
+) -> Result<Tensor> {
+    const OP: &str = "BatchNorm";
+    let fixed = match (use_batch, &stats) {
+        (false, Some(s)) => Some((s.mean.to_dtype(x.dtype()), s.var.to_dtype(x.dtype()))),
+        _ => None,
+    };
+    let (y, mean, var, invstd) = batchnorm::forward(
+        OP,
+        x,
+        fixed.as_ref().map(|(m, v)| (m, v)),
+        weight,
+        bias,
+        eps,
+    )?;
+    if let (Some(s), true) = (&stats, training) {
+        update_running_stats(s, &mean, &var, x.numel() / x.size(1));
+    }
+    let inputs: Vec<&Tensor> = [Some(x), weight, bias].into_iter().flatten().collect();
+    if !(is_grad_enabled() && inputs.iter().any(|t| t.requires_grad())) {
+        return Ok(y);
+    }
+    let needs = BatchNormNeeds {
+        x: x.requires_grad(),
+        weight: weight.is_some_and(|w| w.requires_grad()),
+        bias: bias.is_some_and(|b| b.requires_grad()),
+    };
+    let saved: Vec<&Tensor> = [Some(x), weight, Some(&mean), Some(&invstd)]
+        .into_iter()
+        .flatten()
+        .collect();
+    let (xs, ws, bshape) = (x.clone(), weight.cloned(), bias.map(|b| b.shape().to_vec()));
+    let (ms, is) = (mean.clone(), invstd.clone());
+    Ok(record(y, "batch_norm", &inputs, &saved, move |g| {
+        let (dx, dw, db) = if is_grad_enabled() {
+            batch_norm_grad_ops(&xs, g, ws.as_ref(), &ms, &is, use_batch, eps, needs)
+        } else {
+            or_panic(batchnorm::backward_tensors(
+                OP,
+                &xs,
+                g,
+                &ms,
+                &is,
+                ws.as_ref(),
+                use_batch,
+                needs,
+            ))
+        };
+        let mut grads = vec![dx];
+        if let Some(w) = &ws {
+            grads.push(dw.map(|t| t.reshape(w.shape())));
+        }
+        if let Some(shape) = &bshape {
+            grads.push(db.map(|t| t.reshape(shape.as_slice())));
+        }
+        grads
+    }))
+}
+
+/// The batch-norm gradients `(dx, dweight, dbias)` as differentiable tensor ops (for
+/// `create_graph`; `dweight`, `dbias` of shape `[C]`). With batch statistics they are
+/// recomputed from `x` (`x̂ = (x − mean)·rstd`, `ĝ = g·w`,
+/// `dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))` over all dims but 1); with fixed ones
+/// (`mean`, `invstd`, `[C]`) `dx = g·w·invstd`. In both `dw = Σ g·x̂`, `db = Σ g`.
+#[allow(clippy::too_many_arguments)]
+fn batch_norm_grad_ops(
+    x: &Tensor,
+    g: &Tensor,
+    w: Option<&Tensor>,
+    mean: &Tensor,
+    invstd: &Tensor,
+    use_batch: bool,
+    eps: f64,
+    needs: BatchNormNeeds,
+) -> (Option<Tensor>, Option<Tensor>, Option<Tensor>) {
+    let c = x.size(1);
+    let mut bshape = vec![1usize; x.ndim()];
+    bshape[1] = c;
+    let bshape = bshape.as_slice();
+    let dims: Vec<isize> = (0..x.ndim() as isize).filter(|&d| d != 1).collect();
+    let dims = dims.as_slice();
+    let wb = w.map(|w| w.reshape(bshape));
+    let (xhat, rstd) = if use_batch {
+        let mean = x.mean(dims, true);
+        let xc = x - &mean;
+        let rstd = ((&xc * &xc).mean(dims, true) + eps).rsqrt();
+        (&xc * &rstd, rstd)
+    } else {
+        let rstd = invstd.reshape(bshape);
+        ((x - &mean.reshape(bshape)) * &rstd, rstd)
+    };
+    let dx = needs.x.then(|| {
+        let gy = match &wb {
+            Some(w) => g * w,
+            None => g.clone(),
+        };
+        if use_batch {
+            let a = gy.mean(dims, true);
+            let b = (&gy * &xhat).mean(dims, true);
+            &rstd * ((&gy - &a) - &xhat * &b)
+        } else {
+            gy * &rstd
+        }
+    });
+    let dw = (needs.weight && w.is_some()).then(|| (g * &xhat).sum(dims, false));
+    let db = needs.bias.then(|| g.sum(dims, false));
+    (dx, dw, db)
 }
 
 /// A keep-mask scaled by `1/(1−p)` (inverted dropout), of `shape`, in `dtype` (a float
@@ -607,5 +788,202 @@ mod tests {
         let f2 = |v: &[Tensor]| layer_norm(&v[0], &[3, 4], Some(&v[1]), None, 1e-5).unwrap();
         gradcheck(f2, &[x.clone(), w.clone()], opts).unwrap();
         gradgradcheck(f2, &[x, w], opts).unwrap();
+    }
+
+    /// Batch-norm inputs: `[N, C]`, `[N, C, L]` (and a non-contiguous one), `[N, C, H, W]`,
+    /// `[N, C, D, H, W]`, and one large enough to split across the pool with an offset
+    /// (smaller in f32, as for layer norm).
+    fn bn_cases(dtype: DType) -> Vec<Tensor> {
+        let offset = if dtype == DType::F64 { 1e4 } else { 10.0 };
+        vec![
+            Tensor::randn([6, 3], DType::F64),
+            Tensor::randn([4, 3, 5], DType::F64) * 3.0,
+            Tensor::randn([4, 5, 3], DType::F64).transpose(1, 2),
+            Tensor::randn([2, 4, 3, 5], DType::F64),
+            Tensor::randn([2, 3, 2, 3, 4], DType::F64),
+            Tensor::randn([8, 6, 24, 24], DType::F64) + offset,
+        ]
+        .into_iter()
+        .map(|x| x.to_dtype(dtype))
+        .collect()
+    }
+
+    /// Fresh running statistics for `c` channels: `(mean, var, num_batches_tracked)`.
+    fn bn_buffers(c: usize, dtype: DType) -> (Tensor, Tensor, Tensor) {
+        (
+            Tensor::randn([c], dtype),
+            Tensor::rand([c], dtype) + 0.5,
+            Tensor::full([0usize; 0], 2.0, DType::I64),
+        )
+    }
+
+    #[test]
+    fn fused_batch_norm_matches_the_composition() {
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            for x in bn_cases(dtype) {
+                let c = x.size(1);
+                let w = Tensor::randn([c], dtype);
+                let b = Tensor::randn([c], dtype);
+                let tol = tol * scale(&x);
+                // (training, with running stats, momentum)
+                for (training, with_stats, momentum) in [
+                    (true, true, Some(0.1)),
+                    (true, true, None),
+                    (true, false, None),
+                    (false, true, Some(0.1)),
+                    (false, false, None),
+                ] {
+                    for (wo, bo) in [
+                        (None, None),
+                        (Some(&w), None),
+                        (None, Some(&b)),
+                        (Some(&w), Some(&b)),
+                    ] {
+                        let what = format!(
+                            "{dtype} {:?} train {training} stats {with_stats} {momentum:?} \
+                             w {} b {}",
+                            x.shape(),
+                            wo.is_some(),
+                            bo.is_some()
+                        );
+                        let (m1, v1, n1) = bn_buffers(c, dtype);
+                        let (m2, v2, n2) = (m1.deep_clone(), v1.deep_clone(), n1.deep_clone());
+                        let s1 = with_stats.then_some(RunningStats {
+                            mean: &m1,
+                            var: &v1,
+                            num_batches_tracked: &n1,
+                            momentum,
+                        });
+                        let s2 = with_stats.then_some(RunningStats {
+                            mean: &m2,
+                            var: &v2,
+                            num_batches_tracked: &n2,
+                            momentum,
+                        });
+                        let use_batch = training || !with_stats;
+                        assert!(batch_norm_fusable(&x, s1.as_ref(), wo, bo, use_batch));
+                        let fused = batch_norm(&x, s1, wo, bo, training, 1e-5).unwrap();
+                        let composed =
+                            batch_norm_composed(&x, s2, wo, bo, training, use_batch, 1e-5).unwrap();
+                        assert_close(&what, &fused, &composed, tol);
+                        assert_close(&format!("{what} running mean"), &m1, &m2, tol);
+                        assert_close(&format!("{what} running var"), &v1, &v2, tol);
+                        assert_eq!(n1.to_vec::<i64>(), n2.to_vec::<i64>());
+                    }
+                }
+            }
+        }
+        // the running statistics by hand: channel 0 holds [1, 3], channel 1 [2, 6];
+        // mean 0.9·0 + 0.1·2 and 0.1·4; var 0.9·1 + 0.1·2 and 0.9·1 + 0.1·8 (unbiased)
+        let x = Tensor::from_vec(vec![1.0f64, 2.0, 3.0, 6.0], [2, 2]);
+        let (m, v, n) = (
+            Tensor::zeros([2], DType::F64),
+            Tensor::ones([2], DType::F64),
+            Tensor::zeros([0usize; 0], DType::I64),
+        );
+        let stats = RunningStats {
+            mean: &m,
+            var: &v,
+            num_batches_tracked: &n,
+            momentum: Some(0.1),
+        };
+        let y = batch_norm(&x, Some(stats), None, None, true, 0.0).unwrap();
+        assert_eq!(y.to_vec::<f64>(), vec![-1.0, -1.0, 1.0, 1.0]);
+        assert_close("mean", &m, &Tensor::from_vec(vec![0.2, 0.4], [2]), 1e-15);
+        assert_close("var", &v, &Tensor::from_vec(vec![1.1, 1.7], [2]), 1e-15);
+        assert_eq!(n.item::<i64>(), 1);
+        // one value per channel in training is an error; a weight of another dtype
+        // keeps the composition
+        let e = batch_norm(&x.reshape([1, 4]), None, None, None, true, 1e-5)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than 1 value per channel"), "{e}");
+        let w32 = Tensor::ones([2], DType::F32);
+        assert!(!batch_norm_fusable(&x, None, Some(&w32), None, true));
+    }
+
+    #[test]
+    fn fused_batch_norm_gradients_match_the_composition() {
+        for (dtype, tol) in [(DType::F64, 1e-11), (DType::F32, 1e-4)] {
+            for x in bn_cases(dtype) {
+                let c = x.size(1);
+                let x = x.detach().requires_grad_(true);
+                let w = (Tensor::randn([c], dtype) + 1.0).requires_grad_(true);
+                let b = Tensor::randn([c], dtype).requires_grad_(true);
+                let gout = Tensor::randn(x.shape(), dtype);
+                let tol = tol * scale(&x);
+                let (m, v, n) = bn_buffers(c, dtype);
+                for training in [true, false] {
+                    for (wo, bo) in [(None, None), (Some(&w), None), (Some(&w), Some(&b))] {
+                        let stats = || {
+                            Some(RunningStats {
+                                mean: &m,
+                                var: &v,
+                                num_batches_tracked: &n,
+                                momentum: Some(0.1),
+                            })
+                        };
+                        let leaves: Vec<Tensor> =
+                            [Some(&x), wo, bo].into_iter().flatten().cloned().collect();
+                        let fused = batch_norm(&x, stats(), wo, bo, training, 1e-5).unwrap();
+                        assert_eq!(fused.grad_fn().unwrap().name(), "batch_norm");
+                        let composed =
+                            batch_norm_composed(&x, stats(), wo, bo, training, training, 1e-5)
+                                .unwrap();
+                        let gouts = [gout.clone()];
+                        let a = grad(&[fused], &leaves, Some(&gouts), false, false).unwrap();
+                        let cg = grad(&[composed], &leaves, Some(&gouts), false, false).unwrap();
+                        for (i, (a, cg)) in a.iter().zip(&cg).enumerate() {
+                            let what =
+                                format!("{dtype} {:?} train {training} input {i}", x.shape());
+                            assert_close(&what, a.as_ref().unwrap(), cg.as_ref().unwrap(), tol);
+                        }
+                    }
+                }
+                // only the weight requires grad: dx is not computed, dw still right
+                let xd = x.detach();
+                let fused = batch_norm(&xd, None, Some(&w), None, true, 1e-5).unwrap();
+                let composed =
+                    batch_norm_composed(&xd, None, Some(&w), None, true, true, 1e-5).unwrap();
+                let gouts = [gout.clone()];
+                let w1 = std::slice::from_ref(&w);
+                let a = grad(&[fused], w1, Some(&gouts), false, false).unwrap();
+                let cg = grad(&[composed], w1, Some(&gouts), false, false).unwrap();
+                let (a, cg) = (a[0].as_ref().unwrap(), cg[0].as_ref().unwrap());
+                assert_close("dw alone", a, cg, tol);
+            }
+        }
+    }
+
+    #[test]
+    fn fused_batch_norm_gradcheck_first_and_second_order() {
+        let opts = GradcheckOptions::default();
+        let x = Tensor::randn([4, 5, 3], DType::F64).transpose(1, 2); // [4, 3, 5], a view
+        let w = Tensor::randn([3], DType::F64);
+        let b = Tensor::randn([3], DType::F64);
+        let (m, v, n) = bn_buffers(3, DType::F64);
+        for training in [true, false] {
+            let f = |t: &[Tensor]| {
+                let stats = RunningStats {
+                    mean: &m,
+                    var: &v,
+                    num_batches_tracked: &n,
+                    momentum: Some(0.1),
+                };
+                batch_norm(&t[0], Some(stats), Some(&t[1]), Some(&t[2]), training, 1e-5).unwrap()
+            };
+            let inputs = [x.clone(), w.clone(), b.clone()];
+            gradcheck(f, &inputs, opts).unwrap();
+            gradgradcheck(f, &inputs, opts).unwrap();
+        }
+        // no affine, [N, C] and [N, C, H, W], batch statistics
+        for x in [
+            Tensor::randn([5, 3], DType::F64),
+            Tensor::randn([2, 3, 2, 3], DType::F64),
+        ] {
+            let plain = |t: &[Tensor]| batch_norm(&t[0], None, None, None, true, 1e-5).unwrap();
+            gradcheck(plain, std::slice::from_ref(&x), opts).unwrap();
+            gradgradcheck(plain, &[x], opts).unwrap();
+        }
     }
 }

@@ -20,6 +20,7 @@ use crate::error::{or_panic, Error, Result};
 use crate::layout::fmt_shape;
 use crate::storage::BufferElement;
 use crate::tensor::Tensor;
+use std::mem::MaybeUninit;
 
 /// The geometry of a set of sliding windows over 1 to 3 spatial dims (all vectors have
 /// one entry per spatial dim).
@@ -145,28 +146,45 @@ impl W3 {
     }
 }
 
-/// Fills one `im2col` row (tap `kk` of one plane) of `out` from the plane `src`.
-fn im2col_row<T: Copy>(w: &W3, src: &[T], kk: usize, out: &mut [T]) {
+/// Fills one `im2col` row (tap `kk` of one plane) of `out` from the plane `src`: every
+/// element of `out` is written, the windows whose tap falls into the padding with zero
+/// (so `out` may start uninitialised, and the caller need not clear it first).
+fn im2col_row<T: Copy + Default>(w: &W3, src: &[T], kk: usize, out: &mut [MaybeUninit<T>]) {
     let t = w.tap(kk);
     let [_, i1, i2] = w.input;
-    let [_, o1, o2] = w.output;
+    let [o0, o1, o2] = w.output;
     let s2 = w.stride[2];
     let (lo, hi) = (t.range[2].start, t.range[2].end);
-    if lo >= hi {
-        return;
-    }
-    for a in t.range[0].clone() {
+    let zero = |d: &mut [MaybeUninit<T>]| {
+        for x in d {
+            x.write(T::default());
+        }
+    };
+    for a in 0..o0 {
+        let plane = &mut out[a * o1 * o2..(a + 1) * o1 * o2];
+        if !t.range[0].contains(&a) || lo >= hi {
+            zero(plane);
+            continue;
+        }
         let ia = w.at(0, a, t.off[0]);
-        for b in t.range[1].clone() {
+        for b in 0..o1 {
+            let drow = &mut plane[b * o2..(b + 1) * o2];
+            if !t.range[1].contains(&b) {
+                zero(drow);
+                continue;
+            }
             let ib = w.at(1, b, t.off[1]);
             let srow = &src[(ia * i1 + ib) * i2..(ia * i1 + ib + 1) * i2];
-            let drow = &mut out[(a * o1 + b) * o2..(a * o1 + b + 1) * o2];
             let start = w.at(2, lo, t.off[2]);
+            zero(&mut drow[..lo]);
+            zero(&mut drow[hi..]);
             if s2 == 1 {
-                drow[lo..hi].copy_from_slice(&srow[start..start + hi - lo]);
+                for (x, &v) in drow[lo..hi].iter_mut().zip(&srow[start..start + hi - lo]) {
+                    x.write(v);
+                }
             } else {
                 for (j, x) in drow[lo..hi].iter_mut().enumerate() {
-                    *x = srow[start + j * s2];
+                    x.write(srow[start + j * s2]);
                 }
             }
         }
@@ -208,16 +226,19 @@ fn col2im_row<T: NumElement>(w: &W3, row: &[T], kk: usize, dst: &mut [T]) {
 fn im2col_kernel<T: BufferElement>(src: &[T], planes: usize, w: &Window) -> Vec<T> {
     let (k, l, p) = (w.taps(), w.windows(), w.plane());
     let w3 = w.w3();
-    let mut out = crate::cpu::pool::zeros(planes * k * l);
-    if out.is_empty() {
+    let total = planes * k * l;
+    let mut out = crate::cpu::pool::take(total);
+    if total == 0 {
         return out;
     }
-    let fill = |r: usize, dst: &mut [T]| {
+    let fill = |r: usize, dst: &mut [MaybeUninit<T>]| {
         let plane = r / k;
         im2col_row(&w3, &src[plane * p..(plane + 1) * p], r % k, dst);
     };
-    let work = out.len();
-    parallel::for_each_row(&mut out, l, 4096 / l.max(1), work, fill);
+    let dst = &mut out.spare_capacity_mut()[..total];
+    parallel::for_each_row(dst, l, 4096 / l.max(1), total, fill);
+    // SAFETY: `im2col_row` wrote every element of each of the `planes·k` rows of `l`
+    unsafe { out.set_len(total) };
     out
 }
 
