@@ -76,6 +76,8 @@ pub const DIFFERENTIABLE_OPS: &[&str] = &[
     "log_softmax",
     "logsumexp",
     "layer_norm",
+    // fused LSTM cell (cpu/lstm.rs)
+    "lstm_cell",
     // views
     "view",
     "reshape",

@@ -1,6 +1,7 @@
 //! The CPU backend: strided iteration, parallel loops and the kernels on host buffers.
 
 pub(crate) mod convert;
+pub(crate) mod lstm;
 pub(crate) mod map;
 pub mod matmul;
 pub mod parallel;
