@@ -378,6 +378,18 @@ fn cases() -> Vec<Case> {
         ],
         true,
     );
+    // fused LSTM cell (one node from the gate pre-activations and the cell state; second
+    // order through its tensor-op backward); x, h, c each non-contiguous
+    let cell = flint::nn::LSTMCell::new(3, 2, DType::F64);
+    add(
+        "lstm_cell",
+        Box::new(move |x| {
+            let (h, c) = cell.forward(&x[0], Some((&x[1], &x[2])));
+            Tensor::cat(&[h, c], 1)
+        }),
+        vec![nc(&mut g, 4, 3), nc(&mut g, 4, 2), nc(&mut g, 4, 2)],
+        true,
+    );
     // composites built from the ops above
     add(
         "var*",

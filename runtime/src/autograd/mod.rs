@@ -78,6 +78,8 @@ pub const DIFFERENTIABLE_OPS: &[&str] = &[
     "layer_norm",
     // fused batch norm (cpu/batchnorm.rs)
     "batch_norm",
+    // fused LSTM cell (cpu/lstm.rs)
+    "lstm_cell",
     // views
     "view",
     "reshape",

@@ -170,10 +170,12 @@ fn fold_rows(
     Some(stride)
 }
 
-/// Calls `gemm` for one `m × k` by `k × n` product into a row-major `m × n` destination.
+/// Calls `gemm` for one `m × k` by `k × n` product into a row-major `m × n` destination
+/// whose rows are `dst_rs` apart.
 ///
 /// # Safety
-/// `dst` must be valid for `m * n` writes, and `a` / `b` valid for reads at every
+/// `dst` must be valid for writes at every `i * dst_rs + j` (`i < m`, `j < n`), and
+/// `a` / `b` valid for reads at every
 /// `i * rs + j * cs` of their matrices.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_one<T: NumElement>(
@@ -181,6 +183,7 @@ unsafe fn gemm_one<T: NumElement>(
     k: usize,
     n: usize,
     dst: *mut T,
+    dst_rs: usize,
     a: *const T,
     am: Mat,
     b: *const T,
@@ -195,7 +198,7 @@ unsafe fn gemm_one<T: NumElement>(
             k,
             dst,
             1,
-            n as isize,
+            dst_rs as isize,
             false,
             a,
             am.cs as isize,
@@ -212,6 +215,47 @@ unsafe fn gemm_one<T: NumElement>(
         )
     }
 }
+
+/// Rows up to which one large product is split by columns across the pool (see
+/// [`column_blocks`]) rather than threaded inside `gemm`.
+pub const COL_SPLIT_MAX_M: usize = 96;
+
+/// Column blocks are multiples of this many columns (a multiple of every `gemm`
+/// microkernel's width), so no block ends in a partial register tile.
+const COL_ALIGN: usize = 16;
+
+/// Into how many column blocks a product of `m` rows and `n` columns is split across
+/// `threads` threads, or 1 to leave the threading to `gemm`.
+///
+/// `gemm` parallelises the micro-tiles of each `nc`-column panel and joins its threads
+/// once per panel and depth block; with few rows each panel is a few µs of work, so for
+/// an RNN step's `[32, 256] × [256, 1024]` two threads ran no faster than one. Split by
+/// columns, each thread runs one single-threaded `gemm` over its block: one hand-off per
+/// product. Each output element is summed in the same order as on one thread for the RNN
+/// shapes (tested); `gemm`'s vector path (`m = 1`) may round differently.
+fn column_blocks(m: usize, n: usize, threads: usize) -> usize {
+    if threads <= 1 || m > COL_SPLIT_MAX_M {
+        return 1;
+    }
+    // at least two aligned tiles of columns per block
+    threads.min(n / (2 * COL_ALIGN)).max(1)
+}
+
+/// A raw destination pointer shared by the threads that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+
+impl<T> SendPtr<T> {
+    /// The pointer (a method, so closures capture the `Send` wrapper, not the field).
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+// SAFETY: only used to hand one output buffer to threads that write disjoint elements.
+unsafe impl<T> Send for SendPtr<T> {}
+// SAFETY: as above; the pointer itself is never written through a shared reference.
+unsafe impl<T> Sync for SendPtr<T> {}
 
 /// Batched product through `gemm` (`T` is f32, f64 or f16).
 fn gemm_batched<T: NumElement + crate::storage::BufferElement>(
@@ -240,6 +284,7 @@ fn gemm_batched<T: NumElement + crate::storage::BufferElement>(
                     p.k,
                     p.n,
                     dst.as_mut_ptr() as *mut T,
+                    p.n,
                     a.as_ptr().add(oa),
                     p.a,
                     b.as_ptr().add(ob),
@@ -248,7 +293,42 @@ fn gemm_batched<T: NumElement + crate::storage::BufferElement>(
                 )
             }
         };
-        if threads > 1 && work >= GEMM_PAR_THRESHOLD {
+        let col_blocks = column_blocks(p.m, p.n, threads);
+        if threads > 1 && work >= GEMM_PAR_THRESHOLD && col_blocks > 1 {
+            // few rows, many columns: gemm's own threads would split `m` too finely and
+            // meet once per column panel; one single-threaded gemm a column block instead
+            let width = p.n.div_ceil(col_blocks).next_multiple_of(COL_ALIGN);
+            let dst = SendPtr(dst.as_mut_ptr() as *mut T);
+            parallel::install(|| {
+                for (bi, &(oa, ob)) in p.offsets.iter().enumerate() {
+                    (0..col_blocks).into_par_iter().for_each(|j| {
+                        let c0 = (j * width).min(p.n);
+                        let cols = width.min(p.n - c0);
+                        if cols == 0 {
+                            return;
+                        }
+                        // SAFETY: block `j` writes columns `c0..c0 + cols` of every row of
+                        // batch `bi`'s `m × n` destination (inside `dst`'s `total` slots,
+                        // which gemm overwrites), disjoint from the other blocks; `b`'s
+                        // columns `c0..c0 + cols` lie inside its matrix.
+                        unsafe {
+                            gemm_one(
+                                p.m,
+                                p.k,
+                                cols,
+                                dst.get().add(bi * mn + c0),
+                                p.n,
+                                a.as_ptr().add(oa),
+                                p.a,
+                                b.as_ptr().add(ob + c0 * p.b.cs),
+                                p.b,
+                                Parallelism::None,
+                            )
+                        }
+                    });
+                }
+            });
+        } else if threads > 1 && work >= GEMM_PAR_THRESHOLD {
             parallel::install(|| {
                 for (d, &o) in dst.chunks_mut(mn).zip(&p.offsets) {
                     run(d, o, Parallelism::Rayon(threads));
@@ -321,6 +401,86 @@ mod tests {
         assert_eq!(fold_rows(&[2], &[0], 4, 5, &[0]), None);
         // size-1 dims are skipped; m = 1 takes the batch stride
         assert_eq!(fold_rows(&[1, 6], &[99, 5], 1, 1, &[3, 0]), Some(5));
+    }
+
+    #[test]
+    fn column_blocks_only_for_few_rows_and_enough_columns() {
+        assert_eq!(column_blocks(32, 1024, 1), 1);
+        assert_eq!(column_blocks(32, 1024, 2), 2);
+        assert_eq!(column_blocks(32, 1024, 16), 16);
+        assert_eq!(column_blocks(COL_SPLIT_MAX_M + 1, 1024, 2), 1);
+        // fewer than two aligned tiles per block: fewer blocks
+        assert_eq!(column_blocks(8, 64, 4), 2);
+        assert_eq!(column_blocks(8, 40, 4), 1);
+    }
+
+    /// `a @ b` through [`matmul`] on an f32 or f64 buffer, with `b` given as `[n, k]`
+    /// transposed (an RNN's `W_hhᵀ`) or as `[k, n]`.
+    fn product<T: NumElement + crate::storage::BufferElement>(
+        batch: usize,
+        m: usize,
+        k: usize,
+        n: usize,
+        b_transposed: bool,
+    ) -> Vec<T> {
+        let val = |i: usize| T::from_f64(((i * 7919 % 1009) as f64) / 500.0 - 1.0);
+        let a: Vec<T> = (0..batch * m * k).map(val).collect();
+        let b: Vec<T> = (0..batch * k * n).map(|i| val(i + 17)).collect();
+        let la = Layout::contiguous(&[batch, m, k]);
+        let lb = if b_transposed {
+            Layout::contiguous(&[batch, n, k])
+                .permute(&[0, 2, 1])
+                .unwrap()
+        } else {
+            Layout::contiguous(&[batch, k, n])
+        };
+        let out = matmul(&T::into_buffer(a), &la, &T::into_buffer(b), &lb);
+        T::slice(&out).unwrap().to_vec()
+    }
+
+    #[test]
+    fn column_split_matches_one_thread() {
+        // the RNN step products (forward and the two backward ones: bit-identical to one
+        // thread), a row vector (gemm's vector path may sum in another order: close), an
+        // n that is not a multiple of the alignment, a batch of two large products, m at
+        // the limit
+        let close = |a: f64, b: f64, tol: f64| (a - b).abs() <= tol * (1.0 + b.abs());
+        let shapes = [
+            (1, 32, 256, 1024),
+            (1, 32, 1024, 256),
+            (1, 1, 4096, 300),
+            (2, 24, 300, 520),
+            (1, COL_SPLIT_MAX_M, 64, 700),
+        ];
+        for &(batch, m, k, n) in &shapes {
+            for bt in [false, true] {
+                crate::set_num_threads(1);
+                let one32 = product::<f32>(batch, m, k, n, bt);
+                let one64 = product::<f64>(batch, m, k, n, bt);
+                for threads in [2, 3, 8] {
+                    crate::set_num_threads(threads);
+                    let many32 = product::<f32>(batch, m, k, n, bt);
+                    let many64 = product::<f64>(batch, m, k, n, bt);
+                    let what = format!("{batch}x{m}x{k}x{n} {bt} at {threads}");
+                    if m == 32 {
+                        assert!(one32 == many32, "f32 {what}");
+                        assert!(one64 == many64, "f64 {what}");
+                    }
+                    for (a, b) in one32.iter().zip(&many32) {
+                        assert!(close(*a as f64, *b as f64, 1e-5), "f32 {what}");
+                    }
+                    for (a, b) in one64.iter().zip(&many64) {
+                        assert!(close(*a, *b, 1e-13), "f64 {what}");
+                    }
+                }
+            }
+        }
+        crate::set_num_threads(0);
+        // and the values are right: row 0, column 5 of the first shape against a plain sum
+        let got = product::<f64>(1, 32, 256, 1024, false);
+        let val = |i: usize| ((i * 7919 % 1009) as f64) / 500.0 - 1.0;
+        let want: f64 = (0..256).map(|l| val(l) * val(l * 1024 + 5 + 17)).sum();
+        assert!((got[5] - want).abs() < 1e-12);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub(crate) mod batchnorm;
 pub(crate) mod convert;
+pub(crate) mod lstm;
 pub(crate) mod map;
 pub mod matmul;
 pub mod parallel;

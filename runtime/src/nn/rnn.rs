@@ -35,6 +35,8 @@
 use super::functional;
 use super::init;
 use super::module::{Forward, Module, Visitor, VisitorMut};
+use crate::autograd::{is_grad_enabled, record};
+use crate::cpu::lstm;
 use crate::error::{or_panic, Error, Result};
 use crate::layout::fmt_shape;
 use crate::tensor::{Tensor, TensorOptions};
@@ -233,11 +235,8 @@ fn step(
     match kind {
         Kind::Rnn(act) => Ok((act.apply(&gi.try_add(&gh)?), None)),
         Kind::Lstm => {
-            let g = gi.try_add(&gh)?.try_chunk(4, -1)?;
             let c = c.expect("an LSTM step always has a cell state");
-            let (i, f, gg, o) = (g[0].sigmoid(), g[1].sigmoid(), g[2].tanh(), g[3].sigmoid());
-            let c2 = f.try_mul(c)?.try_add(&i.try_mul(&gg)?)?;
-            let h2 = o.try_mul(c2.tanh())?;
+            let (h2, c2) = lstm_cell(&gi.try_add(&gh)?, c)?;
             Ok((h2, Some(c2)))
         }
         Kind::Gru => {
@@ -251,6 +250,73 @@ fn step(
             Ok((h2, None))
         }
     }
+}
+
+/// The LSTM cell from the gate pre-activations `z` `[B, 4H]` (gates `i, f, g, o`) and the
+/// cell state `c` `[B, H]`: `c' = σ(z_f) ⊙ c + σ(z_i) ⊙ tanh(z_g)`,
+/// `h' = σ(z_o) ⊙ tanh(c')`. Returns `(h', c')`.
+///
+/// f32/f64 CPU tensors take the fused kernel ([`lstm::lstm_cell`]): one recorded node
+/// (`lstm_cell`, inputs `z` and `c`, output `[h'; c']`) whose backward runs the fused
+/// backward kernel, or under `create_graph` [`lstm_cell_grad_ops`]. Other dtypes and
+/// devices take [`lstm_cell_composed`].
+fn lstm_cell(z: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor)> {
+    if !lstm::cell_supports(z, c) {
+        return lstm_cell_composed(z, c);
+    }
+    const OP: &str = "LSTMCell";
+    let (hc, act) = lstm::lstm_cell(OP, z, c)?;
+    let hc = if is_grad_enabled() && (z.requires_grad() || c.requires_grad()) {
+        let (zs, cs) = (z.clone(), c.clone());
+        record(hc, "lstm_cell", &[z, c], &[z, c], move |g| {
+            let (dz, dc) = if is_grad_enabled() {
+                lstm_cell_grad_ops(&zs, &cs, g)
+            } else {
+                or_panic(lstm::lstm_cell_backward(OP, &act, &cs, g))
+            };
+            vec![Some(dz), Some(dc)]
+        })
+    } else {
+        hc
+    };
+    Ok((hc.try_select(0, 0)?, hc.try_select(0, 1)?))
+}
+
+/// [`lstm_cell`] as tensor ops (half types, CUDA tensors).
+fn lstm_cell_composed(z: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor)> {
+    let g = z.try_chunk(4, -1)?;
+    let (i, f, gg, o) = (g[0].sigmoid(), g[1].sigmoid(), g[2].tanh(), g[3].sigmoid());
+    let c2 = f.try_mul(c)?.try_add(&i.try_mul(&gg)?)?;
+    let h2 = o.try_mul(c2.tanh())?;
+    Ok((h2, c2))
+}
+
+/// The gradients `(dz, dc)` of [`lstm_cell`] from the output gradient `g = [dh'; dc']`
+/// `[2, B, H]`, as differentiable tensor ops (for `create_graph`), with the activations
+/// recomputed from `z`: with `dĉ = dc' + dh' ⊙ o ⊙ (1 − tanh² c')`,
+/// `dz = [dĉ ⊙ g ⊙ i(1 − i), dĉ ⊙ c ⊙ f(1 − f), dĉ ⊙ i ⊙ (1 − g²), dh' ⊙ tanh c' ⊙ o(1 − o)]`
+/// and `dc = dĉ ⊙ f`.
+fn lstm_cell_grad_ops(z: &Tensor, c: &Tensor, g: &Tensor) -> (Tensor, Tensor) {
+    let gates = z.chunk(4, -1);
+    let (i, f, gg, o) = (
+        gates[0].sigmoid(),
+        gates[1].sigmoid(),
+        gates[2].tanh(),
+        gates[3].sigmoid(),
+    );
+    let t = (&f * c + &i * &gg).tanh();
+    let (dh, dc) = (g.select(0, 0), g.select(0, 1));
+    let dct = dc + &dh * &o * (1.0 - &t * &t);
+    let dz = Tensor::cat(
+        &[
+            &dct * &gg * &i * (1.0 - &i),
+            &dct * c * &f * (1.0 - &f),
+            &dct * &i * (1.0 - &gg * &gg),
+            &dh * &t * &o * (1.0 - &o),
+        ],
+        -1,
+    );
+    (dz, dct * &f)
 }
 
 /// A `[batch, features]` variational mask, or `None` when off.
@@ -2166,5 +2232,92 @@ mod tests {
             "state_dict keys nest like PyTorch's"
         );
         assert_eq!(want.shape(), &[2, 3, 6]);
+    }
+
+    /// Values and first-order gradients of the fused cell against the composition.
+    fn fused_vs_composed(dtype: DType, tol: f64) {
+        let (b, h) = (5, 7);
+        // pre-activations up to ±4, a non-contiguous cell state
+        let z = seq_tensor(&[b, 4 * h], |i| 4.0 * (0.73 * i + 0.2).sin()).to_dtype(dtype);
+        let c = seq_tensor(&[h, b], |i| 1.5 * (0.41 * i).cos())
+            .to_dtype(dtype)
+            .t();
+        let wh = seq_tensor(&[b, h], |i| (0.9 * i).sin()).to_dtype(dtype);
+        let wc = seq_tensor(&[b, h], |i| (0.3 * i + 1.0).cos()).to_dtype(dtype);
+        let run = |fused: bool| {
+            let (z, c) = (
+                z.detach().requires_grad_(true),
+                c.detach().requires_grad_(true),
+            );
+            let (h2, c2) = if fused {
+                lstm_cell(&z, &c).unwrap()
+            } else {
+                lstm_cell_composed(&z, &c).unwrap()
+            };
+            let loss = (&h2 * &wh).sum_all() + (&c2 * &wc).sum_all();
+            let g = crate::autograd::grad(&[loss], &[z, c], None, false, false).unwrap();
+            let g: Vec<Tensor> = g.into_iter().map(|g| g.unwrap()).collect();
+            [h2.detach(), c2.detach(), g[0].clone(), g[1].clone()]
+        };
+        let (fused, composed) = (run(true), run(false));
+        for (k, (a, b)) in fused.iter().zip(&composed).enumerate() {
+            assert_eq!(a.shape(), b.shape(), "output {k}");
+            assert_close(a, &b.to_dtype(DType::F64).to_vec::<f64>(), tol);
+        }
+    }
+
+    #[test]
+    fn fused_lstm_cell_matches_the_composition() {
+        fused_vs_composed(DType::F64, 1e-14);
+        fused_vs_composed(DType::F32, 1e-6);
+    }
+
+    #[test]
+    fn fused_lstm_cell_records_one_node_and_falls_back_elsewhere() {
+        let z = Tensor::randn([2, 8], DType::F64).requires_grad_(true);
+        let c = Tensor::randn([2, 2], DType::F64);
+        let (h2, _) = lstm_cell(&z, &c).unwrap();
+        // h' is a select view of the fused node's [2, B, H] output
+        let node = h2.grad_fn().unwrap();
+        assert_eq!(node.name(), "select");
+        match &node.inputs[0] {
+            Some(crate::autograd::Edge::Node(n)) => assert_eq!(n.name(), "lstm_cell"),
+            _ => panic!("select of a non-node"),
+        }
+        // f16 takes the composition and agrees with f64 to f16 precision
+        let (h16, c16) = lstm_cell(&z.to_dtype(DType::F16), &c.to_dtype(DType::F16)).unwrap();
+        let (h64, c64) = lstm_cell(&z, &c).unwrap();
+        assert_close(&h16, &h64.to_vec::<f64>(), 2e-3);
+        assert_close(&c16, &c64.to_vec::<f64>(), 4e-3);
+    }
+
+    #[test]
+    fn fused_lstm_cell_second_order_matches_the_composition() {
+        let z = seq_tensor(&[3, 8], |i| 2.0 * (0.61 * i).sin()).requires_grad_(true);
+        let c = seq_tensor(&[3, 2], |i| (0.5 * i).cos()).requires_grad_(true);
+        let run = |fused: bool| {
+            let (h2, c2) = if fused {
+                lstm_cell(&z, &c).unwrap()
+            } else {
+                lstm_cell_composed(&z, &c).unwrap()
+            };
+            let loss = (&h2 * &h2).sum_all() + (&c2 * &h2).sum_all();
+            let g =
+                crate::autograd::grad(&[loss], &[z.clone(), c.clone()], None, true, true).unwrap();
+            let (gz, gc) = (g[0].clone().unwrap(), g[1].clone().unwrap());
+            let s = (&gz * &gz).sum_all() + (&gc * &gz.narrow(1, 0, 2)).sum_all();
+            let gg =
+                crate::autograd::grad(&[s], &[z.clone(), c.clone()], None, false, false).unwrap();
+            [
+                gz.detach(),
+                gc.detach(),
+                gg[0].clone().unwrap(),
+                gg[1].clone().unwrap(),
+            ]
+        };
+        let (fused, composed) = (run(true), run(false));
+        for (a, b) in fused.iter().zip(&composed) {
+            assert_close(a, &b.to_vec::<f64>(), 1e-12);
+        }
     }
 }
