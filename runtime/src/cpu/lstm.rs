@@ -40,17 +40,17 @@ const FORWARD_PAR_THRESHOLD: usize = 1 << 11;
 /// 15 multiply-adds per element, no transcendental functions.
 const BACKWARD_PAR_THRESHOLD: usize = 1 << 14;
 
-/// `σ(v) = 1 / (1 + e^−v)`, the formula of the `sigmoid` tensor op (scalar `exp` for now;
-/// one place to swap in a vectorised form).
-#[inline]
+/// `σ(v) = 1 / (1 + e^−v)`, the formula of the `sigmoid` tensor op, with the vectorisable
+/// `exp` of f32 (`cpu::vmath`).
+#[inline(always)]
 fn sigmoid<T: RowFloat>(v: T) -> T {
-    T::one() / (T::one() + (-v).exp())
+    T::one() / (T::one() + (-v).exp_v())
 }
 
-/// `tanh(v)` (scalar for now; one place to swap in a vectorised form).
-#[inline]
+/// `tanh(v)`, vectorisable for f32 (`cpu::vmath`).
+#[inline(always)]
 fn tanh<T: RowFloat>(v: T) -> T {
-    v.tanh()
+    v.tanh_v()
 }
 
 /// Output of [`cell_forward`].
@@ -85,32 +85,50 @@ pub(crate) fn cell_forward<T: RowFloat>(z: &[T], c: &[T], hidden: usize) -> Cell
         bh >= FORWARD_PAR_THRESHOLD,
         |r, (h_row, (c_row, a_row))| {
             let z = &z[r * 4 * h..(r + 1) * 4 * h];
-            let c = &c[r * h..(r + 1) * h];
-            let (zi, rest) = z.split_at(h);
-            let (zf, rest) = rest.split_at(h);
-            let (zg, zo) = rest.split_at(h);
-            let (ai, rest) = a_row.split_at_mut(h);
-            let (af, rest) = rest.split_at_mut(h);
-            let (ag, rest) = rest.split_at_mut(h);
-            let (ao, at) = rest.split_at_mut(h);
-            for j in 0..h {
-                let i = sigmoid(zi[j]);
-                let f = sigmoid(zf[j]);
-                let g = tanh(zg[j]);
-                let o = sigmoid(zo[j]);
-                let c2 = f * c[j] + i * g;
-                let t = tanh(c2);
-                ai[j] = i;
-                af[j] = f;
-                ag[j] = g;
-                ao[j] = o;
-                at[j] = t;
-                c_row[j] = c2;
-                h_row[j] = o * t;
-            }
+            forward_row(z, &c[r * h..(r + 1) * h], h_row, c_row, a_row)
         },
     );
     CellOut { hc, act }
+}
+
+crate::cpu::vmath::multiversion_loop! {
+    /// One batch row of [`cell_forward`]: `z` is the row's `4H` gate pre-activations,
+    /// `c` its cell state; writes `h'`, `c'` and the activations `[i, f, g, o, tanh c']`.
+    fn forward_row<T: RowFloat>(
+        z: &[T],
+        c: &[T],
+        h_row: &mut [T],
+        c_row: &mut [T],
+        a_row: &mut [T]
+    ) {
+        let h = c.len();
+        let (zi, rest) = z.split_at(h);
+        let (zf, rest) = rest.split_at(h);
+        let (zg, zo) = rest.split_at(h);
+        let (ai, rest) = a_row.split_at_mut(h);
+        let (af, rest) = rest.split_at_mut(h);
+        let (ag, rest) = rest.split_at_mut(h);
+        let (ao, at) = rest.split_at_mut(h);
+        // equal lengths up front, so the loop below runs without bounds checks
+        let (zo, at, h_row, c_row) = (&zo[..h], &mut at[..h], &mut h_row[..h], &mut c_row[..h]);
+        let (zi, zf, zg) = (&zi[..h], &zf[..h], &zg[..h]);
+        let (ai, af, ag, ao) = (&mut ai[..h], &mut af[..h], &mut ag[..h], &mut ao[..h]);
+        for j in 0..h {
+            let i = sigmoid(zi[j]);
+            let f = sigmoid(zf[j]);
+            let g = tanh(zg[j]);
+            let o = sigmoid(zo[j]);
+            let c2 = f * c[j] + i * g;
+            let t = tanh(c2);
+            ai[j] = i;
+            af[j] = f;
+            ag[j] = g;
+            ao[j] = o;
+            at[j] = t;
+            c_row[j] = c2;
+            h_row[j] = o * t;
+        }
+    }
 }
 
 /// The backward of one LSTM step from the saved activations `act` (`[B, 5H]`), the
@@ -308,7 +326,9 @@ mod tests {
         let out = cell_forward(&[0.0f32; 4], &[1.0], 1);
         assert_eq!(out.hc[1], 0.5);
         assert!((out.hc[0] - 0.5 * 0.5f32.tanh()).abs() < 1e-7);
-        assert_eq!(out.act, vec![0.5, 0.5, 0.0, 0.5, 0.5f32.tanh()]);
+        assert_eq!(out.act[..4], [0.5, 0.5, 0.0, 0.5]);
+        // f32 tanh is the vectorisable `cpu::vmath` form: within 2 ulp of the library's
+        assert!((out.act[4] - 0.5f32.tanh()).abs() <= 2.0 * f32::EPSILON * 0.5);
     }
 
     #[test]

@@ -38,17 +38,27 @@ pub(crate) const COL_BLOCK: usize = 32;
 pub(crate) trait RowFloat: Float + BufferElement + Send + Sync {
     /// `eˣ`, in a form a loop vectorises where there is one.
     fn exp_v(self) -> Self;
+    /// `tanh x`, in a form a loop vectorises where there is one.
+    fn tanh_v(self) -> Self;
 }
 impl RowFloat for f32 {
     #[inline(always)]
     fn exp_v(self) -> Self {
         crate::cpu::vmath::exp_f32(self)
     }
+    #[inline(always)]
+    fn tanh_v(self) -> Self {
+        crate::cpu::vmath::tanh_f32(self)
+    }
 }
 impl RowFloat for f64 {
     #[inline(always)]
     fn exp_v(self) -> Self {
         self.exp()
+    }
+    #[inline(always)]
+    fn tanh_v(self) -> Self {
+        self.tanh()
     }
 }
 
