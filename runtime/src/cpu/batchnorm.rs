@@ -13,7 +13,7 @@
 //! mul, mean, add, rsqrt, mul, mul, add: nine ops, four strided reductions, and as many
 //! in the backward), which is kept for half types, CUDA tensors and `create_graph`.
 
-use super::rowwise::{RowFloat, LANES};
+use super::rowwise::{by_dtype, contiguous_data, NormNeeds, RowFloat, LANES};
 use crate::cpu::parallel::for_each_row;
 use crate::cpu::pool;
 use crate::error::{Error, Result};
@@ -195,17 +195,6 @@ pub(crate) fn invstd_of<T: RowFloat>(var: &[T], eps: f64) -> Vec<T> {
     var.iter().map(|&v| T::one() / (v + eps).sqrt()).collect()
 }
 
-/// Which batch-norm gradients to compute.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct BatchNormNeeds {
-    /// `dx`.
-    pub(crate) x: bool,
-    /// `dweight` (only with a weight).
-    pub(crate) weight: bool,
-    /// `dbias`.
-    pub(crate) bias: bool,
-}
-
 /// Gradients of [`normalize`] with `x̂ = (x − mean)·invstd`: with batch statistics
 /// (`batch_stats`, the mean and invstd functions of `x`)
 /// `dx = invstd·w·(g − Σg/M − x̂·Σgx̂/M)` per channel (`M = N·S`); with fixed (running)
@@ -220,7 +209,7 @@ pub(crate) fn backward<T: RowFloat>(
     invstd: &[T],
     w: Option<&[T]>,
     batch_stats: bool,
-    needs: BatchNormNeeds,
+    needs: NormNeeds,
 ) -> (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>) {
     let want_w = needs.weight && w.is_some();
     // [Σg, Σg·x̂] per channel, when anything needs them
@@ -282,29 +271,6 @@ pub(crate) fn backward<T: RowFloat>(
 
 // ----------------------------------------------------------------------- tensor glue
 
-/// The contiguous elements of `t` (dtype `T`, on the CPU), copied out of a view if
-/// needed. Records nothing.
-fn contiguous_data<T: RowFloat, R>(
-    op: &'static str,
-    t: &Tensor,
-    f: impl FnOnce(&[T]) -> R,
-) -> Result<R> {
-    if t.numel() == 0 {
-        return Ok(f(&[]));
-    }
-    let t = if t.is_contiguous() {
-        t.clone()
-    } else {
-        t.detach().try_contiguous()?
-    };
-    t.with_slice::<T, _>(op, |s, l| {
-        let r = l
-            .contiguous_range()
-            .ok_or_else(|| Error::config(op, "internal: expected a contiguous tensor"))?;
-        Ok(f(&s[r]))
-    })?
-}
-
 /// `f` on the contiguous data of `t`, or on `None`.
 fn with_opt<T: RowFloat, R>(
     op: &'static str,
@@ -315,16 +281,6 @@ fn with_opt<T: RowFloat, R>(
         Some(t) => contiguous_data::<T, _>(op, t, |s| f(Some(s))),
         None => Ok(f(None)),
     }
-}
-
-/// Runs `$body` with `$T` the Rust type of `t`'s dtype (`f32` or `f64`).
-macro_rules! by_dtype {
-    ($op:expr, $t:expr, $T:ident => $body:expr) => {
-        $crate::dispatch!(f32_f64 $t.dtype(), $T => $body, else Err(Error::dtype(
-            $op,
-            format!("internal: fused batch norm takes f32 or f64, got {}", $t.dtype()),
-        )))
-    };
 }
 
 fn wrap<T: RowFloat>(v: Vec<T>, shape: &[usize]) -> Tensor {
@@ -378,7 +334,7 @@ pub(crate) fn backward_tensors(
     invstd: &Tensor,
     weight: Option<&Tensor>,
     batch_stats: bool,
-    needs: BatchNormNeeds,
+    needs: NormNeeds,
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let g = Geom::of(x.shape());
     let grad = grad.to_dtype_raw(x.dtype())?;
@@ -466,7 +422,7 @@ mod tests {
         let eps = 1e-5;
         let rm = [0.3, -0.2];
         let rv = [1.5, 0.8];
-        let all = BatchNormNeeds {
+        let all = NormNeeds {
             x: true,
             weight: true,
             bias: true,
@@ -529,7 +485,7 @@ mod tests {
         let x: Vec<f32> = data(len, 5).into_iter().map(|v| v as f32).collect();
         let gr: Vec<f32> = (0..len).map(|i| ((i * 31 % 17) as f32) / 7.0).collect();
         let w: Vec<f32> = (0..g.c).map(|c| 1.0 + c as f32).collect();
-        let all = BatchNormNeeds {
+        let all = NormNeeds {
             x: true,
             weight: true,
             bias: true,

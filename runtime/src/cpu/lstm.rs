@@ -26,8 +26,8 @@
 //! `create_graph`. Every element is computed on its own, so results do not depend on the
 //! thread count; rows are split across the pool only for large batches.
 
-use crate::cpu::rowwise::{supports, RowFloat};
-use crate::error::{Error, Result};
+use crate::cpu::rowwise::{by_dtype, contiguous_data, supports, RowFloat};
+use crate::error::Result;
 use crate::storage::BufferElement;
 use crate::tensor::Tensor;
 
@@ -206,39 +206,6 @@ pub(crate) fn cell_supports(z: &Tensor, c: &Tensor) -> bool {
         && c.ndim() == 2
         && z.size(0) == c.size(0)
         && z.size(1) == 4 * c.size(1)
-}
-
-/// The contiguous elements of `t` (dtype `T`, on the CPU), copied out of a view if
-/// needed. Records nothing.
-fn contiguous_data<T: RowFloat, R>(
-    op: &'static str,
-    t: &Tensor,
-    f: impl FnOnce(&[T]) -> R,
-) -> Result<R> {
-    if t.numel() == 0 {
-        return Ok(f(&[]));
-    }
-    let t = if t.is_contiguous() {
-        t.clone()
-    } else {
-        t.detach().try_contiguous()?
-    };
-    t.with_slice::<T, _>(op, |s, l| {
-        let r = l
-            .contiguous_range()
-            .ok_or_else(|| Error::config(op, "internal: expected a contiguous tensor"))?;
-        Ok(f(&s[r]))
-    })?
-}
-
-/// Runs `$body` with `$T` the Rust type of `t`'s dtype (`f32` or `f64`).
-macro_rules! by_dtype {
-    ($op:expr, $t:expr, $T:ident => $body:expr) => {
-        $crate::dispatch!(f32_f64 $t.dtype(), $T => $body, else Err(Error::dtype(
-            $op,
-            format!("internal: the fused LSTM cell takes f32 or f64, got {}", $t.dtype()),
-        )))
-    };
 }
 
 /// One fused LSTM step on tensors accepted by [`cell_supports`]: returns `[h'; c']`

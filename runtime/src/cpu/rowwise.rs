@@ -292,9 +292,10 @@ pub(crate) fn layer_norm_forward<T: RowFloat>(
     LayerNormOut { y, mean, rstd }
 }
 
-/// Which layer-norm gradients to compute.
+/// Which gradients of a normalisation with an optional affine weight and bias (layer
+/// norm here, batch norm in `cpu::batchnorm`) to compute.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct LayerNormNeeds {
+pub(crate) struct NormNeeds {
     /// `dx`.
     pub(crate) x: bool,
     /// `dweight` (only with a weight).
@@ -314,7 +315,7 @@ pub(crate) fn layer_norm_backward<T: RowFloat>(
     rstd: &[T],
     n: usize,
     w: Option<&[T]>,
-    needs: LayerNormNeeds,
+    needs: NormNeeds,
 ) -> (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>) {
     let rows = mean.len();
     let dx = needs.x.then(|| {
@@ -441,8 +442,9 @@ pub(crate) fn supports(x: &Tensor) -> bool {
 }
 
 /// The contiguous elements of `t` (dtype `T`, on the CPU), copied out of a view if
-/// needed. Records nothing.
-fn contiguous_data<T: RowFloat, R>(
+/// needed. Records nothing. (Shared by the fused kernels of `cpu::batchnorm` and
+/// `cpu::lstm`.)
+pub(crate) fn contiguous_data<T: RowFloat, R>(
     op: &'static str,
     t: &Tensor,
     f: impl FnOnce(&[T]) -> R,
@@ -464,15 +466,18 @@ fn contiguous_data<T: RowFloat, R>(
     })?
 }
 
-/// Runs `$body` with `$T` the Rust type of `t`'s dtype (`f32` or `f64`).
+/// Runs `$body` with `$T` the Rust type of `t`'s dtype (`f32` or `f64`); an error naming
+/// `$op` for any other dtype. (Shared by the fused kernels of `cpu::batchnorm` and
+/// `cpu::lstm`.)
 macro_rules! by_dtype {
     ($op:expr, $t:expr, $T:ident => $body:expr) => {
-        $crate::dispatch!(f32_f64 $t.dtype(), $T => $body, else Err(Error::dtype(
+        $crate::dispatch!(f32_f64 $t.dtype(), $T => $body, else Err($crate::error::Error::dtype(
             $op,
-            format!("internal: fused row kernels take f32 or f64, got {}", $t.dtype()),
+            format!("internal: fused kernels take f32 or f64, got {}", $t.dtype()),
         )))
     };
 }
+pub(crate) use by_dtype;
 
 /// Softmax (or log-softmax) along the last dim of `x` (f32/f64 on the CPU): a new
 /// contiguous tensor of the same shape. Records nothing.
@@ -551,7 +556,7 @@ pub(crate) fn layer_norm_rows_backward(
     rstd: &Tensor,
     n: usize,
     weight: Option<&Tensor>,
-    needs: LayerNormNeeds,
+    needs: NormNeeds,
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let g = g.to_dtype_raw(x.dtype())?;
     by_dtype!(op, x, T => {
@@ -713,7 +718,7 @@ mod tests {
             y.iter().zip(&g).map(|(y, g)| y * g).sum()
         };
         let f = layer_norm_forward(&x, n, Some(&w), Some(&b), eps);
-        let all = LayerNormNeeds {
+        let all = NormNeeds {
             x: true,
             weight: true,
             bias: true,
@@ -760,7 +765,7 @@ mod tests {
             .map(|i| ((i * 31 % 17) as f32) / 7.0)
             .collect();
         let w: Vec<f32> = (0..n).map(|i| 1.0 + i as f32 / n as f32).collect();
-        let all = LayerNormNeeds {
+        let all = NormNeeds {
             x: true,
             weight: true,
             bias: true,

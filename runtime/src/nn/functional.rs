@@ -8,8 +8,8 @@ pub use super::pool::{
 };
 
 use crate::autograd::{is_grad_enabled, record, NoGradGuard};
-use crate::cpu::batchnorm::{self, BatchNormNeeds};
-use crate::cpu::rowwise::{self, LayerNormNeeds};
+use crate::cpu::batchnorm;
+use crate::cpu::rowwise::{self, NormNeeds};
 use crate::dtype::DType;
 use crate::error::{or_panic, Error, Result};
 use crate::layout::fmt_shape;
@@ -133,7 +133,7 @@ fn layer_norm_fused(
     if !(is_grad_enabled() && inputs.iter().any(|t| t.requires_grad())) {
         return Ok(y);
     }
-    let needs = LayerNormNeeds {
+    let needs = NormNeeds {
         x: x.requires_grad(),
         weight: weight.is_some_and(|w| w.requires_grad()),
         bias: bias.is_some_and(|b| b.requires_grad()),
@@ -187,7 +187,7 @@ fn layer_norm_grad_ops(
     w: Option<&Tensor>,
     k: usize,
     eps: f64,
-    needs: LayerNormNeeds,
+    needs: NormNeeds,
 ) -> (Option<Tensor>, Option<Tensor>, Option<Tensor>) {
     let dims: Vec<isize> = (0..k as isize).map(|i| -1 - i).collect();
     let dims = dims.as_slice();
@@ -395,7 +395,7 @@ fn batch_norm_fused(
     if !(is_grad_enabled() && inputs.iter().any(|t| t.requires_grad())) {
         return Ok(y);
     }
-    let needs = BatchNormNeeds {
+    let needs = NormNeeds {
         x: x.requires_grad(),
         weight: weight.is_some_and(|w| w.requires_grad()),
         bias: bias.is_some_and(|b| b.requires_grad()),
@@ -446,7 +446,7 @@ fn batch_norm_grad_ops(
     invstd: &Tensor,
     use_batch: bool,
     eps: f64,
-    needs: BatchNormNeeds,
+    needs: NormNeeds,
 ) -> (Option<Tensor>, Option<Tensor>, Option<Tensor>) {
     let c = x.size(1);
     let mut bshape = vec![1usize; x.ndim()];
