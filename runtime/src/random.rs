@@ -53,6 +53,27 @@ pub fn philox4x32_10(mut ctr: [u32; 4], mut key: [u32; 2]) -> [u32; 4] {
     ctr
 }
 
+/// Runs `kernel(dst, first)` over `out` in chunks (across the pool above the parallel
+/// threshold), `first` being the index of `dst[0]` in `out`; chunks start at multiples
+/// of `align`.
+fn fill_chunks<T: Send>(
+    out: &mut [T],
+    align: usize,
+    kernel: impl Fn(&mut [T], usize) + Send + Sync,
+) {
+    let n = out.len();
+    if parallel::should_parallelize(n) {
+        let chunk = parallel::chunk_len(n).next_multiple_of(align);
+        parallel::install(|| {
+            out.par_chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(c, dst)| kernel(dst, c * chunk))
+        });
+    } else {
+        kernel(out, 0);
+    }
+}
+
 /// The block of counter `counter` under the key `seed`.
 #[inline(always)]
 fn block(seed: u64, counter: u64) -> [u32; 4] {
@@ -118,60 +139,32 @@ impl Generator {
         f: impl Fn([u32; 4]) -> T + Send + Sync,
     ) -> Vec<T> {
         let mut out = vec![T::default(); n];
-        self.fill_slice(&mut out, f);
+        let start = self.advance(n);
+        let seed = self.seed;
+        // one block per element (a CUDA kernel given the seed and offset draws the same
+        // stream); computing 8 blocks side by side in SIMD lanes was tried and was 1.4×
+        // slower than this scalar loop, whose 64-bit multiplies are one instruction each
+        fill_chunks(&mut out, 1, |dst, first| {
+            for (j, d) in dst.iter_mut().enumerate() {
+                *d = f(block(seed, start.wrapping_add((first + j) as u64)));
+            }
+        });
         out
     }
 
     /// `out[i] = f(w)` for the 32-bit word `w` of element `i` of a Bernoulli draw (word
     /// `i mod 4` of the block of counter `offset + ⌊i/4⌋`; see the module docs).
     fn fill_words<T: Send>(&mut self, out: &mut [T], f: impl Fn(u32) -> T + Send + Sync) {
-        let n = out.len();
-        let start = self.advance(n);
+        let start = self.advance(out.len());
         let seed = self.seed;
-        // `first` is a multiple of 4: the element index of `dst[0]`
-        let kernel = |dst: &mut [T], first: usize| {
+        fill_chunks(out, 4, |dst, first| {
             for (q, d4) in dst.chunks_mut(4).enumerate() {
                 let r = block(seed, start.wrapping_add((first / 4 + q) as u64));
                 for (d, &w) in d4.iter_mut().zip(&r) {
                     *d = f(w);
                 }
             }
-        };
-        if parallel::should_parallelize(n) {
-            let chunk = parallel::chunk_len(n).next_multiple_of(4);
-            parallel::install(|| {
-                out.par_chunks_mut(chunk)
-                    .enumerate()
-                    .for_each(|(c, dst)| kernel(dst, c * chunk))
-            });
-        } else {
-            kernel(out, 0);
-        }
-    }
-
-    /// [`Generator::fill`] into a given buffer (`out.len()` values).
-    fn fill_slice<T: Send>(&mut self, out: &mut [T], f: impl Fn([u32; 4]) -> T + Send + Sync) {
-        let n = out.len();
-        let start = self.advance(n);
-        let seed = self.seed;
-        // one block per element (a CUDA kernel given the seed and offset draws the same
-        // stream); computing 8 blocks side by side in SIMD lanes was tried and was 1.4×
-        // slower than this scalar loop, whose 64-bit multiplies are one instruction each
-        let kernel = |dst: &mut [T], first: u64| {
-            for (j, d) in dst.iter_mut().enumerate() {
-                *d = f(block(seed, first.wrapping_add(j as u64)));
-            }
-        };
-        if parallel::should_parallelize(n) {
-            let chunk = parallel::chunk_len(n);
-            parallel::install(|| {
-                out.par_chunks_mut(chunk)
-                    .enumerate()
-                    .for_each(|(c, dst)| kernel(dst, start.wrapping_add((c * chunk) as u64)))
-            });
-        } else {
-            kernel(out, start);
-        }
+        });
     }
 
     /// Uniform samples in `[0, 1)`.
