@@ -190,7 +190,83 @@ unsafe fn gemm_one<T: NumElement>(
     bm: Mat,
     par: Parallelism,
 ) {
-    // SAFETY: the caller upholds `gemm`'s contract (see `# Safety` above).
+    // SAFETY: the caller upholds the contract (see `# Safety` above).
+    unsafe { gemm_into(m, k, n, dst, dst_rs, false, a, am, b, bm, par) }
+}
+
+/// One `m × k` by `k × n` product on the calling thread, for fused kernels that multiply
+/// small blocks themselves (attention, RNN cells): `dst[i * dst_rs + j]` is set to (or,
+/// with `accumulate`, has added to it) `Σ_p a[i * a_rs + p * a_cs] · b[p * b_rs + j * b_cs]`.
+///
+/// # Safety
+/// `dst` must be valid for reads and writes at every `i * dst_rs + j` (`i < m`, `j < n`)
+/// (it may be uninitialised when `accumulate` is false), `a` valid for reads at every
+/// `i * a_rs + p * a_cs` and `b` at every `p * b_rs + j * b_cs` (`p < k`), and `dst` must
+/// not overlap `a` or `b`.
+#[allow(clippy::too_many_arguments)]
+#[allow(dead_code)] // first caller: the fused CPU attention (in progress)
+pub(crate) unsafe fn gemm_serial<T: NumElement>(
+    m: usize,
+    k: usize,
+    n: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    accumulate: bool,
+    a: *const T,
+    (a_rs, a_cs): (usize, usize),
+    b: *const T,
+    (b_rs, b_cs): (usize, usize),
+) {
+    let (am, bm) = (Mat { rs: a_rs, cs: a_cs }, Mat { rs: b_rs, cs: b_cs });
+    // SAFETY: the caller upholds the contract (see `# Safety` above).
+    unsafe {
+        gemm_into(
+            m,
+            k,
+            n,
+            dst,
+            dst_rs,
+            accumulate,
+            a,
+            am,
+            b,
+            bm,
+            Parallelism::None,
+        )
+    }
+}
+
+/// [`gemm_one`] with the choice to add to `dst` (`accumulate`) instead of overwriting it.
+///
+/// # Safety
+/// As [`gemm_serial`], with `par` the threads gemm may use.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into<T: NumElement>(
+    m: usize,
+    k: usize,
+    n: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    accumulate: bool,
+    a: *const T,
+    am: Mat,
+    b: *const T,
+    bm: Mat,
+    par: Parallelism,
+) {
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    // SAFETY: inside `dst` by the caller's contract.
+                    unsafe { dst.add(i * dst_rs + j).write(T::zero()) };
+                }
+            }
+        }
+        return;
+    }
+    // SAFETY: the caller upholds `gemm`'s contract (see `# Safety` above); with
+    // `accumulate` gemm computes `dst = 1 · dst + 1 · a b`, otherwise `dst = a b`.
     unsafe {
         gemm::gemm(
             m,
@@ -199,14 +275,14 @@ unsafe fn gemm_one<T: NumElement>(
             dst,
             1,
             dst_rs as isize,
-            false,
+            accumulate,
             a,
             am.cs as isize,
             am.rs as isize,
             b,
             bm.cs as isize,
             bm.rs as isize,
-            T::zero(),
+            if accumulate { T::one() } else { T::zero() },
             T::one(),
             false,
             false,
@@ -401,6 +477,48 @@ mod tests {
         assert_eq!(fold_rows(&[2], &[0], 4, 5, &[0]), None);
         // size-1 dims are skipped; m = 1 takes the batch stride
         assert_eq!(fold_rows(&[1, 6], &[99, 5], 1, 1, &[3, 0]), Some(5));
+    }
+
+    #[test]
+    fn gemm_serial_sets_or_adds_to_a_strided_destination() {
+        // a is [m=3, k=4] stored transposed (column-major), b is [k=4, n=5] row-major,
+        // dst rows are 7 apart
+        let (m, k, n, dst_rs) = (3, 4, 5, 7);
+        let a: Vec<f64> = (0..m * k).map(|x| x as f64 * 0.5 - 2.0).collect();
+        let b: Vec<f64> = (0..k * n).map(|x| (x as f64).sin()).collect();
+        let want = |i: usize, j: usize| (0..k).map(|p| a[p * m + i] * b[p * n + j]).sum::<f64>();
+        for accumulate in [false, true] {
+            let mut dst = vec![1.5f64; m * dst_rs];
+            // SAFETY: every index named by the contract lies inside the three vectors.
+            unsafe {
+                gemm_serial(
+                    m,
+                    k,
+                    n,
+                    dst.as_mut_ptr(),
+                    dst_rs,
+                    accumulate,
+                    a.as_ptr(),
+                    (1, m),
+                    b.as_ptr(),
+                    (n, 1),
+                )
+            };
+            for i in 0..m {
+                for j in 0..dst_rs {
+                    let got = dst[i * dst_rs + j];
+                    let expect = match (j < n, accumulate) {
+                        (false, _) => 1.5,
+                        (true, false) => want(i, j),
+                        (true, true) => 1.5 + want(i, j),
+                    };
+                    assert!(
+                        (got - expect).abs() < 1e-12,
+                        "({i}, {j}): {got} vs {expect}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
