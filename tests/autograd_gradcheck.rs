@@ -390,6 +390,22 @@ fn cases() -> Vec<Case> {
         vec![nc(&mut g, 4, 3), nc(&mut g, 4, 2), nc(&mut g, 4, 2)],
         true,
     );
+    // fused LSTM layer (one node for the whole sequence: backpropagation through time in
+    // one kernel; second order through its tensor-op backward); x non-contiguous
+    let lstm = flint::nn::LSTM::new(3, 2, DType::F64);
+    add(
+        "lstm_layer",
+        Box::new(move |x| {
+            let (y, (h, c)) = lstm.forward(&x[0], Some((&x[1], &x[2])));
+            Tensor::cat(&[y.flatten(0, -1), h.flatten(0, -1), c.flatten(0, -1)], 0)
+        }),
+        vec![
+            g.randn([3, 3, 2], DType::F64).transpose(1, 2),
+            g.randn([1, 2, 2], DType::F64),
+            g.randn([1, 2, 2], DType::F64),
+        ],
+        true,
+    );
     // composites built from the ops above
     add(
         "var*",

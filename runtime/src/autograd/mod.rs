@@ -80,6 +80,8 @@ pub const DIFFERENTIABLE_OPS: &[&str] = &[
     "batch_norm",
     // fused LSTM cell (cpu/lstm.rs)
     "lstm_cell",
+    // fused LSTM layer over a whole sequence (cpu/lstm.rs)
+    "lstm_layer",
     // views
     "view",
     "reshape",

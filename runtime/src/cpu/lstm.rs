@@ -27,6 +27,7 @@
 //! thread count; rows are split across the pool only for large batches.
 
 use crate::cpu::rowwise::{by_dtype, contiguous_data, supports, RowFloat};
+use crate::dtype::NumElement;
 use crate::error::Result;
 use crate::storage::BufferElement;
 use crate::tensor::Tensor;
@@ -66,19 +67,35 @@ type ForwardRow<'a, T> = (&'a mut [T], (&'a mut [T], &'a mut [T]));
 
 /// The forward of one LSTM step: `z` is `[B, 4H]`, `c` is `[B, H]`, both contiguous.
 pub(crate) fn cell_forward<T: RowFloat>(z: &[T], c: &[T], hidden: usize) -> CellOut<T> {
+    let bh = c.len();
+    let mut hc = crate::cpu::pool::zeros::<T>(2 * bh);
+    let mut act = crate::cpu::pool::zeros::<T>(5 * bh);
+    let (hs, cs) = hc.split_at_mut(bh);
+    cell_forward_into(z, c, hidden, hs, cs, &mut act);
+    CellOut { hc, act }
+}
+
+/// [`cell_forward`] into given buffers: `h_out` and `c_out` (`[B, H]`) and `act_out`
+/// (`[B, 5H]`).
+fn cell_forward_into<T: RowFloat>(
+    z: &[T],
+    c: &[T],
+    hidden: usize,
+    h_out: &mut [T],
+    c_out: &mut [T],
+    act_out: &mut [T],
+) {
     let h = hidden;
     let bh = c.len();
     debug_assert_eq!(z.len(), 4 * bh);
-    let mut hc = crate::cpu::pool::zeros::<T>(2 * bh);
-    let mut act = crate::cpu::pool::zeros::<T>(5 * bh);
+    debug_assert!(h_out.len() == bh && c_out.len() == bh && act_out.len() == 5 * bh);
     if bh == 0 {
-        return CellOut { hc, act };
+        return;
     }
-    let (hs, cs) = hc.split_at_mut(bh);
     // one task a batch row: its h' and c' rows and its activations
-    let rows: Vec<ForwardRow<'_, T>> = hs
+    let rows: Vec<ForwardRow<'_, T>> = h_out
         .chunks_mut(h)
-        .zip(cs.chunks_mut(h).zip(act.chunks_mut(5 * h)))
+        .zip(c_out.chunks_mut(h).zip(act_out.chunks_mut(5 * h)))
         .collect();
     run_rows(
         rows,
@@ -88,7 +105,6 @@ pub(crate) fn cell_forward<T: RowFloat>(z: &[T], c: &[T], hidden: usize) -> Cell
             forward_row(z, &c[r * h..(r + 1) * h], h_row, c_row, a_row)
         },
     );
-    CellOut { hc, act }
 }
 
 crate::cpu::vmath::multiversion_loop! {
@@ -140,16 +156,34 @@ pub(crate) fn cell_backward<T: RowFloat>(
     g: &[T],
     hidden: usize,
 ) -> (Vec<T>, Vec<T>) {
-    let h = hidden;
     let bh = c.len();
-    debug_assert_eq!(act.len(), 5 * bh);
     debug_assert_eq!(g.len(), 2 * bh);
     let mut dz = crate::cpu::pool::zeros::<T>(4 * bh);
     let mut dc_prev = crate::cpu::pool::zeros::<T>(bh);
+    let (dh, dc) = g.split_at(bh);
+    cell_backward_into(act, c, dh, dc, hidden, &mut dz, &mut dc_prev);
+    (dz, dc_prev)
+}
+
+/// [`cell_backward`] from the output gradients `dh_all`, `dc_all` (`[B, H]` each) into
+/// given buffers `dz` (`[B, 4H]`) and `dc_prev` (`[B, H]`).
+fn cell_backward_into<T: RowFloat>(
+    act: &[T],
+    c: &[T],
+    dh_all: &[T],
+    dc_all: &[T],
+    hidden: usize,
+    dz: &mut [T],
+    dc_prev: &mut [T],
+) {
+    let h = hidden;
+    let bh = c.len();
+    debug_assert_eq!(act.len(), 5 * bh);
+    debug_assert!(dh_all.len() == bh && dc_all.len() == bh);
+    debug_assert!(dz.len() == 4 * bh && dc_prev.len() == bh);
     if bh == 0 {
-        return (dz, dc_prev);
+        return;
     }
-    let (dh_all, dc_all) = g.split_at(bh);
     let rows: Vec<(&mut [T], &mut [T])> = dz.chunks_mut(4 * h).zip(dc_prev.chunks_mut(h)).collect();
     run_rows(rows, bh >= BACKWARD_PAR_THRESHOLD, |r, (dz, dcp)| {
         let a = &act[r * 5 * h..(r + 1) * 5 * h];
@@ -174,7 +208,6 @@ pub(crate) fn cell_backward<T: RowFloat>(
             dcp[j] = dct * f;
         }
     });
-    (dz, dc_prev)
 }
 
 /// Runs `f(r, row)` for every batch row: across the pool when `parallel` and the pool
@@ -192,6 +225,237 @@ fn run_rows<R: Send>(rows: Vec<R>, parallel: bool, f: impl Fn(usize, R) + Send +
             f(r, row);
         }
     }
+}
+
+// --------------------------------------------------------------------- a whole layer
+
+/// The sizes of one LSTM layer run by [`layer_forward`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dims {
+    /// Time steps `T` (at least one).
+    pub(crate) steps: usize,
+    /// Batch `B`.
+    pub(crate) batch: usize,
+    /// Hidden size `H`.
+    pub(crate) hidden: usize,
+}
+
+/// What [`layer_forward`] returns and keeps for [`layer_backward`].
+pub(crate) struct LayerOut<T> {
+    /// `[h_1, …, h_T, c_T]`, `[T + 1, B, H]`: the outputs, then the last cell state.
+    pub(crate) y: Vec<T>,
+    /// The recurrent product's inputs `h_{t−1} ⊙ mask` (`h_0` the initial state),
+    /// `[T, B, H]`.
+    pub(crate) hin: Vec<T>,
+    /// The cell states `c_1 … c_T`, `[T, B, H]`.
+    pub(crate) cs: Vec<T>,
+    /// The activations `[i, f, g, o, tanh c_t]` of every step and row, `[T, B, 5H]`.
+    pub(crate) act: Vec<T>,
+}
+
+/// A whole LSTM layer over `T` steps, from the input projections `gi` (`[T, B, 4H]`,
+/// `x_t W_ihᵀ` plus both biases), the recurrent weight `w_hh` (`[4H, H]`), the initial
+/// state `h0`, `c0` (`[B, H]`) and an optional variational mask on the recurrent input
+/// (`[B, H]`, applied as `h_{t−1} ⊙ mask`). Every step is
+/// `z_t = gi_t + (h_{t−1} ⊙ mask) W_hhᵀ` followed by [`cell_forward`]'s cell.
+///
+/// One call replaces the per-step tensor ops (a product, a sum and a cell node a step) and
+/// lets [`layer_backward`] form the weight gradient in one product over all steps.
+pub(crate) fn layer_forward<T: RowFloat + NumElement>(
+    gi: &[T],
+    w_hh: &[T],
+    h0: &[T],
+    c0: &[T],
+    mask: Option<&[T]>,
+    d: Dims,
+) -> LayerOut<T> {
+    let (b, h, steps) = (d.batch, d.hidden, d.steps);
+    let (bh, g4) = (b * h, 4 * h);
+    debug_assert!(gi.len() == steps * b * g4 && w_hh.len() == g4 * h);
+    debug_assert!(h0.len() == bh && c0.len() == bh);
+    let pool = crate::cpu::pool::zeros::<T>;
+    let (mut y, mut hin, mut cs, mut act) = (
+        pool((steps + 1) * bh),
+        pool(steps * bh),
+        pool(steps * bh),
+        pool(steps * 5 * bh),
+    );
+    // W_hhᵀ as a row-major [H, 4H] matrix, so every step's product reads it with a unit
+    // column stride instead of re-packing the transposed view each step
+    let mut w_t = pool(g4 * h);
+    for (r, row) in w_hh.chunks(h).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            w_t[j * g4 + r] = v;
+        }
+    }
+    let mut z = pool(b * g4);
+    for t in 0..steps {
+        let (h_done, h_rest) = y.split_at_mut(t * bh);
+        let h_prev = if t == 0 { h0 } else { &h_done[(t - 1) * bh..] };
+        let hin_t = &mut hin[t * bh..(t + 1) * bh];
+        match mask {
+            Some(m) => {
+                for ((d, &x), &m) in hin_t.iter_mut().zip(h_prev).zip(m) {
+                    *d = x * m;
+                }
+            }
+            None => hin_t.copy_from_slice(h_prev),
+        }
+        z.copy_from_slice(&gi[t * b * g4..(t + 1) * b * g4]);
+        product(b, h, g4, &mut z, true, hin_t, (h, 1), &w_t, (g4, 1));
+        let (c_done, c_rest) = cs.split_at_mut(t * bh);
+        let c_prev = if t == 0 { c0 } else { &c_done[(t - 1) * bh..] };
+        cell_forward_into(
+            &z,
+            c_prev,
+            h,
+            &mut h_rest[..bh],
+            &mut c_rest[..bh],
+            &mut act[t * 5 * bh..(t + 1) * 5 * bh],
+        );
+    }
+    y[steps * bh..].copy_from_slice(&cs[(steps - 1) * bh..]);
+    LayerOut { y, hin, cs, act }
+}
+
+/// Gradients of [`layer_forward`]: `(dgi [T, B, 4H], dh0 [B, H], dc0 [B, H], dz_all)`
+/// from its saved cell states `cs` and activations `act` ([`LayerOut`]) and the
+/// gradient `g` of `y` (`[T + 1, B, H]`). `dz_all` is
+/// `dgi` itself (the gate pre-activations' gradient); the weight gradient is
+/// `dz_allᵀ · hin` (`[4H, T·B] · [T·B, H]`), one product the caller forms.
+///
+/// Backpropagation through time: from the last step down, the step's `dh` is its output
+/// gradient plus what step `t + 1` sent back through `W_hh`, the cell backward gives
+/// `dz_t` and the gradient reaching `c_{t−1}`, and `dh_{t−1} = (dz_t W_hh) ⊙ mask`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layer_backward<T: RowFloat + NumElement>(
+    cs: &[T],
+    act: &[T],
+    w_hh: &[T],
+    c0: &[T],
+    mask: Option<&[T]>,
+    g: &[T],
+    d: Dims,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (b, h, steps) = (d.batch, d.hidden, d.steps);
+    let (bh, g4) = (b * h, 4 * h);
+    debug_assert_eq!(g.len(), (steps + 1) * bh);
+    let pool = crate::cpu::pool::zeros::<T>;
+    let mut dz_all = pool(steps * b * g4);
+    let (mut dh, mut dh_carry, mut dcp) = (pool(bh), pool(bh), pool(bh));
+    let mut dc_carry = g[steps * bh..].to_vec();
+    for t in (0..steps).rev() {
+        for ((d, &x), &y) in dh.iter_mut().zip(&g[t * bh..(t + 1) * bh]).zip(&dh_carry) {
+            *d = x + y;
+        }
+        let c_prev = if t == 0 {
+            c0
+        } else {
+            &cs[(t - 1) * bh..t * bh]
+        };
+        let dz_t = &mut dz_all[t * b * g4..(t + 1) * b * g4];
+        cell_backward_into(
+            &act[t * 5 * bh..(t + 1) * 5 * bh],
+            c_prev,
+            &dh,
+            &dc_carry,
+            h,
+            dz_t,
+            &mut dcp,
+        );
+        std::mem::swap(&mut dc_carry, &mut dcp);
+        product(b, g4, h, &mut dh_carry, false, dz_t, (g4, 1), w_hh, (h, 1));
+        if let Some(m) = mask {
+            for (d, &m) in dh_carry.iter_mut().zip(m) {
+                *d = *d * m;
+            }
+        }
+    }
+    (dz_all, dh_carry, dc_carry)
+}
+
+/// `dst (+)= a · b` for a row-major `m × n` `dst` (rows `n` apart) and strided `a`
+/// (`m × k`) and `b` (`k × n`), split by columns across the pool when large enough: one
+/// single-threaded product per column block, so every element is summed in the same order
+/// at any thread count.
+#[allow(clippy::too_many_arguments)]
+fn product<T: RowFloat + NumElement>(
+    m: usize,
+    k: usize,
+    n: usize,
+    dst: &mut [T],
+    accumulate: bool,
+    a: &[T],
+    (a_rs, a_cs): (usize, usize),
+    b: &[T],
+    (b_rs, b_cs): (usize, usize),
+) {
+    use crate::cpu::matmul::{gemm_serial, GEMM_PAR_THRESHOLD};
+    if m == 0 || n == 0 {
+        return;
+    }
+    // every index the product reads or writes lies inside the slices
+    assert!(
+        dst.len() >= m * n,
+        "internal: lstm product destination too short"
+    );
+    assert!(k == 0 || a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
+    assert!(k == 0 || b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
+    let threads = crate::cpu::parallel::num_threads();
+    // column blocks of whole 16-column tiles, at least two tiles each
+    let blocks = if threads > 1 && m * n * k >= GEMM_PAR_THRESHOLD {
+        threads.min(n / 32).max(1)
+    } else {
+        1
+    };
+    if blocks == 1 {
+        // SAFETY: the bounds were checked above; `dst` is a separate `&mut`.
+        unsafe {
+            gemm_serial(
+                m,
+                k,
+                n,
+                dst.as_mut_ptr(),
+                n,
+                accumulate,
+                a.as_ptr(),
+                (a_rs, a_cs),
+                b.as_ptr(),
+                (b_rs, b_cs),
+            )
+        };
+        return;
+    }
+    let width = n.div_ceil(blocks).next_multiple_of(16);
+    let dst_addr = dst.as_mut_ptr() as usize;
+    let (a_addr, b_addr) = (a.as_ptr() as usize, b.as_ptr() as usize);
+    crate::cpu::parallel::install(|| {
+        use rayon::prelude::*;
+        (0..blocks).into_par_iter().for_each(|j| {
+            let c0 = (j * width).min(n);
+            let cols = width.min(n - c0);
+            if cols == 0 {
+                return;
+            }
+            // SAFETY: block `j` writes columns `c0..c0 + cols` of every row of `dst`
+            // (bounds checked above), disjoint from the other blocks, and reads `a` and
+            // columns `c0..c0 + cols` of `b`, which nothing writes meanwhile.
+            unsafe {
+                gemm_serial(
+                    m,
+                    k,
+                    cols,
+                    (dst_addr as *mut T).add(c0),
+                    n,
+                    accumulate,
+                    a_addr as *const T,
+                    (a_rs, a_cs),
+                    (b_addr as *const T).add(c0 * b_cs),
+                    (b_rs, b_cs),
+                )
+            }
+        });
+    });
 }
 
 // ----------------------------------------------------------------------- tensor glue
@@ -244,6 +508,139 @@ pub(crate) fn lstm_cell_backward(
             Tensor::from_buffer(T::into_buffer(dz), &[b, 4 * h]),
             Tensor::from_buffer(T::into_buffer(dc), &[b, h]),
         ))
+    })
+}
+
+/// True when [`lstm_layer`] takes these operands: `f32` or `f64` host tensors of one
+/// dtype, `gi` of shape `[T, B, 4H]` with `T ≥ 1`, `w_hh` `[4H, H]`, and `h0`, `c0` and
+/// the mask `[B, H]`.
+pub(crate) fn layer_supports(
+    gi: &Tensor,
+    w_hh: &Tensor,
+    h0: &Tensor,
+    c0: &Tensor,
+    mask: Option<&Tensor>,
+) -> bool {
+    if gi.ndim() != 3 || gi.size(0) == 0 || w_hh.ndim() != 2 {
+        return false;
+    }
+    let (b, h) = (gi.size(1), w_hh.size(1));
+    let state = |t: &Tensor| supports(t) && t.dtype() == gi.dtype() && t.shape() == [b, h];
+    supports(gi)
+        && supports(w_hh)
+        && w_hh.dtype() == gi.dtype()
+        && w_hh.size(0) == 4 * h
+        && gi.size(2) == 4 * h
+        && state(h0)
+        && state(c0)
+        && mask.is_none_or(state)
+}
+
+/// What the backward of [`lstm_layer`] reads besides the inputs: plain tensors without
+/// autograd history.
+#[derive(Clone)]
+pub(crate) struct LayerSaved {
+    /// [`LayerOut::hin`], `[T·B, H]`.
+    pub(crate) hin: Tensor,
+    /// [`LayerOut::cs`], `[T, B, H]`.
+    pub(crate) cs: Tensor,
+    /// [`LayerOut::act`], `[T, B, 5H]`.
+    pub(crate) act: Tensor,
+}
+
+/// Runs `f` on the contiguous elements of `m`, or on `None`.
+fn optional_data<T: RowFloat, R>(
+    op: &'static str,
+    m: Option<&Tensor>,
+    f: impl FnOnce(Option<&[T]>) -> R,
+) -> Result<R> {
+    match m {
+        Some(m) => contiguous_data::<T, _>(op, m, |s| f(Some(s))),
+        None => Ok(f(None)),
+    }
+}
+
+/// One fused LSTM layer ([`layer_forward`]) on tensors accepted by [`layer_supports`]:
+/// returns `y = [h_1, …, h_T, c_T]` (`[T + 1, B, H]`) and what the backward needs.
+/// Records nothing.
+pub(crate) fn lstm_layer(
+    op: &'static str,
+    gi: &Tensor,
+    w_hh: &Tensor,
+    h0: &Tensor,
+    c0: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<(Tensor, LayerSaved)> {
+    let d = Dims {
+        steps: gi.size(0),
+        batch: gi.size(1),
+        hidden: w_hh.size(1),
+    };
+    let bh = [d.batch, d.hidden];
+    by_dtype!(op, gi, T => {
+        let out = contiguous_data::<T, _>(op, gi, |gi| {
+            contiguous_data::<T, _>(op, w_hh, |w| {
+                contiguous_data::<T, _>(op, h0, |h0| {
+                    contiguous_data::<T, _>(op, c0, |c0| {
+                        optional_data::<T, _>(op, mask, |m| layer_forward(gi, w, h0, c0, m, d))
+                    })
+                })
+            })
+        })?????;
+        let buf = |v: Vec<T>, shape: &[usize]| Tensor::from_buffer(T::into_buffer(v), shape);
+        Ok((
+            buf(out.y, &[d.steps + 1, bh[0], bh[1]]),
+            LayerSaved {
+                hin: buf(out.hin, &[d.steps * bh[0], bh[1]]),
+                cs: buf(out.cs, &[d.steps, bh[0], bh[1]]),
+                act: buf(out.act, &[d.steps, bh[0], 5 * bh[1]]),
+            },
+        ))
+    })
+}
+
+/// The gradients `(dgi [T, B, 4H], dw_hh [4H, H], dh0 [B, H], dc0 [B, H])` of
+/// [`lstm_layer`] from what it saved, its inputs `w_hh`, `c0`, `mask` and the gradient `g`
+/// of `y` (`[T + 1, B, H]`). The weight gradient is one product over all steps,
+/// `dgiᵀ · hin`, through the threaded matmul. Records nothing.
+pub(crate) fn lstm_layer_backward(
+    op: &'static str,
+    saved: &LayerSaved,
+    w_hh: &Tensor,
+    c0: &Tensor,
+    mask: Option<&Tensor>,
+    g: &Tensor,
+) -> Result<[Tensor; 4]> {
+    let (steps, batch, hidden) = (saved.cs.size(0), saved.cs.size(1), saved.cs.size(2));
+    let d = Dims {
+        steps,
+        batch,
+        hidden,
+    };
+    let g = g.to_dtype_raw(c0.dtype())?;
+    by_dtype!(op, c0, T => {
+        let (dz, dh0, dc0) = contiguous_data::<T, _>(op, &saved.cs, |cs| {
+            contiguous_data::<T, _>(op, &saved.act, |act| {
+                contiguous_data::<T, _>(op, w_hh, |w| {
+                    contiguous_data::<T, _>(op, c0, |c0| {
+                        contiguous_data::<T, _>(op, &g, |g| {
+                            optional_data::<T, _>(op, mask, |m| {
+                                layer_backward(cs, act, w, c0, m, g, d)
+                            })
+                        })
+                    })
+                })
+            })
+        })??????;
+        let buf = |v: Vec<T>, shape: &[usize]| Tensor::from_buffer(T::into_buffer(v), shape);
+        let dz = buf(dz, &[steps * batch, 4 * hidden]);
+        let dw = dz.try_transpose(0, 1)?.try_matmul(&saved.hin)?;
+        Ok([
+            dz.try_reshape([steps, batch, 4 * hidden])?,
+            dw,
+            buf(dh0, &[batch, hidden]),
+            buf(dc0, &[batch, hidden]),
+        ])
     })
 }
 

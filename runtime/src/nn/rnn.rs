@@ -282,6 +282,103 @@ fn lstm_cell(z: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor)> {
     Ok((hc.try_select(0, 0)?, hc.try_select(0, 1)?))
 }
 
+/// A whole LSTM layer over the time-major input projections `gi` (`[T, B, 4H]`, both
+/// biases included) from the state `h0`, `c0` (`[B, H]`), with the recurrent weight
+/// `w_hh` (`[4H, H]`) and an optional variational mask on the recurrent input. Returns
+/// `(out [T, B, H], h_T, c_T)`. Inputs must pass [`lstm::layer_supports`].
+///
+/// One recorded node (`lstm_layer`, inputs `gi`, `w_hh`, `h0`, `c0`, output
+/// `[h_1 … h_T; c_T]`) in place of a product, a sum and a cell node per step: its backward
+/// runs backpropagation through time in [`lstm::lstm_layer_backward`], with the weight
+/// gradient as one product over all steps, or under `create_graph`
+/// [`lstm_layer_grad_ops`].
+fn lstm_layer(
+    gi: &Tensor,
+    w_hh: &Tensor,
+    h0: &Tensor,
+    c0: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    const OP: &str = "LSTM";
+    let (y, saved) = lstm::lstm_layer(OP, gi, w_hh, h0, c0, mask)?;
+    let inputs = [gi, w_hh, h0, c0];
+    let y = if is_grad_enabled() && inputs.iter().any(|t| t.requires_grad()) {
+        let [gi_s, w_s, h0_s, c0_s] = inputs.map(Tensor::clone);
+        let mask_s = mask.cloned();
+        record(y, "lstm_layer", &inputs, &inputs, move |g| {
+            let grads = if is_grad_enabled() {
+                lstm_layer_grad_ops(&gi_s, &w_s, &h0_s, &c0_s, mask_s.as_ref(), g)
+            } else {
+                or_panic(lstm::lstm_layer_backward(
+                    OP,
+                    &saved,
+                    &w_s,
+                    &c0_s,
+                    mask_s.as_ref(),
+                    g,
+                ))
+            };
+            grads.into_iter().map(Some).collect()
+        })
+    } else {
+        y
+    };
+    let steps = gi.size(0) as isize;
+    Ok((
+        y.try_narrow(0, 0, steps as usize)?,
+        y.try_select(0, steps - 1)?,
+        y.try_select(0, steps)?,
+    ))
+}
+
+/// The gradients `[dgi, dw_hh, dh0, dc0]` of [`lstm_layer`] from the gradient `g` of its
+/// output (`[T + 1, B, H]`), as differentiable tensor ops (for `create_graph`): the forward
+/// is re-run step by step with [`lstm_cell`], then backpropagation through time uses
+/// [`lstm_cell_grad_ops`] and products with `w_hh`.
+fn lstm_layer_grad_ops(
+    gi: &Tensor,
+    w_hh: &Tensor,
+    h0: &Tensor,
+    c0: &Tensor,
+    mask: Option<&Tensor>,
+    g: &Tensor,
+) -> [Tensor; 4] {
+    let steps = gi.size(0);
+    let masked = |h: &Tensor| match mask {
+        Some(m) => h * m,
+        None => h.clone(),
+    };
+    // forward: the recurrent inputs, pre-activations and cell states of every step
+    let (mut hin, mut zs, mut cs) = (Vec::new(), Vec::new(), vec![c0.clone()]);
+    let mut h = h0.clone();
+    for t in 0..steps {
+        hin.push(masked(&h));
+        zs.push(gi.select(0, t as isize) + hin[t].matmul(&w_hh.t()));
+        let (h2, c2) = or_panic(lstm_cell(&zs[t], &cs[t]));
+        h = h2;
+        cs.push(c2);
+    }
+    // backward through time
+    let mut dz = vec![None; steps];
+    let mut dh_carry: Option<Tensor> = None;
+    let mut dc = g.select(0, steps as isize);
+    for t in (0..steps).rev() {
+        let dh = match &dh_carry {
+            Some(d) => g.select(0, t as isize) + d,
+            None => g.select(0, t as isize),
+        };
+        let (dz_t, dc_prev) = lstm_cell_grad_ops(&zs[t], &cs[t], &Tensor::stack(&[dh, dc], 0));
+        dh_carry = Some(masked(&dz_t.matmul(w_hh)));
+        dc = dc_prev;
+        dz[t] = Some(dz_t);
+    }
+    let dz: Vec<Tensor> = dz.into_iter().flatten().collect();
+    let dgi = Tensor::stack(&dz, 0);
+    let dw = Tensor::cat(&dz, 0).t().matmul(&Tensor::cat(&hin, 0));
+    let dh0 = dh_carry.unwrap_or_else(|| h0.zeros_like());
+    [dgi, dw, dh0, dc]
+}
+
 /// [`lstm_cell`] as tensor ops (half types, CUDA tensors).
 fn lstm_cell_composed(z: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor)> {
     let g = z.try_chunk(4, -1)?;
@@ -463,19 +560,42 @@ impl Seq<'_> {
                 (None, true) => Some(zeros()),
                 (_, false) => None,
             };
-            let mut outs = Vec::with_capacity(steps);
-            for t in 0..steps {
-                let g = gi.try_select(tdim as isize, t as isize)?;
-                let h_in = match &hmask {
-                    Some(m) => h.try_mul(m)?,
-                    None => h.clone(),
-                };
-                let (h2, c2) = step(self.kind, &g, &h, &h_in, c.as_ref(), &w_hh_t, b_hh)?;
-                h = h2;
-                c = c2;
-                outs.push(h.clone());
-            }
-            let mut out = Tensor::try_stack(&outs, tdim as isize)?;
+            // the whole layer in one fused node (LSTM on f32/f64 host tensors)
+            let gi_tm = if tdim == 0 {
+                gi.clone()
+            } else {
+                gi.try_transpose(0, 1)?
+            };
+            let fused = match &c {
+                Some(c0) if b_hh.is_none() => {
+                    lstm::layer_supports(&gi_tm, &w.weight_hh, &h, c0, hmask.as_ref())
+                }
+                _ => false,
+            };
+            let mut out = if let (true, Some(c0)) = (fused, &c) {
+                let (out, h_n, c_n) = lstm_layer(&gi_tm, &w.weight_hh, &h, c0, hmask.as_ref())?;
+                h = h_n;
+                c = Some(c_n);
+                if tdim == 0 {
+                    out
+                } else {
+                    out.try_transpose(0, 1)?
+                }
+            } else {
+                let mut outs = Vec::with_capacity(steps);
+                for t in 0..steps {
+                    let g = gi.try_select(tdim as isize, t as isize)?;
+                    let h_in = match &hmask {
+                        Some(m) => h.try_mul(m)?,
+                        None => h.clone(),
+                    };
+                    let (h2, c2) = step(self.kind, &g, &h, &h_in, c.as_ref(), &w_hh_t, b_hh)?;
+                    h = h2;
+                    c = c2;
+                    outs.push(h.clone());
+                }
+                Tensor::try_stack(&outs, tdim as isize)?
+            };
             if k + 1 < num_layers {
                 out = functional::dropout(&out, cfg.dropout, self.training)?;
             }
@@ -2318,6 +2438,132 @@ mod tests {
         let (fused, composed) = (run(true), run(false));
         for (a, b) in fused.iter().zip(&composed) {
             assert_close(a, &b.to_vec::<f64>(), 1e-12);
+        }
+    }
+
+    /// [`lstm_layer`]'s outputs `(out, h_T, c_T)` computed by the per-step loop instead
+    /// (one [`step`] a time step, as `Seq::run` does for the other kinds).
+    fn layer_by_steps(
+        gi: &Tensor,
+        w_hh: &Tensor,
+        h0: &Tensor,
+        c0: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> (Tensor, Tensor, Tensor) {
+        let (mut h, mut c) = (h0.clone(), Some(c0.clone()));
+        let mut outs = vec![];
+        for t in 0..gi.size(0) {
+            let h_in = mask.map_or_else(|| h.clone(), |m| &h * m);
+            let g = gi.select(0, t as isize);
+            let (h2, c2) = step(Kind::Lstm, &g, &h, &h_in, c.as_ref(), &w_hh.t(), None).unwrap();
+            (h, c) = (h2, c2);
+            outs.push(h.clone());
+        }
+        (Tensor::stack(&outs, 0), h, c.unwrap())
+    }
+
+    /// Values and first-order gradients of the fused layer against the step loop, for
+    /// `T` steps, batch `b`, hidden `hd`, with and without a recurrent mask.
+    fn fused_layer_vs_steps(dtype: DType, t: usize, b: usize, hd: usize, tol: f64) {
+        let gi = seq_tensor(&[t, b, 4 * hd], |i| 2.0 * (0.37 * i + 0.1).sin()).to_dtype(dtype);
+        // a non-contiguous weight, as the module's parameter is not
+        let w = seq_tensor(&[hd, 4 * hd], |i| 0.3 * (0.23 * i).cos())
+            .to_dtype(dtype)
+            .t();
+        let h0 = seq_tensor(&[b, hd], |i| 0.5 * (0.7 * i).sin()).to_dtype(dtype);
+        let c0 = seq_tensor(&[b, hd], |i| (0.3 * i + 2.0).cos()).to_dtype(dtype);
+        let mask =
+            seq_tensor(&[b, hd], |i| if (i as usize) % 3 == 0 { 0.0 } else { 1.5 }).to_dtype(dtype);
+        let wy = seq_tensor(&[t, b, hd], |i| (0.11 * i).cos()).to_dtype(dtype);
+        for mask in [None, Some(&mask)] {
+            let run = |fused: bool| {
+                let inputs: Vec<Tensor> = [&gi, &w, &h0, &c0]
+                    .iter()
+                    .map(|x| x.detach().requires_grad_(true))
+                    .collect();
+                let (out, h, c) = if fused {
+                    assert!(lstm::layer_supports(
+                        &inputs[0], &inputs[1], &inputs[2], &inputs[3], mask
+                    ));
+                    lstm_layer(&inputs[0], &inputs[1], &inputs[2], &inputs[3], mask).unwrap()
+                } else {
+                    layer_by_steps(&inputs[0], &inputs[1], &inputs[2], &inputs[3], mask)
+                };
+                let loss = (&out * &wy).sum_all() + (&h * &c).sum_all() + c.sum_all();
+                let g = crate::autograd::grad(&[loss], &inputs, None, false, false).unwrap();
+                let mut all = vec![out.detach(), h.detach(), c.detach()];
+                all.extend(g.into_iter().map(|g| g.unwrap()));
+                all
+            };
+            let (fused, steps) = (run(true), run(false));
+            for (k, (a, b)) in fused.iter().zip(&steps).enumerate() {
+                assert_eq!(a.shape(), b.shape(), "output {k}");
+                let (a, b) = (
+                    a.to_dtype(DType::F64),
+                    b.to_dtype(DType::F64).to_vec::<f64>(),
+                );
+                let scale = b.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+                assert_close(&a, &b, tol * scale);
+            }
+        }
+    }
+
+    #[test]
+    fn fused_lstm_layer_matches_the_step_loop() {
+        fused_layer_vs_steps(DType::F64, 1, 2, 3, 1e-13);
+        fused_layer_vs_steps(DType::F64, 6, 3, 5, 1e-12);
+        fused_layer_vs_steps(DType::F32, 6, 3, 5, 2e-5);
+        // large enough for the column-split products and the parallel cell rows
+        fused_layer_vs_steps(DType::F32, 4, 32, 64, 5e-5);
+    }
+
+    #[test]
+    fn fused_lstm_layer_is_one_node_and_thread_invariant() {
+        let (t, b, hd) = (5, 32, 64);
+        let gi = seq_tensor(&[t, b, 4 * hd], |i| 2.0 * (0.37 * i).sin()).to_dtype(DType::F32);
+        let w = seq_tensor(&[4 * hd, hd], |i| 0.2 * (0.23 * i).cos())
+            .to_dtype(DType::F32)
+            .requires_grad_(true);
+        let h0 = Tensor::zeros([b, hd], ());
+        let c0 = Tensor::zeros([b, hd], ());
+        let run = || {
+            let (out, h, c) = lstm_layer(&gi, &w, &h0, &c0, None).unwrap();
+            // out and the states are views of one `lstm_layer` node's output
+            for v in [&out, &h, &c] {
+                match &v.grad_fn().unwrap().inputs[0] {
+                    Some(crate::autograd::Edge::Node(n)) => assert_eq!(n.name(), "lstm_layer"),
+                    _ => panic!("a view of a non-node"),
+                }
+            }
+            let loss = (&out * &out).sum_all() + c.sum_all();
+            let g = crate::autograd::grad(&[loss], &[w.clone()], None, false, false).unwrap();
+            (out.to_vec::<f32>(), g[0].clone().unwrap().to_vec::<f32>())
+        };
+        crate::set_num_threads(1);
+        let one = run();
+        crate::set_num_threads(2);
+        let two = run();
+        crate::set_num_threads(0);
+        assert!(one == two, "1 and 2 threads differ");
+    }
+
+    #[test]
+    fn fused_lstm_layer_second_order() {
+        let (t, b, hd) = (3, 2, 2);
+        let mask = seq_tensor(&[b, hd], |i| if i as usize == 1 { 0.0 } else { 1.25 });
+        let inputs = vec![
+            seq_tensor(&[t, b, 4 * hd], |i| (0.37 * i + 0.1).sin()),
+            seq_tensor(&[4 * hd, hd], |i| 0.5 * (0.23 * i).cos()),
+            seq_tensor(&[b, hd], |i| 0.5 * (0.7 * i).sin()),
+            seq_tensor(&[b, hd], |i| (0.3 * i + 2.0).cos()),
+        ];
+        for mask in [None, Some(&mask)] {
+            let f = |v: &[Tensor]| {
+                let (out, h, c) = lstm_layer(&v[0], &v[1], &v[2], &v[3], mask).unwrap();
+                flat(&[&out, &h, &c])
+            };
+            gradcheck(f, &inputs, GradcheckOptions::default()).unwrap();
+            crate::autograd::gradgradcheck(f, &inputs, GradcheckOptions::default()).unwrap();
         }
     }
 }
