@@ -2536,7 +2536,8 @@ mod tests {
                 }
             }
             let loss = (&out * &out).sum_all() + c.sum_all();
-            let g = crate::autograd::grad(&[loss], &[w.clone()], None, false, false).unwrap();
+            let g = crate::autograd::grad(&[loss], std::slice::from_ref(&w), None, false, false)
+                .unwrap();
             (out.to_vec::<f32>(), g[0].clone().unwrap().to_vec::<f32>())
         };
         crate::set_num_threads(1);
