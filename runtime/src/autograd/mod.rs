@@ -80,6 +80,8 @@ pub const DIFFERENTIABLE_OPS: &[&str] = &[
     "batch_norm",
     // fused LSTM cell (cpu/lstm.rs)
     "lstm_cell",
+    // fused scaled dot-product attention (cpu/attention.rs)
+    "scaled_dot_product_attention",
     // views
     "view",
     "reshape",
