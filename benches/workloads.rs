@@ -347,7 +347,6 @@ impl Block {
             let p = if training { self.p } else { 0.0 };
             scaled_dot_product_attention(&q, &k, &v, None, true, p, training, None)
                 .expect("scaled_dot_product_attention")
-                .0
         } else {
             let s = q.matmul(&k.transpose(-2, -1)) * (1.0 / (hd as f64).sqrt());
             let mask = Tensor::ones([t, t], DType::Bool).triu(1);

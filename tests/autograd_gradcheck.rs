@@ -406,6 +406,34 @@ fn cases() -> Vec<Case> {
         ],
         true,
     );
+    // fused scaled dot-product attention (one node; second order through its tensor-op
+    // backward): q, k, v as MultiheadAttention views them ([B, T, H·D] → [B, H, T, D]),
+    // causal with an additive mask, Tq ≠ Tk, D ≠ Dv
+    let add_mask = g.randn([3, 4], DType::F64);
+    add(
+        "scaled_dot_product_attention",
+        Box::new(move |x| {
+            let heads =
+                |t: &Tensor, len: usize, d: usize| t.reshape([2, len, 2, d]).transpose(1, 2);
+            flint::nn::functional::scaled_dot_product_attention(
+                &heads(&x[0], 3, 2),
+                &heads(&x[1], 4, 2),
+                &heads(&x[2], 4, 3),
+                Some(&add_mask),
+                true,
+                0.0,
+                false,
+                None,
+            )
+            .unwrap()
+        }),
+        vec![
+            g.randn([2, 3, 4], DType::F64),
+            g.randn([2, 4, 4], DType::F64),
+            g.randn([2, 4, 6], DType::F64),
+        ],
+        true,
+    );
     // composites built from the ops above
     add(
         "var*",

@@ -1028,8 +1028,7 @@ fn train_attention(device: Device, steps: usize) -> Vec<f64> {
             .softmax(-1)
             .matmul(&v);
         // and through the functional form (its causal mask is made on the device)
-        let (a2, _) =
-            scaled_dot_product_attention(&q, &k, &v, None, true, 0.0, false, None).unwrap();
+        let a2 = scaled_dot_product_attention(&q, &k, &v, None, true, 0.0, false, None).unwrap();
         let h = &x + proj[3].forward(&(&a + &a2));
         let h = layer_norm(&h, &[dim], None, None, 1e-5).unwrap();
         let logits = head.forward(&h);

@@ -9,7 +9,9 @@
 mod common;
 use common::{assert_close, golden_dir, Case};
 use flint::loss::{mse_loss, CrossEntropy, Reduction};
-use flint::nn::functional::{padding_mask, scaled_dot_product_attention};
+use flint::nn::functional::{
+    padding_mask, scaled_dot_product_attention, scaled_dot_product_attention_with_weights,
+};
 use flint::nn::{BatchNorm1d, BatchNorm2d, Forward, LayerNorm, ModuleExt};
 use flint::optim::{Adagrad, Adam, Optimizer, RmsProp, Sgd};
 use flint::{DType, GeluApprox, Tensor};
@@ -467,14 +469,35 @@ fn attention(c: &Case) {
             k.detach().requires_grad_(true),
             v.detach().requires_grad_(true),
         );
-        let (y, p) = scaled_dot_product_attention(&qq, &kk, &vv, mask, causal, 0.0, false, scale)
-            .expect("attention");
+        let (y, p) = scaled_dot_product_attention_with_weights(
+            &qq, &kk, &vv, mask, causal, 0.0, false, scale,
+        )
+        .expect("attention");
         assert_close(&format!("{label}: y"), &y, &c.output("y"), RTOL_F64);
         assert_close(&format!("{label}: probs"), &p, &c.output("probs"), RTOL_F64);
         y.backward_with(&go);
         for (n, t) in [("grad_q", &qq), ("grad_k", &kk), ("grad_v", &vv)] {
             let g = t.grad().expect("grad");
             assert_close(&format!("{label}: {n}"), &g, &c.output(n), RTOL_F64);
+        }
+        // the fused kernel (output only) against the same references
+        let (qq, kk, vv) = (
+            q.detach().requires_grad_(true),
+            k.detach().requires_grad_(true),
+            v.detach().requires_grad_(true),
+        );
+        let y = scaled_dot_product_attention(&qq, &kk, &vv, mask, causal, 0.0, false, scale)
+            .expect("attention");
+        assert_eq!(
+            y.grad_fn().expect("a node").name(),
+            "scaled_dot_product_attention",
+            "{label}: the fused path"
+        );
+        assert_close(&format!("{label}: y (fused)"), &y, &c.output("y"), RTOL_F64);
+        y.backward_with(&go);
+        for (n, t) in [("grad_q", &qq), ("grad_k", &kk), ("grad_v", &vv)] {
+            let g = t.grad().expect("grad");
+            assert_close(&format!("{label}: {n} (fused)"), &g, &c.output(n), RTOL_F64);
         }
     }
 }

@@ -517,7 +517,6 @@ fn gradcheck_of_the_functional_layers() {
                 None,
             )
             .unwrap()
-            .0
         },
         &[q, k, vv],
         opts(),

@@ -132,6 +132,15 @@ impl Generator {
         start
     }
 
+    /// Reserves the counters of a Bernoulli draw of `n` elements (advancing the offset
+    /// as [`Generator::bernoulli`] of `n` elements would) and returns `(seed, first
+    /// counter)`: element `i` of that draw is word `i mod 4` of
+    /// [`bernoulli_block`]`(seed, first, ⌊i/4⌋)`. For fused kernels that draw a dropout
+    /// mask themselves (the CPU attention).
+    pub(crate) fn reserve_bernoulli(&mut self, n: usize) -> (u64, u64) {
+        (self.seed, self.advance(n))
+    }
+
     /// Fills a buffer of `n` values, element `i` computed by `f(block(offset + i))`.
     fn fill<T: Send + Default + Clone>(
         &mut self,
@@ -317,19 +326,26 @@ impl Generator {
     }
 }
 
+/// The four words of block `q` of a Bernoulli draw reserved with
+/// [`Generator::reserve_bernoulli`] (elements `4q .. 4q + 4` of the draw).
+#[inline(always)]
+pub(crate) fn bernoulli_block(seed: u64, first: u64, q: u64) -> [u32; 4] {
+    block(seed, first.wrapping_add(q))
+}
+
 /// The Bernoulli test of one 32-bit word `w`: `w·2⁻³² < p`, done on the integer as
 /// `w < ⌈p·2³²⌉` (`p·2³²` is exact); false for every word when `p ≤ 0` or NaN, true for
 /// every word when `p ≥ 1`.
-#[derive(Clone, Copy)]
-struct Below(u64);
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Below(u64);
 
 impl Below {
-    fn new(p: f64) -> Below {
+    pub(crate) fn new(p: f64) -> Below {
         let t = (p.clamp(0.0, 1.0) * 2f64.powi(32)).ceil() as u64;
         Below(if p.is_nan() { 0 } else { t })
     }
     #[inline(always)]
-    fn test(self, w: u32) -> bool {
+    pub(crate) fn test(self, w: u32) -> bool {
         (w as u64) < self.0
     }
 }

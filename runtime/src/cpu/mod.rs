@@ -1,5 +1,6 @@
 //! The CPU backend: strided iteration, parallel loops and the kernels on host buffers.
 
+pub(crate) mod attention;
 pub(crate) mod batchnorm;
 pub(crate) mod convert;
 pub(crate) mod lstm;

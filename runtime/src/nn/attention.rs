@@ -1,6 +1,8 @@
 //! `MultiheadAttention` (PyTorch's `nn.MultiheadAttention`) and the masks it takes.
 
-use super::functional::{self, scaled_dot_product_attention};
+use super::functional::{
+    self, scaled_dot_product_attention, scaled_dot_product_attention_with_weights,
+};
 use super::init;
 use super::linear::Linear;
 use super::module::{Module, Visitor, VisitorMut};
@@ -74,7 +76,8 @@ pub struct AttnMasks<'a> {
     pub key_padding_mask: Option<&'a Tensor>,
     /// Hide later keys from each query.
     pub is_causal: bool,
-    /// Return the attention weights (`true`).
+    /// Return the attention weights (`true`). With `false`, f32/f64 CPU inputs run the
+    /// fused attention kernel, which never stores the `[B, H, L, S]` weights.
     pub need_weights: bool,
     /// Average the returned weights over heads (`[B, L, S]`) rather than returning them
     /// per head (`[B, H, L, S]`) (`true`).
@@ -392,16 +395,32 @@ impl MultiheadAttention {
 
         let mask = self.additive_mask(masks, q.dtype(), b, l, s, unbatched)?;
         let p_drop = if self.training { self.dropout } else { 0.0 };
-        let (o, p) = scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            mask.as_ref(),
-            masks.is_causal,
-            p_drop,
-            self.training,
-            None,
-        )?;
+        // the fused kernel unless the weights are wanted (it never stores them)
+        let (o, p) = if masks.need_weights {
+            let (o, p) = scaled_dot_product_attention_with_weights(
+                &q,
+                &k,
+                &v,
+                mask.as_ref(),
+                masks.is_causal,
+                p_drop,
+                self.training,
+                None,
+            )?;
+            (o, Some(p))
+        } else {
+            let o = scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                mask.as_ref(),
+                masks.is_causal,
+                p_drop,
+                self.training,
+                None,
+            )?;
+            (o, None)
+        };
         let o = o.try_transpose(1, 2)?.try_reshape([b, l, e])?;
         let o = functional::linear(&o, &self.out_proj.weight, self.out_proj.bias.as_ref())?;
         let out = if unbatched {
@@ -411,15 +430,16 @@ impl MultiheadAttention {
         } else {
             o.try_transpose(0, 1)?
         };
-        let weights = if masks.need_weights {
-            let w = if masks.average_attn_weights {
-                p.try_mean([1isize], false)?
-            } else {
-                p
-            };
-            Some(if unbatched { w.squeeze_dim(0) } else { w })
-        } else {
-            None
+        let weights = match p {
+            Some(p) => {
+                let w = if masks.average_attn_weights {
+                    p.try_mean([1isize], false)?
+                } else {
+                    p
+                };
+                Some(if unbatched { w.squeeze_dim(0) } else { w })
+            }
+            None => None,
         };
         Ok((out, weights))
     }
@@ -901,7 +921,7 @@ mod tests {
             let gy = golden_tensor(&j, "inputs", "grad_output");
             let scale = j["params"]["scale"].as_f64().expect("scale");
             let out = |name: &str| golden_tensor(&j, "outputs", name);
-            let (y, p) = scaled_dot_product_attention(
+            let (y, p) = scaled_dot_product_attention_with_weights(
                 &q,
                 &k,
                 &v,
@@ -946,9 +966,17 @@ mod tests {
                 k.detach().requires_grad_(true),
                 v.detach().requires_grad_(true),
             );
-            let (y, p) =
-                scaled_dot_product_attention(&q, &k, &v, add.as_ref(), causal, 0.0, false, None)
-                    .unwrap();
+            let (y, p) = scaled_dot_product_attention_with_weights(
+                &q,
+                &k,
+                &v,
+                add.as_ref(),
+                causal,
+                0.0,
+                false,
+                None,
+            )
+            .unwrap();
             close_to(&format!("{tag} y (flag)"), &y, &out("y"), 1e-10);
             close_to(&format!("{tag} probs (flag)"), &p, &out("probs"), 1e-10);
             y.backward_with(&gy);
@@ -959,6 +987,33 @@ mod tests {
                     &out(name),
                     1e-9,
                 );
+            }
+
+            // the fused kernel, with the golden bool mask and with the flags
+            for (m, c, sc, what) in [
+                (Some(&mask), false, Some(scale), "fused"),
+                (add.as_ref(), causal, None, "fused (flag)"),
+            ] {
+                let (q, k, v) = (
+                    q.detach().requires_grad_(true),
+                    k.detach().requires_grad_(true),
+                    v.detach().requires_grad_(true),
+                );
+                let y = scaled_dot_product_attention(&q, &k, &v, m, c, 0.0, false, sc).unwrap();
+                assert_eq!(
+                    y.grad_fn().expect("a node").name(),
+                    "scaled_dot_product_attention"
+                );
+                close_to(&format!("{tag} y ({what})"), &y, &out("y"), 1e-10);
+                y.backward_with(&gy);
+                for (name, t) in [("grad_q", &q), ("grad_k", &k), ("grad_v", &v)] {
+                    close_to(
+                        &format!("{tag} {name} ({what})"),
+                        &t.grad().expect("grad"),
+                        &out(name),
+                        1e-9,
+                    );
+                }
             }
         }
     }
@@ -971,11 +1026,14 @@ mod tests {
         let k = Tensor::zeros([4, 3], DType::F64);
         let v = Tensor::from_vec(vec![1.0f64, 2.0, 4.0, 8.0], [4, 1]);
         let (y, p) =
-            scaled_dot_product_attention(&q, &k, &v, None, true, 0.0, false, None).unwrap();
+            scaled_dot_product_attention_with_weights(&q, &k, &v, None, true, 0.0, false, None)
+                .unwrap();
         assert_eq!(
             p.to_vec::<f64>(),
             vec![1.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.0, 0.0]
         );
+        assert_eq!(y.to_vec::<f64>(), vec![1.0, 1.5]);
+        let y = scaled_dot_product_attention(&q, &k, &v, None, true, 0.0, false, None).unwrap();
         assert_eq!(y.to_vec::<f64>(), vec![1.0, 1.5]);
     }
 

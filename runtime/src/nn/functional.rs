@@ -8,11 +8,13 @@ pub use super::pool::{
 };
 
 use crate::autograd::{is_grad_enabled, record, NoGradGuard};
+use crate::cpu::attention;
 use crate::cpu::batchnorm;
 use crate::cpu::rowwise::{self, NormNeeds};
 use crate::dtype::DType;
 use crate::error::{or_panic, Error, Result};
 use crate::layout::fmt_shape;
+use crate::ops::elementwise::sum_to;
 use crate::random::with_global_generator;
 use crate::tensor::Tensor;
 
@@ -552,24 +554,36 @@ pub fn feature_dropout(x: &Tensor, p: f64, training: bool, spatial: usize) -> Re
 }
 
 /// Scaled dot-product attention, `softmax(q kᵀ · scale + mask) v`, over `[.., Tq, D]`
-/// queries and `[.., Tk, D]` keys/values; returns the output and the attention weights.
+/// queries, `[.., Tk, D]` keys and `[.., Tk, Dv]` values (batch dims broadcast); returns
+/// the `[.., Tq, Dv]` output, as `torch.nn.functional.scaled_dot_product_attention`
+/// (see [`scaled_dot_product_attention_with_weights`] for the attention weights too).
 ///
-/// `mask` follows `F.scaled_dot_product_attention`: a **bool** mask is `true` where a
-/// query *may* attend; a float mask is added to the scores. `causal` additionally hides
-/// key `j` from query `i` when `j > i` (aligned at the top left, as PyTorch's `is_causal`,
-/// also when `Tq ≠ Tk`). `scale` defaults to `1/√D`. Dropout (training only) applies to
-/// the weights; the returned weights are those before dropout. A query that may attend
-/// to no key gets NaN weights and output, as in PyTorch.
+/// `mask` follows PyTorch: a **bool** mask is `true` where a query *may* attend; a float
+/// mask is added to the scores; either broadcasts to the scores' `[.., Tq, Tk]`. `causal`
+/// additionally hides key `j` from query `i` when `j > i` (aligned at the top left, as
+/// PyTorch's `is_causal`, also when `Tq ≠ Tk`). `scale` defaults to `1/√D`. Dropout
+/// (training only) applies to the weights. A query that may attend to no key gets a NaN
+/// output, as in PyTorch.
+///
+/// f32/f64 CPU tensors (with a bool mask, or a float mask of their dtype that does not
+/// require grad, that does not enlarge the batch) take the fused kernel of
+/// `cpu/attention.rs`: the `[.., Tq, Tk]` scores are never stored, the causal upper
+/// triangle is skipped, and one `scaled_dot_product_attention` node is recorded whose
+/// backward recomputes the weights block by block (a fully masked query gets zero
+/// gradients). Its dropout draws the same mask as the composed path from the same
+/// generator state. Other inputs run [`scaled_dot_product_attention_with_weights`]'s
+/// composition of tensor ops.
 ///
 /// ```
 /// use flint_runtime::nn::functional::scaled_dot_product_attention;
 /// use flint_runtime::Tensor;
 /// let q = Tensor::zeros([1, 3, 2], ());
 /// let v = Tensor::from_vec(vec![1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0], [1, 3, 2]);
-/// let (y, p) = scaled_dot_product_attention(&q, &q, &v, None, true, 0.0, false, None).unwrap();
+/// let y = scaled_dot_product_attention(&q, &q, &v, None, true, 0.0, false, None).unwrap();
 /// // equal scores: query i averages the values of keys 0..=i
-/// assert_eq!(p.to_vec::<f32>(), vec![1.0, 0.0, 0.0, 0.5, 0.5, 0.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0]);
-/// assert_eq!(y.to_vec::<f32>()[..4], [1.0, 0.0, 0.5, 0.5]);
+/// let y = y.to_vec::<f32>();
+/// assert_eq!(y[..4], [1.0, 0.0, 0.5, 0.5]);
+/// assert!((y[4] - 2.0 / 3.0).abs() < 1e-6 && (y[5] - 2.0 / 3.0).abs() < 1e-6);
 /// ```
 #[allow(clippy::too_many_arguments)] // PyTorch's signature
 pub fn scaled_dot_product_attention(
@@ -581,7 +595,62 @@ pub fn scaled_dot_product_attention(
     dropout_p: f64,
     training: bool,
     scale: Option<f64>,
+) -> Result<Tensor> {
+    check_attention_shapes(q, k, v)?;
+    check_p("dropout", dropout_p)?;
+    let scale = scale.unwrap_or(1.0 / (q.size(-1) as f64).sqrt());
+    let drop = (training && dropout_p > 0.0).then_some(dropout_p);
+    match attention::fused_batch(q, k, v, mask) {
+        // (p = 1 drops everything without drawing: the composed path)
+        Some(batch) if drop.is_none_or(|p| p < 1.0) => {
+            // the draw the composed path's dropout makes: one element per score
+            let key = drop.map(|p| {
+                let n = batch.iter().product::<usize>() * q.size(-2) * k.size(-2);
+                let (seed, first) = with_global_generator(|g| g.reserve_bernoulli(n));
+                attention::DropoutKey { seed, first, p }
+            });
+            attention_fused(q, k, v, mask, &batch, causal, scale, key)
+        }
+        _ => Ok(attention_composed(q, k, v, mask, causal, scale, dropout_p, training)?.0),
+    }
+}
+
+/// [`scaled_dot_product_attention`] that also returns the attention weights
+/// `softmax(q kᵀ · scale + mask)` (`[.., Tq, Tk]`, before dropout), as a composition of
+/// tensor ops (the weights are materialised anyway): for callers that need them, such as
+/// [`MultiheadAttention`](super::MultiheadAttention) with `need_weights`. Its dropout draws
+/// the same mask as the fused path.
+///
+/// ```
+/// use flint_runtime::nn::functional::scaled_dot_product_attention_with_weights;
+/// use flint_runtime::Tensor;
+/// let q = Tensor::zeros([1, 3, 2], ());
+/// let v = Tensor::from_vec(vec![1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0], [1, 3, 2]);
+/// let (y, p) =
+///     scaled_dot_product_attention_with_weights(&q, &q, &v, None, true, 0.0, false, None)
+///         .unwrap();
+/// // equal scores: query i averages the values of keys 0..=i
+/// assert_eq!(p.to_vec::<f32>(), vec![1.0, 0.0, 0.0, 0.5, 0.5, 0.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0]);
+/// assert_eq!(y.to_vec::<f32>()[..4], [1.0, 0.0, 0.5, 0.5]);
+/// ```
+#[allow(clippy::too_many_arguments)] // PyTorch's signature
+pub fn scaled_dot_product_attention_with_weights(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    causal: bool,
+    dropout_p: f64,
+    training: bool,
+    scale: Option<f64>,
 ) -> Result<(Tensor, Tensor)> {
+    check_attention_shapes(q, k, v)?;
+    let scale = scale.unwrap_or(1.0 / (q.size(-1) as f64).sqrt());
+    attention_composed(q, k, v, mask, causal, scale, dropout_p, training)
+}
+
+/// The shape check of both attention functions.
+fn check_attention_shapes(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
     let d = q.size(-1);
     if q.ndim() < 2 || k.ndim() < 2 || v.ndim() < 2 || k.size(-1) != d || v.size(-2) != k.size(-2) {
         return Err(Error::shape(
@@ -594,7 +663,17 @@ pub fn scaled_dot_product_attention(
             ),
         ));
     }
-    let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
+    Ok(())
+}
+
+/// The attention weights `softmax(q kᵀ · scale + mask)` (causal-masked) as tensor ops.
+fn attention_probs(
+    q: &Tensor,
+    k: &Tensor,
+    mask: Option<&Tensor>,
+    causal: bool,
+    scale: f64,
+) -> Result<Tensor> {
     let mut s = q.try_matmul(&k.try_transpose(-2, -1)?)?.try_mul(scale)?;
     if let Some(m) = mask {
         s = if m.dtype() == DType::Bool {
@@ -608,9 +687,140 @@ pub fn scaled_dot_product_attention(
         let hide = Tensor::ones([tq, tk], (DType::Bool, q.device())).triu(1);
         s = s.try_masked_fill(&hide, f64::NEG_INFINITY)?;
     }
-    let p = s.softmax(-1);
+    Ok(s.softmax(-1))
+}
+
+/// The composed attention: `(dropout(p) v, p)` with `p` from [`attention_probs`].
+#[allow(clippy::too_many_arguments)]
+fn attention_composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    causal: bool,
+    scale: f64,
+    dropout_p: f64,
+    training: bool,
+) -> Result<(Tensor, Tensor)> {
+    let p = attention_probs(q, k, mask, causal, scale)?;
     let pd = dropout(&p, dropout_p, training)?;
     Ok((pd.try_matmul(v)?, p))
+}
+
+/// [`scaled_dot_product_attention`] with the fused kernels (`batch` from
+/// [`attention::fused_batch`], `key` the dropout's reserved draw): one recorded
+/// node (inputs q, k, v) whose backward runs the fused backward kernel or, under
+/// `create_graph`, [`attention_grad_ops`].
+#[allow(clippy::too_many_arguments)]
+fn attention_fused(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    batch: &[usize],
+    causal: bool,
+    scale: f64,
+    key: Option<attention::DropoutKey>,
+) -> Result<Tensor> {
+    // the kernels read any strides, but a unit stride along D keeps gemm fast
+    let unit_last = |t: &Tensor| -> Result<Tensor> {
+        if t.size(-1) > 1 && t.strides()[t.ndim() - 1] != 1 {
+            t.detach().try_contiguous()
+        } else {
+            Ok(t.detach())
+        }
+    };
+    let (qc, kc, vc) = (unit_last(q)?, unit_last(k)?, unit_last(v)?);
+    let (out, lse) = attention::forward(&qc, &kc, &vc, mask, batch, causal, scale, key)?;
+    if !(is_grad_enabled() && [q, k, v].iter().any(|t| t.requires_grad())) {
+        return Ok(out);
+    }
+    let saved_out = out.detach();
+    let saved = [q, k, v, &saved_out.clone()];
+    let (qs, ks, vs, ms) = (q.clone(), k.clone(), v.clone(), mask.cloned());
+    let batch = batch.to_vec();
+    Ok(record(
+        out,
+        "scaled_dot_product_attention",
+        &[q, k, v],
+        &saved,
+        move |g| {
+            let (dq, dk, dv) = if is_grad_enabled() {
+                or_panic(attention_grad_ops(
+                    &qs,
+                    &ks,
+                    &vs,
+                    ms.as_ref(),
+                    causal,
+                    scale,
+                    key,
+                    g,
+                ))
+            } else {
+                or_panic(attention::backward(
+                    &qc,
+                    &kc,
+                    &vc,
+                    ms.as_ref(),
+                    &batch,
+                    causal,
+                    scale,
+                    key,
+                    &saved_out,
+                    &lse,
+                    g,
+                ))
+            };
+            vec![
+                qs.requires_grad().then(|| sum_to(&dq, qs.shape())),
+                ks.requires_grad().then(|| sum_to(&dk, ks.shape())),
+                vs.requires_grad().then(|| sum_to(&dv, vs.shape())),
+            ]
+        },
+    ))
+}
+
+/// The gradients `(dq, dk, dv)` of the fused attention from the output gradient `g`, as
+/// differentiable tensor ops (for `create_graph`), with the weights recomputed by
+/// [`attention_probs`] (a fully masked query's NaN weights replaced by 0, as the fused
+/// backward) and the dropout mask redrawn from its key: with `M` the scaled keep-mask,
+/// `Pd = P ∘ M`, `dP = (g vᵀ) ∘ M`, `dS = P ∘ (dP − rowsum(dP ∘ P))`,
+/// `dq = scale·dS k`, `dk = scale·dSᵀ q`, `dv = Pdᵀ g` (in the broadcast batch shape).
+#[allow(clippy::too_many_arguments)]
+fn attention_grad_ops(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    causal: bool,
+    scale: f64,
+    key: Option<attention::DropoutKey>,
+    g: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let p = attention_probs(q, k, mask, causal, scale)?;
+    let p = p.try_where(&p.try_eq(&p)?, 0.0)?;
+    let m = match key {
+        Some(key) => {
+            let mut rng = crate::random::Generator::new(key.seed);
+            rng.set_state(key.seed, key.first);
+            Some(rng.scaled_bernoulli(p.shape(), 1.0 - key.p, 1.0 / (1.0 - key.p), p.dtype())?)
+        }
+        None => None,
+    };
+    let (pd, dp) = match &m {
+        Some(m) => (
+            p.try_mul(m)?,
+            g.try_matmul(&v.try_transpose(-2, -1)?)?.try_mul(m)?,
+        ),
+        None => (p.clone(), g.try_matmul(&v.try_transpose(-2, -1)?)?),
+    };
+    let delta = dp.try_mul(&p)?.try_sum(-1isize, true)?;
+    let ds = p.try_mul(&dp.try_sub(&delta)?)?.try_mul(scale)?;
+    Ok((
+        ds.try_matmul(k)?,
+        ds.try_transpose(-2, -1)?.try_matmul(q)?,
+        pd.try_transpose(-2, -1)?.try_matmul(g)?,
+    ))
 }
 
 /// A `[B, T]` bool mask that is `true` at padded positions (`t >= lengths[b]`): the
@@ -985,5 +1195,87 @@ mod tests {
             gradcheck(plain, std::slice::from_ref(&x), opts).unwrap();
             gradgradcheck(plain, &[x], opts).unwrap();
         }
+    }
+
+    /// The fused attention's dropout (from a given key) against the composition with the
+    /// keep-mask the composed path would draw from the same generator state: the same
+    /// mask bits (the values agree far closer than a single flipped bit would allow),
+    /// outputs and gradients; then gradcheck and gradgradcheck of the fused node under
+    /// dropout (the same key at every evaluation).
+    #[test]
+    fn fused_attention_dropout_matches_the_composed_mask() {
+        let mut g = crate::Generator::new(31);
+        for (dtype, tol) in [(DType::F64, 1e-11), (DType::F32, 2e-5)] {
+            for causal in [false, true] {
+                let leaf = |g: &mut crate::Generator, s: &[usize]| {
+                    g.randn(s, DType::F64).to_dtype(dtype).requires_grad_(true)
+                };
+                let (q, k, v) = (
+                    leaf(&mut g, &[2, 3, 37, 8]),
+                    leaf(&mut g, &[2, 3, 37, 8]),
+                    leaf(&mut g, &[2, 3, 37, 5]),
+                );
+                let mask = g.randn([37, 37], DType::F64).to_dtype(dtype);
+                let batch = attention::fused_batch(&q, &k, &v, Some(&mask)).expect("fusable");
+                let n = 2 * 3 * 37 * 37;
+                let mut rng = crate::Generator::new(77);
+                rng.set_state(77, 5);
+                let (seed, first) = rng.reserve_bernoulli(n);
+                assert_eq!((seed, first, rng.offset()), (77, 5, 5 + n as u64));
+                let key = attention::DropoutKey {
+                    seed,
+                    first,
+                    p: 0.3,
+                };
+                let y = attention_fused(&q, &k, &v, Some(&mask), &batch, causal, 0.4, Some(key))
+                    .unwrap();
+                let mut rng = crate::Generator::new(77);
+                rng.set_state(77, 5);
+                let keep = rng
+                    .scaled_bernoulli(&[2, 3, 37, 37], 0.7, 1.0 / 0.7, dtype)
+                    .unwrap();
+                // the composed path's dropout with that mask
+                let y0 = attention_probs(&q, &k, Some(&mask), causal, 0.4)
+                    .unwrap()
+                    .mul(&keep)
+                    .matmul(&v);
+                let gy = g.randn(y.shape(), DType::F64).to_dtype(dtype);
+                let grads = |y: &Tensor| {
+                    crate::autograd::grad(
+                        std::slice::from_ref(y),
+                        &[q.clone(), k.clone(), v.clone()],
+                        Some(std::slice::from_ref(&gy)),
+                        false,
+                        false,
+                    )
+                    .unwrap()
+                    .into_iter()
+                    .map(|t| t.expect("grad"))
+                    .collect::<Vec<_>>()
+                };
+                let what = format!("{dtype} causal={causal}");
+                assert_close(&format!("{what}: y"), &y, &y0, tol);
+                for (a, b) in grads(&y).iter().zip(grads(&y0)) {
+                    assert_close(&format!("{what}: grad"), a, &b, tol * 10.0);
+                }
+            }
+        }
+        let opts = GradcheckOptions::default();
+        let xs = [
+            g.randn([2, 6, 3], DType::F64),
+            g.randn([2, 7, 3], DType::F64),
+            g.randn([2, 7, 2], DType::F64),
+        ];
+        let batch = attention::fused_batch(&xs[0], &xs[1], &xs[2], None).expect("fusable");
+        let key = attention::DropoutKey {
+            seed: 3,
+            first: 0,
+            p: 0.5,
+        };
+        let f = |t: &[Tensor]| {
+            attention_fused(&t[0], &t[1], &t[2], None, &batch, true, 0.5, Some(key)).unwrap()
+        };
+        gradcheck(f, &xs, opts).unwrap();
+        gradgradcheck(f, &xs, opts).unwrap();
     }
 }
