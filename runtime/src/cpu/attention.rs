@@ -36,7 +36,7 @@
 
 use crate::cpu::matmul::gemm_serial;
 use crate::cpu::parallel;
-use crate::cpu::rowwise::{by_dtype, RowFloat, LANES};
+use crate::cpu::rowwise::{by_dtype, combine, row_max, sum_map2, RowFloat, LANES};
 use crate::dtype::{DType, Element, NumElement};
 use crate::error::Result;
 use crate::layout::{broadcast_shapes, Layout};
@@ -497,52 +497,6 @@ crate::cpu::vmath::multiversion_loop! {
             *x = *x + m;
         }
     }
-}
-
-/// The row max, ignoring NaN (as `cpu/rowwise.rs`).
-#[inline(always)]
-fn row_max<T: RowFloat>(a: &[T]) -> T {
-    let mut acc = [T::neg_infinity(); LANES];
-    let chunks = a.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for l in 0..LANES {
-            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
-        }
-    }
-    let mut m = T::neg_infinity();
-    for v in acc.into_iter().chain(rest.iter().copied()) {
-        if v > m {
-            m = v;
-        }
-    }
-    m
-}
-
-/// Folds the lanes in a fixed tree (as `cpu/rowwise.rs`).
-#[inline(always)]
-fn combine<T: RowFloat>(a: [T; LANES]) -> T {
-    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
-}
-
-/// `Σ f(aᵢ, bᵢ)` with [`LANES`] partial sums.
-#[inline(always)]
-fn sum_map2<T: RowFloat>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [T::zero(); LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..LANES {
-            acc[l] = acc[l] + f(x[l], y[l]);
-        }
-    }
-    let mut tail = T::zero();
-    for (&x, &y) in ra.iter().zip(rb) {
-        tail = tail + f(x, y);
-    }
-    combine(acc) + tail
 }
 
 crate::cpu::vmath::multiversion_loop! {

@@ -70,7 +70,7 @@ fn min_rows(n: usize) -> usize {
 
 /// Folds the lanes in a fixed tree.
 #[inline(always)]
-fn combine<T: Float>(a: [T; LANES]) -> T {
+pub(crate) fn combine<T: Float>(a: [T; LANES]) -> T {
     ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
 }
 
@@ -94,7 +94,7 @@ fn sum_map<T: Float>(a: &[T], f: impl Fn(T) -> T) -> T {
 
 /// `Σ f(aᵢ, bᵢ)` with [`LANES`] partial sums (`a` and `b` of equal length).
 #[inline(always)]
-fn sum_map2<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
+pub(crate) fn sum_map2<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [T::zero(); LANES];
@@ -114,7 +114,7 @@ fn sum_map2<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
 
 /// The row max, ignoring NaN (a NaN makes the row's sum NaN later anyway).
 #[inline(always)]
-fn row_max<T: Float>(a: &[T]) -> T {
+pub(crate) fn row_max<T: Float>(a: &[T]) -> T {
     let mut acc = [T::neg_infinity(); LANES];
     let chunks = a.chunks_exact(LANES);
     let rest = chunks.remainder();
