@@ -12,8 +12,9 @@
 //! product single-threaded; anything below the thresholds stays on the calling thread.
 
 use crate::cpu::parallel;
+use crate::cpu::sgemm;
 use crate::cpu::strided::for_each_offsets;
-use crate::dtype::NumElement;
+use crate::dtype::{DType, NumElement};
 use crate::layout::Layout;
 use crate::storage::CpuBuffer;
 use gemm::Parallelism;
@@ -265,6 +266,31 @@ unsafe fn gemm_into<T: NumElement>(
         }
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if uses_sgemm::<T>(m, k, n) {
+        let threads = match par {
+            Parallelism::Rayon(t) => t.max(1),
+            _ => 1,
+        };
+        // SAFETY: `T` is f32 (checked by `uses_sgemm`, which also checked the CPU
+        // features); the caller upholds the pointer contract, which is `sgemm`'s.
+        unsafe {
+            sgemm::sgemm(
+                m,
+                k,
+                n,
+                dst as *mut f32,
+                dst_rs,
+                accumulate,
+                a as *const f32,
+                (am.rs, am.cs),
+                b as *const f32,
+                (bm.rs, bm.cs),
+                threads,
+            )
+        };
+        return;
+    }
     // SAFETY: the caller upholds `gemm`'s contract (see `# Safety` above); with
     // `accumulate` gemm computes `dst = 1 · dst + 1 · a b`, otherwise `dst = a b`.
     unsafe {
@@ -290,6 +316,12 @@ unsafe fn gemm_into<T: NumElement>(
             par,
         )
     }
+}
+
+/// Whether an `m × k` by `k × n` product of `T` runs in [`sgemm`] (f32 on a CPU with AVX2
+/// and FMA, at shapes where it beats `gemm`) rather than in the `gemm` crate.
+fn uses_sgemm<T: NumElement>(m: usize, k: usize, n: usize) -> bool {
+    T::DTYPE == DType::F32 && sgemm::available() && sgemm::wins(m, k, n)
 }
 
 /// Rows up to which one large product is split by columns across the pool (see
@@ -369,7 +401,12 @@ fn gemm_batched<T: NumElement + crate::storage::BufferElement>(
                 )
             }
         };
-        let col_blocks = column_blocks(p.m, p.n, threads);
+        // `sgemm` splits a product across threads itself (by rows or columns)
+        let col_blocks = if uses_sgemm::<T>(p.m, p.k, p.n) {
+            1
+        } else {
+            column_blocks(p.m, p.n, threads)
+        };
         if threads > 1 && work >= GEMM_PAR_THRESHOLD && col_blocks > 1 {
             // few rows, many columns: gemm's own threads would split `m` too finely and
             // meet once per column panel; one single-threaded gemm a column block instead
