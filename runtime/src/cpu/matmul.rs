@@ -596,7 +596,7 @@ mod tests {
     #[test]
     fn column_split_matches_one_thread() {
         // the RNN step products (forward and the two backward ones: bit-identical to one
-        // thread), a row vector (gemm's vector path may sum in another order: close), an
+        // thread; with `sgemm` every f32 product is), a row vector (gemm's vector path may sum in another order: close), an
         // n that is not a multiple of the alignment, a batch of two large products, m at
         // the limit
         let close = |a: f64, b: f64, tol: f64| (a - b).abs() <= tol * (1.0 + b.abs());
@@ -606,20 +606,32 @@ mod tests {
             (1, 1, 4096, 300),
             (2, 24, 300, 520),
             (1, COL_SPLIT_MAX_M, 64, 700),
+            // f32 through `sgemm` (where the CPU has it): a tall product split by rows,
+            // a transformer Linear, a batch of attention-sized products
+            (1, 300, 200, 100),
+            (1, 512, 256, 768),
+            (4, 64, 128, 64),
         ];
         for &(batch, m, k, n) in &shapes {
             for bt in [false, true] {
                 crate::set_num_threads(1);
                 let one32 = product::<f32>(batch, m, k, n, bt);
                 let one64 = product::<f64>(batch, m, k, n, bt);
+                // and f32 (through `sgemm` or `gemm`) agrees with f64 to f32 rounding
+                for (a, b) in one32.iter().zip(&one64) {
+                    assert!(close(*a as f64, *b, 1e-5 * (k as f64).sqrt()), "f32 vs f64");
+                }
                 for threads in [2, 3, 8] {
                     crate::set_num_threads(threads);
                     let many32 = product::<f32>(batch, m, k, n, bt);
                     let many64 = product::<f64>(batch, m, k, n, bt);
                     let what = format!("{batch}x{m}x{k}x{n} {bt} at {threads}");
                     if m == 32 {
-                        assert!(one32 == many32, "f32 {what}");
                         assert!(one64 == many64, "f64 {what}");
+                    }
+                    // `sgemm` sums in the same order at any thread count
+                    if m == 32 || uses_sgemm::<f32>(m, k, n) {
+                        assert!(one32 == many32, "f32 {what}");
                     }
                     for (a, b) in one32.iter().zip(&many32) {
                         assert!(close(*a as f64, *b as f64, 1e-5), "f32 {what}");
