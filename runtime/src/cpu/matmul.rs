@@ -12,8 +12,9 @@
 //! product single-threaded; anything below the thresholds stays on the calling thread.
 
 use crate::cpu::parallel;
+use crate::cpu::sgemm;
 use crate::cpu::strided::for_each_offsets;
-use crate::dtype::NumElement;
+use crate::dtype::{DType, NumElement};
 use crate::layout::Layout;
 use crate::storage::CpuBuffer;
 use gemm::Parallelism;
@@ -265,6 +266,31 @@ unsafe fn gemm_into<T: NumElement>(
         }
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if uses_sgemm::<T>(m, k, n) {
+        let threads = match par {
+            Parallelism::Rayon(t) => t.max(1),
+            _ => 1,
+        };
+        // SAFETY: `T` is f32 (checked by `uses_sgemm`, which also checked the CPU
+        // features); the caller upholds the pointer contract, which is `sgemm`'s.
+        unsafe {
+            sgemm::sgemm(
+                m,
+                k,
+                n,
+                dst as *mut f32,
+                dst_rs,
+                accumulate,
+                a as *const f32,
+                (am.rs, am.cs),
+                b as *const f32,
+                (bm.rs, bm.cs),
+                threads,
+            )
+        };
+        return;
+    }
     // SAFETY: the caller upholds `gemm`'s contract (see `# Safety` above); with
     // `accumulate` gemm computes `dst = 1 · dst + 1 · a b`, otherwise `dst = a b`.
     unsafe {
@@ -290,6 +316,12 @@ unsafe fn gemm_into<T: NumElement>(
             par,
         )
     }
+}
+
+/// Whether an `m × k` by `k × n` product of `T` runs in [`sgemm`] (f32 on a CPU with AVX2
+/// and FMA, at shapes where it beats `gemm`) rather than in the `gemm` crate.
+fn uses_sgemm<T: NumElement>(m: usize, k: usize, n: usize) -> bool {
+    T::DTYPE == DType::F32 && sgemm::available() && sgemm::wins(m, k, n)
 }
 
 /// Rows up to which one large product is split by columns across the pool (see
@@ -369,7 +401,12 @@ fn gemm_batched<T: NumElement + crate::storage::BufferElement>(
                 )
             }
         };
-        let col_blocks = column_blocks(p.m, p.n, threads);
+        // `sgemm` splits a product across threads itself (by rows or columns)
+        let col_blocks = if uses_sgemm::<T>(p.m, p.k, p.n) {
+            1
+        } else {
+            column_blocks(p.m, p.n, threads)
+        };
         if threads > 1 && work >= GEMM_PAR_THRESHOLD && col_blocks > 1 {
             // few rows, many columns: gemm's own threads would split `m` too finely and
             // meet once per column panel; one single-threaded gemm a column block instead
@@ -559,7 +596,7 @@ mod tests {
     #[test]
     fn column_split_matches_one_thread() {
         // the RNN step products (forward and the two backward ones: bit-identical to one
-        // thread), a row vector (gemm's vector path may sum in another order: close), an
+        // thread; with `sgemm` every f32 product is), a row vector (gemm's vector path may sum in another order: close), an
         // n that is not a multiple of the alignment, a batch of two large products, m at
         // the limit
         let close = |a: f64, b: f64, tol: f64| (a - b).abs() <= tol * (1.0 + b.abs());
@@ -569,20 +606,32 @@ mod tests {
             (1, 1, 4096, 300),
             (2, 24, 300, 520),
             (1, COL_SPLIT_MAX_M, 64, 700),
+            // f32 through `sgemm` (where the CPU has it): a tall product split by rows,
+            // a transformer Linear, a batch of attention-sized products
+            (1, 300, 200, 100),
+            (1, 512, 256, 768),
+            (4, 64, 128, 64),
         ];
         for &(batch, m, k, n) in &shapes {
             for bt in [false, true] {
                 crate::set_num_threads(1);
                 let one32 = product::<f32>(batch, m, k, n, bt);
                 let one64 = product::<f64>(batch, m, k, n, bt);
+                // and f32 (through `sgemm` or `gemm`) agrees with f64 to f32 rounding
+                for (a, b) in one32.iter().zip(&one64) {
+                    assert!(close(*a as f64, *b, 1e-5 * (k as f64).sqrt()), "f32 vs f64");
+                }
                 for threads in [2, 3, 8] {
                     crate::set_num_threads(threads);
                     let many32 = product::<f32>(batch, m, k, n, bt);
                     let many64 = product::<f64>(batch, m, k, n, bt);
                     let what = format!("{batch}x{m}x{k}x{n} {bt} at {threads}");
                     if m == 32 {
-                        assert!(one32 == many32, "f32 {what}");
                         assert!(one64 == many64, "f64 {what}");
+                    }
+                    // `sgemm` sums in the same order at any thread count
+                    if m == 32 || uses_sgemm::<f32>(m, k, n) {
+                        assert!(one32 == many32, "f32 {what}");
                     }
                     for (a, b) in one32.iter().zip(&many32) {
                         assert!(close(*a as f64, *b as f64, 1e-5), "f32 {what}");

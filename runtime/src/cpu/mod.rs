@@ -10,5 +10,6 @@ pub mod parallel;
 pub mod pool;
 pub(crate) mod reduce;
 pub(crate) mod rowwise;
+pub(crate) mod sgemm;
 pub(crate) mod strided;
 pub(crate) mod vmath;
