@@ -375,9 +375,9 @@ pub(crate) fn layer_backward<T: RowFloat + NumElement>(
 }
 
 /// `dst (+)= a · b` for a row-major `m × n` `dst` (rows `n` apart) and strided `a`
-/// (`m × k`) and `b` (`k × n`), split by columns across the pool when large enough: one
-/// single-threaded product per column block, so every element is summed in the same order
-/// at any thread count.
+/// (`m × k`) and `b` (`k × n`), threaded as the matmul threads one product
+/// ([`gemm_threaded`](crate::cpu::matmul::gemm_threaded)): every element is summed in the
+/// same order at any thread count.
 #[allow(clippy::too_many_arguments)]
 fn product<T: RowFloat + NumElement>(
     m: usize,
@@ -390,7 +390,6 @@ fn product<T: RowFloat + NumElement>(
     b: &[T],
     (b_rs, b_cs): (usize, usize),
 ) {
-    use crate::cpu::matmul::{gemm_serial, GEMM_PAR_THRESHOLD};
     if m == 0 || n == 0 {
         return;
     }
@@ -401,61 +400,21 @@ fn product<T: RowFloat + NumElement>(
     );
     assert!(k == 0 || a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
     assert!(k == 0 || b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
-    let threads = crate::cpu::parallel::num_threads();
-    // column blocks of whole 16-column tiles, at least two tiles each
-    let blocks = if threads > 1 && m * n * k >= GEMM_PAR_THRESHOLD {
-        threads.min(n / 32).max(1)
-    } else {
-        1
-    };
-    if blocks == 1 {
-        // SAFETY: the bounds were checked above; `dst` is a separate `&mut`.
-        unsafe {
-            gemm_serial(
-                m,
-                k,
-                n,
-                dst.as_mut_ptr(),
-                n,
-                accumulate,
-                a.as_ptr(),
-                (a_rs, a_cs),
-                b.as_ptr(),
-                (b_rs, b_cs),
-            )
-        };
-        return;
+    // SAFETY: the bounds were checked above; `dst` is a separate `&mut`.
+    unsafe {
+        crate::cpu::matmul::gemm_threaded(
+            m,
+            k,
+            n,
+            dst.as_mut_ptr(),
+            n,
+            accumulate,
+            a.as_ptr(),
+            (a_rs, a_cs),
+            b.as_ptr(),
+            (b_rs, b_cs),
+        )
     }
-    let width = n.div_ceil(blocks).next_multiple_of(16);
-    let dst_addr = dst.as_mut_ptr() as usize;
-    let (a_addr, b_addr) = (a.as_ptr() as usize, b.as_ptr() as usize);
-    crate::cpu::parallel::install(|| {
-        use rayon::prelude::*;
-        (0..blocks).into_par_iter().for_each(|j| {
-            let c0 = (j * width).min(n);
-            let cols = width.min(n - c0);
-            if cols == 0 {
-                return;
-            }
-            // SAFETY: block `j` writes columns `c0..c0 + cols` of every row of `dst`
-            // (bounds checked above), disjoint from the other blocks, and reads `a` and
-            // columns `c0..c0 + cols` of `b`, which nothing writes meanwhile.
-            unsafe {
-                gemm_serial(
-                    m,
-                    k,
-                    cols,
-                    (dst_addr as *mut T).add(c0),
-                    n,
-                    accumulate,
-                    a_addr as *const T,
-                    (a_rs, a_cs),
-                    (b_addr as *const T).add(c0 * b_cs),
-                    (b_rs, b_cs),
-                )
-            }
-        });
-    });
 }
 
 // ----------------------------------------------------------------------- tensor glue

@@ -365,6 +365,108 @@ unsafe impl<T> Send for SendPtr<T> {}
 // SAFETY: as above; the pointer itself is never written through a shared reference.
 unsafe impl<T> Sync for SendPtr<T> {}
 
+/// One `m × k` by `k × n` product into a strided destination, as [`gemm_serial`] but
+/// threaded across the Flint pool from [`GEMM_PAR_THRESHOLD`] multiply-adds: inside
+/// [`sgemm`] (which splits the output by rows or columns itself) or `gemm`, or, for few
+/// rows through `gemm`, one single-threaded product per column block (see
+/// [`column_blocks`]). Every element is summed in the same order at any thread count
+/// wherever `sgemm` or the column split runs.
+///
+/// # Safety
+/// As [`gemm_serial`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_threaded<T: NumElement>(
+    m: usize,
+    k: usize,
+    n: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    accumulate: bool,
+    a: *const T,
+    (a_rs, a_cs): (usize, usize),
+    b: *const T,
+    (b_rs, b_cs): (usize, usize),
+) {
+    let threads = parallel::num_threads();
+    let (am, bm) = (Mat { rs: a_rs, cs: a_cs }, Mat { rs: b_rs, cs: b_cs });
+    if threads <= 1 || m * n * k < GEMM_PAR_THRESHOLD {
+        // SAFETY: the caller upholds the contract.
+        return unsafe {
+            gemm_into(
+                m,
+                k,
+                n,
+                dst,
+                dst_rs,
+                accumulate,
+                a,
+                am,
+                b,
+                bm,
+                Parallelism::None,
+            )
+        };
+    }
+    // `sgemm` splits a product across threads itself (by rows or columns)
+    let col_blocks = if uses_sgemm::<T>(m, k, n) {
+        1
+    } else {
+        column_blocks(m, n, threads)
+    };
+    // raw pointers travel to the pool's threads in `SendPtr`s
+    let (dst, a, b) = (SendPtr(dst), SendPtr(a as *mut T), SendPtr(b as *mut T));
+    let (a, b) = (move || a.get() as *const T, move || b.get() as *const T);
+    if col_blocks == 1 {
+        let par = Parallelism::Rayon(threads);
+        // SAFETY: the caller upholds the contract.
+        return parallel::install(|| unsafe {
+            gemm_into(
+                m,
+                k,
+                n,
+                dst.get(),
+                dst_rs,
+                accumulate,
+                a(),
+                am,
+                b(),
+                bm,
+                par,
+            )
+        });
+    }
+    // few rows, many columns: gemm's own threads would split `m` too finely and meet once
+    // per column panel; one single-threaded gemm a column block instead
+    let width = n.div_ceil(col_blocks).next_multiple_of(COL_ALIGN);
+    parallel::install(|| {
+        (0..col_blocks).into_par_iter().for_each(|j| {
+            let c0 = (j * width).min(n);
+            let cols = width.min(n - c0);
+            if cols == 0 {
+                return;
+            }
+            // SAFETY: block `j` writes columns `c0..c0 + cols` of every row of `dst`,
+            // disjoint from the other blocks, and reads `a` and columns `c0..c0 + cols` of
+            // `b` (all inside the caller's contract); nothing writes `a` or `b`.
+            unsafe {
+                gemm_into(
+                    m,
+                    k,
+                    cols,
+                    dst.get().add(c0),
+                    dst_rs,
+                    accumulate,
+                    a(),
+                    am,
+                    b().add(c0 * b_cs),
+                    bm,
+                    Parallelism::None,
+                )
+            }
+        });
+    });
+}
+
 /// Batched product through `gemm` (`T` is f32, f64 or f16).
 fn gemm_batched<T: NumElement + crate::storage::BufferElement>(
     p: &Plan,
@@ -401,52 +503,25 @@ fn gemm_batched<T: NumElement + crate::storage::BufferElement>(
                 )
             }
         };
-        // `sgemm` splits a product across threads itself (by rows or columns)
-        let col_blocks = if uses_sgemm::<T>(p.m, p.k, p.n) {
-            1
-        } else {
-            column_blocks(p.m, p.n, threads)
-        };
-        if threads > 1 && work >= GEMM_PAR_THRESHOLD && col_blocks > 1 {
-            // few rows, many columns: gemm's own threads would split `m` too finely and
-            // meet once per column panel; one single-threaded gemm a column block instead
-            let width = p.n.div_ceil(col_blocks).next_multiple_of(COL_ALIGN);
-            let dst = SendPtr(dst.as_mut_ptr() as *mut T);
-            parallel::install(|| {
-                for (bi, &(oa, ob)) in p.offsets.iter().enumerate() {
-                    (0..col_blocks).into_par_iter().for_each(|j| {
-                        let c0 = (j * width).min(p.n);
-                        let cols = width.min(p.n - c0);
-                        if cols == 0 {
-                            return;
-                        }
-                        // SAFETY: block `j` writes columns `c0..c0 + cols` of every row of
-                        // batch `bi`'s `m × n` destination (inside `dst`'s `total` slots,
-                        // which gemm overwrites), disjoint from the other blocks; `b`'s
-                        // columns `c0..c0 + cols` lie inside its matrix.
-                        unsafe {
-                            gemm_one(
-                                p.m,
-                                p.k,
-                                cols,
-                                dst.get().add(bi * mn + c0),
-                                p.n,
-                                a.as_ptr().add(oa),
-                                p.a,
-                                b.as_ptr().add(ob + c0 * p.b.cs),
-                                p.b,
-                                Parallelism::None,
-                            )
-                        }
-                    });
+        if threads > 1 && work >= GEMM_PAR_THRESHOLD {
+            // one large product at a time, threaded by `gemm_threaded`
+            for (d, &(oa, ob)) in dst.chunks_mut(mn).zip(&p.offsets) {
+                // SAFETY: as in `run` above.
+                unsafe {
+                    gemm_threaded(
+                        p.m,
+                        p.k,
+                        p.n,
+                        d.as_mut_ptr() as *mut T,
+                        p.n,
+                        false,
+                        a.as_ptr().add(oa),
+                        (p.a.rs, p.a.cs),
+                        b.as_ptr().add(ob),
+                        (p.b.rs, p.b.cs),
+                    )
                 }
-            });
-        } else if threads > 1 && work >= GEMM_PAR_THRESHOLD {
-            parallel::install(|| {
-                for (d, &o) in dst.chunks_mut(mn).zip(&p.offsets) {
-                    run(d, o, Parallelism::Rayon(threads));
-                }
-            });
+            }
         } else if threads > 1 && p.batches() > 1 && work * p.batches() >= BATCH_PAR_THRESHOLD {
             parallel::install(|| {
                 dst.par_chunks_mut(mn)
