@@ -205,7 +205,6 @@ unsafe fn gemm_one<T: NumElement>(
 /// `i * a_rs + p * a_cs` and `b` at every `p * b_rs + j * b_cs` (`p < k`), and `dst` must
 /// not overlap `a` or `b`.
 #[allow(clippy::too_many_arguments)]
-
 pub(crate) unsafe fn gemm_serial<T: NumElement>(
     m: usize,
     k: usize,
