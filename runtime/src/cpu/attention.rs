@@ -263,34 +263,44 @@ impl<T: AttnFloat> Inputs<'_, T> {
         }
     }
 
+    /// The unscaled scores `q_i · k_j` of problem `b` for the query rows `i0..i0 + bq`
+    /// and keys `0..kend`, into `s` as a row-major `bq × kend` block (forward and backward).
+    fn raw_scores(&self, b: usize, i0: usize, bq: usize, kend: usize, s: &mut [T]) {
+        let (q, qm) = (&self.q.0, &self.q.1);
+        let (k, km) = (&self.k.0, &self.k.1);
+        assert!(
+            s.len() >= bq * kend,
+            "internal: attention score scratch too short"
+        );
+        // SAFETY: `s` holds at least bq·kend elements (checked); the q rows i0..i0+bq and
+        // the k rows 0..kend of problem b lie inside their buffers (offsets from their
+        // layouts broadcast to the problem shape).
+        unsafe {
+            gemm_serial(
+                bq,
+                self.g.d,
+                kend,
+                s.as_mut_ptr(),
+                kend,
+                false,
+                q.as_ptr().add(qm.offs[b] + i0 * qm.rs),
+                (qm.rs, qm.cs),
+                k.as_ptr().add(km.offs[b]),
+                (km.cs, km.rs),
+            );
+        }
+    }
+
     /// The forward of problem `b` into `out` (`[Tq, Dv]`) and `lse` (`[Tq]`).
     fn forward_problem(&self, b: usize, out: &mut [T], lse: &mut [T], scr: &mut Scratch<T>) {
         let g = &self.g;
-        let (q, qm) = (&self.q.0, &self.q.1);
-        let (k, km) = (&self.k.0, &self.k.1);
         let (v, vm) = (&self.v.0, &self.v.1);
         let zero = <T as NumElement>::zero();
         for i0 in (0..g.tq).step_by(BLOCK_Q) {
             let bq = BLOCK_Q.min(g.tq - i0);
             let kend = g.keys(i0, bq);
             let ld = kend;
-            // SAFETY: `s` holds BLOCK_Q·Tk ≥ bq·kend elements; the q rows i0..i0+bq and
-            // the k rows 0..kend of problem b lie inside their buffers (offsets from
-            // their layouts broadcast to the problem shape).
-            unsafe {
-                gemm_serial(
-                    bq,
-                    g.d,
-                    kend,
-                    scr.s.as_mut_ptr(),
-                    ld,
-                    false,
-                    q.as_ptr().add(qm.offs[b] + i0 * qm.rs),
-                    (qm.rs, qm.cs),
-                    k.as_ptr().add(km.offs[b]),
-                    (km.cs, km.rs),
-                );
-            }
+            self.raw_scores(b, i0, bq, kend, &mut scr.s);
             for r in 0..bq {
                 let i = i0 + r;
                 let n = g.live(i, kend);
@@ -351,22 +361,7 @@ impl<T: AttnFloat> Inputs<'_, T> {
             let kend = g.keys(i0, bq);
             let ld = kend;
             let go_blk = go[i0 * g.dv..].as_ptr();
-            // SAFETY: as in the forward: `s` holds bq·kend elements, the q and k rows
-            // read lie inside their buffers.
-            unsafe {
-                gemm_serial(
-                    bq,
-                    g.d,
-                    kend,
-                    scr.s.as_mut_ptr(),
-                    ld,
-                    false,
-                    q.as_ptr().add(qm.offs[b] + i0 * qm.rs),
-                    (qm.rs, qm.cs),
-                    k.as_ptr().add(km.offs[b]),
-                    (km.cs, km.rs),
-                );
-            }
+            self.raw_scores(b, i0, bq, kend, &mut scr.s);
             // P (in s) and, under dropout, Pd (in w)
             for r in 0..bq {
                 let i = i0 + r;
