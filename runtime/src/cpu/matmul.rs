@@ -1,4 +1,5 @@
-//! Matrix products on host buffers: the `gemm` crate for f32, f64 and f16 (bf16 goes
+//! Matrix products on host buffers: Flint's own AVX2/FMA kernel ([`sgemm`]) for f32 where
+//! it beats the `gemm` crate, `gemm` for the other f32 products and f64/f16 (bf16 goes
 //! through f32 one level up), a plain loop for i64.
 //!
 //! Operands arrive as strided layouts `batch ++ [m, k]` and `batch ++ [k, n]` whose batch
@@ -7,9 +8,10 @@
 //! makes a matrix contiguous only when neither of its strides is 1, see
 //! [`has_unit_stride`]). The output is always a new contiguous `batch ++ [m, n]` buffer.
 //!
-//! Threads: one large product runs `gemm` with `Parallelism::Rayon(num_threads())` inside
-//! the Flint pool; a batch of small products is split across the pool by batch with each
-//! product single-threaded; anything below the thresholds stays on the calling thread.
+//! Threads: one large product is split across the Flint pool by [`gemm_threaded`]
+//! (`sgemm`'s own row/column split, `gemm`'s threads, or a column split for few rows); a
+//! batch of small products is split across the pool by batch with each product
+//! single-threaded; anything below the thresholds stays on the calling thread.
 
 use crate::cpu::parallel;
 use crate::cpu::sgemm;
@@ -171,30 +173,6 @@ fn fold_rows(
     Some(stride)
 }
 
-/// Calls `gemm` for one `m × k` by `k × n` product into a row-major `m × n` destination
-/// whose rows are `dst_rs` apart.
-///
-/// # Safety
-/// `dst` must be valid for writes at every `i * dst_rs + j` (`i < m`, `j < n`), and
-/// `a` / `b` valid for reads at every
-/// `i * rs + j * cs` of their matrices.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_one<T: NumElement>(
-    m: usize,
-    k: usize,
-    n: usize,
-    dst: *mut T,
-    dst_rs: usize,
-    a: *const T,
-    am: Mat,
-    b: *const T,
-    bm: Mat,
-    par: Parallelism,
-) {
-    // SAFETY: the caller upholds the contract (see `# Safety` above).
-    unsafe { gemm_into(m, k, n, dst, dst_rs, false, a, am, b, bm, par) }
-}
-
 /// One `m × k` by `k × n` product on the calling thread, for fused kernels that multiply
 /// small blocks themselves (attention, RNN cells): `dst[i * dst_rs + j]` is set to (or,
 /// with `accumulate`, has added to it) `Σ_p a[i * a_rs + p * a_cs] · b[p * b_rs + j * b_cs]`.
@@ -236,7 +214,8 @@ pub(crate) unsafe fn gemm_serial<T: NumElement>(
     }
 }
 
-/// [`gemm_one`] with the choice to add to `dst` (`accumulate`) instead of overwriting it.
+/// One product through [`sgemm`] where it wins, else the `gemm` crate, setting or adding
+/// to `dst` (`accumulate`); the body of [`gemm_serial`] and [`gemm_threaded`].
 ///
 /// # Safety
 /// As [`gemm_serial`], with `par` the threads gemm may use.
@@ -482,54 +461,37 @@ fn gemm_batched<T: NumElement + crate::storage::BufferElement>(
     let mut out: Vec<T> = crate::cpu::pool::take(total);
     {
         let dst = &mut out.spare_capacity_mut()[..total];
-        // one product (per batch) at a time
-        let run = |dst: &mut [MaybeUninit<T>], (oa, ob): (usize, usize), par| {
+        // one product (per batch): threaded by `gemm_threaded`, or on this thread
+        let run = |dst: &mut [MaybeUninit<T>], (oa, ob): (usize, usize), threaded: bool| {
             debug_assert_eq!(dst.len(), mn);
-            // SAFETY: `dst` holds `m * n` slots that gemm overwrites (read_dst = false);
-            // the layouts index inside `a` and `b` (checked when the views were made).
+            let (am, bm) = ((p.a.rs, p.a.cs), (p.b.rs, p.b.cs));
+            let dst = dst.as_mut_ptr() as *mut T;
+            // SAFETY: `dst` holds `m * n` slots that the product overwrites (no
+            // accumulate); the layouts index inside `a` and `b` (checked when the views
+            // were made).
             unsafe {
-                gemm_one(
-                    p.m,
-                    p.k,
-                    p.n,
-                    dst.as_mut_ptr() as *mut T,
-                    p.n,
-                    a.as_ptr().add(oa),
-                    p.a,
-                    b.as_ptr().add(ob),
-                    p.b,
-                    par,
-                )
+                let (a, b) = (a.as_ptr().add(oa), b.as_ptr().add(ob));
+                if threaded {
+                    gemm_threaded(p.m, p.k, p.n, dst, p.n, false, a, am, b, bm)
+                } else {
+                    gemm_serial(p.m, p.k, p.n, dst, p.n, false, a, am, b, bm)
+                }
             }
         };
         if threads > 1 && work >= GEMM_PAR_THRESHOLD {
-            // one large product at a time, threaded by `gemm_threaded`
-            for (d, &(oa, ob)) in dst.chunks_mut(mn).zip(&p.offsets) {
-                // SAFETY: as in `run` above.
-                unsafe {
-                    gemm_threaded(
-                        p.m,
-                        p.k,
-                        p.n,
-                        d.as_mut_ptr() as *mut T,
-                        p.n,
-                        false,
-                        a.as_ptr().add(oa),
-                        (p.a.rs, p.a.cs),
-                        b.as_ptr().add(ob),
-                        (p.b.rs, p.b.cs),
-                    )
-                }
+            // one large product at a time, each split across the pool
+            for (d, &o) in dst.chunks_mut(mn).zip(&p.offsets) {
+                run(d, o, true);
             }
         } else if threads > 1 && p.batches() > 1 && work * p.batches() >= BATCH_PAR_THRESHOLD {
             parallel::install(|| {
                 dst.par_chunks_mut(mn)
                     .zip(p.offsets.par_iter())
-                    .for_each(|(d, &o)| run(d, o, Parallelism::None));
+                    .for_each(|(d, &o)| run(d, o, false));
             });
         } else {
             for (d, &o) in dst.chunks_mut(mn).zip(&p.offsets) {
-                run(d, o, Parallelism::None);
+                run(d, o, false);
             }
         }
     }
