@@ -26,6 +26,7 @@
 //! `create_graph`. Every element is computed on its own, so results do not depend on the
 //! thread count; rows are split across the pool only for large batches.
 
+use crate::cpu::matmul::Rhs;
 use crate::cpu::rowwise::{by_dtype, contiguous_data, supports, RowFloat};
 use crate::dtype::NumElement;
 use crate::error::Result;
@@ -280,14 +281,16 @@ pub(crate) fn layer_forward<T: RowFloat + NumElement>(
         pool(steps * bh),
         pool(steps * 5 * bh),
     );
-    // W_hhᵀ as a row-major [H, 4H] matrix, so every step's product reads it with a unit
-    // column stride instead of re-packing the transposed view each step
+    // W_hhᵀ as a row-major [H, 4H] matrix: `gemm` (f64) reads it in place with a unit
+    // column stride, `sgemm` (f32) packs it once below with its fastest (row) packer
     let mut w_t = pool(g4 * h);
     for (r, row) in w_hh.chunks(h).enumerate() {
         for (j, &v) in row.iter().enumerate() {
             w_t[j * g4 + r] = v;
         }
     }
+    // packed once for all steps where `sgemm` runs the products
+    let w_t = Rhs::new(h, g4, &w_t, (g4, 1)).pack_for(b);
     let mut z = pool(b * g4);
     for t in 0..steps {
         let (h_done, h_rest) = y.split_at_mut(t * bh);
@@ -302,7 +305,7 @@ pub(crate) fn layer_forward<T: RowFloat + NumElement>(
             None => hin_t.copy_from_slice(h_prev),
         }
         z.copy_from_slice(&gi[t * b * g4..(t + 1) * b * g4]);
-        product(b, h, g4, &mut z, true, hin_t, (h, 1), &w_t, (g4, 1));
+        w_t.product(b, &mut z, true, hin_t, (h, 1));
         let (c_done, c_rest) = cs.split_at_mut(t * bh);
         let c_prev = if t == 0 { c0 } else { &c_done[(t - 1) * bh..] };
         cell_forward_into(
@@ -344,6 +347,7 @@ pub(crate) fn layer_backward<T: RowFloat + NumElement>(
     let mut dz_all = pool(steps * b * g4);
     let (mut dh, mut dh_carry, mut dcp) = (pool(bh), pool(bh), pool(bh));
     let mut dc_carry = g[steps * bh..].to_vec();
+    let w_hh = Rhs::new(g4, h, w_hh, (h, 1)).pack_for(b);
     for t in (0..steps).rev() {
         for ((d, &x), &y) in dh.iter_mut().zip(&g[t * bh..(t + 1) * bh]).zip(&dh_carry) {
             *d = x + y;
@@ -364,7 +368,7 @@ pub(crate) fn layer_backward<T: RowFloat + NumElement>(
             &mut dcp,
         );
         std::mem::swap(&mut dc_carry, &mut dcp);
-        product(b, g4, h, &mut dh_carry, false, dz_t, (g4, 1), w_hh, (h, 1));
+        w_hh.product(b, &mut dh_carry, false, dz_t, (g4, 1));
         if let Some(m) = mask {
             for (d, &m) in dh_carry.iter_mut().zip(m) {
                 *d = *d * m;
@@ -372,49 +376,6 @@ pub(crate) fn layer_backward<T: RowFloat + NumElement>(
         }
     }
     (dz_all, dh_carry, dc_carry)
-}
-
-/// `dst (+)= a · b` for a row-major `m × n` `dst` (rows `n` apart) and strided `a`
-/// (`m × k`) and `b` (`k × n`), threaded as the matmul threads one product
-/// ([`gemm_threaded`](crate::cpu::matmul::gemm_threaded)): every element is summed in the
-/// same order at any thread count.
-#[allow(clippy::too_many_arguments)]
-fn product<T: RowFloat + NumElement>(
-    m: usize,
-    k: usize,
-    n: usize,
-    dst: &mut [T],
-    accumulate: bool,
-    a: &[T],
-    (a_rs, a_cs): (usize, usize),
-    b: &[T],
-    (b_rs, b_cs): (usize, usize),
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    // every index the product reads or writes lies inside the slices
-    assert!(
-        dst.len() >= m * n,
-        "internal: lstm product destination too short"
-    );
-    assert!(k == 0 || a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
-    assert!(k == 0 || b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
-    // SAFETY: the bounds were checked above; `dst` is a separate `&mut`.
-    unsafe {
-        crate::cpu::matmul::gemm_threaded(
-            m,
-            k,
-            n,
-            dst.as_mut_ptr(),
-            n,
-            accumulate,
-            a.as_ptr(),
-            (a_rs, a_cs),
-            b.as_ptr(),
-            (b_rs, b_cs),
-        )
-    }
 }
 
 // ----------------------------------------------------------------------- tensor glue

@@ -445,6 +445,127 @@ pub(crate) unsafe fn gemm_threaded<T: NumElement>(
     });
 }
 
+/// A right-hand operand `B` (`k × n`, strided) of many products `A · B` with different
+/// `A`s, computed by [`Rhs::product`] (safe: it checks every index against the slices).
+/// [`Rhs::pack_for`] packs `B` once where Flint's `sgemm` runs the products, so a
+/// recurrent weight multiplied by a new `A` every step is not re-packed every step; the
+/// results are bit-identical either way.
+///
+/// ```text
+/// // W (k × n, row-major) times a new [m, k] A at each of many steps
+/// let w = Rhs::new(k, n, &w_data, (n, 1)).pack_for(m);
+/// for a in steps { w.product(m, &mut out, false, a, (k, 1)); }
+/// ```
+pub(crate) struct Rhs<'a, T> {
+    k: usize,
+    n: usize,
+    b: &'a [T],
+    strides: (usize, usize),
+    #[cfg(target_arch = "x86_64")]
+    packed: Option<sgemm::PackedB>,
+}
+
+impl<'a, T: NumElement> Rhs<'a, T> {
+    /// `B[p, j] = b[p * rs + j * cs]` (`p < k`, `j < n`). Panics (an internal error) when
+    /// an index lies outside `b`.
+    pub(crate) fn new(k: usize, n: usize, b: &'a [T], strides: (usize, usize)) -> Self {
+        assert!(
+            k == 0 || n == 0 || b.len() > (k - 1) * strides.0 + (n - 1) * strides.1,
+            "internal: matrix operand of {k} x {n} with strides {strides:?} outside its {} elements",
+            b.len()
+        );
+        Rhs {
+            k,
+            n,
+            b,
+            strides,
+            #[cfg(target_arch = "x86_64")]
+            packed: None,
+        }
+    }
+
+    /// Packs `B` now if products with `m` rows run on `sgemm`.
+    pub(crate) fn pack_for(mut self, m: usize) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if uses_sgemm::<T>(m, self.k, self.n) {
+            // SAFETY: `T` is f32 and the CPU has the features (`uses_sgemm`); `new`
+            // checked every index of `B` against `b`.
+            self.packed = Some(unsafe {
+                sgemm::PackedB::new(self.k, self.n, self.b.as_ptr() as *const f32, self.strides)
+            });
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = m;
+        self
+    }
+
+    /// `dst (+)= a · B` for a row-major `m × n` `dst` (rows `n` apart) and the strided
+    /// `m × k` `a`, threaded as [`gemm_threaded`] threads it: every element is summed in
+    /// the same order at any thread count. Panics (an internal error) when an index lies
+    /// outside `dst` or `a`.
+    pub(crate) fn product(
+        &self,
+        m: usize,
+        dst: &mut [T],
+        accumulate: bool,
+        a: &[T],
+        (a_rs, a_cs): (usize, usize),
+    ) {
+        let (k, n) = (self.k, self.n);
+        if m == 0 || n == 0 {
+            return;
+        }
+        assert!(
+            dst.len() >= m * n && (k == 0 || a.len() > (m - 1) * a_rs + (k - 1) * a_cs),
+            "internal: product of [{m}, {k}] x [{k}, {n}] outside its operands"
+        );
+        #[cfg(target_arch = "x86_64")]
+        if let Some(packed) = &self.packed {
+            if uses_sgemm::<T>(m, k, n) {
+                let threads = if m * n * k < GEMM_PAR_THRESHOLD {
+                    1
+                } else {
+                    parallel::num_threads()
+                };
+                let (d, a) = (
+                    SendPtr(dst.as_mut_ptr() as *mut f32),
+                    SendPtr(a.as_ptr() as *mut f32),
+                );
+                // SAFETY: `T` is f32 (`uses_sgemm`); the bounds were checked above and
+                // `dst` is a separate `&mut`.
+                parallel::install(|| unsafe {
+                    sgemm::sgemm_packed(
+                        m,
+                        d.get(),
+                        n,
+                        accumulate,
+                        a.get(),
+                        (a_rs, a_cs),
+                        packed,
+                        threads,
+                    )
+                });
+                return;
+            }
+        }
+        // SAFETY: the bounds were checked above and in `new`; `dst` is a separate `&mut`.
+        unsafe {
+            gemm_threaded(
+                m,
+                k,
+                n,
+                dst.as_mut_ptr(),
+                n,
+                accumulate,
+                a.as_ptr(),
+                (a_rs, a_cs),
+                self.b.as_ptr(),
+                self.strides,
+            )
+        }
+    }
+}
+
 /// Batched product through `gemm` (`T` is f32, f64 or f16).
 fn gemm_batched<T: NumElement + crate::storage::BufferElement>(
     p: &Plan,
@@ -591,6 +712,70 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_reused_rhs_matches_gemm_serial_packed_or_not() {
+        // the LSTM's recurrent products ([32, 256] x W_hh^T, [32, 1024] x W_hh), a ragged
+        // one, and one too small for `sgemm`; f32 (packed where `sgemm` runs) and f64
+        fn check<T: NumElement>(m: usize, k: usize, n: usize, b_rowmajor: bool, tol: f64) {
+            let val = |i: usize| T::from_f64(((i * 7919 % 1009) as f64) / 500.0 - 1.0);
+            let a: Vec<T> = (0..m * k).map(val).collect();
+            let b: Vec<T> = (0..k * n).map(|i| val(i + 3)).collect();
+            let sb = if b_rowmajor { (n, 1) } else { (1, k) };
+            let rhs = Rhs::new(k, n, &b, sb).pack_for(m);
+            for accumulate in [false, true] {
+                let mut want = vec![T::from_f64(0.25); m * n];
+                // SAFETY: every index named by the contract lies inside the vectors.
+                unsafe {
+                    gemm_serial(
+                        m,
+                        k,
+                        n,
+                        want.as_mut_ptr(),
+                        n,
+                        accumulate,
+                        a.as_ptr(),
+                        (k, 1),
+                        b.as_ptr(),
+                        sb,
+                    )
+                };
+                for threads in [1, 2] {
+                    crate::set_num_threads(threads);
+                    let mut got = vec![T::from_f64(0.25); m * n];
+                    rhs.product(m, &mut got, accumulate, &a, (k, 1));
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        let (g, w) = (g.to_f64(), w.to_f64());
+                        assert!(
+                            (g - w).abs() <= tol * (1.0 + w.abs()),
+                            "{m}x{k}x{n} acc {accumulate} threads {threads} [{i}]: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+            crate::set_num_threads(0);
+        }
+        for (m, k, n, row) in [
+            (32, 256, 1024, false),
+            (32, 1024, 256, true),
+            (19, 300, 37, true),
+            (4, 8, 8, false),
+        ] {
+            // `sgemm` (packed or not, any threads) sums like `gemm_serial`'s `sgemm`
+            check::<f32>(
+                m,
+                k,
+                n,
+                row,
+                if uses_sgemm::<f32>(m, k, n) {
+                    0.0
+                } else {
+                    1e-5
+                },
+            );
+            check::<f64>(m, k, n, row, 1e-13);
         }
     }
 

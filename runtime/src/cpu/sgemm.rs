@@ -35,7 +35,7 @@
 //! before the first product turns this path off (read once), to compare with `gemm`.
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use imp::sgemm;
+pub(crate) use imp::{sgemm, sgemm_packed, PackedB};
 
 /// Whether [`sgemm`] may be called: the CPU has AVX2 and FMA and `FLINT_SGEMM` is not
 /// `0` (both read once and cached).
@@ -119,9 +119,21 @@ mod imp {
         a: *const f32,
         a_rs: usize,
         a_cs: usize,
-        b: *const f32,
-        b_rs: usize,
-        b_cs: usize,
+        b: BSource,
+    }
+
+    /// Where a product's `B` comes from.
+    #[derive(Clone, Copy)]
+    enum BSource {
+        /// `B[p, j]` at `ptr + p * rs + j * cs`, packed by each block as it goes.
+        Strided {
+            ptr: *const f32,
+            rs: usize,
+            cs: usize,
+        },
+        /// Already packed by [`PackedB::new`]: depth block `pc..pc + kc` at
+        /// `ptr + pc * npad`, its column strip `t` `NR · kc` floats further on each.
+        Packed { ptr: *const f32, npad: usize },
     }
 
     // SAFETY: a `Product` is shared by the threads of one `sgemm` call, each of which
@@ -179,6 +191,120 @@ mod imp {
         (b_rs, b_cs): (usize, usize),
         threads: usize,
     ) {
+        let b = BSource::Strided {
+            ptr: b,
+            rs: b_rs,
+            cs: b_cs,
+        };
+        // SAFETY: the caller upholds the contract, which is `run`'s.
+        unsafe {
+            run(
+                m,
+                k,
+                n,
+                dst,
+                dst_rs,
+                accumulate,
+                (a, a_rs, a_cs),
+                b,
+                threads,
+            )
+        }
+    }
+
+    /// A `k × n` right-hand operand packed once into the microkernel's `KC × NR` strips,
+    /// for many products `A · B` with the same `B` ([`sgemm_packed`]): a recurrent
+    /// layer's weight, multiplied by a new `A` every step, is packed once per sequence
+    /// instead of once per step. The layout does not depend on how a product is split
+    /// across threads, and [`sgemm_packed`] sums exactly as [`sgemm`] does, so the two
+    /// give bit-identical results.
+    pub(crate) struct PackedB {
+        k: usize,
+        n: usize,
+        buf: Vec<Line>,
+    }
+
+    impl PackedB {
+        /// Packs `B[p, j] = b[p * rs + j * cs]` (`p < k`, `j < n`).
+        ///
+        /// # Safety
+        /// The CPU must have AVX2 and FMA ([`super::available`]) and `b` must be valid
+        /// for reads at every `p * rs + j * cs`.
+        pub(crate) unsafe fn new(
+            k: usize,
+            n: usize,
+            b: *const f32,
+            (rs, cs): (usize, usize),
+        ) -> PackedB {
+            let npad = n.next_multiple_of(NR);
+            let mut buf = Vec::new();
+            let out = reserve(&mut buf, k * npad);
+            let kc_max = block_len(k, KC, 8);
+            let mut pc = 0;
+            while pc < k {
+                let kc = kc_max.min(k - pc);
+                // SAFETY: reads inside `B` (contract above), writes inside the `k · npad`
+                // floats reserved: depth block `pc` takes `kc · npad` from `pc · npad`.
+                unsafe { pack_b(kc, n, b.add(pc * rs), rs, cs, out.add(pc * npad)) };
+                pc += kc;
+            }
+            PackedB { k, n, buf }
+        }
+    }
+
+    /// [`sgemm`] with a `B` packed beforehand: `dst (=|+=) A · B` for the `m × k` `A` at
+    /// `a` and `b`'s `k × n` matrix, bit-identical to [`sgemm`] on the unpacked `B`.
+    ///
+    /// # Safety
+    /// As [`sgemm`] for `dst` and `a` (`b` is valid by construction).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn sgemm_packed(
+        m: usize,
+        dst: *mut f32,
+        dst_rs: usize,
+        accumulate: bool,
+        a: *const f32,
+        (a_rs, a_cs): (usize, usize),
+        b: &PackedB,
+        threads: usize,
+    ) {
+        let source = BSource::Packed {
+            ptr: b.buf.as_ptr() as *const f32,
+            npad: b.n.next_multiple_of(NR),
+        };
+        // SAFETY: the caller upholds the contract for `dst` and `a`; `source` holds the
+        // `k × n` strips `block` reads.
+        unsafe {
+            run(
+                m,
+                b.k,
+                b.n,
+                dst,
+                dst_rs,
+                accumulate,
+                (a, a_rs, a_cs),
+                source,
+                threads,
+            )
+        }
+    }
+
+    /// The body of [`sgemm`] and [`sgemm_packed`]: the split across threads.
+    ///
+    /// # Safety
+    /// As [`sgemm`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run(
+        m: usize,
+        k: usize,
+        n: usize,
+        dst: *mut f32,
+        dst_rs: usize,
+        accumulate: bool,
+        (a, a_rs, a_cs): (*const f32, usize, usize),
+        b: BSource,
+        threads: usize,
+    ) {
         if m == 0 || n == 0 {
             return;
         }
@@ -200,8 +326,6 @@ mod imp {
             a_rs,
             a_cs,
             b,
-            b_rs,
-            b_cs,
         };
         let split = Split::new(m, n, threads);
         let run = |t: usize| {
@@ -235,7 +359,10 @@ mod imp {
         let mc_max = block_len(r1 - r0, MC, MR);
         let nc_max = block_len(c1 - c0, NC, NR);
         let apack = reserve(&mut abuf, mc_max * kc_max);
-        let bpack = reserve(&mut bbuf, nc_max * kc_max);
+        let bpack = match p.b {
+            BSource::Strided { .. } => reserve(&mut bbuf, nc_max * kc_max),
+            BSource::Packed { .. } => std::ptr::null_mut(),
+        };
         // SAFETY: every pointer below stays inside the caller's matrices (rows `r0..r1`,
         // columns `c0..c1`, depth `0..k`) or the packing buffers sized just above.
         unsafe {
@@ -245,14 +372,15 @@ mod imp {
                 let mut pc = 0;
                 while pc < k {
                     let kc = kc_max.min(k - pc);
-                    pack_b(
-                        kc,
-                        nc,
-                        p.b.add(pc * p.b_rs + jc * p.b_cs),
-                        p.b_rs,
-                        p.b_cs,
-                        bpack,
-                    );
+                    let bpanel = match p.b {
+                        BSource::Strided { ptr, rs, cs } => {
+                            pack_b(kc, nc, ptr.add(pc * rs + jc * cs), rs, cs, bpack);
+                            bpack as *const f32
+                        }
+                        // `jc` is a multiple of `NR` (blocks are whole strips), so its
+                        // strip starts `jc · kc` into the depth block
+                        BSource::Packed { ptr, npad } => ptr.add(pc * npad + jc * kc),
+                    };
                     let overwrite = pc == 0 && !p.accumulate;
                     let mut ic = r0;
                     while ic < r1 {
@@ -270,7 +398,7 @@ mod imp {
                             nc,
                             kc,
                             apack,
-                            bpack,
+                            bpanel,
                             p.dst.add(ic * p.dst_rs + jc),
                             p.dst_rs,
                             overwrite,
@@ -726,6 +854,71 @@ mod tests {
             }
         });
         dst
+    }
+
+    #[test]
+    fn a_packed_b_gives_the_same_bits_as_packing_per_product() {
+        if !available() {
+            return;
+        }
+        // several depth blocks, ragged strips, row and column splits, every B layout
+        for (m, k, n, la, lb) in [
+            (32, 256, 1024, 0, 1),
+            (32, 1024, 256, 0, 0),
+            (13, 600, 37, 1, 2),
+            (301, 300, 97, 2, 0),
+            (7, 300, NC + 37, 0, 1),
+        ] {
+            let (a, sa) = operand(m, k, la, 5);
+            let (b, sb) = operand(k, n, lb, 6);
+            // SAFETY: the CPU has the features; `b` holds every index of its layout.
+            let packed = unsafe { PackedB::new(k, n, b.as_ptr(), sb) };
+            for accumulate in [false, true] {
+                for threads in [1, 2, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .expect("test pool");
+                    let (mut want, mut got) = (vec![0.5f32; m * n], vec![0.5f32; m * n]);
+                    pool.install(|| {
+                        // SAFETY: as in `check`.
+                        unsafe {
+                            sgemm(
+                                m,
+                                k,
+                                n,
+                                want.as_mut_ptr(),
+                                n,
+                                accumulate,
+                                a.as_ptr(),
+                                sa,
+                                b.as_ptr(),
+                                sb,
+                                threads,
+                            );
+                            sgemm_packed(
+                                m,
+                                got.as_mut_ptr(),
+                                n,
+                                accumulate,
+                                a.as_ptr(),
+                                sa,
+                                &packed,
+                                threads,
+                            );
+                        }
+                    });
+                    let same = want
+                        .iter()
+                        .zip(&got)
+                        .all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(
+                        same,
+                        "{m}x{k}x{n} layouts {la}{lb} acc {accumulate} threads {threads}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
