@@ -27,11 +27,13 @@
 //! thread count; rows are split across the pool only for large batches.
 
 use crate::cpu::matmul::Rhs;
+use crate::cpu::pool::{written, Uninit};
 use crate::cpu::rowwise::{by_dtype, contiguous_data, supports, RowFloat};
 use crate::dtype::NumElement;
 use crate::error::Result;
 use crate::storage::BufferElement;
 use crate::tensor::Tensor;
+use std::mem::MaybeUninit;
 
 /// Elements (`B · H`) from which the forward's rows are split across the pool. Each
 /// element costs five scalar `exp`/`tanh` (≈ 50 ns), so from 2048 of them (≈ 100 µs) the
@@ -39,8 +41,10 @@ use crate::tensor::Tensor;
 const FORWARD_PAR_THRESHOLD: usize = 1 << 11;
 
 /// Elements (`B · H`) from which the backward's rows are split across the pool: about
-/// 15 multiply-adds per element, no transcendental functions.
-const BACKWARD_PAR_THRESHOLD: usize = 1 << 14;
+/// 15 multiply-adds per element, no transcendental functions. At 8192 elements (the
+/// benchmark's LSTM) the serial cell backward was 2.9 % of a 2-thread profile, run on
+/// the calling thread while the pool waited; split from 4096, it left the profile.
+const BACKWARD_PAR_THRESHOLD: usize = 1 << 12;
 
 /// `σ(v) = 1 / (1 + e^−v)`, the formula of the `sigmoid` tensor op, with the vectorisable
 /// `exp` of f32 (`cpu::vmath`).
@@ -64,27 +68,35 @@ pub(crate) struct CellOut<T> {
 }
 
 /// One batch row of the forward's outputs: `(h' row, (c' row, activations row))`.
-type ForwardRow<'a, T> = (&'a mut [T], (&'a mut [T], &'a mut [T]));
+type ForwardRow<'a, T> = (
+    &'a mut [MaybeUninit<T>],
+    (&'a mut [MaybeUninit<T>], &'a mut [MaybeUninit<T>]),
+);
 
 /// The forward of one LSTM step: `z` is `[B, 4H]`, `c` is `[B, H]`, both contiguous.
 pub(crate) fn cell_forward<T: RowFloat>(z: &[T], c: &[T], hidden: usize) -> CellOut<T> {
     let bh = c.len();
-    let mut hc = crate::cpu::pool::zeros::<T>(2 * bh);
-    let mut act = crate::cpu::pool::zeros::<T>(5 * bh);
-    let (hs, cs) = hc.split_at_mut(bh);
-    cell_forward_into(z, c, hidden, hs, cs, &mut act);
-    CellOut { hc, act }
+    let (mut hc, mut act) = (Uninit::new(2 * bh), Uninit::new(5 * bh));
+    let (hs, cs) = hc.all().split_at_mut(bh);
+    cell_forward_into(z, c, hidden, hs, cs, act.all());
+    // SAFETY: the cell wrote every element of both buffers.
+    unsafe {
+        CellOut {
+            hc: hc.assume_init(),
+            act: act.assume_init(),
+        }
+    }
 }
 
-/// [`cell_forward`] into given buffers: `h_out` and `c_out` (`[B, H]`) and `act_out`
-/// (`[B, 5H]`).
+/// [`cell_forward`] into given buffers, every element of which it writes: `h_out` and
+/// `c_out` (`[B, H]`) and `act_out` (`[B, 5H]`).
 fn cell_forward_into<T: RowFloat>(
     z: &[T],
     c: &[T],
     hidden: usize,
-    h_out: &mut [T],
-    c_out: &mut [T],
-    act_out: &mut [T],
+    h_out: &mut [MaybeUninit<T>],
+    c_out: &mut [MaybeUninit<T>],
+    act_out: &mut [MaybeUninit<T>],
 ) {
     let h = hidden;
     let bh = c.len();
@@ -114,9 +126,9 @@ crate::cpu::vmath::multiversion_loop! {
     fn forward_row<T: RowFloat>(
         z: &[T],
         c: &[T],
-        h_row: &mut [T],
-        c_row: &mut [T],
-        a_row: &mut [T]
+        h_row: &mut [MaybeUninit<T>],
+        c_row: &mut [MaybeUninit<T>],
+        a_row: &mut [MaybeUninit<T>]
     ) {
         let h = c.len();
         let (zi, rest) = z.split_at(h);
@@ -137,13 +149,13 @@ crate::cpu::vmath::multiversion_loop! {
             let o = sigmoid(zo[j]);
             let c2 = f * c[j] + i * g;
             let t = tanh(c2);
-            ai[j] = i;
-            af[j] = f;
-            ag[j] = g;
-            ao[j] = o;
-            at[j] = t;
-            c_row[j] = c2;
-            h_row[j] = o * t;
+            ai[j].write(i);
+            af[j].write(f);
+            ag[j].write(g);
+            ao[j].write(o);
+            at[j].write(t);
+            c_row[j].write(c2);
+            h_row[j].write(o * t);
         }
     }
 }
@@ -159,23 +171,24 @@ pub(crate) fn cell_backward<T: RowFloat>(
 ) -> (Vec<T>, Vec<T>) {
     let bh = c.len();
     debug_assert_eq!(g.len(), 2 * bh);
-    let mut dz = crate::cpu::pool::zeros::<T>(4 * bh);
-    let mut dc_prev = crate::cpu::pool::zeros::<T>(bh);
+    let (mut dz, mut dc_prev) = (Uninit::new(4 * bh), Uninit::new(bh));
     let (dh, dc) = g.split_at(bh);
-    cell_backward_into(act, c, dh, dc, hidden, &mut dz, &mut dc_prev);
-    (dz, dc_prev)
+    cell_backward_into(act, c, dh, dc, hidden, dz.all(), dc_prev.all());
+    // SAFETY: the cell wrote every element of both buffers.
+    unsafe { (dz.assume_init(), dc_prev.assume_init()) }
 }
 
 /// [`cell_backward`] from the output gradients `dh_all`, `dc_all` (`[B, H]` each) into
-/// given buffers `dz` (`[B, 4H]`) and `dc_prev` (`[B, H]`).
+/// given buffers `dz` (`[B, 4H]`) and `dc_prev` (`[B, H]`), every element of which it
+/// writes.
 fn cell_backward_into<T: RowFloat>(
     act: &[T],
     c: &[T],
     dh_all: &[T],
     dc_all: &[T],
     hidden: usize,
-    dz: &mut [T],
-    dc_prev: &mut [T],
+    dz: &mut [MaybeUninit<T>],
+    dc_prev: &mut [MaybeUninit<T>],
 ) {
     let h = hidden;
     let bh = c.len();
@@ -185,7 +198,8 @@ fn cell_backward_into<T: RowFloat>(
     if bh == 0 {
         return;
     }
-    let rows: Vec<(&mut [T], &mut [T])> = dz.chunks_mut(4 * h).zip(dc_prev.chunks_mut(h)).collect();
+    type Row<'a, T> = (&'a mut [MaybeUninit<T>], &'a mut [MaybeUninit<T>]);
+    let rows: Vec<Row<'_, T>> = dz.chunks_mut(4 * h).zip(dc_prev.chunks_mut(h)).collect();
     run_rows(rows, bh >= BACKWARD_PAR_THRESHOLD, |r, (dz, dcp)| {
         let a = &act[r * 5 * h..(r + 1) * 5 * h];
         let (ai, rest) = a.split_at(h);
@@ -202,11 +216,11 @@ fn cell_backward_into<T: RowFloat>(
         for j in 0..h {
             let (i, f, gg, o, t) = (ai[j], af[j], ag[j], ao[j], at[j]);
             let dct = dc[j] + dh[j] * o * (one - t * t);
-            dzi[j] = dct * gg * (i * (one - i));
-            dzf[j] = dct * c[j] * (f * (one - f));
-            dzg[j] = dct * i * (one - gg * gg);
-            dzo[j] = dh[j] * t * (o * (one - o));
-            dcp[j] = dct * f;
+            dzi[j].write(dct * gg * (i * (one - i)));
+            dzf[j].write(dct * c[j] * (f * (one - f)));
+            dzg[j].write(dct * i * (one - gg * gg));
+            dzo[j].write(dh[j] * t * (o * (one - o)));
+            dcp[j].write(dct * f);
         }
     });
 }
@@ -274,15 +288,17 @@ pub(crate) fn layer_forward<T: RowFloat + NumElement>(
     let (bh, g4) = (b * h, 4 * h);
     debug_assert!(gi.len() == steps * b * g4 && w_hh.len() == g4 * h);
     debug_assert!(h0.len() == bh && c0.len() == bh);
-    let pool = crate::cpu::pool::zeros::<T>;
+    // written step by step before they are read: no zero fill
     let (mut y, mut hin, mut cs, mut act) = (
-        pool((steps + 1) * bh),
-        pool(steps * bh),
-        pool(steps * bh),
-        pool(steps * 5 * bh),
+        Uninit::new((steps + 1) * bh),
+        Uninit::new(steps * bh),
+        Uninit::new(steps * bh),
+        Uninit::new(steps * 5 * bh),
     );
+    let (ys, hins, css, acts) = (y.all(), hin.all(), cs.all(), act.all());
     // W_hhᵀ as a row-major [H, 4H] matrix: `gemm` (f64) reads it in place with a unit
     // column stride, `sgemm` (f32) packs it once below with its fastest (row) packer
+    let pool = crate::cpu::pool::zeros::<T>;
     let mut w_t = pool(g4 * h);
     for (r, row) in w_hh.chunks(h).enumerate() {
         for (j, &v) in row.iter().enumerate() {
@@ -293,32 +309,61 @@ pub(crate) fn layer_forward<T: RowFloat + NumElement>(
     let w_t = Rhs::new(h, g4, &w_t, (g4, 1)).pack_for(b);
     let mut z = pool(b * g4);
     for t in 0..steps {
-        let (h_done, h_rest) = y.split_at_mut(t * bh);
-        let h_prev = if t == 0 { h0 } else { &h_done[(t - 1) * bh..] };
-        let hin_t = &mut hin[t * bh..(t + 1) * bh];
+        let (h_done, h_rest) = ys.split_at_mut(t * bh);
+        // SAFETY: steps before `t` wrote `y`'s first `t · bh` elements.
+        let h_prev = if t == 0 {
+            h0
+        } else {
+            unsafe { written(&h_done[(t - 1) * bh..]) }
+        };
+        let hin_t = &mut hins[t * bh..(t + 1) * bh];
         match mask {
             Some(m) => {
                 for ((d, &x), &m) in hin_t.iter_mut().zip(h_prev).zip(m) {
-                    *d = x * m;
+                    d.write(x * m);
                 }
             }
-            None => hin_t.copy_from_slice(h_prev),
+            None => {
+                for (d, &x) in hin_t.iter_mut().zip(h_prev) {
+                    d.write(x);
+                }
+            }
         }
+        // SAFETY: written just above.
+        let hin_t = unsafe { written(hin_t) };
         z.copy_from_slice(&gi[t * b * g4..(t + 1) * b * g4]);
         w_t.product(b, &mut z, true, hin_t, (h, 1));
-        let (c_done, c_rest) = cs.split_at_mut(t * bh);
-        let c_prev = if t == 0 { c0 } else { &c_done[(t - 1) * bh..] };
+        let (c_done, c_rest) = css.split_at_mut(t * bh);
+        // SAFETY: steps before `t` wrote the first `t · bh` cell states.
+        let c_prev = if t == 0 {
+            c0
+        } else {
+            unsafe { written(&c_done[(t - 1) * bh..]) }
+        };
         cell_forward_into(
             &z,
             c_prev,
             h,
             &mut h_rest[..bh],
             &mut c_rest[..bh],
-            &mut act[t * 5 * bh..(t + 1) * 5 * bh],
+            &mut acts[t * 5 * bh..(t + 1) * 5 * bh],
         );
     }
-    y[steps * bh..].copy_from_slice(&cs[(steps - 1) * bh..]);
-    LayerOut { y, hin, cs, act }
+    let (last_c, y_last) = (&css[(steps - 1) * bh..], &mut ys[steps * bh..]);
+    for (d, c) in y_last.iter_mut().zip(last_c) {
+        // SAFETY: the last step wrote the last cell state.
+        d.write(unsafe { c.assume_init() });
+    }
+    // SAFETY: the steps wrote every `h_t`, `hin_t`, `c_t` and activation, and the loop
+    // above `c_T`.
+    unsafe {
+        LayerOut {
+            y: y.assume_init(),
+            hin: hin.assume_init(),
+            cs: cs.assume_init(),
+            act: act.assume_init(),
+        }
+    }
 }
 
 /// Gradients of [`layer_forward`]: `(dgi [T, B, 4H], dh0 [B, H], dc0 [B, H], dz_all)`
@@ -344,7 +389,9 @@ pub(crate) fn layer_backward<T: RowFloat + NumElement>(
     let (bh, g4) = (b * h, 4 * h);
     debug_assert_eq!(g.len(), (steps + 1) * bh);
     let pool = crate::cpu::pool::zeros::<T>;
-    let mut dz_all = pool(steps * b * g4);
+    // every step writes its block of `dz_all` before it is read: no zero fill
+    let mut dz_all = Uninit::new(steps * b * g4);
+    let dzs = dz_all.all();
     let (mut dh, mut dh_carry, mut dcp) = (pool(bh), pool(bh), pool(bh));
     let mut dc_carry = g[steps * bh..].to_vec();
     let w_hh = Rhs::new(g4, h, w_hh, (h, 1)).pack_for(b);
@@ -357,7 +404,9 @@ pub(crate) fn layer_backward<T: RowFloat + NumElement>(
         } else {
             &cs[(t - 1) * bh..t * bh]
         };
-        let dz_t = &mut dz_all[t * b * g4..(t + 1) * b * g4];
+        let dz_t = &mut dzs[t * b * g4..(t + 1) * b * g4];
+        // SAFETY: `cell_backward_into` writes only values into `dcp`.
+        let dcp_out = unsafe { crate::cpu::pool::for_writing(&mut dcp) };
         cell_backward_into(
             &act[t * 5 * bh..(t + 1) * 5 * bh],
             c_prev,
@@ -365,9 +414,11 @@ pub(crate) fn layer_backward<T: RowFloat + NumElement>(
             &dc_carry,
             h,
             dz_t,
-            &mut dcp,
+            dcp_out,
         );
         std::mem::swap(&mut dc_carry, &mut dcp);
+        // SAFETY: the cell backward just wrote every element of `dz_t`.
+        let dz_t = unsafe { written(dz_t) };
         w_hh.product(b, &mut dh_carry, false, dz_t, (g4, 1));
         if let Some(m) = mask {
             for (d, &m) in dh_carry.iter_mut().zip(m) {
@@ -375,7 +426,8 @@ pub(crate) fn layer_backward<T: RowFloat + NumElement>(
             }
         }
     }
-    (dz_all, dh_carry, dc_carry)
+    // SAFETY: the steps wrote every block of `dz_all`.
+    (unsafe { dz_all.assume_init() }, dh_carry, dc_carry)
 }
 
 // ----------------------------------------------------------------------- tensor glue

@@ -86,6 +86,56 @@ pub(crate) fn zeros<T: BufferElement>(n: usize) -> Vec<T> {
     v
 }
 
+/// A buffer of `n` elements from the pool ([`take`]) that is written before it is read,
+/// so it is not zero-filled first: [`Uninit::all`] hands out its elements for writing,
+/// [`written`] reads back a part already written, and [`Uninit::assume_init`] makes it a
+/// `Vec` once every element is.
+pub(crate) struct Uninit<T> {
+    v: Vec<T>,
+    n: usize,
+}
+
+impl<T: BufferElement> Uninit<T> {
+    /// Room for `n` elements, none written yet.
+    pub(crate) fn new(n: usize) -> Self {
+        Uninit { v: take(n), n }
+    }
+
+    /// All `n` elements, for writing.
+    pub(crate) fn all(&mut self) -> &mut [std::mem::MaybeUninit<T>] {
+        &mut self.v.spare_capacity_mut()[..self.n]
+    }
+
+    /// The `n` elements as a `Vec`.
+    ///
+    /// # Safety
+    /// Every element has been written.
+    pub(crate) unsafe fn assume_init(mut self) -> Vec<T> {
+        // SAFETY: the capacity is at least `n` (`take`) and the caller wrote all `n`.
+        unsafe { self.v.set_len(self.n) };
+        self.v
+    }
+}
+
+/// `s` read as initialised.
+///
+/// # Safety
+/// Every element of `s` has been written.
+pub(crate) unsafe fn written<T>(s: &[std::mem::MaybeUninit<T>]) -> &[T] {
+    // SAFETY: `MaybeUninit<T>` has `T`'s layout and the caller wrote every element.
+    unsafe { &*(s as *const [std::mem::MaybeUninit<T>] as *const [T]) }
+}
+
+/// `s` as slots to overwrite (an output buffer reused from an earlier call).
+///
+/// # Safety
+/// The caller writes only initialised values through the result (never
+/// `MaybeUninit::uninit()`), so `s` stays initialised.
+pub(crate) unsafe fn for_writing<T>(s: &mut [T]) -> &mut [std::mem::MaybeUninit<T>] {
+    // SAFETY: same layout; the caller keeps every element initialised.
+    unsafe { &mut *(s as *mut [T] as *mut [std::mem::MaybeUninit<T>]) }
+}
+
 /// Keeps `buf` for reuse if it is large enough and fits under the limit, evicting the
 /// least recently cached buffers to make room (so the sizes of a model trained earlier
 /// in the process give way to the current one's); frees it otherwise.
