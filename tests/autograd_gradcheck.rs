@@ -406,6 +406,20 @@ fn cases() -> Vec<Case> {
         ],
         true,
     );
+    // fused convolution (one node; second order through its tensor-op backward): groups,
+    // stride, padding, dilation, bias, a non-contiguous input
+    add(
+        "conv",
+        Box::new(|x| {
+            flint::nn::conv2d(&x[0], &x[1], Some(&x[2]), [2, 1], [1, 2], [1, 2], 2).unwrap()
+        }),
+        vec![
+            g.randn([2, 4, 5, 4], DType::F64).transpose(2, 3),
+            g.randn([4, 2, 2, 3], DType::F64),
+            g.randn([4], DType::F64),
+        ],
+        true,
+    );
     // fused scaled dot-product attention (one node; second order through its tensor-op
     // backward): q, k, v as MultiheadAttention views them ([B, T, H·D] → [B, H, T, D]),
     // causal with an additive mask, Tq ≠ Tk, D ≠ Dv

@@ -82,6 +82,8 @@ pub const DIFFERENTIABLE_OPS: &[&str] = &[
     "lstm_cell",
     // fused LSTM layer over a whole sequence (cpu/lstm.rs)
     "lstm_layer",
+    // fused convolution, one sample at a time (cpu/conv.rs)
+    "conv",
     // fused scaled dot-product attention (cpu/attention.rs)
     "scaled_dot_product_attention",
     // views

@@ -2,11 +2,14 @@
 //! [`conv1d`], [`conv2d`], [`conv3d`], plus [`unfold`] and [`fold`] (PyTorch's
 //! `F.unfold`/`F.fold`).
 //!
-//! A convolution is computed as `im2col` + matrix product: the input `[N, C, *S]` is
-//! unfolded into `[N, C·k, L]` (one column per output position, `k` taps per channel),
-//! and the weight `[out, C/groups, *kernel]`, seen as `[groups, out/groups, C/groups·k]`,
-//! multiplies it group by group. The unfold op is differentiable with the fold as its
-//! backward (and the other way round), so gradients of any order flow through.
+//! A convolution is `im2col` + matrix product: the input `[N, C, *S]` is unfolded into
+//! `[N, C·k, L]` (one column per output position, `k` taps per channel), and the weight
+//! `[out, C/groups, *kernel]`, seen as `[groups, out/groups, C/groups·k]`, multiplies it
+//! group by group. f32/f64 CPU tensors run it one sample at a time in `cpu/conv.rs`
+//! (the unfolded sample stays in cache; one recorded `conv` node, whose backward under
+//! `create_graph` is made of differentiable ops, so gradients of any order flow). Other
+//! dtypes and devices compose the differentiable `im2col` op (whose backward is the
+//! fold, and the other way round) with a batched `matmul`.
 //!
 //! ```
 //! use flint_runtime::nn::{Conv2d, Conv2dConfig, Forward, ModuleExt};
@@ -19,6 +22,8 @@
 
 use super::init;
 use super::module::{Forward, Module, Visitor, VisitorMut};
+use crate::autograd::{is_grad_enabled, record};
+use crate::cpu::conv::{self as cpu_conv, ConvNeeds};
 use crate::error::{or_panic, Error, Result};
 use crate::layout::fmt_shape;
 use crate::ops::window::Window;
@@ -181,7 +186,11 @@ fn conv_name(d: usize) -> &'static str {
     }
 }
 
-/// The convolution over `D` spatial dims; `op` names errors.
+/// The convolution over `D` spatial dims; errors name `Conv1d`/`Conv2d`/`Conv3d`.
+///
+/// f32/f64 CPU operands take the fused per-sample kernel of `cpu/conv.rs` ([`conv_fused`],
+/// one recorded `conv` node); other dtypes and CUDA tensors the composed
+/// `im2col` + `matmul` ([`conv_composed`]).
 #[allow(clippy::too_many_arguments)]
 fn conv_nd<const D: usize>(
     input: &Tensor,
@@ -191,6 +200,21 @@ fn conv_nd<const D: usize>(
     padding: [usize; D],
     dilation: [usize; D],
     groups: usize,
+) -> Result<Tensor> {
+    conv_nd_with(input, weight, bias, stride, padding, dilation, groups, true)
+}
+
+/// [`conv_nd`], with the fused kernel only when `fused` (the tests compare both paths).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_nd_with<const D: usize>(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: [usize; D],
+    padding: [usize; D],
+    dilation: [usize; D],
+    groups: usize,
+    fused: bool,
 ) -> Result<Tensor> {
     let op = conv_name(D);
     if weight.ndim() != D + 2 {
@@ -242,7 +266,6 @@ fn conv_nd<const D: usize>(
     }
     let kernel = &weight.shape()[2..];
     batched(input, D, |x| {
-        let n = x.size(0);
         let w = window(
             op,
             &x.shape()[2..],
@@ -252,28 +275,126 @@ fn conv_nd<const D: usize>(
             &dilation,
             false,
         )?;
-        let (k, l) = (w.taps(), w.windows());
-        let pointwise = k == 1 && stride.iter().all(|&s| s == 1) && padding.iter().all(|&p| p == 0);
-        let cols = if pointwise {
-            x.try_reshape([n, c, l])?
+        let mut out_shape = vec![x.size(0), weight.size(0)];
+        out_shape.extend_from_slice(&w.output);
+        if fused && cpu_conv::supports(x, weight, bias) && out_shape.iter().all(|&s| s > 0) {
+            conv_fused(x, weight, bias, &w, groups)
         } else {
-            x.im2col(&w)?
-        };
-        let y = if groups == 1 {
-            weight.try_reshape([oc, c * k])?.try_matmul(&cols)?
-        } else {
-            let wg = weight.try_reshape([groups, oc / groups, icg * k])?;
-            wg.try_matmul(&cols.try_reshape([n, groups, icg * k, l])?)?
-                .try_reshape([n, oc, l])?
-        };
-        let y = match bias {
-            Some(b) => y.try_add(&b.try_reshape([oc, 1])?)?,
-            None => y,
-        };
-        let mut shape = vec![n, oc];
-        shape.extend_from_slice(&w.output);
-        y.try_reshape(shape)
+            conv_composed(x, weight, bias, &w, groups)
+        }
     })
+}
+
+/// The convolution of a batch `x` `[N, C, *S]` over the windows `w` as `im2col` +
+/// batched `matmul` + bias, each a recorded op (any dtype and device).
+pub(crate) fn conv_composed(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    w: &Window,
+    groups: usize,
+) -> Result<Tensor> {
+    let (n, c, oc, icg) = (x.size(0), x.size(1), weight.size(0), weight.size(1));
+    let (k, l) = (w.taps(), w.windows());
+    let cols = if cpu_conv::is_pointwise(w) {
+        x.try_reshape([n, c, l])?
+    } else {
+        x.im2col(w)?
+    };
+    let y = if groups == 1 {
+        weight.try_reshape([oc, c * k])?.try_matmul(&cols)?
+    } else {
+        let wg = weight.try_reshape([groups, oc / groups, icg * k])?;
+        wg.try_matmul(&cols.try_reshape([n, groups, icg * k, l])?)?
+            .try_reshape([n, oc, l])?
+    };
+    let y = match bias {
+        Some(b) => y.try_add(&b.try_reshape([oc, 1])?)?,
+        None => y,
+    };
+    let mut shape = vec![n, oc];
+    shape.extend_from_slice(&w.output);
+    y.try_reshape(shape)
+}
+
+/// The convolution of a batch with the fused CPU kernels (operands passing
+/// `cpu::conv::supports`): one recorded node (`conv`, inputs `x`, `weight`, `bias`,
+/// saving `x` and `weight`, never the `im2col` matrix) whose backward runs
+/// `cpu::conv::backward` (per sample, only the gradients whose inputs require grad), or,
+/// under `create_graph`, [`conv_grad_ops`].
+fn conv_fused(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    w: &Window,
+    groups: usize,
+) -> Result<Tensor> {
+    let y = cpu_conv::forward(x, weight, bias, w, groups)?;
+    let inputs: Vec<&Tensor> = [Some(x), Some(weight), bias]
+        .into_iter()
+        .flatten()
+        .collect();
+    if !(is_grad_enabled() && inputs.iter().any(|t| t.requires_grad())) {
+        return Ok(y);
+    }
+    let needs = ConvNeeds {
+        x: x.requires_grad(),
+        w: weight.requires_grad(),
+        bias: bias.is_some_and(|b| b.requires_grad()),
+    };
+    let (xs, ws, win, has_bias) = (x.clone(), weight.clone(), w.clone(), bias.is_some());
+    Ok(record(y, "conv", &inputs, &[x, weight], move |g| {
+        let (dx, dw, db) = if is_grad_enabled() {
+            conv_grad_ops(&xs, &ws, g, &win, groups, needs)
+        } else {
+            or_panic(cpu_conv::backward(&xs, &ws, g, &win, groups, needs))
+        };
+        let mut grads = vec![dx, dw];
+        if has_bias {
+            grads.push(db);
+        }
+        grads
+    }))
+}
+
+/// The gradients `(dx, dweight, dbias)` of a convolution from its output gradient `g`
+/// (`[N, OC, *out]`) as differentiable tensor ops (for `create_graph`), those not in
+/// `needs` left `None`: with `cols = im2col(x)` seen per group,
+/// `dx = col2im(W_gᵀ · g_g)`, `dW_g = Σ_n g_g · cols_gᵀ`, `dbias = Σ g` over all dims but 1.
+fn conv_grad_ops(
+    x: &Tensor,
+    weight: &Tensor,
+    g: &Tensor,
+    w: &Window,
+    groups: usize,
+    needs: ConvNeeds,
+) -> (Option<Tensor>, Option<Tensor>, Option<Tensor>) {
+    let (n, c, oc) = (x.size(0), x.size(1), weight.size(0));
+    let (k, l) = (w.taps(), w.windows());
+    let (ocg, kc) = (oc / groups, c / groups * k);
+    let pointwise = cpu_conv::is_pointwise(w);
+    let gg = g.reshape([n, groups, ocg, l]);
+    let dx = needs.x.then(|| {
+        let wg = weight.reshape([groups, ocg, kc]);
+        let dcols = wg.transpose(1, 2).matmul(&gg).reshape([n, c * k, l]);
+        if pointwise {
+            dcols.reshape(x.shape())
+        } else {
+            or_panic(dcols.col2im(w))
+        }
+    });
+    let dw = needs.w.then(|| {
+        let cols = if pointwise {
+            x.reshape([n, c, l])
+        } else {
+            or_panic(x.im2col(w))
+        };
+        gg.matmul(&cols.reshape([n, groups, kc, l]).transpose(2, 3))
+            .sum(0, false)
+            .reshape(weight.shape())
+    });
+    let db = needs.bias.then(|| g.reshape([n, oc, l]).sum([0, 2], false));
+    (dx, dw, db)
 }
 
 /// 1-D convolution (`torch.nn.functional.conv1d`): `input` `[N, C, L]` or `[C, L]`,
@@ -1144,5 +1265,232 @@ pub(crate) mod tests {
                 }
             }
         }
+    }
+
+    /// One convolution through the fused (`fused`) or the composed path, with fresh leaf
+    /// copies of the operands (`x` keeps its layout, so a view stays a view): the output
+    /// and the gradients of `x` (when `x_grad`), `w` and `b` from the output gradient
+    /// `sin(0.7 i + 0.1)`.
+    #[allow(clippy::too_many_arguments)]
+    fn run_path<const D: usize>(
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        (s, p, d, groups): ([usize; D], [usize; D], [usize; D], usize),
+        x_grad: bool,
+        fused: bool,
+    ) -> Vec<Tensor> {
+        let x = x.detach().requires_grad_(x_grad);
+        let w = w.detach().requires_grad_(true);
+        let b = b.map(|b| b.detach().requires_grad_(true));
+        let y = conv_nd_with(&x, &w, b.as_ref(), s, p, d, groups, fused).unwrap();
+        let name = y.grad_fn().map(|n| n.name());
+        assert_eq!(name == Some("conv"), fused, "{name:?}");
+        let gy = seq(y.shape(), 0.7, 0.1).to_dtype(y.dtype());
+        (&y * &gy).sum_all().backward();
+        let mut out = vec![y.detach()];
+        if x_grad {
+            out.push(x.grad().expect("dx"));
+        } else {
+            assert!(x.grad().is_none());
+        }
+        out.push(w.grad().expect("dw"));
+        out.extend(b.map(|b| b.grad().expect("db")));
+        out
+    }
+
+    /// The fused and the composed path agree on the output and every gradient, in f64
+    /// (to `1e-12` relative to the largest value) and in f32 (`2e-5`).
+    #[allow(clippy::too_many_arguments)]
+    fn check_paths<const D: usize>(
+        what: &str,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        cfg: ([usize; D], [usize; D], [usize; D], usize),
+    ) {
+        for dt in [DType::F64, DType::F32] {
+            let tol = if dt == DType::F64 { 1e-12 } else { 2e-5 };
+            let (x, w, b) = (x.to_dtype(dt), w.to_dtype(dt), b.map(|b| b.to_dtype(dt)));
+            for x_grad in [true, false] {
+                let f = run_path(&x, &w, b.as_ref(), cfg, x_grad, true);
+                let c = run_path(&x, &w, b.as_ref(), cfg, x_grad, false);
+                assert_eq!(f.len(), c.len());
+                for (i, (f, c)) in f.iter().zip(&c).enumerate() {
+                    assert_eq!(f.shape(), c.shape(), "{what} {dt} #{i}");
+                    let (f, c) = (f.to_dtype(DType::F64), c.to_dtype(DType::F64));
+                    let scale = c.abs().max(crate::All, false).item::<f64>().max(1.0);
+                    let err = (&f - &c).abs().max(crate::All, false).item::<f64>();
+                    assert!(
+                        err <= tol * scale,
+                        "{what} {dt} x_grad={x_grad} #{i}: max error {err} (scale {scale})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_conv_matches_the_composed_path() {
+        let mut g = Generator::new(21);
+        let mut r = |shape: &[usize]| g.randn(shape, DType::F64);
+        // 1-D: stride 2, padding 1, dilation 2, bias
+        check_paths::<1>(
+            "1d",
+            &r(&[3, 4, 11]),
+            &r(&[6, 4, 3]),
+            Some(&r(&[6])),
+            ([2], [1], [2], 1),
+        );
+        // 2-D: groups 2, stride, padding, dilation, bias, a permuted input
+        check_paths::<2>(
+            "2d groups",
+            &r(&[5, 7, 4, 6]).permute([0, 2, 1, 3]),
+            &r(&[6, 2, 3, 2]),
+            Some(&r(&[6])),
+            ([2, 1], [1, 2], [2, 1], 2),
+        );
+        // depthwise (groups = C, two outputs per channel), no bias
+        check_paths::<2>(
+            "depthwise",
+            &r(&[2, 3, 6, 6]),
+            &r(&[6, 1, 3, 3]),
+            None,
+            ([1, 1], [1, 1], [1, 1], 3),
+        );
+        // 3-D: stride, padding, bias
+        check_paths::<3>(
+            "3d",
+            &r(&[2, 2, 4, 5, 4]),
+            &r(&[4, 2, 2, 3, 2]),
+            Some(&r(&[4])),
+            ([1, 2, 1], [1, 1, 1], [1, 1, 1], 1),
+        );
+        // one sample, large enough for threaded products; and more samples than
+        // threads, large enough to split by sample
+        check_paths::<2>(
+            "n=1",
+            &r(&[1, 8, 24, 24]),
+            &r(&[16, 8, 3, 3]),
+            Some(&r(&[16])),
+            ([1, 1], [1, 1], [1, 1], 1),
+        );
+        check_paths::<2>(
+            "n=7",
+            &r(&[7, 8, 12, 12]),
+            &r(&[16, 8, 3, 3]),
+            None,
+            ([1, 1], [1, 1], [1, 1], 1),
+        );
+        // pointwise (the sample is its own im2col), on a sliced view, with and without
+        // groups
+        check_paths::<2>(
+            "pointwise",
+            &r(&[3, 6, 5, 8]).try_slice(3, 1, 8, 2).unwrap(),
+            &r(&[4, 6, 1, 1]),
+            Some(&r(&[4])),
+            ([1, 1], [0, 0], [1, 1], 1),
+        );
+        check_paths::<2>(
+            "pointwise groups",
+            &r(&[3, 6, 5, 4]),
+            &r(&[4, 3, 1, 1]),
+            None,
+            ([1, 1], [0, 0], [1, 1], 2),
+        );
+        // 1x1 kernel with a stride: not pointwise, through im2col
+        check_paths::<2>(
+            "1x1 stride 2",
+            &r(&[2, 3, 5, 5]),
+            &r(&[4, 3, 1, 1]),
+            Some(&r(&[4])),
+            ([2, 2], [0, 0], [1, 1], 1),
+        );
+    }
+
+    #[test]
+    fn fused_conv_is_one_node_saving_only_input_and_weight() {
+        let mut g = Generator::new(5);
+        let x = g.randn([4, 3, 8, 8], DType::F32).requires_grad_(true);
+        let w = g.randn([5, 3, 3, 3], DType::F32).requires_grad_(true);
+        let b = g.randn([5], DType::F32).requires_grad_(true);
+        let y = conv2d(&x, &w, Some(&b), 1, 1, 1, 1).unwrap();
+        let node = y.grad_fn().expect("recorded");
+        assert_eq!(node.name(), "conv");
+        // its inputs are the leaves themselves: no im2col, matmul or add node between
+        assert_eq!(node.inputs.len(), 3);
+        assert!(node
+            .inputs
+            .iter()
+            .all(|e| matches!(e, Some(crate::autograd::Edge::Leaf(_)))));
+        let saved: Vec<&[usize]> = node.saved.iter().map(|s| s.shape.as_slice()).collect();
+        assert_eq!(saved, vec![x.shape(), w.shape()]);
+        // an input that does not require grad gets no edge
+        let y = conv2d(&x.detach(), &w, None, 1, 1, 1, 1).unwrap();
+        let node = y.grad_fn().expect("recorded");
+        assert!(node.inputs[0].is_none() && node.inputs[1].is_some());
+        // unbatched input: the node, then the squeeze
+        let y = conv2d(&x.select(0, 0), &w, None, 1, 1, 1, 1).unwrap();
+        let inner = match &y.grad_fn().expect("recorded").inputs[0] {
+            Some(crate::autograd::Edge::Node(n)) => n.name(),
+            _ => "none",
+        };
+        assert_eq!(inner, "conv");
+        // f16 keeps the composed path
+        let y = conv2d(
+            &x.to_dtype(DType::F16),
+            &w.to_dtype(DType::F16),
+            None,
+            1,
+            1,
+            1,
+            1,
+        )
+        .unwrap();
+        assert_ne!(y.grad_fn().expect("recorded").name(), "conv");
+        // no grad: nothing recorded
+        let y = crate::autograd::no_grad(|| conv2d(&x, &w, None, 1, 1, 1, 1).unwrap());
+        assert!(y.grad_fn().is_none());
+    }
+
+    #[test]
+    fn fused_conv_gradcheck_to_second_order() {
+        let mut g = Generator::new(13);
+        let opts = GradcheckOptions::default();
+        // conv1d: stride, padding, dilation, bias
+        let v = vec![
+            g.randn([2, 2, 7], DType::F64),
+            g.randn([3, 2, 3], DType::F64),
+            g.randn([3], DType::F64),
+        ];
+        let f = |v: &[Tensor]| conv1d(&v[0], &v[1], Some(&v[2]), 2, 1, 2, 1).unwrap();
+        gradcheck(f, &v, opts).unwrap();
+        gradgradcheck(f, &v, opts).unwrap();
+        // conv3d with groups
+        let v = vec![
+            g.randn([1, 2, 3, 3, 4], DType::F64),
+            g.randn([2, 1, 2, 2, 2], DType::F64),
+            g.randn([2], DType::F64),
+        ];
+        let f = |v: &[Tensor]| conv3d(&v[0], &v[1], Some(&v[2]), [1, 1, 2], 1, 1, 2).unwrap();
+        gradcheck(f, &v, opts).unwrap();
+        gradgradcheck(f, &v, opts).unwrap();
+        // pointwise, groups 2, a transposed input
+        let v = vec![
+            g.randn([2, 4, 3, 4], DType::F64).transpose(2, 3),
+            g.randn([6, 2, 1, 1], DType::F64),
+        ];
+        let f = |v: &[Tensor]| conv2d(&v[0], &v[1], None, 1, 0, 1, 2).unwrap();
+        gradcheck(f, &v, opts).unwrap();
+        gradgradcheck(f, &v, opts).unwrap();
+        // the weight alone (the input a constant: no dx computed), and the input alone
+        let x = g.randn([3, 2, 5, 4], DType::F64);
+        let w = g.randn([3, 2, 2, 3], DType::F64);
+        let fw = |v: &[Tensor]| conv2d(&x, &v[0], None, [2, 1], 1, 1, 1).unwrap();
+        gradcheck(fw, std::slice::from_ref(&w), opts).unwrap();
+        gradgradcheck(fw, std::slice::from_ref(&w), opts).unwrap();
+        let fx = |v: &[Tensor]| conv2d(&v[0], &w, None, [2, 1], 1, 1, 1).unwrap();
+        gradcheck(fx, std::slice::from_ref(&x), opts).unwrap();
+        gradgradcheck(fx, std::slice::from_ref(&x), opts).unwrap();
     }
 }

@@ -170,10 +170,12 @@ impl Tensor {
     /// - N-D · 1-D: the vector is a column `[k, 1]` whose dim is removed from the result;
     /// - N-D · N-D: a batch of products over the leading dims, which broadcast.
     ///
-    /// Mixed dtypes are promoted as in arithmetic ([`DType::promote`]). f32, f64 and f16
-    /// run on the `gemm` crate (bf16 through f32), reading transposed and permuted
-    /// inputs in place; i64 uses a plain loop. Panics when the inner dims differ, an
-    /// input is 0-d, the batch dims do not broadcast or the dtype is bool.
+    /// Mixed dtypes are promoted as in arithmetic ([`DType::promote`]). f32 runs mostly
+    /// on Flint's own AVX2/FMA kernel (`cpu::sgemm`; small or narrow products, and CPUs
+    /// without AVX2, on the `gemm` crate), f64 and f16 on the `gemm` crate (bf16 through
+    /// f32); all read transposed and permuted inputs in place. i64 uses a plain loop.
+    /// Panics when the inner dims differ, an input is 0-d, the batch dims do not
+    /// broadcast or the dtype is bool.
     ///
     /// ```
     /// use flint_runtime::Tensor;

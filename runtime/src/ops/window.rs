@@ -40,9 +40,10 @@ pub(crate) struct Window {
     pub output: Vec<usize>,
 }
 
-/// A [`Window`] padded to three spatial dims with leading unit dims, for the kernels.
+/// A [`Window`] padded to three spatial dims with leading unit dims, for the kernels
+/// (here and the per-sample convolution of `cpu::conv`).
 #[derive(Clone, Copy, Debug)]
-struct W3 {
+pub(crate) struct W3 {
     input: [usize; 3],
     kernel: [usize; 3],
     stride: [usize; 3],
@@ -69,7 +70,8 @@ impl Window {
         self.input.iter().product()
     }
 
-    fn w3(&self) -> W3 {
+    /// The geometry padded to three spatial dims, for [`im2col_row`] and [`col2im_row`].
+    pub(crate) fn w3(&self) -> W3 {
         let nd = self.ndim();
         debug_assert!((1..=3).contains(&nd));
         let pad = |v: &[usize], fill: usize| {
@@ -149,7 +151,12 @@ impl W3 {
 /// Fills one `im2col` row (tap `kk` of one plane) of `out` from the plane `src`: every
 /// element of `out` is written, the windows whose tap falls into the padding with zero
 /// (so `out` may start uninitialised, and the caller need not clear it first).
-fn im2col_row<T: Copy + Default>(w: &W3, src: &[T], kk: usize, out: &mut [MaybeUninit<T>]) {
+pub(crate) fn im2col_row<T: Copy + Default>(
+    w: &W3,
+    src: &[T],
+    kk: usize,
+    out: &mut [MaybeUninit<T>],
+) {
     let t = w.tap(kk);
     let [_, i1, i2] = w.input;
     let [o0, o1, o2] = w.output;
@@ -192,7 +199,7 @@ fn im2col_row<T: Copy + Default>(w: &W3, src: &[T], kk: usize, out: &mut [MaybeU
 }
 
 /// Adds one `col2im` row (tap `kk` of one plane) of `cols` into the plane `dst`.
-fn col2im_row<T: NumElement>(w: &W3, row: &[T], kk: usize, dst: &mut [T]) {
+pub(crate) fn col2im_row<T: NumElement>(w: &W3, row: &[T], kk: usize, dst: &mut [T]) {
     let t = w.tap(kk);
     let [_, i1, i2] = w.input;
     let [_, o1, o2] = w.output;
