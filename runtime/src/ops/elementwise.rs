@@ -338,6 +338,9 @@ pub(crate) fn sum_to(g: &Tensor, shape: &[usize]) -> Tensor {
     if g.shape() == shape {
         return g.clone();
     }
+    if let Some(t) = column_sum_to(g, shape) {
+        return t;
+    }
     let lead = g.ndim() - shape.len();
     let mut dims: Vec<usize> = (0..lead).collect();
     for (i, &d) in shape.iter().enumerate() {
@@ -346,6 +349,48 @@ pub(crate) fn sum_to(g: &Tensor, shape: &[usize]) -> Tensor {
         }
     }
     g.sum(dims, true).reshape(shape)
+}
+
+/// [`sum_to`] of a contiguous f32/f64 CPU gradient summed over its leading dims only
+/// (a bias gradient: `[.., c] -> [c]` or `[1, c]`), outside a recorded graph: one pass of
+/// column sums accumulated in f64 (as the general reduction does), without the strided
+/// reduction machinery. `None` where it does not apply.
+fn column_sum_to(g: &Tensor, shape: &[usize]) -> Option<Tensor> {
+    if (g.requires_grad() && is_grad_enabled())
+        || g.device() != crate::device::Device::Cpu
+        || !g.layout().is_contiguous()
+        || !matches!(g.dtype(), DType::F32 | DType::F64)
+    {
+        return None;
+    }
+    let kept = shape.iter().position(|&d| d != 1).unwrap_or(shape.len());
+    let tail = &shape[kept..];
+    if tail.is_empty() || g.ndim() < tail.len() || &g.shape()[g.ndim() - tail.len()..] != tail {
+        return None;
+    }
+    let cols: usize = tail.iter().product();
+    let rows = g.numel() / cols.max(1);
+    fn sums<T: Element>(s: &[T], rows: usize, cols: usize) -> Vec<T> {
+        let mut acc = vec![0.0f64; cols];
+        for r in 0..rows {
+            for (a, &x) in acc.iter_mut().zip(&s[r * cols..(r + 1) * cols]) {
+                *a += Element::to_f64(x);
+            }
+        }
+        acc.into_iter().map(<T as Element>::from_f64).collect()
+    }
+    let out = if g.dtype() == DType::F32 {
+        let v = g
+            .with_slice::<f32, _>("sum_to", |s, l| sums(&s[l.offset()..], rows, cols))
+            .ok()?;
+        Tensor::from_vec(v, shape)
+    } else {
+        let v = g
+            .with_slice::<f64, _>("sum_to", |s, l| sums(&s[l.offset()..], rows, cols))
+            .ok()?;
+        Tensor::from_vec(v, shape)
+    };
+    Some(out)
 }
 
 macro_rules! binary_methods {
@@ -972,6 +1017,28 @@ mod tests {
         for (x, y) in a.iter().zip(b) {
             assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{a:?} vs {b:?}");
         }
+    }
+
+    #[test]
+    fn sum_to_column_sums_over_leading_dims() {
+        // [2, 2, 3] = 0..12 summed to [3]: columns j, 3+j, 6+j, 9+j -> 18, 22, 26
+        let g = Tensor::arange(0.0, 12.0, 1.0, ()).view([2, 2, 3]);
+        let s = super::sum_to(&g, &[3]);
+        assert_eq!(s.shape(), &[3]);
+        assert_eq!(s.to_vec::<f32>(), vec![18.0, 22.0, 26.0]);
+        let s = super::sum_to(&g.to_dtype(DType::F64), &[1, 3]);
+        assert_eq!(s.shape(), &[1, 3]);
+        assert_eq!(s.to_vec::<f64>(), vec![18.0, 22.0, 26.0]);
+        // [2, 3] summed to [2, 3] trailing match over one leading dim: [2, 2, 3] -> [2, 3]
+        let s = super::sum_to(&g, &[2, 3]);
+        assert_eq!(s.to_vec::<f32>(), vec![6.0, 8.0, 10.0, 12.0, 14.0, 16.0]);
+        // not a leading-dims sum (falls back to the general reduction): [2, 2, 3] -> [2, 1, 3]
+        let s = super::sum_to(&g, &[2, 1, 3]);
+        assert_eq!(s.to_vec::<f32>(), vec![3.0, 5.0, 7.0, 15.0, 17.0, 19.0]);
+        // a bias gradient through broadcasting add, as a Linear layer's bias sees it
+        let b = Tensor::zeros([3], ()).requires_grad_(true);
+        (&g + &b).sum_all().backward();
+        assert_eq!(b.grad().unwrap().to_vec::<f32>(), vec![4.0, 4.0, 4.0]);
     }
 
     #[test]

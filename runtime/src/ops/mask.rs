@@ -7,6 +7,7 @@ use crate::dtype::{DType, Element};
 use crate::error::{or_panic, Error, Result};
 use crate::layout::{broadcast_shapes, Layout};
 use crate::ops::elementwise::{prepare, sum_to, Operand};
+use crate::storage::{BufferElement, CpuBuffer};
 use crate::tensor::Tensor;
 
 #[derive(Clone, Copy)]
@@ -230,10 +231,64 @@ impl Tensor {
             // the fill value as a kernel argument
             return crate::cuda::ops::masked_fill(self, mask, lm, value);
         }
+        if let Some(out) = self.masked_fill_tiled(mask, value) {
+            return Ok(out);
+        }
         let dt = self.dtype();
         let fill = Tensor::try_full(&[], value, (dt, self.device()).into())?;
         let lf = fill.layout().broadcast_to("masked_fill", self.shape())?;
         dispatch!(all dt, T => map::ternary::<bool, T, T>("masked_fill", (mask, lm), (&fill, &lf), (self, self.layout()), |c, x, y| if c { x } else { y }))
+    }
+
+    /// [`Tensor::masked_fill`] of a contiguous f32/f64 CPU tensor by a contiguous mask
+    /// whose shape is this tensor's trailing dims (a causal `[T, T]` mask over
+    /// `[B, H, T, T]` scores): one pass over the data, the mask repeated every
+    /// `mask.numel()` elements, rather than the strided broadcast walk. `None` where it
+    /// does not apply.
+    fn masked_fill_tiled(&self, mask: &Tensor, value: f64) -> Option<Tensor> {
+        fn fill<T: BufferElement + Copy>(x: &[T], m: &[bool], v: T) -> Vec<T> {
+            let mut out: Vec<T> = crate::cpu::pool::take(x.len());
+            for xs in x.chunks(m.len()) {
+                out.extend(xs.iter().zip(m).map(|(&x, &c)| if c { v } else { x }));
+            }
+            out
+        }
+        let kept = mask
+            .shape()
+            .iter()
+            .position(|&d| d != 1)
+            .unwrap_or(mask.ndim());
+        let tail = &mask.shape()[kept..];
+        if self.device() != crate::device::Device::Cpu
+            || mask.device() != crate::device::Device::Cpu
+            || !self.is_contiguous()
+            || !mask.is_contiguous()
+            || !matches!(self.dtype(), DType::F32 | DType::F64)
+            || mask.numel() == 0
+            || self.ndim() < tail.len()
+            || &self.shape()[self.ndim() - tail.len()..] != tail
+        {
+            return None;
+        }
+        let n = self.numel();
+        let m = mask
+            .with_slice::<bool, _>("masked_fill", |s, l| {
+                s[l.offset()..l.offset() + mask.numel()].to_vec()
+            })
+            .ok()?;
+        let buf = match self.dtype() {
+            DType::F32 => self
+                .with_slice::<f32, _>("masked_fill", |s, l| {
+                    CpuBuffer::F32(fill(&s[l.offset()..l.offset() + n], &m, value as f32))
+                })
+                .ok()?,
+            _ => self
+                .with_slice::<f64, _>("masked_fill", |s, l| {
+                    CpuBuffer::F64(fill(&s[l.offset()..l.offset() + n], &m, value))
+                })
+                .ok()?,
+        };
+        Some(Tensor::from_buffer(buf, self.shape()))
     }
 
     /// The upper triangle of the last two dims: elements with `col - row >= diagonal`
@@ -348,6 +403,35 @@ mod tests {
             vec![false, true, false, true]
         );
         assert!(x.any() && !x.all());
+    }
+
+    #[test]
+    fn masked_fill_with_a_mask_of_the_trailing_dims() {
+        // a causal [3, 3] mask over [2, 3, 3] scores 0..18 (the contiguous fast path)
+        let s = Tensor::arange(0.0, 18.0, 1.0, ()).view([2, 3, 3]);
+        let mask = Tensor::ones([3, 3], DType::Bool).triu(1);
+        let inf = f32::NEG_INFINITY;
+        let want = vec![
+            0., inf, inf, 3., 4., inf, 6., 7., 8., //
+            9., inf, inf, 12., 13., inf, 15., 16., 17.,
+        ];
+        assert_eq!(
+            s.masked_fill(&mask, f64::NEG_INFINITY).to_vec::<f32>(),
+            want
+        );
+        // the same through a [1, 3, 3] mask, in f64, and on a strided input (general path)
+        let got = s
+            .to_dtype(DType::F64)
+            .masked_fill(&mask.unsqueeze(0), f64::NEG_INFINITY);
+        let want64: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+        assert_eq!(got.to_vec::<f64>(), want64);
+        let t = s.transpose(1, 2).masked_fill(&mask, -1.0).to_vec::<f32>();
+        assert_eq!(&t[..9], &[0., -1., -1., 1., 4., -1., 2., 5., 8.]);
+        // its gradient is zero at the masked positions
+        let x = Tensor::ones([2, 3, 3], ()).requires_grad_(true);
+        x.masked_fill(&mask, 0.0).sum_all().backward();
+        let g = x.grad().unwrap().to_vec::<f32>();
+        assert_eq!(&g[..9], &[1., 0., 0., 1., 1., 0., 1., 1., 1.]);
     }
 
     #[test]

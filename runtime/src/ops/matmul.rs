@@ -152,6 +152,23 @@ fn try_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
                 .to_dtype(x.dtype())
         });
         let gb = ny.then(|| {
+            if y.ndim() == 2 && am.ndim() > 2 && am.size(-1) > 0 {
+                // a batch times one matrix (a linear layer on `[.., k]` inputs): the
+                // gradient of the shared matrix is one product over all the batch's
+                // rows, `a_flatᵀ · g_flat`, rather than a batch of products summed back
+                let k = am.size(-1);
+                let a2 = am.reshape([-1, k as isize]);
+                let g2 = gm.reshape([-1, gm.size(-1) as isize]);
+                // a transposed matrix (`w.t()` in a linear layer) gets its gradient in the
+                // same column-major layout, so `w`'s own gradient comes out contiguous
+                let col_major = y.layout().strides() == [1, y.size(0)] && y.size(1) > 1;
+                let r = if col_major {
+                    g2.t().matmul(&a2).t()
+                } else {
+                    a2.t().matmul(&g2)
+                };
+                return r.to_dtype(y.dtype());
+            }
             let r = am.transpose(-1, -2).matmul(&gm);
             sum_to(&r, bm.shape())
                 .reshape(y.shape())
@@ -422,6 +439,31 @@ mod tests {
             check(&x, &y.select(0, 0), tol);
             check(&x.narrow(1, 0, 4), &y.select(0, 0), tol);
             check(&x.permute([1, 0, 2]), &y.select(0, 1), tol);
+        }
+    }
+
+    #[test]
+    fn gradient_of_a_matrix_shared_by_a_batch() {
+        // x = 0..24 as [2, 3, 4], w [4, 5]: d(sum(x @ w))/dw[k, j] = Σ_rows x[.., k]
+        // = (0 + 4 + … + 20) + 6k = 60 + 6k
+        let x = Tensor::arange(0.0, 24.0, 1.0, DType::F64).view([2, 3, 4]);
+        let w = Tensor::ones([4, 5], DType::F64).requires_grad_(true);
+        x.matmul(&w).sum_all().backward();
+        let want: Vec<f64> = (0..4).flat_map(|k| [60.0 + 6.0 * k as f64; 5]).collect();
+        assert_eq!(w.grad().unwrap().to_vec::<f64>(), want);
+        // a weighted upstream gradient and a transposed weight view, against the
+        // batched products summed over the batch
+        let mut g = Generator::new(5);
+        let x = g.normal([3, 4, 6], 0.0, 1.0, DType::F64);
+        let up = g.normal([3, 4, 2], 0.0, 1.0, DType::F64);
+        let w = g.normal([2, 6], 0.0, 1.0, DType::F64).requires_grad_(true);
+        x.matmul(&w.t()).backward_with(&up);
+        let want = x.transpose(1, 2).matmul(&up).sum(0, false).t().contiguous();
+        let got = w.grad().unwrap();
+        // computed in `w.t()`'s column-major layout, so `w`'s gradient is contiguous
+        assert!(got.is_contiguous());
+        for (a, b) in got.to_vec::<f64>().iter().zip(want.to_vec::<f64>()) {
+            assert!((a - b).abs() < 1e-12, "{a} vs {b}");
         }
     }
 
