@@ -213,11 +213,8 @@ unsafe fn gemm<T: NumElement>(
 
 /// Unfolds sample `xn` (`[C, *S]`) into `cols` (`[C·k, L]`).
 fn im2col_sample<T: ConvFloat>(g: &Geom, xn: &[T], cols: &mut [T]) {
-    // SAFETY: `MaybeUninit<T>` has `T`'s layout, and `im2col_row` only writes values of
-    // `T` into it, so `cols` holds valid `T`s throughout.
-    let out: &mut [MaybeUninit<T>] = unsafe {
-        std::slice::from_raw_parts_mut(cols.as_mut_ptr() as *mut MaybeUninit<T>, cols.len())
-    };
+    // SAFETY: `im2col_row` only writes values of `T`, so `cols` stays initialised.
+    let out = unsafe { crate::cpu::pool::for_writing(cols) };
     for (r, row) in out.chunks_exact_mut(g.l).enumerate() {
         let ch = r / g.k;
         im2col_row(&g.w3, &xn[ch * g.p..(ch + 1) * g.p], r % g.k, row);

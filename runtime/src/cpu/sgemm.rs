@@ -442,11 +442,28 @@ mod imp {
                     let mr = MR.min(mc - ir);
                     let as_ = apack.add(ir * kc);
                     let ct = c.add(ir * rs + jr);
-                    if mr == MR && nr == NR {
-                        kernel(kc, as_, bs, ct, rs, overwrite);
+                    // the rows of the strip that exist: a ragged last strip of 1–2 or
+                    // 3–4 rows runs a kernel that many rows tall (same sums, fewer FMAs)
+                    let rows = if mr <= 2 {
+                        2
+                    } else if mr <= 4 {
+                        4
+                    } else {
+                        MR
+                    };
+                    if mr == rows && nr == NR {
+                        match rows {
+                            2 => kernel::<2>(kc, as_, bs, ct, rs, overwrite),
+                            4 => kernel::<4>(kc, as_, bs, ct, rs, overwrite),
+                            _ => kernel::<MR>(kc, as_, bs, ct, rs, overwrite),
+                        }
                     } else {
                         let t = tile.as_mut_ptr() as *mut f32;
-                        kernel(kc, as_, bs, t, NR, true);
+                        match rows {
+                            2 => kernel::<2>(kc, as_, bs, t, NR, true),
+                            4 => kernel::<4>(kc, as_, bs, t, NR, true),
+                            _ => kernel::<MR>(kc, as_, bs, t, NR, true),
+                        }
                         for i in 0..mr {
                             for j in 0..nr {
                                 let d = ct.add(i * rs + j);
@@ -466,15 +483,17 @@ mod imp {
         }
     }
 
-    /// The 6 × 16 microkernel: `c[i * rs + j] (=|+=) Σ_{p < kc} a[p * 6 + i] · b[p * 16 + j]`
-    /// (stored when `overwrite`, added otherwise), each sum from zero in `p` order.
+    /// The `R × 16` microkernel (`R ≤ 6`; 6 but for a ragged last strip):
+    /// `c[i * rs + j] (=|+=) Σ_{p < kc} a[p * 6 + i] · b[p * 16 + j]` for `i < R` (stored
+    /// when `overwrite`, added otherwise), each sum from zero in `p` order, so a row's
+    /// result does not depend on `R`.
     ///
     /// # Safety
-    /// `a` holds `6 kc` floats, `b` `16 kc` floats (32-byte aligned), `c` a 6 × 16 tile
-    /// with rows `rs` apart.
+    /// `a` holds `6 kc` floats, `b` `16 kc` floats (32-byte aligned), `c` an `R × 16`
+    /// tile with rows `rs` apart.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn kernel(
+    unsafe fn kernel<const R: usize>(
         kc: usize,
         a: *const f32,
         b: *const f32,
@@ -484,17 +503,17 @@ mod imp {
     ) {
         // SAFETY: loads stay inside the packed strips, stores inside the tile.
         unsafe {
-            for i in 0..MR {
+            for i in 0..R {
                 _mm_prefetch::<_MM_HINT_T0>(c.add(i * rs) as *const i8);
                 _mm_prefetch::<_MM_HINT_T0>(c.add(i * rs + 15) as *const i8);
             }
-            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
             let (mut a, mut b) = (a, b);
             macro_rules! step {
                 ($u:expr) => {{
                     let b0 = _mm256_load_ps(b.add($u * NR));
                     let b1 = _mm256_load_ps(b.add($u * NR + 8));
-                    for i in 0..MR {
+                    for i in 0..R {
                         let ai = _mm256_broadcast_ss(&*a.add($u * MR + i));
                         acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
                         acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
