@@ -221,6 +221,17 @@ fn im2col_sample<T: ConvFloat>(g: &Geom, xn: &[T], cols: &mut [T]) {
     }
 }
 
+/// The sample's `im2col` matrix `[C·k, L]`: `xn` itself for a pointwise kernel, else
+/// `xn` unfolded into `scratch`.
+fn sample_cols<'a, T: ConvFloat>(g: &Geom, xn: &'a [T], scratch: &'a mut [T]) -> &'a [T] {
+    if g.pointwise {
+        xn
+    } else {
+        im2col_sample(g, xn, scratch);
+        scratch
+    }
+}
+
 /// Adds the columns `cols` (`[C·k, L]`) of one sample into `dxn` (`[C, *S]`).
 fn col2im_sample<T: ConvFloat>(g: &Geom, cols: &[T], dxn: &mut [T]) {
     for (ch, plane) in dxn.chunks_exact_mut(g.p).enumerate() {
@@ -242,12 +253,7 @@ fn forward_sample<T: ConvFloat>(
     cols: &mut [T],
     threaded: bool,
 ) {
-    let src: &[T] = if g.pointwise {
-        xn
-    } else {
-        im2col_sample(g, xn, cols);
-        cols
-    };
+    let src = sample_cols(g, xn, cols);
     if let Some(b) = bias {
         for (row, &bo) in yn.chunks_exact_mut(g.l).zip(b) {
             for v in row {
@@ -324,12 +330,7 @@ fn backward_sample<T: ConvFloat>(
 ) {
     let (ocg, kc, l) = (g.ocg(), g.kc(), g.l);
     if let Some((dw, first)) = dw {
-        let src: &[T] = if g.pointwise {
-            xn
-        } else {
-            im2col_sample(g, xn, scratch);
-            scratch
-        };
+        let src = sample_cols(g, xn, scratch);
         for grp in 0..g.groups {
             // SAFETY: `dw` is `[OC, kc]`, `gyn` `[OC, L]` and `src` `[C·k, L]`, all
             // contiguous; `src`'s group rows are read transposed (`[L, kc]`, strides
