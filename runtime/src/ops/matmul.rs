@@ -152,10 +152,10 @@ fn try_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
                 .to_dtype(x.dtype())
         });
         let gb = ny.then(|| {
-            if y.ndim() == 2 && am.ndim() > 2 && am.size(-1) > 0 {
-                // a batch times one matrix (a linear layer on `[.., k]` inputs): the
-                // gradient of the shared matrix is one product over all the batch's
-                // rows, `a_flatᵀ · g_flat`, rather than a batch of products summed back
+            if y.ndim() == 2 && am.size(-1) > 0 {
+                // rows times one matrix (a linear layer on `[.., k]` inputs): the
+                // gradient of the shared matrix is one product over all the rows,
+                // `a_flatᵀ · g_flat`, rather than a batch of products summed back
                 let k = am.size(-1);
                 let a2 = am.reshape([-1, k as isize]);
                 let g2 = gm.reshape([-1, gm.size(-1) as isize]);
@@ -462,6 +462,18 @@ mod tests {
         let got = w.grad().unwrap();
         // computed in `w.t()`'s column-major layout, so `w`'s gradient is contiguous
         assert!(got.is_contiguous());
+        // and a plain 2-D `x @ w.t()` (the MLP's linear layers): AdamW then reads `w.grad`
+        // without copying it
+        let x2 = g.normal([5, 6], 0.0, 1.0, DType::F64);
+        let up2 = g.normal([5, 2], 0.0, 1.0, DType::F64);
+        let w2 = g.normal([2, 6], 0.0, 1.0, DType::F64).requires_grad_(true);
+        x2.matmul(&w2.t()).backward_with(&up2);
+        let got2 = w2.grad().unwrap();
+        assert!(got2.is_contiguous());
+        let want2 = up2.t().matmul(&x2);
+        for (a, b) in got2.to_vec::<f64>().iter().zip(want2.to_vec::<f64>()) {
+            assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+        }
         for (a, b) in got.to_vec::<f64>().iter().zip(want.to_vec::<f64>()) {
             assert!((a - b).abs() < 1e-12, "{a} vs {b}");
         }
