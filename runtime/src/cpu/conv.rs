@@ -19,7 +19,8 @@
 //!
 //! Threads: with at least as many samples as threads, samples run in parallel (each
 //! thread its own scratch, each product single-threaded); with fewer, samples run in
-//! order and each product is threaded ([`gemm_threaded`]). The weight gradient is summed
+//! order and each product is threaded
+//! ([`gemm_threaded`](crate::cpu::matmul::gemm_threaded)). The weight gradient is summed
 //! over a partition of the batch into chunks that depends only on `N` and the weight's
 //! size ([`dw_chunks`]): one partial sum per chunk, added up in chunk order, so every
 //! result is bit-identical at any thread count.
@@ -28,7 +29,7 @@
 //! `cpu::matmul` (Flint's `sgemm` or the `gemm` crate, operands read in place with
 //! their strides, so the transposes cost nothing).
 
-use crate::cpu::matmul::{gemm_serial, gemm_threaded, GEMM_PAR_THRESHOLD};
+use crate::cpu::matmul::{gemm, GEMM_PAR_THRESHOLD};
 use crate::cpu::parallel;
 use crate::cpu::rowwise::{by_dtype, contiguous_data, RowFloat};
 use crate::dtype::{DType, NumElement};
@@ -180,35 +181,6 @@ fn dw_chunks(n: usize, wlen: usize, elem_bytes: usize) -> Vec<Range<usize>> {
     (0..count)
         .map(|i| i * n / count..(i + 1) * n / count)
         .collect()
-}
-
-/// One product `dst = a · b` (or `dst += a · b`), threaded when `threaded`.
-///
-/// # Safety
-/// As [`gemm_serial`].
-#[allow(clippy::too_many_arguments)]
-#[inline]
-unsafe fn gemm<T: NumElement>(
-    threaded: bool,
-    m: usize,
-    k: usize,
-    n: usize,
-    dst: *mut T,
-    dst_rs: usize,
-    accumulate: bool,
-    a: *const T,
-    a_st: (usize, usize),
-    b: *const T,
-    b_st: (usize, usize),
-) {
-    // SAFETY: the caller upholds the contract.
-    unsafe {
-        if threaded {
-            gemm_threaded(m, k, n, dst, dst_rs, accumulate, a, a_st, b, b_st)
-        } else {
-            gemm_serial(m, k, n, dst, dst_rs, accumulate, a, a_st, b, b_st)
-        }
-    }
 }
 
 /// Unfolds sample `xn` (`[C, *S]`) into `cols` (`[C·k, L]`).

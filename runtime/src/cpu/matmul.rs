@@ -327,6 +327,37 @@ fn column_blocks(m: usize, n: usize, threads: usize) -> usize {
     threads.min(n / (2 * COL_ALIGN)).max(1)
 }
 
+/// One product as [`gemm_threaded`] computes it when `threaded`, else as [`gemm_serial`]:
+/// for callers that decide per product whether the pool takes it (the batched matmul,
+/// the convolution).
+///
+/// # Safety
+/// As [`gemm_serial`].
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) unsafe fn gemm<T: NumElement>(
+    threaded: bool,
+    m: usize,
+    k: usize,
+    n: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    accumulate: bool,
+    a: *const T,
+    a_st: (usize, usize),
+    b: *const T,
+    b_st: (usize, usize),
+) {
+    // SAFETY: the caller upholds the contract.
+    unsafe {
+        if threaded {
+            gemm_threaded(m, k, n, dst, dst_rs, accumulate, a, a_st, b, b_st)
+        } else {
+            gemm_serial(m, k, n, dst, dst_rs, accumulate, a, a_st, b, b_st)
+        }
+    }
+}
+
 /// A raw destination pointer shared by the threads that write disjoint parts of it.
 #[derive(Clone, Copy)]
 struct SendPtr<T>(*mut T);
@@ -592,11 +623,7 @@ fn gemm_batched<T: NumElement + crate::storage::BufferElement>(
             // were made).
             unsafe {
                 let (a, b) = (a.as_ptr().add(oa), b.as_ptr().add(ob));
-                if threaded {
-                    gemm_threaded(p.m, p.k, p.n, dst, p.n, false, a, am, b, bm)
-                } else {
-                    gemm_serial(p.m, p.k, p.n, dst, p.n, false, a, am, b, bm)
-                }
+                gemm(threaded, p.m, p.k, p.n, dst, p.n, false, a, am, b, bm)
             }
         };
         if threads > 1 && work >= GEMM_PAR_THRESHOLD {

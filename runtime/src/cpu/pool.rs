@@ -126,6 +126,15 @@ pub(crate) unsafe fn written<T>(s: &[std::mem::MaybeUninit<T>]) -> &[T] {
     unsafe { &*(s as *const [std::mem::MaybeUninit<T>] as *const [T]) }
 }
 
+/// `s` read and written as initialised (a row written, then scaled in place).
+///
+/// # Safety
+/// Every element of `s` has been written.
+pub(crate) unsafe fn written_mut<T>(s: &mut [std::mem::MaybeUninit<T>]) -> &mut [T] {
+    // SAFETY: `MaybeUninit<T>` has `T`'s layout and the caller wrote every element.
+    unsafe { &mut *(s as *mut [std::mem::MaybeUninit<T>] as *mut [T]) }
+}
+
 /// `s` as slots to overwrite (an output buffer reused from an earlier call).
 ///
 /// # Safety

@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::storage::BufferElement;
 use crate::tensor::Tensor;
 use num_traits::Float;
+use std::mem::MaybeUninit;
 
 /// Independent partial sums per row reduction.
 pub(crate) const LANES: usize = 8;
@@ -150,34 +151,52 @@ fn row_logsumexp<T: RowFloat>(x: &[T]) -> T {
     sum_map(x, |v| (v - shift).exp_v()).ln() + shift
 }
 
+/// A `len`-element output of `n`-long rows: row `r` is written by `row(r, slots)`, which
+/// must write every slot it is given; rows are split across the pool as by
+/// [`for_each_row`] (`work` elements touched in all). The buffer comes from the pool
+/// without a zero fill (on the calling thread, that fill was serial work while the pool
+/// waited).
+fn rows_into<T: RowFloat>(
+    len: usize,
+    n: usize,
+    work: usize,
+    row: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
+    let mut out = pool::Uninit::new(len);
+    if n > 0 {
+        for_each_row(out.all(), n, min_rows(n), work, row);
+    }
+    // SAFETY: the rows cover all `len` slots (`len` is 0 when `n` is: a row of 0
+    // elements) and each row callback writes every slot of its row.
+    unsafe { out.assume_init() }
+}
+
 /// Softmax (or, with `log`, log-softmax) of every `n`-long row of `x`.
 pub(crate) fn softmax_forward<T: RowFloat>(x: &[T], n: usize, log: bool) -> Vec<T> {
-    let mut y = pool::zeros::<T>(x.len());
-    if n == 0 {
-        return y;
-    }
-    for_each_row(&mut y, n, min_rows(n), x.len(), |r, y| {
+    rows_into(x.len(), n, x.len(), |r, y| {
         softmax_row(&x[r * n..(r + 1) * n], y, log)
-    });
-    y
+    })
 }
 
 crate::cpu::vmath::multiversion_loop! {
-    /// Softmax (or log-softmax) of one row `x` into `y`.
-    fn softmax_row<T: RowFloat>(x: &[T], y: &mut [T], log: bool) {
+    /// Softmax (or log-softmax) of one row `x` into `y` (every slot written).
+    fn softmax_row<T: RowFloat>(x: &[T], y: &mut [MaybeUninit<T>], log: bool) {
+        let y = &mut y[..x.len()];
         if log {
             // (x − shift) − log Σ, as PyTorch: near the max the result keeps its relative
             // precision, where x − (log Σ + shift) would round at the scale of the max
             let shift = shift_of(x);
             let log_sum = sum_map(x, |v| (v - shift).exp_v()).ln();
             for (y, &x) in y.iter_mut().zip(x) {
-                *y = (x - shift) - log_sum;
+                y.write((x - shift) - log_sum);
             }
         } else {
             let shift = shift_of(x);
             for (y, &x) in y.iter_mut().zip(x) {
-                *y = (x - shift).exp_v();
+                y.write((x - shift).exp_v());
             }
+            // SAFETY: the loop above wrote every slot of `y` (cut to `x`'s length).
+            let y = unsafe { pool::written_mut(y) };
             let inv = T::one() / sum_map(y, |v| v);
             for y in y.iter_mut() {
                 *y = *y * inv;
@@ -187,17 +206,17 @@ crate::cpu::vmath::multiversion_loop! {
 }
 
 crate::cpu::vmath::multiversion_loop! {
-    /// One row of [`softmax_backward`].
-    fn softmax_backward_row<T: RowFloat>(y: &[T], g: &[T], dx: &mut [T], log: bool) {
+    /// One row of [`softmax_backward`] (every slot of `dx` written).
+    fn softmax_backward_row<T: RowFloat>(y: &[T], g: &[T], dx: &mut [MaybeUninit<T>], log: bool) {
         if log {
             let s = sum_map(g, |v| v);
             for ((d, &y), &g) in dx.iter_mut().zip(y).zip(g) {
-                *d = g - y.exp_v() * s;
+                d.write(g - y.exp_v() * s);
             }
         } else {
             let s = sum_map2(g, y, |g, y| g * y);
             for ((d, &y), &g) in dx.iter_mut().zip(y).zip(g) {
-                *d = y * (g - s);
+                d.write(y * (g - s));
             }
         }
     }
@@ -217,14 +236,9 @@ pub(crate) fn logsumexp_forward<T: RowFloat>(x: &[T], n: usize) -> Vec<T> {
 /// Gradient of softmax (`dx = y ⊙ (g − Σ g⊙y)`) or, with `log`, of log-softmax
 /// (`dx = g − exp(y) ⊙ Σ g`), from the forward output `y` and the output gradient `g`.
 pub(crate) fn softmax_backward<T: RowFloat>(y: &[T], g: &[T], n: usize, log: bool) -> Vec<T> {
-    let mut dx = pool::zeros::<T>(y.len());
-    if n == 0 {
-        return dx;
-    }
-    for_each_row(&mut dx, n, min_rows(n), 2 * y.len(), |r, dx| {
+    rows_into(y.len(), n, 2 * y.len(), |r, dx| {
         softmax_backward_row(&y[r * n..(r + 1) * n], &g[r * n..(r + 1) * n], dx, log)
-    });
-    dx
+    })
 }
 
 /// Output and saved statistics of [`layer_norm_forward`].
@@ -259,37 +273,48 @@ pub(crate) fn layer_norm_forward<T: RowFloat>(
         s[1] = T::one() / (var + eps).sqrt();
     });
     // pass 2: the output
-    let mut y = pool::zeros::<T>(x.len());
-    if rows > 0 {
-        for_each_row(&mut y, n, min_rows(n), x.len(), |r, y| {
-            let x = &x[r * n..(r + 1) * n];
-            let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
-            match (w, b) {
-                (Some(w), Some(b)) => {
-                    for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-                        *y = (x - mean) * rstd * w + b;
-                    }
-                }
-                (Some(w), None) => {
-                    for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
-                        *y = (x - mean) * rstd * w;
-                    }
-                }
-                (None, Some(b)) => {
-                    for ((y, &x), &b) in y.iter_mut().zip(x).zip(b) {
-                        *y = (x - mean) * rstd + b;
-                    }
-                }
-                (None, None) => {
-                    for (y, &x) in y.iter_mut().zip(x) {
-                        *y = (x - mean) * rstd;
-                    }
-                }
-            }
-        });
-    }
+    let y = rows_into(x.len(), n, x.len(), |r, y| {
+        let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
+        layer_norm_row(&x[r * n..(r + 1) * n], y, mean, rstd, w, b)
+    });
     let (mean, rstd) = stats.chunks_exact(2).map(|s| (s[0], s[1])).unzip();
     LayerNormOut { y, mean, rstd }
+}
+
+crate::cpu::vmath::multiversion_loop! {
+    /// One output row of [`layer_norm_forward`], `(x − mean)·rstd·w + b` (every slot of
+    /// `y` written).
+    fn layer_norm_row<T: RowFloat>(
+        x: &[T],
+        y: &mut [MaybeUninit<T>],
+        mean: T,
+        rstd: T,
+        w: Option<&[T]>,
+        b: Option<&[T]>
+    ) {
+        match (w, b) {
+            (Some(w), Some(b)) => {
+                for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+                    y.write((x - mean) * rstd * w + b);
+                }
+            }
+            (Some(w), None) => {
+                for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+                    y.write((x - mean) * rstd * w);
+                }
+            }
+            (None, Some(b)) => {
+                for ((y, &x), &b) in y.iter_mut().zip(x).zip(b) {
+                    y.write((x - mean) * rstd + b);
+                }
+            }
+            (None, None) => {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    y.write((x - mean) * rstd);
+                }
+            }
+        }
+    }
 }
 
 /// Which gradients of a normalisation with an optional affine weight and bias (layer
@@ -317,36 +342,12 @@ pub(crate) fn layer_norm_backward<T: RowFloat>(
     w: Option<&[T]>,
     needs: NormNeeds,
 ) -> (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>) {
-    let rows = mean.len();
     let dx = needs.x.then(|| {
-        let mut dx = pool::zeros::<T>(x.len());
-        if rows == 0 || n == 0 {
-            return dx;
-        }
         let inv_n = T::one() / T::from(n).unwrap_or_else(T::one);
-        for_each_row(&mut dx, n, min_rows(n), 3 * x.len(), |r, dx| {
+        rows_into(x.len(), n, 3 * x.len(), |r, dx| {
             let (x, g) = (&x[r * n..(r + 1) * n], &g[r * n..(r + 1) * n]);
-            let (m, s) = (mean[r], rstd[r]);
-            // the row's Σĝ and Σĝx̂ (x̂ = (x − m)·s)
-            let (sum_g, sum_gx) = match w {
-                Some(w) => sums_weighted(x, g, w, m, s),
-                None => (sum_map(g, |v| v), sum_map2(g, x, |g, x| g * ((x - m) * s))),
-            };
-            let (a, b) = (sum_g * inv_n, sum_gx * inv_n);
-            match w {
-                Some(w) => {
-                    for (((d, &x), &g), &w) in dx.iter_mut().zip(x).zip(g).zip(w) {
-                        *d = s * (g * w - a - (x - m) * s * b);
-                    }
-                }
-                None => {
-                    for ((d, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-                        *d = s * (g - a - (x - m) * s * b);
-                    }
-                }
-            }
-        });
-        dx
+            layer_norm_backward_row(x, g, dx, mean[r], rstd[r], inv_n, w)
+        })
     });
     let want_w = needs.weight && w.is_some();
     let (dw, db) = if want_w || needs.bias {
@@ -356,6 +357,39 @@ pub(crate) fn layer_norm_backward<T: RowFloat>(
         (None, None)
     };
     (dx, dw, db)
+}
+
+crate::cpu::vmath::multiversion_loop! {
+    /// One row of the layer-norm `dx` (see [`layer_norm_backward`]; every slot of `dx`
+    /// written), with the row's mean `m` and rstd `s`.
+    fn layer_norm_backward_row<T: RowFloat>(
+        x: &[T],
+        g: &[T],
+        dx: &mut [MaybeUninit<T>],
+        m: T,
+        s: T,
+        inv_n: T,
+        w: Option<&[T]>
+    ) {
+        // the row's Σĝ and Σĝx̂ (x̂ = (x − m)·s)
+        let (sum_g, sum_gx) = match w {
+            Some(w) => sums_weighted(x, g, w, m, s),
+            None => (sum_map(g, |v| v), sum_map2(g, x, |g, x| g * ((x - m) * s))),
+        };
+        let (a, b) = (sum_g * inv_n, sum_gx * inv_n);
+        match w {
+            Some(w) => {
+                for (((d, &x), &g), &w) in dx.iter_mut().zip(x).zip(g).zip(w) {
+                    d.write(s * (g * w - a - (x - m) * s * b));
+                }
+            }
+            None => {
+                for ((d, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+                    d.write(s * (g - a - (x - m) * s * b));
+                }
+            }
+        }
+    }
 }
 
 /// `(Σ g⊙w, Σ g⊙w⊙x̂)` of one row with [`LANES`] partial sums.

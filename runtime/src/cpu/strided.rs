@@ -362,6 +362,18 @@ pub(crate) fn zip3_map<C: Copy + Send + Sync, T: Copy + Send + Sync, U: BufferEl
                             o.write(f(m, x, y));
                         }
                     }
+                    [1, 0, 1] => {
+                        // `masked_fill`: a fill value between the mask and the data
+                        let x = a[oa];
+                        let (cs, ys) = (&c[oc..oc + len], &b[ob..ob + len]);
+                        for ((o, &m), &y) in o.iter_mut().zip(cs).zip(ys) {
+                            o.write(f(m, x, y));
+                        }
+                    }
+                    [0, 1, 1] => {
+                        let m = c[oc];
+                        zip_into(o, &a[oa..oa + len], &b[ob..ob + len], &|x, y| f(m, x, y));
+                    }
                     [sc, sa, sb] => {
                         for (j, o) in o.iter_mut().enumerate() {
                             o.write(f(c[oc + j * sc], a[oa + j * sa], b[ob + j * sb]));
@@ -398,7 +410,8 @@ mod tests {
     /// row or column, a transposed operand) and sizes that take the parallel chunks.
     #[test]
     fn zip_kernels_match_the_definition() {
-        let at = |l: &Layout, v: &[i64]| -> Vec<i64> {
+        /// The elements of `v` under `l`, row-major.
+        fn at<T: Copy>(l: &Layout, v: &[T]) -> Vec<T> {
             let mut out = vec![];
             for_each_offsets(
                 l.shape(),
@@ -408,7 +421,7 @@ mod tests {
                 |_, [o]| out.push(v[o]),
             );
             out
-        };
+        }
         for (r, c) in [(3usize, 5usize), (300, 257)] {
             let n = r * c;
             let a: Vec<i64> = (0..n as i64).collect();
@@ -428,23 +441,29 @@ mod tests {
                     let (xa, xb) = (at(la, &a), at(lb, &b));
                     let want: Vec<i64> = xa.iter().zip(&xb).map(|(x, y)| x * 7 - y).collect();
                     assert_eq!(zip_map(&a, la, &b, lb, |x, y| x * 7 - y), want);
+                    // a full mask, and one broadcast along the rows (a constant per run)
                     let mask: Vec<bool> = (0..n).map(|i| i % 3 == 0).collect();
-                    let want3: Vec<i64> = (0..n)
-                        .map(|i| if mask[i] { xa[i] } else { xb[i] })
-                        .collect();
-                    let got3 = zip3_map(
-                        (&mask, &full),
-                        (&a, la),
-                        (&b, lb),
-                        |m, x, y| {
-                            if m {
-                                x
-                            } else {
-                                y
-                            }
-                        },
-                    );
-                    assert_eq!(got3, want3);
+                    let row_mask = Layout::contiguous(&[r, 1])
+                        .broadcast_to("t", &[r, c])
+                        .unwrap();
+                    for lm in [&full, &row_mask] {
+                        let m = at(lm, &mask);
+                        let want3: Vec<i64> =
+                            (0..n).map(|i| if m[i] { xa[i] } else { xb[i] }).collect();
+                        let got3 = zip3_map(
+                            (&mask, lm),
+                            (&a, la),
+                            (&b, lb),
+                            |m, x, y| {
+                                if m {
+                                    x
+                                } else {
+                                    y
+                                }
+                            },
+                        );
+                        assert_eq!(got3, want3);
+                    }
                     // in place, into a destination that does not overlap itself
                     if la.strides().iter().all(|&s| s != 0) {
                         let mut d = a.clone();

@@ -34,25 +34,32 @@ pub(crate) fn has_avx2_fma() -> bool {
 
 /// Defines a function `$name` (a loop over slices) that runs `$body` compiled for the baseline target or,
 /// where the CPU has them, with AVX2 + FMA enabled (the body and the closures it calls,
-/// being inlined into the AVX2 copy, vectorise 8 lanes wide).
+/// being inlined into the AVX2 copy, vectorise 8 lanes wide). Const generics go in
+/// brackets before the type parameters: `fn name<[const K: usize] T: Copy>(..)`.
 macro_rules! multiversion_loop {
     ($(#[$doc:meta])* fn $name:ident<$($g:ident: $b:path),*>($($arg:ident: $ty:ty),*) $body:block) => {
+        $crate::cpu::vmath::multiversion_loop! {
+            $(#[$doc])* fn $name<[] $($g: $b),*>($($arg: $ty),*) $body
+        }
+    };
+    // with const generics first: `fn name<[const K: usize] T: Copy>(..)`
+    ($(#[$doc:meta])* fn $name:ident<[$(const $c:ident: usize),*] $($g:ident: $b:path),*>($($arg:ident: $ty:ty),*) $body:block) => {
         $(#[$doc])*
         #[inline]
-        pub(crate) fn $name<$($g: $b),*>($($arg: $ty),*) {
+        pub(crate) fn $name<$(const $c: usize,)* $($g: $b),*>($($arg: $ty),*) {
             #[inline(always)]
-            fn body<$($g: $b),*>($($arg: $ty),*) $body
+            fn body<$(const $c: usize,)* $($g: $b),*>($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2<$($g: $b),*>($($arg: $ty),*) {
-                body($($arg),*)
+            unsafe fn avx2<$(const $c: usize,)* $($g: $b),*>($($arg: $ty),*) {
+                body::<$($c,)* $($g),*>($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
             if $crate::cpu::vmath::has_avx2_fma() {
                 // SAFETY: the CPU has the features `avx2` is compiled for
-                return unsafe { avx2($($arg),*) };
+                return unsafe { avx2::<$($c,)* $($g),*>($($arg),*) };
             }
-            body($($arg),*)
+            body::<$($c,)* $($g),*>($($arg),*)
         }
     };
 }

@@ -654,15 +654,18 @@ fn native_raw_again(x: &Tensor, f: NativeF) -> Tensor {
 /// `1 + erf(x/√2)` cancels to 0 in f32.
 macro_rules! gelu_fns {
     ($t:ident, $erfc:path, $exp:path, $exact:ident, $tanh:ident, $dexact:ident, $dtanh:ident) => {
+        #[inline(always)]
         fn $exact(x: $t) -> $t {
             0.5 * x * $erfc(-x * std::$t::consts::FRAC_1_SQRT_2)
         }
         /// `x·(1 + tanh u)/2 = x·σ(2u)`, the form without cancellation for `u ≪ 0`.
+        #[inline(always)]
         fn $tanh(x: $t) -> $t {
             let k = std::$t::consts::FRAC_2_SQRT_PI * std::$t::consts::FRAC_1_SQRT_2;
             x / (1.0 + $exp(-2.0 * k * (x + 0.044715 * x * x * x)))
         }
         /// `Φ(x) + x·φ(x)`.
+        #[inline(always)]
         fn $dexact(x: $t) -> $t {
             let cdf = 0.5 * $erfc(-x * std::$t::consts::FRAC_1_SQRT_2);
             let pdf = $exp(-0.5 * x * x)
@@ -670,6 +673,7 @@ macro_rules! gelu_fns {
             cdf + x * pdf
         }
         /// With `s = σ(2u) = (1 + tanh u)/2`: `s + x·2s(1 − s)·u'`.
+        #[inline(always)]
         fn $dtanh(x: $t) -> $t {
             let k = std::$t::consts::FRAC_2_SQRT_PI * std::$t::consts::FRAC_1_SQRT_2;
             let x2 = x * x;

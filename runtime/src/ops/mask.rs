@@ -7,7 +7,6 @@ use crate::dtype::{DType, Element};
 use crate::error::{or_panic, Error, Result};
 use crate::layout::{broadcast_shapes, Layout};
 use crate::ops::elementwise::{prepare, sum_to, Operand};
-use crate::storage::{BufferElement, CpuBuffer};
 use crate::tensor::Tensor;
 
 #[derive(Clone, Copy)]
@@ -231,64 +230,10 @@ impl Tensor {
             // the fill value as a kernel argument
             return crate::cuda::ops::masked_fill(self, mask, lm, value);
         }
-        if let Some(out) = self.masked_fill_tiled(mask, value) {
-            return Ok(out);
-        }
         let dt = self.dtype();
         let fill = Tensor::try_full(&[], value, (dt, self.device()).into())?;
         let lf = fill.layout().broadcast_to("masked_fill", self.shape())?;
         dispatch!(all dt, T => map::ternary::<bool, T, T>("masked_fill", (mask, lm), (&fill, &lf), (self, self.layout()), |c, x, y| if c { x } else { y }))
-    }
-
-    /// [`Tensor::masked_fill`] of a contiguous f32/f64 CPU tensor by a contiguous mask
-    /// whose shape is this tensor's trailing dims (a causal `[T, T]` mask over
-    /// `[B, H, T, T]` scores): one pass over the data, the mask repeated every
-    /// `mask.numel()` elements, rather than the strided broadcast walk. `None` where it
-    /// does not apply.
-    fn masked_fill_tiled(&self, mask: &Tensor, value: f64) -> Option<Tensor> {
-        fn fill<T: BufferElement + Copy>(x: &[T], m: &[bool], v: T) -> Vec<T> {
-            let mut out: Vec<T> = crate::cpu::pool::take(x.len());
-            for xs in x.chunks(m.len()) {
-                out.extend(xs.iter().zip(m).map(|(&x, &c)| if c { v } else { x }));
-            }
-            out
-        }
-        let kept = mask
-            .shape()
-            .iter()
-            .position(|&d| d != 1)
-            .unwrap_or(mask.ndim());
-        let tail = &mask.shape()[kept..];
-        if self.device() != crate::device::Device::Cpu
-            || mask.device() != crate::device::Device::Cpu
-            || !self.is_contiguous()
-            || !mask.is_contiguous()
-            || !matches!(self.dtype(), DType::F32 | DType::F64)
-            || mask.numel() == 0
-            || self.ndim() < tail.len()
-            || &self.shape()[self.ndim() - tail.len()..] != tail
-        {
-            return None;
-        }
-        let n = self.numel();
-        let m = mask
-            .with_slice::<bool, _>("masked_fill", |s, l| {
-                s[l.offset()..l.offset() + mask.numel()].to_vec()
-            })
-            .ok()?;
-        let buf = match self.dtype() {
-            DType::F32 => self
-                .with_slice::<f32, _>("masked_fill", |s, l| {
-                    CpuBuffer::F32(fill(&s[l.offset()..l.offset() + n], &m, value as f32))
-                })
-                .ok()?,
-            _ => self
-                .with_slice::<f64, _>("masked_fill", |s, l| {
-                    CpuBuffer::F64(fill(&s[l.offset()..l.offset() + n], &m, value))
-                })
-                .ok()?,
-        };
-        Some(Tensor::from_buffer(buf, self.shape()))
     }
 
     /// The upper triangle of the last two dims: elements with `col - row >= diagonal`

@@ -175,15 +175,7 @@ where
         return None;
     }
     let mut states: [&mut [T]; K] = states.try_into().ok()?;
-    let run = |ps: &mut [T], gs: &[T], mut ss: [&mut [T]; K]| {
-        for (i, (pi, &gi)) in ps.iter_mut().zip(gs).enumerate() {
-            let (new_p, new_s) = f(*pi, gi, std::array::from_fn(|k| ss[k][i]));
-            *pi = new_p;
-            for (s, v) in ss.iter_mut().zip(new_s) {
-                s[i] = v;
-            }
-        }
-    };
+    let run = |ps: &mut [T], gs: &[T], ss: [&mut [T]; K]| update_elements(ps, gs, ss, &f);
     if should_parallelize(n) {
         use rayon::prelude::*;
         let chunk = chunk_len(n);
@@ -216,6 +208,31 @@ where
         })
         .collect();
     out.try_into().ok()
+}
+
+crate::cpu::vmath::multiversion_loop! {
+    /// `(ps[i], ss[k][i]) ← f(ps[i], gs[i], ss[..][i])` for every `i` (the slices all have
+    /// `ps`' length). Compiled for the baseline target and with AVX2 (see
+    /// `multiversion_loop`): the updates' square roots and divisions vectorise 8 lanes
+    /// wide, with the same bits in both copies.
+    fn update_elements<[const K: usize] T: Copy, F: Fn(T, T, [T; K]) -> (T, [T; K])>(
+        ps: &mut [T],
+        gs: &[T],
+        ss: [&mut [T]; K],
+        f: &F
+    ) {
+        // every slice cut to one length, so the loop's indexing needs no bounds checks
+        let n = ps.len();
+        let gs = &gs[..n];
+        let ss = ss.map(|s| &mut s[..n]);
+        for i in 0..n {
+            let (p, s) = f(ps[i], gs[i], std::array::from_fn(|k| ss[k][i]));
+            ps[i] = p;
+            for (k, v) in s.into_iter().enumerate() {
+                ss[k][i] = v;
+            }
+        }
+    }
 }
 
 /// The coefficients of one Adam/AdamW step of one parameter.
@@ -271,7 +288,7 @@ pub(crate) fn adam(
                 p,
                 g,
                 [Slot::Tensor(m), Slot::Tensor(v), slot],
-                |p, g, [m, v, v_max]| {
+                move |p, g, [m, v, v_max]| {
                     let (p, m, v) = moments(p, g, m, v);
                     let v_max = if had_max { max_nan(v_max, v) } else { v };
                     (apply(p, m, v_max), [m, v, v_max])
@@ -279,7 +296,7 @@ pub(crate) fn adam(
             )?;
             Some((m, v, Some(v_max)))
         } else {
-            let [m, v] = update::<T, 2>(p, g, [Slot::Tensor(m), Slot::Tensor(v)], |p, g, [m, v]| {
+            let [m, v] = update::<T, 2>(p, g, [Slot::Tensor(m), Slot::Tensor(v)], move |p, g, [m, v]| {
                 let (p, m, v) = moments(p, g, m, v);
                 (apply(p, m, v), [m, v])
             })?;
@@ -317,13 +334,13 @@ pub(crate) fn sgd(
         let (lr, wd, use_wd) = (c(s.lr), c(s.weight_decay), s.weight_decay != 0.0);
         let decayed = move |p: T, g: T| if use_wd { g + p * wd } else { g };
         if s.momentum == 0.0 {
-            update::<T, 0>(p, g, [], |p, g, []| (p - decayed(p, g) * lr, []))?;
+            update::<T, 0>(p, g, [], move |p, g, []| (p - decayed(p, g) * lr, []))?;
             return Some(None);
         }
         let (momentum, one_damp, nesterov) = (c(s.momentum), c(1.0 - s.dampening), s.nesterov);
         let first = buf.is_none();
         let slot = buf.map_or(Slot::Fill(0.0), Slot::Tensor);
-        let [buf] = update::<T, 1>(p, g, [slot], |p, g, [b]| {
+        let [buf] = update::<T, 1>(p, g, [slot], move |p, g, [b]| {
             let g = decayed(p, g);
             let b = if first { g } else { b * momentum + g * one_damp };
             let g = if nesterov { g + b * momentum } else { b };
@@ -387,7 +404,7 @@ pub(crate) fn rmsprop(
         let buf = st.buf.map_or(Slot::Fill(0.0), Slot::Tensor);
         match (s.centered, s.momentum > 0.0) {
             (false, false) => {
-                let [sa] = update::<T, 1>(p, g, [sa], |p, g, [sa]| {
+                let [sa] = update::<T, 1>(p, g, [sa], move |p, g, [sa]| {
                     let g = decayed(p, g);
                     let sa = square(sa, g);
                     (p - g / (sa.sqrt() + eps) * lr, [sa])
@@ -395,7 +412,7 @@ pub(crate) fn rmsprop(
                 Some((sa, None, None))
             }
             (true, false) => {
-                let [sa, ga] = update::<T, 2>(p, g, [sa, ga], |p, g, [sa, ga]| {
+                let [sa, ga] = update::<T, 2>(p, g, [sa, ga], move |p, g, [sa, ga]| {
                     let g = decayed(p, g);
                     let sa = square(sa, g);
                     let (ga, avg) = centered(sa, ga, g);
@@ -404,7 +421,7 @@ pub(crate) fn rmsprop(
                 Some((sa, Some(ga), None))
             }
             (false, true) => {
-                let [sa, b] = update::<T, 2>(p, g, [sa, buf], |p, g, [sa, b]| {
+                let [sa, b] = update::<T, 2>(p, g, [sa, buf], move |p, g, [sa, b]| {
                     let g = decayed(p, g);
                     let sa = square(sa, g);
                     let (p, b) = with_momentum(p, b, g, sa.sqrt() + eps);
@@ -413,7 +430,7 @@ pub(crate) fn rmsprop(
                 Some((sa, None, Some(b)))
             }
             (true, true) => {
-                let [sa, ga, b] = update::<T, 3>(p, g, [sa, ga, buf], |p, g, [sa, ga, b]| {
+                let [sa, ga, b] = update::<T, 3>(p, g, [sa, ga, buf], move |p, g, [sa, ga, b]| {
                     let g = decayed(p, g);
                     let sa = square(sa, g);
                     let (ga, avg) = centered(sa, ga, g);
@@ -440,7 +457,7 @@ pub(crate) fn adagrad(
     per_float!(p.dtype(), T => {
         let c = |x: f64| T::from_f64(x);
         let (clr, wd, eps, use_wd) = (c(clr), c(weight_decay), c(eps), weight_decay != 0.0);
-        let [sum] = update::<T, 1>(p, g, [Slot::Tensor(sum)], |p, g, [sum]| {
+        let [sum] = update::<T, 1>(p, g, [Slot::Tensor(sum)], move |p, g, [sum]| {
             let g = if use_wd { g + p * wd } else { g };
             let sum = sum + g * g;
             (p - g / (sum.sqrt() + eps) * clr, [sum])
