@@ -338,9 +338,6 @@ pub(crate) fn sum_to(g: &Tensor, shape: &[usize]) -> Tensor {
     if g.shape() == shape {
         return g.clone();
     }
-    if let Some(t) = column_sum_to(g, shape) {
-        return t;
-    }
     let lead = g.ndim() - shape.len();
     let mut dims: Vec<usize> = (0..lead).collect();
     for (i, &d) in shape.iter().enumerate() {
@@ -349,48 +346,6 @@ pub(crate) fn sum_to(g: &Tensor, shape: &[usize]) -> Tensor {
         }
     }
     g.sum(dims, true).reshape(shape)
-}
-
-/// [`sum_to`] of a contiguous f32/f64 CPU gradient summed over its leading dims only
-/// (a bias gradient: `[.., c] -> [c]` or `[1, c]`), outside a recorded graph: one pass of
-/// column sums accumulated in f64 (as the general reduction does), without the strided
-/// reduction machinery. `None` where it does not apply.
-fn column_sum_to(g: &Tensor, shape: &[usize]) -> Option<Tensor> {
-    if (g.requires_grad() && is_grad_enabled())
-        || g.device() != crate::device::Device::Cpu
-        || !g.layout().is_contiguous()
-        || !matches!(g.dtype(), DType::F32 | DType::F64)
-    {
-        return None;
-    }
-    let kept = shape.iter().position(|&d| d != 1).unwrap_or(shape.len());
-    let tail = &shape[kept..];
-    if tail.is_empty() || g.ndim() < tail.len() || &g.shape()[g.ndim() - tail.len()..] != tail {
-        return None;
-    }
-    let cols: usize = tail.iter().product();
-    let rows = g.numel() / cols.max(1);
-    fn sums<T: Element>(s: &[T], rows: usize, cols: usize) -> Vec<T> {
-        let mut acc = vec![0.0f64; cols];
-        for r in 0..rows {
-            for (a, &x) in acc.iter_mut().zip(&s[r * cols..(r + 1) * cols]) {
-                *a += Element::to_f64(x);
-            }
-        }
-        acc.into_iter().map(<T as Element>::from_f64).collect()
-    }
-    let out = if g.dtype() == DType::F32 {
-        let v = g
-            .with_slice::<f32, _>("sum_to", |s, l| sums(&s[l.offset()..], rows, cols))
-            .ok()?;
-        Tensor::from_vec(v, shape)
-    } else {
-        let v = g
-            .with_slice::<f64, _>("sum_to", |s, l| sums(&s[l.offset()..], rows, cols))
-            .ok()?;
-        Tensor::from_vec(v, shape)
-    };
-    Some(out)
 }
 
 macro_rules! binary_methods {
