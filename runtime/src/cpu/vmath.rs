@@ -32,6 +32,38 @@ pub(crate) fn has_avx2_fma() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
+/// The widest copy of the [`multiversion_loop!`] loops this CPU runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SimdLevel {
+    /// The build's baseline target (SSE2 on x86-64).
+    Baseline,
+    /// AVX2 + FMA.
+    Avx2,
+    /// AVX-512 (F, VL, BW, DQ) besides AVX2 + FMA.
+    Avx512,
+}
+
+/// The [`SimdLevel`] of this CPU (detected once; the standard library caches it).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn simd_level() -> SimdLevel {
+    #[cfg(test)]
+    if let Some(l) = tests::forced_level() {
+        return l;
+    }
+    if !has_avx2_fma() {
+        SimdLevel::Baseline
+    } else if std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512dq")
+    {
+        SimdLevel::Avx512
+    } else {
+        SimdLevel::Avx2
+    }
+}
+
 /// Defines a function `$name` (a loop over slices) that runs `$body` compiled for the baseline target or,
 /// where the CPU has them, with AVX2 + FMA enabled (the body and the closures it calls,
 /// being inlined into the AVX2 copy, vectorise 8 lanes wide). Const generics go in
@@ -55,9 +87,17 @@ macro_rules! multiversion_loop {
                 body::<$($c,)* $($g),*>($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
-            if $crate::cpu::vmath::has_avx2_fma() {
+            #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+            unsafe fn avx512<$(const $c: usize,)* $($g: $b),*>($($arg: $ty),*) {
+                body::<$($c,)* $($g),*>($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            match $crate::cpu::vmath::simd_level() {
+                // SAFETY: the CPU has the features `avx512` is compiled for
+                $crate::cpu::vmath::SimdLevel::Avx512 => return unsafe { avx512::<$($c,)* $($g),*>($($arg),*) },
                 // SAFETY: the CPU has the features `avx2` is compiled for
-                return unsafe { avx2::<$($c,)* $($g),*>($($arg),*) };
+                $crate::cpu::vmath::SimdLevel::Avx2 => return unsafe { avx2::<$($c,)* $($g),*>($($arg),*) },
+                $crate::cpu::vmath::SimdLevel::Baseline => {}
             }
             body::<$($c,)* $($g),*>($($arg),*)
         }
@@ -222,6 +262,36 @@ pub(crate) fn tanh_f32(x: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    /// The level the multiversioned loops run at, when a test forces one (0: detect).
+    static FORCED: AtomicU8 = AtomicU8::new(0);
+
+    pub(super) fn forced_level() -> Option<SimdLevel> {
+        match FORCED.load(Ordering::Relaxed) {
+            1 => Some(SimdLevel::Baseline),
+            2 => Some(SimdLevel::Avx2),
+            3 => Some(SimdLevel::Avx512),
+            _ => None,
+        }
+    }
+
+    /// Runs `f` with the multiversioned loops at `level` (which the CPU must have), then
+    /// back to detection. Other tests running meanwhile get that level too, which is
+    /// harmless: every level gives the same bits (what the tests using this check).
+    pub(crate) fn at_level<R>(level: SimdLevel, f: impl FnOnce() -> R) -> R {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let code = match level {
+            SimdLevel::Baseline => 1,
+            SimdLevel::Avx2 => 2,
+            SimdLevel::Avx512 => 3,
+        };
+        FORCED.store(code, Ordering::Relaxed);
+        let out = f();
+        FORCED.store(0, Ordering::Relaxed);
+        out
+    }
     use super::*;
 
     /// Distance in units in the last place between `got` and the correctly rounded `want`.
@@ -302,5 +372,59 @@ mod tests {
         assert_eq!(sigmoid_f32(f32::NEG_INFINITY), 0.0);
         assert_eq!(sigmoid_f32(f32::INFINITY), 1.0);
         assert!(tanh_f32(f32::NAN).is_nan() && sigmoid_f32(f32::NAN).is_nan());
+    }
+
+    /// Every copy of the multiversioned loops this CPU can run (baseline, AVX2,
+    /// AVX-512) gives the same bits: elementwise maps with the transcendental functions,
+    /// a softmax, a layer norm and an AdamW step.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn every_simd_level_gives_the_same_bits() {
+        use crate::nn::functional::layer_norm;
+        use crate::Tensor;
+        let mut levels = vec![SimdLevel::Baseline];
+        if has_avx2_fma() {
+            levels.push(SimdLevel::Avx2);
+        }
+        if super::simd_level() == SimdLevel::Avx512 {
+            levels.push(SimdLevel::Avx512);
+        }
+        let x = samples(-12.0, 12.0, 4099);
+        let run = || {
+            let mut out = vec![MaybeUninit::<f32>::uninit(); x.len()];
+            let f = |v: f32| exp_f32(v) + erfc_f32(v) + tanh_f32(v) * sigmoid_f32(v);
+            map_into(&mut out, &x, &f);
+            // SAFETY: `map_into` wrote every element (the slices have one length).
+            let mapped = unsafe { crate::cpu::pool::written(&out) }.to_vec();
+            // an Adam-like update: square roots, divisions, selects
+            let (mut p, mut m, mut v) = (x.clone(), vec![0.1f32; x.len()], vec![0.2f32; x.len()]);
+            let step = move |p: f32, g: f32, [m, v]: [f32; 2]| {
+                let (m, v) = (m + (g - m) * 0.1, v * 0.999 + g * g * 0.001);
+                let p = if g > 0.0 { p * 0.99 } else { p };
+                (p - m / (v.sqrt() / 0.3 + 1e-8) * 1e-3, [m, v])
+            };
+            crate::optim::fused::update_elements(&mut p, &x, [&mut m, &mut v], &step);
+            let mapped = [mapped, p, m, v].concat();
+            let t = Tensor::from_vec(x[..37 * 110].to_vec(), [37, 110]);
+            let soft = t.softmax(-1).to_vec::<f32>();
+            let w = Tensor::from_vec(x[..110].to_vec(), [110]);
+            let norm = layer_norm(&t, &[110], Some(&w), Some(&w), 1e-5)
+                .map(|y| y.to_vec::<f32>())
+                .unwrap_or_default();
+            (mapped, soft, norm)
+        };
+        let want = at_level(SimdLevel::Baseline, run);
+        for &level in &levels[1..] {
+            let got = at_level(level, run);
+            assert!(
+                want.0
+                    .iter()
+                    .zip(&got.0)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "map at {level:?}"
+            );
+            assert_eq!(want.1, got.1, "softmax at {level:?}");
+            assert_eq!(want.2, got.2, "layer norm at {level:?}");
+        }
     }
 }

@@ -44,7 +44,7 @@ macro_rules! groups_impl {
 mod adadelta;
 mod adagrad;
 mod adam;
-mod fused;
+pub(crate) mod fused;
 mod rmsprop;
 pub mod scheduler;
 mod sgd;
