@@ -34,15 +34,21 @@ pub(crate) struct Consts<T> {
     spread: T,
     /// `ε > 0` (the composition adds the smoothing term only then).
     smooth: bool,
+    /// `Σ_c w_c` (`C` without weights; only the backward reads it).
+    sw: T,
 }
 
 impl<T: RowFloat> Consts<T> {
-    fn new(eps: f64, c: usize) -> Self {
+    fn new(eps: f64, c: usize, w: Option<&[T]>) -> Self {
         let cast = |v: f64| T::from(v).unwrap_or_else(T::zero);
         Consts {
             keep: cast(1.0 - eps),
             spread: cast(eps / c.max(1) as f64),
             smooth: eps > 0.0,
+            sw: match w {
+                Some(w) => sum_map(w, |v| v),
+                None => cast(c as f64),
+            },
         }
     }
 }
@@ -72,23 +78,22 @@ crate::cpu::vmath::multiversion_loop! {
 }
 
 crate::cpu::vmath::multiversion_loop! {
-    /// One row of [`backward`] (every slot of `dx` written; `t` a class index): `g` the
-    /// row's loss gradient, `sw` = `Σ_c w_c` (`C` without weights).
+    /// One row of [`backward`] (every slot of `dx` written; `t` a class index): `stats`
+    /// the row's `[loss, shift, log Σ]` from [`forward`], `g` its loss gradient.
     fn backward_row<T: RowFloat>(
         x: &[T],
         dx: &mut [MaybeUninit<T>],
         t: usize,
-        shift: T,
-        ls: T,
+        stats: &[T],
         g: T,
         w: Option<&[T]>,
-        sw: T,
         k: Consts<T>
     ) {
+        let (shift, ls) = (stats[1], stats[2]);
         let wt = w.map_or(T::one(), |w| w[t]);
         let spread = if k.smooth { k.spread } else { T::zero() };
         // g·Σ_c a_c and g·ε/C
-        let ga = g * (k.keep * wt + spread * sw);
+        let ga = g * (k.keep * wt + spread * k.sw);
         let gs = g * spread;
         let dx = &mut dx[..x.len()];
         match w {
@@ -119,7 +124,7 @@ pub(crate) fn forward<T: RowFloat>(
     w: Option<&[T]>,
     eps: f64,
 ) -> Vec<T> {
-    let k = Consts::<T>::new(eps, c);
+    let k = Consts::<T>::new(eps, c, w);
     let mut out = vec![T::zero(); 3 * targets.len()];
     if c > 0 {
         for_each_row(&mut out, 3, min_rows(c), 3 * x.len(), |r, o| {
@@ -143,11 +148,7 @@ pub(crate) fn backward<T: RowFloat>(
     eps: f64,
     g: &[T],
 ) -> Vec<T> {
-    let k = Consts::<T>::new(eps, c);
-    let sw = match w {
-        Some(w) => sum_map(w, |v| v),
-        None => T::from(c).unwrap_or_else(T::zero),
-    };
+    let k = Consts::<T>::new(eps, c, w);
     let len = targets.len() * c;
     rows_into(len, c, 2 * len, |r, dx| {
         let t = targets[r];
@@ -158,8 +159,8 @@ pub(crate) fn backward<T: RowFloat>(
             return;
         }
         let gr = if g.len() == 1 { g[0] } else { g[r] };
-        let (shift, ls) = (stats[3 * r + 1], stats[3 * r + 2]);
-        backward_row(&x[r * c..(r + 1) * c], dx, t, shift, ls, gr, w, sw, k);
+        let s = &stats[3 * r..3 * r + 3];
+        backward_row(&x[r * c..(r + 1) * c], dx, t, s, gr, w, k);
     })
 }
 
