@@ -3,6 +3,7 @@
 //! when an op in `autograd::DIFFERENTIABLE_OPS` has no case here.
 
 use flint::autograd::{gradcheck, gradgradcheck, GradcheckOptions, DIFFERENTIABLE_OPS};
+use flint::loss::{CrossEntropy, Reduction};
 use flint::{DType, GeluApprox, Generator, Tensor};
 
 /// A differentiable function of some tensors.
@@ -418,6 +419,33 @@ fn cases() -> Vec<Case> {
             g.randn([4, 2, 2, 3], DType::F64),
             g.randn([4], DType::F64),
         ],
+        true,
+    );
+    // fused cross-entropy (one node; second order through its tensor-op backward):
+    // classes on dim 1 of a non-contiguous [N, C, d], class weights, label smoothing,
+    // an ignored position; and the plain [N, C] case with per-row losses
+    let ce_w = g.uniform([4], 0.5, 2.0, DType::F64);
+    add(
+        "cross_entropy",
+        Box::new(move |x| {
+            let t = Tensor::from_vec(vec![1i64, 3, -100, 0, 2, 2], [2, 3]);
+            CrossEntropy::new()
+                .weight(ce_w.clone())
+                .label_smoothing(0.2)
+                .forward(&x[0], &t)
+        }),
+        vec![g.randn([2, 3, 4], DType::F64).transpose(1, 2)],
+        true,
+    );
+    add(
+        "cross_entropy",
+        Box::new(|x| {
+            let t = Tensor::from_vec(vec![1i64, 3, 0], [3]);
+            CrossEntropy::new()
+                .reduction(Reduction::None)
+                .forward(&x[0], &t)
+        }),
+        vec![nc(&mut g, 3, 4)],
         true,
     );
     // fused scaled dot-product attention (one node; second order through its tensor-op

@@ -84,6 +84,8 @@ pub const DIFFERENTIABLE_OPS: &[&str] = &[
     "lstm_layer",
     // fused convolution, one sample at a time (cpu/conv.rs)
     "conv",
+    // fused cross-entropy (cpu/cross_entropy.rs)
+    "cross_entropy",
     // fused scaled dot-product attention (cpu/attention.rs)
     "scaled_dot_product_attention",
     // views

@@ -4,6 +4,7 @@ pub(crate) mod attention;
 pub(crate) mod batchnorm;
 pub(crate) mod conv;
 pub(crate) mod convert;
+pub(crate) mod cross_entropy;
 pub(crate) mod lstm;
 pub(crate) mod map;
 pub mod matmul;

@@ -65,7 +65,7 @@ impl RowFloat for f64 {
 
 /// Rows per parallel task: enough that a task touches a few thousand elements.
 #[inline]
-fn min_rows(n: usize) -> usize {
+pub(crate) fn min_rows(n: usize) -> usize {
     (4096 / n.max(1)).max(1)
 }
 
@@ -77,7 +77,7 @@ pub(crate) fn combine<T: Float>(a: [T; LANES]) -> T {
 
 /// `Σ f(aᵢ)` with [`LANES`] partial sums.
 #[inline(always)]
-fn sum_map<T: Float>(a: &[T], f: impl Fn(T) -> T) -> T {
+pub(crate) fn sum_map<T: Float>(a: &[T], f: impl Fn(T) -> T) -> T {
     let mut acc = [T::zero(); LANES];
     let chunks = a.chunks_exact(LANES);
     let rest = chunks.remainder();
@@ -135,7 +135,7 @@ pub(crate) fn row_max<T: Float>(a: &[T]) -> T {
 
 /// The stable-softmax shift: the max where finite, else 0 (as the composition does).
 #[inline(always)]
-fn shift_of<T: Float>(x: &[T]) -> T {
+pub(crate) fn shift_of<T: Float>(x: &[T]) -> T {
     let m = row_max(x);
     if m.is_finite() {
         m
@@ -156,7 +156,7 @@ fn row_logsumexp<T: RowFloat>(x: &[T]) -> T {
 /// [`for_each_row`] (`work` elements touched in all). The buffer comes from the pool
 /// without a zero fill (on the calling thread, that fill was serial work while the pool
 /// waited).
-fn rows_into<T: RowFloat>(
+pub(crate) fn rows_into<T: RowFloat>(
     len: usize,
     n: usize,
     work: usize,

@@ -3,7 +3,12 @@
 //!
 //! Each loss is a small configuration struct with builder methods and a `forward`; the
 //! plain functions ([`cross_entropy`], [`mse_loss`], …) use PyTorch's defaults. All are
-//! compositions of differentiable tensor ops, so they work with autograd to any order.
+//! compositions of differentiable tensor ops, so they work with autograd to any order,
+//! except that cross-entropy of f32/f64 CPU logits runs the fused row kernels of
+//! `cpu::cross_entropy` as one recorded node (`cross_entropy`), whose backward is one
+//! pass over the logits (and, under `create_graph`, tensor ops). The fused path gives
+//! ignored rows no gradient even where the mean divides by a zero total weight (the
+//! composition's `0·∞` gives NaN there).
 //!
 //! ```
 //! use flint_runtime::loss::{CrossEntropy, Reduction};
@@ -16,10 +21,20 @@
 //! assert_eq!(per_row.shape(), &[2]);
 //! ```
 
+use crate::autograd::{is_grad_enabled, record};
+use crate::cpu::cross_entropy::{self, IGNORED};
 use crate::dtype::DType;
 use crate::error::{or_panic, Error, Result};
 use crate::layout::fmt_shape;
 use crate::tensor::Tensor;
+use crate::Device;
+
+#[cfg(test)]
+thread_local! {
+    /// Test switch: when set, cross-entropy takes the composition (the reference the
+    /// fused kernels are checked against).
+    static COMPOSED_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 /// How per-element losses are combined.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -99,7 +114,11 @@ impl CrossEntropy {
                 ),
             ));
         }
-        let logp = class_last_log_probs(OP, logits, targets)?;
+        let x = class_last(OP, logits, targets)?;
+        if let Some(loss) = self.fused(OP, logits, &x, targets)? {
+            return Ok(loss);
+        }
+        let logp = x.log_softmax(-1);
         let c = logp.size(-1);
         let nll = NllLoss {
             weight: self.weight.clone(),
@@ -121,6 +140,190 @@ impl CrossEntropy {
         };
         Ok(reduce(loss, self.reduction, &valid_w))
     }
+}
+
+impl CrossEntropy {
+    /// The loss through the fused row kernels (`cpu::cross_entropy`) as one recorded
+    /// node, `cross_entropy`; `None` where the composition runs instead (half types, CUDA
+    /// tensors, no classes, a class weight that requires grad). `x` is `logits` with the
+    /// classes moved last. Errors on bad targets and weights as the composition does.
+    #[track_caller]
+    fn fused(
+        &self,
+        op: &'static str,
+        logits: &Tensor,
+        x: &Tensor,
+        targets: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        #[cfg(test)]
+        if COMPOSED_ONLY.get() {
+            return Ok(None);
+        }
+        let c = x.size(-1);
+        let weight_fits = self
+            .weight
+            .as_ref()
+            .is_none_or(|w| w.device() == Device::Cpu && !(w.requires_grad() && is_grad_enabled()));
+        if !(cross_entropy::supports(logits)
+            && targets.device() == Device::Cpu
+            && c > 0
+            && weight_fits)
+        {
+            return Ok(None);
+        }
+        // the row targets, with the composition's errors (the first bad target in
+        // row-major order, then the weight's shape)
+        let mut rows = Vec::with_capacity(targets.numel());
+        for t in targets.try_to_vec::<i64>()? {
+            if t == self.ignore_index {
+                rows.push(IGNORED);
+            } else if t < 0 || t >= c as i64 {
+                return Err(Error::index(
+                    op,
+                    format!("target {t} is out of range for {c} classes"),
+                ));
+            } else {
+                rows.push(t as usize);
+            }
+        }
+        let weight = match &self.weight {
+            Some(w) if w.shape() != [c] => {
+                return Err(Error::shape(
+                    op,
+                    format!("weight must have shape [{c}], got {}", fmt_shape(w.shape())),
+                ));
+            }
+            Some(w) => Some(w.detach().to_dtype_raw(x.dtype())?),
+            None => None,
+        };
+        let eps = self.label_smoothing;
+        let xc = if x.is_contiguous() {
+            x.detach()
+        } else {
+            x.detach().try_contiguous()?
+        };
+        let (per_row, stats) =
+            cross_entropy::forward_rows(op, &xc, c, &rows, weight.as_ref(), eps)?;
+        let per_row = per_row.reshape(targets.shape());
+        let (out, total) = match self.reduction {
+            Reduction::None => (per_row, None),
+            Reduction::Sum => (per_row.sum_all(), None),
+            Reduction::Mean => {
+                // Σ w_t over the rows not ignored
+                let valid = targets.ne(self.ignore_index);
+                let wt = match &weight {
+                    Some(w) => {
+                        let safe: Vec<i64> = rows
+                            .iter()
+                            .map(|&t| if t == IGNORED { 0 } else { t as i64 })
+                            .collect();
+                        w.index_select(0, &Tensor::from_vec(safe, [rows.len()]))
+                            .reshape(targets.shape())
+                            .where_(&valid, 0.0)
+                    }
+                    None => valid.to_dtype(x.dtype()),
+                };
+                let total = wt.sum_all();
+                (per_row.sum_all() / &total, Some(total))
+            }
+        };
+        if !(is_grad_enabled() && logits.requires_grad()) {
+            return Ok(Some(out));
+        }
+        let lg = logits.clone();
+        let x_shape = x.shape().to_vec();
+        Ok(Some(record(
+            out,
+            "cross_entropy",
+            &[logits],
+            &[logits],
+            move |g| {
+                let g = match &total {
+                    Some(t) => g / t,
+                    None => g.clone(),
+                };
+                let d = if is_grad_enabled() {
+                    cross_entropy_grad_ops(&lg, &rows, weight.as_ref(), eps, &g)
+                } else {
+                    or_panic(cross_entropy::backward_rows(
+                        "cross_entropy",
+                        &xc,
+                        &stats,
+                        c,
+                        &rows,
+                        weight.as_ref(),
+                        eps,
+                        &g,
+                    ))
+                };
+                vec![Some(from_class_last(d.reshape(x_shape.as_slice())))]
+            },
+        )))
+    }
+}
+
+/// The gradient `[rows, C]` of the fused cross-entropy as differentiable tensor ops (for
+/// `create_graph`): `g_r·(p·Σ_c a_c − a)` per row with `p = softmax(x)` and the constant
+/// `a_c = (1−ε)·w_t·[c = t] + ε/C·w_c`, 0 at ignored rows; `g` holds the row gradients
+/// (`[N, d…]`, or one value for all rows, the mean's divisor already applied).
+fn cross_entropy_grad_ops(
+    logits: &Tensor,
+    rows: &[usize],
+    weight: Option<&Tensor>,
+    eps: f64,
+    g: &Tensor,
+) -> Tensor {
+    let x = to_class_last(logits);
+    let c = x.size(-1);
+    let n = rows.len();
+    let p = x.reshape([n, c]).softmax(-1);
+    let w: Vec<f64> = match weight {
+        Some(w) => w.to_dtype(DType::F64).to_vec(),
+        None => vec![1.0; c],
+    };
+    let keep = 1.0 - eps;
+    let spread = if eps > 0.0 { eps / c as f64 } else { 0.0 };
+    let sw: f64 = w.iter().sum();
+    let (mut a, mut a_sum, mut valid) = (vec![0.0f64; n * c], vec![0.0f64; n], vec![false; n]);
+    for (r, &t) in rows.iter().enumerate() {
+        if t == IGNORED {
+            continue;
+        }
+        valid[r] = true;
+        a_sum[r] = keep * w[t] + spread * sw;
+        let row = &mut a[r * c..(r + 1) * c];
+        for (a, &w) in row.iter_mut().zip(&w) {
+            *a = spread * w;
+        }
+        row[t] += keep * w[t];
+    }
+    let dt = x.dtype();
+    let a = Tensor::from_vec(a, [n, c]).to_dtype(dt);
+    let a_sum = Tensor::from_vec(a_sum, [n, 1]).to_dtype(dt);
+    let valid = Tensor::from_vec(valid, [n, 1]);
+    let gr = if g.numel() == 1 {
+        g.reshape([1, 1])
+    } else {
+        g.reshape([n, 1])
+    };
+    ((p * a_sum - a) * gr).where_(&valid, 0.0)
+}
+
+/// `x` (`[N, C, d…]`) with the classes moved last (`[N, d…, C]`).
+fn to_class_last(x: &Tensor) -> Tensor {
+    let n = x.ndim() as isize;
+    let mut perm: Vec<isize> = vec![0];
+    perm.extend(2..n);
+    perm.push(1);
+    x.permute(perm)
+}
+
+/// The inverse of [`to_class_last`]: `[N, d…, C]` → `[N, C, d…]`.
+fn from_class_last(x: Tensor) -> Tensor {
+    let n = x.ndim() as isize;
+    let mut perm: Vec<isize> = vec![0, n - 1];
+    perm.extend(1..n - 1);
+    x.permute(perm)
 }
 
 /// The negative log-likelihood of log-probabilities `[N, C]` (or `[N, C, d…]`) at class
@@ -217,12 +420,7 @@ impl NllLoss {
     }
 }
 
-/// Checks shapes and returns log-probabilities with the class dim moved last.
-#[track_caller]
-fn class_last_log_probs(op: &'static str, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    Ok(class_last(op, logits, targets)?.log_softmax(-1))
-}
-
+/// Checks shapes and dtypes and returns `x` with the class dim moved last.
 #[track_caller]
 fn class_last(op: &'static str, x: &Tensor, targets: &Tensor) -> Result<Tensor> {
     if targets.dtype() != DType::I64 {
@@ -252,11 +450,7 @@ fn class_last(op: &'static str, x: &Tensor, targets: &Tensor) -> Result<Tensor> 
             format!("input must be floating-point, got {}", x.dtype()),
         ));
     }
-    let n = x.ndim() as isize;
-    let mut perm: Vec<isize> = vec![0];
-    perm.extend(2..n);
-    perm.push(1);
-    Ok(x.permute(perm))
+    Ok(to_class_last(x))
 }
 
 /// Combines per-element losses; `weights` are the per-element weights whose sum is the
@@ -510,6 +704,192 @@ mod tests {
         let nll = NllLoss::new().forward(&logits.log_softmax(1), &t);
         let ce = cross_entropy(&logits, &t);
         assert!((nll.item::<f64>() - ce.item::<f64>()).abs() < 1e-12);
+    }
+
+    /// The loss and the gradient of `ce` at `x` for the output gradient `go`, fused (and
+    /// checked to record the one `cross_entropy` node) or composed; second derivatives
+    /// too (`d/dx Σ dlogits²`) with `create_graph`.
+    fn run_ce(
+        ce: &CrossEntropy,
+        x: &Tensor,
+        t: &Tensor,
+        go: &Tensor,
+        composed: bool,
+        second: bool,
+    ) -> (Tensor, Tensor, Option<Tensor>) {
+        COMPOSED_ONLY.set(composed);
+        let x = x.detach().requires_grad_(true);
+        let loss = ce.forward(&x, t);
+        COMPOSED_ONLY.set(false);
+        let name = loss.grad_fn().map(|n| n.name());
+        assert_eq!(name == Some("cross_entropy"), !composed, "{name:?}");
+        let g = crate::autograd::grad(
+            std::slice::from_ref(&loss),
+            std::slice::from_ref(&x),
+            Some(std::slice::from_ref(go)),
+            second,
+            second,
+        )
+        .unwrap()[0]
+            .clone()
+            .unwrap();
+        let gg = second.then(|| {
+            let s = (&g * &g).sum_all();
+            crate::autograd::grad(&[s], &[x], None, false, false).unwrap()[0]
+                .clone()
+                .unwrap()
+        });
+        (loss.detach(), g.detach(), gg)
+    }
+
+    fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
+        assert_eq!(a.shape(), b.shape(), "{what}");
+        let (a, b) = (
+            a.to_dtype(DType::F64).to_vec::<f64>(),
+            b.to_dtype(DType::F64).to_vec::<f64>(),
+        );
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            let ok = (x.is_nan() && y.is_nan()) || (x - y).abs() <= tol * (1.0 + y.abs());
+            assert!(ok, "{what}[{i}]: fused {x:e}, composed {y:e}");
+        }
+    }
+
+    #[test]
+    fn fused_cross_entropy_matches_the_composition() {
+        let mut g = Generator::new(3);
+        let reductions = [Reduction::Mean, Reduction::Sum, Reduction::None];
+        for dtype in [DType::F64, DType::F32] {
+            let tol = if dtype == DType::F64 { 1e-12 } else { 2e-5 };
+            // [N, C] with some rows ignored (the default index and a class index), and
+            // [N, C, d] (classes on dim 1) as a non-contiguous view
+            let x2 = (g.randn([9, 13], DType::F64) * 3.0).to_dtype(dtype);
+            let t2 = Tensor::from_vec(vec![0i64, 12, 5, 5, 3, 5, 7, 1, 11], [9]);
+            let x3 = g
+                .randn([2, 4, 5], DType::F64)
+                .transpose(1, 2)
+                .to_dtype(dtype);
+            let t3 = Tensor::from_vec(vec![0i64, 4, 1, 2, -100, 3, 3, 0], [2, 4]);
+            let w2 = g.uniform([13], 0.2, 2.0, DType::F64);
+            let w3 = g.uniform([5], 0.2, 2.0, DType::F32); // converted to the logits' dtype
+            for (x, t, w, ignore) in [(&x2, &t2, &w2, 5i64), (&x3, &t3, &w3, -100)] {
+                for eps in [0.0, 0.1, 1.0] {
+                    for weighted in [false, true] {
+                        for r in reductions {
+                            let mut ce = CrossEntropy::new()
+                                .label_smoothing(eps)
+                                .ignore_index(ignore)
+                                .reduction(r);
+                            if weighted {
+                                ce = ce.weight(w.clone());
+                            }
+                            let go = match r {
+                                Reduction::None => g.randn(t.shape(), dtype),
+                                _ => Tensor::scalar(1.5f64).to_dtype(dtype),
+                            };
+                            let second = dtype == DType::F64;
+                            let what =
+                                format!("{dtype} {:?} eps {eps} w {weighted} {r:?}", x.shape());
+                            let f = run_ce(&ce, x, t, &go, false, second);
+                            let c = run_ce(&ce, x, t, &go, true, second);
+                            assert_close(&format!("{what} loss"), &f.0, &c.0, tol);
+                            assert_close(&format!("{what} grad"), &f.1, &c.1, tol);
+                            if let (Some(a), Some(b)) = (&f.2, &c.2) {
+                                assert_close(&format!("{what} grad²"), a, b, tol);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_cross_entropy_with_every_row_ignored() {
+        let x = Generator::new(4).randn([3, 4], DType::F64);
+        let t = Tensor::full([3], -100.0, DType::I64);
+        for eps in [0.0, 0.1] {
+            let ce = CrossEntropy::new().label_smoothing(eps);
+            let one = Tensor::scalar(1.0f64);
+            let (fl, fg, _) = run_ce(&ce, &x, &t, &one, false, false);
+            let (cl, _, _) = run_ce(&ce, &x, &t, &one, true, false);
+            // the mean is 0/0 as in the composition (and PyTorch); no gradient reaches
+            // an ignored row, where the composition's 0·∞ gives NaN
+            assert!(fl.item::<f64>().is_nan() && cl.item::<f64>().is_nan());
+            assert_eq!(fg.to_vec::<f64>(), vec![0.0; 12]);
+            let sum = ce.clone().reduction(Reduction::Sum);
+            let (fl, fg, _) = run_ce(&sum, &x, &t, &one, false, false);
+            assert_eq!(fl.item::<f64>(), 0.0);
+            assert_eq!(fg.to_vec::<f64>(), vec![0.0; 12]);
+        }
+    }
+
+    #[test]
+    fn fused_cross_entropy_does_not_depend_on_the_thread_count() {
+        // large enough to be split across the pool
+        let mut g = Generator::new(5);
+        let x = g.randn([700, 300], DType::F32);
+        let t = g
+            .randint(0, 300, [700])
+            .where_(&g.rand([700], DType::F64).gt(0.1), -100);
+        let w = g.uniform([300], 0.5, 1.5, DType::F32);
+        let go = g.randn([700], DType::F32);
+        let run = || {
+            let mut out = vec![];
+            for ce in [
+                CrossEntropy::new().label_smoothing(0.1),
+                CrossEntropy::new()
+                    .weight(w.clone())
+                    .reduction(Reduction::None),
+            ] {
+                let go = if ce.reduction == Reduction::None {
+                    go.clone()
+                } else {
+                    Tensor::scalar(1.0f32)
+                };
+                let (l, d, _) = run_ce(&ce, &x, &t, &go, false, false);
+                out.push((l.to_vec::<f32>(), d.to_vec::<f32>()));
+            }
+            out
+        };
+        crate::set_num_threads(1);
+        let one = run();
+        crate::set_num_threads(2);
+        let two = run();
+        crate::set_num_threads(0);
+        assert!(one == two);
+    }
+
+    #[test]
+    fn fused_and_composed_cross_entropy_give_the_same_errors() {
+        let logits = Tensor::zeros([3, 3], DType::F32);
+        let bad = Tensor::from_vec(vec![0i64, -2, 3], [3]);
+        let w = Tensor::ones([4], DType::F32);
+        for composed in [false, true] {
+            COMPOSED_ONLY.set(composed);
+            let range = CrossEntropy::new().try_forward(&logits, &bad).unwrap_err();
+            let shape = CrossEntropy::new()
+                .weight(w.clone())
+                .try_forward(&logits, &Tensor::from_vec(vec![0i64, 1, 2], [3]))
+                .unwrap_err();
+            // an ignored index out of range is no error
+            let ok = CrossEntropy::new()
+                .ignore_index(-2)
+                .try_forward(&logits, &Tensor::from_vec(vec![0i64, -2, 2], [3]));
+            COMPOSED_ONLY.set(false);
+            assert!(
+                range
+                    .to_string()
+                    .contains("target -2 is out of range for 3 classes"),
+                "{range}"
+            );
+            assert!(
+                shape
+                    .to_string()
+                    .contains("weight must have shape [3], got [4]"),
+                "{shape}"
+            );
+            assert!((ok.unwrap().item::<f32>() - 3f32.ln()).abs() < 1e-6);
+        }
     }
 
     #[test]
