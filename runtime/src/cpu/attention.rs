@@ -40,7 +40,7 @@ use crate::cpu::rowwise::{by_dtype, combine, row_max, sum_map2, RowFloat, LANES}
 use crate::dtype::{DType, Element, NumElement};
 use crate::error::Result;
 use crate::layout::{broadcast_shapes, Layout};
-use crate::random::{bernoulli_block, Below};
+use crate::random::{map_bernoulli_words, Below};
 use crate::storage::BufferElement;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
@@ -248,19 +248,8 @@ impl<T: AttnFloat> Inputs<'_, T> {
         let Some((key, below, _)) = &self.drop else {
             return;
         };
-        let first = ((b * self.g.tq + i) * self.g.tk) as u64;
-        let mut j = 0;
-        while j < keep.len() {
-            let e = first + j as u64;
-            let words = bernoulli_block(key.seed, key.first, e / 4);
-            for &w in &words[(e % 4) as usize..] {
-                if j == keep.len() {
-                    break;
-                }
-                keep[j] = below.test(w);
-                j += 1;
-            }
-        }
+        let e = ((b * self.g.tq + i) * self.g.tk) as u64;
+        map_bernoulli_words(key.seed, key.first, e, keep, |w| below.test(w));
     }
 
     /// The unscaled scores `q_i · k_j` of problem `b` for the query rows `i0..i0 + bq`
