@@ -298,7 +298,7 @@ pub fn infer_shape(op: &'static str, shape: &[isize], numel: usize) -> Result<Di
     }
     let mut out: Dims = shape.iter().map(|&d| d.max(0) as usize).collect();
     if let Some(i) = infer {
-        if known == 0 || numel % known != 0 {
+        if known == 0 || !numel.is_multiple_of(known) {
             return Err(Error::shape(
                 op,
                 format!("shape {shape:?} is invalid for input of size {numel}"),

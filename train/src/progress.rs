@@ -416,10 +416,10 @@ impl Drop for Progress {
     /// A bar dropped without [`Progress::finish`] (an error or `break` left the loop)
     /// is cleared without a summary line.
     fn drop(&mut self) {
-        if !self.finished {
-            if let Some(bar) = self.bar.take() {
-                bar.finish_and_clear();
-            }
+        if !self.finished
+            && let Some(bar) = self.bar.take()
+        {
+            bar.finish_and_clear();
         }
     }
 }

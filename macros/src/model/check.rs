@@ -1295,16 +1295,14 @@ impl<'a> Checker<'a> {
                 }
                 let n = v.shape.dims.len();
                 let d = v.shape.dims[n - 1].clone();
-                if let (Some(dl), Some(hl)) = (d.as_lit(), h.as_lit()) {
-                    if hl == 0 || dl % hl != 0 {
-                        self.err(
-                            args[0].span(),
-                            format!(
-                                "`split_heads({hl})`: {hl} heads do not divide the model dim {dl}"
-                            ),
-                        );
-                        return None;
-                    }
+                if let (Some(dl), Some(hl)) = (d.as_lit(), h.as_lit())
+                    && (hl == 0 || dl % hl != 0)
+                {
+                    self.err(
+                        args[0].span(),
+                        format!("`split_heads({hl})`: {hl} heads do not divide the model dim {dl}"),
+                    );
+                    return None;
                 }
                 let mut dims = v.shape.dims[..n - 2].to_vec();
                 dims.push(h.clone());
@@ -1394,42 +1392,42 @@ impl<'a> Checker<'a> {
                         .map(|(_, d)| d.clone())
                         .collect();
                     let o = known(&others);
-                    if let (Some(t), Some(ol)) = (total.as_lit(), o.as_lit()) {
-                        if ol == 0 || t % ol != 0 {
-                            self.err(
-                                span,
-                                format!(
-                                    "`{name}`: {} ({t} elements) cannot be viewed as [{}]",
-                                    v.shape,
-                                    arr.elems
-                                        .iter()
-                                        .map(|e| quote!(#e).to_string())
-                                        .collect::<Vec<_>>()
-                                        .join(", ")
-                                ),
-                            );
-                            return None;
-                        }
+                    if let (Some(t), Some(ol)) = (total.as_lit(), o.as_lit())
+                        && (ol == 0 || t % ol != 0)
+                    {
+                        self.err(
+                            span,
+                            format!(
+                                "`{name}`: {} ({t} elements) cannot be viewed as [{}]",
+                                v.shape,
+                                arr.elems
+                                    .iter()
+                                    .map(|e| quote!(#e).to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        );
+                        return None;
                     }
                     dims[i] = total.div(&o);
                 }
                 None => {
                     let new = known(&dims);
-                    if let (Some(t), Some(n)) = (total.as_lit(), new.as_lit()) {
-                        if t != n {
-                            self.err(
-                                span,
-                                format!(
-                                    "`{name}`: {} has {t} elements but [{}] has {n}",
-                                    v.shape,
-                                    dims.iter()
-                                        .map(|d| d.to_string())
-                                        .collect::<Vec<_>>()
-                                        .join(", ")
-                                ),
-                            );
-                            return None;
-                        }
+                    if let (Some(t), Some(n)) = (total.as_lit(), new.as_lit())
+                        && t != n
+                    {
+                        self.err(
+                            span,
+                            format!(
+                                "`{name}`: {} has {t} elements but [{}] has {n}",
+                                v.shape,
+                                dims.iter()
+                                    .map(|d| d.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        );
+                        return None;
                     }
                 }
             }
@@ -1920,11 +1918,11 @@ impl<'a> Checker<'a> {
                 .add(&p.mul(&Dim::lit(2)))
                 .sub(&d.mul(&k.sub(&Dim::lit(1))))
                 .sub(&Dim::lit(1));
-            if let Some(v) = num.as_lit() {
-                if v < 0 {
-                    self.err(span, format!("`{lname}`: the input size {size} at dim {i} is smaller than the kernel ({k}, dilation {d}, padding {p})"));
-                    return None;
-                }
+            if let Some(v) = num.as_lit()
+                && v < 0
+            {
+                self.err(span, format!("`{lname}`: the input size {size} at dim {i} is smaller than the kernel ({k}, dilation {d}, padding {p})"));
+                return None;
             }
             out.dims[i] = num.div(s).add(&Dim::lit(1));
         }
@@ -1984,11 +1982,11 @@ impl<'a> Checker<'a> {
             let off_v = v.shape.dims.len() - n;
             for i in 0..n {
                 let (pd, vd) = (&pat.dims[off_p + i], &v.shape.dims[off_v + i]);
-                if let Some(Atom::Sym(s)) = pd.as_atom() {
-                    if !bound.contains_key(s) {
-                        bound.insert(s.clone(), vd.clone());
-                        continue;
-                    }
+                if let Some(Atom::Sym(s)) = pd.as_atom()
+                    && !bound.contains_key(s)
+                {
+                    bound.insert(s.clone(), vd.clone());
+                    continue;
                 }
                 let want = pd.subst(&|a| match a {
                     Atom::Sym(s) => bound.get(s).cloned(),
@@ -2016,19 +2014,19 @@ impl<'a> Checker<'a> {
                 .and_then(|(v, _)| v.shape.rest)
                 .or(Some(self.fresh_rest()));
             // A rule's `..` stands for the leading dims of its first input.
-            if let Some((v, _)) = vals.first() {
-                if let Some(pat) = rule.args.first() {
-                    if pat.1.rest.is_some() && v.shape.dims.len() > pat.1.dims.len() {
-                        let extra = v.shape.dims.len() - pat.1.dims.len();
-                        let mut dims = v.shape.dims[..extra].to_vec();
-                        dims.extend(out.dims);
-                        out = Shape {
-                            rest: v.shape.rest,
-                            dims,
-                        };
-                    } else {
-                        out.rest = v.shape.rest;
-                    }
+            if let Some((v, _)) = vals.first()
+                && let Some(pat) = rule.args.first()
+            {
+                if pat.1.rest.is_some() && v.shape.dims.len() > pat.1.dims.len() {
+                    let extra = v.shape.dims.len() - pat.1.dims.len();
+                    let mut dims = v.shape.dims[..extra].to_vec();
+                    dims.extend(out.dims);
+                    out = Shape {
+                        rest: v.shape.rest,
+                        dims,
+                    };
+                } else {
+                    out.rest = v.shape.rest;
                 }
             }
         }

@@ -200,17 +200,18 @@ impl Dim {
     /// literal dividing every coefficient or a monomial dividing every term, a literal
     /// when both are literals, else an opaque atom.
     pub fn div(&self, o: &Dim) -> Dim {
-        if let (Some(a), Some(b)) = (self.as_lit(), o.as_lit()) {
-            if b != 0 {
-                return Dim::lit(a.div_euclid(b));
-            }
+        if let (Some(a), Some(b)) = (self.as_lit(), o.as_lit())
+            && b != 0
+        {
+            return Dim::lit(a.div_euclid(b));
         }
-        if let Some(k) = o.as_lit() {
-            if k != 0 && self.terms.values().all(|c| c % k == 0) {
-                return Dim {
-                    terms: self.terms.iter().map(|(m, c)| (m.clone(), c / k)).collect(),
-                };
-            }
+        if let Some(k) = o.as_lit()
+            && k != 0
+            && self.terms.values().all(|c| c % k == 0)
+        {
+            return Dim {
+                terms: self.terms.iter().map(|(m, c)| (m.clone(), c / k)).collect(),
+            };
         }
         if o.terms.len() == 1 {
             let (dm, dc) = o
@@ -251,10 +252,10 @@ impl Dim {
 
     /// `self % o`.
     pub fn rem(&self, o: &Dim) -> Dim {
-        if let (Some(a), Some(b)) = (self.as_lit(), o.as_lit()) {
-            if b != 0 {
-                return Dim::lit(a.rem_euclid(b));
-            }
+        if let (Some(a), Some(b)) = (self.as_lit(), o.as_lit())
+            && b != 0
+        {
+            return Dim::lit(a.rem_euclid(b));
         }
         if self.div(o).mul(o) == *self {
             return Dim::lit(0);

@@ -728,13 +728,13 @@ fn resolve(
                 get(names, "dilation", 1)?,
                 get(names, "groups", 1)?,
             );
-            if let (Some(ci), Some(co), Some(gl)) = (d[0].0.as_lit(), d[1].0.as_lit(), g.as_lit()) {
-                if gl <= 0 || ci % gl != 0 || co % gl != 0 {
-                    return Err(syn::Error::new(
-                        opt("groups").map_or(span, |e| e.span()),
-                        format!("groups = {gl} must divide both channel counts ({ci} -> {co})"),
-                    ));
-                }
+            if let (Some(ci), Some(co), Some(gl)) = (d[0].0.as_lit(), d[1].0.as_lit(), g.as_lit())
+                && (gl <= 0 || ci % gl != 0 || co % gl != 0)
+            {
+                return Err(syn::Error::new(
+                    opt("groups").map_or(span, |e| e.span()),
+                    format!("groups = {gl} must divide both channel counts ({ci} -> {co})"),
+                ));
             }
             let ty = format_ident!("{}", last);
             let cfg = format_ident!("{}Config", last);
@@ -910,11 +910,12 @@ fn turbofish(p: &syn::Path) -> TokenStream {
         if let syn::PathArguments::AngleBracketed(a) = &mut seg.arguments {
             a.colon2_token = Some(Default::default());
             for arg in a.args.iter_mut() {
-                if let syn::GenericArgument::Type(syn::Type::Path(tp)) = arg {
-                    if tp.qself.is_none() && tp.path.get_ident().is_some() {
-                        let e = &tp.path;
-                        *arg = syn::GenericArgument::Const(syn::parse_quote!({ #e }));
-                    }
+                if let syn::GenericArgument::Type(syn::Type::Path(tp)) = arg
+                    && tp.qself.is_none()
+                    && tp.path.get_ident().is_some()
+                {
+                    let e = &tp.path;
+                    *arg = syn::GenericArgument::Const(syn::parse_quote!({ #e }));
                 }
             }
         }
@@ -1091,7 +1092,7 @@ fn generate(
     let type_check_fn = (!type_checks.is_empty()).then(|| {
         quote! {
             #[doc(hidden)]
-            #[allow(dead_code, clippy::let_unit_value)]
+            #[allow(dead_code, clippy::let_unit_value, clippy::manual_is_multiple_of)]
             fn __flint_dim_checks() { #(#type_checks)* }
         }
     });
@@ -1119,7 +1120,8 @@ fn generate(
 
         impl #gdecl #ident #guse {
             #[doc = #doc_new]
-            #[allow(clippy::too_many_arguments, clippy::unnecessary_cast, unused_variables)]
+            // the user's size relations (`D % H == 0`) are checked here in their own words
+            #[allow(clippy::too_many_arguments, clippy::unnecessary_cast, clippy::manual_is_multiple_of, unused_variables)]
             pub fn try_new(#(#pnames: #ptys,)* opts: impl ::core::convert::Into<::flint::TensorOptions>) -> ::flint::Result<Self> {
                 #new_body
             }
@@ -1133,7 +1135,7 @@ fn generate(
 
             #(#fwd_attrs)*
             #[doc = #fwd_doc]
-            #[allow(unused_variables, clippy::redundant_clone)]
+            #[allow(unused_variables, clippy::redundant_clone, clippy::manual_is_multiple_of)]
             pub fn try_forward(&self, #(#fwd_args: &::flint::Tensor),*) -> ::flint::Result<::flint::Tensor> {
                 #fwd_body
             }
@@ -1148,6 +1150,7 @@ fn generate(
         }
 
         impl #gdecl ::flint::nn::shape::ShapeAsserts for #ident #guse {
+            #[allow(clippy::manual_is_multiple_of)]
             const CHECK: () = { #(#asserts)* };
         }
 

@@ -104,19 +104,20 @@ impl Plan {
 
         // `b` shared by every batch and `a`'s batch dims and rows one evenly strided run:
         // one product of `batch * m` rows (PyTorch folds `[.., m, k] @ [k, n]` this way).
-        if !batch.is_empty() && m > 0 {
-            if let Some(rs) = fold_rows(batch, &sa[..nd - 2], m, a.rs, &sb[..nd - 2]) {
-                let rows = batch.iter().product::<usize>() * m;
-                a.rs = unit(rows, rs);
-                return Plan {
-                    m: rows,
-                    k,
-                    n,
-                    a,
-                    b,
-                    offsets: vec![(la.offset(), lb.offset())],
-                };
-            }
+        if !batch.is_empty()
+            && m > 0
+            && let Some(rs) = fold_rows(batch, &sa[..nd - 2], m, a.rs, &sb[..nd - 2])
+        {
+            let rows = batch.iter().product::<usize>() * m;
+            a.rs = unit(rows, rs);
+            return Plan {
+                m: rows,
+                k,
+                n,
+                a,
+                b,
+                offsets: vec![(la.offset(), lb.offset())],
+            };
         }
 
         let count: usize = batch.iter().product();
@@ -551,33 +552,33 @@ impl<'a, T: NumElement> Rhs<'a, T> {
             "internal: product of [{m}, {k}] x [{k}, {n}] outside its operands"
         );
         #[cfg(target_arch = "x86_64")]
-        if let Some(packed) = &self.packed {
-            if uses_sgemm::<T>(m, k, n) {
-                let threads = if m * n * k < GEMM_PAR_THRESHOLD {
-                    1
-                } else {
-                    parallel::num_threads()
-                };
-                let (d, a) = (
-                    SendPtr(dst.as_mut_ptr() as *mut f32),
-                    SendPtr(a.as_ptr() as *mut f32),
-                );
-                // SAFETY: `T` is f32 (`uses_sgemm`); the bounds were checked above and
-                // `dst` is a separate `&mut`.
-                parallel::install(|| unsafe {
-                    sgemm::sgemm_packed(
-                        m,
-                        d.get(),
-                        n,
-                        accumulate,
-                        a.get(),
-                        (a_rs, a_cs),
-                        packed,
-                        threads,
-                    )
-                });
-                return;
-            }
+        if let Some(packed) = &self.packed
+            && uses_sgemm::<T>(m, k, n)
+        {
+            let threads = if m * n * k < GEMM_PAR_THRESHOLD {
+                1
+            } else {
+                parallel::num_threads()
+            };
+            let (d, a) = (
+                SendPtr(dst.as_mut_ptr() as *mut f32),
+                SendPtr(a.as_ptr() as *mut f32),
+            );
+            // SAFETY: `T` is f32 (`uses_sgemm`); the bounds were checked above and
+            // `dst` is a separate `&mut`.
+            parallel::install(|| unsafe {
+                sgemm::sgemm_packed(
+                    m,
+                    d.get(),
+                    n,
+                    accumulate,
+                    a.get(),
+                    (a_rs, a_cs),
+                    packed,
+                    threads,
+                )
+            });
+            return;
         }
         // SAFETY: the bounds were checked above and in `new`; `dst` is a separate `&mut`.
         unsafe {

@@ -253,16 +253,16 @@ pub(crate) fn conv_nd_with<const D: usize>(
             ),
         ));
     }
-    if let Some(b) = bias {
-        if b.shape() != [oc] {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "expected bias of shape [{oc}], got {}",
-                    fmt_shape(b.shape())
-                ),
-            ));
-        }
+    if let Some(b) = bias
+        && b.shape() != [oc]
+    {
+        return Err(Error::shape(
+            op,
+            format!(
+                "expected bias of shape [{oc}], got {}",
+                fmt_shape(b.shape())
+            ),
+        ));
     }
     let kernel = &weight.shape()[2..];
     batched(input, D, |x| {
@@ -559,7 +559,8 @@ pub fn fold(
     );
     let w = window(OP, &out, &k, &s, &p, &d, false)?;
     let (taps, l) = (w.taps(), w.windows());
-    let ok = matches!(input.ndim(), 2 | 3) && input.size(-2) % taps == 0 && input.size(-1) == l;
+    let ok =
+        matches!(input.ndim(), 2 | 3) && input.size(-2).is_multiple_of(taps) && input.size(-1) == l;
     if !ok {
         return Err(Error::shape(
             OP,
@@ -739,7 +740,7 @@ impl<const D: usize> Conv<D> {
     ) -> Result<Self> {
         let op = conv_name(D);
         let g = config.groups;
-        if g == 0 || in_channels % g != 0 || out_channels % g != 0 {
+        if g == 0 || !in_channels.is_multiple_of(g) || !out_channels.is_multiple_of(g) {
             return Err(Error::config(
                 op,
                 format!("in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({g})"),

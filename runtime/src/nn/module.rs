@@ -551,10 +551,10 @@ pub trait ModuleExt: Module {
         }
         let mut found = None;
         walk(self, &mut |e| {
-            if let Entry::Enter { module, .. } = e {
-                if found.is_none() {
-                    found = module.own_training();
-                }
+            if let Entry::Enter { module, .. } = e
+                && found.is_none()
+            {
+                found = module.own_training();
             }
         });
         found.unwrap_or(true)

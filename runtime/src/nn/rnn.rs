@@ -543,10 +543,8 @@ impl Seq<'_> {
             if let Some(b) = &w.bias_ih {
                 gi = gi.try_add(b)?;
             }
-            if fold {
-                if let Some(b) = &w.bias_hh {
-                    gi = gi.try_add(b)?;
-                }
+            if fold && let Some(b) = &w.bias_hh {
+                gi = gi.try_add(b)?;
             }
             let gi = gi.try_reshape([d0, d1, gates])?;
             let b_hh = if fold { None } else { w.bias_hh.as_ref() };
@@ -2472,8 +2470,14 @@ mod tests {
             .t();
         let h0 = seq_tensor(&[b, hd], |i| 0.5 * (0.7 * i).sin()).to_dtype(dtype);
         let c0 = seq_tensor(&[b, hd], |i| (0.3 * i + 2.0).cos()).to_dtype(dtype);
-        let mask =
-            seq_tensor(&[b, hd], |i| if (i as usize) % 3 == 0 { 0.0 } else { 1.5 }).to_dtype(dtype);
+        let mask = seq_tensor(&[b, hd], |i| {
+            if (i as usize).is_multiple_of(3) {
+                0.0
+            } else {
+                1.5
+            }
+        })
+        .to_dtype(dtype);
         let wy = seq_tensor(&[t, b, hd], |i| (0.11 * i).cos()).to_dtype(dtype);
         for mask in [None, Some(&mask)] {
             let run = |fused: bool| {

@@ -219,7 +219,7 @@ impl TransformerLayerConfig {
                 ),
             ));
         }
-        if d_model % nhead != 0 {
+        if !d_model.is_multiple_of(nhead) {
             return Err(Error::config(
                 op,
                 format!("d_model ({d_model}) must be divisible by nhead ({nhead})"),
@@ -1328,10 +1328,10 @@ mod tests {
         let flags = |m: &TransformerDecoderLayer| {
             let mut v = Vec::new();
             walk(m, &mut |e| {
-                if let Entry::Enter { name, module, .. } = e {
-                    if let Some(t) = module.own_training() {
-                        v.push((name.to_string(), t));
-                    }
+                if let Entry::Enter { name, module, .. } = e
+                    && let Some(t) = module.own_training()
+                {
+                    v.push((name.to_string(), t));
                 }
             });
             v

@@ -70,13 +70,13 @@ impl Tensor {
                 fmt_shape(self.shape())
             )));
         }
-        if let Some(n) = self.grad_fn() {
-            if VIEW_OPS.contains(&n.name()) {
-                return Err(Error::Autograd(format!(
+        if let Some(n) = self.grad_fn()
+            && VIEW_OPS.contains(&n.name())
+        {
+            return Err(Error::Autograd(format!(
                     "{op}: in-place writes to a view (made by `{}`) of a tensor that requires grad are not supported; write to a copy, or build the result out of place",
                     n.name()
                 )));
-            }
         }
         Ok(())
     }

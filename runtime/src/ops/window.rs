@@ -399,7 +399,7 @@ impl Tensor {
         const OP: &str = "col2im";
         check_window(OP, w)?;
         let (k, l) = (w.taps(), w.windows());
-        if self.ndim() != 3 || self.shape()[1] % k != 0 || self.shape()[2] != l {
+        if self.ndim() != 3 || !self.shape()[1].is_multiple_of(k) || self.shape()[2] != l {
             return Err(Error::shape(
                 OP,
                 format!(
