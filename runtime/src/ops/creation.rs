@@ -141,10 +141,10 @@ impl Tensor {
         }
         let n = ((end - start) / step).ceil().max(0.0) as usize;
         #[cfg(feature = "cuda")]
-        if let Device::Cuda(ordinal) = opts.device {
-            if let Some(t) = crate::cuda::ops::arange(n, start, step, opts.dtype, ordinal)? {
-                return Ok(t);
-            }
+        if let Device::Cuda(ordinal) = opts.device
+            && let Some(t) = crate::cuda::ops::arange(n, start, step, opts.dtype, ordinal)?
+        {
+            return Ok(t);
         }
         Tensor::from_buffer_on(
             CpuBuffer::from_f64_iter(opts.dtype, (0..n).map(|i| start + i as f64 * step)),
