@@ -104,11 +104,10 @@ impl Lanes {
     /// The widest level this CPU runs (the feature tests are cached by `std`).
     #[inline]
     fn detect() -> Lanes {
+        // the detection the vectorised loops use (`cpu::vmath`)
         #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") {
-                return Lanes::Avx2;
-            }
+        if crate::cpu::vmath::has_avx2_fma() {
+            return Lanes::Avx2;
         }
         Lanes::Scalar
     }
@@ -215,30 +214,6 @@ mod simd {
         k
     }
 
-    /// The ten Philox rounds on the counters `[c0, c1, 0, 0]` in vectors of 32-bit lanes,
-    /// given the lane-wise high and low halves of `a · m` (`$mulhilo!`), XOR and a
-    /// broadcast (the counter's words 2 and 3 being 0, the first round's second product
-    /// is 0).
-    macro_rules! rounds {
-        ($c0:expr, $c1:expr, $keys:expr, $mulhilo:ident, $xor:ident, $set1:ident) => {{
-            let (m0, m1) = ($set1(M0 as u32 as i32), $set1(M1 as u32 as i32));
-            let keys = $keys;
-            let (k0, k1) = ($set1(keys[0][0] as i32), $set1(keys[0][1] as i32));
-            let (h0, l0) = $mulhilo!($c0, m0);
-            let (mut c0, mut c1, mut c2, mut c3) = ($xor($c1, k0), $set1(0), $xor(h0, k1), l0);
-            for key in &keys[1..] {
-                let (k0, k1) = ($set1(key[0] as i32), $set1(key[1] as i32));
-                let (h0, l0) = $mulhilo!(c0, m0);
-                let (h1, l1) = $mulhilo!(c2, m1);
-                c0 = $xor($xor(h1, c1), k0);
-                c1 = l1;
-                c2 = $xor($xor(h0, c3), k1);
-                c3 = l0;
-            }
-            (c0, c1, c2, c3)
-        }};
-    }
-
     /// The high and low 32 bits of the lane-wise products `a · m` of 8 lanes (`m` the
     /// same in every lane): `mul_epu32` multiplies the even lanes, and the odd ones
     /// shifted down.
@@ -272,14 +247,31 @@ mod simd {
             let sign = _mm256_set1_epi32(i32::MIN);
             let carry = _mm256_cmpgt_epi32(_mm256_xor_si256(lo, sign), _mm256_xor_si256(c0, sign));
             let c1 = _mm256_sub_epi32(hi, carry);
-            let (c0, c1, c2, c3) = rounds!(
-                c0,
-                c1,
-                round_keys(seed),
-                mulhilo8,
-                _mm256_xor_si256,
-                _mm256_set1_epi32
+            // the ten rounds on the counters [c0, c1, 0, 0] (words 2 and 3 being 0, the
+            // first round's second product is 0)
+            let (m0, m1) = (
+                _mm256_set1_epi32(M0 as u32 as i32),
+                _mm256_set1_epi32(M1 as u32 as i32),
             );
+            let mut keys = [[_mm256_setzero_si256(); 2]; 10];
+            for (k, [k0, k1]) in keys.iter_mut().zip(round_keys(seed)) {
+                *k = [_mm256_set1_epi32(k0 as i32), _mm256_set1_epi32(k1 as i32)];
+            }
+            let (h0, l0) = mulhilo8!(c0, m0);
+            let (mut c0, mut c1, mut c2, mut c3) = (
+                _mm256_xor_si256(c1, keys[0][0]),
+                _mm256_setzero_si256(),
+                _mm256_xor_si256(h0, keys[0][1]),
+                l0,
+            );
+            for [k0, k1] in &keys[1..] {
+                let (h0, l0) = mulhilo8!(c0, m0);
+                let (h1, l1) = mulhilo8!(c2, m1);
+                c0 = _mm256_xor_si256(_mm256_xor_si256(h1, c1), *k0);
+                c1 = l1;
+                c2 = _mm256_xor_si256(_mm256_xor_si256(h0, c3), *k1);
+                c3 = l0;
+            }
             // transpose: block l is lane l of (c0, c1, c2, c3); in each 128-bit half h
             // the unpacks give u_j = block 4h + j
             let t0 = _mm256_unpacklo_epi32(c0, c1);
@@ -655,13 +647,9 @@ mod tests {
 
     /// The levels this CPU runs, each to be called explicitly.
     fn levels() -> Vec<Lanes> {
-        #[allow(unused_mut)]
         let mut v = vec![Lanes::Scalar];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") {
-                v.push(Lanes::Avx2);
-            }
+        if Lanes::detect() != Lanes::Scalar {
+            v.push(Lanes::detect());
         }
         v
     }

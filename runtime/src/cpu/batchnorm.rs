@@ -13,7 +13,7 @@
 //! mul, mean, add, rsqrt, mul, mul, add: nine ops, four strided reductions, and as many
 //! in the backward), which is kept for half types, CUDA tensors and `create_graph`.
 
-use super::rowwise::{by_dtype, contiguous_data, NormNeeds, RowFloat, LANES};
+use super::rowwise::{by_dtype, contiguous_data, with_opt, NormNeeds, RowFloat, LANES};
 use crate::cpu::parallel::for_each_row;
 use crate::cpu::pool;
 use crate::error::{Error, Result};
@@ -270,18 +270,6 @@ pub(crate) fn backward<T: RowFloat>(
 }
 
 // ----------------------------------------------------------------------- tensor glue
-
-/// `f` on the contiguous data of `t`, or on `None`.
-fn with_opt<T: RowFloat, R>(
-    op: &'static str,
-    t: Option<&Tensor>,
-    f: impl FnOnce(Option<&[T]>) -> R,
-) -> Result<R> {
-    match t {
-        Some(t) => contiguous_data::<T, _>(op, t, |s| f(Some(s))),
-        None => Ok(f(None)),
-    }
-}
 
 fn wrap<T: RowFloat>(v: Vec<T>, shape: &[usize]) -> Tensor {
     Tensor::from_buffer(T::into_buffer(v), shape)

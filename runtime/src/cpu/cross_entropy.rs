@@ -15,7 +15,7 @@
 use crate::cpu::parallel::for_each_row;
 use crate::cpu::pool;
 use crate::cpu::rowwise::{
-    self, by_dtype, contiguous_data, min_rows, rows_into, shift_of, sum_map, sum_map2, RowFloat,
+    by_dtype, contiguous_data, min_rows, rows_into, shift_of, sum_map, sum_map2, with_opt, RowFloat,
 };
 use crate::error::Result;
 use crate::storage::BufferElement;
@@ -181,7 +181,7 @@ pub(crate) fn forward_rows(
     let rows = targets.len();
     by_dtype!(op, x, T => {
         let stats = contiguous_data::<T, _>(op, x, |xs| {
-            with_weight::<T, _>(op, weight, |ws| forward(xs, c, targets, ws, eps))
+            with_opt::<T, _>(op, weight, |ws| forward(xs, c, targets, ws, eps))
         })??;
         let loss: Vec<T> = stats.chunks_exact(3).map(|s| s[0]).collect();
         Ok((
@@ -209,27 +209,10 @@ pub(crate) fn backward_rows(
         let dx = contiguous_data::<T, _>(op, x, |xs| {
             contiguous_data::<T, _>(op, stats, |ss| {
                 contiguous_data::<T, _>(op, &g, |gs| {
-                    with_weight::<T, _>(op, weight, |ws| backward(xs, c, targets, ss, ws, eps, gs))
+                    with_opt::<T, _>(op, weight, |ws| backward(xs, c, targets, ss, ws, eps, gs))
                 })
             })
         })????;
         Ok(Tensor::from_buffer(T::into_buffer(dx), &[targets.len(), c]))
     })
-}
-
-/// `f` on the contiguous data of `weight`, or on `None`.
-fn with_weight<T: RowFloat, R>(
-    op: &'static str,
-    weight: Option<&Tensor>,
-    f: impl FnOnce(Option<&[T]>) -> R,
-) -> Result<R> {
-    match weight {
-        Some(w) => contiguous_data::<T, _>(op, w, |s| f(Some(s))),
-        None => Ok(f(None)),
-    }
-}
-
-/// True when the fused kernels take logits `x` (f32/f64 in host memory).
-pub(crate) fn supports(x: &Tensor) -> bool {
-    rowwise::supports(x)
 }

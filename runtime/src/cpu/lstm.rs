@@ -28,7 +28,7 @@
 
 use crate::cpu::matmul::Rhs;
 use crate::cpu::pool::{written, Uninit};
-use crate::cpu::rowwise::{by_dtype, contiguous_data, supports, RowFloat};
+use crate::cpu::rowwise::{by_dtype, contiguous_data, supports, with_opt, RowFloat};
 use crate::dtype::NumElement;
 use crate::error::Result;
 use crate::storage::BufferElement;
@@ -514,18 +514,6 @@ pub(crate) struct LayerSaved {
     pub(crate) act: Tensor,
 }
 
-/// Runs `f` on the contiguous elements of `m`, or on `None`.
-fn optional_data<T: RowFloat, R>(
-    op: &'static str,
-    m: Option<&Tensor>,
-    f: impl FnOnce(Option<&[T]>) -> R,
-) -> Result<R> {
-    match m {
-        Some(m) => contiguous_data::<T, _>(op, m, |s| f(Some(s))),
-        None => Ok(f(None)),
-    }
-}
-
 /// One fused LSTM layer ([`layer_forward`]) on tensors accepted by [`layer_supports`]:
 /// returns `y = [h_1, …, h_T, c_T]` (`[T + 1, B, H]`) and what the backward needs.
 /// Records nothing.
@@ -548,7 +536,7 @@ pub(crate) fn lstm_layer(
             contiguous_data::<T, _>(op, w_hh, |w| {
                 contiguous_data::<T, _>(op, h0, |h0| {
                     contiguous_data::<T, _>(op, c0, |c0| {
-                        optional_data::<T, _>(op, mask, |m| layer_forward(gi, w, h0, c0, m, d))
+                        with_opt::<T, _>(op, mask, |m| layer_forward(gi, w, h0, c0, m, d))
                     })
                 })
             })
@@ -590,7 +578,7 @@ pub(crate) fn lstm_layer_backward(
                 contiguous_data::<T, _>(op, w_hh, |w| {
                     contiguous_data::<T, _>(op, c0, |c0| {
                         contiguous_data::<T, _>(op, &g, |g| {
-                            optional_data::<T, _>(op, mask, |m| {
+                            with_opt::<T, _>(op, mask, |m| {
                                 layer_backward(cs, act, w, c0, m, g, d)
                             })
                         })

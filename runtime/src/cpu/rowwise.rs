@@ -614,8 +614,9 @@ pub(crate) fn layer_norm_rows_backward(
     })
 }
 
-/// `f` on the contiguous data of `t`, or on `None`.
-fn with_opt<T: RowFloat, R>(
+/// `f` on the contiguous data of `t`, or on `None` (an optional weight, bias or mask of
+/// the fused kernels).
+pub(crate) fn with_opt<T: RowFloat, R>(
     op: &'static str,
     t: Option<&Tensor>,
     f: impl FnOnce(Option<&[T]>) -> R,

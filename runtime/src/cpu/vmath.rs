@@ -43,7 +43,8 @@ pub(crate) enum SimdLevel {
     Avx512,
 }
 
-/// The [`SimdLevel`] of this CPU (detected once; the standard library caches it).
+/// The [`SimdLevel`] the multiversioned loops run at: this CPU's ([`detected_level`]),
+/// unless a test forces another.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 pub(crate) fn simd_level() -> SimdLevel {
@@ -51,17 +52,28 @@ pub(crate) fn simd_level() -> SimdLevel {
     if let Some(l) = tests::forced_level() {
         return l;
     }
-    if !has_avx2_fma() {
-        SimdLevel::Baseline
-    } else if std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512vl")
-        && std::is_x86_feature_detected!("avx512bw")
-        && std::is_x86_feature_detected!("avx512dq")
-    {
-        SimdLevel::Avx512
-    } else {
-        SimdLevel::Avx2
-    }
+    detected_level()
+}
+
+/// The widest [`SimdLevel`] this CPU has, detected once (every multiversioned loop asks
+/// on every call).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn detected_level() -> SimdLevel {
+    static LEVEL: std::sync::OnceLock<SimdLevel> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        if !has_avx2_fma() {
+            SimdLevel::Baseline
+        } else if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512dq")
+        {
+            SimdLevel::Avx512
+        } else {
+            SimdLevel::Avx2
+        }
+    })
 }
 
 /// Defines a function `$name` (a loop over slices) that runs `$body` compiled for the baseline target or,
@@ -386,7 +398,7 @@ mod tests {
         if has_avx2_fma() {
             levels.push(SimdLevel::Avx2);
         }
-        if super::simd_level() == SimdLevel::Avx512 {
+        if super::detected_level() == SimdLevel::Avx512 {
             levels.push(SimdLevel::Avx512);
         }
         let x = samples(-12.0, 12.0, 4099);

@@ -164,7 +164,7 @@ impl CrossEntropy {
             .weight
             .as_ref()
             .is_none_or(|w| w.device() == Device::Cpu && !(w.requires_grad() && is_grad_enabled()));
-        if !(cross_entropy::supports(logits)
+        if !(crate::cpu::rowwise::supports(logits)
             && targets.device() == Device::Cpu
             && c > 0
             && weight_fits)
