@@ -253,23 +253,21 @@ mod simd {
                 _mm256_set1_epi32(M0 as u32 as i32),
                 _mm256_set1_epi32(M1 as u32 as i32),
             );
-            let mut keys = [[_mm256_setzero_si256(); 2]; 10];
-            for (k, [k0, k1]) in keys.iter_mut().zip(round_keys(seed)) {
-                *k = [_mm256_set1_epi32(k0 as i32), _mm256_set1_epi32(k1 as i32)];
-            }
+            let keys = round_keys(seed);
             let (h0, l0) = mulhilo8!(c0, m0);
             let (mut c0, mut c1, mut c2, mut c3) = (
-                _mm256_xor_si256(c1, keys[0][0]),
+                _mm256_xor_si256(c1, _mm256_set1_epi32(keys[0][0] as i32)),
                 _mm256_setzero_si256(),
-                _mm256_xor_si256(h0, keys[0][1]),
+                _mm256_xor_si256(h0, _mm256_set1_epi32(keys[0][1] as i32)),
                 l0,
             );
-            for [k0, k1] in &keys[1..] {
+            for &[k0, k1] in &keys[1..] {
+                let (k0, k1) = (_mm256_set1_epi32(k0 as i32), _mm256_set1_epi32(k1 as i32));
                 let (h0, l0) = mulhilo8!(c0, m0);
                 let (h1, l1) = mulhilo8!(c2, m1);
-                c0 = _mm256_xor_si256(_mm256_xor_si256(h1, c1), *k0);
+                c0 = _mm256_xor_si256(_mm256_xor_si256(h1, c1), k0);
                 c1 = l1;
-                c2 = _mm256_xor_si256(_mm256_xor_si256(h0, c3), *k1);
+                c2 = _mm256_xor_si256(_mm256_xor_si256(h0, c3), k1);
                 c3 = l0;
             }
             // transpose: block l is lane l of (c0, c1, c2, c3); in each 128-bit half h
