@@ -7,8 +7,18 @@
 #[path = "../examples/derive_mlp.rs"]
 mod derive_mlp;
 
+/// The examples seed and draw from the process-wide generator (`manual_seed`), and the
+/// tests of this file run on parallel threads of one process: each test holds this lock,
+/// so no test's draws interleave with another's (a resumed run compared bit for bit with a
+/// straight one failed when they did).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[test]
 fn derive_mlp_learns_the_spirals_and_reloads_identically() {
+    let _rng = one_at_a_time();
     let dir = std::env::temp_dir().join(format!("flint-examples-train-{}", std::process::id()));
     let report = derive_mlp::train(60, 0, &dir).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
@@ -67,6 +77,7 @@ fn digits_config(name: &str, epochs: usize) -> DigitsConfig {
 /// The README's main example, in full: 30 epochs reach at least 97% on the held-out fifth.
 #[test]
 fn digits_reaches_97_percent_on_the_held_out_fifth() {
+    let _rng = one_at_a_time();
     let cfg = digits_config("digits-full", 30);
     let r = digits::run(&cfg).unwrap();
     assert_eq!((r.test_rows, r.epochs_run), (360, 30));
@@ -106,6 +117,7 @@ fn digits_reaches_97_percent_on_the_held_out_fifth() {
 /// worth of fresh objects and 1 more epoch, give the same weights bit for bit.
 #[test]
 fn digits_resumed_run_is_bit_identical() {
+    let _rng = one_at_a_time();
     let bits = |w: &[(String, flint::Tensor)]| -> Vec<(String, Vec<u32>)> {
         w.iter()
             .map(|(k, t)| {
@@ -137,6 +149,7 @@ fn digits_resumed_run_is_bit_identical() {
 
 #[test]
 fn digits_resnet_learns() {
+    let _rng = one_at_a_time();
     let out = temp_out("digits-resnet");
     let mut cfg = digits_resnet::common::classify::Config::new(out.to_str().unwrap(), 2);
     cfg.progress = false;
@@ -154,6 +167,7 @@ fn digits_resnet_learns() {
 
 #[test]
 fn lstm_lm_loss_falls() {
+    let _rng = one_at_a_time();
     let text = std::fs::read_to_string("data/text/python_reference_topics.txt").unwrap();
     let cfg = lstm_lm::Config {
         steps: 30,
