@@ -78,7 +78,8 @@ pub(crate) fn cell_forward<T: RowFloat>(z: &[T], c: &[T], hidden: usize) -> Cell
     let bh = c.len();
     let (mut hc, mut act) = (Uninit::new(2 * bh), Uninit::new(5 * bh));
     let (hs, cs) = hc.all().split_at_mut(bh);
-    cell_forward_into(z, c, hidden, hs, cs, act.all());
+    let parallel = c.len() >= FORWARD_PAR_THRESHOLD;
+    cell_forward_into(z, c, hidden, hs, cs, act.all(), parallel);
     // SAFETY: the cell wrote every element of both buffers.
     unsafe {
         CellOut {
@@ -89,7 +90,8 @@ pub(crate) fn cell_forward<T: RowFloat>(z: &[T], c: &[T], hidden: usize) -> Cell
 }
 
 /// [`cell_forward`] into given buffers, every element of which it writes: `h_out` and
-/// `c_out` (`[B, H]`) and `act_out` (`[B, 5H]`).
+/// `c_out` (`[B, H]`) and `act_out` (`[B, 5H]`); rows split across the pool when
+/// `parallel`.
 fn cell_forward_into<T: RowFloat>(
     z: &[T],
     c: &[T],
@@ -97,6 +99,7 @@ fn cell_forward_into<T: RowFloat>(
     h_out: &mut [MaybeUninit<T>],
     c_out: &mut [MaybeUninit<T>],
     act_out: &mut [MaybeUninit<T>],
+    parallel: bool,
 ) {
     let h = hidden;
     let bh = c.len();
@@ -110,14 +113,10 @@ fn cell_forward_into<T: RowFloat>(
         .chunks_mut(h)
         .zip(c_out.chunks_mut(h).zip(act_out.chunks_mut(5 * h)))
         .collect();
-    run_rows(
-        rows,
-        bh >= FORWARD_PAR_THRESHOLD,
-        |r, (h_row, (c_row, a_row))| {
-            let z = &z[r * 4 * h..(r + 1) * 4 * h];
-            forward_row(z, &c[r * h..(r + 1) * h], h_row, c_row, a_row)
-        },
-    );
+    run_all(rows, parallel, |r, (h_row, (c_row, a_row))| {
+        let z = &z[r * 4 * h..(r + 1) * 4 * h];
+        forward_row(z, &c[r * h..(r + 1) * h], h_row, c_row, a_row)
+    });
 }
 
 crate::cpu::vmath::multiversion_loop! {
@@ -173,14 +172,16 @@ pub(crate) fn cell_backward<T: RowFloat>(
     debug_assert_eq!(g.len(), 2 * bh);
     let (mut dz, mut dc_prev) = (Uninit::new(4 * bh), Uninit::new(bh));
     let (dh, dc) = g.split_at(bh);
-    cell_backward_into(act, c, dh, dc, hidden, dz.all(), dc_prev.all());
+    let parallel = bh >= BACKWARD_PAR_THRESHOLD;
+    cell_backward_into(act, c, dh, dc, hidden, dz.all(), dc_prev.all(), parallel);
     // SAFETY: the cell wrote every element of both buffers.
     unsafe { (dz.assume_init(), dc_prev.assume_init()) }
 }
 
 /// [`cell_backward`] from the output gradients `dh_all`, `dc_all` (`[B, H]` each) into
 /// given buffers `dz` (`[B, 4H]`) and `dc_prev` (`[B, H]`), every element of which it
-/// writes.
+/// writes; rows split across the pool when `parallel`.
+#[allow(clippy::too_many_arguments)]
 fn cell_backward_into<T: RowFloat>(
     act: &[T],
     c: &[T],
@@ -189,6 +190,7 @@ fn cell_backward_into<T: RowFloat>(
     hidden: usize,
     dz: &mut [MaybeUninit<T>],
     dc_prev: &mut [MaybeUninit<T>],
+    parallel: bool,
 ) {
     let h = hidden;
     let bh = c.len();
@@ -200,7 +202,7 @@ fn cell_backward_into<T: RowFloat>(
     }
     type Row<'a, T> = (&'a mut [MaybeUninit<T>], &'a mut [MaybeUninit<T>]);
     let rows: Vec<Row<'_, T>> = dz.chunks_mut(4 * h).zip(dc_prev.chunks_mut(h)).collect();
-    run_rows(rows, bh >= BACKWARD_PAR_THRESHOLD, |r, (dz, dcp)| {
+    run_all(rows, parallel, |r, (dz, dcp)| {
         let a = &act[r * 5 * h..(r + 1) * 5 * h];
         let (ai, rest) = a.split_at(h);
         let (af, rest) = rest.split_at(h);
@@ -225,20 +227,28 @@ fn cell_backward_into<T: RowFloat>(
     });
 }
 
-/// Runs `f(r, row)` for every batch row: across the pool when `parallel` and the pool
-/// has more than one thread, else in order on this thread.
-fn run_rows<R: Send>(rows: Vec<R>, parallel: bool, f: impl Fn(usize, R) + Send + Sync) {
-    if parallel && crate::cpu::parallel::num_threads() > 1 {
+/// `f(i, item)` for every item, in order: across the pool when `parallel`, there is
+/// more than one item and the pool has more than one thread, else on this thread.
+fn run_all<P: Send, R: Send>(
+    items: Vec<P>,
+    parallel: bool,
+    f: impl Fn(usize, P) -> R + Send + Sync,
+) -> Vec<R> {
+    if parallel && items.len() > 1 && crate::cpu::parallel::num_threads() > 1 {
         use rayon::prelude::*;
         crate::cpu::parallel::install(|| {
-            rows.into_par_iter()
+            items
+                .into_par_iter()
                 .enumerate()
-                .for_each(|(r, row)| f(r, row))
-        });
+                .map(|(i, item)| f(i, item))
+                .collect()
+        })
     } else {
-        for (r, row) in rows.into_iter().enumerate() {
-            f(r, row);
-        }
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| f(i, item))
+            .collect()
     }
 }
 
@@ -268,6 +278,48 @@ pub(crate) struct LayerOut<T> {
     pub(crate) act: Vec<T>,
 }
 
+/// Batch rows from which a layer's rows are split into parts for separate threads (a
+/// part below this runs its recurrent products through `gemm`'s narrow tiles).
+const MIN_PART_ROWS: usize = 8;
+
+/// The bounds `[0, r1, …, B]` of the parts a layer's batch rows are split into, one a
+/// thread ([`layer_forward`], [`layer_backward`]). Each batch row's recurrence is
+/// independent of the other rows', so a part runs all `T` steps without meeting the
+/// other parts: one hand-off to the pool a layer, where splitting each step's product
+/// and cell across the pool cost two hand-offs a step and left the per-step copies on
+/// the calling thread. One part when the layer is small or the pool has one thread.
+fn row_parts(d: Dims) -> Vec<usize> {
+    let threads = crate::cpu::parallel::num_threads();
+    let work = d.steps * d.batch * 4 * d.hidden * d.hidden;
+    let parts = if threads > 1 && work >= crate::cpu::matmul::GEMM_PAR_THRESHOLD {
+        threads.min(d.batch / MIN_PART_ROWS).max(1)
+    } else {
+        1
+    };
+    let len = d.batch.div_ceil(parts).max(1);
+    let parts = d.batch.div_ceil(len).max(1);
+    (0..=parts).map(|p| (p * len).min(d.batch)).collect()
+}
+
+/// `buf`, blocks of `B` rows of `row` elements (one block a step), split by the batch
+/// parts `bounds` ([`row_parts`]): for each part, its rows of every block in order.
+fn per_part<'a, E>(buf: &'a mut [E], row: usize, bounds: &[usize]) -> Vec<Vec<&'a mut [E]>> {
+    let batch = bounds[bounds.len() - 1];
+    let mut parts: Vec<Vec<&'a mut [E]>> = bounds[1..].iter().map(|_| Vec::new()).collect();
+    if batch * row == 0 {
+        return parts;
+    }
+    for block in buf.chunks_mut(batch * row) {
+        let mut rest = block;
+        for (part, w) in parts.iter_mut().zip(bounds.windows(2)) {
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut((w[1] - w[0]) * row);
+            part.push(head);
+            rest = tail;
+        }
+    }
+    parts
+}
+
 /// A whole LSTM layer over `T` steps, from the input projections `gi` (`[T, B, 4H]`,
 /// `x_t W_ihᵀ` plus both biases), the recurrent weight `w_hh` (`[4H, H]`), the initial
 /// state `h0`, `c0` (`[B, H]`) and an optional variational mask on the recurrent input
@@ -275,7 +327,9 @@ pub(crate) struct LayerOut<T> {
 /// `z_t = gi_t + (h_{t−1} ⊙ mask) W_hhᵀ` followed by [`cell_forward`]'s cell.
 ///
 /// One call replaces the per-step tensor ops (a product, a sum and a cell node a step) and
-/// lets [`layer_backward`] form the weight gradient in one product over all steps.
+/// lets [`layer_backward`] form the weight gradient in one product over all steps. The
+/// batch rows are split across the pool for the whole layer ([`row_parts`]); every row is
+/// computed the same way in any part, so results do not depend on the thread count.
 pub(crate) fn layer_forward<T: RowFloat + NumElement>(
     gi: &[T],
     w_hh: &[T],
@@ -295,26 +349,92 @@ pub(crate) fn layer_forward<T: RowFloat + NumElement>(
         Uninit::new(steps * bh),
         Uninit::new(steps * 5 * bh),
     );
-    let (ys, hins, css, acts) = (y.all(), hin.all(), cs.all(), act.all());
-    // W_hhᵀ ([H, 4H]) as a strided view of W_hh: packed once for all steps where `sgemm`
-    // runs the products (an explicit transpose first was a scatter of 4H·H elements on
-    // the calling thread, 3 % of the 2-thread LSTM step while the pool waited)
+    let bounds = row_parts(d);
+    // W_hhᵀ ([H, 4H]) as a strided view of W_hh: packed once for all steps and parts
+    // where `sgemm` runs the products (an explicit transpose first was a scatter of 4H·H
+    // elements on the calling thread)
     let w_t = Rhs::new(h, g4, w_hh, (1, h)).pack_for(b);
-    let pool = crate::cpu::pool::zeros::<T>;
-    let mut z = pool(b * g4);
-    for t in 0..steps {
-        let (h_done, h_rest) = ys.split_at_mut(t * bh);
-        // SAFETY: steps before `t` wrote `y`'s first `t · bh` elements.
-        let h_prev = if t == 0 {
-            h0
-        } else {
-            unsafe { written(&h_done[(t - 1) * bh..]) }
+    let parts: Vec<_> = per_part(y.all(), h, &bounds)
+        .into_iter()
+        .zip(per_part(hin.all(), h, &bounds))
+        .zip(per_part(cs.all(), h, &bounds))
+        .zip(per_part(act.all(), 5 * h, &bounds))
+        .zip(bounds.windows(2))
+        .map(|((((y, hin), cs), act), w)| ForwardPart {
+            rows: (w[0], w[1]),
+            y,
+            hin,
+            cs,
+            act,
+        })
+        .collect();
+    let inputs = ForwardInputs {
+        gi,
+        w_t: &w_t,
+        h0,
+        c0,
+        mask,
+        d,
+    };
+    run_all(parts, true, |_, part| forward_part(&inputs, part));
+    // SAFETY: every part wrote its rows of every `h_t`, `hin_t`, `c_t`, activation and
+    // `c_T` (`forward_part`), and the parts cover the batch.
+    unsafe {
+        LayerOut {
+            y: y.assume_init(),
+            hin: hin.assume_init(),
+            cs: cs.assume_init(),
+            act: act.assume_init(),
+        }
+    }
+}
+
+/// What every part of [`layer_forward`] reads.
+struct ForwardInputs<'a, T> {
+    gi: &'a [T],
+    w_t: &'a Rhs<'a, T>,
+    h0: &'a [T],
+    c0: &'a [T],
+    mask: Option<&'a [T]>,
+    d: Dims,
+}
+
+/// One part's rows `r0..r1` of [`LayerOut`]'s buffers, one slice a step ([`per_part`]):
+/// `y` has `T + 1` of them, the others `T`.
+struct ForwardPart<'a, T> {
+    rows: (usize, usize),
+    y: Vec<&'a mut [MaybeUninit<T>]>,
+    hin: Vec<&'a mut [MaybeUninit<T>]>,
+    cs: Vec<&'a mut [MaybeUninit<T>]>,
+    act: Vec<&'a mut [MaybeUninit<T>]>,
+}
+
+/// All `T` steps of [`layer_forward`] for the batch rows of `p`, on this thread; writes
+/// every element of `p`'s slices.
+fn forward_part<T: RowFloat + NumElement>(inp: &ForwardInputs<'_, T>, p: ForwardPart<'_, T>) {
+    let (h, g4, b) = (inp.d.hidden, 4 * inp.d.hidden, inp.d.batch);
+    let (r0, r1) = p.rows;
+    let (m, rows) = (r1 - r0, r0 * h..r1 * h);
+    let ForwardPart {
+        mut y,
+        mut hin,
+        mut cs,
+        mut act,
+        ..
+    } = p;
+    let mut z = crate::cpu::pool::take::<T>(m * g4);
+    for t in 0..inp.d.steps {
+        let (h_done, h_rest) = y.split_at_mut(t);
+        // SAFETY: step `t − 1` wrote `h_{t−1}` (`cell_forward_into` below).
+        let h_prev = match h_done.last() {
+            None => &inp.h0[rows.clone()],
+            Some(prev) => unsafe { written(prev) },
         };
-        let hin_t = &mut hins[t * bh..(t + 1) * bh];
-        match mask {
-            Some(m) => {
-                for ((d, &x), &m) in hin_t.iter_mut().zip(h_prev).zip(m) {
-                    d.write(x * m);
+        let hin_t = &mut *hin[t];
+        match inp.mask {
+            Some(mk) => {
+                for ((d, &x), &mk) in hin_t.iter_mut().zip(h_prev).zip(&mk[rows.clone()]) {
+                    d.write(x * mk);
                 }
             }
             None => {
@@ -325,37 +445,21 @@ pub(crate) fn layer_forward<T: RowFloat + NumElement>(
         }
         // SAFETY: written just above.
         let hin_t = unsafe { written(hin_t) };
-        z.copy_from_slice(&gi[t * b * g4..(t + 1) * b * g4]);
-        w_t.product(b, &mut z, true, hin_t, (h, 1));
-        let (c_done, c_rest) = css.split_at_mut(t * bh);
-        // SAFETY: steps before `t` wrote the first `t · bh` cell states.
-        let c_prev = if t == 0 {
-            c0
-        } else {
-            unsafe { written(&c_done[(t - 1) * bh..]) }
+        z.clear();
+        z.extend_from_slice(&inp.gi[(t * b + r0) * g4..(t * b + r1) * g4]);
+        inp.w_t.product(false, m, &mut z, true, hin_t, (h, 1));
+        let (c_done, c_rest) = cs.split_at_mut(t);
+        // SAFETY: step `t − 1` wrote `c_{t−1}`.
+        let c_prev = match c_done.last() {
+            None => &inp.c0[rows.clone()],
+            Some(prev) => unsafe { written(prev) },
         };
-        cell_forward_into(
-            &z,
-            c_prev,
-            h,
-            &mut h_rest[..bh],
-            &mut c_rest[..bh],
-            &mut acts[t * 5 * bh..(t + 1) * 5 * bh],
-        );
+        cell_forward_into(&z, c_prev, h, h_rest[0], c_rest[0], act[t], false);
     }
-    let (last_c, y_last) = (&css[(steps - 1) * bh..], &mut ys[steps * bh..]);
-    for (d, c) in y_last.iter_mut().zip(last_c) {
-        // SAFETY: the last step wrote the last cell state.
-        d.write(unsafe { c.assume_init() });
-    }
-    // SAFETY: the steps wrote every `h_t`, `hin_t`, `c_t` and activation, and the loop
-    // above `c_T`.
-    unsafe {
-        LayerOut {
-            y: y.assume_init(),
-            hin: hin.assume_init(),
-            cs: cs.assume_init(),
-            act: act.assume_init(),
+    if let (Some(c_last), Some(y_last)) = (cs.last(), y.last_mut()) {
+        for (d, c) in y_last.iter_mut().zip(c_last.iter()) {
+            // SAFETY: the last step wrote the last cell state.
+            d.write(unsafe { c.assume_init() });
         }
     }
 }
@@ -368,7 +472,8 @@ pub(crate) fn layer_forward<T: RowFloat + NumElement>(
 ///
 /// Backpropagation through time: from the last step down, the step's `dh` is its output
 /// gradient plus what step `t + 1` sent back through `W_hh`, the cell backward gives
-/// `dz_t` and the gradient reaching `c_{t−1}`, and `dh_{t−1} = (dz_t W_hh) ⊙ mask`.
+/// `dz_t` and the gradient reaching `c_{t−1}`, and `dh_{t−1} = (dz_t W_hh) ⊙ mask`. The
+/// batch rows are split across the pool for the whole layer, as in the forward.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn layer_backward<T: RowFloat + NumElement>(
     cs: &[T],
@@ -382,46 +487,89 @@ pub(crate) fn layer_backward<T: RowFloat + NumElement>(
     let (b, h, steps) = (d.batch, d.hidden, d.steps);
     let (bh, g4) = (b * h, 4 * h);
     debug_assert_eq!(g.len(), (steps + 1) * bh);
-    let pool = crate::cpu::pool::zeros::<T>;
-    // every step writes its block of `dz_all` before it is read: no zero fill
+    // every part writes its rows of every step's block of `dz_all`: no zero fill
     let mut dz_all = Uninit::new(steps * b * g4);
-    let dzs = dz_all.all();
-    let (mut dh, mut dh_carry, mut dcp) = (pool(bh), pool(bh), pool(bh));
-    let mut dc_carry = g[steps * bh..].to_vec();
+    let bounds = row_parts(d);
     let w_hh = Rhs::new(g4, h, w_hh, (h, 1)).pack_for(b);
+    let inputs = BackwardInputs {
+        cs,
+        act,
+        w_hh: &w_hh,
+        c0,
+        mask,
+        g,
+        d,
+    };
+    let parts: Vec<_> = per_part(dz_all.all(), g4, &bounds)
+        .into_iter()
+        .zip(bounds.windows(2))
+        .map(|(dz, w)| ((w[0], w[1]), dz))
+        .collect();
+    let carries = run_all(parts, true, |_, (rows, dz)| {
+        backward_part(&inputs, rows, dz)
+    });
+    let (mut dh0, mut dc0) = (Vec::with_capacity(bh), Vec::with_capacity(bh));
+    for (dh, dc) in carries {
+        dh0.extend_from_slice(&dh);
+        dc0.extend_from_slice(&dc);
+    }
+    // SAFETY: the parts wrote their rows of every block of `dz_all` and cover the batch.
+    (unsafe { dz_all.assume_init() }, dh0, dc0)
+}
+
+/// What every part of [`layer_backward`] reads.
+struct BackwardInputs<'a, T> {
+    cs: &'a [T],
+    act: &'a [T],
+    w_hh: &'a Rhs<'a, T>,
+    c0: &'a [T],
+    mask: Option<&'a [T]>,
+    g: &'a [T],
+    d: Dims,
+}
+
+/// All `T` steps of [`layer_backward`] for the batch rows `r0..r1`, on this thread: writes
+/// every element of `dz` (the rows' block of each step) and returns the rows of
+/// `(dh0, dc0)`.
+fn backward_part<T: RowFloat + NumElement>(
+    inp: &BackwardInputs<'_, T>,
+    (r0, r1): (usize, usize),
+    mut dz: Vec<&mut [MaybeUninit<T>]>,
+) -> (Vec<T>, Vec<T>) {
+    let (h, g4, b, steps) = (inp.d.hidden, 4 * inp.d.hidden, inp.d.batch, inp.d.steps);
+    let m = r1 - r0;
+    // the rows of step `t`'s `[B, H]` block
+    let at = |t: usize| (t * b + r0) * h..(t * b + r1) * h;
+    let pool = crate::cpu::pool::zeros::<T>;
+    let (mut dh, mut dh_carry, mut dcp) = (pool(m * h), pool(m * h), pool(m * h));
+    let mut dc_carry = pool(m * h);
+    dc_carry.copy_from_slice(&inp.g[at(steps)]);
     for t in (0..steps).rev() {
-        for ((d, &x), &y) in dh.iter_mut().zip(&g[t * bh..(t + 1) * bh]).zip(&dh_carry) {
+        for ((d, &x), &y) in dh.iter_mut().zip(&inp.g[at(t)]).zip(&dh_carry) {
             *d = x + y;
         }
         let c_prev = if t == 0 {
-            c0
+            &inp.c0[r0 * h..r1 * h]
         } else {
-            &cs[(t - 1) * bh..t * bh]
+            &inp.cs[at(t - 1)]
         };
-        let dz_t = &mut dzs[t * b * g4..(t + 1) * b * g4];
+        let act_t = &inp.act[(t * b + r0) * 5 * h..(t * b + r1) * 5 * h];
         // SAFETY: `cell_backward_into` writes only values into `dcp`.
         let dcp_out = unsafe { crate::cpu::pool::for_writing(&mut dcp) };
-        cell_backward_into(
-            &act[t * 5 * bh..(t + 1) * 5 * bh],
-            c_prev,
-            &dh,
-            &dc_carry,
-            h,
-            dz_t,
-            dcp_out,
-        );
+        let dz_t = &mut *dz[t];
+        cell_backward_into(act_t, c_prev, &dh, &dc_carry, h, dz_t, dcp_out, false);
         std::mem::swap(&mut dc_carry, &mut dcp);
         // SAFETY: the cell backward just wrote every element of `dz_t`.
         let dz_t = unsafe { written(dz_t) };
-        w_hh.product(b, &mut dh_carry, false, dz_t, (g4, 1));
-        if let Some(m) = mask {
-            for (d, &m) in dh_carry.iter_mut().zip(m) {
-                *d = *d * m;
+        inp.w_hh
+            .product(false, m, &mut dh_carry, false, dz_t, (g4, 1));
+        if let Some(mk) = inp.mask {
+            for (d, &mk) in dh_carry.iter_mut().zip(&mk[r0 * h..r1 * h]) {
+                *d = *d * mk;
             }
         }
     }
-    // SAFETY: the steps wrote every block of `dz_all`.
-    (unsafe { dz_all.assume_init() }, dh_carry, dc_carry)
+    (dh_carry, dc_carry)
 }
 
 // ----------------------------------------------------------------------- tensor glue

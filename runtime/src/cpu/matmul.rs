@@ -486,7 +486,7 @@ pub(crate) unsafe fn gemm_threaded<T: NumElement>(
 /// ```text
 /// // W (k × n, row-major) times a new [m, k] A at each of many steps
 /// let w = Rhs::new(k, n, &w_data, (n, 1)).pack_for(m);
-/// for a in steps { w.product(m, &mut out, false, a, (k, 1)); }
+/// for a in steps { w.product(true, m, &mut out, false, a, (k, 1)); }
 /// ```
 pub(crate) struct Rhs<'a, T> {
     k: usize,
@@ -516,7 +516,9 @@ impl<'a, T: NumElement> Rhs<'a, T> {
         }
     }
 
-    /// Packs `B` now if products with `m` rows run on `sgemm`.
+    /// Packs `B` now if products with `m` rows run on `sgemm`. That choice of kernel then
+    /// holds for every [`Rhs::product`], also of fewer rows (a part of the `m`), so a row's
+    /// result does not depend on how the rows are split into products.
     pub(crate) fn pack_for(mut self, m: usize) -> Self {
         #[cfg(target_arch = "x86_64")]
         if uses_sgemm::<T>(m, self.k, self.n) {
@@ -532,11 +534,12 @@ impl<'a, T: NumElement> Rhs<'a, T> {
     }
 
     /// `dst (+)= a · B` for a row-major `m × n` `dst` (rows `n` apart) and the strided
-    /// `m × k` `a`, threaded as [`gemm_threaded`] threads it: every element is summed in
-    /// the same order at any thread count. Panics (an internal error) when an index lies
-    /// outside `dst` or `a`.
+    /// `m × k` `a`: threaded as [`gemm_threaded`] threads it when `threaded`, else on this
+    /// thread. Every element is summed in the same order either way and at any thread
+    /// count. Panics (an internal error) when an index lies outside `dst` or `a`.
     pub(crate) fn product(
         &self,
+        threaded: bool,
         m: usize,
         dst: &mut [T],
         accumulate: bool,
@@ -552,10 +555,8 @@ impl<'a, T: NumElement> Rhs<'a, T> {
             "internal: product of [{m}, {k}] x [{k}, {n}] outside its operands"
         );
         #[cfg(target_arch = "x86_64")]
-        if let Some(packed) = &self.packed
-            && uses_sgemm::<T>(m, k, n)
-        {
-            let threads = if m * n * k < GEMM_PAR_THRESHOLD {
+        if let Some(packed) = &self.packed {
+            let threads = if !threaded || m * n * k < GEMM_PAR_THRESHOLD {
                 1
             } else {
                 parallel::num_threads()
@@ -564,8 +565,8 @@ impl<'a, T: NumElement> Rhs<'a, T> {
                 SendPtr(dst.as_mut_ptr() as *mut f32),
                 SendPtr(a.as_ptr() as *mut f32),
             );
-            // SAFETY: `T` is f32 (`uses_sgemm`); the bounds were checked above and
-            // `dst` is a separate `&mut`.
+            // SAFETY: `T` is f32 and the CPU has the features (`pack_for` packed only
+            // then); the bounds were checked above and `dst` is a separate `&mut`.
             parallel::install(|| unsafe {
                 sgemm::sgemm_packed(
                     m,
@@ -582,7 +583,8 @@ impl<'a, T: NumElement> Rhs<'a, T> {
         }
         // SAFETY: the bounds were checked above and in `new`; `dst` is a separate `&mut`.
         unsafe {
-            gemm_threaded(
+            gemm(
+                threaded,
                 m,
                 k,
                 n,
@@ -770,10 +772,10 @@ mod tests {
                         sb,
                     )
                 };
-                for threads in [1, 2] {
+                for (threads, threaded) in [(1, true), (2, true), (2, false)] {
                     crate::set_num_threads(threads);
                     let mut got = vec![T::from_f64(0.25); m * n];
-                    rhs.product(m, &mut got, accumulate, &a, (k, 1));
+                    rhs.product(threaded, m, &mut got, accumulate, &a, (k, 1));
                     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                         let (g, w) = (g.to_f64(), w.to_f64());
                         assert!(

@@ -2523,33 +2523,74 @@ mod tests {
 
     #[test]
     fn fused_lstm_layer_is_one_node_and_thread_invariant() {
-        let (t, b, hd) = (5, 32, 64);
-        let gi = seq_tensor(&[t, b, 4 * hd], |i| 2.0 * (0.37 * i).sin()).to_dtype(DType::F32);
-        let w = seq_tensor(&[4 * hd, hd], |i| 0.2 * (0.23 * i).cos())
-            .to_dtype(DType::F32)
-            .requires_grad_(true);
-        let h0 = Tensor::zeros([b, hd], ());
-        let c0 = Tensor::zeros([b, hd], ());
-        let run = || {
-            let (out, h, c) = lstm_layer(&gi, &w, &h0, &c0, None).unwrap();
-            // out and the states are views of one `lstm_layer` node's output
-            for v in [&out, &h, &c] {
-                match &v.grad_fn().unwrap().inputs[0] {
-                    Some(crate::autograd::Edge::Node(n)) => assert_eq!(n.name(), "lstm_layer"),
-                    _ => panic!("a view of a non-node"),
+        // the batch rows are split into parts a thread (`cpu::lstm::row_parts`): even and
+        // uneven parts, the `sgemm` (f32) and `gemm` (f64) products, with and without a
+        // recurrent mask, at 1, 2 and 3 threads
+        let (t, hd) = (5, 64);
+        for (dtype, b, masked) in [
+            (DType::F32, 32, false),
+            (DType::F32, 27, true),
+            (DType::F64, 27, true),
+        ] {
+            let gi = seq_tensor(&[t, b, 4 * hd], |i| 2.0 * (0.37 * i).sin())
+                .to_dtype(dtype)
+                .requires_grad_(true);
+            let w = seq_tensor(&[4 * hd, hd], |i| 0.2 * (0.23 * i).cos())
+                .to_dtype(dtype)
+                .requires_grad_(true);
+            let h0 = seq_tensor(&[b, hd], |i| 0.5 * (0.7 * i).sin())
+                .to_dtype(dtype)
+                .requires_grad_(true);
+            let c0 = seq_tensor(&[b, hd], |i| (0.3 * i + 2.0).cos())
+                .to_dtype(dtype)
+                .requires_grad_(true);
+            let mask = masked.then(|| {
+                seq_tensor(&[b, hd], |i| {
+                    if (i as usize).is_multiple_of(3) {
+                        0.0
+                    } else {
+                        1.5
+                    }
+                })
+                .to_dtype(dtype)
+            });
+            let run = || {
+                let (out, h, c) = lstm_layer(&gi, &w, &h0, &c0, mask.as_ref()).unwrap();
+                // out and the states are views of one `lstm_layer` node's output
+                for v in [&out, &h, &c] {
+                    match &v.grad_fn().unwrap().inputs[0] {
+                        Some(crate::autograd::Edge::Node(n)) => {
+                            assert_eq!(n.name(), "lstm_layer")
+                        }
+                        _ => panic!("a view of a non-node"),
+                    }
+                }
+                let loss = (&out * &out).sum_all() + (&h * &c).sum_all() + c.sum_all();
+                let inputs = [gi.clone(), w.clone(), h0.clone(), c0.clone()];
+                let g = crate::autograd::grad(&[loss], &inputs, None, false, false).unwrap();
+                let mut all = vec![out.to_dtype(DType::F64).to_vec::<f64>()];
+                all.extend(
+                    g.into_iter()
+                        .map(|g| g.unwrap().to_dtype(DType::F64).to_vec::<f64>()),
+                );
+                all
+            };
+            crate::set_num_threads(1);
+            let one = run();
+            for threads in [2, 3] {
+                crate::set_num_threads(threads);
+                let other = run();
+                crate::set_num_threads(0);
+                for (k, (a, b)) in one.iter().zip(&other).enumerate() {
+                    let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(
+                        same,
+                        "{dtype:?} b={b} output {k}: 1 and {threads} threads differ",
+                        b = b.len()
+                    );
                 }
             }
-            let loss = (&out * &out).sum_all() + c.sum_all();
-            let g = crate::autograd::grad(&[loss], std::slice::from_ref(&w), None, false, false)
-                .unwrap();
-            (out.to_vec::<f32>(), g[0].clone().unwrap().to_vec::<f32>())
-        };
-        crate::set_num_threads(1);
-        let one = run();
-        crate::set_num_threads(2);
-        let two = run();
-        crate::set_num_threads(0);
-        assert!(one == two, "1 and 2 threads differ");
+        }
     }
 
     #[test]
