@@ -29,7 +29,7 @@
 //! `cpu::matmul` (Flint's `sgemm` or the `gemm` crate, operands read in place with
 //! their strides, so the transposes cost nothing).
 
-use crate::cpu::matmul::{gemm, GEMM_PAR_THRESHOLD};
+use crate::cpu::matmul::{gemm, gemm_rows, GEMM_PAR_THRESHOLD};
 use crate::cpu::parallel;
 use crate::cpu::rowwise::{by_dtype, contiguous_data, RowFloat};
 use crate::dtype::{DType, NumElement};
@@ -215,7 +215,8 @@ fn col2im_sample<T: ConvFloat>(g: &Geom, cols: &[T], dxn: &mut [T]) {
 }
 
 /// The forward of sample `xn` (`[C, *S]`) into `yn` (`[OC, L]`, may be uninitialised),
-/// with `cols` scratch of `C·k·L` elements (unused for a pointwise kernel).
+/// with `cols` scratch of `C·k·L` elements (unused for a pointwise kernel, and where the
+/// product packs the unfolded rows straight into its own layout: [`gemm_rows`]).
 fn forward_sample<T: ConvFloat>(
     g: &Geom,
     xn: &[T],
@@ -225,7 +226,6 @@ fn forward_sample<T: ConvFloat>(
     cols: &mut [T],
     threaded: bool,
 ) {
-    let src = sample_cols(g, xn, cols);
     if let Some(b) = bias {
         for (row, &bo) in yn.chunks_exact_mut(g.l).zip(b) {
             for v in row {
@@ -236,23 +236,36 @@ fn forward_sample<T: ConvFloat>(
     let (ocg, kc, l) = (g.ocg(), g.kc(), g.l);
     let dst = yn.as_mut_ptr() as *mut T;
     for grp in 0..g.groups {
-        // SAFETY: `yn` is `[OC, L]`, `w` `[OC, kc]` and `src` `[C·k, L]`, all contiguous:
-        // group `grp` writes rows `grp·ocg..` of `yn` (initialised by the bias above when
-        // it accumulates) from rows `grp·ocg..` of `w` and `grp·kc..` of `src`.
+        // SAFETY: `yn` is `[OC, L]`, `w` `[OC, kc]` and the group's `B` `[kc, L]` (rows
+        // `grp·kc..` of the sample's `[C·k, L]` unfolding), all contiguous: group `grp`
+        // writes rows `grp·ocg..` of `yn` (initialised by the bias above when it
+        // accumulates) from rows `grp·ocg..` of `w`.
         unsafe {
-            gemm(
-                threaded,
-                ocg,
-                kc,
-                l,
-                dst.add(grp * ocg * l),
-                l,
-                bias.is_some(),
-                w.as_ptr().add(grp * ocg * kc),
-                (kc, 1),
-                src.as_ptr().add(grp * kc * l),
-                (l, 1),
-            )
+            let (dst, wg) = (dst.add(grp * ocg * l), w.as_ptr().add(grp * ocg * kc));
+            if g.pointwise {
+                let src = xn.as_ptr().add(grp * kc * l);
+                gemm(
+                    threaded,
+                    ocg,
+                    kc,
+                    l,
+                    dst,
+                    l,
+                    bias.is_some(),
+                    wg,
+                    (kc, 1),
+                    src,
+                    (l, 1),
+                )
+            } else {
+                let fill = |p: usize, row: &mut [MaybeUninit<T>]| {
+                    let r = grp * kc + p;
+                    let ch = r / g.k;
+                    im2col_row(&g.w3, &xn[ch * g.p..(ch + 1) * g.p], r % g.k, row)
+                };
+                let acc = bias.is_some();
+                gemm_rows(threaded, ocg, kc, l, dst, l, acc, wg, (kc, 1), cols, fill)
+            }
         }
     }
 }

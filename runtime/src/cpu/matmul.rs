@@ -359,6 +359,93 @@ pub(crate) unsafe fn gemm<T: NumElement>(
     }
 }
 
+/// [`gemm`] with `B` (`k × n`) given row by row: `fill(p, row)` writes every element of
+/// row `p` (`n` elements). Where [`sgemm`] runs the product the rows go straight into its
+/// packed layout ([`sgemm::sgemm_rows`]); otherwise they are written into `scratch` (at
+/// least `k · n` elements, row-major) and multiplied from there. The result is the
+/// product with that `B` either way, summed as [`gemm`] sums it.
+///
+/// # Safety
+/// As [`gemm_serial`] for `dst` and `a`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_rows<T: NumElement>(
+    threaded: bool,
+    m: usize,
+    k: usize,
+    n: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    accumulate: bool,
+    a: *const T,
+    (a_rs, a_cs): (usize, usize),
+    scratch: &mut [T],
+    mut fill: impl FnMut(usize, &mut [MaybeUninit<T>]) + Send,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if uses_sgemm::<T>(m, k, n) {
+        let threads = if threaded && m * n * k >= GEMM_PAR_THRESHOLD {
+            parallel::num_threads()
+        } else {
+            1
+        };
+        // SAFETY: `T` is f32 (`uses_sgemm`), so the row handed to `fill` is a row of
+        // `T`, and the CPU has the features; the caller upholds the rest.
+        let mut fill32 = |p: usize, row: &mut [MaybeUninit<f32>]| {
+            let len = row.len();
+            fill(p, unsafe {
+                std::slice::from_raw_parts_mut(row.as_mut_ptr() as *mut MaybeUninit<T>, len)
+            })
+        };
+        let (d, a) = (SendPtr(dst as *mut f32), SendPtr(a as *mut f32));
+        // SAFETY: as above.
+        let mut run = move || unsafe {
+            sgemm::sgemm_rows(
+                m,
+                k,
+                n,
+                d.get(),
+                dst_rs,
+                accumulate,
+                (a.get() as *const f32, a_rs, a_cs),
+                &mut fill32,
+                threads,
+            )
+        };
+        if threads > 1 {
+            parallel::install(run);
+        } else {
+            run();
+        }
+        return;
+    }
+    assert!(
+        scratch.len() >= k * n,
+        "internal: gemm_rows scratch too small"
+    );
+    // SAFETY: `fill` writes every element of each row, and only values of `T`.
+    let rows = unsafe { crate::cpu::pool::for_writing(&mut scratch[..k * n]) };
+    for (p, row) in rows.chunks_exact_mut(n.max(1)).enumerate().take(k) {
+        fill(p, row);
+    }
+    // SAFETY: the caller upholds the contract for `dst` and `a`; `scratch` holds `B`
+    // row-major.
+    unsafe {
+        gemm(
+            threaded,
+            m,
+            k,
+            n,
+            dst,
+            dst_rs,
+            accumulate,
+            a,
+            (a_rs, a_cs),
+            scratch.as_ptr(),
+            (n, 1),
+        )
+    }
+}
+
 /// A raw destination pointer shared by the threads that write disjoint parts of it.
 #[derive(Clone, Copy)]
 struct SendPtr<T>(*mut T);
@@ -743,6 +830,68 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_product_with_rows_filled_matches_gemm_on_the_same_b() {
+        // a convolution's forward shapes ([32, 27] and [64, 288] by [k, 1024]: sgemm for
+        // f32, packed row by row), depth past one KC block, ragged columns, a small one
+        // (gemm, from the scratch), f32 and f64: bit-identical to `gemm`, threaded or not
+        fn check<T: NumElement>(m: usize, k: usize, n: usize) {
+            let val = |i: usize| T::from_f64(((i * 7919 % 1009) as f64) / 500.0 - 1.0);
+            let a: Vec<T> = (0..m * k).map(val).collect();
+            let b: Vec<T> = (0..k * n).map(|i| val(i + 3)).collect();
+            for accumulate in [false, true] {
+                for threaded in [false, true] {
+                    let mut want = vec![T::from_f64(0.25); m * n];
+                    let mut got = want.clone();
+                    let mut scratch = vec![T::zero(); k * n];
+                    // SAFETY: every index named by the contract lies inside the vectors.
+                    unsafe {
+                        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+                        let dst = want.as_mut_ptr();
+                        gemm(
+                            threaded,
+                            m,
+                            k,
+                            n,
+                            dst,
+                            n,
+                            accumulate,
+                            ap,
+                            (k, 1),
+                            bp,
+                            (n, 1),
+                        );
+                        gemm_rows(
+                            threaded,
+                            m,
+                            k,
+                            n,
+                            got.as_mut_ptr(),
+                            n,
+                            accumulate,
+                            a.as_ptr(),
+                            (k, 1),
+                            &mut scratch,
+                            |p, row: &mut [MaybeUninit<T>]| {
+                                for (d, &v) in row.iter_mut().zip(&b[p * n..(p + 1) * n]) {
+                                    d.write(v);
+                                }
+                            },
+                        )
+                    };
+                    let same = got.iter().zip(&want).all(|(g, w)| g.to_f64() == w.to_f64());
+                    assert!(same, "{m}x{k}x{n} acc {accumulate} threaded {threaded}");
+                }
+            }
+        }
+        crate::set_num_threads(2);
+        for (m, k, n) in [(32, 27, 1024), (64, 288, 1024), (20, 300, 37), (4, 8, 8)] {
+            check::<f32>(m, k, n);
+            check::<f64>(m, k, n);
+        }
+        crate::set_num_threads(0);
     }
 
     #[test]

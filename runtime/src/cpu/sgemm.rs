@@ -35,7 +35,7 @@
 //! before the first product turns this path off (read once), to compare with `gemm`.
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use imp::{sgemm, sgemm_packed, PackedB};
+pub(crate) use imp::{sgemm, sgemm_packed, sgemm_rows, PackedB};
 
 /// Whether [`sgemm`] may be called: the CPU has AVX2 and FMA and `FLINT_SGEMM` is not
 /// `0` (both read once and cached).
@@ -287,6 +287,70 @@ mod imp {
                 threads,
             )
         }
+    }
+
+    thread_local! {
+        /// The packed `B` of [`sgemm_rows`] (and one row of scratch after it), kept
+        /// between products.
+        static ROWS: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// [`sgemm`] with `B` (`k × n`) given row by row: `fill(p, row)` writes every element
+    /// of row `p` (`n` floats), which goes straight into the packed strips. A `B` made on
+    /// the fly (a convolution's unfolded input) is then not written out whole and read
+    /// back by the packing. Bit-identical to [`sgemm`] on the same `B`.
+    ///
+    /// # Safety
+    /// As [`sgemm`] for `dst` and `a`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn sgemm_rows(
+        m: usize,
+        k: usize,
+        n: usize,
+        dst: *mut f32,
+        dst_rs: usize,
+        accumulate: bool,
+        (a, a_rs, a_cs): (*const f32, usize, usize),
+        fill: &mut dyn FnMut(usize, &mut [std::mem::MaybeUninit<f32>]),
+        threads: usize,
+    ) {
+        let npad = n.next_multiple_of(NR);
+        let mut buf = ROWS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        let packed = reserve(&mut buf, (k + 1) * npad);
+        let kc_max = block_len(k, KC, 8).max(1);
+        // SAFETY: the row scratch is the last `npad` floats reserved; row `p` of depth
+        // block `pc` goes to `pc · npad + (p − pc) · NR` plus `t · NR · kc` for strip
+        // `t`, inside the `k · npad` floats before it (the layout `PackedB::new` makes).
+        unsafe {
+            let row = packed.add(k * npad);
+            // the padding columns of the last strip stay zero
+            std::ptr::write_bytes(row.add(n), 0, npad - n);
+            for p in 0..k {
+                fill(p, std::slice::from_raw_parts_mut(row.cast(), n));
+                let pc = p / kc_max * kc_max;
+                let kc = kc_max.min(k - pc);
+                let base = packed.add(pc * npad + (p - pc) * NR);
+                for t in 0..npad / NR {
+                    std::ptr::copy_nonoverlapping(row.add(t * NR), base.add(t * NR * kc), NR);
+                }
+            }
+            let source = BSource::Packed {
+                ptr: packed as *const f32,
+                npad,
+            };
+            run(
+                m,
+                k,
+                n,
+                dst,
+                dst_rs,
+                accumulate,
+                (a, a_rs, a_cs),
+                source,
+                threads,
+            );
+        }
+        ROWS.with(|b| *b.borrow_mut() = buf);
     }
 
     /// The body of [`sgemm`] and [`sgemm_packed`]: the split across threads.
