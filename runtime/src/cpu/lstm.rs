@@ -204,16 +204,36 @@ fn cell_backward_into<T: RowFloat>(
     let rows: Vec<Row<'_, T>> = dz.chunks_mut(4 * h).zip(dc_prev.chunks_mut(h)).collect();
     run_all(rows, parallel, |r, (dz, dcp)| {
         let a = &act[r * 5 * h..(r + 1) * 5 * h];
+        let rows = r * h..(r + 1) * h;
+        let (c, dh, dc) = (&c[rows.clone()], &dh_all[rows.clone()], &dc_all[rows]);
+        backward_row(a, c, dh, dc, dz, dcp)
+    });
+}
+
+crate::cpu::vmath::multiversion_loop! {
+    /// One batch row of [`cell_backward_into`]: from the row's saved activations `a`
+    /// (`[i, f, g, o, tanh c']`, `5H`), previous cell state `c` and output gradients `dh`,
+    /// `dc`, writes the gate gradients `dz` (`4H`) and `dc_prev` (`H`).
+    fn backward_row<T: RowFloat>(
+        a: &[T],
+        c: &[T],
+        dh: &[T],
+        dc: &[T],
+        dz: &mut [MaybeUninit<T>],
+        dc_prev: &mut [MaybeUninit<T>]
+    ) {
+        let h = c.len();
         let (ai, rest) = a.split_at(h);
         let (af, rest) = rest.split_at(h);
         let (ag, rest) = rest.split_at(h);
         let (ao, at) = rest.split_at(h);
-        let c = &c[r * h..(r + 1) * h];
-        let dh = &dh_all[r * h..(r + 1) * h];
-        let dc = &dc_all[r * h..(r + 1) * h];
         let (dzi, rest) = dz.split_at_mut(h);
         let (dzf, rest) = rest.split_at_mut(h);
         let (dzg, dzo) = rest.split_at_mut(h);
+        // equal lengths up front, so the loop below runs without bounds checks
+        let (at, dh, dc, dc_prev) = (&at[..h], &dh[..h], &dc[..h], &mut dc_prev[..h]);
+        let (ai, af, ag, ao) = (&ai[..h], &af[..h], &ag[..h], &ao[..h]);
+        let (dzi, dzf, dzg, dzo) = (&mut dzi[..h], &mut dzf[..h], &mut dzg[..h], &mut dzo[..h]);
         let one = T::one();
         for j in 0..h {
             let (i, f, gg, o, t) = (ai[j], af[j], ag[j], ao[j], at[j]);
@@ -222,9 +242,9 @@ fn cell_backward_into<T: RowFloat>(
             dzf[j].write(dct * c[j] * (f * (one - f)));
             dzg[j].write(dct * i * (one - gg * gg));
             dzo[j].write(dh[j] * t * (o * (one - o)));
-            dcp[j].write(dct * f);
+            dc_prev[j].write(dct * f);
         }
-    });
+    }
 }
 
 /// `f(i, item)` for every item, in order: across the pool when `parallel`, there is

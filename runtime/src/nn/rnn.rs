@@ -540,10 +540,12 @@ impl Seq<'_> {
             let mut gi = inp
                 .try_reshape([d0 * d1, features])?
                 .try_matmul(&w.weight_ih.t())?;
-            if let Some(b) = &w.bias_ih {
-                gi = gi.try_add(b)?;
-            }
-            if fold && let Some(b) = &w.bias_hh {
+            // both biases summed first ([G] elements), then added in one pass over gi
+            let bias = match (&w.bias_ih, w.bias_hh.as_ref().filter(|_| fold)) {
+                (Some(a), Some(b)) => Some(a.try_add(b)?),
+                (a, b) => a.as_ref().or(b).cloned(),
+            };
+            if let Some(b) = &bias {
                 gi = gi.try_add(b)?;
             }
             let gi = gi.try_reshape([d0, d1, gates])?;
