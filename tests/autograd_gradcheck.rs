@@ -407,6 +407,18 @@ fn cases() -> Vec<Case> {
         ],
         true,
     );
+    // a linear layer with its bias added by the product (one node; second order through
+    // its tensor-op backward): a non-contiguous 3-D input, a transposed weight
+    add(
+        "linear",
+        Box::new(|x| flint::nn::functional::linear(&x[0], &x[1], Some(&x[2])).unwrap()),
+        vec![
+            g.randn([2, 4, 3], DType::F64).transpose(1, 2),
+            g.randn([4, 5], DType::F64).t(),
+            g.randn([5], DType::F64),
+        ],
+        true,
+    );
     // fused convolution (one node; second order through its tensor-op backward): groups,
     // stride, padding, dilation, bias, a non-contiguous input
     add(

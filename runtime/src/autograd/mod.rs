@@ -76,6 +76,8 @@ pub const DIFFERENTIABLE_OPS: &[&str] = &[
     "log_softmax",
     "logsumexp",
     "layer_norm",
+    // a linear layer with its bias added by the product (ops/matmul.rs)
+    "linear",
     // fused batch norm (cpu/batchnorm.rs)
     "batch_norm",
     // fused LSTM cell (cpu/lstm.rs)

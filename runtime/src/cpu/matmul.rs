@@ -52,14 +52,45 @@ pub(crate) fn has_unit_stride(l: &Layout) -> bool {
 pub(crate) fn matmul(a: &CpuBuffer, la: &Layout, b: &CpuBuffer, lb: &Layout) -> CpuBuffer {
     let p = Plan::new(la, lb);
     match (a, b) {
-        (CpuBuffer::F32(a), CpuBuffer::F32(b)) => CpuBuffer::F32(gemm_batched(&p, a, b)),
-        (CpuBuffer::F64(a), CpuBuffer::F64(b)) => CpuBuffer::F64(gemm_batched(&p, a, b)),
-        (CpuBuffer::F16(a), CpuBuffer::F16(b)) => CpuBuffer::F16(gemm_batched::<f16>(&p, a, b)),
+        (CpuBuffer::F32(a), CpuBuffer::F32(b)) => CpuBuffer::F32(gemm_batched(&p, a, b, None)),
+        (CpuBuffer::F64(a), CpuBuffer::F64(b)) => CpuBuffer::F64(gemm_batched(&p, a, b, None)),
+        (CpuBuffer::F16(a), CpuBuffer::F16(b)) => {
+            CpuBuffer::F16(gemm_batched::<f16>(&p, a, b, None))
+        }
         (CpuBuffer::I64(a), CpuBuffer::I64(b)) => CpuBuffer::I64(int_batched(&p, a, b)),
         (a, b) => panic!(
             "internal: matmul kernel called with {} and {} buffers",
             a.dtype(),
             b.dtype()
+        ),
+    }
+}
+
+/// [`matmul`] plus a bias of `n` elements (contiguous, `bias[j]` added to column `j` of
+/// every product) as the results are stored: a linear layer's `x·Wᵀ + b` in one pass.
+/// On [`sgemm`] the bias is added to the finished sums, so the result is bit-identical to
+/// the product followed by the addition; on the `gemm` crate each product starts from
+/// the bias rows. f32 and f64 buffers.
+pub(crate) fn matmul_bias(
+    a: &CpuBuffer,
+    la: &Layout,
+    b: &CpuBuffer,
+    lb: &Layout,
+    bias: &CpuBuffer,
+) -> CpuBuffer {
+    let p = Plan::new(la, lb);
+    match (a, b, bias) {
+        (CpuBuffer::F32(a), CpuBuffer::F32(b), CpuBuffer::F32(c)) => {
+            CpuBuffer::F32(gemm_batched(&p, a, b, Some(c)))
+        }
+        (CpuBuffer::F64(a), CpuBuffer::F64(b), CpuBuffer::F64(c)) => {
+            CpuBuffer::F64(gemm_batched(&p, a, b, Some(c)))
+        }
+        (a, b, c) => panic!(
+            "internal: matmul_bias kernel called with {}, {} and {} buffers",
+            a.dtype(),
+            b.dtype(),
+            c.dtype()
         ),
     }
 }
@@ -687,16 +718,33 @@ impl<'a, T: NumElement> Rhs<'a, T> {
     }
 }
 
-/// Batched product through `gemm` (`T` is f32, f64 or f16).
+/// Batched product through `gemm` (`T` is f32, f64 or f16), plus `bias` (`n` elements)
+/// on every row when given.
 fn gemm_batched<T: NumElement + crate::storage::BufferElement>(
     p: &Plan,
     a: &[T],
     b: &[T],
+    bias: Option<&[T]>,
 ) -> Vec<T> {
     let mn = p.m * p.n;
     let total = p.batches() * mn;
+    if let Some(c) = bias {
+        assert_eq!(
+            c.len(),
+            p.n,
+            "internal: bias of {} for {} columns",
+            c.len(),
+            p.n
+        );
+    }
     if p.k == 0 || total == 0 {
-        return vec![T::zero(); total];
+        let mut out = vec![T::zero(); total];
+        if let Some(c) = bias {
+            for row in out.chunks_exact_mut(p.n.max(1)) {
+                row.copy_from_slice(c);
+            }
+        }
+        return out;
     }
     let work = p.m * p.n * p.k;
     let threads = parallel::num_threads();
@@ -707,13 +755,59 @@ fn gemm_batched<T: NumElement + crate::storage::BufferElement>(
         let run = |dst: &mut [MaybeUninit<T>], (oa, ob): (usize, usize), threaded: bool| {
             debug_assert_eq!(dst.len(), mn);
             let (am, bm) = ((p.a.rs, p.a.cs), (p.b.rs, p.b.cs));
+            let Some(c) = bias else {
+                let dst = dst.as_mut_ptr() as *mut T;
+                // SAFETY: `dst` holds `m * n` slots that the product overwrites (no
+                // accumulate); the layouts index inside `a` and `b` (checked when the
+                // views were made).
+                return unsafe {
+                    let (a, b) = (a.as_ptr().add(oa), b.as_ptr().add(ob));
+                    gemm(threaded, p.m, p.k, p.n, dst, p.n, false, a, am, b, bm)
+                };
+            };
+            #[cfg(target_arch = "x86_64")]
+            if uses_sgemm::<T>(p.m, p.k, p.n) {
+                let threads = if threaded { parallel::num_threads() } else { 1 };
+                let (d, a, b, c) = (
+                    SendPtr(dst.as_mut_ptr() as *mut f32),
+                    SendPtr(a.as_ptr().wrapping_add(oa) as *mut f32),
+                    SendPtr(b.as_ptr().wrapping_add(ob) as *mut f32),
+                    SendPtr(c.as_ptr() as *mut f32),
+                );
+                // SAFETY: `T` is f32 and the CPU has the features (`uses_sgemm`); `dst`
+                // holds the `m * n` slots the product writes, the layouts index inside
+                // `a` and `b`, and `c` holds `n` floats.
+                let run = move || unsafe {
+                    sgemm::sgemm_bias(
+                        p.m,
+                        p.k,
+                        p.n,
+                        d.get(),
+                        p.n,
+                        (a.get() as *const f32, am.0, am.1),
+                        (b.get() as *const f32, bm.0, bm.1),
+                        c.get() as *const f32,
+                        threads,
+                    )
+                };
+                if threads > 1 {
+                    parallel::install(run);
+                } else {
+                    run();
+                }
+                return;
+            }
+            // the `gemm` crate: the bias rows first, the product added to them
+            for row in dst.chunks_exact_mut(p.n) {
+                for (d, &v) in row.iter_mut().zip(c) {
+                    d.write(v);
+                }
+            }
             let dst = dst.as_mut_ptr() as *mut T;
-            // SAFETY: `dst` holds `m * n` slots that the product overwrites (no
-            // accumulate); the layouts index inside `a` and `b` (checked when the views
-            // were made).
+            // SAFETY: as above; every slot of `dst` was just written.
             unsafe {
                 let (a, b) = (a.as_ptr().add(oa), b.as_ptr().add(ob));
-                gemm(threaded, p.m, p.k, p.n, dst, p.n, false, a, am, b, bm)
+                gemm(threaded, p.m, p.k, p.n, dst, p.n, true, a, am, b, bm)
             }
         };
         if threads > 1 && work >= GEMM_PAR_THRESHOLD {

@@ -35,7 +35,7 @@
 //! before the first product turns this path off (read once), to compare with `gemm`.
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use imp::{sgemm, sgemm_packed, sgemm_rows, PackedB};
+pub(crate) use imp::{sgemm, sgemm_bias, sgemm_packed, sgemm_rows, PackedB};
 
 /// Whether [`sgemm`] may be called: the CPU has AVX2 and FMA and `FLINT_SGEMM` is not
 /// `0` (both read once and cached).
@@ -120,6 +120,9 @@ mod imp {
         a_rs: usize,
         a_cs: usize,
         b: BSource,
+        /// `n` floats added to every row of the result (after the last depth block), or
+        /// null.
+        bias: *const f32,
     }
 
     /// Where a product's `B` comes from.
@@ -207,6 +210,7 @@ mod imp {
                 accumulate,
                 (a, a_rs, a_cs),
                 b,
+                std::ptr::null(),
                 threads,
             )
         }
@@ -284,6 +288,48 @@ mod imp {
                 accumulate,
                 (a, a_rs, a_cs),
                 source,
+                std::ptr::null(),
+                threads,
+            )
+        }
+    }
+
+    /// `dst[i * dst_rs + j] = Σ_p a[i * a_rs + p * a_cs] · b[p * b_rs + j * b_cs] + bias[j]`:
+    /// [`sgemm`] with a bias added to every row as the results are stored (a linear
+    /// layer's `x·Wᵀ + b` without a second pass over the output). Bit-identical to
+    /// [`sgemm`] followed by adding `bias` to each row.
+    ///
+    /// # Safety
+    /// As [`sgemm`] (with `accumulate` false), and `bias` valid for reads of `n` floats.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn sgemm_bias(
+        m: usize,
+        k: usize,
+        n: usize,
+        dst: *mut f32,
+        dst_rs: usize,
+        (a, a_rs, a_cs): (*const f32, usize, usize),
+        (b, b_rs, b_cs): (*const f32, usize, usize),
+        bias: *const f32,
+        threads: usize,
+    ) {
+        let b = BSource::Strided {
+            ptr: b,
+            rs: b_rs,
+            cs: b_cs,
+        };
+        // SAFETY: the caller upholds the contract, which is `run`'s.
+        unsafe {
+            run(
+                m,
+                k,
+                n,
+                dst,
+                dst_rs,
+                false,
+                (a, a_rs, a_cs),
+                b,
+                bias,
                 threads,
             )
         }
@@ -347,6 +393,7 @@ mod imp {
                 accumulate,
                 (a, a_rs, a_cs),
                 source,
+                std::ptr::null(),
                 threads,
             );
         }
@@ -367,16 +414,26 @@ mod imp {
         accumulate: bool,
         (a, a_rs, a_cs): (*const f32, usize, usize),
         b: BSource,
+        bias: *const f32,
         threads: usize,
     ) {
         if m == 0 || n == 0 {
             return;
         }
         if k == 0 {
-            if !accumulate {
-                for i in 0..m {
-                    // SAFETY: row `i`'s `n` elements lie inside `dst` (contract above).
-                    unsafe { std::ptr::write_bytes(dst.add(i * dst_rs), 0, n) };
+            for i in 0..m {
+                // SAFETY: row `i`'s `n` elements lie inside `dst`, and `bias` holds `n`
+                // (contract above).
+                unsafe {
+                    let row = dst.add(i * dst_rs);
+                    if !accumulate {
+                        std::ptr::write_bytes(row, 0, n);
+                    }
+                    if !bias.is_null() {
+                        for j in 0..n {
+                            *row.add(j) += *bias.add(j);
+                        }
+                    }
                 }
             }
             return;
@@ -390,6 +447,7 @@ mod imp {
             a_rs,
             a_cs,
             b,
+            bias,
         };
         let split = Split::new(m, n, threads);
         let run = |t: usize| {
@@ -446,6 +504,12 @@ mod imp {
                         BSource::Packed { ptr, npad } => ptr.add(pc * npad + jc * kc),
                     };
                     let overwrite = pc == 0 && !p.accumulate;
+                    // the bias goes onto the finished sums, in the last depth block
+                    let bias = if pc + kc == k && !p.bias.is_null() {
+                        p.bias.add(jc)
+                    } else {
+                        std::ptr::null()
+                    };
                     let mut ic = r0;
                     while ic < r1 {
                         let mc = mc_max.min(r1 - ic);
@@ -466,6 +530,7 @@ mod imp {
                             p.dst.add(ic * p.dst_rs + jc),
                             p.dst_rs,
                             overwrite,
+                            bias,
                         );
                         ic += mc;
                     }
@@ -478,10 +543,12 @@ mod imp {
     }
 
     /// Runs the microkernel over the `mc × nc` block of `C` at `c` from packed `A`
-    /// (`⌈mc / MR⌉` strips of `MR × kc`) and `B` (`⌈nc / NR⌉` strips of `kc × NR`).
+    /// (`⌈mc / MR⌉` strips of `MR × kc`) and `B` (`⌈nc / NR⌉` strips of `kc × NR`),
+    /// adding `bias` (the block's `nc` columns of it) unless it is null.
     ///
     /// # Safety
-    /// The packed buffers hold those strips; `c` is valid for the block (rows `rs` apart).
+    /// The packed buffers hold those strips; `c` is valid for the block (rows `rs` apart)
+    /// and `bias` for `nc` floats or null.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn macro_kernel(
@@ -493,6 +560,7 @@ mod imp {
         c: *mut f32,
         rs: usize,
         overwrite: bool,
+        bias: *const f32,
     ) {
         let mut tile = [Line([0.0; 16]); MR];
         // SAFETY: strip offsets stay inside the packed buffers; tiles inside the block.
@@ -501,6 +569,7 @@ mod imp {
             while jr < nc {
                 let nr = NR.min(nc - jr);
                 let bs = bpack.add(jr * kc);
+                let bias = if bias.is_null() { bias } else { bias.add(jr) };
                 let mut ir = 0;
                 while ir < mc {
                     let mr = MR.min(mc - ir);
@@ -517,26 +586,30 @@ mod imp {
                     };
                     if mr == rows && nr == NR {
                         match rows {
-                            2 => kernel::<2>(kc, as_, bs, ct, rs, overwrite),
-                            4 => kernel::<4>(kc, as_, bs, ct, rs, overwrite),
-                            _ => kernel::<MR>(kc, as_, bs, ct, rs, overwrite),
+                            2 => kernel::<2>(kc, as_, bs, ct, rs, overwrite, bias),
+                            4 => kernel::<4>(kc, as_, bs, ct, rs, overwrite, bias),
+                            _ => kernel::<MR>(kc, as_, bs, ct, rs, overwrite, bias),
                         }
                     } else {
                         let t = tile.as_mut_ptr() as *mut f32;
+                        let none = std::ptr::null();
                         match rows {
-                            2 => kernel::<2>(kc, as_, bs, t, NR, true),
-                            4 => kernel::<4>(kc, as_, bs, t, NR, true),
-                            _ => kernel::<MR>(kc, as_, bs, t, NR, true),
+                            2 => kernel::<2>(kc, as_, bs, t, NR, true, none),
+                            4 => kernel::<4>(kc, as_, bs, t, NR, true, none),
+                            _ => kernel::<MR>(kc, as_, bs, t, NR, true, none),
                         }
+                        // as the kernel stores: `C + sums` (or the sums), then the bias
                         for i in 0..mr {
                             for j in 0..nr {
                                 let d = ct.add(i * rs + j);
-                                let v = *t.add(i * NR + j);
-                                if overwrite {
-                                    d.write(v);
-                                } else {
-                                    *d += v;
+                                let mut v = *t.add(i * NR + j);
+                                if !overwrite {
+                                    v += *d;
                                 }
+                                if !bias.is_null() {
+                                    v += *bias.add(j);
+                                }
+                                d.write(v);
                             }
                         }
                     }
@@ -550,11 +623,11 @@ mod imp {
     /// The `R × 16` microkernel (`R ≤ 6`; 6 but for a ragged last strip):
     /// `c[i * rs + j] (=|+=) Σ_{p < kc} a[p * 6 + i] · b[p * 16 + j]` for `i < R` (stored
     /// when `overwrite`, added otherwise), each sum from zero in `p` order, so a row's
-    /// result does not depend on `R`.
+    /// result does not depend on `R`; then `bias[j]` added, unless `bias` is null.
     ///
     /// # Safety
     /// `a` holds `6 kc` floats, `b` `16 kc` floats (32-byte aligned), `c` an `R × 16`
-    /// tile with rows `rs` apart.
+    /// tile with rows `rs` apart, `bias` 16 floats or null.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     unsafe fn kernel<const R: usize>(
@@ -564,8 +637,10 @@ mod imp {
         c: *mut f32,
         rs: usize,
         overwrite: bool,
+        bias: *const f32,
     ) {
-        // SAFETY: loads stay inside the packed strips, stores inside the tile.
+        // SAFETY: loads stay inside the packed strips (and the tile's 16 bias floats),
+        // stores inside the tile.
         unsafe {
             for i in 0..R {
                 _mm_prefetch::<_MM_HINT_T0>(c.add(i * rs) as *const i8);
@@ -597,15 +672,21 @@ mod imp {
                 a = a.add(MR);
                 b = b.add(NR);
             }
+            let b =
+                (!bias.is_null()).then(|| (_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8))));
             for (i, row) in acc.iter().enumerate() {
                 let d = c.add(i * rs);
-                if overwrite {
-                    _mm256_storeu_ps(d, row[0]);
-                    _mm256_storeu_ps(d.add(8), row[1]);
-                } else {
-                    _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), row[0]));
-                    _mm256_storeu_ps(d.add(8), _mm256_add_ps(_mm256_loadu_ps(d.add(8)), row[1]));
+                let (mut v0, mut v1) = (row[0], row[1]);
+                if !overwrite {
+                    v0 = _mm256_add_ps(_mm256_loadu_ps(d), v0);
+                    v1 = _mm256_add_ps(_mm256_loadu_ps(d.add(8)), v1);
                 }
+                if let Some((b0, b1)) = b {
+                    v0 = _mm256_add_ps(v0, b0);
+                    v1 = _mm256_add_ps(v1, b1);
+                }
+                _mm256_storeu_ps(d, v0);
+                _mm256_storeu_ps(d.add(8), v1);
             }
         }
     }
@@ -937,6 +1018,75 @@ mod tests {
             }
         });
         dst
+    }
+
+    #[test]
+    fn a_bias_on_the_stores_gives_the_bits_of_the_product_then_the_add() {
+        if !available() {
+            eprintln!("skipped: no AVX2/FMA");
+            return;
+        }
+        // full and ragged tiles in both directions, one and several depth blocks (the
+        // bias goes onto the last), a transposed B, split across 1 and 2 threads
+        for (m, k, n, lb) in [
+            (32, 64, 48, 0),
+            (13, 300, 37, 1),
+            (7, 600, 70, 0),
+            (40, 5, 17, 1),
+        ] {
+            let (a, sa) = operand(m, k, 0, 5);
+            let (b, sb) = operand(k, n, lb, 6);
+            let bias: Vec<f32> = (0..n).map(|j| val(j, 7)).collect();
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("test pool");
+                let (mut want, mut got) = (vec![0f32; m * n], vec![f32::NAN; m * n]);
+                pool.install(|| {
+                    // SAFETY: the CPU has the features (checked above); every index the
+                    // contract names lies inside the vectors.
+                    unsafe {
+                        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+                        sgemm(
+                            m,
+                            k,
+                            n,
+                            want.as_mut_ptr(),
+                            n,
+                            false,
+                            ap,
+                            sa,
+                            bp,
+                            sb,
+                            threads,
+                        );
+                        let (dp, cp) = (got.as_mut_ptr(), bias.as_ptr());
+                        sgemm_bias(
+                            m,
+                            k,
+                            n,
+                            dp,
+                            n,
+                            (ap, sa.0, sa.1),
+                            (bp, sb.0, sb.1),
+                            cp,
+                            threads,
+                        );
+                    }
+                });
+                for (row, w) in want.chunks_mut(n).zip(std::iter::repeat(&bias)) {
+                    for (d, &c) in row.iter_mut().zip(w) {
+                        *d += c;
+                    }
+                }
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(g, w)| g.to_bits() == w.to_bits());
+                assert!(same, "{m}x{k}x{n} B layout {lb}, {threads} threads");
+            }
+        }
     }
 
     #[test]

@@ -40,6 +40,11 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
             ),
         ));
     }
+    if let Some(b) = bias
+        && let Some(fused) = crate::ops::matmul::linear_bias(x, weight, b)
+    {
+        return fused;
+    }
     let y = x.try_matmul(&weight.t())?;
     match bias {
         Some(b) => y.try_add(b),

@@ -537,18 +537,17 @@ impl Seq<'_> {
             }
             // The input projection of every time step in one product over [T·B, in].
             let (d0, d1) = (inp.size(0), inp.size(1));
-            let mut gi = inp
-                .try_reshape([d0 * d1, features])?
-                .try_matmul(&w.weight_ih.t())?;
-            // both biases summed first ([G] elements), then added in one pass over gi
+            // both biases summed first ([G] elements), then added by the product
             let bias = match (&w.bias_ih, w.bias_hh.as_ref().filter(|_| fold)) {
                 (Some(a), Some(b)) => Some(a.try_add(b)?),
                 (a, b) => a.as_ref().or(b).cloned(),
             };
-            if let Some(b) = &bias {
-                gi = gi.try_add(b)?;
-            }
-            let gi = gi.try_reshape([d0, d1, gates])?;
+            let gi = functional::linear(
+                &inp.try_reshape([d0 * d1, features])?,
+                &w.weight_ih,
+                bias.as_ref(),
+            )?
+            .try_reshape([d0, d1, gates])?;
             let b_hh = if fold { None } else { w.bias_hh.as_ref() };
             let w_hh_t = w.weight_hh.t();
             let mut h = match &h0 {

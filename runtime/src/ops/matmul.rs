@@ -178,6 +178,60 @@ fn try_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }))
 }
 
+/// `x @ wᵀ + bias` (a linear layer: `x` `[.., k]`, `w` `[n, k]`, `bias` `[n]`) as one
+/// recorded node, `"linear"`, whose product adds the bias as it stores its results
+/// ([`kernel::matmul_bias`]) instead of a second pass over the output. `None` where it
+/// does not apply (other dtypes or devices, mixed dtypes, shapes that are not a linear
+/// layer's): the caller composes `matmul` and `add` then. The backward is made of tensor
+/// ops (`∂x = g·w`, `∂w = gᵀ·x`, `∂bias = Σ_rows g`), so higher orders work.
+#[track_caller]
+pub(crate) fn linear_bias(x: &Tensor, w: &Tensor, bias: &Tensor) -> Option<Result<Tensor>> {
+    let dtype = x.dtype();
+    let applies = matches!(dtype, DType::F32 | DType::F64)
+        && [w, bias].iter().all(|t| t.dtype() == dtype)
+        && [x, w, bias].iter().all(|t| t.device() == Device::Cpu)
+        && x.ndim() >= 1
+        && w.ndim() == 2
+        && bias.ndim() == 1
+        && x.size(-1) == w.size(1)
+        && bias.size(0) == w.size(0);
+    applies.then(|| linear_bias_cpu(x, w, bias))
+}
+
+#[track_caller]
+fn linear_bias_cpu(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    const OP: &str = "linear";
+    let (n, k) = (w.size(0), w.size(1));
+    let rows: usize = x.shape()[..x.ndim() - 1].iter().product();
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("x has a dim") = n;
+    let x2 = x.detach().try_reshape([rows, k])?;
+    let (xa, la) = as_matrices(&x2, true)?;
+    let (wa, lb) = as_matrices(&w.detach().t(), false)?;
+    let b = bias.detach();
+    let b = if b.is_contiguous() && b.layout().offset() == 0 {
+        b
+    } else {
+        b.copy_raw()?
+    };
+    let buf = xa.with_cpu(OP, |bx, _| {
+        wa.with_cpu(OP, |bw, _| {
+            b.with_cpu(OP, |bb, _| kernel::matmul_bias(bx, &la, bw, &lb, bb))
+        })
+    })???;
+    let out = Tensor::from_buffer(buf, &[rows, n]).try_reshape(shape)?;
+    let (xs, ws) = (x.clone(), w.clone());
+    let needs = [x, w, bias].map(|t| t.requires_grad());
+    Ok(record(out, OP, &[x, w, bias], &[x, w], move |g| {
+        let g2 = g.reshape([rows, n]);
+        vec![
+            needs[0].then(|| g2.matmul(&ws).reshape(xs.shape())),
+            needs[1].then(|| g2.t().matmul(&xs.reshape([rows, k]))),
+            needs[2].then(|| g2.sum(0, false)),
+        ]
+    }))
+}
+
 impl Tensor {
     /// The matrix product `self @ other`, with the rules of `torch.matmul`:
     ///
@@ -550,6 +604,76 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("matmul.rs"), "{msg}");
+    }
+
+    #[test]
+    fn linear_with_bias_is_one_node_matching_the_composition() {
+        use crate::nn::functional::linear;
+        let mut g = Generator::new(7);
+        // [rows, k] x [n, k]: sgemm (f32, 32 x 64 x 48), the gemm crate (f64; small f32),
+        // a 3-D non-contiguous input, a transposed weight, a ragged n
+        for (dtype, xs, n, tw) in [
+            (DType::F32, vec![32, 64], 48, false),
+            (DType::F32, vec![4, 9, 64], 37, true),
+            (DType::F64, vec![4, 9, 64], 37, true),
+            (DType::F32, vec![3, 5], 2, false),
+        ] {
+            let k = xs[xs.len() - 1];
+            let x = g.randn(&xs[..], dtype);
+            let x = if xs.len() == 3 {
+                x.transpose(0, 1).contiguous().transpose(0, 1)
+            } else {
+                x
+            };
+            let w = if tw {
+                g.randn([k, n], dtype).t()
+            } else {
+                g.randn([n, k], dtype)
+            };
+            let b = g.randn([n], dtype);
+            let run = |fused: bool| {
+                let ins = [&x, &w, &b].map(|t| t.detach().requires_grad_(true));
+                let y = if fused {
+                    linear(&ins[0], &ins[1], Some(&ins[2])).unwrap()
+                } else {
+                    ins[0].matmul(&ins[1].t()) + &ins[2]
+                };
+                let name = y.grad_fn().map(|n| n.name());
+                let wy =
+                    (Tensor::arange(0.0, y.numel() as f64, 1.0, dtype) * 0.01).reshape(y.shape());
+                let gr = crate::autograd::grad(&[(&y * &wy).sum_all()], &ins, None, false, false)
+                    .unwrap();
+                let mut all = vec![y.detach()];
+                all.extend(gr.into_iter().map(|t| t.unwrap()));
+                (name, all)
+            };
+            let ((fname, fused), (_, composed)) = (run(true), run(false));
+            assert_eq!(fname, Some("linear"));
+            for (i, (a, c)) in fused.iter().zip(&composed).enumerate() {
+                assert_eq!(a.shape(), c.shape(), "{dtype:?} {xs:?} output {i}");
+                let (a, c) = (a.to_f64_vec(), c.to_f64_vec());
+                let scale = c.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+                let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 } * scale;
+                for (u, v) in a.iter().zip(&c) {
+                    assert!(
+                        (u - v).abs() <= tol,
+                        "{dtype:?} {xs:?} output {i}: {u} vs {v}"
+                    );
+                }
+            }
+            // on sgemm the bias goes onto the finished sums: the product then the add
+            if dtype == DType::F32 && xs == [32, 64] && crate::cpu::sgemm::available() {
+                assert!(fused[0].to_vec::<f32>() == composed[0].to_vec::<f32>());
+            }
+        }
+        // where it does not apply (mixed dtypes), the composition runs
+        let x = Tensor::ones([2, 3], DType::F64);
+        let (w, b) = (
+            Tensor::ones([4, 3], DType::F32),
+            Tensor::ones([4], DType::F32),
+        );
+        assert!(super::linear_bias(&x, &w, &b).is_none());
+        assert_eq!(linear(&x, &w, Some(&b)).unwrap().to_f64_vec(), vec![4.0; 8]);
     }
 
     #[test]

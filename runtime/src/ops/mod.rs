@@ -6,7 +6,7 @@ mod index;
 pub mod indexing;
 mod inplace;
 mod mask;
-mod matmul;
+pub(crate) mod matmul;
 mod pad;
 mod reduce;
 mod view;
