@@ -296,6 +296,7 @@ unsafe fn gemm_into<T: NumElement>(
                 (am.rs, am.cs),
                 b as *const f32,
                 (bm.rs, bm.cs),
+                std::ptr::null(),
                 threads,
             )
         };
@@ -429,7 +430,7 @@ pub(crate) unsafe fn gemm_rows<T: NumElement>(
         };
         let (d, a) = (SendPtr(dst as *mut f32), SendPtr(a as *mut f32));
         // SAFETY: as above.
-        let mut run = move || unsafe {
+        let run = move || unsafe {
             sgemm::sgemm_rows(
                 m,
                 k,
@@ -442,11 +443,7 @@ pub(crate) unsafe fn gemm_rows<T: NumElement>(
                 threads,
             )
         };
-        if threads > 1 {
-            parallel::install(run);
-        } else {
-            run();
-        }
+        parallel::install_if(threads > 1, run);
         return;
     }
     assert!(
@@ -685,7 +682,7 @@ impl<'a, T: NumElement> Rhs<'a, T> {
             );
             // SAFETY: `T` is f32 and the CPU has the features (`pack_for` packed only
             // then); the bounds were checked above and `dst` is a separate `&mut`.
-            parallel::install(|| unsafe {
+            parallel::install_if(threads > 1, || unsafe {
                 sgemm::sgemm_packed(
                     m,
                     d.get(),
@@ -778,23 +775,22 @@ fn gemm_batched<T: NumElement + crate::storage::BufferElement>(
                 // holds the `m * n` slots the product writes, the layouts index inside
                 // `a` and `b`, and `c` holds `n` floats.
                 let run = move || unsafe {
-                    sgemm::sgemm_bias(
+                    sgemm::sgemm(
                         p.m,
                         p.k,
                         p.n,
                         d.get(),
                         p.n,
-                        (a.get() as *const f32, am.0, am.1),
-                        (b.get() as *const f32, bm.0, bm.1),
+                        false,
+                        a.get() as *const f32,
+                        am,
+                        b.get() as *const f32,
+                        bm,
                         c.get() as *const f32,
                         threads,
                     )
                 };
-                if threads > 1 {
-                    parallel::install(run);
-                } else {
-                    run();
-                }
+                parallel::install_if(threads > 1, run);
                 return;
             }
             // the `gemm` crate: the bias rows first, the product added to them

@@ -71,6 +71,17 @@ pub(crate) fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     pool.install(f)
 }
 
+/// [`install`] when `pool` (work that splits itself across the pool's threads), else
+/// `f` on this thread: for a kernel that decided to run single-threaded, which need not
+/// hand `f` to the pool only to run it on one thread there.
+pub(crate) fn install_if<R: Send>(pool: bool, f: impl FnOnce() -> R + Send) -> R {
+    if pool {
+        install(f)
+    } else {
+        f()
+    }
+}
+
 /// True when work of `n` elements should be split across threads.
 #[inline]
 pub(crate) fn should_parallelize(n: usize) -> bool {

@@ -35,7 +35,7 @@
 //! before the first product turns this path off (read once), to compare with `gemm`.
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use imp::{sgemm, sgemm_bias, sgemm_packed, sgemm_rows, PackedB};
+pub(crate) use imp::{sgemm, sgemm_packed, sgemm_rows, PackedB};
 
 /// Whether [`sgemm`] may be called: the CPU has AVX2 and FMA and `FLINT_SGEMM` is not
 /// `0` (both read once and cached).
@@ -171,15 +171,18 @@ mod imp {
     }
 
     /// `dst[i * dst_rs + j]` (`i < m`, `j < n`) set to (or, with `accumulate`, has added
-    /// to it) `Σ_p a[i * a_rs + p * a_cs] · b[p * b_rs + j * b_cs]` (`p < k`), with up
-    /// to `threads` threads of the current rayon pool (the caller runs it inside Flint's
-    /// pool). Results do not depend on `threads`.
+    /// to it) `Σ_p a[i * a_rs + p * a_cs] · b[p * b_rs + j * b_cs]` (`p < k`), then
+    /// `bias[j]` added unless `bias` is null (as the results are stored: a linear layer's
+    /// `x·Wᵀ + b` without a second pass, bit-identical to the product followed by the
+    /// add), with up to `threads` threads of the current rayon pool (the caller runs it
+    /// inside Flint's pool). Results do not depend on `threads`.
     ///
     /// # Safety
     /// The CPU must have AVX2 and FMA ([`super::available`]). `dst` must be valid for
     /// reads and writes at every `i * dst_rs + j` (it may be uninitialised when
     /// `accumulate` is false), `a` valid for reads at every `i * a_rs + p * a_cs` and `b`
-    /// at every `p * b_rs + j * b_cs`, and `dst` must not overlap `a` or `b`.
+    /// at every `p * b_rs + j * b_cs`, `bias` (unless null) at `n` floats, and `dst`
+    /// must not overlap `a`, `b` or `bias`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn sgemm(
         m: usize,
@@ -192,6 +195,7 @@ mod imp {
         (a_rs, a_cs): (usize, usize),
         b: *const f32,
         (b_rs, b_cs): (usize, usize),
+        bias: *const f32,
         threads: usize,
     ) {
         let b = BSource::Strided {
@@ -210,7 +214,7 @@ mod imp {
                 accumulate,
                 (a, a_rs, a_cs),
                 b,
-                std::ptr::null(),
+                bias,
                 threads,
             )
         }
@@ -294,47 +298,6 @@ mod imp {
         }
     }
 
-    /// `dst[i * dst_rs + j] = Σ_p a[i * a_rs + p * a_cs] · b[p * b_rs + j * b_cs] + bias[j]`:
-    /// [`sgemm`] with a bias added to every row as the results are stored (a linear
-    /// layer's `x·Wᵀ + b` without a second pass over the output). Bit-identical to
-    /// [`sgemm`] followed by adding `bias` to each row.
-    ///
-    /// # Safety
-    /// As [`sgemm`] (with `accumulate` false), and `bias` valid for reads of `n` floats.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn sgemm_bias(
-        m: usize,
-        k: usize,
-        n: usize,
-        dst: *mut f32,
-        dst_rs: usize,
-        (a, a_rs, a_cs): (*const f32, usize, usize),
-        (b, b_rs, b_cs): (*const f32, usize, usize),
-        bias: *const f32,
-        threads: usize,
-    ) {
-        let b = BSource::Strided {
-            ptr: b,
-            rs: b_rs,
-            cs: b_cs,
-        };
-        // SAFETY: the caller upholds the contract, which is `run`'s.
-        unsafe {
-            run(
-                m,
-                k,
-                n,
-                dst,
-                dst_rs,
-                false,
-                (a, a_rs, a_cs),
-                b,
-                bias,
-                threads,
-            )
-        }
-    }
-
     thread_local! {
         /// The packed `B` of [`sgemm_rows`] (and one row of scratch after it), kept
         /// between products.
@@ -400,7 +363,7 @@ mod imp {
         ROWS.with(|b| *b.borrow_mut() = buf);
     }
 
-    /// The body of [`sgemm`] and [`sgemm_packed`]: the split across threads.
+    /// The body of [`sgemm`], [`sgemm_packed`] and [`sgemm_rows`]: the split across threads.
     ///
     /// # Safety
     /// As [`sgemm`].
@@ -894,6 +857,7 @@ mod tests {
                 sa,
                 b.as_ptr(),
                 sb,
+                std::ptr::null(),
                 threads,
             )
         };
@@ -1013,6 +977,7 @@ mod tests {
                     sa,
                     b.as_ptr(),
                     sb,
+                    std::ptr::null(),
                     threads,
                 )
             }
@@ -1059,20 +1024,11 @@ mod tests {
                             sa,
                             bp,
                             sb,
+                            std::ptr::null(),
                             threads,
                         );
                         let (dp, cp) = (got.as_mut_ptr(), bias.as_ptr());
-                        sgemm_bias(
-                            m,
-                            k,
-                            n,
-                            dp,
-                            n,
-                            (ap, sa.0, sa.1),
-                            (bp, sb.0, sb.1),
-                            cp,
-                            threads,
-                        );
+                        sgemm(m, k, n, dp, n, false, ap, sa, bp, sb, cp, threads);
                     }
                 });
                 for (row, w) in want.chunks_mut(n).zip(std::iter::repeat(&bias)) {
@@ -1127,6 +1083,7 @@ mod tests {
                                 sa,
                                 b.as_ptr(),
                                 sb,
+                                std::ptr::null(),
                                 threads,
                             );
                             sgemm_packed(
