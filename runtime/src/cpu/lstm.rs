@@ -321,16 +321,19 @@ fn row_parts(d: Dims) -> Vec<usize> {
     (0..=parts).map(|p| (p * len).min(d.batch)).collect()
 }
 
-/// `buf`, blocks of `B` rows of `row` elements (one block a step), split by the batch
-/// parts `bounds` ([`row_parts`]): for each part, its rows of every block in order.
-fn per_part<'a, E>(buf: &'a mut [E], row: usize, bounds: &[usize]) -> Vec<Vec<&'a mut [E]>> {
-    let batch = bounds[bounds.len() - 1];
+/// `buf`, `blocks` blocks of `B` rows of `row` elements (one block a step), split by the
+/// batch parts `bounds` ([`row_parts`]): for each part, its rows of every block in order.
+fn per_part<'a, E>(
+    buf: &'a mut [E],
+    blocks: usize,
+    row: usize,
+    bounds: &[usize],
+) -> Vec<Vec<&'a mut [E]>> {
+    let block = bounds[bounds.len() - 1] * row;
+    debug_assert_eq!(buf.len(), blocks * block);
     let mut parts: Vec<Vec<&'a mut [E]>> = bounds[1..].iter().map(|_| Vec::new()).collect();
-    if batch * row == 0 {
-        return parts;
-    }
-    for block in buf.chunks_mut(batch * row) {
-        let mut rest = block;
+    let mut rest = buf;
+    for _ in 0..blocks {
         for (part, w) in parts.iter_mut().zip(bounds.windows(2)) {
             let (head, tail) = std::mem::take(&mut rest).split_at_mut((w[1] - w[0]) * row);
             part.push(head);
@@ -374,11 +377,11 @@ pub(crate) fn layer_forward<T: RowFloat + NumElement>(
     // where `sgemm` runs the products (an explicit transpose first was a scatter of 4H·H
     // elements on the calling thread)
     let w_t = Rhs::new(h, g4, w_hh, (1, h)).pack_for(b);
-    let parts: Vec<_> = per_part(y.all(), h, &bounds)
+    let parts: Vec<_> = per_part(y.all(), steps + 1, h, &bounds)
         .into_iter()
-        .zip(per_part(hin.all(), h, &bounds))
-        .zip(per_part(cs.all(), h, &bounds))
-        .zip(per_part(act.all(), 5 * h, &bounds))
+        .zip(per_part(hin.all(), steps, h, &bounds))
+        .zip(per_part(cs.all(), steps, h, &bounds))
+        .zip(per_part(act.all(), steps, 5 * h, &bounds))
         .zip(bounds.windows(2))
         .map(|((((y, hin), cs), act), w)| ForwardPart {
             rows: (w[0], w[1]),
@@ -520,7 +523,7 @@ pub(crate) fn layer_backward<T: RowFloat + NumElement>(
         g,
         d,
     };
-    let parts: Vec<_> = per_part(dz_all.all(), g4, &bounds)
+    let parts: Vec<_> = per_part(dz_all.all(), steps, g4, &bounds)
         .into_iter()
         .zip(bounds.windows(2))
         .map(|(dz, w)| ((w[0], w[1]), dz))
@@ -844,6 +847,24 @@ mod tests {
             m[i] -= eps;
             let fd = (loss(&z, &p) - loss(&z, &m)) / (2.0 * eps);
             assert!((dc[i] - fd).abs() < 1e-8, "dc[{i}]: {} vs {fd}", dc[i]);
+        }
+    }
+
+    #[test]
+    fn a_layer_with_an_empty_batch_or_hidden_size() {
+        for (b, h) in [(0, 3), (2, 0), (0, 0)] {
+            let d = Dims {
+                steps: 3,
+                batch: b,
+                hidden: h,
+            };
+            let gi = vec![0.5f32; 3 * b * 4 * h];
+            let (w, s0) = (vec![0.25f32; 4 * h * h], vec![0.1f32; b * h]);
+            let out = layer_forward(&gi, &w, &s0, &s0, None, d);
+            assert_eq!((out.y.len(), out.act.len()), (4 * b * h, 15 * b * h));
+            let g = vec![1.0f32; 4 * b * h];
+            let (dz, dh0, dc0) = layer_backward(&out.cs, &out.act, &w, &s0, None, &g, d);
+            assert_eq!((dz.len(), dh0.len(), dc0.len()), (12 * b * h, b * h, b * h));
         }
     }
 
