@@ -66,8 +66,9 @@ pub(crate) fn matmul(a: &CpuBuffer, la: &Layout, b: &CpuBuffer, lb: &Layout) -> 
     }
 }
 
-/// [`matmul`] plus a bias of `n` elements (contiguous, `bias[j]` added to column `j` of
-/// every product) as the results are stored: a linear layer's `x·Wᵀ + b` in one pass.
+/// [`matmul`] plus a bias of `n` contiguous elements from `bias_offset` in `bias`
+/// (`bias[bias_offset + j]` added to column `j` of every product) as the results are
+/// stored: a linear layer's `x·Wᵀ + b` in one pass.
 /// On [`sgemm`] the bias is added to the finished sums, so the result is bit-identical to
 /// the product followed by the addition; on the `gemm` crate each product starts from
 /// the bias rows. f32 and f64 buffers.
@@ -77,14 +78,16 @@ pub(crate) fn matmul_bias(
     b: &CpuBuffer,
     lb: &Layout,
     bias: &CpuBuffer,
+    bias_offset: usize,
 ) -> CpuBuffer {
     let p = Plan::new(la, lb);
+    let range = bias_offset..bias_offset + p.n;
     match (a, b, bias) {
         (CpuBuffer::F32(a), CpuBuffer::F32(b), CpuBuffer::F32(c)) => {
-            CpuBuffer::F32(gemm_batched(&p, a, b, Some(c)))
+            CpuBuffer::F32(gemm_batched(&p, a, b, Some(&c[range])))
         }
         (CpuBuffer::F64(a), CpuBuffer::F64(b), CpuBuffer::F64(c)) => {
-            CpuBuffer::F64(gemm_batched(&p, a, b, Some(c)))
+            CpuBuffer::F64(gemm_batched(&p, a, b, Some(&c[range])))
         }
         (a, b, c) => panic!(
             "internal: matmul_bias kernel called with {}, {} and {} buffers",

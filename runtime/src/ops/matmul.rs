@@ -209,14 +209,12 @@ fn linear_bias_cpu(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
     let (xa, la) = as_matrices(&x2, true)?;
     let (wa, lb) = as_matrices(&w.detach().t(), false)?;
     let b = bias.detach();
-    let b = if b.is_contiguous() && b.layout().offset() == 0 {
-        b
-    } else {
-        b.copy_raw()?
-    };
+    // `n` elements in a row (a slice of a larger parameter keeps its offset)
+    let b = if b.is_contiguous() { b } else { b.copy_raw()? };
+    let off = b.layout().offset();
     let buf = xa.with_cpu(OP, |bx, _| {
         wa.with_cpu(OP, |bw, _| {
-            b.with_cpu(OP, |bb, _| kernel::matmul_bias(bx, &la, bw, &lb, bb))
+            b.with_cpu(OP, |bb, _| kernel::matmul_bias(bx, &la, bw, &lb, bb, off))
         })
     })???;
     let out = Tensor::from_buffer(buf, &[rows, n]).try_reshape(shape)?;
@@ -630,7 +628,8 @@ mod tests {
             } else {
                 g.randn([n, k], dtype)
             };
-            let b = g.randn([n], dtype);
+            // a slice of a larger vector at an offset, as a split in-projection's bias is
+            let b = g.randn([3 * n], dtype).narrow(0, if tw { n } else { 0 }, n);
             let run = |fused: bool| {
                 let ins = [&x, &w, &b].map(|t| t.detach().requires_grad_(true));
                 let y = if fused {
