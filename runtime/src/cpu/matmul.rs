@@ -244,16 +244,21 @@ pub(crate) unsafe fn gemm_serial<T: NumElement>(
             am,
             b,
             bm,
+            std::ptr::null(),
             Parallelism::None,
         )
     }
 }
 
 /// One product through [`sgemm`] where it wins, else the `gemm` crate, setting or adding
-/// to `dst` (`accumulate`); the body of [`gemm_serial`] and [`gemm_threaded`].
+/// to `dst` (`accumulate`); the body of [`gemm_serial`] and [`gemm_threaded`]. Unless
+/// `bias` is null (then `accumulate` must be false), `bias[j]` is added to column `j`:
+/// by `sgemm` onto the finished sums (the bits of the product followed by the add), on
+/// the `gemm` crate by starting from the bias rows.
 ///
 /// # Safety
-/// As [`gemm_serial`], with `par` the threads gemm may use.
+/// As [`gemm_serial`], with `par` the threads gemm may use, and `bias` null or valid for
+/// reads of `n` elements.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_into<T: NumElement>(
     m: usize,
@@ -266,10 +271,23 @@ unsafe fn gemm_into<T: NumElement>(
     am: Mat,
     b: *const T,
     bm: Mat,
+    bias: *const T,
     par: Parallelism,
 ) {
+    debug_assert!(bias.is_null() || !accumulate);
+    // the bias rows, which the `gemm` crate (or nothing, for `k = 0`) adds to
+    let start_from_bias = || {
+        for i in 0..m {
+            for j in 0..n {
+                // SAFETY: inside `dst` and `bias` by the caller's contract.
+                unsafe { dst.add(i * dst_rs + j).write(*bias.add(j)) };
+            }
+        }
+    };
     if k == 0 {
-        if !accumulate {
+        if !bias.is_null() {
+            start_from_bias();
+        } else if !accumulate {
             for i in 0..m {
                 for j in 0..n {
                     // SAFETY: inside `dst` by the caller's contract.
@@ -299,12 +317,18 @@ unsafe fn gemm_into<T: NumElement>(
                 (am.rs, am.cs),
                 b as *const f32,
                 (bm.rs, bm.cs),
-                std::ptr::null(),
+                bias as *const f32,
                 threads,
             )
         };
         return;
     }
+    let accumulate = if bias.is_null() {
+        accumulate
+    } else {
+        start_from_bias();
+        true
+    };
     // SAFETY: the caller upholds `gemm`'s contract (see `# Safety` above); with
     // `accumulate` gemm computes `dst = 1 · dst + 1 · a b`, otherwise `dst = a b`.
     unsafe {
@@ -385,11 +409,42 @@ pub(crate) unsafe fn gemm<T: NumElement>(
     b_st: (usize, usize),
 ) {
     // SAFETY: the caller upholds the contract.
+    let null = std::ptr::null();
+    unsafe {
+        gemm_with(
+            threaded, m, k, n, dst, dst_rs, accumulate, a, a_st, b, b_st, null,
+        )
+    }
+}
+
+/// [`gemm`] plus `bias` (null, or `n` elements added to every row; then `accumulate`
+/// must be false), as [`gemm_into`] adds it.
+///
+/// # Safety
+/// As [`gemm_serial`], and `bias` null or valid for reads of `n` elements.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_with<T: NumElement>(
+    threaded: bool,
+    m: usize,
+    k: usize,
+    n: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    accumulate: bool,
+    a: *const T,
+    (a_rs, a_cs): (usize, usize),
+    b: *const T,
+    (b_rs, b_cs): (usize, usize),
+    bias: *const T,
+) {
+    let (am, bm) = (Mat { rs: a_rs, cs: a_cs }, Mat { rs: b_rs, cs: b_cs });
+    // SAFETY: the caller upholds the contract.
     unsafe {
         if threaded {
-            gemm_threaded(m, k, n, dst, dst_rs, accumulate, a, a_st, b, b_st)
+            gemm_threaded(m, k, n, dst, dst_rs, accumulate, a, am, b, bm, bias)
         } else {
-            gemm_serial(m, k, n, dst, dst_rs, accumulate, a, a_st, b, b_st)
+            let par = Parallelism::None;
+            gemm_into(m, k, n, dst, dst_rs, accumulate, a, am, b, bm, bias, par)
         }
     }
 }
@@ -501,9 +556,9 @@ unsafe impl<T> Sync for SendPtr<T> {}
 /// wherever `sgemm` or the column split runs.
 ///
 /// # Safety
-/// As [`gemm_serial`].
+/// As [`gemm_with`].
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_threaded<T: NumElement>(
+unsafe fn gemm_threaded<T: NumElement>(
     m: usize,
     k: usize,
     n: usize,
@@ -511,12 +566,12 @@ pub(crate) unsafe fn gemm_threaded<T: NumElement>(
     dst_rs: usize,
     accumulate: bool,
     a: *const T,
-    (a_rs, a_cs): (usize, usize),
+    am: Mat,
     b: *const T,
-    (b_rs, b_cs): (usize, usize),
+    bm: Mat,
+    bias: *const T,
 ) {
     let threads = parallel::num_threads();
-    let (am, bm) = (Mat { rs: a_rs, cs: a_cs }, Mat { rs: b_rs, cs: b_cs });
     if threads <= 1 || m * n * k < GEMM_PAR_THRESHOLD {
         // SAFETY: the caller upholds the contract.
         return unsafe {
@@ -531,6 +586,7 @@ pub(crate) unsafe fn gemm_threaded<T: NumElement>(
                 am,
                 b,
                 bm,
+                bias,
                 Parallelism::None,
             )
         };
@@ -544,6 +600,8 @@ pub(crate) unsafe fn gemm_threaded<T: NumElement>(
     // raw pointers travel to the pool's threads in `SendPtr`s
     let (dst, a, b) = (SendPtr(dst), SendPtr(a as *mut T), SendPtr(b as *mut T));
     let (a, b) = (move || a.get() as *const T, move || b.get() as *const T);
+    let bias = SendPtr(bias as *mut T);
+    let bias = move || bias.get() as *const T;
     if col_blocks == 1 {
         let par = Parallelism::Rayon(threads);
         // SAFETY: the caller upholds the contract.
@@ -559,6 +617,7 @@ pub(crate) unsafe fn gemm_threaded<T: NumElement>(
                 am,
                 b(),
                 bm,
+                bias(),
                 par,
             )
         });
@@ -574,9 +633,15 @@ pub(crate) unsafe fn gemm_threaded<T: NumElement>(
                 return;
             }
             // SAFETY: block `j` writes columns `c0..c0 + cols` of every row of `dst`,
-            // disjoint from the other blocks, and reads `a` and columns `c0..c0 + cols` of
-            // `b` (all inside the caller's contract); nothing writes `a` or `b`.
+            // disjoint from the other blocks, and reads `a`, columns `c0..c0 + cols` of
+            // `b` and of `bias` (all inside the caller's contract); nothing writes `a`,
+            // `b` or `bias`.
             unsafe {
+                let bias = if bias().is_null() {
+                    bias()
+                } else {
+                    bias().add(c0)
+                };
                 gemm_into(
                     m,
                     k,
@@ -586,8 +651,9 @@ pub(crate) unsafe fn gemm_threaded<T: NumElement>(
                     accumulate,
                     a(),
                     am,
-                    b().add(c0 * b_cs),
+                    b().add(c0 * bm.cs),
                     bm,
+                    bias,
                     Parallelism::None,
                 )
             }
@@ -737,14 +803,8 @@ fn gemm_batched<T: NumElement + crate::storage::BufferElement>(
             p.n
         );
     }
-    if p.k == 0 || total == 0 {
-        let mut out = vec![T::zero(); total];
-        if let Some(c) = bias {
-            for row in out.chunks_exact_mut(p.n.max(1)) {
-                row.copy_from_slice(c);
-            }
-        }
-        return out;
+    if total == 0 {
+        return Vec::new();
     }
     let work = p.m * p.n * p.k;
     let threads = parallel::num_threads();
@@ -755,58 +815,14 @@ fn gemm_batched<T: NumElement + crate::storage::BufferElement>(
         let run = |dst: &mut [MaybeUninit<T>], (oa, ob): (usize, usize), threaded: bool| {
             debug_assert_eq!(dst.len(), mn);
             let (am, bm) = ((p.a.rs, p.a.cs), (p.b.rs, p.b.cs));
-            let Some(c) = bias else {
-                let dst = dst.as_mut_ptr() as *mut T;
-                // SAFETY: `dst` holds `m * n` slots that the product overwrites (no
-                // accumulate); the layouts index inside `a` and `b` (checked when the
-                // views were made).
-                return unsafe {
-                    let (a, b) = (a.as_ptr().add(oa), b.as_ptr().add(ob));
-                    gemm(threaded, p.m, p.k, p.n, dst, p.n, false, a, am, b, bm)
-                };
-            };
-            #[cfg(target_arch = "x86_64")]
-            if uses_sgemm::<T>(p.m, p.k, p.n) {
-                let threads = if threaded { parallel::num_threads() } else { 1 };
-                let (d, a, b, c) = (
-                    SendPtr(dst.as_mut_ptr() as *mut f32),
-                    SendPtr(a.as_ptr().wrapping_add(oa) as *mut f32),
-                    SendPtr(b.as_ptr().wrapping_add(ob) as *mut f32),
-                    SendPtr(c.as_ptr() as *mut f32),
-                );
-                // SAFETY: `T` is f32 and the CPU has the features (`uses_sgemm`); `dst`
-                // holds the `m * n` slots the product writes, the layouts index inside
-                // `a` and `b`, and `c` holds `n` floats.
-                let run = move || unsafe {
-                    sgemm::sgemm(
-                        p.m,
-                        p.k,
-                        p.n,
-                        d.get(),
-                        p.n,
-                        false,
-                        a.get() as *const f32,
-                        am,
-                        b.get() as *const f32,
-                        bm,
-                        c.get() as *const f32,
-                        threads,
-                    )
-                };
-                parallel::install_if(threads > 1, run);
-                return;
-            }
-            // the `gemm` crate: the bias rows first, the product added to them
-            for row in dst.chunks_exact_mut(p.n) {
-                for (d, &v) in row.iter_mut().zip(c) {
-                    d.write(v);
-                }
-            }
+            let c = bias.map_or(std::ptr::null(), |c| c.as_ptr());
             let dst = dst.as_mut_ptr() as *mut T;
-            // SAFETY: as above; every slot of `dst` was just written.
+            // SAFETY: `dst` holds `m * n` slots that the product overwrites (no
+            // accumulate); the layouts index inside `a` and `b` (checked when the views
+            // were made); `c` is null or holds `n` elements (checked above).
             unsafe {
                 let (a, b) = (a.as_ptr().add(oa), b.as_ptr().add(ob));
-                gemm(threaded, p.m, p.k, p.n, dst, p.n, true, a, am, b, bm)
+                gemm_with(threaded, p.m, p.k, p.n, dst, p.n, false, a, am, b, bm, c)
             }
         };
         if threads > 1 && work >= GEMM_PAR_THRESHOLD {

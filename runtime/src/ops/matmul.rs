@@ -610,11 +610,16 @@ mod tests {
         let mut g = Generator::new(7);
         // [rows, k] x [n, k]: sgemm (f32, 32 x 64 x 48), the gemm crate (f64; small f32),
         // a 3-D non-contiguous input, a transposed weight, a ragged n
+        // few rows by many columns (the `gemm` crate split by column blocks across two
+        // threads, each block with its part of the bias)
+        crate::set_num_threads(2);
         for (dtype, xs, n, tw) in [
             (DType::F32, vec![32, 64], 48, false),
             (DType::F32, vec![4, 9, 64], 37, true),
             (DType::F64, vec![4, 9, 64], 37, true),
             (DType::F32, vec![3, 5], 2, false),
+            (DType::F64, vec![8, 256], 1024, false),
+            (DType::F32, vec![8, 256], 1000, true),
         ] {
             let k = xs[xs.len() - 1];
             let x = g.randn(&xs[..], dtype);
@@ -665,6 +670,7 @@ mod tests {
                 assert!(fused[0].to_vec::<f32>() == composed[0].to_vec::<f32>());
             }
         }
+        crate::set_num_threads(0);
         // where it does not apply (mixed dtypes), the composition runs
         let x = Tensor::ones([2, 3], DType::F64);
         let (w, b) = (
