@@ -39,16 +39,19 @@
 //! off the host buffer cache (`flint::set_cpu_cache_limit(0)`) to measure what it gives.
 
 use flint::loss::{mse_loss, CrossEntropy, Reduction};
-use flint::nn::functional::scaled_dot_product_attention;
 use flint::nn::{
-    AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Dropout, Embedding, Flatten, LayerNorm,
-    Linear, ReLU, RecurrentConfig, Sequential, LSTM,
+    AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Flatten, Linear, ReLU, RecurrentConfig,
+    Sequential, LSTM,
 };
 use flint::optim::{Adam, Optimizer, Sgd};
 use flint::prelude::*;
 use flint::{no_grad, set_num_threads};
 use serde_json::{json, Map, Value};
 use std::time::Instant;
+
+#[path = "common/tinylm.rs"]
+mod tinylm;
+use tinylm::{TinyLM, TinyLmConfig};
 
 /// The rows, in the PyTorch script's order.
 const NAMES: [&str; 10] = [
@@ -288,126 +291,26 @@ const MLP_FLOPS: f64 = 3.0 * 2.0 * 128.0 * (784.0 * 512.0 + 512.0 * 512.0 + 512.
 
 // ------------------------------------------------------------------------ C. transformer
 
-const V: usize = 1000;
-const D: usize = 256;
-const H: usize = 4;
-const FF: usize = 1024;
-const T: usize = 128;
-const B: usize = 16;
-const P: f64 = 0.1;
-
-/// The pre-LN block of the script's `Block`.
-#[derive(Module)]
-struct Block {
-    ln1: LayerNorm,
-    qkv: Linear,
-    proj: Linear,
-    attn_drop: Dropout,
-    resid_drop1: Dropout,
-    ln2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-    resid_drop2: Dropout,
-    heads: usize,
-    p: f64,
-    sdpa: bool,
-}
-
-impl Block {
-    fn new(d: usize, h: usize, f: usize, p: f64, sdpa: bool) -> Block {
-        // the script's construction order, so the seeded parameters are drawn alike
-        Block {
-            ln1: LayerNorm::new(&[d], ()),
-            qkv: Linear::new(d, 3 * d, ()),
-            proj: Linear::new(d, d, ()),
-            attn_drop: Dropout::new(p),
-            resid_drop1: Dropout::new(p),
-            ln2: LayerNorm::new(&[d], ()),
-            fc1: Linear::new(d, f, ()),
-            fc2: Linear::new(f, d, ()),
-            resid_drop2: Dropout::new(p),
-            heads: h,
-            p,
-            sdpa,
-        }
-    }
-
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let (b, t, d) = (x.size(0), x.size(1), x.size(2));
-        let hd = d / self.heads;
-        let qkv = self.qkv.forward(&self.ln1.forward(x)).split(d, -1);
-        let split_heads = |z: &Tensor| z.view([b, t, self.heads, hd]).transpose(1, 2);
-        let (q, k, v) = (
-            split_heads(&qkv[0]),
-            split_heads(&qkv[1]),
-            split_heads(&qkv[2]),
-        );
-        let o = if self.sdpa {
-            let training = self.attn_drop.is_training();
-            let p = if training { self.p } else { 0.0 };
-            scaled_dot_product_attention(&q, &k, &v, None, true, p, training, None)
-                .expect("scaled_dot_product_attention")
-        } else {
-            let s = q.matmul(&k.transpose(-2, -1)) * (1.0 / (hd as f64).sqrt());
-            let mask = Tensor::ones([t, t], DType::Bool).triu(1);
-            let s = s.masked_fill(&mask, f64::NEG_INFINITY);
-            self.attn_drop.forward(&s.softmax(-1)).matmul(&v)
-        };
-        let o = o.transpose(1, 2).reshape([b, t, d]);
-        let x = x + &self.resid_drop1.forward(&self.proj.forward(&o));
-        let m = self
-            .fc1
-            .forward(&self.ln2.forward(&x))
-            .gelu(GeluApprox::None);
-        &x + &self.resid_drop2.forward(&self.fc2.forward(&m))
-    }
-}
-
-/// The script's `TinyLM`: embeddings, one block, final norm, untied head.
-#[derive(Module)]
-struct TinyLM {
-    tok: Embedding,
-    pos: Embedding,
-    drop: Dropout,
-    block: Block,
-    ln_f: LayerNorm,
-    head: Linear,
-}
-
-impl TinyLM {
-    fn new(sdpa: bool) -> TinyLM {
-        TinyLM {
-            tok: Embedding::new(V, D, ()),
-            pos: Embedding::new(T, D, ()),
-            drop: Dropout::new(P),
-            block: Block::new(D, H, FF, P, sdpa),
-            ln_f: LayerNorm::new(&[D], ()),
-            head: Linear::with_bias(D, V, false, ()),
-        }
-    }
-
-    fn forward(&self, idx: &Tensor) -> Tensor {
-        let t = idx.size(1);
-        let pos = Tensor::arange(0.0, t as f64, 1.0, DType::I64);
-        let x = self
-            .drop
-            .forward(&(&self.tok.forward(idx) + &self.pos.forward(&pos)));
-        self.head
-            .forward(&self.ln_f.forward(&self.block.forward(&x)))
-    }
-}
-
-fn transformer_flops() -> f64 {
-    let (v, d, h, f, t, b) = (V as f64, D as f64, H as f64, FF as f64, T as f64, B as f64);
-    2.0 * b * t * (d * 3.0 * d + d * d + 2.0 * d * f + d * v) + 2.0 * 2.0 * b * h * t * t * (d / h)
-}
+/// Workload C's sizes.
+const TF: TinyLmConfig = TinyLmConfig {
+    v: 1000,
+    d: 256,
+    h: 4,
+    ff: 1024,
+    t: 128,
+    b: 16,
+    p: 0.1,
+};
+const V: usize = TF.v;
+const T: usize = TF.t;
+const B: usize = TF.b;
 
 /// Seeded data and model of workload C, as the script builds them.
 fn transformer_setup(sdpa: bool) -> (Tensor, Tensor, TinyLM) {
     manual_seed(0);
     let tokens = Tensor::randint(0, V as i64, [B, T]);
     let targets = Tensor::randint(0, V as i64, [B, T]);
-    (tokens, targets, TinyLM::new(sdpa))
+    (tokens, targets, TinyLM::new(&TF, sdpa))
 }
 
 fn time_infer(model: &TinyLM, tokens: &Tensor, warmup: usize, iters: usize) -> Timing {
@@ -518,8 +421,8 @@ fn flops_of(name: &str) -> f64 {
         "matmul_1024" => matmul_flops(1024),
         "matmul_2048" => matmul_flops(2048),
         "mlp_train" => MLP_FLOPS,
-        "transformer_train" | "transformer_train_sdpa" => 3.0 * transformer_flops(),
-        "transformer_infer" | "transformer_infer_sdpa" => transformer_flops(),
+        "transformer_train" | "transformer_train_sdpa" => 3.0 * TF.flops(),
+        "transformer_infer" | "transformer_infer_sdpa" => TF.flops(),
         "cnn_train" => CNN_FLOPS,
         "lstm_fwd_bwd" => LSTM_FLOPS,
         _ => f64::NAN,

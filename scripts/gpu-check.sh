@@ -69,10 +69,13 @@ if [ $all = 1 ]; then
 else
     { build_tests -p flint --test cuda; build_tests -p flint-runtime --lib; } > "$out/.tests"
 fi
-if [ $bench = 1 ] && ls benches/*.rs >/dev/null 2>&1; then
-    echo "== building benchmarks (profile gpu, feature cuda)" >&2
-    cargo bench --profile gpu --features cuda -p flint --no-run --message-format=json-render-diagnostics \
-        | artifacts | grep '^bench ' > "$out/.benches" || true
+if [ $bench = 1 ]; then
+    echo "== building the CUDA benchmark (profile gpu, feature cuda)" >&2
+    cargo bench --profile gpu --features cuda -p flint --bench cuda --no-run \
+        --message-format=json-render-diagnostics | artifacts | grep '^bench ' > "$out/.benches"
+    # PyTorch's side of the comparison (benches/torch_gpu.py imports workload C's model
+    # from torch_baseline.py)
+    cp benches/torch_gpu.py benches/torch_baseline.py "$out/"
 else
     : > "$out/.benches"
 fi
@@ -94,7 +97,11 @@ cat > "$out/run.sh" <<'RUN'
 # Runs every binary listed in MANIFEST (built by scripts/gpu-check.sh) and prints a
 # summary table. Needs the CUDA driver (libcuda) and cuBLAS + NVRTC, which are found in
 # PyTorch's pip packages or a CUDA toolkit. Extra arguments go to every test binary
-# (e.g. `bash run.sh --nocapture`); BENCH_ARGS go to the benchmarks (default --quick).
+# (e.g. `bash run.sh --nocapture`); BENCH_ARGS go to the benchmarks (e.g. --quick). The
+# `cuda` benchmark is compared with benches/torch_gpu.py, run first on the same GPU when
+# python3 has PyTorch. A test binary that fails is run again one failing test per process
+# (a CUDA error that poisons the context would otherwise fail every test after it);
+# TEST_TIMEOUT (default 600) seconds bound each binary.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
@@ -132,16 +139,36 @@ rows=()
 bad=0
 while read -r kind name file; do
     case "$kind" in ''|'#'*) continue ;; esac
-    log=$logs/$name.log
+    log=$logs/$kind-$name.log
     echo "== $kind $name"
     start=$(date +%s.%N)
     if [ "$kind" = bench ]; then
+        torch_json=()
+        if [ -f torch_gpu.py ] && python3 -c 'import torch' 2>/dev/null; then
+            echo "-- PyTorch on the same GPU: torch_gpu.py"
+            # shellcheck disable=SC2086
+            if PYTHONUNBUFFERED=1 python3 torch_gpu.py "$logs/torch_gpu.json" ${BENCH_ARGS:-} \
+                >"$logs/torch_gpu.log" 2>&1; then
+                torch_json=(--torch "$logs/torch_gpu.json")
+            fi
+            tail -n 15 "$logs/torch_gpu.log"
+        fi
         # shellcheck disable=SC2086
-        "./$file" ${BENCH_ARGS:---quick} >"$log" 2>&1
+        timeout "${TEST_TIMEOUT:-600}" "./$file" "$logs/$name.json" "${torch_json[@]}" ${BENCH_ARGS:-} >"$log" 2>&1
     else
-        "./$file" --test-threads=1 "$@" >"$log" 2>&1
+        timeout "${TEST_TIMEOUT:-600}" "./$file" --test-threads=1 "$@" >"$log" 2>&1
     fi
     rc=$?
+    if [ "$kind" = test ] && [ $rc != 0 ]; then
+        # each failing test again in a process of its own, to tell a test's own failure
+        # from one caused by an earlier test's error
+        for t in $(sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' "$log"); do
+            echo "-- alone: $t" >>"$logs/$kind-$name.alone.log"
+            timeout 120 "./$file" --exact "$t" --test-threads=1 --nocapture "$@" \
+                >>"$logs/$kind-$name.alone.log" 2>&1
+            echo "-- alone: $t: exit $?" | tee -a "$logs/$kind-$name.alone.log"
+        done
+    fi
     secs=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
     tail -n 3 "$log"
     # a test that printed a "SKIPPED (...)" line passed without doing its work: it is
@@ -159,7 +186,7 @@ while read -r kind name file; do
     if [ $rc != 0 ]; then
         status="FAIL (exit $rc)"
         bad=1
-        grep -E '^(test .* FAILED|---- |thread .* panicked)' "$log" | head -n 20
+        grep -E '^(test .* FAILED|---- |thread .* panicked)' "$log" | head -n 40
     fi
     rows+=("$kind|$name|$status|$passed|$failed|$skipped|$secs")
 done < MANIFEST

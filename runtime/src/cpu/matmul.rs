@@ -1104,10 +1104,12 @@ mod tests {
 
     #[test]
     fn column_split_matches_one_thread() {
-        // the RNN step products (forward and the two backward ones: bit-identical to one
-        // thread; with `sgemm` every f32 product is), a row vector (gemm's vector path may sum in another order: close), an
-        // n that is not a multiple of the alignment, a batch of two large products, m at
-        // the limit
+        // the RNN step products (forward and the two backward ones), a row vector, an n
+        // that is not a multiple of the alignment, a batch of two large products, m at the
+        // limit. f32 on `sgemm` is bit-identical to one thread; the `gemm` crate (f64, and
+        // f32 without `sgemm`) is close: its depth blocking follows the CPU's cache sizes
+        // and each column block's width, so a split may sum in another order (on the
+        // H200 machine's CPU, f64 32x1024x256 at 3 threads did; on a Zen 4 it did not)
         let close = |a: f64, b: f64, tol: f64| (a - b).abs() <= tol * (1.0 + b.abs());
         let shapes = [
             (1, 32, 256, 1024),
@@ -1135,11 +1137,8 @@ mod tests {
                     let many32 = product::<f32>(batch, m, k, n, bt);
                     let many64 = product::<f64>(batch, m, k, n, bt);
                     let what = format!("{batch}x{m}x{k}x{n} {bt} at {threads}");
-                    if m == 32 {
-                        assert!(one64 == many64, "f64 {what}");
-                    }
                     // `sgemm` sums in the same order at any thread count
-                    if m == 32 || uses_sgemm::<f32>(m, k, n) {
+                    if uses_sgemm::<f32>(m, k, n) {
                         assert!(one32 == many32, "f32 {what}");
                     }
                     for (a, b) in one32.iter().zip(&many32) {

@@ -149,7 +149,11 @@ pub(crate) fn launch(
     // SAFETY: each caller passes the arguments of `entry`'s documented signature
     // (kernels/README.md), device addresses of live buffers of this device large enough
     // for the layouts and sizes passed with them.
-    unsafe { b.launch(cfg) }.map_err(|e| driver_error(op, g.ordinal, e))?;
+    super::profile::timed(
+        g,
+        || format!("{op}: {entry}"),
+        || unsafe { b.launch(cfg) }.map_err(|e| driver_error(op, g.ordinal, e)),
+    )?;
     Ok(())
 }
 

@@ -20,6 +20,7 @@ use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
 use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
 use half::{bf16, f16};
 use std::ffi::c_int;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 const OP: &str = "matmul";
@@ -31,22 +32,52 @@ where
 {
     const ONE: Self;
     const ZERO: Self;
+    /// The dtype's name (in profiles).
+    const NAME: &'static str;
+    /// f32, the one type whose products [`set_allow_tf32`] can move onto TF32 tensor cores.
+    const F32: bool = false;
 }
 impl GemmElement for f32 {
+    const NAME: &'static str = "f32";
     const ONE: Self = 1.0;
     const ZERO: Self = 0.0;
+    const F32: bool = true;
 }
 impl GemmElement for f64 {
+    const NAME: &'static str = "f64";
     const ONE: Self = 1.0;
     const ZERO: Self = 0.0;
 }
 impl GemmElement for f16 {
+    const NAME: &'static str = "f16";
     const ONE: Self = f16::ONE;
     const ZERO: Self = f16::ZERO;
 }
 impl GemmElement for bf16 {
+    const NAME: &'static str = "bf16";
     const ONE: Self = bf16::ONE;
     const ZERO: Self = bf16::ZERO;
+}
+
+static ALLOW_TF32: AtomicBool = AtomicBool::new(false);
+
+/// Lets f32 matrix products on CUDA use TF32 tensor cores (PyTorch's
+/// `torch.backends.cuda.matmul.allow_tf32`): inputs rounded to a 10-bit mantissa, sums
+/// in f32. Off by default, as in PyTorch, so f32 products are full f32. Applies to every
+/// device from the next product on; the CPU is not affected.
+///
+/// ```
+/// flint_runtime::cuda::set_allow_tf32(true);
+/// assert!(flint_runtime::cuda::allow_tf32());
+/// flint_runtime::cuda::set_allow_tf32(false);
+/// ```
+pub fn set_allow_tf32(allow: bool) {
+    ALLOW_TF32.store(allow, Ordering::Relaxed);
+}
+
+/// Whether f32 products on CUDA may use TF32 tensor cores (see [`set_allow_tf32`]).
+pub fn allow_tf32() -> bool {
+    ALLOW_TF32.load(Ordering::Relaxed)
 }
 
 /// How cuBLAS reads a row-major `[r, c]` matrix with strides `(s0, s1)` as the
@@ -180,8 +211,29 @@ where
     let blas = g.blas()?;
     // cuBLAS works in the context current on the calling thread
     g.bind()?;
+    if T::F32 {
+        use cudarc::cublas::sys::{cublasMath_t, cublasSetMathMode, cublasStatus_t};
+        let mode = if allow_tf32() {
+            cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
+        } else {
+            cublasMath_t::CUBLAS_DEFAULT_MATH
+        };
+        // SAFETY: the handle is this device's, alive as long as `g`; setting its math mode
+        // only changes how later f32 products on it are computed.
+        let status = unsafe { cublasSetMathMode(*blas.handle(), mode) };
+        if status != cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            return Err(Error::device(
+                OP,
+                format!(
+                    "cuBLAS error on cuda:{}: cublasSetMathMode: {status:?}",
+                    g.ordinal
+                ),
+            ));
+        }
+    }
     let (offs_a, offs_b) = (batch_offsets(la), batch_offsets(lb));
-    match (even_step(&offs_a), even_step(&offs_b)) {
+    let name = || format!("{OP}: gemm_{} {batch}x{m}x{k}x{n}", T::NAME);
+    super::profile::timed(g, name, || match (even_step(&offs_a), even_step(&offs_b)) {
         (Some(step_a), Some(step_b)) => {
             let (va, vb) = (a.slice(offs_a[0]..), b.slice(offs_b[0]..));
             // SAFETY: the configuration describes matrices inside the two buffers (their
@@ -206,7 +258,7 @@ where
                     blas.gemm_strided_batched(cfg, &vb, &va, &mut *out)
                 }
             };
-            r.map_err(|e| cublas_error(g.ordinal, e))?;
+            r.map_err(|e| cublas_error(g.ordinal, e))
         }
         _ => {
             for (i, (&oa, &ob)) in offs_a.iter().zip(&offs_b).enumerate() {
@@ -216,8 +268,9 @@ where
                 unsafe { blas.gemm(cfg, &vb, &va, &mut vc) }
                     .map_err(|e| cublas_error(g.ordinal, e))?;
             }
+            Ok(())
         }
-    }
+    })?;
     Ok(out)
 }
 

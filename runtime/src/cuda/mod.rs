@@ -53,13 +53,16 @@ pub mod kernels;
 mod launch;
 mod matmul;
 pub(crate) mod ops;
+mod profile;
 
 pub use alloc::{empty_cache, memory_stats, DeviceVec, MemoryStats};
 pub use buffer::CudaBuffer;
 pub use context::{available, device_count, synchronize};
 
 pub(crate) use context::gpu;
+pub use matmul::{allow_tf32, set_allow_tf32};
 pub(crate) use matmul::{gemm_operand, matmul};
+pub use profile::{profile_start, profile_stop, KernelTime};
 
 #[cfg(test)]
 mod tests {
