@@ -201,19 +201,37 @@ struct Layout {
 };
 static_assert(sizeof(Layout) == 144, "Layout must match flint_kernels::Layout");
 
-/// Element offset of the `i`-th element (row-major order over `l.shape`).
+/// Element offset of the `i`-th element (row-major order over `l.shape`, 0 <= i < the
+/// element count). The outermost dim needs no division (what is left of `i` is its
+/// coordinate), so a one-dim layout (the host coalesces contiguous views to one dim) costs
+/// a multiply. Indices below 2^31 divide in 32 bits, several times cheaper than 64-bit
+/// division on the GPU: a size of 2^31 or more is larger than any such index, so it is
+/// clamped to 2^31 - 1, which gives that dim the same coordinate (`i`) and quotient (0).
 __device__ __forceinline__ i64 layout_offset(const Layout& l, i64 i) {
     i64 off = l.offset;
+    if (i <= 0x7fffffffLL) {
+        u32 j = (u32)i;
 #pragma unroll
-    for (int d = FLINT_MAX_DIMS - 1; d >= 0; --d) {
+        for (int d = FLINT_MAX_DIMS - 1; d >= 1; --d) {
+            if (d < l.rank) {
+                const u32 s = l.shape[d] > 0x7fffffffLL ? 0x7fffffffu : (u32)l.shape[d];
+                const u32 q = j / s;
+                off += (i64)(j - q * s) * l.stride[d];
+                j = q;
+            }
+        }
+        return l.rank > 0 ? off + (i64)j * l.stride[0] : off;
+    }
+#pragma unroll
+    for (int d = FLINT_MAX_DIMS - 1; d >= 1; --d) {
         if (d < l.rank) {
-            i64 s = l.shape[d];
-            i64 c = i % s;
-            i /= s;
-            off += c * l.stride[d];
+            const i64 s = l.shape[d];
+            const i64 q = i / s;
+            off += (i - q * s) * l.stride[d];
+            i = q;
         }
     }
-    return off;
+    return l.rank > 0 ? off + i * l.stride[0] : off;
 }
 
 // ---------------------------------------------------------------------------------------

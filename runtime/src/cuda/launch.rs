@@ -183,20 +183,66 @@ pub(crate) fn ptr_for(op: &'static str, t: &Tensor, layout: &Layout) -> Result<u
     Ok(p)
 }
 
-/// A strided view as a kernel argument (at most [`flint_kernels::MAX_DIMS`] dims).
-pub(crate) fn layout(op: &'static str, l: &Layout) -> Result<Arg> {
-    KernelLayout::new(l.shape(), l.strides(), l.offset())
-        .map(|k| Arg::Layout(LayoutArg(k)))
-        .ok_or_else(|| {
+/// The views of one elementwise launch as kernel arguments: `ls` all have the shape of
+/// the launch's index space, which the kernel walks in row-major order with one index.
+/// Their dims are coalesced jointly first: dims of size 1 are dropped, and a dim is merged
+/// into the next wherever every view steps through the pair as through one dim
+/// (`stride[d] == stride[d + 1] * shape[d + 1]`). So contiguous operands reach the kernel
+/// as one dim (no index division at all), and a view of more than
+/// [`flint_kernels::MAX_DIMS`] dims works when its dims merge down to that many.
+pub(crate) fn layouts<const N: usize>(op: &'static str, ls: [&Layout; N]) -> Result<[Arg; N]> {
+    let Some(first) = ls.first() else {
+        return Ok([(); N].map(|_| Arg::I64(0)));
+    };
+    let shape = first.shape();
+    if ls.iter().any(|l| l.shape() != shape) {
+        return Err(Error::shape(
+            op,
+            "internal: the views of one launch differ in shape",
+        ));
+    }
+    let merged = coalesce(shape, &ls.map(|l| l.strides()));
+    let sizes: Vec<usize> = merged.iter().map(|(n, _)| *n).collect();
+    let mut out = [(); N].map(|_| Arg::I64(0));
+    for (k, (o, l)) in out.iter_mut().zip(ls).enumerate() {
+        let strides: Vec<usize> = merged.iter().map(|(_, st)| st[k]).collect();
+        let kl = KernelLayout::new(&sizes, &strides, l.offset()).ok_or_else(|| {
             Error::shape(
                 op,
                 format!(
-                    "CUDA kernels take at most {} dims, got shape {}",
+                    "CUDA kernels take at most {} dims, got shape {} (strides {:?}), which \
+                     merges into {} dims",
                     flint_kernels::MAX_DIMS,
-                    fmt_shape(l.shape())
+                    fmt_shape(shape),
+                    l.strides(),
+                    sizes.len()
                 ),
             )
-        })
+        })?;
+        *o = Arg::Layout(LayoutArg(kl));
+    }
+    Ok(out)
+}
+
+/// The dims of `shape` jointly coalesced for views with `strides` (see [`layouts`]):
+/// `(size, stride of each view)` per remaining dim, outermost first.
+fn coalesce<const N: usize>(shape: &[usize], strides: &[&[usize]; N]) -> Vec<(usize, [usize; N])> {
+    let mut out: Vec<(usize, [usize; N])> = Vec::with_capacity(shape.len());
+    for (d, &n) in shape.iter().enumerate() {
+        if n == 1 {
+            continue;
+        }
+        let st = strides.map(|s| s[d]);
+        if let Some((size, outer)) = out.last_mut() {
+            if outer.iter().zip(&st).all(|(&o, &i)| o == i * n) {
+                *size *= n;
+                *outer = st;
+                continue;
+            }
+        }
+        out.push((n, st));
+    }
+    out
 }
 
 /// A new uninitialised contiguous output of `shape` on `g` and its address.
@@ -292,17 +338,106 @@ mod tests {
         assert!(matches!(Arg::element(DType::I64, -7.9), Arg::I64(-7)));
     }
 
+    fn kernel_layout(a: &Arg) -> KernelLayout {
+        match a {
+            Arg::Layout(LayoutArg(k)) => *k,
+            other => panic!("not a layout: {other:?}"),
+        }
+    }
+
+    /// The kernels' `layout_offset` (common.cuh), in Rust.
+    fn offset_of(k: &KernelLayout, mut i: i64) -> i64 {
+        let mut off = k.offset;
+        for d in (1..k.rank as usize).rev() {
+            off += (i % k.shape[d]) * k.strides[d];
+            i /= k.shape[d];
+        }
+        if k.rank > 0 {
+            off += i * k.strides[0];
+        }
+        off
+    }
+
+    /// Every element's offset through the original layout (row-major walk).
+    fn offsets(l: &Layout) -> Vec<i64> {
+        let n = l.numel();
+        (0..n)
+            .map(|mut i| {
+                let mut off = l.offset();
+                for d in (0..l.ndim()).rev() {
+                    off += (i % l.shape()[d]) * l.strides()[d];
+                    i /= l.shape()[d];
+                }
+                off as i64
+            })
+            .collect()
+    }
+
     #[test]
     fn layouts_become_kernel_layouts() {
         let l = Layout::contiguous(&[2, 3]).permute(&[1, 0]).unwrap();
-        let Arg::Layout(LayoutArg(k)) = layout("t", &l).unwrap() else {
-            panic!("not a layout")
-        };
+        let [a] = layouts("t", [&l]).unwrap();
+        let k = kernel_layout(&a);
         assert_eq!(
             (k.rank, &k.shape[..2], &k.strides[..2]),
             (2, &[3, 2][..], &[1, 3][..])
         );
-        let e = layout("t", &Layout::contiguous(&[1; 9])).unwrap_err();
+        // nine dims that merge into one: fine
+        let [a] = layouts("t", [&Layout::contiguous(&[2; 9])]).unwrap();
+        assert_eq!(
+            (kernel_layout(&a).rank, kernel_layout(&a).shape[0]),
+            (1, 512)
+        );
+        // nine dims that do not merge: the error
+        let l = Layout::contiguous(&[2; 9])
+            .permute(&[8, 7, 6, 5, 4, 3, 2, 1, 0])
+            .unwrap();
+        let e = layouts("t", [&l]).unwrap_err();
         assert!(e.to_string().contains("at most 8 dims"), "{e}");
+    }
+
+    #[test]
+    fn joint_coalescing_keeps_every_offset() {
+        let base = Layout::contiguous(&[4, 3, 5, 2]);
+        let views = [
+            base.clone(),
+            base.permute(&[1, 0, 2, 3]).unwrap(),
+            base.slice(2, 1, 3, 1),
+            base.slice(0, 1, 2, 2),
+            Layout::contiguous(&[3, 1, 2])
+                .broadcast_to("t", &[4, 3, 5, 2])
+                .unwrap(),
+            Layout::contiguous(&[1, 1, 1, 1])
+                .broadcast_to("t", &[4, 3, 5, 2])
+                .unwrap(),
+        ];
+        for a in &views {
+            for b in &views {
+                if a.shape() != b.shape() {
+                    continue;
+                }
+                let [ka, kb] = layouts("t", [a, b]).unwrap().map(|x| kernel_layout(&x));
+                assert_eq!(ka.rank, kb.rank);
+                assert_eq!(ka.shape, kb.shape);
+                for (want, l) in [(offsets(a), ka), (offsets(b), kb)] {
+                    let got: Vec<i64> = (0..want.len() as i64).map(|i| offset_of(&l, i)).collect();
+                    assert_eq!(got, want, "{a:?} with {b:?}");
+                }
+            }
+        }
+        // two contiguous operands and a contiguous output: one dim
+        let c = Layout::contiguous(&[4, 3, 5, 2]);
+        let [x, _, _] = layouts("t", [&c, &c, &c]).unwrap();
+        assert_eq!(kernel_layout(&x).rank, 1);
+        // a row broadcast over a matrix: the matrix stays two dims
+        let row = Layout::contiguous(&[5]).broadcast_to("t", &[3, 5]).unwrap();
+        let [m, r] = layouts("t", [&Layout::contiguous(&[3, 5]), &row]).unwrap();
+        assert_eq!(
+            (
+                kernel_layout(&m).rank,
+                kernel_layout(&r).strides[..2].to_vec()
+            ),
+            (2, vec![0, 1])
+        );
     }
 }

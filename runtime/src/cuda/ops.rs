@@ -107,8 +107,7 @@ pub(crate) fn copy_to_new(t: &Tensor) -> Result<Tensor> {
     let n = t.numel();
     let name = launch::entry(OP, t.device(), "copy", t.dtype())?;
     let (buf, po) = launch::output(&g, t.dtype(), n)?;
-    let ls = launch::layout(OP, t.layout())?;
-    let ld = launch::layout(OP, &Layout::contiguous(t.shape()))?;
+    let [ls, ld] = launch::layouts(OP, [t.layout(), &Layout::contiguous(t.shape())])?;
     launch::launch(
         OP,
         &g,
@@ -128,13 +127,8 @@ pub(crate) fn write(op: &'static str, dst: &Tensor, src: &Tensor, lsrc: &Layout)
     let (g, _, _) = launch::ptr(op, dst)?;
     let n = dst.numel();
     let name = launch::entry(op, dst.device(), "copy", dst.dtype())?;
-    let args = [
-        Arg::Ptr(ps),
-        launch::layout(op, lsrc)?,
-        Arg::Ptr(pd),
-        launch::layout(op, dst.layout())?,
-        Arg::n(n),
-    ];
+    let [ls, ld] = launch::layouts(op, [lsrc, dst.layout()])?;
+    let args = [Arg::Ptr(ps), ls, Arg::Ptr(pd), ld, Arg::n(n)];
     // the write guard bumps the version counter and keeps readers out while queued
     let _w = dst.storage().write();
     launch::launch(op, &g, &name, launch::elementwise(n), &args)
@@ -152,17 +146,13 @@ pub(crate) fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
     let (g, _, _) = launch::ptr(OP, x)?;
     let n = x.numel();
     let (buf, po) = launch::output(&g, dtype, n)?;
+    let [lx] = launch::layouts(OP, [x.layout()])?;
     launch::launch(
         OP,
         &g,
         &name,
         launch::elementwise(n),
-        &[
-            Arg::Ptr(p),
-            launch::layout(OP, x.layout())?,
-            Arg::Ptr(po),
-            Arg::n(n),
-        ],
+        &[Arg::Ptr(p), lx, Arg::Ptr(po), Arg::n(n)],
     )?;
     Ok(Tensor::from_cuda(buf, x.shape()))
 }
@@ -178,17 +168,13 @@ pub(crate) fn unary(op: &'static str, x: &Tensor, out_dtype: DType) -> Result<Te
     let (g, _, _) = launch::ptr(op, x)?;
     let n = x.numel();
     let (buf, po) = launch::output(&g, out_dtype, n)?;
+    let [lx] = launch::layouts(op, [x.layout()])?;
     launch::launch(
         op,
         &g,
         &name,
         launch::elementwise(n),
-        &[
-            Arg::Ptr(p),
-            launch::layout(op, x.layout())?,
-            Arg::Ptr(po),
-            Arg::n(n),
-        ],
+        &[Arg::Ptr(p), lx, Arg::Ptr(po), Arg::n(n)],
     )?;
     Ok(Tensor::from_cuda(buf, x.shape()))
 }
@@ -212,6 +198,7 @@ pub(crate) fn binary(
     let (g, _, _) = launch::ptr(op, a)?;
     let n = la.numel();
     let (buf, po) = launch::output(&g, out_dtype, n)?;
+    let [la_arg, lb_arg] = launch::layouts(op, [la, lb])?;
     launch::launch(
         op,
         &g,
@@ -219,9 +206,9 @@ pub(crate) fn binary(
         launch::elementwise(n),
         &[
             Arg::Ptr(pa),
-            launch::layout(op, la)?,
+            la_arg,
             Arg::Ptr(pb),
-            launch::layout(op, lb)?,
+            lb_arg,
             Arg::Ptr(po),
             Arg::n(n),
         ],
@@ -242,18 +229,13 @@ pub(crate) fn scalar(op: &'static str, x: &Tensor, s: f64) -> Result<Option<Tens
     let (g, _, _) = launch::ptr(op, x)?;
     let n = x.numel();
     let (buf, po) = launch::output(&g, x.dtype(), n)?;
+    let [lx] = launch::layouts(op, [x.layout()])?;
     launch::launch(
         op,
         &g,
         &name,
         launch::elementwise(n),
-        &[
-            Arg::Ptr(p),
-            launch::layout(op, x.layout())?,
-            Arg::Ptr(po),
-            Arg::n(n),
-            Arg::F64(s),
-        ],
+        &[Arg::Ptr(p), lx, Arg::Ptr(po), Arg::n(n), Arg::F64(s)],
     )?;
     Ok(Some(Tensor::from_cuda(buf, x.shape())))
 }
@@ -272,6 +254,7 @@ pub(crate) fn where_(
     let (g, _, _) = launch::ptr(OP, a.0)?;
     let n = a.1.numel();
     let (buf, po) = launch::output(&g, a.0.dtype(), n)?;
+    let [lc, la, lb] = launch::layouts(OP, [c.1, a.1, b.1])?;
     launch::launch(
         OP,
         &g,
@@ -279,11 +262,11 @@ pub(crate) fn where_(
         launch::elementwise(n),
         &[
             Arg::Ptr(pc),
-            launch::layout(OP, c.1)?,
+            lc,
             Arg::Ptr(pa),
-            launch::layout(OP, a.1)?,
+            la,
             Arg::Ptr(pb),
-            launch::layout(OP, b.1)?,
+            lb,
             Arg::Ptr(po),
             Arg::n(n),
         ],
@@ -302,6 +285,7 @@ pub(crate) fn masked_fill(x: &Tensor, mask: &Tensor, lm: &Layout, value: f64) ->
     let (g, _, _) = launch::ptr(OP, x)?;
     let n = x.numel();
     let (buf, po) = launch::output(&g, dt, n)?;
+    let [lx, lm] = launch::layouts(OP, [x.layout(), lm])?;
     launch::launch(
         OP,
         &g,
@@ -309,9 +293,9 @@ pub(crate) fn masked_fill(x: &Tensor, mask: &Tensor, lm: &Layout, value: f64) ->
         launch::elementwise(n),
         &[
             Arg::Ptr(px),
-            launch::layout(OP, x.layout())?,
+            lx,
             Arg::Ptr(pm),
-            launch::layout(OP, lm)?,
+            lm,
             Arg::element(dt, value),
             Arg::Ptr(po),
             Arg::n(n),
