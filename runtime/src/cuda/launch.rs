@@ -233,12 +233,13 @@ fn coalesce<const N: usize>(shape: &[usize], strides: &[&[usize]; N]) -> Vec<(us
             continue;
         }
         let st = strides.map(|s| s[d]);
-        if let Some((size, outer)) = out.last_mut() {
-            if outer.iter().zip(&st).all(|(&o, &i)| o == i * n) {
-                *size *= n;
-                *outer = st;
-                continue;
-            }
+        if let Some((size, outer)) = out
+            .last_mut()
+            .filter(|(_, outer)| outer.iter().zip(&st).all(|(&o, &i)| o == i * n))
+        {
+            *size *= n;
+            *outer = st;
+            continue;
         }
         out.push((n, st));
     }
