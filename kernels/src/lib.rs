@@ -433,7 +433,9 @@ const COPY: &[&str] = entry_list! {
 };
 
 const REDUCE: &[&str] = entry_list! {
-    nums: sum_dim, max_dim, min_dim, argmax_dim, argmin_dim;
+    nums: sum_dim, max_dim, min_dim, argmax_dim, argmin_dim, sum_cols, sum_cols_part,
+        sum_cols_fin, max_cols, max_cols_part, max_cols_fin, min_cols, min_cols_part,
+        min_cols_fin;
     floats: mean_dim;
 };
 

@@ -6,6 +6,9 @@
 // Launch: one block per output element (grid-stride over outer * inner, so any grid
 // size works), blockDim.x a multiple of 32 up to 1024 (256 is a good default).
 // Accumulation is in the acc type (f32 for f16/bf16/f32, f64 for f64, i64 for i64).
+// The `*_cols` kernels below reduce the same [outer, dim, inner] view when inner is wide
+// (a bias gradient: the sum over the rows of [rows, features]), reading along the
+// contiguous inner dim so that a warp's loads are coalesced.
 // max/min/argmax/argmin propagate NaN (the first NaN wins), ties go to the lowest index;
 // they need dim >= 1 (with dim = 0 max gives -inf, min +inf, arg* an index of 2^63-1).
 
@@ -58,6 +61,72 @@ FLINT_NUMS(REDUCE, _)
         reduce_dim<T, SumOp>(x, out, outer, dim, inner, 0, true);                          \
     }
 FLINT_FLOATS(MEAN, _)
+
+// Column reductions of [outer, dim, inner] over dim, for wide inner:
+//   <kind>_cols_<dt>(const T* x, T* out, i64 outer, i64 dim, i64 inner, i64 chunk, double div)
+//   <kind>_cols_part_<dt>(const T* x, A* part, i64 outer, i64 dim, i64 inner, i64 chunk,
+//                         double div)
+//   <kind>_cols_fin_<dt>(const A* part, T* out, i64 outer, i64 chunks, i64 inner,
+//                        i64 chunk, double div)
+// kind: sum, max, min. Launch: blockDim.x a multiple of 32 up to 1024 (256 is a good
+// default; each warp takes a share of the rows, lane l the column tile*32 + l); blocks
+// grid-stride over outer * ceil(inner / 32) column tiles; gridDim.y splits dim into
+// chunks of `chunk` rows (gridDim.y = ceil(dim / chunk)). Writes
+// out[(o * gridDim.y + c) * inner + i] = reduce over rows [c*chunk, (c+1)*chunk) / div:
+// with one chunk, `<kind>_cols` writes the [outer, inner] result directly; with several,
+// `_part` writes [outer, chunks, inner] partials in the acc type A, and `_fin` (one chunk
+// of `chunks` rows, gridDim.y = 1) reduces them into T. `div` divides the result (the
+// count, for a mean; 1 otherwise). The order of the sums is fixed by the launch shape.
+template <typename I, typename O, typename Op>
+__device__ __forceinline__ void reduce_cols(const I* x, O* out, i64 outer, i64 dim, i64 inner,
+                                            i64 chunk, typename Ty<I>::acc init, double div) {
+    typedef typename Ty<I>::acc A;
+    __shared__ A part[32][32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const i64 tiles = (inner + 31) / 32, c = blockIdx.y;
+    const i64 d0 = c * chunk, d1 = d0 + chunk < dim ? d0 + chunk : dim;
+    FLINT_BLOCK_STRIDE(r, outer * tiles) {
+        const i64 o = r / tiles, col = (r - o * tiles) * 32 + lane;
+        A v = init;
+        if (col < inner) {
+            const I* base = x + o * dim * inner + col;
+            for (i64 d = d0 + warp; d < d1; d += warps) {
+                v = Op()(v, Ty<I>::load(base[d * inner]));
+            }
+        }
+        __syncthreads(); // the previous tile's reads of `part` are done
+        part[warp][lane] = v;
+        __syncthreads();
+        if (warp == 0 && col < inner) {
+            for (int w = 1; w < warps; ++w) {
+                v = Op()(v, part[w][lane]);
+            }
+            out[(o * (i64)gridDim.y + c) * inner + col] = Ty<O>::store(div != 1.0 ? v / (A)div : v);
+        }
+    }
+}
+
+#define REDUCE_COLS(dt, T, kind, Op, init)                                                 \
+    extern "C" __global__ void kind##_cols_##dt(const T* x, T* out, i64 outer, i64 dim,    \
+                                                i64 inner, i64 chunk, double div) {        \
+        typedef Ty<T>::acc A;                                                              \
+        reduce_cols<T, T, Op>(x, out, outer, dim, inner, chunk, init, div);                \
+    }                                                                                      \
+    extern "C" __global__ void kind##_cols_part_##dt(const T* x, Ty<T>::acc* part,         \
+                                                     i64 outer, i64 dim, i64 inner,        \
+                                                     i64 chunk, double div) {              \
+        typedef Ty<T>::acc A;                                                              \
+        reduce_cols<T, A, Op>(x, part, outer, dim, inner, chunk, init, div);               \
+    }                                                                                      \
+    extern "C" __global__ void kind##_cols_fin_##dt(const Ty<T>::acc* part, T* out,        \
+                                                    i64 outer, i64 chunks, i64 inner,      \
+                                                    i64 chunk, double div) {               \
+        typedef Ty<T>::acc A;                                                              \
+        reduce_cols<A, T, Op>(part, out, outer, chunks, inner, chunk, init, div);          \
+    }
+FLINT_NUMS(REDUCE_COLS, sum, SumOp, A(0))
+FLINT_NUMS(REDUCE_COLS, max, MaxOp, lowest(A(0)))
+FLINT_NUMS(REDUCE_COLS, min, MinOp, highest(A(0)))
 
 // argmax_dim / argmin_dim:
 //   (const T* x, T* values, i64* indices, i64 outer, i64 dim, i64 inner)

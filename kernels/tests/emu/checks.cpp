@@ -371,6 +371,80 @@ static void test_copy() {
 // ---------------------------------------------------------------------------------------
 // reduce
 
+/// The column kernels (`*_cols`, and `_part` + `_fin` over several row chunks) against
+/// sums, maxima and minima in double: [outer 2, dim 37, inner 45] (a partial column tile,
+/// rows not a multiple of the warps or the chunk), f32, f64, i64 and f16.
+static void test_reduce_cols() {
+    using namespace rd;
+    const int O = 2, D = 37, I = 45;
+    Vd x = rnd_vec(O * D * I);
+    x[(1 * D + 20) * I + 7] = NAN; // max and min propagate it
+    Vd s(O * I, 0), mx(O * I, -INFINITY), mn(O * I, INFINITY);
+    for (int o = 0; o < O; ++o)
+        for (int d = 0; d < D; ++d)
+            for (int i = 0; i < I; ++i) {
+                const double v = (float)x[(o * D + d) * I + i];
+                const int r = o * I + i;
+                s[r] += v;
+                mx[r] = std::isnan(mx[r]) || std::isnan(v) ? NAN : std::max(mx[r], v);
+                mn[r] = std::isnan(mn[r]) || std::isnan(v) ? NAN : std::min(mn[r], v);
+            }
+    Vd mean = s;
+    for (auto& m : mean) m /= D;
+    auto xf = cast_vec<float>(x);
+    auto xd = cast_vec<double>(Vd(xf.begin(), xf.end()));
+    const unsigned tiles = (I + 31) / 32;
+    auto launch = [&](unsigned blocks, unsigned chunks, unsigned threads, const std::function<void()>& k) {
+        emu_launch(dim3{blocks, chunks, 1}, dim3{threads, 1, 1}, k);
+    };
+    std::vector<float> out(O * I);
+    // one chunk, fewer blocks than tiles (grid-stride), 2 warps
+    launch(3, 1, 64, [&] { sum_cols_f32(xf.data(), out.data(), O, D, I, D, 1.0); });
+    close("sum_cols_f32 (one chunk)", out, s, 1e-6, 1e-6);
+    launch(O * tiles, 1, 96, [&] { sum_cols_f32(xf.data(), out.data(), O, D, I, D, (double)D); });
+    close("sum_cols_f32 with div (a mean)", out, mean, 1e-6, 1e-6);
+    launch(O * tiles, 1, 64, [&] { max_cols_f32(xf.data(), out.data(), O, D, I, D, 1.0); });
+    close("max_cols_f32 (NaN propagates)", out, mx);
+    launch(2, 1, 32, [&] { min_cols_f32(xf.data(), out.data(), O, D, I, D, 1.0); });
+    close("min_cols_f32", out, mn);
+    // three chunks of 13 rows: partials, then the final pass
+    const int chunk = 13, chunks = (D + chunk - 1) / chunk;
+    std::vector<float> part(O * chunks * I);
+    launch(O * tiles, chunks, 64, [&] { sum_cols_part_f32(xf.data(), part.data(), O, D, I, chunk, 1.0); });
+    launch(O * tiles, 1, 64, [&] { sum_cols_fin_f32(part.data(), out.data(), O, chunks, I, chunks, 1.0); });
+    close("sum_cols_part + fin f32 (3 chunks)", out, s, 1e-6, 1e-6);
+    launch(1, chunks, 128, [&] { max_cols_part_f32(xf.data(), part.data(), O, D, I, chunk, 1.0); });
+    launch(1, 1, 128, [&] { max_cols_fin_f32(part.data(), out.data(), O, chunks, I, chunks, 1.0); });
+    close("max_cols_part + fin f32", out, mx);
+    std::vector<double> outd(O * I), partd(O * chunks * I);
+    launch(O * tiles, chunks, 64, [&] { sum_cols_part_f64(xd.data(), partd.data(), O, D, I, chunk, 1.0); });
+    launch(O * tiles, 1, 64, [&] { sum_cols_fin_f64(partd.data(), outd.data(), O, chunks, I, chunks, (double)D); });
+    close("sum_cols_part + fin f64 with div", outd, mean, 1e-13, 1e-13);
+    // i64, and f16 with f32 partials
+    std::vector<i64> xi(O * D * I), oi(O * I), pi(O * chunks * I);
+    Vd si(O * I, 0);
+    for (size_t k = 0; k < xi.size(); ++k) {
+        xi[k] = (i64)(k % 7) - 3;
+        si[(k / (D * I)) * I + k % I] += (double)xi[k];
+    }
+    launch(O * tiles, chunks, 64, [&] { sum_cols_part_i64(xi.data(), pi.data(), O, D, I, chunk, 1.0); });
+    launch(O * tiles, 1, 64, [&] { sum_cols_fin_i64(pi.data(), oi.data(), O, chunks, I, chunks, 1.0); });
+    close("sum_cols_part + fin i64", oi, si);
+    std::vector<uint16_t> xh(O * D * I), oh(O * I);
+    Vd sh(O * I, 0);
+    for (size_t k = 0; k < xh.size(); ++k) {
+        xh[k] = h16((float)x[k] * 0.25f);
+        if (!std::isnan(x[k])) sh[(k / (D * I)) * I + k % I] += f16v(xh[k]);
+    }
+    xh[(1 * D + 20) * I + 7] = h16(0.0f);
+    std::vector<float> ph(O * chunks * I);
+    launch(O * tiles, chunks, 64, [&] { sum_cols_part_f16((f16_t*)xh.data(), ph.data(), O, D, I, chunk, 1.0); });
+    launch(O * tiles, 1, 64, [&] { sum_cols_fin_f16(ph.data(), (f16_t*)oh.data(), O, chunks, I, chunks, 1.0); });
+    Vd ohd(O * I);
+    for (int k = 0; k < O * I; ++k) ohd[k] = f16v(oh[k]);
+    close("sum_cols_part + fin f16 (f32 partials)", ohd, sh, 2e-3, 2e-3);
+}
+
 static void test_reduce() {
     using namespace rd;
     const int O = 2, D = 5, I = 3;
@@ -428,6 +502,7 @@ static void test_reduce() {
     std::vector<uint16_t> hx = {h16(1), h16(2), h16(3.5f), h16(-0.5f)}, ho(1);
     run(1, 32, [&] { sum_dim_f16((f16_t*)hx.data(), (f16_t*)ho.data(), 1, 4, 1); });
     close("sum_dim_f16", Vd{f16v(ho[0])}, {6});
+    test_reduce_cols();
 }
 
 // ---------------------------------------------------------------------------------------

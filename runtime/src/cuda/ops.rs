@@ -16,6 +16,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::layout::{Dims, Layout};
 use crate::tensor::Tensor;
+use cudarc::driver::LaunchConfig;
 
 /// Unary ops with an entry `<op>_<dtype>(const T* x, Layout lx, T* out, i64 n)`.
 const UNARY: &[&str] = &[
@@ -347,6 +348,9 @@ pub(crate) fn reduce(
         return cast(&r, DType::Bool);
     }
     let (src, outer, dim, inner) = reduction_view(t, dims)?;
+    if inner >= COLS_MIN_INNER && dim > 1 {
+        return reduce_cols(kind, &src, (outer, dim, inner), shape);
+    }
     let base = format!("{kind}_dim");
     let name = launch::entry(kind, t.device(), &base, t.dtype())?;
     let (g, p) = first_element(kind, &src)?;
@@ -365,6 +369,90 @@ pub(crate) fn reduce(
             Arg::n(inner),
         ],
     )?;
+    Ok(Tensor::from_cuda(buf, shape))
+}
+
+/// From this many columns (`inner`) on, a reduction runs on the `*_cols` kernels, whose
+/// warps read along the columns (coalesced), instead of one block per output.
+const COLS_MIN_INNER: usize = 16;
+/// Blocks a column reduction aims for (a few waves on any GPU): fewer column tiles than
+/// this split the rows into chunks, reduced again by a second launch.
+const COLS_TARGET_BLOCKS: usize = 512;
+/// The fewest rows a chunk of a column reduction takes (each of the 8 warps of a block
+/// then sums at least 8).
+const COLS_MIN_CHUNK: usize = 64;
+
+/// How many row chunks a column reduction of `dim` rows over `blocks` column tiles uses.
+fn cols_chunks(blocks: usize, dim: usize) -> usize {
+    if blocks >= COLS_TARGET_BLOCKS / 2 {
+        return 1;
+    }
+    COLS_TARGET_BLOCKS
+        .div_ceil(blocks.max(1))
+        .min(dim.div_ceil(COLS_MIN_CHUNK))
+        .clamp(1, u16::MAX as usize)
+}
+
+/// `sum`/`max`/`min` of the contiguous `[outer, dim, inner]` tensor `src` over `dim` on
+/// the `<kind>_cols*` kernels: one launch, or (few column tiles, many rows) partials per
+/// row chunk in the acc type and a second launch over them.
+fn reduce_cols(
+    kind: &'static str,
+    src: &Tensor,
+    (outer, dim, inner): (usize, usize, usize),
+    shape: &[usize],
+) -> Result<Tensor> {
+    let dt = src.dtype();
+    let (g, p) = first_element(kind, src)?;
+    let blocks = outer * inner.div_ceil(32);
+    let chunks = cols_chunks(blocks, dim);
+    let chunk = dim.div_ceil(chunks);
+    let chunks = dim.div_ceil(chunk);
+    let cfg = |y: usize| LaunchConfig {
+        grid_dim: (blocks.min(1 << 16) as u32, y as u32, 1),
+        block_dim: (launch::BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (buf, po) = launch::output(&g, dt, outer * inner)?;
+    let sizes = |d: usize, c: usize| {
+        [
+            Arg::n(outer),
+            Arg::n(d),
+            Arg::n(inner),
+            Arg::n(c),
+            Arg::F64(1.0),
+        ]
+    };
+    if chunks == 1 {
+        let name = launch::entry(kind, src.device(), &format!("{kind}_cols"), dt)?;
+        let args: Vec<Arg> = [Arg::Ptr(p), Arg::Ptr(po)]
+            .into_iter()
+            .chain(sizes(dim, dim))
+            .collect();
+        launch::launch(kind, &g, &name, cfg(1), &args)?;
+    } else {
+        let acc = match dt {
+            DType::F64 => DType::F64,
+            DType::I64 => DType::I64,
+            _ => DType::F32,
+        };
+        let (part, pp) = launch::output(&g, acc, outer * chunks * inner)?;
+        let name = launch::entry(kind, src.device(), &format!("{kind}_cols_part"), dt)?;
+        let args: Vec<Arg> = [Arg::Ptr(p), Arg::Ptr(pp)]
+            .into_iter()
+            .chain(sizes(dim, chunk))
+            .collect();
+        launch::launch(kind, &g, &name, cfg(chunks), &args)?;
+        let name = launch::entry(kind, src.device(), &format!("{kind}_cols_fin"), dt)?;
+        let args: Vec<Arg> = [Arg::Ptr(pp), Arg::Ptr(po)]
+            .into_iter()
+            .chain(sizes(chunks, chunks))
+            .collect();
+        launch::launch(kind, &g, &name, cfg(1), &args)?;
+        // the partials are freed once queued: their block is reused only by later work
+        // of the same stream
+        drop(part);
+    }
     Ok(Tensor::from_cuda(buf, shape))
 }
 
@@ -660,6 +748,19 @@ pub(crate) fn bernoulli(shape: &[usize], p: f64, ordinal: usize) -> Result<Tenso
 mod tests {
     use super::*;
 
+    #[test]
+    fn column_reductions_split_rows_only_when_there_are_few_tiles() {
+        // a bias gradient: 32768 rows, 1024 columns = 32 tiles -> 16 chunks of 2048 rows
+        assert_eq!(cols_chunks(32, 32768), 16);
+        // many tiles: one launch
+        assert_eq!(cols_chunks(256, 32768), 1);
+        assert_eq!(cols_chunks(10_000, 5), 1);
+        // few rows: chunks of at least 64 rows
+        assert_eq!(cols_chunks(1, 100), 2);
+        assert_eq!(cols_chunks(4, 64), 1);
+        assert_eq!(cols_chunks(0, 0), 1);
+    }
+
     /// Every table entry has a kernel for the dtypes the ops use it with: a renamed
     /// kernel would otherwise become a run-time `NoCudaKernel` on the GPU.
     #[test]
@@ -682,6 +783,13 @@ mod tests {
         }
         for k in ["sum", "max", "min", "argmax", "argmin"] {
             assert!(has(format!("{k}_dim_i64")), "{k}");
+        }
+        for k in ["sum", "max", "min"] {
+            for suffix in ["cols", "cols_part", "cols_fin"] {
+                for dt in ["f32", "f64", "f16", "bf16", "i64"] {
+                    assert!(has(format!("{k}_{suffix}_{dt}")), "{k}_{suffix}_{dt}");
+                }
+            }
         }
         for k in [
             "index_select",
