@@ -484,7 +484,7 @@ mod tests {
                 ("elementwise", 113),
                 ("unary", 89),
                 ("copy", 47),
-                ("reduce", 29),
+                ("reduce", 74),
                 ("softmax", 16),
                 ("norm", 28),
                 ("index", 46),

@@ -96,26 +96,26 @@ __device__ __forceinline__ void layer_norm_backward_rows(const T* dy, const T* x
 }
 
 // layer_norm_backward_params_<dt>(const T* dy, const T* x, const A* mean, const A* rstd,
-//                                 T* dweight, T* dbias, i64 rows, i64 cols)
-//   dweight[c] = sum_r dy * xhat, dbias[c] = sum_r dy; one thread per column, any launch.
+//                                 A* pweight, A* pbias, i64 rows, i64 cols, i64 chunk)
+//   per chunk c of `chunk` rows (gridDim.y = ceil(rows / chunk) chunks):
+//   pweight[c * cols + j] = sum_r dy * xhat, pbias[c * cols + j] = sum_r dy (either may be
+//   null), in the acc type; launched and finished like reduce.cu's `*_cols_part` kernels
+//   (blockDim.x a multiple of 32, blocks grid-stride over ceil(cols / 32) column tiles;
+//   then `sum_cols_fin_<dt>(pweight, dweight, 1, chunks, cols, chunks, 1.0)`).
 template <typename T>
 __device__ __forceinline__ void layer_norm_backward_params_cols(
     const T* dy, const T* x, const typename Ty<T>::acc* mean, const typename Ty<T>::acc* rstd,
-    T* dweight, T* dbias, i64 rows, i64 cols) {
+    typename Ty<T>::acc* pweight, typename Ty<T>::acc* pbias, i64 rows, i64 cols, i64 chunk) {
     typedef typename Ty<T>::acc A;
-    FLINT_GRID_STRIDE(c, cols) {
-        A sw = 0, sb = 0;
-        for (i64 r = 0; r < rows; ++r) {
-            const A g = Ty<T>::load(dy[r * cols + c]);
-            sw += g * (Ty<T>::load(x[r * cols + c]) - mean[r]) * rstd[r];
-            sb += g;
-        }
-        if (dweight != 0) {
-            dweight[c] = Ty<T>::store(sw);
-        }
-        if (dbias != 0) {
-            dbias[c] = Ty<T>::store(sb);
-        }
+    if (pweight != 0) {
+        const auto load = [=](i64, i64 r, i64 c) {
+            return Ty<T>::load(dy[r * cols + c]) * (Ty<T>::load(x[r * cols + c]) - mean[r]) * rstd[r];
+        };
+        cols_reduce<A, A, SumOp>(load, pweight, 1, rows, cols, chunk, A(0), 1.0);
+    }
+    if (pbias != 0) {
+        const auto load = [=](i64, i64 r, i64 c) { return Ty<T>::load(dy[r * cols + c]); };
+        cols_reduce<A, A, SumOp>(load, pbias, 1, rows, cols, chunk, A(0), 1.0);
     }
 }
 
@@ -252,8 +252,9 @@ __device__ __forceinline__ void batch_norm_backward_apply_all(
     }                                                                                      \
     extern "C" __global__ void layer_norm_backward_params_##dt(                            \
         const T* dy, const T* x, const Ty<T>::acc* mean, const Ty<T>::acc* rstd,           \
-        T* dweight, T* dbias, i64 rows, i64 cols) {                                        \
-        layer_norm_backward_params_cols<T>(dy, x, mean, rstd, dweight, dbias, rows, cols); \
+        Ty<T>::acc* pweight, Ty<T>::acc* pbias, i64 rows, i64 cols, i64 chunk) {           \
+        layer_norm_backward_params_cols<T>(dy, x, mean, rstd, pweight, pbias, rows, cols,  \
+                                           chunk);                                         \
     }                                                                                      \
     extern "C" __global__ void batch_norm_stats_##dt(const T* x, Ty<T>::acc* mean,         \
                                                      Ty<T>::acc* var, i64 n, i64 c,        \

@@ -81,29 +81,8 @@ template <typename I, typename O, typename Op>
 __device__ __forceinline__ void reduce_cols(const I* x, O* out, i64 outer, i64 dim, i64 inner,
                                             i64 chunk, typename Ty<I>::acc init, double div) {
     typedef typename Ty<I>::acc A;
-    __shared__ A part[32][32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    const i64 tiles = (inner + 31) / 32, c = blockIdx.y;
-    const i64 d0 = c * chunk, d1 = d0 + chunk < dim ? d0 + chunk : dim;
-    FLINT_BLOCK_STRIDE(r, outer * tiles) {
-        const i64 o = r / tiles, col = (r - o * tiles) * 32 + lane;
-        A v = init;
-        if (col < inner) {
-            const I* base = x + o * dim * inner + col;
-            for (i64 d = d0 + warp; d < d1; d += warps) {
-                v = Op()(v, Ty<I>::load(base[d * inner]));
-            }
-        }
-        __syncthreads(); // the previous tile's reads of `part` are done
-        part[warp][lane] = v;
-        __syncthreads();
-        if (warp == 0 && col < inner) {
-            for (int w = 1; w < warps; ++w) {
-                v = Op()(v, part[w][lane]);
-            }
-            out[(o * (i64)gridDim.y + c) * inner + col] = Ty<O>::store(div != 1.0 ? v / (A)div : v);
-        }
-    }
+    const auto load = [=](i64 o, i64 d, i64 i) { return Ty<I>::load(x[(o * dim + d) * inner + i]); };
+    cols_reduce<A, O, Op>(load, out, outer, dim, inner, chunk, init, div);
 }
 
 #define REDUCE_COLS(dt, T, kind, Op, init)                                                 \

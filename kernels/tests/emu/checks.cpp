@@ -628,7 +628,17 @@ static void test_norm() {
         run(3, 64, [&] { layer_norm_backward_f64(dy.data(), x.data(), w.data(), mean.data(), rstd.data(), dx.data(), R, C); });
         close("layer_norm_backward_f64 vs finite differences", dx,
               numeric_grad([&](const Vd& xx) { return layer_norm_ref(xx, w, b, R, C, eps); }, x, dy), 1e-6, 1e-7);
-        run(2, 16, [&] { layer_norm_backward_params_f64(dy.data(), x.data(), mean.data(), rstd.data(), dw.data(), db.data(), R, C); });
+        {
+            // partials over row chunks of 2 (the params kernel), summed by reduce's fin pass
+            const int chunk = 2, chunks = (R + chunk - 1) / chunk;
+            const unsigned tiles = (C + 31) / 32;
+            std::vector<double> pw(chunks * C), pb(chunks * C);
+            emu_launch(dim3{tiles, (unsigned)chunks, 1}, dim3{64, 1, 1}, [&] {
+                layer_norm_backward_params_f64(dy.data(), x.data(), mean.data(), rstd.data(), pw.data(), pb.data(), R, C, chunk);
+            });
+            run(tiles, 32, [&] { rd::sum_cols_fin_f64(pw.data(), dw.data(), 1, chunks, C, chunks, 1.0); });
+            run(tiles, 32, [&] { rd::sum_cols_fin_f64(pb.data(), db.data(), 1, chunks, C, chunks, 1.0); });
+        }
         close("layer_norm_backward_params_f64 dweight vs finite differences", dw,
               numeric_grad([&](const Vd& ww) { return layer_norm_ref(x, ww, b, R, C, eps); }, w, dy), 1e-6, 1e-7);
         close("layer_norm_backward_params_f64 dbias vs finite differences", db,
