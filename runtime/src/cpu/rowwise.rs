@@ -475,6 +475,17 @@ pub(crate) fn supports(x: &Tensor) -> bool {
     x.device() == crate::Device::Cpu && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
+/// Whether the softmax and layer-norm row functions below take `x`: f32/f64 on the CPU
+/// (the kernels of this module) or, with the `cuda` feature, on a CUDA device (the fused
+/// kernels of `flint-kernels`' softmax and norm modules).
+pub(crate) fn has_row_kernels(x: &Tensor) -> bool {
+    matches!(x.dtype(), DType::F32 | DType::F64)
+        && match x.device() {
+            crate::Device::Cpu => true,
+            crate::Device::Cuda(_) => cfg!(feature = "cuda"),
+        }
+}
+
 /// The contiguous elements of `t` (dtype `T`, on the CPU), copied out of a view if
 /// needed. Records nothing. (Shared by the fused kernels of `cpu::batchnorm` and
 /// `cpu::lstm`.)
@@ -516,6 +527,10 @@ pub(crate) use by_dtype;
 /// Softmax (or log-softmax) along the last dim of `x` (f32/f64 on the CPU): a new
 /// contiguous tensor of the same shape. Records nothing.
 pub(crate) fn softmax_last(op: &'static str, x: &Tensor, log: bool) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() {
+        return crate::cuda::ops::softmax_last(x, log);
+    }
     let n = x.shape().last().copied().unwrap_or(1);
     by_dtype!(op, x, T => {
         let y = contiguous_data::<T, _>(op, x, |s| softmax_forward(s, n, log))?;
@@ -533,6 +548,10 @@ pub(crate) fn softmax_last_backward(
 ) -> Result<Tensor> {
     let n = y.shape().last().copied().unwrap_or(1);
     let g = g.to_dtype_raw(y.dtype())?;
+    #[cfg(feature = "cuda")]
+    if y.is_cuda() {
+        return crate::cuda::ops::softmax_last_backward(y, &g, log);
+    }
     by_dtype!(op, y, T => {
         let dx = contiguous_data::<T, _>(op, y, |ys| {
             contiguous_data::<T, _>(op, &g, |gs| softmax_backward(ys, gs, n, log))
@@ -564,6 +583,10 @@ pub(crate) fn layer_norm_rows(
     bias: Option<&Tensor>,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() {
+        return crate::cuda::ops::layer_norm_rows(x, n, weight, bias, eps);
+    }
     by_dtype!(op, x, T => {
         let out = contiguous_data::<T, _>(op, x, |xs| {
             with_opt::<T, _>(op, weight, |ws| {
@@ -593,6 +616,18 @@ pub(crate) fn layer_norm_rows_backward(
     needs: NormNeeds,
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let g = g.to_dtype_raw(x.dtype())?;
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() {
+        return crate::cuda::ops::layer_norm_rows_backward(
+            x,
+            &g,
+            mean,
+            rstd,
+            n,
+            weight,
+            (needs.x, needs.weight, needs.bias),
+        );
+    }
     by_dtype!(op, x, T => {
         let (dx, dw, db) = contiguous_data::<T, _>(op, x, |xs| {
             contiguous_data::<T, _>(op, &g, |gs| {

@@ -10,6 +10,7 @@
 //! contiguous inputs, made with the strided copy kernel when needed. Outputs are new
 //! contiguous tensors.
 
+use super::buffer::CudaBuffer;
 use super::launch::{self, Arg};
 use crate::device::Device;
 use crate::dtype::DType;
@@ -431,12 +432,7 @@ fn reduce_cols(
             .collect();
         launch::launch(kind, &g, &name, cfg(1), &args)?;
     } else {
-        let acc = match dt {
-            DType::F64 => DType::F64,
-            DType::I64 => DType::I64,
-            _ => DType::F32,
-        };
-        let (part, pp) = launch::output(&g, acc, outer * chunks * inner)?;
+        let (part, pp) = launch::output(&g, acc_dtype(dt), outer * chunks * inner)?;
         let name = launch::entry(kind, src.device(), &format!("{kind}_cols_part"), dt)?;
         let args: Vec<Arg> = [Arg::Ptr(p), Arg::Ptr(pp)]
             .into_iter()
@@ -454,6 +450,212 @@ fn reduce_cols(
         drop(part);
     }
     Ok(Tensor::from_cuda(buf, shape))
+}
+
+/// The acc type of the row and column kernels for `dt` (their saved statistics and
+/// partial sums): f64 for f64, i64 for i64, f32 otherwise.
+fn acc_dtype(dt: DType) -> DType {
+    match dt {
+        DType::F64 => DType::F64,
+        DType::I64 => DType::I64,
+        _ => DType::F32,
+    }
+}
+
+/// `(rows, cols)` of a tensor seen as rows of its last `cols` elements.
+fn rows_cols(t: &Tensor, cols: usize) -> (usize, usize) {
+    (t.numel().checked_div(cols).unwrap_or(0), cols)
+}
+
+/// Softmax (or log-softmax) along the last dim of a float CUDA tensor with the fused row
+/// kernel (`softmax_<dt>` / `log_softmax_<dt>`): a new contiguous tensor of `x`'s shape.
+pub(crate) fn softmax_last(x: &Tensor, log: bool) -> Result<Tensor> {
+    let op = if log { "log_softmax" } else { "softmax" };
+    let (rows, cols) = rows_cols(x, x.shape().last().copied().unwrap_or(1));
+    let name = launch::entry(op, x.device(), op, x.dtype())?;
+    let src = contiguous(x)?;
+    let (g, p) = first_element(op, &src)?;
+    let (buf, po) = launch::output(&g, x.dtype(), x.numel())?;
+    let args = [Arg::Ptr(p), Arg::Ptr(po), Arg::n(rows), Arg::n(cols)];
+    launch::launch(op, &g, &name, launch::rows(rows), &args)?;
+    Ok(Tensor::from_cuda(buf, x.shape()))
+}
+
+/// The gradient of [`softmax_last`] from its output `y` and the output gradient `dy`
+/// (same shape and dtype) with the fused row kernel (`softmax_backward_<dt>` /
+/// `log_softmax_backward_<dt>`).
+pub(crate) fn softmax_last_backward(y: &Tensor, dy: &Tensor, log: bool) -> Result<Tensor> {
+    let op = if log { "log_softmax" } else { "softmax" };
+    let base = if log {
+        "log_softmax_backward"
+    } else {
+        "softmax_backward"
+    };
+    let (rows, cols) = rows_cols(y, y.shape().last().copied().unwrap_or(1));
+    let name = launch::entry(op, y.device(), base, y.dtype())?;
+    let (ys, gs) = (contiguous(y)?, contiguous(dy)?);
+    let (g, py) = first_element(op, &ys)?;
+    let (_, pg) = first_element(op, &gs)?;
+    let (buf, po) = launch::output(&g, y.dtype(), y.numel())?;
+    let args = [
+        Arg::Ptr(py),
+        Arg::Ptr(pg),
+        Arg::Ptr(po),
+        Arg::n(rows),
+        Arg::n(cols),
+    ];
+    launch::launch(op, &g, &name, launch::rows(rows), &args)?;
+    Ok(Tensor::from_cuda(buf, y.shape()))
+}
+
+/// The address of an optional contiguous operand (0 for none).
+fn opt_ptr(op: &'static str, t: Option<&Tensor>) -> Result<(Option<Tensor>, u64)> {
+    match t {
+        None => Ok((None, 0)),
+        Some(t) => {
+            let c = contiguous(t)?;
+            let (_, p) = first_element(op, &c)?;
+            Ok((Some(c), p))
+        }
+    }
+}
+
+/// Layer norm of a float CUDA tensor over its last `n` elements (`layer_norm_<dt>`), with
+/// optional weight and bias of `n` elements: the output and the per-row mean and rstd
+/// (`[rows]`, in the acc type: x's dtype for f32/f64).
+pub(crate) fn layer_norm_rows(
+    x: &Tensor,
+    n: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    const OP: &str = "LayerNorm";
+    let dt = x.dtype();
+    let (rows, cols) = rows_cols(x, n);
+    let name = launch::entry(OP, x.device(), "layer_norm", dt)?;
+    let src = contiguous(x)?;
+    let (g, p) = first_element(OP, &src)?;
+    let (_w, pw) = opt_ptr(OP, weight)?;
+    let (_b, pb) = opt_ptr(OP, bias)?;
+    let (y, py) = launch::output(&g, dt, x.numel())?;
+    let (mean, pm) = launch::output(&g, acc_dtype(dt), rows)?;
+    let (rstd, pr) = launch::output(&g, acc_dtype(dt), rows)?;
+    let args = [
+        Arg::Ptr(p),
+        Arg::Ptr(pw),
+        Arg::Ptr(pb),
+        Arg::Ptr(py),
+        Arg::Ptr(pm),
+        Arg::Ptr(pr),
+        Arg::n(rows),
+        Arg::n(cols),
+        Arg::F64(eps),
+    ];
+    launch::launch(OP, &g, &name, launch::rows(rows), &args)?;
+    Ok((
+        Tensor::from_cuda(y, x.shape()),
+        Tensor::from_cuda(mean, &[rows]),
+        Tensor::from_cuda(rstd, &[rows]),
+    ))
+}
+
+/// The gradients of [`layer_norm_rows`] on CUDA: `dx` (`layer_norm_backward_<dt>`, one
+/// block per row) and the weight and bias gradients (`[n]`; per-chunk column partials of
+/// `layer_norm_backward_params_<dt>`, finished by `sum_cols_fin_<dt>`), each only when
+/// asked for.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub(crate) fn layer_norm_rows_backward(
+    x: &Tensor,
+    dy: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    n: usize,
+    weight: Option<&Tensor>,
+    (need_x, need_w, need_b): (bool, bool, bool),
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    const OP: &str = "LayerNorm";
+    let dt = x.dtype();
+    let (rows, cols) = rows_cols(x, n);
+    let (xs, gs) = (contiguous(x)?, contiguous(dy)?);
+    let (g, px) = first_element(OP, &xs)?;
+    let (_, pg) = first_element(OP, &gs)?;
+    let (_m, pm) = opt_ptr(OP, Some(mean))?;
+    let (_r, pr) = opt_ptr(OP, Some(rstd))?;
+    let dx = if need_x {
+        let name = launch::entry(OP, x.device(), "layer_norm_backward", dt)?;
+        let (_w, pw) = opt_ptr(OP, weight)?;
+        let (dx, pdx) = launch::output(&g, dt, x.numel())?;
+        let args = [
+            Arg::Ptr(pg),
+            Arg::Ptr(px),
+            Arg::Ptr(pw),
+            Arg::Ptr(pm),
+            Arg::Ptr(pr),
+            Arg::Ptr(pdx),
+            Arg::n(rows),
+            Arg::n(cols),
+        ];
+        launch::launch(OP, &g, &name, launch::rows(rows), &args)?;
+        Some(Tensor::from_cuda(dx, x.shape()))
+    } else {
+        None
+    };
+    if !(need_w || need_b) || cols == 0 {
+        let zeros = |need: bool| -> Result<Option<Tensor>> {
+            need.then(|| Tensor::try_zeros([cols], (dt, x.device())))
+                .transpose()
+        };
+        return Ok((dx, zeros(need_w)?, zeros(need_b)?));
+    }
+    let blocks = cols.div_ceil(32);
+    let chunks = cols_chunks(blocks, rows);
+    let chunk = rows.div_ceil(chunks).max(1);
+    let chunks = rows.div_ceil(chunk).max(1);
+    let acc = acc_dtype(dt);
+    let part = |need: bool| -> Result<Option<(CudaBuffer, u64)>> {
+        need.then(|| launch::output(&g, acc, chunks * cols))
+            .transpose()
+    };
+    let (part_w, part_b) = (part(need_w)?, part(need_b)?);
+    let addr = |p: &Option<(CudaBuffer, u64)>| p.as_ref().map_or(0, |(_, a)| *a);
+    let cfg = |y: usize| LaunchConfig {
+        grid_dim: (blocks.min(1 << 16) as u32, y as u32, 1),
+        block_dim: (launch::BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let name = launch::entry(OP, x.device(), "layer_norm_backward_params", dt)?;
+    let args = [
+        Arg::Ptr(pg),
+        Arg::Ptr(px),
+        Arg::Ptr(pm),
+        Arg::Ptr(pr),
+        Arg::Ptr(addr(&part_w)),
+        Arg::Ptr(addr(&part_b)),
+        Arg::n(rows),
+        Arg::n(cols),
+        Arg::n(chunk),
+    ];
+    launch::launch(OP, &g, &name, cfg(chunks), &args)?;
+    let fin = launch::entry(OP, x.device(), "sum_cols_fin", dt)?;
+    let finish = |p: Option<(CudaBuffer, u64)>| -> Result<Option<Tensor>> {
+        let Some((_part, pp)) = p else {
+            return Ok(None);
+        };
+        let (out, po) = launch::output(&g, dt, cols)?;
+        let args = [
+            Arg::Ptr(pp),
+            Arg::Ptr(po),
+            Arg::n(1),
+            Arg::n(chunks),
+            Arg::n(cols),
+            Arg::n(chunks),
+            Arg::F64(1.0),
+        ];
+        launch::launch(OP, &g, &fin, cfg(1), &args)?;
+        Ok(Some(Tensor::from_cuda(out, &[cols])))
+    };
+    Ok((dx, finish(part_w)?, finish(part_b)?))
 }
 
 /// The index (i64) of the maximum (`max`) or minimum along `dim` (`argmax_dim_<dt>` /

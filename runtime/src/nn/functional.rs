@@ -94,14 +94,14 @@ pub fn layer_norm(
             t.dtype() == x.dtype() && t.device() == x.device() && t.shape() == normalized_shape
         })
     };
-    if k > 0 && n > 0 && rowwise::supports(x) && fits(weight) && fits(bias) {
+    if k > 0 && n > 0 && rowwise::has_row_kernels(x) && fits(weight) && fits(bias) {
         return layer_norm_fused(x, normalized_shape, weight, bias, eps);
     }
     layer_norm_composed(x, k, weight, bias, eps)
 }
 
-/// [`layer_norm`] over the last `k` dims as tensor ops (half types, CUDA tensors, and
-/// weights or biases that only broadcast to the normalised shape).
+/// [`layer_norm`] over the last `k` dims as tensor ops (half types, and weights or biases
+/// that only broadcast to the normalised shape).
 fn layer_norm_composed(
     x: &Tensor,
     k: usize,
@@ -123,7 +123,7 @@ fn layer_norm_composed(
     Ok(y)
 }
 
-/// [`layer_norm`] of an f32/f64 CPU tensor with the fused row kernels: one recorded node
+/// [`layer_norm`] of an f32/f64 tensor (CPU or CUDA) with the fused row kernels: one recorded node
 /// (`layer_norm`, inputs `x`, `weight`, `bias`) whose backward runs the fused backward
 /// kernel, or, under `create_graph`, [`layer_norm_grad_ops`].
 fn layer_norm_fused(

@@ -393,8 +393,8 @@ impl Tensor {
 
     /// Softmax along `dim`, computed stably (`exp(x - max) / sum`).
     ///
-    /// On an f32/f64 CPU tensor this is one fused kernel each way and one recorded node
-    /// (`softmax`); f16/bf16 and CUDA tensors use a composition of tensor ops.
+    /// On an f32/f64 tensor (CPU or CUDA) this is one fused kernel each way and one
+    /// recorded node (`softmax`); f16/bf16 tensors use a composition of tensor ops.
     ///
     /// ```
     /// use flint_runtime::Tensor;
@@ -405,7 +405,7 @@ impl Tensor {
     pub fn softmax(&self, dim: isize) -> Tensor {
         let d = or_panic(normalize_dim("softmax", dim, self.ndim().max(1)));
         let x = self.to_dtype(self.dtype().to_float());
-        if rowwise::supports(&x) {
+        if rowwise::has_row_kernels(&x) {
             return or_panic(fused_softmax(&x, d, false));
         }
         softmax_composed(&x, d)
@@ -413,8 +413,8 @@ impl Tensor {
 
     /// Log-softmax along `dim`, computed stably (`x - logsumexp(x)`).
     ///
-    /// On an f32/f64 CPU tensor this is one fused kernel each way and one recorded node
-    /// (`log_softmax`); f16/bf16 and CUDA tensors use a composition of tensor ops.
+    /// On an f32/f64 tensor (CPU or CUDA) this is one fused kernel each way and one
+    /// recorded node (`log_softmax`); f16/bf16 tensors use a composition of tensor ops.
     ///
     /// ```
     /// use flint_runtime::Tensor;
@@ -425,7 +425,7 @@ impl Tensor {
     pub fn log_softmax(&self, dim: isize) -> Tensor {
         let d = or_panic(normalize_dim("log_softmax", dim, self.ndim().max(1)));
         let x = self.to_dtype(self.dtype().to_float());
-        if rowwise::supports(&x) {
+        if rowwise::has_row_kernels(&x) {
             return or_panic(fused_softmax(&x, d, true));
         }
         log_softmax_composed(&x, d)
@@ -511,8 +511,8 @@ fn move_back(t: &Tensor, d: usize) -> Result<Tensor> {
     Ok(t.with_layout(t.layout().permute(&perm)?))
 }
 
-/// Softmax (or log-softmax) along `d` of an f32/f64 CPU tensor with the fused row
-/// kernels: `d` is moved last (a copy unless it already is last and `x` contiguous), and
+/// Softmax (or log-softmax) along `d` of an f32/f64 tensor (CPU or CUDA) with the fused
+/// row kernels: `d` is moved last (a copy unless it already is last and `x` contiguous), and
 /// the result viewed back. Records one node whose backward runs the fused backward
 /// kernel, or, under `create_graph`, the same formula as tensor ops (so it can be
 /// differentiated again): softmax `dx = y ⊙ (g − Σ g⊙y)`, log-softmax
