@@ -274,10 +274,35 @@ where
     Ok(out)
 }
 
+/// Batches longer than this whose matrices are not evenly spaced (a per-head view of a
+/// fused projection, `[B, H, T, d]` with strides that do not merge; a partly broadcast
+/// batch) are copied to contiguous first, so the product is one strided-batched call
+/// rather than one cuBLAS call per matrix (as PyTorch's `bmm` reshapes such views).
+const COPY_UNEVEN_BATCH: usize = 4;
+
+/// `t` seen through `l`, copied to a contiguous tensor when its batch of matrices is
+/// longer than [`COPY_UNEVEN_BATCH`] and not evenly spaced in memory; else as it is.
+fn evenly_batched(t: &Tensor, l: &Layout) -> Result<(Tensor, Layout)> {
+    let nd = l.ndim();
+    let batch: usize = l.shape()[..nd.saturating_sub(2)].iter().product();
+    if nd > 2 && batch > COPY_UNEVEN_BATCH && even_step(&batch_offsets(l)).is_none() {
+        let c = super::ops::copy_to_new(&t.with_layout(l.clone()))?;
+        let lc = c.layout().clone();
+        return Ok((c, lc));
+    }
+    Ok((t.clone(), l.clone()))
+}
+
 /// `a @ b` on CUDA for the broadcast layouts `la = batch ++ [m, k]`, `lb = batch ++ [k, n]`
 /// of two tensors of one float dtype on one device; a new contiguous
 /// `batch ++ [m, n]` buffer.
 pub(crate) fn matmul(a: &Tensor, la: &Layout, b: &Tensor, lb: &Layout) -> Result<CudaBuffer> {
+    if a.device() != b.device() {
+        return Err(Error::devices(OP, a.device(), b.device()));
+    }
+    let (a, la) = evenly_batched(a, la)?;
+    let (b, lb) = evenly_batched(b, lb)?;
+    let (a, la, b, lb) = (&a, &la, &b, &lb);
     let device = a.device();
     let ga = a.storage().read();
     // one guard when both views share a storage (`x @ x`)
@@ -341,6 +366,23 @@ mod tests {
         assert_eq!(operand(3, 4, 0, 1), None);
         // no unit stride at all
         assert_eq!(operand(3, 4, 8, 2), None);
+    }
+
+    #[test]
+    fn per_head_views_of_a_fused_projection_are_not_evenly_batched() {
+        // q of a [B, T, 3D] projection split into heads: [B, H, T, d] with strides
+        // (T*3D, d, 3D, 1): b and h do not merge, so the offsets are not one progression
+        let (b, h, t, d) = (2, 3, 4, 5);
+        let l = Layout::contiguous(&[b, t, 3, h, d])
+            .slice(2, 0, 1, 1)
+            .permute(&[0, 2, 3, 1, 4])
+            .unwrap();
+        assert_eq!(l.shape(), &[b, 1, h, t, d]);
+        assert_eq!(l.strides()[..3], [t * 3 * h * d, h * d, d]);
+        assert_eq!(even_step(&batch_offsets(&l)), None);
+        // contiguous heads are evenly spaced
+        let c = Layout::contiguous(&[b, h, t, d]);
+        assert_eq!(even_step(&batch_offsets(&c)), Some(t * d));
     }
 
     #[test]
