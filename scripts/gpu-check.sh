@@ -154,7 +154,10 @@ while read -r kind name file; do
             tail -n 15 "$logs/torch_gpu.log"
         fi
         # shellcheck disable=SC2086
-        timeout "${TEST_TIMEOUT:-600}" "./$file" "$logs/$name.json" "${torch_json[@]}" ${BENCH_ARGS:-} >"$log" 2>&1
+        # --profile: one more step of each transformer workload with Flint's device-time
+        # profiler on (the time per kernel, largest first)
+        timeout "${TEST_TIMEOUT:-600}" "./$file" "$logs/$name.json" "${torch_json[@]}" --profile \
+            ${BENCH_ARGS:-} >"$log" 2>&1
     else
         timeout "${TEST_TIMEOUT:-600}" "./$file" --test-threads=1 "$@" >"$log" 2>&1
     fi
@@ -170,7 +173,11 @@ while read -r kind name file; do
         done
     fi
     secs=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
-    tail -n 3 "$log"
+    if [ "$kind" = bench ]; then
+        cat "$log" # the comparison table and the profiles
+    else
+        tail -n 3 "$log"
+    fi
     # a test that printed a "SKIPPED (...)" line passed without doing its work: it is
     # counted as skipped, not passed
     skipped=$(grep -c 'SKIPPED (' "$log")
