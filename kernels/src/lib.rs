@@ -120,6 +120,11 @@ pub const MODULES: &[KernelModule] = &[
         entries: OPTIM,
     },
     KernelModule {
+        name: "window",
+        source: concat!(include_str!("common.cuh"), include_str!("window.cu")),
+        entries: WINDOW,
+    },
+    KernelModule {
         name: "attention",
         source: concat!(include_str!("common.cuh"), include_str!("attention.cu")),
         entries: ATTENTION,
@@ -228,6 +233,75 @@ impl KernelLayout {
     /// ```
     pub fn numel(&self) -> i64 {
         self.shape[..self.rank as usize].iter().product()
+    }
+}
+
+/// The geometry of sliding windows for the `window` kernels (im2col, col2im, the
+/// argmax of max pooling): the C `WindowParams` of `window.cu`, passed by value
+/// (`#[repr(C)]`, 144 bytes). Three spatial dims; fewer are padded with leading unit
+/// dims (input, kernel, stride, dilation and output 1, padding 0).
+///
+/// ```
+/// use flint_kernels::WindowParams;
+/// // a 3x3 kernel with padding 1 over an 8x8 plane, 1-D over 5 with kernel 2
+/// let w = WindowParams::new(&[8, 8], &[3, 3], &[1, 1], &[1, 1], &[1, 1], &[8, 8]).unwrap();
+/// assert_eq!((w.input, w.padding, w.output), ([1, 8, 8], [0, 1, 1], [1, 8, 8]));
+/// let w = WindowParams::new(&[5], &[2], &[1], &[0], &[1], &[4]).unwrap();
+/// assert_eq!((w.kernel, w.output), ([1, 1, 2], [1, 1, 4]));
+/// assert!(WindowParams::new(&[1; 4], &[1; 4], &[1; 4], &[0; 4], &[1; 4], &[1; 4]).is_none());
+/// assert_eq!(std::mem::size_of::<WindowParams>(), 144);
+/// ```
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowParams {
+    /// Spatial size of each input plane.
+    pub input: [i64; 3],
+    /// Taps per window, per dim.
+    pub kernel: [i64; 3],
+    /// Step between window starts.
+    pub stride: [i64; 3],
+    /// Implicit zeros before (and after) the input.
+    pub padding: [i64; 3],
+    /// Step between taps.
+    pub dilation: [i64; 3],
+    /// Windows per dim.
+    pub output: [i64; 3],
+}
+
+const _: () = assert!(std::mem::size_of::<WindowParams>() == 144);
+
+impl WindowParams {
+    /// The geometry of 1 to 3 spatial dims (every slice of one length), padded to three;
+    /// `None` for another number of dims, slices of different lengths, or a value that
+    /// does not fit in `i64`.
+    pub fn new(
+        input: &[usize],
+        kernel: &[usize],
+        stride: &[usize],
+        padding: &[usize],
+        dilation: &[usize],
+        output: &[usize],
+    ) -> Option<WindowParams> {
+        let nd = input.len();
+        let all = [input, kernel, stride, padding, dilation, output];
+        if !(1..=3).contains(&nd) || all.iter().any(|v| v.len() != nd) {
+            return None;
+        }
+        let pad = |v: &[usize], fill: i64| -> Option<[i64; 3]> {
+            let mut a = [fill; 3];
+            for (d, &x) in v.iter().enumerate() {
+                a[3 - nd + d] = i64::try_from(x).ok()?;
+            }
+            Some(a)
+        };
+        Some(WindowParams {
+            input: pad(input, 1)?,
+            kernel: pad(kernel, 1)?,
+            stride: pad(stride, 1)?,
+            padding: pad(padding, 0)?,
+            dilation: pad(dilation, 1)?,
+            output: pad(output, 1)?,
+        })
     }
 }
 
@@ -463,6 +537,11 @@ const OPTIM: &[&str] = entry_list! {
     floats: sgd, adam;
 };
 
+const WINDOW: &[&str] = entry_list! {
+    all: im2col;
+    nums: col2im, window_argmax;
+};
+
 const ATTENTION: &[&str] = entry_list! {
     floats: attention_forward, attention_backward_delta, attention_backward_dq,
         attention_backward_dkv;
@@ -490,6 +569,7 @@ mod tests {
                 ("index", 46),
                 ("random", 18),
                 ("optim", 8),
+                ("window", 16),
                 ("attention", 16),
             ]
         );

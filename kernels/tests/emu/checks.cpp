@@ -39,6 +39,9 @@ namespace rn {
 namespace op {
 #include "optim.cu"
 }
+namespace wd {
+#include "window.cu"
+}
 namespace at {
 #include "attention.cu"
 }
@@ -1046,6 +1049,103 @@ template <typename T> static void attention_case(const AttCase& c, double tol) {
     close("attention_backward " + n + " dv", dv, r.dv, tol, tol);
 }
 
+// ---------------------------------------------------------------------------------------
+// window
+
+/// im2col, col2im and the window argmax against loops straight from the definition
+/// (window o reads o * stride - padding + tap * dilation), over geometries with padding,
+/// strides, dilation, windows past the end (ceil mode) and windows of padding only.
+static void test_window() {
+    using namespace wd;
+    struct Case {
+        const char* name;
+        WindowParams w;
+    };
+    auto geom = [](std::vector<i64> in, std::vector<i64> k, std::vector<i64> s, std::vector<i64> p,
+                   std::vector<i64> d, std::vector<i64> out) {
+        WindowParams w;
+        const size_t nd = in.size();
+        for (int i = 0; i < 3; ++i) {
+            const bool pad = i < (int)(3 - nd);
+            const size_t j = pad ? 0 : i - (3 - nd);
+            w.input[i] = pad ? 1 : in[j];
+            w.kernel[i] = pad ? 1 : k[j];
+            w.stride[i] = pad ? 1 : s[j];
+            w.padding[i] = pad ? 0 : p[j];
+            w.dilation[i] = pad ? 1 : d[j];
+            w.output[i] = pad ? 1 : out[j];
+        }
+        return w;
+    };
+    const Case cases[] = {
+        {"2-D stride, padding, dilation", geom({5, 6}, {3, 2}, {2, 1}, {1, 0}, {1, 2}, {3, 4})},
+        {"1-D windows of padding only", geom({2}, {1}, {1}, {1}, {1}, {4})},
+        {"1-D ceil mode", geom({7}, {3}, {2}, {1}, {1}, {5})},
+        {"3-D", geom({3, 4, 3}, {2, 3, 2}, {1, 2, 1}, {0, 1, 1}, {1, 1, 2}, {2, 2, 2})},
+    };
+    for (const Case& c : cases) {
+        const WindowParams& w = c.w;
+        const i64 planes = 2;
+        const i64 taps = w.kernel[0] * w.kernel[1] * w.kernel[2];
+        const i64 wins = w.output[0] * w.output[1] * w.output[2];
+        const i64 plane = w.input[0] * w.input[1] * w.input[2];
+        Vd x = rnd_vec(planes * plane);
+        x[plane + 1] = x[plane + 2] = 10; // a tie at the maximum
+        Vd cols = rnd_vec(planes * taps * wins);
+        Vd want_cols(planes * taps * wins, 0), want_fold(planes * plane, 0);
+        std::vector<i64> want_arg(planes * wins, -1);
+        for (i64 p = 0; p < planes; ++p)
+            for (i64 t = 0; t < taps; ++t)
+                for (i64 l = 0; l < wins; ++l) {
+                    const i64 o[3] = {l / (w.output[1] * w.output[2]), (l / w.output[2]) % w.output[1], l % w.output[2]};
+                    const i64 k[3] = {t / (w.kernel[1] * w.kernel[2]), (t / w.kernel[2]) % w.kernel[1], t % w.kernel[2]};
+                    i64 e = 0;
+                    bool ok = true;
+                    for (int dd = 0; dd < 3; ++dd) {
+                        const i64 xi = o[dd] * w.stride[dd] - w.padding[dd] + k[dd] * w.dilation[dd];
+                        ok = ok && xi >= 0 && xi < w.input[dd];
+                        e = e * w.input[dd] + xi;
+                    }
+                    const i64 r = (p * taps + t) * wins + l;
+                    if (!ok) continue;
+                    want_cols[r] = x[p * plane + e];
+                    want_fold[p * plane + e] += cols[r];
+                    i64& a = want_arg[p * wins + l];
+                    const double v = x[p * plane + e];
+                    if (a < 0 || v > x[p * plane + a] || std::isnan(v)) a = e;
+                }
+        std::vector<double> got(planes * taps * wins, -7), fold(planes * plane, -7);
+        std::vector<i64> arg(planes * wins, -7);
+        run(3, 32, [&] { im2col_f64(x.data(), got.data(), planes, w); });
+        close(std::string("im2col_f64 ") + c.name, got, want_cols);
+        run(2, 64, [&] { col2im_f64(cols.data(), fold.data(), planes, w); });
+        close(std::string("col2im_f64 ") + c.name, fold, want_fold, 1e-14, 1e-14);
+        run(2, 32, [&] { window_argmax_f64(x.data(), arg.data(), planes, w); });
+        close(std::string("window_argmax_f64 ") + c.name, arg, Vd(want_arg.begin(), want_arg.end()));
+        // f32 and bool im2col move the same elements
+        auto xf = cast_vec<float>(x);
+        std::vector<float> gotf(planes * taps * wins);
+        run(2, 64, [&] { im2col_f32(xf.data(), gotf.data(), planes, w); });
+        Vd wantf(want_cols.size());
+        for (size_t i = 0; i < wantf.size(); ++i) wantf[i] = (float)want_cols[i];
+        close(std::string("im2col_f32 ") + c.name, gotf, wantf);
+        std::vector<u8> xb(planes * plane), gotb(planes * taps * wins, 7);
+        for (size_t i = 0; i < xb.size(); ++i) xb[i] = x[i] > 0;
+        run(1, 32, [&] { im2col_bool(xb.data(), gotb.data(), planes, w); });
+        Vd wantb(want_cols.size());
+        for (size_t i = 0; i < wantb.size(); ++i) wantb[i] = want_cols[i] > 0 ? 1 : 0;
+        close(std::string("im2col_bool ") + c.name, gotb, wantb);
+    }
+    // NaN wins the argmax, the last of several
+    {
+        const WindowParams w = geom({4}, {4}, {1}, {0}, {1}, {1});
+        Vd x = {1, NAN, 5, NAN};
+        std::vector<i64> arg(1);
+        run(1, 32, [&] { window_argmax_f64(x.data(), arg.data(), 1, w); });
+        close("window_argmax_f64 NaN: the last", arg, {3});
+    }
+}
+
 static void test_attention() {
     // name, B, H, Tq, Tk, D, Dv, causal, mask, bias, transposed q, a fully masked row, warps
     const AttCase cases[] = {
@@ -1084,6 +1184,7 @@ int main() {
     timed("index", test_index);
     timed("random", test_random);
     timed("optim", test_optim);
+    timed("window", test_window);
     timed("attention", test_attention);
     std::printf("summary %d checks, %d failed\n", g_checks, g_failures);
     return g_failures == 0 ? 0 : 1;
