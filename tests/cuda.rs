@@ -10,8 +10,11 @@
 use flint::autograd::{gradcheck, GradcheckOptions};
 use flint::half::{bf16, f16};
 use flint::loss::CrossEntropy;
-use flint::nn::functional::{dropout, layer_norm, scaled_dot_product_attention};
-use flint::nn::{Embedding, Forward, Linear, ModuleExt};
+use flint::nn::functional::{batch_norm, dropout, layer_norm, scaled_dot_product_attention};
+use flint::nn::{
+    adaptive_avg_pool2d, avg_pool2d, conv1d, conv2d, fold, max_pool2d, unfold, Embedding, Forward,
+    Linear, ModuleExt,
+};
 use flint::optim::{Adam, Optimizer};
 use flint::{
     causal_mask, cuda, manual_seed, All, DType, Device, Error, GeluApprox, Generator, Tensor,
@@ -421,28 +424,26 @@ fn ops_without_a_cuda_kernel_are_errors_not_panics() {
         return;
     };
     let d = g.device;
-    let x = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]).to(d);
-    // masked_select (a data-dependent output size) has no kernel
-    let mask = Tensor::from_vec(vec![true, false, true, true], [2, 2]).to(d);
-    let e = x.try_masked_select(&mask).unwrap_err();
+    let x = Tensor::from_vec(vec![1i64, 2, 3, 4], [2, 2]).to(d);
+    // an i64 matrix product (cuBLAS multiplies floats only) has no kernel
+    let e = x.try_matmul(&x).unwrap_err();
     assert!(
-        matches!(e, Error::NoCudaKernel { op: "masked_select", device } if device == d),
+        matches!(e, Error::NoCudaKernel { op: "matmul", device } if device == d),
         "{e:?}"
     );
     assert_eq!(
         e.to_string(),
-        "`masked_select` has no CUDA kernel yet (tensor on cuda:0)"
+        "`matmul` has no CUDA kernel yet (tensor on cuda:0)"
     );
-    // nor has `prod`
-    let e = catch_unwind(AssertUnwindSafe(|| x.prod(0, false))).unwrap_err();
+    let e = catch_unwind(AssertUnwindSafe(|| x.matmul(&x))).unwrap_err();
     let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
     // the panicking forms panic with the message (no abort, no read of device memory)
     assert!(
-        msg.contains("`prod` has no CUDA kernel yet (tensor on cuda:0)"),
+        msg.contains("`matmul` has no CUDA kernel yet (tensor on cuda:0)"),
         "{msg}"
     );
     // the tensor is still usable
-    assert_eq!(x.to_vec::<f32>(), vec![1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(x.to_vec::<i64>(), vec![1, 2, 3, 4]);
 }
 
 #[test]
@@ -812,6 +813,103 @@ fn parity_cases(dt: DType) -> Vec<ParityCase> {
             Box::new(|t| layer_norm(&t[0], &[5], Some(&t[1]), Some(&t[2]), 1e-5).unwrap()),
         ),
     ];
+    // sliding windows (the `window` kernels): convolution, pooling, unfold/fold
+    let img = r(&[2, 4, 7, 6]);
+    v.extend([
+        case(
+            "conv2d (stride, padding, dilation, bias)",
+            vec![img.clone(), r(&[5, 4, 3, 2]), r(&[5])],
+            Box::new(|t| conv2d(&t[0], &t[1], Some(&t[2]), [2, 1], [1, 0], [1, 2], 1).unwrap()),
+        ),
+        case(
+            "conv2d (groups, non-contiguous input)",
+            vec![img.clone(), r(&[6, 2, 3, 3])],
+            Box::new(|t| conv2d(&t[0].transpose(2, 3), &t[1], None, 1, 1, 1, 2).unwrap()),
+        ),
+        case(
+            "conv1d",
+            vec![x3.clone(), r(&[2, 3, 2])],
+            Box::new(|t| conv1d(&t[0], &t[1], None, 1, 1, 1, 1).unwrap()),
+        ),
+        case(
+            "max_pool2d (padding, ceil mode)",
+            vec![img.clone()],
+            Box::new(|t| max_pool2d(&t[0], 3, 2, 1, 1, true).unwrap()),
+        ),
+        case(
+            "avg_pool2d (padding not counted)",
+            vec![img.clone()],
+            Box::new(|t| avg_pool2d(&t[0], 2, 2, 1, false, false, None).unwrap()),
+        ),
+        case(
+            "adaptive_avg_pool2d",
+            vec![img.clone()],
+            Box::new(|t| adaptive_avg_pool2d(&t[0], [3, 2]).unwrap()),
+        ),
+        case(
+            "batch_norm (training, batch statistics)",
+            vec![img.clone(), r(&[4]), r(&[4])],
+            Box::new(|t| batch_norm(&t[0], None, Some(&t[1]), Some(&t[2]), true, 1e-5).unwrap()),
+        ),
+        case(
+            "unfold/fold",
+            vec![img.clone()],
+            Box::new(|t| {
+                let cols = unfold(&t[0], [2, 3], 1, 1, [1, 2]).unwrap();
+                fold(&cols, [7, 6], [2, 3], 1, 1, [1, 2]).unwrap()
+            }),
+        ),
+    ]);
+    // reductions over wide rows (the `*_cols` kernels: one launch, and row chunks)
+    let tall = r(&[300, 40]);
+    v.extend([
+        case(
+            "sum dim 0 (columns, chunked rows)",
+            vec![tall.clone()],
+            Box::new(|t| t[0].sum(0, false)),
+        ),
+        case(
+            "max/min dim 1 of [3, 70, 20] (columns)",
+            vec![r(&[3, 70, 20])],
+            Box::new(|t| t[0].max(1, false) + t[0].min(1, false)),
+        ),
+        case(
+            "mean dims [0, 1] of [6, 50, 33] (columns)",
+            vec![r(&[6, 50, 33])],
+            Box::new(|t| t[0].mean([0, 1], false)),
+        ),
+    ]);
+    // prod (one block per output, and the column kernels) and masked_select
+    v.extend([
+        case(
+            "prod dim 1, prod dims [0, 1] (columns)",
+            vec![r(&[3, 4, 20])],
+            Box::new(|t| {
+                let y = (t[0].abs() * 0.1 + 0.95).to_dtype(t[0].dtype());
+                y.prod(2, false).sum(All, false) + y.prod(1, false).sum(All, false)
+            }),
+        ),
+        case(
+            "masked_select (broadcast mask)",
+            vec![x3.clone()],
+            Box::new(|t| {
+                let m = t[0].sum(0, true).gt(0.0);
+                t[0].masked_select(&m) * 2.0
+            }),
+        ),
+    ]);
+    // per-head views of a fused projection (an uneven batch of matrices: copied first)
+    v.push(case(
+        "matmul of per-head views [2, 3, 4, 5]",
+        vec![r(&[2, 4, 45])],
+        Box::new(|t| {
+            let heads = |z: &Tensor| z.view([2, 4, 3, 5]).transpose(1, 2);
+            let qkv = t[0].split(15, -1);
+            heads(&qkv[0])
+                .matmul(&heads(&qkv[1]).transpose(-2, -1))
+                .matmul(&heads(&qkv[2]))
+        }),
+    ));
     // i64 ops on the same path
     let ints = Tensor::from_vec(vec![3i64, -1, 4, 1, -5, 9], [2, 3]);
     v.push(case(
@@ -830,6 +928,17 @@ fn parity_cases(dt: DType) -> Vec<ParityCase> {
         }),
     ));
     v
+}
+
+/// Every parity case runs on the CPU alone (so a malformed case shows without a GPU).
+#[test]
+fn the_parity_cases_run_on_the_cpu() {
+    for dt in [DType::F32, DType::F64] {
+        for (name, inputs, f) in parity_cases(dt) {
+            let out = catch_unwind(AssertUnwindSafe(|| f(&inputs)));
+            assert!(out.is_ok(), "{name} {dt} panicked on the CPU");
+        }
+    }
 }
 
 #[test]
@@ -1058,7 +1167,19 @@ fn gradients_through_device_kernels_pass_gradcheck() {
     let Some(g) = gpu("gradients_through_device_kernels_pass_gradcheck") else {
         return;
     };
-    let d = g.device;
+    run_gradcheck_cases(g.device);
+}
+
+/// The gradcheck cases of [`gradients_through_device_kernels_pass_gradcheck`] on the CPU:
+/// checks, without a GPU, that every case is well-formed (and the CPU gradients right).
+#[test]
+fn the_gradcheck_cases_hold_on_the_cpu() {
+    run_gradcheck_cases(Device::Cpu);
+}
+
+/// Gradchecks a set of compositions with their inputs moved to `d` (the CPU numbers of
+/// gradcheck are the reference).
+fn run_gradcheck_cases(d: Device) {
     let mut rng = Generator::new(17);
     let x = rng.randn([3, 4], DType::F64);
     let w = rng.randn([4], DType::F64);
@@ -1100,6 +1221,27 @@ fn gradients_through_device_kernels_pass_gradcheck() {
             Box::new(move |x, w| x.index_select(0, &idx).gather(1, &gidx) * w.narrow(0, 0, 2)),
         ),
         (
+            "conv2d/max_pool2d/avg_pool2d",
+            Box::new(|x, w| {
+                let img = x.reshape([1, 1, 3, 4]);
+                let k = w.reshape([1, 1, 2, 2]);
+                let c = conv2d(&img, &k, None, 1, 1, 1, 1).unwrap();
+                let a = avg_pool2d(&c, 2, 1, 1, false, true, None).unwrap();
+                max_pool2d(&c, 2, 1, 0, 1, false).unwrap() + a.narrow(2, 0, 3).narrow(3, 0, 4)
+            }),
+        ),
+        (
+            "prod/masked_select",
+            Box::new(|x, w| {
+                let y = x * w;
+                y.prod(0, false) + y.masked_select(&x.gt(0.0)).sum(All, true)
+            }),
+        ),
+        (
+            "column sums",
+            Box::new(|x, w| (x.reshape([12, 1]) * w).sum(0, false) * w),
+        ),
+        (
             "cat/stack",
             Box::new(|x, w| {
                 Tensor::cat(&[x.clone(), w.unsqueeze(0)], 0)
@@ -1117,6 +1259,6 @@ fn gradients_through_device_kernels_pass_gradcheck() {
         ) {
             panic!("{name}: {e}");
         }
-        println!("gradcheck on cuda: {name} ok");
+        println!("gradcheck on {d}: {name} ok");
     }
 }

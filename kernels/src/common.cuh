@@ -249,6 +249,9 @@ __device__ __forceinline__ i64 layout_offset(const Layout& l, i64 i) {
 struct SumOp {
     template <typename A> __device__ __forceinline__ A operator()(A a, A b) const { return a + b; }
 };
+struct ProdOp {
+    template <typename A> __device__ __forceinline__ A operator()(A a, A b) const { return a * b; }
+};
 struct MaxOp {
     template <typename A> __device__ __forceinline__ A operator()(A a, A b) const {
         return nan_max(a, b);

@@ -507,9 +507,9 @@ const COPY: &[&str] = entry_list! {
 };
 
 const REDUCE: &[&str] = entry_list! {
-    nums: sum_dim, max_dim, min_dim, argmax_dim, argmin_dim, sum_cols, sum_cols_part,
-        sum_cols_fin, max_cols, max_cols_part, max_cols_fin, min_cols, min_cols_part,
-        min_cols_fin;
+    nums: sum_dim, prod_dim, max_dim, min_dim, argmax_dim, argmin_dim, sum_cols,
+        sum_cols_part, sum_cols_fin, prod_cols, prod_cols_part, prod_cols_fin, max_cols,
+        max_cols_part, max_cols_fin, min_cols, min_cols_part, min_cols_fin;
     floats: mean_dim;
 };
 
@@ -563,7 +563,7 @@ mod tests {
                 ("elementwise", 113),
                 ("unary", 89),
                 ("copy", 47),
-                ("reduce", 74),
+                ("reduce", 94),
                 ("softmax", 16),
                 ("norm", 28),
                 ("index", 46),

@@ -17,7 +17,7 @@ template <> __device__ __forceinline__ i64 lowest(i64) { return (i64)0x800000000
 template <typename A> __device__ __forceinline__ A highest(A) { return m_inf(A(0)); }
 template <> __device__ __forceinline__ i64 highest(i64) { return (i64)0x7fffffffffffffffLL; }
 
-// sum_dim / mean_dim / max_dim / min_dim:
+// sum_dim / prod_dim / mean_dim / max_dim / min_dim:
 //   (const T* x, T* out, i64 outer, i64 dim, i64 inner)
 template <typename T, typename Op>
 __device__ __forceinline__ void reduce_dim(const T* x, T* out, i64 outer, i64 dim, i64 inner,
@@ -42,6 +42,10 @@ __device__ __forceinline__ void reduce_dim(const T* x, T* out, i64 outer, i64 di
     extern "C" __global__ void sum_dim_##dt(const T* x, T* out, i64 outer, i64 dim,        \
                                             i64 inner) {                                   \
         reduce_dim<T, SumOp>(x, out, outer, dim, inner, 0, false);                         \
+    }                                                                                      \
+    extern "C" __global__ void prod_dim_##dt(const T* x, T* out, i64 outer, i64 dim,       \
+                                             i64 inner) {                                  \
+        reduce_dim<T, ProdOp>(x, out, outer, dim, inner, 1, false);                        \
     }                                                                                      \
     extern "C" __global__ void max_dim_##dt(const T* x, T* out, i64 outer, i64 dim,        \
                                             i64 inner) {                                   \
@@ -68,7 +72,7 @@ FLINT_FLOATS(MEAN, _)
 //                         double div)
 //   <kind>_cols_fin_<dt>(const A* part, T* out, i64 outer, i64 chunks, i64 inner,
 //                        i64 chunk, double div)
-// kind: sum, max, min. Launch: blockDim.x a multiple of 32 up to 1024 (256 is a good
+// kind: sum, prod, max, min. Launch: blockDim.x a multiple of 32 up to 1024 (256 is a good
 // default; each warp takes a share of the rows, lane l the column tile*32 + l); blocks
 // grid-stride over outer * ceil(inner / 32) column tiles; gridDim.y splits dim into
 // chunks of `chunk` rows (gridDim.y = ceil(dim / chunk)). Writes
@@ -104,6 +108,7 @@ __device__ __forceinline__ void reduce_cols(const I* x, O* out, i64 outer, i64 d
         reduce_cols<A, T, Op>(part, out, outer, chunks, inner, chunk, init, div);          \
     }
 FLINT_NUMS(REDUCE_COLS, sum, SumOp, A(0))
+FLINT_NUMS(REDUCE_COLS, prod, ProdOp, A(1))
 FLINT_NUMS(REDUCE_COLS, max, MaxOp, lowest(A(0)))
 FLINT_NUMS(REDUCE_COLS, min, MinOp, highest(A(0)))
 

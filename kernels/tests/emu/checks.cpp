@@ -410,6 +410,27 @@ static void test_reduce_cols() {
     close("max_cols_f32 (NaN propagates)", out, mx);
     launch(2, 1, 32, [&] { min_cols_f32(xf.data(), out.data(), O, D, I, D, 1.0); });
     close("min_cols_f32", out, mn);
+    {
+        // products of values near 1 (so 37 of them stay finite), one launch and chunks
+        Vd pr(O * I, 1);
+        std::vector<double> y(O * D * I), got(O * I), part(O * 3 * I);
+        for (size_t k = 0; k < y.size(); ++k) {
+            y[k] = 1.0 + 0.1 * std::sin((double)k);
+            pr[(k / (D * I)) * I + k % I] *= y[k];
+        }
+        launch(O * tiles, 1, 64, [&] { rd::prod_cols_f64(y.data(), got.data(), O, D, I, D, 1.0); });
+        close("prod_cols_f64", got, pr, 1e-13, 0);
+        launch(O * tiles, 3, 64, [&] { rd::prod_cols_part_f64(y.data(), part.data(), O, D, I, 13, 1.0); });
+        launch(O * tiles, 1, 64, [&] { rd::prod_cols_fin_f64(part.data(), got.data(), O, 3, I, 3, 1.0); });
+        close("prod_cols_part + fin f64", got, pr, 1e-13, 0);
+        Vd pd(O * I, 1);
+        for (int o = 0; o < O; ++o)
+            for (int d = 0; d < D; ++d)
+                for (int i = 0; i < I; ++i) pd[o * I + i] *= y[(o * D + d) * I + i];
+        std::vector<double> gd(O * I);
+        run(5, 64, [&] { rd::prod_dim_f64(y.data(), gd.data(), O, D, I); });
+        close("prod_dim_f64", gd, pd, 1e-13, 0);
+    }
     // three chunks of 13 rows: partials, then the final pass
     const int chunk = 13, chunks = (D + chunk - 1) / chunk;
     std::vector<float> part(O * chunks * I);

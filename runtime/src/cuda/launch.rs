@@ -35,6 +35,15 @@ pub(crate) struct LayoutArg(pub(crate) KernelLayout);
 // `common.cuh` (144 bytes, checked on both sides).
 unsafe impl DeviceRepr for LayoutArg {}
 
+/// [`flint_kernels::WindowParams`] as a kernel argument (the C `WindowParams`, by value).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WindowArg(pub(crate) flint_kernels::WindowParams);
+
+// SAFETY: `WindowParams` is `#[repr(C)]` plain data matching the C struct `WindowParams`
+// of `window.cu` (144 bytes, checked on both sides).
+unsafe impl DeviceRepr for WindowArg {}
+
 /// One kernel argument, in the C type of the kernel's parameter.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Arg {
@@ -54,6 +63,8 @@ pub(crate) enum Arg {
     U16(u16),
     /// A strided view.
     Layout(LayoutArg),
+    /// The geometry of sliding windows.
+    Window(WindowArg),
 }
 
 impl Arg {
@@ -144,6 +155,7 @@ pub(crate) fn launch(
             Arg::U8(v) => b.arg(v),
             Arg::U16(v) => b.arg(v),
             Arg::Layout(v) => b.arg(v),
+            Arg::Window(v) => b.arg(v),
         };
     }
     // SAFETY: each caller passes the arguments of `entry`'s documented signature

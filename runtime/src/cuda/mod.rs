@@ -19,21 +19,38 @@
 //!   ([`Tensor::to_dtype`](crate::Tensor::to_dtype));
 //! - `contiguous`/`deep_clone` of any view (strided copy kernel) and the in-place ops
 //!   (`copy_`, `fill_`, `add_`, `mul_`, `masked_fill_`, …, written through the view);
-//! - reductions over any dims (`sum`, `mean`, `max`, `min`, `argmax`, `argmin`, and
-//!   what is built on them: `var`, `std`, `logsumexp`, `softmax`, `log_softmax`);
+//! - reductions over any dims (`sum`, `prod`, `mean`, `max`, `min`, `argmax`, `argmin`,
+//!   and what is built on them: `var`, `std`, `logsumexp`): one block per output, or,
+//!   over the rows of a wide tensor (bias gradients), column kernels whose warps read
+//!   along the rows;
+//! - fused softmax and log-softmax (one kernel each way) and layer norm (forward, input
+//!   gradient, parameter gradients), so cross-entropy and attention use them;
 //! - `index_select` (embedding lookups), `gather`, `scatter_add` (their backward), `cat`,
-//!   `stack`, `triu`/`tril` (and the causal masks of attention);
-//! - `matmul` for f32, f64, f16 and bf16 (cuBLAS);
+//!   `stack`, `triu`/`tril` (and the causal masks of attention), `masked_select` (its
+//!   positions read on the host, as the output's size depends on them);
+//! - `matmul` for f32, f64, f16 and bf16 (cuBLAS; f32 on TF32 tensor cores with
+//!   [`set_allow_tf32`]); a batch of matrices that is not evenly spaced in memory is made
+//!   contiguous first, so every product is one strided-batched call;
+//! - sliding windows (`im2col`, `col2im`, the window argmax), so convolutions (1-3
+//!   spatial dims, any stride, padding, dilation and groups), max/avg/adaptive pooling
+//!   and `unfold`/`fold` run on the device, with their gradients;
 //! - dropout masks drawn on the device from the global generator's Philox stream (the
 //!   same bits as on the CPU for the same seed and offset).
 //!
-//! So layers, losses and optimizers built from these ops (Linear, activations,
-//! LayerNorm, Dropout, Embedding, attention, cross-entropy, the Adam/AdamW updates) run
-//! on CUDA with their autograd (`tests/cuda.rs` trains an MLP and an attention block on
-//! both devices). An op without a kernel (`prod`, `masked_select`, convolutions, …)
-//! given a CUDA tensor returns
+//! Elementwise launches coalesce the dims of their operands first (contiguous operands
+//! reach the kernel as one dim), which also lets views of more than 8 dims through when
+//! they merge down to 8.
+//!
+//! So the layers, losses and optimizers of `nn` (Linear, Conv, pooling, activations,
+//! LayerNorm, BatchNorm, Dropout, Embedding, attention, cross-entropy, the Adam/AdamW
+//! and SGD updates) run on CUDA with their autograd (`tests/cuda.rs` trains an MLP and an
+//! attention block on both devices and compares every wired op with the CPU). An op
+//! without a kernel (an `i64` matrix product, …) given a CUDA tensor returns
 //! [`Error::NoCudaKernel`](crate::Error::NoCudaKernel) from its `try_` form (and panics
 //! with that message from its panicking form) without touching device memory.
+//!
+//! [`profile_start`] / [`profile_stop`] time every kernel and product on the device (CUDA
+//! events), for finding where a step's time goes.
 //!
 //! ```
 //! use flint_runtime::{cuda, Device, Tensor};

@@ -333,7 +333,7 @@ fn reduction_view(t: &Tensor, dims: &[usize]) -> Result<(Tensor, usize, usize, u
     Ok((copy_to_new(&moved)?, n_out, n_red, 1))
 }
 
-/// `sum`, `max` or `min` of a CUDA tensor over the sorted, distinct `dims`
+/// `sum`, `prod`, `max` or `min` of a CUDA tensor over the sorted, distinct `dims`
 /// (`<kind>_dim_<dt>`), with the output shape `shape`. Bool max/min go through i64.
 pub(crate) fn reduce(
     kind: &'static str,
@@ -341,7 +341,7 @@ pub(crate) fn reduce(
     dims: &[usize],
     shape: &[usize],
 ) -> Result<Tensor> {
-    if !matches!(kind, "sum" | "max" | "min") {
+    if !matches!(kind, "sum" | "prod" | "max" | "min") {
         return Err(no_kernel(kind, t.device()));
     }
     if t.dtype() == DType::Bool {
@@ -394,7 +394,7 @@ fn cols_chunks(blocks: usize, dim: usize) -> usize {
         .clamp(1, u16::MAX as usize)
 }
 
-/// `sum`/`max`/`min` of the contiguous `[outer, dim, inner]` tensor `src` over `dim` on
+/// `sum`/`prod`/`max`/`min` of the contiguous `[outer, dim, inner]` tensor `src` over `dim` on
 /// the `<kind>_cols*` kernels: one launch, or (few column tiles, many rows) partials per
 /// row chunk in the acc type and a second launch over them.
 fn reduce_cols(
@@ -658,6 +658,43 @@ pub(crate) fn layer_norm_rows_backward(
     Ok((dx, finish(part_w)?, finish(part_b)?))
 }
 
+/// A sliding-window kernel of the `window` module (`im2col`, `col2im`, `window_argmax`)
+/// on a CUDA tensor: `src` (made contiguous) is `planes` planes, and the output, of
+/// `out_numel` elements of `out_dtype`, gets `shape`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn window(
+    op: &'static str,
+    entry: &str,
+    src: &Tensor,
+    planes: usize,
+    w: &crate::ops::window::Window,
+    out_dtype: DType,
+    shape: &[usize],
+) -> Result<Tensor> {
+    let params = flint_kernels::WindowParams::new(
+        &w.input,
+        &w.kernel,
+        &w.stride,
+        &w.padding,
+        &w.dilation,
+        &w.output,
+    )
+    .ok_or_else(|| Error::config(op, format!("invalid window for the CUDA kernels: {w:?}")))?;
+    let name = launch::entry(op, src.device(), entry, src.dtype())?;
+    let s = contiguous(src)?;
+    let (g, p) = first_element(op, &s)?;
+    let n: usize = shape.iter().product();
+    let (buf, po) = launch::output(&g, out_dtype, n)?;
+    let args = [
+        Arg::Ptr(p),
+        Arg::Ptr(po),
+        Arg::n(planes),
+        Arg::Window(launch::WindowArg(params)),
+    ];
+    launch::launch(op, &g, &name, launch::elementwise(n), &args)?;
+    Ok(Tensor::from_cuda(buf, shape))
+}
+
 /// The index (i64) of the maximum (`max`) or minimum along `dim` (`argmax_dim_<dt>` /
 /// `argmin_dim_<dt>`), with the output shape `shape`. Bool goes through i64.
 pub(crate) fn arg_reduce(
@@ -730,6 +767,30 @@ pub(crate) fn index_select(src: &Tensor, d: usize, index: &Tensor) -> Result<Opt
         return Ok(None);
     }
     Ok(Some(Tensor::from_cuda(buf, &out_shape)))
+}
+
+/// `x.masked_select(mask)` on CUDA for the views `lx` of `x` and `lm` of the bool `mask`,
+/// broadcast to one shape: the flat positions where the mask is true are read on the
+/// host (the output's size depends on them; PyTorch's `masked_select` waits for the
+/// device here too), and the values gathered on the device (`index_select`).
+pub(crate) fn masked_select(x: &Tensor, lx: &Layout, mask: &Tensor, lm: &Layout) -> Result<Tensor> {
+    const OP: &str = "masked_select";
+    let keep = mask
+        .with_layout(lm.clone())
+        .try_to(Device::Cpu)?
+        .to_vec::<bool>();
+    let pos: Vec<i64> = keep
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| **k)
+        .map(|(i, _)| i as i64)
+        .collect();
+    let n = pos.len();
+    let idx = Tensor::from_vec(pos, [n]).try_to(x.device())?;
+    let flat = copy_to_new(&x.with_layout(lx.clone()))?;
+    let flat = flat.with_layout(Layout::contiguous(&[flat.numel()]));
+    index_select(&flat, 0, &idx)?
+        .ok_or_else(|| Error::index(OP, "internal: a position past the end of the tensor"))
 }
 
 /// The view of `t` cut to `shape[k]` in every dim `k` (from 0): the region of a
@@ -986,7 +1047,8 @@ mod tests {
         for k in ["sum", "max", "min", "argmax", "argmin"] {
             assert!(has(format!("{k}_dim_i64")), "{k}");
         }
-        for k in ["sum", "max", "min"] {
+        for k in ["sum", "prod", "max", "min"] {
+            assert!(has(format!("{k}_dim_bf16")), "{k}");
             for suffix in ["cols", "cols_part", "cols_fin"] {
                 for dt in ["f32", "f64", "f16", "bf16", "i64"] {
                     assert!(has(format!("{k}_{suffix}_{dt}")), "{k}_{suffix}_{dt}");

@@ -573,6 +573,10 @@ impl Tensor {
         let mask = unaliased(mask, self)?;
         let ls = self.layout().broadcast_to(OP, &shape)?;
         let lm = mask.layout().broadcast_to(OP, &shape)?;
+        #[cfg(feature = "cuda")]
+        if self.is_cuda() {
+            return crate::cuda::ops::masked_select(self, &ls, &mask, &lm);
+        }
         let dt = self.dtype();
         Ok(dispatch!(all dt, T => {
             let out = self.with_slice::<T, _>(OP, |s, _| {
@@ -682,10 +686,10 @@ impl Tensor {
             // the positions (in the broadcast shape) that were selected, in order
             let bshape = broadcast_shapes("masked_select", &shape, m.shape()).unwrap_or_default();
             let n: usize = bshape.iter().product();
-            let pos = Tensor::arange(0.0, n as f64, 1.0, DType::I64)
+            let pos = Tensor::arange(0.0, n as f64, 1.0, (DType::I64, m.device()))
                 .reshape(bshape.as_slice())
                 .masked_select_impl(&m)
-                .unwrap_or_else(|_| Tensor::zeros([0usize], DType::I64));
+                .unwrap_or_else(|_| Tensor::zeros([0usize], (DType::I64, m.device())));
             let flat = Tensor::zeros([n], (g.dtype(), g.device())).scatter_add(0, &pos, g);
             vec![Some(sum_to(&flat.reshape(bshape.as_slice()), &shape))]
         }))

@@ -335,6 +335,32 @@ fn with_contiguous<T: BufferElement, R>(
     t.with_slice::<T, _>(op, |s, l| f(&s[l.offset()..l.offset() + l.numel()]))
 }
 
+/// A `window` kernel on a CUDA tensor (see `cuda::ops::window`); without the `cuda`
+/// feature no tensor is on CUDA, and this is the "no CUDA kernel" error.
+#[allow(clippy::too_many_arguments)]
+fn cuda_window(
+    op: &'static str,
+    entry: &str,
+    src: &Tensor,
+    planes: usize,
+    w: &Window,
+    out_dtype: crate::DType,
+    shape: &[usize],
+) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    {
+        crate::cuda::ops::window(op, entry, src, planes, w, out_dtype, shape)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (entry, planes, w, out_dtype, shape);
+        Err(Error::NoCudaKernel {
+            op,
+            device: src.device(),
+        })
+    }
+}
+
 fn check_window(op: &'static str, w: &Window) -> Result<()> {
     let nd = w.ndim();
     let ok = (1..=3).contains(&nd)
@@ -380,10 +406,14 @@ impl Tensor {
         let (b, c) = (self.shape()[0], self.shape()[1]);
         let shape = [b, c * w.taps(), w.windows()];
         let dt = self.dtype();
-        let out = dispatch!(all dt, T => {
-            let v = with_contiguous::<T, _>(OP, self, |s| im2col_kernel(s, b * c, w))?;
-            Tensor::from_buffer(T::into_buffer(v), &shape)
-        });
+        let out = if self.is_cuda() {
+            cuda_window(OP, "im2col", self, b * c, w, dt, &shape)?
+        } else {
+            dispatch!(all dt, T => {
+                let v = with_contiguous::<T, _>(OP, self, |s| im2col_kernel(s, b * c, w))?;
+                Tensor::from_buffer(T::into_buffer(v), &shape)
+            })
+        };
         let w = w.clone();
         Ok(record(out, OP, &[self], &[], move |g| {
             vec![Some(or_panic(g.col2im(&w)))]
@@ -412,10 +442,14 @@ impl Tensor {
         let mut shape = vec![b, c];
         shape.extend_from_slice(&w.input);
         let dt = self.dtype();
-        let out = dispatch!(num OP, dt, T => {
-            let v = with_contiguous::<T, _>(OP, self, |s| col2im_kernel(s, b * c, w))?;
-            Tensor::from_buffer(T::into_buffer(v), &shape)
-        })?;
+        let out = if self.is_cuda() {
+            cuda_window(OP, "col2im", self, b * c, w, dt, &shape)?
+        } else {
+            dispatch!(num OP, dt, T => {
+                let v = with_contiguous::<T, _>(OP, self, |s| col2im_kernel(s, b * c, w))?;
+                Tensor::from_buffer(T::into_buffer(v), &shape)
+            })?
+        };
         let w = w.clone();
         Ok(record(out, OP, &[self], &[], move |g| {
             vec![Some(or_panic(g.im2col(&w)))]
@@ -443,6 +477,17 @@ impl Tensor {
         let mut shape = vec![b, c];
         shape.extend_from_slice(&w.output);
         let dt = self.dtype();
+        if self.is_cuda() {
+            return cuda_window(
+                OP,
+                "window_argmax",
+                self,
+                b * c,
+                w,
+                crate::DType::I64,
+                &shape,
+            );
+        }
         let idx = dispatch!(num OP, dt, T => {
             with_contiguous::<T, _>(OP, self, |s| argmax_kernel(s, b * c, w))?
         })?;
