@@ -15,7 +15,7 @@ use flint::nn::{
     adaptive_avg_pool2d, avg_pool2d, conv1d, conv2d, fold, max_pool2d, unfold, Embedding, Forward,
     Linear, ModuleExt,
 };
-use flint::optim::{Adam, Optimizer};
+use flint::optim::{Adam, Optimizer, Sgd};
 use flint::{
     causal_mask, cuda, manual_seed, All, DType, Device, Error, GeluApprox, Generator, Tensor,
 };
@@ -928,6 +928,55 @@ fn parity_cases(dt: DType) -> Vec<ParityCase> {
         }),
     ));
     v
+}
+
+/// The fused optimizer kernels (`adam_<dt>`, `sgd_<dt>`) step a parameter as the CPU
+/// does: SGD with momentum, Nesterov and weight decay; AdamW with AMSGrad; three steps
+/// each, the parameters compared after every step.
+#[test]
+fn fused_optimizer_steps_match_the_cpu() {
+    let Some(g) = gpu("fused_optimizer_steps_match_the_cpu") else {
+        return;
+    };
+    let d = g.device;
+    let run = |device: Device, adam: bool| -> Vec<Vec<f64>> {
+        let mut rng = Generator::new(5);
+        let p = rng
+            .randn([7, 5], DType::F32)
+            .to(device)
+            .requires_grad_(true);
+        let target = rng.randn([7, 5], DType::F32).to(device);
+        let mut out = Vec::new();
+        let mut step = |opt: &mut dyn Optimizer| {
+            for _ in 0..3 {
+                opt.zero_grad();
+                ((&p - &target) * (&p - &target)).sum(All, false).backward();
+                opt.step();
+                out.push(p.to_f64_vec());
+            }
+        };
+        if adam {
+            step(
+                &mut Adam::adamw(vec![p.clone()], 1e-2)
+                    .amsgrad(true)
+                    .weight_decay(0.1),
+            );
+        } else {
+            step(
+                &mut Sgd::new(vec![p.clone()], 0.05)
+                    .momentum(0.9)
+                    .nesterov(true)
+                    .weight_decay(0.01),
+            );
+        }
+        out
+    };
+    for adam in [false, true] {
+        let (cpu, dev) = (run(Device::Cpu, adam), run(d, adam));
+        for (s, (c, g)) in cpu.iter().zip(&dev).enumerate() {
+            assert_close(g, c, 1e-5, 1e-6, &format!("adam {adam} step {s}"));
+        }
+    }
 }
 
 /// Every parity case runs on the CPU alone (so a malformed case shows without a GPU).

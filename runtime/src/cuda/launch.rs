@@ -53,6 +53,8 @@ pub(crate) enum Arg {
     I64(i64),
     /// `u64` (`unsigned long long`).
     U64(u64),
+    /// `i32` (`int`).
+    I32(i32),
     /// `double`.
     F64(f64),
     /// `float`.
@@ -150,6 +152,7 @@ pub(crate) fn launch(
         match a {
             Arg::Ptr(v) | Arg::U64(v) => b.arg(v),
             Arg::I64(v) => b.arg(v),
+            Arg::I32(v) => b.arg(v),
             Arg::F64(v) => b.arg(v),
             Arg::F32(v) => b.arg(v),
             Arg::U8(v) => b.arg(v),

@@ -70,6 +70,7 @@ pub mod kernels;
 mod launch;
 mod matmul;
 pub(crate) mod ops;
+pub(crate) mod optim;
 mod profile;
 
 pub use alloc::{empty_cache, memory_stats, DeviceVec, MemoryStats};

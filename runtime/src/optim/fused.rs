@@ -6,8 +6,10 @@
 //! Covered: [`adam`] (Adam/AdamW, AMSGrad included), [`sgd`] (momentum, dampening,
 //! Nesterov, weight decay), [`rmsprop`] (centered, momentum) and [`adagrad`], for a
 //! contiguous CPU `f32`/`f64` parameter whose gradient and state tensors have its dtype,
-//! shape and device. Everything else (CUDA, `f16`/`bf16`, non-contiguous parameters or
-//! state) returns `None` and the optimizer takes its op chain, which stays the reference.
+//! shape and device. Adam and SGD of a contiguous float CUDA parameter go to the fused
+//! kernels of `flint-kernels` (`cuda::optim`, the same rules). Everything else (`f16`/
+//! `bf16` on the CPU, non-contiguous parameters or state) returns `None` and the
+//! optimizer takes its op chain, which stays the reference.
 //!
 //! Numerics: each update evaluates the chain's formulas in the same order, in the
 //! parameter's dtype, with every scalar coefficient converted to that dtype once (as the
@@ -80,6 +82,17 @@ fn fits(t: &Tensor, p: &Tensor) -> bool {
         && t.dtype() == p.dtype()
         && t.shape() == p.shape()
         && t.is_contiguous()
+}
+
+/// A fused CUDA update (`cuda::optim`), unless the tests asked for the chain; `None` when
+/// it declines or fails.
+#[cfg(feature = "cuda")]
+fn cuda_unless_chain_only<R>(f: impl FnOnce() -> crate::error::Result<Option<R>>) -> Option<R> {
+    #[cfg(test)]
+    if CHAIN_ONLY.get() {
+        return None;
+    }
+    f().ok().flatten()
 }
 
 /// The checks shared by every fused update: `p` is a contiguous CPU `f32`/`f64` tensor,
@@ -267,6 +280,11 @@ pub(crate) fn adam(
     v_max: Option<&Tensor>,
     s: &AdamStep,
 ) -> Option<(Tensor, Tensor, Option<Tensor>)> {
+    #[cfg(feature = "cuda")]
+    if p.is_cuda() {
+        // an error here (a failed launch) sends the step to the chain, which reports it
+        return cuda_unless_chain_only(|| crate::cuda::optim::adam(p, g, m, v, v_max, s));
+    }
     per_float!(p.dtype(), T => {
         let c = |x: f64| T::from_f64(x);
         let (b1, b2) = s.betas;
@@ -329,6 +347,10 @@ pub(crate) fn sgd(
     buf: Option<&Tensor>,
     s: &SgdStep,
 ) -> Option<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if p.is_cuda() {
+        return cuda_unless_chain_only(|| crate::cuda::optim::sgd(p, g, buf, s));
+    }
     per_float!(p.dtype(), T => {
         let c = |x: f64| T::from_f64(x);
         let (lr, wd, use_wd) = (c(s.lr), c(s.weight_decay), s.weight_decay != 0.0);
