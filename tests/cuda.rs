@@ -13,7 +13,7 @@ use flint::loss::CrossEntropy;
 use flint::nn::functional::{batch_norm, dropout, layer_norm, scaled_dot_product_attention};
 use flint::nn::{
     adaptive_avg_pool2d, avg_pool2d, conv1d, conv2d, fold, max_pool2d, unfold, Embedding, Forward,
-    Linear, ModuleExt,
+    Linear, ModuleExt, RecurrentConfig, GRU, LSTM,
 };
 use flint::optim::{Adam, Optimizer, Sgd};
 use flint::{
@@ -977,6 +977,50 @@ fn fused_optimizer_steps_match_the_cpu() {
             assert_close(g, c, 1e-5, 1e-6, &format!("adam {adam} step {s}"));
         }
     }
+}
+
+/// A 2-layer LSTM and a GRU (their composed cell ops on CUDA): the outputs and every
+/// gradient, on `device`, from one seed.
+fn recurrent_grads(device: Device) -> Vec<Vec<f64>> {
+    manual_seed(8);
+    let cfg = RecurrentConfig {
+        num_layers: 2,
+        ..RecurrentConfig::default()
+    };
+    let mut lstm = LSTM::with_config(6, 5, cfg, ());
+    let mut gru = GRU::new(6, 4, ());
+    lstm.to_device(device).unwrap();
+    gru.to_device(device).unwrap();
+    let x = Generator::new(2).randn([7, 3, 6], DType::F32).to(device);
+    let (y, (h, c)) = lstm.forward(&x, None);
+    let (z, hz) = gru.forward(&x, None);
+    let loss = (y.tanh().sum(All, false) + h.sum(All, false) * 0.5 + c.sum(All, false))
+        + (z.sigmoid().sum(All, false) - hz.sum(All, false));
+    loss.backward();
+    let mut out = vec![y.to_f64_vec(), z.to_f64_vec()];
+    for p in lstm.parameters().iter().chain(gru.parameters().iter()) {
+        out.push(p.grad().expect("a gradient").to_f64_vec());
+    }
+    out
+}
+
+#[test]
+fn recurrent_layers_run_on_the_device_as_on_the_cpu() {
+    let Some(g) = gpu("recurrent_layers_run_on_the_device_as_on_the_cpu") else {
+        return;
+    };
+    let (cpu, dev) = (recurrent_grads(Device::Cpu), recurrent_grads(g.device));
+    assert_eq!(cpu.len(), dev.len());
+    for (i, (c, d)) in cpu.iter().zip(&dev).enumerate() {
+        assert_close(d, c, 1e-4, 1e-5, &format!("output or gradient {i}"));
+    }
+}
+
+/// The recurrent case is well-formed without a GPU.
+#[test]
+fn the_recurrent_case_runs_on_the_cpu() {
+    let r = recurrent_grads(Device::Cpu);
+    assert_eq!(r.len(), 2 + 8 + 4);
 }
 
 /// Every parity case runs on the CPU alone (so a malformed case shows without a GPU).
