@@ -1290,8 +1290,8 @@ fn run_gradcheck_cases(d: Device) {
             Box::new(|x, w| (x.tanh() + (x * w).sigmoid()).exp()),
         ),
         (
-            "gelu",
-            Box::new(|x, _| x.gelu(GeluApprox::None) + x.gelu(GeluApprox::Tanh)),
+            "gelu/relu",
+            Box::new(|x, w| x.gelu(GeluApprox::None) + x.gelu(GeluApprox::Tanh) + (x * w).relu()),
         ),
         (
             "softmax/log_softmax",

@@ -57,6 +57,35 @@ FLINT_NUMS(BINARY, maximum, MaximumF)
 FLINT_NUMS(BINARY, minimum, MinimumF)
 FLINT_FLOATS(BINARY, pow, PowF)
 
+// Activation backward passes, a = the output gradient g, b = the activation's input x
+// (output y for relu): <op>_<dt>(const T* g, Layout lg, const T* x, Layout lx, T* out, i64 n)
+//   gelu_backward:      g·(Φ(x) + x·φ(x))                 (exact GELU)
+//   gelu_tanh_backward: g·d/dx[0.5·x·(1 + tanh(u))], u = √(2/π)·(x + 0.044715·x³)
+//   relu_backward:      y ≤ 0 ? 0 : g                     (NaN passes g through)
+struct GeluBackF {
+    template <typename A> __device__ __forceinline__ A operator()(A g, A x) const {
+        const A cdf = A(0.5) * (A(1) + m_erf(x * A(0.70710678118654752440)));
+        const A pdf = m_exp(A(-0.5) * x * x) * A(0.39894228040143267794);
+        return g * (cdf + x * pdf);
+    }
+};
+struct GeluTanhBackF {
+    template <typename A> __device__ __forceinline__ A operator()(A g, A x) const {
+        const A k = A(0.79788456080286535588), c = A(0.044715);
+        const A t = m_tanh(k * (x + c * x * x * x));
+        const A du = k * (A(1) + A(3) * c * x * x);
+        return g * (A(0.5) * (A(1) + t) + A(0.5) * x * (A(1) - t * t) * du);
+    }
+};
+struct ReluBackF {
+    template <typename A> __device__ __forceinline__ A operator()(A g, A y) const {
+        return y <= A(0) ? A(0) : g;
+    }
+};
+FLINT_FLOATS(BINARY, gelu_backward, GeluBackF)
+FLINT_FLOATS(BINARY, gelu_tanh_backward, GeluTanhBackF)
+FLINT_NUMS(BINARY, relu_backward, ReluBackF)
+
 // ---------------------------------------------------------------------------------------
 // Binary with a scalar: <op>_scalar_<dt>(const T* x, Layout lx, T* out, i64 n, double s)
 // The scalar is first rounded to T (as the CPU runtime turns it into a tensor of x's

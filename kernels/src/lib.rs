@@ -481,8 +481,8 @@ const fn flatten<const N: usize>(parts: &[&[&'static str]]) -> [&'static str; N]
 }
 
 const ELEMENTWISE: &[&str] = entry_list! {
-    nums: add, sub, mul, maximum, minimum;
-    floats: div, pow;
+    nums: add, sub, mul, maximum, minimum, relu_backward;
+    floats: div, pow, gelu_backward, gelu_tanh_backward;
     floats: add_scalar, sub_scalar, rsub_scalar, mul_scalar, div_scalar, rdiv_scalar,
         pow_scalar, rpow_scalar, maximum_scalar, minimum_scalar;
     all: eq, ne, lt, le, gt, ge;
@@ -560,7 +560,7 @@ mod tests {
         assert_eq!(
             counts,
             [
-                ("elementwise", 113),
+                ("elementwise", 126),
                 ("unary", 89),
                 ("copy", 47),
                 ("reduce", 94),

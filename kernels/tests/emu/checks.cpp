@@ -150,6 +150,31 @@ template <> void print_hex(const std::vector<uint8_t>& v) { for (uint8_t x : v) 
 static void test_elementwise() {
     using namespace ew;
     {
+        // activation backward passes against central differences of the activations
+        const Vd x = {-3.1, -1.2, -0.4, 0.0, 0.3, 0.9, 2.2, 4.5};
+        const Vd g = {0.7, -1.1, 2.0, 0.5, -0.3, 1.4, 0.9, -2.2};
+        const size_t n = x.size();
+        auto l = layout<Layout>({(i64)n});
+        auto gelu = [](double v) { return 0.5 * v * (1 + std::erf(v / std::sqrt(2.0))); };
+        auto gelu_tanh = [](double v) {
+            return 0.5 * v * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
+        };
+        Vd want(n), want_t(n), out(n);
+        for (size_t i = 0; i < n; ++i) {
+            const double h = 1e-6;
+            want[i] = g[i] * (gelu(x[i] + h) - gelu(x[i] - h)) / (2 * h);
+            want_t[i] = g[i] * (gelu_tanh(x[i] + h) - gelu_tanh(x[i] - h)) / (2 * h);
+        }
+        run(1, 32, [&] { gelu_backward_f64(g.data(), l, x.data(), l, out.data(), (i64)n); });
+        close("gelu_backward_f64 vs central differences", out, want, 1e-8, 1e-9);
+        run(1, 32, [&] { gelu_tanh_backward_f64(g.data(), l, x.data(), l, out.data(), (i64)n); });
+        close("gelu_tanh_backward_f64 vs central differences", out, want_t, 1e-8, 1e-9);
+        std::vector<float> gf = {1, 2, 3, 4}, yf = {-1, 0, NAN, 5}, of(4);
+        auto l4 = layout<Layout>({4});
+        run(1, 32, [&] { relu_backward_f32(gf.data(), l4, yf.data(), l4, of.data(), 4); });
+        close("relu_backward_f32 (0 where y <= 0, NaN passes)", of, {0, 0, 3, 4});
+    }
+    {
         std::vector<float> a = {1, 2, 3, 4, 5, 6}, b = {10, 20, 30}, out(6);
         auto la = layout<Layout>({2, 3}), lb = layout<Layout>({2, 3}, {0, 1});
         run(2, 4, [&] { add_f32(a.data(), la, b.data(), lb, out.data(), 6); });

@@ -64,6 +64,9 @@ const BINARY: &[&str] = &[
     "logical_and",
     "logical_or",
     "logical_xor",
+    "gelu_backward",
+    "gelu_tanh_backward",
+    "relu_backward",
 ];
 
 /// Tensor-scalar ops with an entry `<op>_scalar_<dtype>(x, Layout lx, out, i64 n,

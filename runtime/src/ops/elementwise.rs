@@ -657,13 +657,26 @@ gelu_fns!(
 );
 
 /// `g · gelu'(x)` in one pass: GELU's backward when it need not be differentiable (no
-/// `create_graph`), on the CPU, for f32/f64 with `g` and `x` of one dtype and shape.
+/// `create_graph`), for `g` and `x` of one dtype and shape: f32/f64 on the CPU, any
+/// float on CUDA (`gelu_backward_<dt>`).
 /// `None` otherwise (the caller builds it out of tensor ops).
 fn gelu_backward_fused(g: &Tensor, x: &Tensor, approximate: GeluApprox) -> Option<Tensor> {
-    if is_grad_enabled() || g.is_cuda() || g.dtype() != x.dtype() || g.shape() != x.shape() {
+    if is_grad_enabled() || g.dtype() != x.dtype() || g.shape() != x.shape() {
         return None;
     }
     let (lg, lx) = (g.layout().clone(), x.layout().clone());
+    #[cfg(feature = "cuda")]
+    if g.is_cuda() {
+        let op = match approximate {
+            GeluApprox::None => "gelu_backward",
+            GeluApprox::Tanh => "gelu_tanh_backward",
+        };
+        return g
+            .dtype()
+            .is_float()
+            .then(|| crate::cuda::ops::binary(op, g, &lg, x, &lx, g.dtype()).ok())
+            .flatten();
+    }
     let op = "gelu_backward";
     let out = match (g.dtype(), approximate) {
         (DType::F32, GeluApprox::None) => {
@@ -686,12 +699,17 @@ fn gelu_backward_fused(g: &Tensor, x: &Tensor, approximate: GeluApprox) -> Optio
 /// `g` where `y > 0` (or NaN), 0 where `y ≤ 0`, in one pass: ReLU's backward from its
 /// output `y`, when it need not be differentiable (no `create_graph`), on the CPU, with
 /// `g` and `y` of one dtype and shape (what `g.masked_fill(&y.le(0.0), 0.0)` computes
-/// in two passes and a boolean mask). `None` otherwise.
+/// in two passes and a boolean mask); on CUDA `relu_backward_<dt>`. `None` otherwise.
 fn relu_backward_fused(g: &Tensor, y: &Tensor) -> Option<Tensor> {
-    if is_grad_enabled() || g.is_cuda() || g.dtype() != y.dtype() || g.shape() != y.shape() {
+    if is_grad_enabled() || g.dtype() != y.dtype() || g.shape() != y.shape() {
         return None;
     }
     let (lg, ly) = (g.layout().clone(), y.layout().clone());
+    #[cfg(feature = "cuda")]
+    if g.is_cuda() {
+        let op = "relu_backward";
+        return crate::cuda::ops::binary(op, g, &lg, y, &ly, g.dtype()).ok();
+    }
     let out = dispatch!(num "relu_backward", g.dtype(), T => map::binary(
         "relu_backward", g, &lg, y, &ly,
         |g: T, y: T| if y <= T::zero() { T::zero() } else { g },
