@@ -21,8 +21,7 @@
 //! workload, one more step with [`flint::cuda::profile_start`] on and its device time per
 //! kernel (the largest 40). Prints a skip line without a GPU.
 
-use flint::loss::CrossEntropy;
-use flint::optim::{Adam, Optimizer};
+use flint::optim::Optimizer;
 use flint::prelude::*;
 use flint::{cuda, manual_seed};
 use serde_json::{json, Map, Value};
@@ -30,7 +29,7 @@ use std::time::Instant;
 
 #[path = "common/tinylm.rs"]
 mod tinylm;
-use tinylm::{TinyLM, TinyLmConfig};
+use tinylm::{loss_and_adamw, TinyLM, TinyLmConfig};
 
 /// Issue 8's size for the transformer step on a GPU.
 const GPU_TF: TinyLmConfig = TinyLmConfig {
@@ -142,12 +141,7 @@ fn bench_transformer(d: Device, sdpa: bool, a: &Args) -> (f64, f64) {
     model
         .to_device(d)
         .unwrap_or_else(|e| fail(format!("model.to_device: {e}")));
-    let loss_fn = CrossEntropy::new().label_smoothing(0.1);
-    let mut opt = Adam::new(model.parameters(), 3e-4)
-        .betas(0.9, 0.999)
-        .eps(1e-8)
-        .weight_decay(0.01)
-        .decoupled(true);
+    let (loss_fn, mut opt) = loss_and_adamw(model.parameters(), 3e-4);
     model.train();
     let mut step = || {
         let logits = model.forward(&tokens).view([c.b * c.t, c.v]);

@@ -43,7 +43,7 @@ use flint::nn::{
     AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Flatten, Linear, ReLU, RecurrentConfig,
     Sequential, LSTM,
 };
-use flint::optim::{Adam, Optimizer, Sgd};
+use flint::optim::{Optimizer, Sgd};
 use flint::prelude::*;
 use flint::{no_grad, set_num_threads};
 use serde_json::{json, Map, Value};
@@ -51,7 +51,7 @@ use std::time::Instant;
 
 #[path = "common/tinylm.rs"]
 mod tinylm;
-use tinylm::{TinyLM, TinyLmConfig};
+use tinylm::{loss_and_adamw, TinyLM, TinyLmConfig};
 
 /// The rows, in the PyTorch script's order.
 const NAMES: [&str; 10] = [
@@ -273,12 +273,7 @@ fn bench_mlp(warmup: usize, iters: usize) -> Timing {
         .add(Linear::new(512, 512, ()))
         .add(ReLU)
         .add(Linear::new(512, 10, ()));
-    let loss_fn = CrossEntropy::new().label_smoothing(0.1);
-    let mut opt = Adam::new(model.parameters(), 1e-3)
-        .betas(0.9, 0.999)
-        .eps(1e-8)
-        .weight_decay(0.01)
-        .decoupled(true);
+    let (loss_fn, mut opt) = loss_and_adamw(model.parameters(), 1e-3);
     time_train_step(
         || loss_fn.forward(&model.forward(&x), &y),
         &mut opt,
@@ -329,12 +324,7 @@ fn time_infer(model: &TinyLM, tokens: &Tensor, warmup: usize, iters: usize) -> T
 /// with the same (trained) model in eval mode.
 fn bench_transformer(warmup: usize, iters: usize, sdpa: bool) -> (Timing, Timing) {
     let (tokens, targets, mut model) = transformer_setup(sdpa);
-    let loss_fn = CrossEntropy::new().label_smoothing(0.1);
-    let mut opt = Adam::new(model.parameters(), 3e-4)
-        .betas(0.9, 0.999)
-        .eps(1e-8)
-        .weight_decay(0.01)
-        .decoupled(true);
+    let (loss_fn, mut opt) = loss_and_adamw(model.parameters(), 3e-4);
     let flat_targets = targets.view([B * T]);
     model.train();
     let train = time_train_step(

@@ -8,7 +8,9 @@
 #
 #   --all       every test binary of the workspace (built with the `cuda` feature), not
 #               only the CUDA tests (`tests/cuda.rs`) and the runtime's unit tests
-#   --no-bench  leave the benchmarks out
+#   --no-bench  leave the benchmarks out (the GPU bench, and the CPU workloads that
+#               `CPU_BENCH=1 bash gpu-check/run.sh` runs against PyTorch on two of the GPU
+#               machine's cores: issue 7's table on another machine)
 #
 # Output: target/gpu-check/ (the binaries, run.sh, MANIFEST) and target/gpu-check.tar.gz.
 # On the GPU machine, the one command (from the folder that holds gpu-check/):
@@ -75,7 +77,12 @@ if [ $bench = 1 ]; then
         --message-format=json-render-diagnostics | artifacts | grep '^bench ' > "$out/.benches"
     # PyTorch's side of the comparison (benches/torch_gpu.py imports workload C's model
     # from torch_baseline.py)
-    cp benches/torch_gpu.py benches/torch_baseline.py "$out/"
+    cp benches/torch_gpu.py benches/torch_baseline.py scripts/compare_workloads.py "$out/"
+    echo "== building the CPU workloads (profile gpu)" >&2
+    mkdir -p "$out/cpu"
+    cargo bench --profile gpu -p flint --bench workloads --no-run \
+        --message-format=json-render-diagnostics | artifacts | grep '^bench ' \
+        | while read -r _ _ path; do cp "$path" "$out/cpu/workloads"; done
 else
     : > "$out/.benches"
 fi
@@ -197,6 +204,23 @@ while read -r kind name file; do
     fi
     rows+=("$kind|$name|$status|$passed|$failed|$skipped|$secs")
 done < MANIFEST
+
+# issue 7's CPU table on this machine: PyTorch's CPU kernels and Flint's CPU workloads on
+# two cores (as the machine the CPU numbers come from), only when asked (CPU_BENCH=1;
+# CPU_REPEATS repeats, default 1)
+if [ "${CPU_BENCH:-0}" = 1 ] && [ -x cpu/workloads ]; then
+    echo "== CPU workloads against PyTorch on cores 0 and 1"
+    cpu_args=(--threads 2,1 --repeats "${CPU_REPEATS:-1}")
+    if taskset -c 0,1 python3 torch_baseline.py "$logs/torch-cpu.json" "${cpu_args[@]}" \
+        >"$logs/torch-cpu.md" 2>&1 \
+        && taskset -c 0,1 ./cpu/workloads "$logs/flint-cpu.json" "${cpu_args[@]}" \
+            >"$logs/flint-cpu.md" 2>&1; then
+        python3 compare_workloads.py "$logs/torch-cpu.json" "$logs/flint-cpu.json" ""
+    else
+        echo "the CPU workloads failed: see $logs/torch-cpu.md and $logs/flint-cpu.md"
+        bad=1
+    fi
+fi
 
 echo
 echo "| kind | binary | status | passed | failed | skipped | seconds |"

@@ -3,9 +3,23 @@
 //! (`cuda.rs`, issue 8's larger size). Included with `#[path]` by both (a folder of its
 //! own, so cargo does not take it for a bench target).
 
+use flint::loss::CrossEntropy;
 use flint::nn::functional::scaled_dot_product_attention;
 use flint::nn::{Dropout, Embedding, LayerNorm, Linear};
+use flint::optim::Adam;
 use flint::prelude::*;
+
+/// The loss and optimizer of the script's training steps (workloads B and C):
+/// cross-entropy with label smoothing 0.1, and AdamW (betas 0.9/0.999, eps 1e-8, weight
+/// decay 0.01) at learning rate `lr`.
+pub fn loss_and_adamw(params: Vec<Tensor>, lr: f64) -> (CrossEntropy, Adam) {
+    let opt = Adam::new(params, lr)
+        .betas(0.9, 0.999)
+        .eps(1e-8)
+        .weight_decay(0.01)
+        .decoupled(true);
+    (CrossEntropy::new().label_smoothing(0.1), opt)
+}
 
 /// The sizes of a `TinyLM` and its batch.
 #[derive(Clone, Copy, Debug)]

@@ -26,22 +26,30 @@ __device__ __forceinline__ i64 window_at(const WindowParams& w, int d, i64 o, i6
     return (x >= 0 && x < w.input[d]) ? x : -1;
 }
 
+/// The three coordinates of flat index `f` over the row-major sizes `n` (a window over
+/// `output`, a tap over `kernel`, a position over `input`).
+__device__ __forceinline__ void unflatten3(i64 f, const i64 n[3], i64 c[3]) {
+    c[2] = f % n[2];
+    c[1] = (f / n[2]) % n[1];
+    c[0] = f / (n[2] * n[1]);
+}
+
+/// The sizes' product.
+__device__ __forceinline__ i64 product3(const i64 n[3]) { return n[0] * n[1] * n[2]; }
+
 // im2col_<dt>(const T* src, T* out, i64 planes, WindowParams w)
 //   src [planes, *input] contiguous -> out [planes, taps, windows]:
 //   out[(p * taps + t) * windows + l] = tap t of window l of plane p (0 in the padding).
 template <typename T>
 __device__ __forceinline__ void im2col_all(const T* src, T* out, i64 planes, const WindowParams& w) {
-    const i64 taps = w.kernel[0] * w.kernel[1] * w.kernel[2];
-    const i64 wins = w.output[0] * w.output[1] * w.output[2];
-    const i64 plane = w.input[0] * w.input[1] * w.input[2];
+    const i64 taps = product3(w.kernel), wins = product3(w.output), plane = product3(w.input);
     FLINT_GRID_STRIDE(i, planes * taps * wins) {
         const i64 l = i % wins, r = i / wins, t = r % taps, p = r / taps;
-        const i64 o2 = l % w.output[2], o1 = (l / w.output[2]) % w.output[1],
-                  o0 = l / (w.output[2] * w.output[1]);
-        const i64 t2 = t % w.kernel[2], t1 = (t / w.kernel[2]) % w.kernel[1],
-                  t0 = t / (w.kernel[2] * w.kernel[1]);
-        const i64 x0 = window_at(w, 0, o0, t0), x1 = window_at(w, 1, o1, t1),
-                  x2 = window_at(w, 2, o2, t2);
+        i64 o[3], k[3];
+        unflatten3(l, w.output, o);
+        unflatten3(t, w.kernel, k);
+        const i64 x0 = window_at(w, 0, o[0], k[0]), x1 = window_at(w, 1, o[1], k[1]),
+                  x2 = window_at(w, 2, o[2], k[2]);
         out[i] = (x0 < 0 || x1 < 0 || x2 < 0)
                      ? Ty<T>::store(0)
                      : src[p * plane + (x0 * w.input[1] + x1) * w.input[2] + x2];
@@ -56,14 +64,11 @@ template <typename T>
 __device__ __forceinline__ void col2im_all(const T* cols, T* out, i64 planes,
                                            const WindowParams& w) {
     typedef typename Ty<T>::acc A;
-    const i64 taps = w.kernel[0] * w.kernel[1] * w.kernel[2];
-    const i64 wins = w.output[0] * w.output[1] * w.output[2];
-    const i64 plane = w.input[0] * w.input[1] * w.input[2];
+    const i64 taps = product3(w.kernel), wins = product3(w.output), plane = product3(w.input);
     FLINT_GRID_STRIDE(i, planes * plane) {
-        const i64 p = i / plane, e = i % plane;
-        const i64 x[3] = {e / (w.input[1] * w.input[2]), (e / w.input[2]) % w.input[1],
-                          e % w.input[2]};
-        // the window along each dim for each tap (-1: no window reads x with that tap)
+        const i64 p = i / plane;
+        i64 x[3];
+        unflatten3(i % plane, w.input, x);
         A s = A(0);
         for (i64 t0 = 0; t0 < w.kernel[0]; ++t0) {
             const i64 a0 = x[0] + w.padding[0] - t0 * w.dilation[0];
@@ -95,22 +100,21 @@ template <typename T>
 __device__ __forceinline__ void window_argmax_all(const T* src, i64* out, i64 planes,
                                                   const WindowParams& w) {
     typedef typename Ty<T>::acc A;
-    const i64 wins = w.output[0] * w.output[1] * w.output[2];
-    const i64 plane = w.input[0] * w.input[1] * w.input[2];
+    const i64 wins = product3(w.output), plane = product3(w.input);
     FLINT_GRID_STRIDE(i, planes * wins) {
-        const i64 p = i / wins, l = i % wins;
-        const i64 o2 = l % w.output[2], o1 = (l / w.output[2]) % w.output[1],
-                  o0 = l / (w.output[2] * w.output[1]);
+        const i64 p = i / wins;
+        i64 o[3];
+        unflatten3(i % wins, w.output, o);
         i64 best_i = -1;
         A best = A(0);
         for (i64 t0 = 0; t0 < w.kernel[0]; ++t0) {
-            const i64 x0 = window_at(w, 0, o0, t0);
+            const i64 x0 = window_at(w, 0, o[0], t0);
             if (x0 < 0) continue;
             for (i64 t1 = 0; t1 < w.kernel[1]; ++t1) {
-                const i64 x1 = window_at(w, 1, o1, t1);
+                const i64 x1 = window_at(w, 1, o[1], t1);
                 if (x1 < 0) continue;
                 for (i64 t2 = 0; t2 < w.kernel[2]; ++t2) {
-                    const i64 x2 = window_at(w, 2, o2, t2);
+                    const i64 x2 = window_at(w, 2, o[2], t2);
                     if (x2 < 0) continue;
                     const i64 e = (x0 * w.input[1] + x1) * w.input[2] + x2;
                     const A v = Ty<T>::load(src[p * plane + e]);
