@@ -10,10 +10,12 @@
 use flint::autograd::{gradcheck, GradcheckOptions};
 use flint::half::{bf16, f16};
 use flint::loss::CrossEntropy;
-use flint::nn::functional::{batch_norm, dropout, layer_norm, scaled_dot_product_attention};
+use flint::nn::functional::{
+    batch_norm, dropout, feature_dropout, layer_norm, scaled_dot_product_attention,
+};
 use flint::nn::{
     adaptive_avg_pool2d, avg_pool2d, conv1d, conv2d, fold, max_pool2d, unfold, Embedding, Forward,
-    Linear, ModuleExt, RecurrentConfig, GRU, LSTM,
+    Linear, ModuleExt, RecurrentConfig, VariationalDropout, GRU, LSTM,
 };
 use flint::optim::{Adam, Optimizer, Sgd};
 use flint::{
@@ -1114,6 +1116,39 @@ fn dropout_on_the_device_draws_the_cpu_mask() {
         (1300..1650).contains(&kept),
         "{kept} of 2112 kept at p = 0.3"
     );
+    // channel dropout and variational dropout draw their (small) masks on the CPU and
+    // use them on the device: the same numbers as on the CPU
+    let img = Tensor::ones([4, 6, 3, 3], DType::F32);
+    manual_seed(9);
+    let want = feature_dropout(&img, 0.5, true, 2).unwrap().to_f64_vec();
+    manual_seed(9);
+    let got = feature_dropout(&img.to(d), 0.5, true, 2).unwrap();
+    assert_eq!((got.device(), got.to_f64_vec()), (d, want));
+    let vd = VariationalDropout::new(0.5, false);
+    let seq = Tensor::ones([5, 3, 4], DType::F32);
+    manual_seed(10);
+    let want = vd.forward(&seq).to_f64_vec();
+    manual_seed(10);
+    assert_eq!(vd.forward(&seq.to(d)).to_f64_vec(), want);
+    // the backward (the fused kernel, and ops under create_graph) is the mask times
+    // 1/(1-p): the gradient of sum(dropout(x) * w) is dropout's output times w
+    let w = Generator::new(4).randn([64, 33], DType::F32);
+    for create_graph in [false, true] {
+        manual_seed(1234);
+        let xd = x.to(d).requires_grad_(true);
+        let y = dropout(&xd, 0.3, true).unwrap();
+        let loss = (&y * w.to(d)).sum(All, false);
+        let grad = if create_graph {
+            flint::autograd::grad(&[loss], &[xd.clone()], None, true, true).unwrap()[0]
+                .clone()
+                .expect("a gradient")
+        } else {
+            loss.backward();
+            xd.grad().expect("a gradient")
+        };
+        let want: Vec<f64> = (&cpu * &w).to_f64_vec();
+        assert_close(&grad.to_f64_vec(), &want, 1e-6, 0.0, "dropout backward");
+    }
 }
 
 #[test]

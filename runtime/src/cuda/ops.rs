@@ -980,34 +980,62 @@ pub(crate) fn arange(
     Ok(Some(Tensor::from_cuda(buf, &[n])))
 }
 
-/// Booleans of `shape` that are true with probability `p`, drawn on device `ordinal`
-/// from the global generator's Philox stream (`philox_bernoulli_bool`): the same bits
-/// as [`Generator::bernoulli`](crate::Generator::bernoulli) from the same state, which
-/// advances by the number of elements.
-pub(crate) fn bernoulli(shape: &[usize], p: f64, ordinal: usize) -> Result<Tensor> {
-    const OP: &str = "bernoulli";
-    let g = super::gpu(ordinal)?;
-    let n: usize = shape.iter().product();
-    let (seed, offset) = crate::random::with_global_generator(|rng| {
+/// The global generator's `(seed, offset)` for `n` draws, its offset moved past them (a
+/// kernel then draws element `i` from counter `offset + i`, as the CPU does).
+fn reserve_draws(n: usize) -> (u64, u64) {
+    crate::random::with_global_generator(|rng| {
         let (s, o) = (rng.seed(), rng.offset());
         rng.set_state(s, o.wrapping_add(n as u64));
         (s, o)
-    });
-    let (buf, po) = launch::output(&g, DType::Bool, n)?;
-    launch::launch(
-        OP,
-        &g,
-        "philox_bernoulli_bool",
-        launch::elementwise(n),
-        &[
-            Arg::Ptr(po),
-            Arg::n(n),
-            Arg::U64(seed),
-            Arg::U64(offset),
-            Arg::F64(p),
-        ],
-    )?;
-    Ok(Tensor::from_cuda(buf, shape))
+    })
+}
+
+/// Inverted dropout of a float CUDA tensor in one kernel (`dropout_<dt>`): the output
+/// `x · keep / (1 − p)` and the bool keep-mask (x's shape), drawn from the global
+/// generator's Philox stream as `Generator::bernoulli` draws it (so the CPU's numbers). `p < 1`.
+pub(crate) fn dropout(x: &Tensor, p: f64) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "dropout";
+    let name = launch::entry(OP, x.device(), "dropout", x.dtype())?;
+    let src = contiguous(x)?;
+    let (g, px) = first_element(OP, &src)?;
+    let n = x.numel();
+    let (seed, offset) = reserve_draws(n);
+    let (out, po) = launch::output(&g, x.dtype(), n)?;
+    let (keep, pk) = launch::output(&g, DType::Bool, n)?;
+    let args = [
+        Arg::Ptr(px),
+        Arg::Ptr(po),
+        Arg::Ptr(pk),
+        Arg::n(n),
+        Arg::U64(seed),
+        Arg::U64(offset),
+        Arg::F64(p),
+    ];
+    launch::launch(OP, &g, &name, launch::elementwise(n), &args)?;
+    Ok((
+        Tensor::from_cuda(out, x.shape()),
+        Tensor::from_cuda(keep, x.shape()),
+    ))
+}
+
+/// The gradient of [`dropout`]: `dy · keep / (1 − p)` (`dropout_backward_<dt>`).
+pub(crate) fn dropout_backward(dy: &Tensor, keep: &Tensor, p: f64) -> Result<Tensor> {
+    const OP: &str = "dropout";
+    let name = launch::entry(OP, dy.device(), "dropout_backward", dy.dtype())?;
+    let (gs, ks) = (contiguous(dy)?, contiguous(keep)?);
+    let (g, pg) = first_element(OP, &gs)?;
+    let (_, pk) = first_element(OP, &ks)?;
+    let n = dy.numel();
+    let (out, po) = launch::output(&g, dy.dtype(), n)?;
+    let args = [
+        Arg::Ptr(pg),
+        Arg::Ptr(pk),
+        Arg::Ptr(po),
+        Arg::n(n),
+        Arg::F64(1.0 / (1.0 - p)),
+    ];
+    launch::launch(OP, &g, &name, launch::elementwise(n), &args)?;
+    Ok(Tensor::from_cuda(out, dy.shape()))
 }
 
 #[cfg(test)]
@@ -1070,7 +1098,8 @@ mod tests {
         ] {
             assert!(has(format!("{k}_f16")), "{k}");
         }
-        assert!(has("philox_bernoulli_bool".into()) && has("arange_i64".into()));
+        assert!(has("dropout_bf16".into()) && has("dropout_backward_f32".into()));
+        assert!(has("arange_i64".into()));
         // integer ops on i64 that the kernels have, and those they do not
         assert!(has("relu_i64".into()) && has("neg_i64".into()) && !has("exp_i64".into()));
     }

@@ -163,6 +163,8 @@ impl VariationalDropout {
         match self.mask(b, f, x.dtype()) {
             None => Ok(x.clone()),
             Some(m) => {
+                // drawn on the CPU (the generator's stream), used on x's device
+                let m = m.try_to(x.device())?;
                 let m = if self.batch_first {
                     m.unsqueeze(1)
                 } else {

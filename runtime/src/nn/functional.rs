@@ -520,10 +520,22 @@ pub fn dropout(x: &Tensor, p: f64, training: bool) -> Result<Tensor> {
         return x.try_mul(0.0);
     }
     #[cfg(feature = "cuda")]
-    if let crate::Device::Cuda(ordinal) = x.device() {
-        // the same keep-mask bits as `dropout_mask`, drawn on the device
-        let keep = crate::cuda::ops::bernoulli(x.shape(), 1.0 - p, ordinal)?;
-        return x.try_mul(keep.to_dtype_raw(x.dtype())?.try_mul(1.0 / (1.0 - p))?);
+    if x.is_cuda() && x.dtype().is_float() {
+        // one kernel each way, the same keep-mask bits as `dropout_mask`, drawn on the
+        // device; the bool mask is what the backward keeps
+        let (y, keep) = crate::cuda::ops::dropout(x, p)?;
+        if !(is_grad_enabled() && x.requires_grad()) {
+            return Ok(y);
+        }
+        return Ok(record(y, "dropout", &[x], &[], move |g| {
+            let dx = if is_grad_enabled() {
+                // create_graph: differentiable ops
+                g * keep.to_dtype(g.dtype()) * (1.0 / (1.0 - p))
+            } else {
+                or_panic(crate::cuda::ops::dropout_backward(g, &keep, p))
+            };
+            vec![Some(dx)]
+        }));
     }
     x.try_mul(dropout_mask(x.shape(), p, x.dtype()))
 }
@@ -555,7 +567,8 @@ pub fn feature_dropout(x: &Tensor, p: f64, training: bool, spatial: usize) -> Re
     let keep = r - spatial; // leading dims that get their own mask entry
     let mut mshape: Vec<usize> = x.shape()[..keep].to_vec();
     mshape.extend(std::iter::repeat_n(1, spatial));
-    x.try_mul(dropout_mask(&mshape, p, x.dtype()))
+    // one entry per channel, drawn on the CPU (the generator's stream), used on x's device
+    x.try_mul(dropout_mask(&mshape, p, x.dtype()).try_to(x.device())?)
 }
 
 /// Scaled dot-product attention, `softmax(q kᵀ · scale + mask) v`, over `[.., Tq, D]`
