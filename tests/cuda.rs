@@ -1139,7 +1139,7 @@ fn dropout_on_the_device_draws_the_cpu_mask() {
         let y = dropout(&xd, 0.3, true).unwrap();
         let loss = (&y * w.to(d)).sum(All, false);
         let grad = if create_graph {
-            flint::autograd::grad(&[loss], &[xd.clone()], None, true, true).unwrap()[0]
+            flint::autograd::grad(&[loss], std::slice::from_ref(&xd), None, true, true).unwrap()[0]
                 .clone()
                 .expect("a gradient")
         } else {
