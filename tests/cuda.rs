@@ -11,7 +11,7 @@ use flint::autograd::{gradcheck, GradcheckOptions};
 use flint::half::{bf16, f16};
 use flint::loss::CrossEntropy;
 use flint::nn::functional::{
-    batch_norm, dropout, feature_dropout, layer_norm, scaled_dot_product_attention,
+    batch_norm, dropout, feature_dropout, layer_norm, scaled_dot_product_attention, RunningStats,
 };
 use flint::nn::{
     adaptive_avg_pool2d, avg_pool2d, conv1d, conv2d, fold, max_pool2d, unfold, Embedding, Forward,
@@ -854,6 +854,20 @@ fn parity_cases(dt: DType) -> Vec<ParityCase> {
             Box::new(|t| batch_norm(&t[0], None, Some(&t[1]), Some(&t[2]), true, 1e-5).unwrap()),
         ),
         case(
+            "batch_norm (evaluation, running statistics)",
+            vec![img.clone(), r(&[4]), r(&[4]).abs() + 0.5, r(&[4])],
+            Box::new(|t| {
+                let tracked = Tensor::zeros([], (DType::I64, t[0].device()));
+                let stats = RunningStats {
+                    mean: &t[1],
+                    var: &t[2],
+                    num_batches_tracked: &tracked,
+                    momentum: Some(0.1),
+                };
+                batch_norm(&t[0], Some(stats), Some(&t[3]), None, false, 1e-5).unwrap()
+            }),
+        ),
+        case(
             "unfold/fold",
             vec![img.clone()],
             Box::new(|t| {
@@ -1364,6 +1378,10 @@ fn run_gradcheck_cases(d: Device) {
                 let y = x * w;
                 y.prod(0, false) + y.masked_select(&x.gt(0.0)).sum(All, true)
             }),
+        ),
+        (
+            "batch_norm (training)",
+            Box::new(|x, w| batch_norm(x, None, Some(w), Some(w), true, 1e-5).unwrap() * x),
         ),
         (
             "column sums",

@@ -289,6 +289,10 @@ pub(crate) fn forward(
     bias: Option<&Tensor>,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() {
+        return crate::cuda::ops::batch_norm_forward(x, stats, weight, bias, eps);
+    }
     let g = Geom::of(x.shape());
     by_dtype!(op, x, T => {
         let (y, mean, var, invstd) = contiguous_data::<T, _>(op, x, |xs| {
@@ -311,21 +315,39 @@ pub(crate) fn forward(
 }
 
 /// The gradients of [`forward`]: `(dx, dweight, dbias)` (shapes of `x` and `[C]`),
-/// each `None` unless asked for; `batch_stats` says whether `mean` and `invstd` were the
-/// batch's (functions of `x`) or fixed. Records nothing.
+/// each `None` unless asked for, from the statistics `(mean, var, invstd)` forward
+/// returned and its `eps` (the CPU kernels read `invstd`, CUDA's `var` and `eps`);
+/// `batch_stats` says whether they were the batch's (functions of `x`) or fixed.
+/// Records nothing.
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub(crate) fn backward_tensors(
     op: &'static str,
     x: &Tensor,
     grad: &Tensor,
-    mean: &Tensor,
-    invstd: &Tensor,
+    (mean, var, invstd): (&Tensor, &Tensor, &Tensor),
     weight: Option<&Tensor>,
     batch_stats: bool,
+    eps: f64,
     needs: NormNeeds,
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let g = Geom::of(x.shape());
     let grad = grad.to_dtype_raw(x.dtype())?;
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() {
+        let needs = (needs.x, needs.weight, needs.bias);
+        return crate::cuda::ops::batch_norm_backward(
+            x,
+            &grad,
+            mean,
+            var,
+            invstd,
+            weight,
+            batch_stats,
+            eps,
+            needs,
+        );
+    }
+    let _ = (var, eps); // the CPU kernels use `invstd`
     by_dtype!(op, x, T => {
         let (dx, dw, db) = contiguous_data::<T, _>(op, x, |xs| {
             contiguous_data::<T, _>(op, &grad, |gs| {

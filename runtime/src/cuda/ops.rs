@@ -698,6 +698,163 @@ pub(crate) fn window(
     Ok(Tensor::from_cuda(buf, shape))
 }
 
+/// `(n, c, s)` of a `[N, C, *S]` tensor (s = the product of the spatial dims).
+fn ncs(x: &Tensor) -> (usize, usize, usize) {
+    let (n, c) = (x.size(0), x.size(1));
+    (n, c, x.numel().checked_div(n * c).unwrap_or(0))
+}
+
+/// Batch norm of a float CUDA tensor `[N, C, *S]` on the fused kernels: the batch's
+/// per-channel mean and biased variance (`batch_norm_stats_<dt>`) unless `stats` gives
+/// them (evaluation), then `(x − mean)/√(var + eps)·weight + bias`
+/// (`batch_norm_apply_<dt>`). Returns `(y, mean, var, invstd)`, the statistics `[C]`
+/// in x's dtype (f32/f64).
+pub(crate) fn batch_norm_forward(
+    x: &Tensor,
+    stats: Option<(&Tensor, &Tensor)>,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+    const OP: &str = "BatchNorm";
+    let dt = x.dtype();
+    let (n, c, sp) = ncs(x);
+    let src = contiguous(x)?;
+    let (g, px) = first_element(OP, &src)?;
+    let (mean, var) = match stats {
+        Some((m, v)) => (contiguous(m)?, contiguous(v)?),
+        None => {
+            let name = launch::entry(OP, x.device(), "batch_norm_stats", dt)?;
+            let (m, pm) = launch::output(&g, acc_dtype(dt), c)?;
+            let (v, pv) = launch::output(&g, acc_dtype(dt), c)?;
+            let args = [
+                Arg::Ptr(px),
+                Arg::Ptr(pm),
+                Arg::Ptr(pv),
+                Arg::n(n),
+                Arg::n(c),
+                Arg::n(sp),
+            ];
+            launch::launch(OP, &g, &name, launch::rows(c), &args)?;
+            (Tensor::from_cuda(m, &[c]), Tensor::from_cuda(v, &[c]))
+        }
+    };
+    let (_, pm) = first_element(OP, &mean)?;
+    let (_, pv) = first_element(OP, &var)?;
+    let (_w, pw) = opt_ptr(OP, weight)?;
+    let (_b, pb) = opt_ptr(OP, bias)?;
+    let name = launch::entry(OP, x.device(), "batch_norm_apply", dt)?;
+    let (y, py) = launch::output(&g, dt, x.numel())?;
+    let args = [
+        Arg::Ptr(px),
+        Arg::Ptr(pm),
+        Arg::Ptr(pv),
+        Arg::Ptr(pw),
+        Arg::Ptr(pb),
+        Arg::Ptr(py),
+        Arg::n(n),
+        Arg::n(c),
+        Arg::n(sp),
+        Arg::F64(eps),
+    ];
+    launch::launch(OP, &g, &name, launch::elementwise(x.numel()), &args)?;
+    let invstd = var.try_add(eps)?.rsqrt();
+    Ok((Tensor::from_cuda(y, x.shape()), mean, var, invstd))
+}
+
+/// The gradients of [`batch_norm_forward`] on CUDA, each only when asked for: the
+/// per-channel sums `Σ dy` and `Σ dy·x̂` (`batch_norm_backward_reduce_<dt>`, which also
+/// writes `dweight` and `dbias`), then, with batch statistics, the training-mode `dx`
+/// (`batch_norm_backward_apply_<dt>`), or with fixed ones `dx = dy·weight·invstd`.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub(crate) fn batch_norm_backward(
+    x: &Tensor,
+    dy: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    invstd: &Tensor,
+    weight: Option<&Tensor>,
+    batch_stats: bool,
+    eps: f64,
+    (need_x, need_w, need_b): (bool, bool, bool),
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    const OP: &str = "BatchNorm";
+    let dt = x.dtype();
+    let (n, c, sp) = ncs(x);
+    let (xs, gs) = (contiguous(x)?, contiguous(dy)?);
+    let (g, px) = first_element(OP, &xs)?;
+    let (_, pg) = first_element(OP, &gs)?;
+    let (mean, var) = (contiguous(mean)?, contiguous(var)?);
+    let (_, pm) = first_element(OP, &mean)?;
+    let (_, pv) = first_element(OP, &var)?;
+    let sums = need_w || need_b || (need_x && batch_stats);
+    let mut out_w = None;
+    let mut out_b = None;
+    let mut sum_bufs = None;
+    if sums {
+        let name = launch::entry(OP, x.device(), "batch_norm_backward_reduce", dt)?;
+        let (s1, p1) = launch::output(&g, acc_dtype(dt), c)?;
+        let (s2, p2) = launch::output(&g, acc_dtype(dt), c)?;
+        let dw = need_w.then(|| launch::output(&g, dt, c)).transpose()?;
+        let db = need_b.then(|| launch::output(&g, dt, c)).transpose()?;
+        let addr = |o: &Option<(CudaBuffer, u64)>| o.as_ref().map_or(0, |(_, p)| *p);
+        let args = [
+            Arg::Ptr(pg),
+            Arg::Ptr(px),
+            Arg::Ptr(pm),
+            Arg::Ptr(pv),
+            Arg::Ptr(p1),
+            Arg::Ptr(p2),
+            Arg::Ptr(addr(&dw)),
+            Arg::Ptr(addr(&db)),
+            Arg::n(n),
+            Arg::n(c),
+            Arg::n(sp),
+            Arg::F64(eps),
+        ];
+        launch::launch(OP, &g, &name, launch::rows(c), &args)?;
+        out_w = dw.map(|(b, _)| Tensor::from_cuda(b, &[c]));
+        out_b = db.map(|(b, _)| Tensor::from_cuda(b, &[c]));
+        sum_bufs = Some((s1, p1, s2, p2));
+    }
+    let dx = match (need_x, batch_stats, &sum_bufs) {
+        (false, _, _) => None,
+        (true, true, Some((_, p1, _, p2))) => {
+            let (_w, pw) = opt_ptr(OP, weight)?;
+            let name = launch::entry(OP, x.device(), "batch_norm_backward_apply", dt)?;
+            let (dx, pdx) = launch::output(&g, dt, x.numel())?;
+            let args = [
+                Arg::Ptr(pg),
+                Arg::Ptr(px),
+                Arg::Ptr(pm),
+                Arg::Ptr(pv),
+                Arg::Ptr(pw),
+                Arg::Ptr(*p1),
+                Arg::Ptr(*p2),
+                Arg::Ptr(pdx),
+                Arg::n(n),
+                Arg::n(c),
+                Arg::n(sp),
+                Arg::F64(eps),
+            ];
+            launch::launch(OP, &g, &name, launch::elementwise(x.numel()), &args)?;
+            Some(Tensor::from_cuda(dx, x.shape()))
+        }
+        (true, _, _) => {
+            // fixed statistics: dx = dy · weight · invstd per channel
+            let k = match weight {
+                Some(w) => w.try_mul(invstd)?,
+                None => invstd.clone(),
+            };
+            let mut kshape = vec![1usize; x.ndim()];
+            kshape[1] = c;
+            Some(gs.try_mul(k.try_reshape(kshape.as_slice())?)?)
+        }
+    };
+    drop(sum_bufs);
+    Ok((dx, out_w, out_b))
+}
+
 /// The index (i64) of the maximum (`max`) or minimum along `dim` (`argmax_dim_<dt>` /
 /// `argmin_dim_<dt>`), with the output shape `shape`. Bool goes through i64.
 pub(crate) fn arg_reduce(

@@ -242,9 +242,9 @@ pub struct RunningStats<'a> {
 /// biased variance and, when `stats` is given, updates them in place with the unbiased
 /// variance, as PyTorch does. In evaluation normalises with the running statistics.
 ///
-/// f32/f64 CPU inputs (with a weight and bias of `C` elements in the input's dtype) run
-/// the fused kernels of `cpu/batchnorm.rs` as one recorded node (`batch_norm`); other
-/// dtypes and devices run the tensor-op composition.
+/// f32/f64 inputs (with a weight and bias of `C` elements in the input's dtype) run the
+/// fused kernels of `cpu/batchnorm.rs`, or on CUDA those of `flint-kernels`' norm module,
+/// as one recorded node (`batch_norm`); other dtypes run the tensor-op composition.
 pub fn batch_norm(
     x: &Tensor,
     stats: Option<RunningStats<'_>>,
@@ -367,10 +367,10 @@ fn batch_norm_fusable(
                 .iter()
                 .all(|t| t.numel() == c && !t.requires_grad() && t.device() == x.device())
         });
-    rowwise::supports(x) && x.numel() > 0 && param_ok(weight) && param_ok(bias) && stats_ok
+    rowwise::has_row_kernels(x) && x.numel() > 0 && param_ok(weight) && param_ok(bias) && stats_ok
 }
 
-/// [`batch_norm`] with the fused kernels of `cpu/batchnorm.rs`: one recorded node
+/// [`batch_norm`] with the fused kernels (`cpu/batchnorm.rs`, or CUDA's): one recorded node
 /// (`batch_norm`, inputs `x`, `weight`, `bias`) saving the statistics, whose backward
 /// runs the fused backward kernel, or, under `create_graph`, [`batch_norm_grad_ops`].
 fn batch_norm_fused(
@@ -412,7 +412,7 @@ fn batch_norm_fused(
         .flatten()
         .collect();
     let (xs, ws, bshape) = (x.clone(), weight.cloned(), bias.map(|b| b.shape().to_vec()));
-    let (ms, is) = (mean.clone(), invstd.clone());
+    let (ms, vs, is) = (mean.clone(), var.clone(), invstd.clone());
     Ok(record(y, "batch_norm", &inputs, &saved, move |g| {
         let (dx, dw, db) = if is_grad_enabled() {
             batch_norm_grad_ops(&xs, g, ws.as_ref(), &ms, &is, use_batch, eps, needs)
@@ -421,10 +421,10 @@ fn batch_norm_fused(
                 OP,
                 &xs,
                 g,
-                &ms,
-                &is,
+                (&ms, &vs, &is),
                 ws.as_ref(),
                 use_batch,
+                eps,
                 needs,
             ))
         };
