@@ -23,8 +23,9 @@
 //!   and what is built on them: `var`, `std`, `logsumexp`): one block per output, or,
 //!   over the rows of a wide tensor (bias gradients), column kernels whose warps read
 //!   along the rows;
-//! - fused softmax and log-softmax (one kernel each way) and layer norm (forward, input
-//!   gradient, parameter gradients), so cross-entropy and attention use them;
+//! - fused softmax and log-softmax (one kernel each way), layer norm and batch norm
+//!   (forward, input gradient, parameter gradients), so cross-entropy and attention use
+//!   them; GELU and ReLU backward passes in one kernel each;
 //! - `index_select` (embedding lookups), `gather`, `scatter_add` (their backward), `cat`,
 //!   `stack`, `triu`/`tril` (and the causal masks of attention), `masked_select` (its
 //!   positions read on the host, as the output's size depends on them);
@@ -34,8 +35,9 @@
 //! - sliding windows (`im2col`, `col2im`, the window argmax), so convolutions (1-3
 //!   spatial dims, any stride, padding, dilation and groups), max/avg/adaptive pooling
 //!   and `unfold`/`fold` run on the device, with their gradients;
-//! - dropout masks drawn on the device from the global generator's Philox stream (the
-//!   same bits as on the CPU for the same seed and offset).
+//! - dropout in one kernel each way, its mask drawn on the device from the global
+//!   generator's Philox stream (the same bits as on the CPU for the same seed and
+//!   offset); fused Adam/AdamW and SGD steps (one launch per parameter).
 //!
 //! Elementwise launches coalesce the dims of their operands first (contiguous operands
 //! reach the kernel as one dim), which also lets views of more than 8 dims through when
