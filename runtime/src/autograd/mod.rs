@@ -1,7 +1,7 @@
 //! Define-by-run automatic differentiation.
 //!
 //! Every differentiable op records a [`Node`] on its output when grad mode is on and an
-//! input requires grad; [`Tensor::backward`] walks the recorded graph in reverse
+//! input requires grad; [`Tensor::backward`](crate::Tensor::backward) walks the recorded graph in reverse
 //! topological order. Backward formulas are written with tensor ops, so running them
 //! with `create_graph` records a graph of the gradient itself (higher-order gradients).
 //!

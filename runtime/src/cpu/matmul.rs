@@ -1,4 +1,4 @@
-//! Matrix products on host buffers: Flint's own AVX2/FMA kernel ([`sgemm`]) for f32 where
+//! Matrix products on host buffers: Flint's own AVX2/FMA kernel (`sgemm`) for f32 where
 //! it beats the `gemm` crate, `gemm` for the other f32 products and f64/f16 (bf16 goes
 //! through f32 one level up), a plain loop for i64.
 //!
@@ -6,9 +6,9 @@
 //! dims are already broadcast to one shape. Each matrix is handed to `gemm` with its own
 //! row and column strides, so transposed or permuted inputs are not copied (the caller
 //! makes a matrix contiguous only when neither of its strides is 1, see
-//! [`has_unit_stride`]). The output is always a new contiguous `batch ++ [m, n]` buffer.
+//! `has_unit_stride`). The output is always a new contiguous `batch ++ [m, n]` buffer.
 //!
-//! Threads: one large product is split across the Flint pool by [`gemm_threaded`]
+//! Threads: one large product is split across the Flint pool by `gemm_threaded`
 //! (`sgemm`'s own row/column split, `gemm`'s threads, or a column split for few rows); a
 //! batch of small products is split across the pool by batch with each product
 //! single-threaded; anything below the thresholds stays on the calling thread.
@@ -363,7 +363,7 @@ fn uses_sgemm<T: NumElement>(m: usize, k: usize, n: usize) -> bool {
 }
 
 /// Rows up to which one large product is split by columns across the pool (see
-/// [`column_blocks`]) rather than threaded inside `gemm`.
+/// `column_blocks`) rather than threaded inside `gemm`.
 pub const COL_SPLIT_MAX_M: usize = 96;
 
 /// Column blocks are multiples of this many columns (a multiple of every `gemm`

@@ -54,7 +54,7 @@ use crate::tensor::Tensor;
 /// The value of the metadata key `flint.checkpoint` that marks a training checkpoint.
 const FORMAT: &str = "train-v1";
 
-/// The saved state of a training run (see the [module docs](self)).
+/// The saved state of a training run (see the module docs of `io::resume`).
 #[derive(Clone, Debug)]
 pub struct TrainCheckpoint {
     model: Vec<(String, Tensor)>,
