@@ -365,6 +365,16 @@ fn cases() -> Vec<Case> {
         ],
         true,
     );
+    // dropout: the same mask on every call (the closure reseeds), non-contiguous input
+    add(
+        "dropout",
+        Box::new(|x| {
+            flint::manual_seed(5);
+            flint::nn::functional::dropout(&x[0], 0.3, true).unwrap()
+        }),
+        vec![nc(&mut g, 3, 4)],
+        true,
+    );
     // batch norm on batch statistics, [N, C, L] non-contiguous
     add(
         "batch_norm",

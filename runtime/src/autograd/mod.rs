@@ -80,6 +80,8 @@ pub const DIFFERENTIABLE_OPS: &[&str] = &[
     "linear",
     // fused batch norm (cpu/batchnorm.rs)
     "batch_norm",
+    // inverted dropout, one node (nn/functional.rs; one kernel each way on CUDA)
+    "dropout",
     // fused LSTM cell (cpu/lstm.rs)
     "lstm_cell",
     // fused LSTM layer over a whole sequence (cpu/lstm.rs)

@@ -19,6 +19,7 @@ use crate::storage::{CpuBuffer, StorageData};
 use crate::tensor::Tensor;
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use flint_kernels::KernelLayout;
+use smallvec::SmallVec;
 use std::sync::Arc;
 
 /// Threads per block of every launch (a multiple of 32, as the block-wise kernels need).
@@ -217,23 +218,35 @@ pub(crate) fn layouts<const N: usize>(op: &'static str, ls: [&Layout; N]) -> Res
         ));
     }
     let merged = coalesce(shape, &ls.map(|l| l.strides()));
-    let sizes: Vec<usize> = merged.iter().map(|(n, _)| *n).collect();
+    let too_many = |l: &Layout| {
+        Error::shape(
+            op,
+            format!(
+                "CUDA kernels take at most {} dims, got shape {} (strides {:?}), which \
+                 merges into {} dims",
+                flint_kernels::MAX_DIMS,
+                fmt_shape(shape),
+                l.strides(),
+                merged.len()
+            ),
+        )
+    };
+    let int = |v: usize| i64::try_from(v).map_err(|_| Error::shape(op, "a size beyond i64"));
     let mut out = [(); N].map(|_| Arg::I64(0));
     for (k, (o, l)) in out.iter_mut().zip(ls).enumerate() {
-        let strides: Vec<usize> = merged.iter().map(|(_, st)| st[k]).collect();
-        let kl = KernelLayout::new(&sizes, &strides, l.offset()).ok_or_else(|| {
-            Error::shape(
-                op,
-                format!(
-                    "CUDA kernels take at most {} dims, got shape {} (strides {:?}), which \
-                     merges into {} dims",
-                    flint_kernels::MAX_DIMS,
-                    fmt_shape(shape),
-                    l.strides(),
-                    sizes.len()
-                ),
-            )
-        })?;
+        if merged.len() > flint_kernels::MAX_DIMS {
+            return Err(too_many(l));
+        }
+        let mut kl = KernelLayout {
+            rank: merged.len() as i64,
+            shape: [1; flint_kernels::MAX_DIMS],
+            strides: [0; flint_kernels::MAX_DIMS],
+            offset: int(l.offset())?,
+        };
+        for (d, (size, st)) in merged.iter().enumerate() {
+            kl.shape[d] = int(*size)?;
+            kl.strides[d] = int(st[k])?;
+        }
         *o = Arg::Layout(LayoutArg(kl));
     }
     Ok(out)
@@ -241,8 +254,12 @@ pub(crate) fn layouts<const N: usize>(op: &'static str, ls: [&Layout; N]) -> Res
 
 /// The dims of `shape` jointly coalesced for views with `strides` (see [`layouts`]):
 /// `(size, stride of each view)` per remaining dim, outermost first.
-fn coalesce<const N: usize>(shape: &[usize], strides: &[&[usize]; N]) -> Vec<(usize, [usize; N])> {
-    let mut out: Vec<(usize, [usize; N])> = Vec::with_capacity(shape.len());
+fn coalesce<const N: usize>(
+    shape: &[usize],
+    strides: &[&[usize]; N],
+) -> SmallVec<[(usize, [usize; N]); 8]> {
+    // on the stack for up to 8 dims: this runs on every elementwise launch
+    let mut out: SmallVec<[(usize, [usize; N]); 8]> = SmallVec::new();
     for (d, &n) in shape.iter().enumerate() {
         if n == 1 {
             continue;

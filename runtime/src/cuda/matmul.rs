@@ -130,17 +130,27 @@ fn batch_offsets(l: &Layout) -> Vec<usize> {
     offs
 }
 
-/// The common step of evenly spaced offsets (`Some(0)` for one entry).
-fn even_step(offs: &[usize]) -> Option<usize> {
-    match offs {
-        [] | [_] => Some(0),
-        [a, b, ..] => {
-            let step = b.checked_sub(*a)?;
-            offs.windows(2)
-                .all(|w| w[1].checked_sub(w[0]) == Some(step))
-                .then_some(step)
+/// The step between the consecutive matrices of `l`'s batch when they are evenly spaced
+/// (`Some(0)` for one matrix or a broadcast batch), without listing them: the batch dims
+/// of size > 1 must step through memory as one dim. The same answer as the
+/// offsets from [`batch_offsets`] being an arithmetic progression (tested), for the common case of every product.
+fn batch_step(l: &Layout) -> Option<usize> {
+    let nb = l.ndim().saturating_sub(2);
+    let mut step: Option<usize> = None; // the stride of the innermost dim seen so far
+    let mut span = 1; // elements of the batch seen so far, times that stride = the next
+    for d in (0..nb).rev() {
+        let (size, stride) = (l.shape()[d], l.strides()[d]);
+        if size == 1 {
+            continue;
         }
+        match step {
+            None => step = Some(stride),
+            Some(s) if stride == s * span => {}
+            Some(_) => return None,
+        }
+        span *= size;
     }
+    Some(step.unwrap_or(0))
 }
 
 fn int(v: usize, what: &str) -> Result<c_int> {
@@ -231,11 +241,10 @@ where
             ));
         }
     }
-    let (offs_a, offs_b) = (batch_offsets(la), batch_offsets(lb));
     let name = || format!("{OP}: gemm_{} {batch}x{m}x{k}x{n}", T::NAME);
-    super::profile::timed(g, name, || match (even_step(&offs_a), even_step(&offs_b)) {
+    super::profile::timed(g, name, || match (batch_step(la), batch_step(lb)) {
         (Some(step_a), Some(step_b)) => {
-            let (va, vb) = (a.slice(offs_a[0]..), b.slice(offs_b[0]..));
+            let (va, vb) = (a.slice(la.offset()..), b.slice(lb.offset()..));
             // SAFETY: the configuration describes matrices inside the two buffers (their
             // layouts were checked by the caller against the buffers' lengths) and an
             // output of `batch * m * n` elements.
@@ -261,6 +270,7 @@ where
             r.map_err(|e| cublas_error(g.ordinal, e))
         }
         _ => {
+            let (offs_a, offs_b) = (batch_offsets(la), batch_offsets(lb));
             for (i, (&oa, &ob)) in offs_a.iter().zip(&offs_b).enumerate() {
                 let (va, vb) = (a.slice(oa..), b.slice(ob..));
                 let mut vc = out.slice_mut(i * m * n..(i + 1) * m * n);
@@ -285,7 +295,7 @@ const COPY_UNEVEN_BATCH: usize = 4;
 fn evenly_batched(t: &Tensor, l: &Layout) -> Result<(Tensor, Layout)> {
     let nd = l.ndim();
     let batch: usize = l.shape()[..nd.saturating_sub(2)].iter().product();
-    if nd > 2 && batch > COPY_UNEVEN_BATCH && even_step(&batch_offsets(l)).is_none() {
+    if nd > 2 && batch > COPY_UNEVEN_BATCH && batch_step(l).is_none() {
         let c = super::ops::copy_to_new(&t.with_layout(l.clone()))?;
         let lc = c.layout().clone();
         return Ok((c, lc));
@@ -349,6 +359,20 @@ mod tests {
     use super::*;
     use cublasOperation_t::{CUBLAS_OP_N as N, CUBLAS_OP_T as T};
 
+    /// The common step of evenly spaced offsets (`Some(0)` for one entry): the
+    /// reference [`batch_step`] is checked against.
+    fn even_step(offs: &[usize]) -> Option<usize> {
+        match offs {
+            [] | [_] => Some(0),
+            [a, b, ..] => {
+                let step = b.checked_sub(*a)?;
+                offs.windows(2)
+                    .all(|w| w[1].checked_sub(w[0]) == Some(step))
+                    .then_some(step)
+            }
+        }
+    }
+
     #[test]
     fn operands_read_row_major_and_transposed_views_in_place() {
         // contiguous [3, 4]: columns unit-stride, ld = 4
@@ -403,5 +427,24 @@ mod tests {
         let offs = batch_offsets(&partial);
         assert_eq!(offs, vec![0, 0, 0, 20, 20, 20]);
         assert_eq!(even_step(&offs), None);
+        // batch_step answers without listing the offsets
+        let permuted = Layout::contiguous(&[2, 3, 4, 5])
+            .permute(&[1, 0, 2, 3])
+            .unwrap();
+        let sliced = Layout::contiguous(&[4, 3, 4, 5]).slice(0, 1, 2, 2);
+        let unit = Layout::contiguous(&[2, 1, 3, 4, 5]);
+        let swapped = Layout::contiguous(&[2, 2, 3, 4])
+            .permute(&[1, 0, 2, 3])
+            .unwrap();
+        let heads = Layout::contiguous(&[2, 4, 3, 3, 5])
+            .slice(2, 0, 1, 1)
+            .permute(&[0, 2, 3, 1, 4])
+            .unwrap();
+        for l in [
+            contiguous, broadcast, partial, permuted, sliced, unit, swapped, heads,
+        ] {
+            assert_eq!(batch_step(&l), even_step(&batch_offsets(&l)), "{l:?}");
+        }
+        assert_eq!(batch_step(&Layout::contiguous(&[4, 5])), Some(0));
     }
 }

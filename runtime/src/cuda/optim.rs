@@ -62,11 +62,8 @@ fn launch_update(
         let (_, base, _) = launch::ptr(op, t)?;
         Ok(base + (t.layout().offset() * t.dtype().size_in_bytes()) as u64)
     };
-    let (g_, pp, pg) = {
-        let g = contiguous(g)?;
-        let (pp, pg) = (addr(p)?, addr(&g)?);
-        (g, pp, pg)
-    };
+    let g = contiguous(g)?; // lives until the launch is queued
+    let (pp, pg) = (addr(p)?, addr(&g)?);
     let ps: Vec<u64> = states
         .iter()
         .map(|s| s.map_or(Ok(0), addr))
@@ -83,9 +80,7 @@ fn launch_update(
         .flatten()
         .map(|t| t.storage().write())
         .collect();
-    launch::launch(op, &gpu, &name, launch::elementwise(n), &args)?;
-    drop(g_);
-    Ok(())
+    launch::launch(op, &gpu, &name, launch::elementwise(n), &args)
 }
 
 /// One fused Adam/AdamW step of a CUDA parameter (`adam_<dt>`): the new `(m, v, v_max)`

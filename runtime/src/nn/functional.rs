@@ -519,17 +519,19 @@ pub fn dropout(x: &Tensor, p: f64, training: bool) -> Result<Tensor> {
     if p == 1.0 {
         return x.try_mul(0.0);
     }
+    // one recorded node, `dropout`, on both devices; its backward multiplies by the same
+    // mask (differentiable ops under create_graph)
+    let grad = is_grad_enabled() && x.requires_grad();
     #[cfg(feature = "cuda")]
     if x.is_cuda() && x.dtype().is_float() {
         // one kernel each way, the same keep-mask bits as `dropout_mask`, drawn on the
-        // device; the bool mask is what the backward keeps
+        // device; the 1-byte mask is what the backward keeps
         let (y, keep) = crate::cuda::ops::dropout(x, p)?;
-        if !(is_grad_enabled() && x.requires_grad()) {
+        if !grad {
             return Ok(y);
         }
         return Ok(record(y, "dropout", &[x], &[], move |g| {
             let dx = if is_grad_enabled() {
-                // create_graph: differentiable ops
                 g * keep.to_dtype(g.dtype()) * (1.0 / (1.0 - p))
             } else {
                 or_panic(crate::cuda::ops::dropout_backward(g, &keep, p))
@@ -537,7 +539,14 @@ pub fn dropout(x: &Tensor, p: f64, training: bool) -> Result<Tensor> {
             vec![Some(dx)]
         }));
     }
-    x.try_mul(dropout_mask(x.shape(), p, x.dtype()))
+    let mask = dropout_mask(x.shape(), p, x.dtype()).try_to(x.device())?;
+    let y = x.detach().try_mul(&mask)?;
+    if !grad {
+        return Ok(y);
+    }
+    Ok(record(y, "dropout", &[x], &[], move |g| {
+        vec![Some(g * &mask)]
+    }))
 }
 
 /// Channel dropout (`Dropout2d`/`Dropout3d`): zeroes whole channels. `x` is
