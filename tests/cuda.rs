@@ -1388,6 +1388,23 @@ fn run_gradcheck_cases(d: Device) {
             Box::new(|x, w| (x.reshape([12, 1]) * w).sum(0, false) * w),
         ),
         (
+            "matmul of per-head views (uneven batches copied once, kᵀ kept column-major)",
+            Box::new(|x, w| {
+                let r = Tensor::cat(
+                    &[x.clone(), x * w, x.exp(), (x * w).tanh(), x.sin(), x.cos()],
+                    1,
+                ); // [3, 24]
+                let qkv = Tensor::cat(&[r.unsqueeze(0), r.tanh().unsqueeze(0)], 0).split(8, -1);
+                // [2, 3, 8] -> 8 matrices [3, 2] in an uneven batch
+                let heads = |z: &Tensor| z.view([2, 3, 4, 2]).transpose(1, 2);
+                let s = heads(&qkv[0]).matmul(&heads(&qkv[1]).transpose(-2, -1));
+                s.softmax(-1)
+                    .matmul(&heads(&qkv[2]))
+                    .transpose(1, 2)
+                    .reshape([2, 3, 8])
+            }),
+        ),
+        (
             "cat/stack",
             Box::new(|x, w| {
                 Tensor::cat(&[x.clone(), w.unsqueeze(0)], 0)

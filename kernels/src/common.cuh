@@ -242,6 +242,40 @@ __device__ __forceinline__ i64 layout_offset(const Layout& l, i64 i) {
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (i64)(n);                 \
          i += (i64)blockDim.x * gridDim.x)
 
+/// Elements an elementwise thread takes at a time where the operands allow it (runs).
+#define FLINT_RUN 4
+
+/// A run length known at compile time (the second argument of a `for_runs` body).
+template <int V> struct RunLen {
+    static constexpr int value = V;
+};
+
+/// The stride of a layout's innermost dim (0 for a 0-d layout).
+__device__ __forceinline__ i64 inner_stride(const Layout& l) {
+    return l.rank > 0 ? l.stride[l.rank - 1] : 0;
+}
+
+/// True when runs of FLINT_RUN consecutive elements stay in one innermost row of `l`
+/// (its innermost size is a multiple of FLINT_RUN), so element i + j of a run starting
+/// at i (a multiple of FLINT_RUN) is at layout_offset(l, i) + j * inner_stride(l).
+__device__ __forceinline__ bool runs_fit(const Layout& l) {
+    return l.rank > 0 && l.shape[l.rank - 1] % FLINT_RUN == 0;
+}
+
+/// The elementwise loop: calls body(i, RunLen<V>()) for runs i .. i + V - 1 covering
+/// [0, n) once, grid-strided. V is FLINT_RUN when `fit` (every layout of the kernel
+/// passes runs_fit; then n is a multiple of FLINT_RUN), else 1. A body decomposes each
+/// layout's index once per run (layout_offset) and steps by inner_stride: strided views
+/// cost a quarter of the integer divisions, and a thread's loads and stores are
+/// consecutive.
+template <typename F> __device__ __forceinline__ void for_runs(bool fit, i64 n, F body) {
+    if (fit) {
+        FLINT_GRID_STRIDE(r, n / FLINT_RUN) { body(r * FLINT_RUN, RunLen<FLINT_RUN>()); }
+    } else {
+        FLINT_GRID_STRIDE(i, n) { body(i, RunLen<1>()); }
+    }
+}
+
 /// for (row = blockIdx.x; row < rows; row += gridDim.x): one block per row.
 #define FLINT_BLOCK_STRIDE(row, rows)                                                      \
     for (i64 row = blockIdx.x; row < (i64)(rows); row += gridDim.x)

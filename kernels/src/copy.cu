@@ -8,7 +8,13 @@
 
 template <typename S, typename D>
 __device__ __forceinline__ void cast_kernel(const S* x, const Layout& lx, D* out, i64 n) {
-    FLINT_GRID_STRIDE(i, n) { out[i] = Ty<D>::from_f64(Ty<S>::to_f64(x[layout_offset(lx, i)])); }
+    for_runs(runs_fit(lx), n, [&](i64 i, auto len) {
+        const i64 o = layout_offset(lx, i), s = inner_stride(lx);
+#pragma unroll
+        for (int j = 0; j < decltype(len)::value; ++j) {
+            out[i + j] = Ty<D>::from_f64(Ty<S>::to_f64(x[o + j * s]));
+        }
+    });
 }
 
 #define CAST(dd, D, sd, S)                                                                 \
@@ -57,16 +63,56 @@ CAST_FROM_BOOL(i64, i64, _)
 // Copies and fills, any dtype.
 // copy_<dt>(const T* src, Layout ls, T* dst, Layout ld, i64 n): dst view = src view
 //   (same shape; makes a tensor contiguous when ld is contiguous, or writes into a view).
+// contiguous_<dt>(const T* src, Layout ls, T* out, i64 n): out (contiguous) = src view
+//   (copy_ with a contiguous destination, without decomposing its index).
 // fill_<dt>(T* dst, Layout ld, i64 n, T value): every element of the dst view = value
 //   (value passed as T's bits: half/bf16 as u16, bool as u8).
+
+template <typename T>
+__device__ __forceinline__ void copy_kernel(const T* src, const Layout& ls, T* dst,
+                                            const Layout& ld, i64 n) {
+    for_runs(runs_fit(ls) && runs_fit(ld), n, [&](i64 i, auto len) {
+        const i64 os = layout_offset(ls, i), od = layout_offset(ld, i);
+        const i64 ss = inner_stride(ls), sd = inner_stride(ld);
+#pragma unroll
+        for (int j = 0; j < decltype(len)::value; ++j) {
+            dst[od + j * sd] = src[os + j * ss];
+        }
+    });
+}
+
+template <typename T>
+__device__ __forceinline__ void contiguous_kernel(const T* src, const Layout& ls, T* out, i64 n) {
+    for_runs(runs_fit(ls), n, [&](i64 i, auto len) {
+        const i64 os = layout_offset(ls, i), ss = inner_stride(ls);
+#pragma unroll
+        for (int j = 0; j < decltype(len)::value; ++j) {
+            out[i + j] = src[os + j * ss];
+        }
+    });
+}
+
+template <typename T>
+__device__ __forceinline__ void fill_kernel(T* dst, const Layout& ld, i64 n, T value) {
+    for_runs(runs_fit(ld), n, [&](i64 i, auto len) {
+        const i64 od = layout_offset(ld, i), sd = inner_stride(ld);
+#pragma unroll
+        for (int j = 0; j < decltype(len)::value; ++j) {
+            dst[od + j * sd] = value;
+        }
+    });
+}
 
 #define COPY_FILL(dt, T, _)                                                                \
     extern "C" __global__ void copy_##dt(const T* src, Layout ls, T* dst, Layout ld,       \
                                          i64 n) {                                          \
-        FLINT_GRID_STRIDE(i, n) { dst[layout_offset(ld, i)] = src[layout_offset(ls, i)]; } \
+        copy_kernel<T>(src, ls, dst, ld, n);                                               \
+    }                                                                                      \
+    extern "C" __global__ void contiguous_##dt(const T* src, Layout ls, T* out, i64 n) {   \
+        contiguous_kernel<T>(src, ls, out, n);                                             \
     }                                                                                      \
     extern "C" __global__ void fill_##dt(T* dst, Layout ld, i64 n, T value) {              \
-        FLINT_GRID_STRIDE(i, n) { dst[layout_offset(ld, i)] = value; }                     \
+        fill_kernel<T>(dst, ld, n, value);                                                 \
     }
 FLINT_ALL(COPY_FILL, _)
 

@@ -38,16 +38,42 @@ struct PowF {
 template <typename T, typename Op>
 __device__ __forceinline__ void binary_kernel(const T* a, const Layout& la, const T* b,
                                               const Layout& lb, T* out, i64 n) {
-    FLINT_GRID_STRIDE(i, n) {
-        out[i] = Ty<T>::store(
-            Op()(Ty<T>::load(a[layout_offset(la, i)]), Ty<T>::load(b[layout_offset(lb, i)])));
-    }
+    for_runs(runs_fit(la) && runs_fit(lb), n, [&](i64 i, auto len) {
+        const i64 oa = layout_offset(la, i), ob = layout_offset(lb, i);
+        const i64 sa = inner_stride(la), sb = inner_stride(lb);
+#pragma unroll
+        for (int j = 0; j < decltype(len)::value; ++j) {
+            out[i + j] = Ty<T>::store(Op()(Ty<T>::load(a[oa + j * sa]), Ty<T>::load(b[ob + j * sb])));
+        }
+    });
+}
+
+// In place: <op>_assign_<dt>(T* a, Layout la, const T* b, Layout lb, i64 n)
+//   a[view la] = a <op> b for add, sub, mul, div (the elements of la must not overlap,
+//   and b must not share memory with a: each element is read and written by one thread).
+template <typename T, typename Op>
+__device__ __forceinline__ void assign_kernel(T* a, const Layout& la, const T* b,
+                                              const Layout& lb, i64 n) {
+    for_runs(runs_fit(la) && runs_fit(lb), n, [&](i64 i, auto len) {
+        const i64 oa = layout_offset(la, i), ob = layout_offset(lb, i);
+        const i64 sa = inner_stride(la), sb = inner_stride(lb);
+#pragma unroll
+        for (int j = 0; j < decltype(len)::value; ++j) {
+            T& d = a[oa + j * sa];
+            d = Ty<T>::store(Op()(Ty<T>::load(d), Ty<T>::load(b[ob + j * sb])));
+        }
+    });
 }
 
 #define BINARY(dt, T, op, Op)                                                              \
     extern "C" __global__ void op##_##dt(const T* a, Layout la, const T* b, Layout lb,     \
                                          T* out, i64 n) {                                  \
         binary_kernel<T, Op>(a, la, b, lb, out, n);                                        \
+    }
+#define ASSIGN(dt, T, op, Op)                                                              \
+    extern "C" __global__ void op##_assign_##dt(T* a, Layout la, const T* b, Layout lb,    \
+                                                i64 n) {                                   \
+        assign_kernel<T, Op>(a, la, b, lb, n);                                             \
     }
 FLINT_NUMS(BINARY, add, AddF)
 FLINT_NUMS(BINARY, sub, SubF)
@@ -56,6 +82,10 @@ FLINT_FLOATS(BINARY, div, DivF)
 FLINT_NUMS(BINARY, maximum, MaximumF)
 FLINT_NUMS(BINARY, minimum, MinimumF)
 FLINT_FLOATS(BINARY, pow, PowF)
+FLINT_NUMS(ASSIGN, add, AddF)
+FLINT_NUMS(ASSIGN, sub, SubF)
+FLINT_NUMS(ASSIGN, mul, MulF)
+FLINT_FLOATS(ASSIGN, div, DivF)
 
 // Activation backward passes, a = the output gradient g, b = the activation's input x
 // (output y for relu): <op>_<dt>(const T* g, Layout lg, const T* x, Layout lx, T* out, i64 n)
@@ -107,9 +137,13 @@ template <typename T, typename Op>
 __device__ __forceinline__ void scalar_kernel(const T* x, const Layout& lx, T* out, i64 n,
                                               double s) {
     const typename Ty<T>::acc sv = Ty<T>::load(Ty<T>::from_f64(s));
-    FLINT_GRID_STRIDE(i, n) {
-        out[i] = Ty<T>::store(Op()(Ty<T>::load(x[layout_offset(lx, i)]), sv));
-    }
+    for_runs(runs_fit(lx), n, [&](i64 i, auto len) {
+        const i64 o = layout_offset(lx, i), s = inner_stride(lx);
+#pragma unroll
+        for (int j = 0; j < decltype(len)::value; ++j) {
+            out[i + j] = Ty<T>::store(Op()(Ty<T>::load(x[o + j * s]), sv));
+        }
+    });
 }
 
 #define SCALAR(dt, T, op, Op)                                                              \
@@ -169,11 +203,14 @@ struct XorF {
 template <typename T, typename Op>
 __device__ __forceinline__ void compare_kernel(const T* a, const Layout& la, const T* b,
                                                const Layout& lb, u8* out, i64 n) {
-    FLINT_GRID_STRIDE(i, n) {
-        out[i] = Op()(Ty<T>::load(a[layout_offset(la, i)]), Ty<T>::load(b[layout_offset(lb, i)]))
-                     ? 1
-                     : 0;
-    }
+    for_runs(runs_fit(la) && runs_fit(lb), n, [&](i64 i, auto len) {
+        const i64 oa = layout_offset(la, i), ob = layout_offset(lb, i);
+        const i64 sa = inner_stride(la), sb = inner_stride(lb);
+#pragma unroll
+        for (int j = 0; j < decltype(len)::value; ++j) {
+            out[i + j] = Op()(Ty<T>::load(a[oa + j * sa]), Ty<T>::load(b[ob + j * sb])) ? 1 : 0;
+        }
+    });
 }
 
 #define COMPARE(dt, T, op, Op)                                                             \

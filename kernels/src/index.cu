@@ -122,20 +122,42 @@ FLINT_NUMS(ADD, _)
 // where_<dt>(const u8* cond, Layout lc, const T* a, Layout la, const T* b, Layout lb,
 //            T* out, i64 n)
 //   out[i] = cond ? a : b, out contiguous.
+template <typename T>
+__device__ __forceinline__ void masked_fill_kernel(const T* x, const Layout& lx, const u8* mask,
+                                                   const Layout& lm, T value, T* out, i64 n) {
+    for_runs(runs_fit(lx) && runs_fit(lm), n, [&](i64 i, auto len) {
+        const i64 ox = layout_offset(lx, i), om = layout_offset(lm, i);
+        const i64 sx = inner_stride(lx), sm = inner_stride(lm);
+#pragma unroll
+        for (int j = 0; j < decltype(len)::value; ++j) {
+            out[i + j] = mask[om + j * sm] != 0 ? value : x[ox + j * sx];
+        }
+    });
+}
+
+template <typename T>
+__device__ __forceinline__ void where_kernel(const u8* cond, const Layout& lc, const T* a,
+                                             const Layout& la, const T* b, const Layout& lb,
+                                             T* out, i64 n) {
+    for_runs(runs_fit(lc) && runs_fit(la) && runs_fit(lb), n, [&](i64 i, auto len) {
+        const i64 oc = layout_offset(lc, i), oa = layout_offset(la, i), ob = layout_offset(lb, i);
+        const i64 sc = inner_stride(lc), sa = inner_stride(la), sb = inner_stride(lb);
+#pragma unroll
+        for (int j = 0; j < decltype(len)::value; ++j) {
+            out[i + j] = cond[oc + j * sc] != 0 ? a[oa + j * sa] : b[ob + j * sb];
+        }
+    });
+}
+
 #define MASK(dt, T, _)                                                                     \
     extern "C" __global__ void masked_fill_##dt(const T* x, Layout lx, const u8* mask,     \
                                                 Layout lm, T value, T* out, i64 n) {       \
-        FLINT_GRID_STRIDE(i, n) {                                                          \
-            out[i] = mask[layout_offset(lm, i)] != 0 ? value : x[layout_offset(lx, i)];    \
-        }                                                                                  \
+        masked_fill_kernel<T>(x, lx, mask, lm, value, out, n);                             \
     }                                                                                      \
     extern "C" __global__ void where_##dt(const u8* cond, Layout lc, const T* a,           \
                                           Layout la, const T* b, Layout lb, T* out,        \
                                           i64 n) {                                         \
-        FLINT_GRID_STRIDE(i, n) {                                                          \
-            out[i] = cond[layout_offset(lc, i)] != 0 ? a[layout_offset(la, i)]             \
-                                                     : b[layout_offset(lb, i)];            \
-        }                                                                                  \
+        where_kernel<T>(cond, lc, a, la, b, lb, out, n);                                   \
     }
 FLINT_ALL(MASK, _)
 

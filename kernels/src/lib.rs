@@ -17,7 +17,10 @@
 //! assert!(m.has_entry("softmax_f32"));
 //! assert!(m.source.contains("softmax_rows"));
 //! // compile with NVRTC: `--gpu-architecture=sm_90` plus flint_kernels::COMPILE_OPTIONS
-//! assert_eq!(flint_kernels::COMPILE_OPTIONS, &["--std=c++17"]);
+//! assert_eq!(
+//!     flint_kernels::COMPILE_OPTIONS,
+//!     &["--std=c++17", "--device-as-default-execution-space"]
+//! );
 //! ```
 //!
 #![doc = include_str!("../README.md")]
@@ -57,11 +60,13 @@ impl KernelModule {
 
 /// Options to pass to NVRTC with every module, besides `--gpu-architecture=sm_XY`.
 /// Do not add `--use_fast_math`: the random kernels rely on exactly rounded arithmetic.
+/// `--device-as-default-execution-space` makes unannotated functions device functions,
+/// which lets the elementwise kernels pass their loop bodies to `for_runs` as lambdas.
 ///
 /// ```
 /// assert!(flint_kernels::COMPILE_OPTIONS.contains(&"--std=c++17"));
 /// ```
-pub const COMPILE_OPTIONS: &[&str] = &["--std=c++17"];
+pub const COMPILE_OPTIONS: &[&str] = &["--std=c++17", "--device-as-default-execution-space"];
 
 /// Every kernel module.
 ///
@@ -483,6 +488,8 @@ const fn flatten<const N: usize>(parts: &[&[&'static str]]) -> [&'static str; N]
 const ELEMENTWISE: &[&str] = entry_list! {
     nums: add, sub, mul, maximum, minimum, relu_backward;
     floats: div, pow, gelu_backward, gelu_tanh_backward;
+    nums: add_assign, sub_assign, mul_assign;
+    floats: div_assign;
     floats: add_scalar, sub_scalar, rsub_scalar, mul_scalar, div_scalar, rdiv_scalar,
         pow_scalar, rpow_scalar, maximum_scalar, minimum_scalar;
     all: eq, ne, lt, le, gt, ge;
@@ -502,7 +509,7 @@ const COPY: &[&str] = entry_list! {
     [f32, f64, f16, i64, bool]: cast_bf16;
     [f32, f64, f16, bf16, bool]: cast_i64;
     [f32, f64, f16, bf16, i64]: cast_bool;
-    all: copy, fill;
+    all: copy, contiguous, fill;
     nums: arange;
 };
 
@@ -556,13 +563,13 @@ mod tests {
     fn entry_names_are_unique_and_per_module_counts_are_known() {
         let counts: Vec<(&str, usize)> =
             MODULES.iter().map(|m| (m.name, m.entries.len())).collect();
-        // worked out from the lists: e.g. elementwise = 5·5 + 2·4 + 10·4 + 6·6 + 4
+        // worked out from the lists: e.g. elementwise = 6·5 + 4·4 + 3·5 + 4 + 10·4 + 6·6 + 4
         assert_eq!(
             counts,
             [
-                ("elementwise", 126),
+                ("elementwise", 145),
                 ("unary", 89),
-                ("copy", 47),
+                ("copy", 53),
                 ("reduce", 94),
                 ("softmax", 16),
                 ("norm", 28),

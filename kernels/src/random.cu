@@ -68,12 +68,21 @@ __device__ __forceinline__ void dropout_all(const T* x, T* out, u8* keep, i64 n,
     const double q = 1.0 - p;
     const A scale = Ty<T>::load(Ty<T>::from_f64(1.0 / q));
     const u64 threshold = flint_bernoulli_threshold(q);
-    FLINT_GRID_STRIDE(i, n) {
-        const bool k = flint_bernoulli_at(seed, offset, i, threshold);
-        if (keep != 0) {
-            keep[i] = k ? 1 : 0;
+    // a thread per Philox block: elements 4b .. 4b + 3 are its four words (as
+    // flint_bernoulli_at draws them), one block computed instead of four
+    FLINT_GRID_STRIDE(b, (n + 3) / 4) {
+        const flint_u32x4 r = flint_philox_block(seed, offset + (u64)b);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const i64 i = 4 * b + j;
+            if (i < n) {
+                const bool k = (u64)r.v[j] < threshold;
+                if (keep != 0) {
+                    keep[i] = k ? 1 : 0;
+                }
+                out[i] = Ty<T>::store(Ty<T>::load(x[i]) * (k ? scale : A(0)));
+            }
         }
-        out[i] = Ty<T>::store(Ty<T>::load(x[i]) * (k ? scale : A(0)));
     }
 }
 
@@ -82,7 +91,15 @@ __device__ __forceinline__ void dropout_backward_all(const T* dy, const u8* keep
                                                      double scale) {
     typedef typename Ty<T>::acc A;
     const A s = Ty<T>::load(Ty<T>::from_f64(scale));
-    FLINT_GRID_STRIDE(i, n) { dx[i] = Ty<T>::store(Ty<T>::load(dy[i]) * (keep[i] != 0 ? s : A(0))); }
+    FLINT_GRID_STRIDE(b, (n + 3) / 4) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const i64 i = 4 * b + j;
+            if (i < n) {
+                dx[i] = Ty<T>::store(Ty<T>::load(dy[i]) * (keep[i] != 0 ? s : A(0)));
+            }
+        }
+    }
 }
 
 #define DROPOUT(dt, T, _)                                                                  \

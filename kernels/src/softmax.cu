@@ -2,14 +2,107 @@
 // Softmax and log-softmax over the last dim of a contiguous [rows, cols] tensor, and
 // their backward passes. Computed in the acc type, max-subtracted.
 //
-// Launch: one block per row (grid-stride over rows, any grid size), blockDim.x a multiple
-// of 32 up to 1024 (256 is a good default). A row that is all -inf gives NaN, as PyTorch.
+// Launch: blockDim.x a multiple of 32 up to 1024 (256 is a good default), any grid size.
+// Rows of up to FLINT_WARP_ROW elements are one warp's each (a block takes blockDim.x / 32
+// rows at a time, grid-strided), held in registers: one read of x, shuffles instead of
+// block barriers; so a grid of ceil(rows / (blockDim.x / 32)) blocks covers them at once.
+// Longer rows are one block's each (grid-stride over rows). A row that is all -inf
+// gives NaN, as PyTorch.
+
+#define FLINT_WARP_ROW 1024
+
+/// for (row = this warp's global index; row < rows; row += warps in the grid)
+#define FLINT_WARP_STRIDE(row, rows)                                                       \
+    for (i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); row < (i64)(rows); \
+         row += (i64)gridDim.x * (blockDim.x >> 5))
+
+// K: elements per lane (cols <= 32 K), a compile-time bound so the row stays in registers
+template <typename T, bool Log, int K>
+__device__ __forceinline__ void softmax_warp_rows(const T* x, T* y, i64 rows, i64 cols) {
+    typedef typename Ty<T>::acc A;
+    const int lane = threadIdx.x & 31;
+    FLINT_WARP_STRIDE(r, rows) {
+        const T* xr = x + r * cols;
+        T* yr = y + r * cols;
+        A v[K];
+        A m = -m_inf(A(0));
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const i64 c = lane + 32 * k;
+            v[k] = c < cols ? Ty<T>::load(xr[c]) : -m_inf(A(0));
+            m = nan_max(m, v[k]);
+        }
+        m = warp_reduce(m, MaxOp());
+        A s = 0;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            if (lane + 32 * k < cols) {
+                const A e = m_exp(v[k] - m);
+                s += e;
+                if (!Log) {
+                    v[k] = e;
+                }
+            }
+        }
+        s = warp_reduce(s, SumOp());
+        const A ls = Log ? m_log(s) : A(0), inv = Log ? A(0) : A(1) / s;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const i64 c = lane + 32 * k;
+            if (c < cols) {
+                yr[c] = Ty<T>::store(Log ? v[k] - m - ls : v[k] * inv);
+            }
+        }
+    }
+}
+
+template <typename T, bool Log, int K>
+__device__ __forceinline__ void softmax_backward_warp_rows(const T* y, const T* dy, T* dx,
+                                                           i64 rows, i64 cols) {
+    typedef typename Ty<T>::acc A;
+    const int lane = threadIdx.x & 31;
+    FLINT_WARP_STRIDE(r, rows) {
+        const T* yr = y + r * cols;
+        const T* gr = dy + r * cols;
+        T* dr = dx + r * cols;
+        A yv[K], gv[K];
+        A s = 0;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const i64 c = lane + 32 * k;
+            yv[k] = c < cols ? Ty<T>::load(yr[c]) : A(0);
+            gv[k] = c < cols ? Ty<T>::load(gr[c]) : A(0);
+            s += Log ? gv[k] : gv[k] * yv[k];
+        }
+        s = warp_reduce(s, SumOp());
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const i64 c = lane + 32 * k;
+            if (c < cols) {
+                dr[c] = Ty<T>::store(Log ? gv[k] - m_exp(yv[k]) * s : yv[k] * (gv[k] - s));
+            }
+        }
+    }
+}
 
 // softmax_<dt> / log_softmax_<dt>(const T* x, T* y, i64 rows, i64 cols)
 template <typename T, bool Log>
 __device__ __forceinline__ void softmax_rows(const T* x, T* y, i64 rows, i64 cols) {
     typedef typename Ty<T>::acc A;
     __shared__ A scratch[32];
+    if (cols <= FLINT_WARP_ROW) {
+        // the fewest registers that hold the row
+        if (cols <= 128) {
+            softmax_warp_rows<T, Log, 4>(x, y, rows, cols);
+        } else if (cols <= 256) {
+            softmax_warp_rows<T, Log, 8>(x, y, rows, cols);
+        } else if (cols <= 512) {
+            softmax_warp_rows<T, Log, 16>(x, y, rows, cols);
+        } else {
+            softmax_warp_rows<T, Log, 32>(x, y, rows, cols);
+        }
+        return;
+    }
     FLINT_BLOCK_STRIDE(r, rows) {
         const T* xr = x + r * cols;
         T* yr = y + r * cols;
@@ -46,6 +139,18 @@ __device__ __forceinline__ void softmax_backward_rows(const T* y, const T* dy, T
                                                       i64 cols) {
     typedef typename Ty<T>::acc A;
     __shared__ A scratch[32];
+    if (cols <= FLINT_WARP_ROW) {
+        if (cols <= 128) {
+            softmax_backward_warp_rows<T, Log, 4>(y, dy, dx, rows, cols);
+        } else if (cols <= 256) {
+            softmax_backward_warp_rows<T, Log, 8>(y, dy, dx, rows, cols);
+        } else if (cols <= 512) {
+            softmax_backward_warp_rows<T, Log, 16>(y, dy, dx, rows, cols);
+        } else {
+            softmax_backward_warp_rows<T, Log, 32>(y, dy, dx, rows, cols);
+        }
+        return;
+    }
     FLINT_BLOCK_STRIDE(r, rows) {
         const T* yr = y + r * cols;
         const T* gr = dy + r * cols;

@@ -39,7 +39,13 @@ UNARY_FN(GeluTanhF,
 
 template <typename T, typename Op>
 __device__ __forceinline__ void unary_kernel(const T* x, const Layout& lx, T* out, i64 n) {
-    FLINT_GRID_STRIDE(i, n) { out[i] = Ty<T>::store(Op()(Ty<T>::load(x[layout_offset(lx, i)]))); }
+    for_runs(runs_fit(lx), n, [&](i64 i, auto len) {
+        const i64 o = layout_offset(lx, i), s = inner_stride(lx);
+#pragma unroll
+        for (int j = 0; j < decltype(len)::value; ++j) {
+            out[i + j] = Ty<T>::store(Op()(Ty<T>::load(x[o + j * s])));
+        }
+    });
 }
 
 #define UNARY(dt, T, op, Op)                                                               \

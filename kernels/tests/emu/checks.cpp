@@ -254,6 +254,114 @@ static void test_elementwise() {
 }
 
 // ---------------------------------------------------------------------------------------
+// runs: the elementwise loop takes 4 consecutive elements per thread when every layout's
+// innermost size is a multiple of 4 (for_runs); strided, broadcast and offset views,
+// against the element offsets computed here
+
+template <class L> static i64 ref_offset(const L& l, i64 i) {
+    i64 off = l.offset;
+    for (int d = (int)l.rank - 1; d >= 0; --d) {
+        off += (i % l.shape[d]) * l.stride[d];
+        i /= l.shape[d];
+    }
+    return off;
+}
+
+static void test_runs() {
+    // a: the transpose of a [8, 12] buffer (shape [12, 8], inner stride 12); b: one row of
+    // 8 broadcast down 12 rows, at offset 3; both against the same element order
+    const int R = 12, C = 8, N = R * C;
+    const Vd abuf = rnd_vec(N), bbuf = rnd_vec(C + 3);
+    std::vector<float> a(abuf.begin(), abuf.end()), b(bbuf.begin(), bbuf.end());
+    auto la = layout<ew::Layout>({R, C}, {1, R}), lb = layout<ew::Layout>({R, C}, {0, 1}, 3);
+    Vd sum(N);
+    for (int i = 0; i < N; ++i) sum[i] = (double)(a[ref_offset(la, i)] + b[ref_offset(lb, i)]);
+    std::vector<float> out(N);
+    // 3 threads: each takes several runs
+    run(1, 3, [&] { ew::add_f32(a.data(), la, b.data(), lb, out.data(), N); });
+    close("add_f32 in runs of 4 (transposed + broadcast row at an offset)", out, sum);
+    {
+        std::vector<float> acc = a;
+        run(2, 2, [&] { ew::add_assign_f32(acc.data(), la, b.data(), lb, N); });
+        Vd want(N);
+        for (int i = 0; i < N; ++i) want[ref_offset(la, i)] = sum[i];
+        close("add_assign_f32 writes a + b through a's transposed view", acc, want);
+        std::vector<double> ad(abuf), bd(abuf.rbegin(), abuf.rend());
+        auto la2 = layout<ew::Layout>({5, 3}), lb2 = layout<ew::Layout>({5, 3}, {1, 5});
+        run(1, 4, [&] { ew::div_assign_f64(ad.data(), la2, bd.data(), lb2, 15); });
+        Vd want2(abuf);
+        for (int i = 0; i < 15; ++i) want2[i] = abuf[i] / bd[ref_offset(lb2, i)];
+        close("div_assign_f64 (innermost size 3: one element at a time)", ad, want2);
+        std::vector<i64> ia = {1, 2, 3, 4, 5, 6, 7, 8}, ib = {10, 20, 30, 40};
+        auto l24 = layout<ew::Layout>({2, 4}), lbc = layout<ew::Layout>({2, 4}, {0, 1});
+        run(1, 32, [&] { ew::sub_assign_i64(ia.data(), l24, ib.data(), lbc, 8); });
+        close("sub_assign_i64 broadcast row", ia, {-9, -18, -27, -36, -5, -14, -23, -32});
+        run(1, 32, [&] { ew::mul_assign_i64(ia.data(), l24, ib.data(), lbc, 8); });
+        close("mul_assign_i64 broadcast row", ia, {-90, -360, -810, -1440, -50, -280, -690, -1280});
+    }
+    {
+        std::vector<uint8_t> cmp(N);
+        run(1, 5, [&] { ew::lt_f32(a.data(), la, b.data(), lb, cmp.data(), N); });
+        Vd want(N);
+        for (int i = 0; i < N; ++i) want[i] = a[ref_offset(la, i)] < b[ref_offset(lb, i)];
+        close("lt_f32 in runs of 4", cmp, want);
+        std::vector<float> o(N);
+        run(1, 7, [&] { ew::mul_scalar_f32(a.data(), la, o.data(), N, -1.5); });
+        for (int i = 0; i < N; ++i) want[i] = (double)(a[ref_offset(la, i)] * -1.5f);
+        close("mul_scalar_f32 in runs of 4", o, want);
+    }
+    {
+        auto lu = layout<un::Layout>({R, C}, {1, R});
+        std::vector<float> o(N);
+        run(1, 7, [&] { un::neg_f32(a.data(), lu, o.data(), N); });
+        Vd want(N);
+        for (int i = 0; i < N; ++i) want[i] = -a[ref_offset(lu, i)];
+        close("neg_f32 in runs of 4 (transposed)", o, want);
+    }
+    {
+        auto ls = layout<cp::Layout>({R, C}, {1, R}), lc = layout<cp::Layout>({R, C});
+        std::vector<float> o(N), t(N, 0.0f);
+        Vd want(N), want_t(N);
+        for (int i = 0; i < N; ++i) {
+            want[i] = a[ref_offset(ls, i)];
+            want_t[ref_offset(ls, i)] = a[i];
+        }
+        run(1, 3, [&] { cp::contiguous_f32(a.data(), ls, o.data(), N); });
+        close("contiguous_f32 of a transposed view", o, want);
+        run(2, 2, [&] { cp::copy_f32(a.data(), lc, t.data(), ls, N); });
+        close("copy_f32 into a transposed view", t, want_t);
+        std::vector<double> d(N);
+        run(1, 3, [&] { cp::cast_f32_f64(a.data(), ls, d.data(), N); });
+        close("cast_f32_f64 of a transposed view in runs", d, want);
+        std::vector<float> f(N + 2, 7.0f);
+        auto lf = layout<cp::Layout>({4, 2, 4}, {8, 1, 2}, 2);
+        run(1, 3, [&] { cp::fill_f32(f.data(), lf, 32, 0.5f); });
+        Vd wf(N + 2, 7.0);
+        for (int i = 0; i < 32; ++i) wf[ref_offset(lf, i)] = 0.5;
+        close("fill_f32 through a permuted view at an offset", f, wf);
+    }
+    {
+        // a [2, 3, 8] tensor masked by a [3, 8] mask broadcast over the first dim
+        const int B = 2, T = 3, S = 8, M = B * T * S;
+        std::vector<float> x(a.begin(), a.begin() + M), o(M), y(M);
+        std::vector<uint8_t> m(T * S);
+        for (int i = 0; i < T * S; ++i) m[i] = (i * 7) % 3 == 0;
+        auto lx = layout<ix::Layout>({B, T, S}), lm = layout<ix::Layout>({B, T, S}, {0, S, 1});
+        Vd want(M), want_w(M);
+        for (int i = 0; i < M; ++i) {
+            const bool k = m[i % (T * S)] != 0;
+            want[i] = k ? -INFINITY : x[i];
+            want_w[i] = k ? x[i] : (double)b[3 + i % S];
+        }
+        run(1, 5, [&] { ix::masked_fill_f32(x.data(), lx, m.data(), lm, -INFINITY, o.data(), M); });
+        close("masked_fill_f32 in runs of 4 (broadcast mask)", o, want);
+        auto lbb = layout<ix::Layout>({B, T, S}, {0, 0, 1}, 3);
+        run(1, 5, [&] { ix::where_f32(m.data(), lm, x.data(), lx, b.data(), lbb, y.data(), M); });
+        close("where_f32 in runs of 4", y, want_w);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // unary
 
 static double gelu_ref(double x) { return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0))); }
@@ -557,9 +665,11 @@ static void test_reduce() {
 // ---------------------------------------------------------------------------------------
 // softmax
 
-template <typename T> static void softmax_case(const char* dt, double tol) {
+// C up to 1024 runs a warp per row (C = 70: 3 elements a lane, 300: 10, 1000: 32), longer
+// rows a block per row; 5 rows on 2 blocks of 2 warps also run a second round of rows
+template <typename T> static void softmax_case(const char* dt, double tol, const int C) {
     using namespace sm;
-    const int R = 3, C = 70;
+    const int R = 5;
     Vd x = rnd_vec(R * C, -3, 3), dy = rnd_vec(R * C);
     auto xt = cast_vec<T>(x), dyt = cast_vec<T>(dy);
     Vd y(R * C), ly(R * C), dx(R * C), ldx(R * C);
@@ -581,7 +691,7 @@ template <typename T> static void softmax_case(const char* dt, double tol) {
         }
     }
     std::vector<T> out(R * C), g(R * C);
-    std::string n = std::string("_") + dt;
+    std::string n = std::string("_") + dt + " (" + std::to_string(R) + " rows of " + std::to_string(C) + ")";
     if constexpr (std::is_same<T, float>::value) {
         run(2, 64, [&] { softmax_f32(xt.data(), out.data(), R, C); });
         close("softmax" + n, out, y, tol, tol);
@@ -1219,12 +1329,15 @@ static void timed(const char* name, const std::function<void()>& f) {
 
 int main() {
     timed("elementwise", test_elementwise);
+    timed("runs", test_runs);
     timed("unary", test_unary);
     timed("copy", test_copy);
     timed("reduce", test_reduce);
     timed("softmax", [] {
-        softmax_case<float>("f32", 1e-6);
-        softmax_case<double>("f64", 1e-14);
+        for (int c : {70, 300, 1000, 1500}) {
+            softmax_case<float>("f32", 1e-6, c);
+            softmax_case<double>("f64", 1e-14, c);
+        }
     });
     timed("norm", test_norm);
     timed("index", test_index);

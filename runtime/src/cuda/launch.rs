@@ -112,10 +112,37 @@ pub(crate) fn entry(op: &'static str, device: Device, base: &str, dtype: DType) 
     }
 }
 
-/// A grid-stride launch over `n` elements.
+/// Elements a thread of an elementwise kernel takes at a time (`FLINT_RUN` of
+/// `kernels/src/common.cuh`: the layout loops take runs of 4, dropout a Philox block).
+const RUN: usize = 4;
+
+/// A grid-stride launch over `n` elements: a thread per run of [`RUN`] elements (kernels
+/// that take one element at a time loop over the rest).
 pub(crate) fn elementwise(n: usize) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (n.div_ceil(BLOCK as usize).min(MAX_GRID) as u32, 1, 1),
+        grid_dim: (n.div_ceil(BLOCK as usize * RUN).min(MAX_GRID) as u32, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Rows of up to this many elements are one warp's each in the softmax kernels
+/// (`FLINT_WARP_ROW` of `kernels/src/softmax.cu`).
+pub(crate) const WARP_ROW: usize = 1024;
+
+/// A launch of `rows` rows of `cols` elements on a kernel that gives rows of up to
+/// [`WARP_ROW`] elements a warp each (softmax): a block per `BLOCK / 32` rows, else
+/// [`rows`].
+pub(crate) fn warp_rows(rows: usize, cols: usize) -> LaunchConfig {
+    if cols > WARP_ROW {
+        return self::rows(rows);
+    }
+    LaunchConfig {
+        grid_dim: (
+            rows.div_ceil(BLOCK as usize / 32).min(MAX_GRID) as u32,
+            1,
+            1,
+        ),
         block_dim: (BLOCK, 1, 1),
         shared_mem_bytes: 0,
     }

@@ -290,17 +290,43 @@ where
 /// rather than one cuBLAS call per matrix (as PyTorch's `bmm` reshapes such views).
 const COPY_UNEVEN_BATCH: usize = 4;
 
-/// `t` seen through `l`, copied to a contiguous tensor when its batch of matrices is
-/// longer than [`COPY_UNEVEN_BATCH`] and not evenly spaced in memory; else as it is.
+/// `t` seen through `l`, copied when its batch of matrices is longer than
+/// [`COPY_UNEVEN_BATCH`] and not evenly spaced in memory; else as it is. The copy keeps
+/// the matrices' own order: a column-major matrix (a transposed view, `kᵀ` of a per-head
+/// `k`) is copied as its transpose and viewed transposed again, so the copy reads and
+/// writes along the same dim and cuBLAS reads the result as a transposed operand.
 fn evenly_batched(t: &Tensor, l: &Layout) -> Result<(Tensor, Layout)> {
     let nd = l.ndim();
     let batch: usize = l.shape()[..nd.saturating_sub(2)].iter().product();
     if nd > 2 && batch > COPY_UNEVEN_BATCH && batch_step(l).is_none() {
-        let c = super::ops::copy_to_new(&t.with_layout(l.clone()))?;
-        let lc = c.layout().clone();
-        return Ok((c, lc));
+        let (r, c) = (l.strides()[nd - 2], l.strides()[nd - 1]);
+        let col_major = r == 1 && c != 1;
+        let mut swap: Vec<usize> = (0..nd).collect();
+        if col_major {
+            swap.swap(nd - 2, nd - 1);
+        }
+        let copy = super::ops::copy_to_new(&t.with_layout(l.permute(&swap)?))?;
+        let lc = copy.layout().permute(&swap)?;
+        return Ok((copy.with_layout(lc.clone()), lc));
     }
     Ok((t.clone(), l.clone()))
+}
+
+/// A CUDA operand of a matrix product as [`matmul`] will read it: `t` itself, or the copy
+/// [`evenly_batched`] makes of an unevenly batched view (a per-head view of a fused
+/// projection). The matmul op multiplies and saves this, so its backward reuses the copy
+/// instead of copying the view again for each gradient product (as PyTorch's `matmul`
+/// saves the reshaped operands of its `bmm`). Not tracked: the caller keeps `t`'s graph.
+pub(crate) fn batched_operand(t: &Tensor) -> Result<Tensor> {
+    if !t.is_cuda() {
+        return Ok(t.clone());
+    }
+    let (c, l) = evenly_batched(t, t.layout())?;
+    Ok(if c.shares_storage(t) {
+        t.clone()
+    } else {
+        c.with_layout(l)
+    })
 }
 
 /// `a @ b` on CUDA for the broadcast layouts `la = batch ++ [m, k]`, `lb = batch ++ [k, n]`

@@ -104,21 +104,21 @@ pub(crate) fn contiguous(t: &Tensor) -> Result<Tensor> {
     copy_to_new(t)
 }
 
-/// A new contiguous copy of any view of a CUDA tensor (`copy_<dt>`).
+/// A new contiguous copy of any view of a CUDA tensor (`contiguous_<dt>`).
 pub(crate) fn copy_to_new(t: &Tensor) -> Result<Tensor> {
     const OP: &str = "contiguous";
     let p = launch::ptr_for(OP, t, t.layout())?;
     let (g, _, _) = launch::ptr(OP, t)?;
     let n = t.numel();
-    let name = launch::entry(OP, t.device(), "copy", t.dtype())?;
+    let name = launch::entry(OP, t.device(), "contiguous", t.dtype())?;
     let (buf, po) = launch::output(&g, t.dtype(), n)?;
-    let [ls, ld] = launch::layouts(OP, [t.layout(), &Layout::contiguous(t.shape())])?;
+    let [ls] = launch::layouts(OP, [t.layout()])?;
     launch::launch(
         OP,
         &g,
         &name,
         launch::elementwise(n),
-        &[Arg::Ptr(p), ls, Arg::Ptr(po), ld, Arg::n(n)],
+        &[Arg::Ptr(p), ls, Arg::Ptr(po), Arg::n(n)],
     )?;
     Ok(Tensor::from_cuda(buf, t.shape()))
 }
@@ -136,6 +136,23 @@ pub(crate) fn write(op: &'static str, dst: &Tensor, src: &Tensor, lsrc: &Layout)
     let args = [Arg::Ptr(ps), ls, Arg::Ptr(pd), ld, Arg::n(n)];
     // the write guard bumps the version counter and keeps readers out while queued
     let _w = dst.storage().write();
+    launch::launch(op, &g, &name, launch::elementwise(n), &args)
+}
+
+/// `a <op>= b` in place through `a`'s layout, `lb` a view of `b` broadcast to `a`'s shape
+/// (`<op>_assign_<dt>` for add, sub, mul, div): `a`'s elements must not overlap and `b`
+/// must not share its storage; bumps `a`'s version.
+pub(crate) fn assign(op: &'static str, a: &Tensor, b: &Tensor, lb: &Layout) -> Result<()> {
+    let base = format!("{op}_assign");
+    let name = launch::entry(op, a.device(), &base, a.dtype())?;
+    let pa = launch::ptr_for(op, a, a.layout())?;
+    let pb = launch::ptr_for(op, b, lb)?;
+    let (g, _, _) = launch::ptr(op, a)?;
+    let n = a.numel();
+    let [la, lb] = launch::layouts(op, [a.layout(), lb])?;
+    let args = [Arg::Ptr(pa), la, Arg::Ptr(pb), lb, Arg::n(n)];
+    // the write guard bumps the version counter and keeps readers out while queued
+    let _w = a.storage().write();
     launch::launch(op, &g, &name, launch::elementwise(n), &args)
 }
 
@@ -480,7 +497,7 @@ pub(crate) fn softmax_last(x: &Tensor, log: bool) -> Result<Tensor> {
     let (g, p) = first_element(op, &src)?;
     let (buf, po) = launch::output(&g, x.dtype(), x.numel())?;
     let args = [Arg::Ptr(p), Arg::Ptr(po), Arg::n(rows), Arg::n(cols)];
-    launch::launch(op, &g, &name, launch::rows(rows), &args)?;
+    launch::launch(op, &g, &name, launch::warp_rows(rows, cols), &args)?;
     Ok(Tensor::from_cuda(buf, x.shape()))
 }
 
@@ -507,7 +524,7 @@ pub(crate) fn softmax_last_backward(y: &Tensor, dy: &Tensor, log: bool) -> Resul
         Arg::n(rows),
         Arg::n(cols),
     ];
-    launch::launch(op, &g, &name, launch::rows(rows), &args)?;
+    launch::launch(op, &g, &name, launch::warp_rows(rows, cols), &args)?;
     Ok(Tensor::from_cuda(buf, y.shape()))
 }
 

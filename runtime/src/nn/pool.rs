@@ -317,7 +317,9 @@ fn avg_pool_nd<const D: usize>(
         } else {
             // a window of padding only sums to 0: divide it by 1 to give 0, as PyTorch does
             let d: Vec<f64> = div.iter().map(|&d| d.max(1) as f64).collect();
-            let d = Tensor::from_vec(d, [w.windows()]).to_dtype(xb.dtype());
+            let d = Tensor::from_vec(d, [w.windows()])
+                .to_dtype(xb.dtype())
+                .try_to(xb.device())?;
             sums.try_div(&d)?
         };
         let mut shape = vec![n, c];
@@ -464,7 +466,8 @@ fn adaptive_avg_pool_nd<const D: usize>(x: &Tensor, output: [usize; D]) -> Resul
     for i in (0..D).rev() {
         let input = y.size(-1);
         if input != output[i] {
-            y = y.try_matmul(&adaptive_matrix(input, output[i], x.dtype()))?;
+            let m = adaptive_matrix(input, output[i], x.dtype()).try_to(x.device())?;
+            y = y.try_matmul(&m)?;
         }
         if D > 1 {
             y = y.try_permute(&perm)?.try_contiguous()?;

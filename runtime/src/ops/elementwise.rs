@@ -179,6 +179,10 @@ fn cuda_scalar(a: &Tensor, b: &Operand, kind: Arith) -> Result<Option<Tensor>> {
 /// also produces any error.
 pub(crate) fn assign_arith(a: &Tensor, b: &Operand, kind: Arith) -> bool {
     use crate::storage::BufferElement;
+    #[cfg(feature = "cuda")]
+    if a.is_cuda() {
+        return assign_arith_cuda(a, b, kind);
+    }
     if a.device() != crate::Device::Cpu
         || !matches!(kind, Arith::Add | Arith::Sub | Arith::Mul | Arith::Div)
     {
@@ -249,6 +253,38 @@ pub(crate) fn assign_arith(a: &Tensor, b: &Operand, kind: Arith) -> bool {
         }
     });
     done.unwrap_or(false)
+}
+
+/// [`assign_arith`] on a CUDA tensor: `a <op>= b` for a tensor `b` of `a`'s dtype and
+/// device with the `<op>_assign_<dt>` kernel, which reads and writes each element of `a`
+/// in place (gradient accumulation, `add_` in user code). False where the out-of-place
+/// path must run: a scalar `b`, mixed dtypes, shared storage, overlapping elements,
+/// tracked tensors.
+#[cfg(feature = "cuda")]
+fn assign_arith_cuda(a: &Tensor, b: &Operand, kind: Arith) -> bool {
+    let Operand::Tensor(t) = b else {
+        return false;
+    };
+    let grad = is_grad_enabled();
+    let l = a.layout();
+    let ok = matches!(kind, Arith::Add | Arith::Sub | Arith::Mul | Arith::Div)
+        && (a.dtype().is_float() || a.dtype() == DType::I64 && kind != Arith::Div)
+        && t.dtype() == a.dtype()
+        && t.device() == a.device()
+        && !(grad && (a.requires_grad() || t.requires_grad()))
+        && !t.shares_storage(a)
+        && !l
+            .shape()
+            .iter()
+            .zip(l.strides())
+            .any(|(&n, &s)| n > 1 && s == 0);
+    if !ok {
+        return false;
+    }
+    let Ok(lb) = t.layout().broadcast_to("assign", a.shape()) else {
+        return false;
+    };
+    crate::cuda::ops::assign(kind.name(), a, t, &lb).is_ok()
 }
 
 #[track_caller]

@@ -122,12 +122,33 @@ fn matmul_raw(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// `a @ b` with its backward: `∂a = g·bᵀ`, `∂b = aᵀ·g`, vectors treated as a row (`a`) or
 /// a column (`b`), and broadcast batch dims summed back.
+///
+/// On CUDA an unevenly batched operand (a per-head view) is copied once
+/// ([`batched_operand`](crate::cuda::batched_operand)) and the copy is both multiplied and
+/// saved; the backward multiplies the saved copies unless it builds a graph itself
+/// (`create_graph`), which needs the tracked inputs. An unevenly batched output gradient
+/// is likewise copied once for both gradient products.
 #[track_caller]
 fn try_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let out = matmul_raw(a, b)?;
-    let (x, y) = (a.clone(), b.clone());
-    let (nx, ny) = (x.requires_grad(), y.requires_grad());
+    #[cfg(feature = "cuda")]
+    let (pa, pb) = (
+        crate::cuda::batched_operand(a)?,
+        crate::cuda::batched_operand(b)?,
+    );
+    #[cfg(not(feature = "cuda"))]
+    let (pa, pb) = (a.clone(), b.clone());
+    let out = matmul_raw(&pa, &pb)?;
+    let (ta, tb) = (a.clone(), b.clone());
+    let (nx, ny) = (a.requires_grad(), b.requires_grad());
     Ok(record(out, OP, &[a, b], &[a, b], move |g| {
+        let (x, y) = if crate::autograd::is_grad_enabled() {
+            (&ta, &tb)
+        } else {
+            (&pa, &pb)
+        };
+        #[cfg(feature = "cuda")]
+        // (on a failed copy, the products below report the error with the view itself)
+        let g = &crate::cuda::batched_operand(g).unwrap_or_else(|_| g.clone());
         let am = if x.ndim() == 1 {
             x.unsqueeze(0)
         } else {
