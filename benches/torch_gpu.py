@@ -2,7 +2,7 @@
 """PyTorch eager on one CUDA GPU: the comparison for Flint's `cuda` bench.
 
 Usage:
-    python3 benches/torch_gpu.py OUT.json [--warmup 5] [--iters 20] [--quick]
+    python3 benches/torch_gpu.py OUT.json [--warmup 5] [--iters 20] [--quick] [--profile]
 
 Workloads (the GPU counterparts of `torch_baseline.py`'s, same definitions, larger sizes):
 
@@ -14,6 +14,9 @@ Workloads (the GPU counterparts of `torch_baseline.py`'s, same definitions, larg
                       issue 8: batch 64, seq 512, d_model 1024, 16 heads (head_dim 64),
                       d_ff 4096, vocab 1000; f32 with TF32 off.
   transformer_train_sdpa  the same with F.scaled_dot_product_attention (is_causal).
+
+With --profile, one more step of each transformer workload runs under torch.profiler and
+its CUDA kernels are printed, largest total first (the counterpart of Flint's `--profile`).
 
 Each time is the median of `iters` steps, each followed by torch.cuda.synchronize() and
 timed with time.perf_counter (as Flint's bench does: each step queued, then waited for),
@@ -69,7 +72,32 @@ def transformer_flops(c):
     return 2.0 * B * T * (D * 3 * D + D * D + 2 * D * Fd + D * V) + 4.0 * B * H * T * T * (D // H)
 
 
-def bench_transformer(c, sdpa, warmup, iters):
+def profile_step(name, step):
+    """One step under torch.profiler: a table of the CUDA kernels, largest total first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None)
+        if t is None:
+            t = getattr(e, "cuda_time_total", 0)
+        if t > 0:
+            rows.append((t / 1e3, e.count, e.key))
+    rows.sort(reverse=True)
+    total = sum(r[0] for r in rows)
+    print(f"profile of one step ({name}): {total:.3f} ms of device time in "
+          f"{sum(r[1] for r in rows)} kernels")
+    print("| ms | % | calls | kernel |")
+    print("|---:|---:|---:|---|")
+    for ms, calls, key in rows[:40]:
+        print(f"| {ms:.3f} | {100 * ms / total:.1f} | {calls} | {key[:110]} |")
+
+
+def bench_transformer(c, sdpa, warmup, iters, profile=False):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     V, T, B = c["V"], c["T"], c["B"]
@@ -89,6 +117,8 @@ def bench_transformer(c, sdpa, warmup, iters):
 
     model.train()
     r = time_cuda(step, warmup, iters)
+    if profile:
+        profile_step("sdpa" if sdpa else "attention written out", step)
     r["flops"] = 3 * transformer_flops(c)
     r["peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2**20
     torch.cuda.reset_peak_memory_stats()
@@ -101,6 +131,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="warmup 2, iters 5")
+    ap.add_argument("--profile", action="store_true",
+                    help="print the CUDA kernels of one transformer step")
     args = ap.parse_args()
     if args.quick:
         args.warmup, args.iters = 2, 5
@@ -113,7 +145,7 @@ def main():
             runs[f"matmul_{dtype}_{n}"] = bench_matmul(dtype, n, args.warmup, args.iters)
     for sdpa in (False, True):
         name = "transformer_train" + ("_sdpa" if sdpa else "")
-        runs[name] = bench_transformer(GPU_TF, sdpa, args.warmup, args.iters)
+        runs[name] = bench_transformer(GPU_TF, sdpa, args.warmup, args.iters, args.profile)
     out = {
         "device": torch.cuda.get_device_name(0),
         "torch": torch.__version__,

@@ -154,11 +154,11 @@ while read -r kind name file; do
         if [ -f torch_gpu.py ] && python3 -c 'import torch' 2>/dev/null; then
             echo "-- PyTorch on the same GPU: torch_gpu.py"
             # shellcheck disable=SC2086
-            if PYTHONUNBUFFERED=1 python3 torch_gpu.py "$logs/torch_gpu.json" ${BENCH_ARGS:-} \
+            if PYTHONUNBUFFERED=1 python3 torch_gpu.py "$logs/torch_gpu.json" --profile ${BENCH_ARGS:-} \
                 >"$logs/torch_gpu.log" 2>&1; then
                 torch_json=(--torch "$logs/torch_gpu.json")
             fi
-            tail -n 15 "$logs/torch_gpu.log"
+            cat "$logs/torch_gpu.log" # the table and the kernel profiles
         fi
         # shellcheck disable=SC2086
         # --profile: one more step of each transformer workload with Flint's device-time
