@@ -11,7 +11,8 @@ use flint::autograd::{gradcheck, GradcheckOptions};
 use flint::half::{bf16, f16};
 use flint::loss::CrossEntropy;
 use flint::nn::functional::{
-    batch_norm, dropout, feature_dropout, layer_norm, scaled_dot_product_attention, RunningStats,
+    batch_norm, dropout, feature_dropout, layer_norm, linear, scaled_dot_product_attention,
+    RunningStats,
 };
 use flint::nn::{
     adaptive_avg_pool2d, avg_pool2d, conv1d, conv2d, fold, max_pool2d, unfold, Embedding, Forward,
@@ -914,6 +915,17 @@ fn parity_cases(dt: DType) -> Vec<ParityCase> {
             }),
         ),
     ]);
+    // a linear layer with a bias (f32: cuBLASLt's bias epilogue; f64: product + add),
+    // on a transposed 3-D input and on a bias that is a slice of a larger tensor
+    v.push(case(
+        "linear with bias (3-D transposed input)",
+        vec![r(&[2, 5, 3]), r(&[4, 5]), r(&[6])],
+        Box::new(|t| {
+            let x = t[0].transpose(1, 2);
+            linear(&x, &t[1], Some(&t[2].narrow(0, 1, 4))).unwrap()
+                + linear(&x.contiguous(), &t[1], Some(&t[2].narrow(0, 2, 4))).unwrap()
+        }),
+    ));
     // per-head views of a fused projection (an uneven batch of matrices: copied first)
     v.push(case(
         "matmul of per-head views [2, 3, 4, 5]",

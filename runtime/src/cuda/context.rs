@@ -19,6 +19,7 @@ pub(crate) struct Gpu {
     pub(crate) stream: Arc<CudaStream>,
     pub(crate) pool: Mutex<Pool>,
     blas: OnceLock<std::result::Result<CudaBlas, String>>,
+    lt: OnceLock<std::result::Result<super::matmul::Lt, String>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -163,6 +164,7 @@ fn open(ordinal: usize) -> Result<Gpu> {
         stream,
         pool: Mutex::new(Pool::default()),
         blas: OnceLock::new(),
+        lt: OnceLock::new(),
     })
 }
 
@@ -180,6 +182,14 @@ impl Gpu {
             })
         });
         r.as_ref()
+            .map_err(|msg| Error::cuda_unavailable(msg.clone()))
+    }
+
+    /// The cuBLASLt handle and workspace of this device, created on first use.
+    pub(crate) fn lt(&self) -> Result<&super::matmul::Lt> {
+        self.lt
+            .get_or_init(|| guarded("loading cuBLASLt", || super::matmul::Lt::new(self)))
+            .as_ref()
             .map_err(|msg| Error::cuda_unavailable(msg.clone()))
     }
 

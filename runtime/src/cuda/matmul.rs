@@ -380,6 +380,240 @@ pub(crate) fn matmul(a: &Tensor, la: &Layout, b: &Tensor, lb: &Layout) -> Result
     })
 }
 
+/// A cuBLASLt handle and its workspace, for the products cuBLAS cannot fuse (a linear
+/// layer's bias, added by the product's epilogue).
+pub(crate) struct Lt {
+    handle: cudarc::cublaslt::sys::cublasLtHandle_t,
+    workspace: cudarc::driver::CudaSlice<u8>,
+}
+
+// SAFETY: the handle is only used on the device's one stream, from the thread that holds
+// the tensors' storage guards; cuBLASLt handles may be used from any thread.
+unsafe impl Send for Lt {}
+// SAFETY: as above; `Lt` has no interior mutability.
+unsafe impl Sync for Lt {}
+
+impl Drop for Lt {
+    fn drop(&mut self) {
+        // SAFETY: the handle was created by `create_handle` and is destroyed once.
+        let _ = unsafe { cudarc::cublaslt::result::destroy_handle(self.handle) };
+    }
+}
+
+/// Bytes of cuBLASLt workspace (NVIDIA's recommendation for Hopper).
+const LT_WORKSPACE: usize = 32 << 20;
+
+impl Lt {
+    /// A handle on `g`'s device with a workspace on its stream.
+    pub(crate) fn new(g: &Gpu) -> std::result::Result<Lt, String> {
+        // SAFETY: only tries to open the library with `dlopen`.
+        if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
+            return Err("no cuBLASLt library (libcublasLt.so) could be loaded".to_string());
+        }
+        g.bind().map_err(|e| e.to_string())?;
+        let handle = cudarc::cublaslt::result::create_handle()
+            .map_err(|e| format!("cannot create a cuBLASLt handle: {e}"))?;
+        // SAFETY: the workspace is only handed to cuBLASLt, which writes before it reads.
+        let workspace = unsafe { g.stream.alloc::<u8>(LT_WORKSPACE) }.map_err(|e| {
+            // SAFETY: created just above, not used since
+            let _ = unsafe { cudarc::cublaslt::result::destroy_handle(handle) };
+            format!("cannot allocate the cuBLASLt workspace: {e}")
+        })?;
+        Ok(Lt { handle, workspace })
+    }
+}
+
+/// Destroys cuBLASLt descriptors when the call ends, however it ends.
+struct LtDescs {
+    desc: Option<cudarc::cublaslt::sys::cublasLtMatmulDesc_t>,
+    layouts: Vec<cudarc::cublaslt::sys::cublasLtMatrixLayout_t>,
+    pref: Option<cudarc::cublaslt::sys::cublasLtMatmulPreference_t>,
+}
+
+impl Drop for LtDescs {
+    fn drop(&mut self) {
+        use cudarc::cublaslt::result as lt;
+        // SAFETY: each descriptor was created once by this call and is destroyed once.
+        unsafe {
+            if let Some(d) = self.desc {
+                let _ = lt::destroy_matmul_desc(d);
+            }
+            for &l in &self.layouts {
+                let _ = lt::destroy_matrix_layout(l);
+            }
+            if let Some(p) = self.pref {
+                let _ = lt::destroy_matmul_pref(p);
+            }
+        }
+    }
+}
+
+/// `x @ wᵀ + bias` on cuBLASLt for f32 `x` `[rows, k]`, `w` `[n, k]` and contiguous
+/// `bias` `[n]` on one device, the bias added by the product's `BIAS` epilogue (as
+/// PyTorch's `addmm` does) instead of a second pass over the output: a new contiguous
+/// `[rows, n]` tensor. f32 products stay full f32 unless [`set_allow_tf32`] allows TF32,
+/// as in [`matmul`]. Errors when cuBLASLt is missing or declines the problem; the caller
+/// then multiplies and adds.
+pub(crate) fn linear_bias(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    use cudarc::cublaslt::result as lt;
+    use cudarc::cublaslt::sys as lts;
+    const LOP: &str = "linear";
+    let (rows, k) = (x.size(0), x.size(1));
+    let n = w.size(0);
+    let device = x.device();
+    let no = || Error::NoCudaKernel { op: LOP, device };
+    if [x, w, bias].iter().any(|t| t.dtype() != crate::DType::F32)
+        || x.ndim() != 2
+        || w.ndim() != 2
+        || w.size(1) != k
+        || bias.shape() != [n]
+        || !bias.is_contiguous()
+        || rows == 0
+        || n == 0
+        || k == 0
+    {
+        return Err(no());
+    }
+    // as in `gemm`: first operand wᵀ ([k, n] row-major view of w), second x, result
+    // outᵀ (n × rows, column-major, ld n)
+    let (lx, lwt) = (x.layout(), w.layout().permute(&[1, 0])?);
+    let (op_w, ldw) = operand(k, n, lwt.strides()[0], lwt.strides()[1]).ok_or_else(no)?;
+    let (op_x, ldx) = operand(rows, k, lx.strides()[0], lx.strides()[1]).ok_or_else(no)?;
+    let (g, px, _) = launch_ptr(LOP, x)?;
+    let (_, pw, _) = launch_ptr(LOP, w)?;
+    let (_, pb, _) = launch_ptr(LOP, bias)?;
+    let elem = |t: &Tensor, p: u64| p + (t.layout().offset() * 4) as u64;
+    let (px, pw, pb) = (elem(x, px), elem(w, pw), elem(bias, pb));
+    let (buf, po) = super::launch::output(&g, crate::DType::F32, rows * n)?;
+    let lt_h = g.lt()?;
+    let cublas = |what: &str, e: cudarc::cublaslt::result::CublasError| {
+        Error::device(
+            LOP,
+            format!("cuBLASLt error on cuda:{}: {what}: {e:?}", g.ordinal),
+        )
+    };
+    let u = |v: usize| v as u64;
+    let i = |v: usize| v as i64;
+    let trans = |op: cublasOperation_t| op == cublasOperation_t::CUBLAS_OP_T;
+    let compute = if allow_tf32() {
+        lts::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+    } else {
+        lts::cublasComputeType_t::CUBLAS_COMPUTE_32F
+    };
+    let f32t = lts::cudaDataType_t::CUDA_R_32F;
+    let mut d = LtDescs {
+        desc: None,
+        layouts: Vec::with_capacity(3),
+        pref: None,
+    };
+    d.desc = Some(lt::create_matmul_desc(compute, f32t).map_err(|e| cublas("desc", e))?);
+    let desc = d.desc.expect("just set");
+    let set = |attr: lts::cublasLtMatmulDescAttributes_t, p: *const std::ffi::c_void, len| {
+        // SAFETY: `p` points at a live value of `len` bytes of the type `attr` takes.
+        unsafe { lt::set_matmul_desc_attribute(desc, attr, p, len) }
+            .map_err(|e| cublas("desc attribute", e))
+    };
+    let (ta, tb) = (trans(op_w) as i32, trans(op_x) as i32);
+    let epilogue = lts::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+    set(
+        lts::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+        &ta as *const i32 as *const _,
+        4,
+    )?;
+    set(
+        lts::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
+        &tb as *const i32 as *const _,
+        4,
+    )?;
+    set(
+        lts::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
+        &epilogue as *const lts::cublasLtEpilogue_t as *const _,
+        std::mem::size_of::<lts::cublasLtEpilogue_t>(),
+    )?;
+    set(
+        lts::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+        &pb as *const u64 as *const _,
+        8,
+    )?;
+    // stored shapes (column-major rows, cols) of the two operands and the output
+    let a_dims = if trans(op_w) { (k, n) } else { (n, k) };
+    let b_dims = if trans(op_x) { (rows, k) } else { (k, rows) };
+    for (r, c, ld) in [
+        (a_dims.0, a_dims.1, ldw),
+        (b_dims.0, b_dims.1, ldx),
+        (n, rows, n),
+    ] {
+        d.layouts.push(
+            lt::create_matrix_layout(f32t, u(r), u(c), i(ld)).map_err(|e| cublas("layout", e))?,
+        );
+    }
+    d.pref = Some(lt::create_matmul_pref().map_err(|e| cublas("preference", e))?);
+    let pref = d.pref.expect("just set");
+    let ws = LT_WORKSPACE;
+    // SAFETY: the attribute takes a u64 (size_t) byte count.
+    unsafe {
+        lt::set_matmul_pref_attribute(
+            pref,
+            lts::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+            &ws as *const usize as *const _,
+            std::mem::size_of::<usize>(),
+        )
+    }
+    .map_err(|e| cublas("preference attribute", e))?;
+    let (la, lb, lc) = (d.layouts[0], d.layouts[1], d.layouts[2]);
+    // SAFETY: descriptors created above, alive until `d` drops.
+    let heur = unsafe { lt::get_matmul_algo_heuristic(lt_h.handle, desc, la, lb, lc, lc, pref) }
+        .map_err(|e| cublas("no algorithm", e))?;
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let (wsp, _ws_sync) = {
+        use cudarc::driver::DevicePtr;
+        lt_h.workspace.device_ptr(&g.stream)
+    };
+    g.bind()?;
+    let name = || format!("{LOP}: gemm_bias_f32 {rows}x{k}x{n}");
+    super::profile::timed(&g, name, || {
+        // SAFETY: the layouts describe matrices inside the three buffers (their views were
+        // checked against the buffers' lengths by `launch_ptr`) and an output of rows * n
+        // elements; alpha and beta are f32 as the scale type says; the workspace holds
+        // LT_WORKSPACE bytes; all on the device's stream.
+        unsafe {
+            lt::matmul(
+                lt_h.handle,
+                desc,
+                &alpha as *const f32 as *const _,
+                &beta as *const f32 as *const _,
+                pw as *const _,
+                la,
+                px as *const _,
+                lb,
+                po as *const _,
+                lc,
+                po as *mut _,
+                lc,
+                &heur.algo as *const _,
+                wsp as *mut _,
+                LT_WORKSPACE,
+                g.stream.cu_stream() as *mut _,
+            )
+        }
+        .map_err(|e| cublas("matmul", e))
+    })?;
+    Ok(Tensor::from_cuda(buf, &[rows, n]))
+}
+
+/// The device, the buffer's address and length of a CUDA tensor whose view must lie in
+/// its buffer.
+fn launch_ptr(op: &'static str, t: &Tensor) -> Result<(Arc<Gpu>, u64, usize)> {
+    let (g, p, len) = super::launch::ptr(op, t)?;
+    if t.layout().numel() > 0 && t.layout().storage_extent() > len {
+        return Err(Error::shape(
+            op,
+            "internal: a layout reaches past its CUDA buffer",
+        ));
+    }
+    Ok((g, p, len))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

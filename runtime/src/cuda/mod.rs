@@ -81,7 +81,7 @@ pub use context::{available, device_count, synchronize};
 
 pub(crate) use context::gpu;
 pub use matmul::{allow_tf32, set_allow_tf32};
-pub(crate) use matmul::{batched_operand, gemm_operand, matmul};
+pub(crate) use matmul::{batched_operand, gemm_operand, linear_bias, matmul};
 pub use profile::{profile_start, profile_stop, KernelTime};
 
 #[cfg(test)]

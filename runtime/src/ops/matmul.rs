@@ -201,44 +201,56 @@ fn try_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// `x @ wᵀ + bias` (a linear layer: `x` `[.., k]`, `w` `[n, k]`, `bias` `[n]`) as one
 /// recorded node, `"linear"`, whose product adds the bias as it stores its results
-/// ([`kernel::matmul_bias`]) instead of a second pass over the output. `None` where it
-/// does not apply (other dtypes or devices, mixed dtypes, shapes that are not a linear
-/// layer's): the caller composes `matmul` and `add` then. The backward is made of tensor
+/// ([`kernel::matmul_bias`] on the CPU, cuBLASLt's bias epilogue for f32 on CUDA)
+/// instead of a second pass over the output. `None` where it does not apply (other
+/// dtypes, mixed dtypes or devices, shapes that are not a linear layer's): the caller
+/// composes `matmul` and `add` then. The backward is made of tensor
 /// ops (`∂x = g·w`, `∂w = gᵀ·x`, `∂bias = Σ_rows g`), so higher orders work.
 #[track_caller]
 pub(crate) fn linear_bias(x: &Tensor, w: &Tensor, bias: &Tensor) -> Option<Result<Tensor>> {
     let dtype = x.dtype();
-    let applies = matches!(dtype, DType::F32 | DType::F64)
+    let device = x.device();
+    // the CPU's own kernel (f32, f64), cuBLASLt's bias epilogue (f32)
+    let supported = match device {
+        Device::Cpu => matches!(dtype, DType::F32 | DType::F64),
+        Device::Cuda(_) => cfg!(feature = "cuda") && dtype == DType::F32,
+    };
+    let applies = supported
         && [w, bias].iter().all(|t| t.dtype() == dtype)
-        && [x, w, bias].iter().all(|t| t.device() == Device::Cpu)
+        && [w, bias].iter().all(|t| t.device() == device)
         && x.ndim() >= 1
         && w.ndim() == 2
         && bias.ndim() == 1
         && x.size(-1) == w.size(1)
         && bias.size(0) == w.size(0);
-    applies.then(|| linear_bias_cpu(x, w, bias))
+    applies.then(|| linear_bias_fused(x, w, bias))
 }
 
 #[track_caller]
-fn linear_bias_cpu(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+fn linear_bias_fused(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
     const OP: &str = "linear";
     let (n, k) = (w.size(0), w.size(1));
     let rows: usize = x.shape()[..x.ndim() - 1].iter().product();
     let mut shape = x.shape().to_vec();
     *shape.last_mut().expect("x has a dim") = n;
     let x2 = x.detach().try_reshape([rows, k])?;
-    let (xa, la) = as_matrices(&x2, true)?;
-    let (wa, lb) = as_matrices(&w.detach().t(), false)?;
     let b = bias.detach();
     // `n` elements in a row (a slice of a larger parameter keeps its offset)
     let b = if b.is_contiguous() { b } else { b.copy_raw()? };
-    let off = b.layout().offset();
-    let buf = xa.with_cpu(OP, |bx, _| {
-        wa.with_cpu(OP, |bw, _| {
-            b.with_cpu(OP, |bb, _| kernel::matmul_bias(bx, &la, bw, &lb, bb, off))
-        })
-    })???;
-    let out = Tensor::from_buffer(buf, &[rows, n]).try_reshape(shape)?;
+    let out = if x.is_cuda() {
+        linear_bias_cuda(&x2, &w.detach(), &b)?
+    } else {
+        let (xa, la) = as_matrices(&x2, true)?;
+        let (wa, lb) = as_matrices(&w.detach().t(), false)?;
+        let off = b.layout().offset();
+        let buf = xa.with_cpu(OP, |bx, _| {
+            wa.with_cpu(OP, |bw, _| {
+                b.with_cpu(OP, |bb, _| kernel::matmul_bias(bx, &la, bw, &lb, bb, off))
+            })
+        })???;
+        Tensor::from_buffer(buf, &[rows, n])
+    }
+    .try_reshape(shape)?;
     let (xs, ws) = (x.clone(), w.clone());
     let needs = [x, w, bias].map(|t| t.requires_grad());
     Ok(record(out, OP, &[x, w, bias], &[x, w], move |g| {
@@ -249,6 +261,17 @@ fn linear_bias_cpu(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
             needs[2].then(|| g2.sum(0, false)),
         ]
     }))
+}
+
+/// The product of [`linear_bias_fused`] on CUDA (`x2` `[rows, k]`, untracked operands):
+/// cuBLASLt with the bias in its epilogue, or, where cuBLASLt is missing or declines,
+/// the product and then the add.
+fn linear_bias_cuda(x2: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let Ok(out) = crate::cuda::linear_bias(x2, w, b) {
+        return Ok(out);
+    }
+    matmul_raw(x2, &w.t())?.try_add(b)
 }
 
 impl Tensor {
