@@ -242,10 +242,7 @@ __device__ __forceinline__ i64 layout_offset(const Layout& l, i64 i) {
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (i64)(n);                 \
          i += (i64)blockDim.x * gridDim.x)
 
-/// Elements an elementwise thread takes at a time where the operands allow it (runs).
-#define FLINT_RUN 4
-
-/// A run length known at compile time (the second argument of a `for_runs` body).
+/// A run length known at compile time (the last argument of a `for_runs` body).
 template <int V> struct RunLen {
     static constexpr int value = V;
 };
@@ -255,24 +252,36 @@ __device__ __forceinline__ i64 inner_stride(const Layout& l) {
     return l.rank > 0 ? l.stride[l.rank - 1] : 0;
 }
 
-/// True when runs of FLINT_RUN consecutive elements stay in one innermost row of `l`
-/// (its innermost size is a multiple of FLINT_RUN), so element i + j of a run starting
-/// at i (a multiple of FLINT_RUN) is at layout_offset(l, i) + j * inner_stride(l).
-__device__ __forceinline__ bool runs_fit(const Layout& l) {
-    return l.rank > 0 && l.shape[l.rank - 1] % FLINT_RUN == 0;
+/// for_runs with chunks of 32 * V elements (a warp's), then the remaining indices one at
+/// a time (none when the innermost size is a multiple of 32 * V).
+template <int V, typename F> __device__ __forceinline__ void warp_chunks(i64 n, F& body) {
+    const i64 chunk = 32 * V, chunks = n / chunk;
+    const i64 warps = (i64)gridDim.x * (blockDim.x >> 5);
+    const int lane = threadIdx.x & 31;
+    for (i64 w = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); w < chunks;
+         w += warps) {
+        body(w * chunk, lane, RunLen<V>());
+    }
 }
 
-/// The elementwise loop: calls body(i, RunLen<V>()) for runs i .. i + V - 1 covering
-/// [0, n) once, grid-strided. V is FLINT_RUN when `fit` (every layout of the kernel
-/// passes runs_fit; then n is a multiple of FLINT_RUN), else 1. A body decomposes each
-/// layout's index once per run (layout_offset) and steps by inner_stride: strided views
-/// cost a quarter of the integer divisions, and a thread's loads and stores are
-/// consecutive.
-template <typename F> __device__ __forceinline__ void for_runs(bool fit, i64 n, F body) {
-    if (fit) {
-        FLINT_GRID_STRIDE(r, n / FLINT_RUN) { body(r * FLINT_RUN, RunLen<FLINT_RUN>()); }
+/// The elementwise loop over n elements of layouts that share one shape (the host
+/// coalesces the views of a launch jointly, so they do; `l` is any of them). Calls
+/// body(i0, q, RunLen<V>()) for element indices i0 + q + 32 j, j < V, each index once:
+/// - when the innermost size is a multiple of 32 * V (V = 4, else 2), a warp takes chunks
+///   of 32 * V consecutive indices in one innermost row, lane q the indices q + 32 j of
+///   it: a body decomposes each layout's index i0 once (layout_offset) and steps by
+///   inner_stride, and a warp's accesses stay consecutive;
+/// - else (or when blockDim.x is not a multiple of 32) each thread takes single indices
+///   (q = 0, V = 1), grid-strided.
+template <typename F> __device__ __forceinline__ void for_runs(const Layout& l, i64 n, F body) {
+    const i64 inner = l.rank > 0 ? l.shape[l.rank - 1] : 1;
+    const bool warps = blockDim.x % 32 == 0; // whole warps (any block size works)
+    if (warps && inner % (32 * 4) == 0) {
+        warp_chunks<4>(n, body);
+    } else if (warps && inner % (32 * 2) == 0) {
+        warp_chunks<2>(n, body);
     } else {
-        FLINT_GRID_STRIDE(i, n) { body(i, RunLen<1>()); }
+        FLINT_GRID_STRIDE(i, n) { body(i, 0, RunLen<1>()); }
     }
 }
 

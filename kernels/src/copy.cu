@@ -8,11 +8,12 @@
 
 template <typename S, typename D>
 __device__ __forceinline__ void cast_kernel(const S* x, const Layout& lx, D* out, i64 n) {
-    for_runs(runs_fit(lx), n, [&](i64 i, auto len) {
+    for_runs(lx, n, [&](i64 i, int q, auto len) {
         const i64 o = layout_offset(lx, i), s = inner_stride(lx);
 #pragma unroll
         for (int j = 0; j < decltype(len)::value; ++j) {
-            out[i + j] = Ty<D>::from_f64(Ty<S>::to_f64(x[o + j * s]));
+            const i64 e = q + 32 * j;
+            out[i + e] = Ty<D>::from_f64(Ty<S>::to_f64(x[o + e * s]));
         }
     });
 }
@@ -71,34 +72,37 @@ CAST_FROM_BOOL(i64, i64, _)
 template <typename T>
 __device__ __forceinline__ void copy_kernel(const T* src, const Layout& ls, T* dst,
                                             const Layout& ld, i64 n) {
-    for_runs(runs_fit(ls) && runs_fit(ld), n, [&](i64 i, auto len) {
+    for_runs(ls, n, [&](i64 i, int q, auto len) {
         const i64 os = layout_offset(ls, i), od = layout_offset(ld, i);
         const i64 ss = inner_stride(ls), sd = inner_stride(ld);
 #pragma unroll
         for (int j = 0; j < decltype(len)::value; ++j) {
-            dst[od + j * sd] = src[os + j * ss];
+            const i64 e = q + 32 * j;
+            dst[od + e * sd] = src[os + e * ss];
         }
     });
 }
 
 template <typename T>
 __device__ __forceinline__ void contiguous_kernel(const T* src, const Layout& ls, T* out, i64 n) {
-    for_runs(runs_fit(ls), n, [&](i64 i, auto len) {
+    for_runs(ls, n, [&](i64 i, int q, auto len) {
         const i64 os = layout_offset(ls, i), ss = inner_stride(ls);
 #pragma unroll
         for (int j = 0; j < decltype(len)::value; ++j) {
-            out[i + j] = src[os + j * ss];
+            const i64 e = q + 32 * j;
+            out[i + e] = src[os + e * ss];
         }
     });
 }
 
 template <typename T>
 __device__ __forceinline__ void fill_kernel(T* dst, const Layout& ld, i64 n, T value) {
-    for_runs(runs_fit(ld), n, [&](i64 i, auto len) {
+    for_runs(ld, n, [&](i64 i, int q, auto len) {
         const i64 od = layout_offset(ld, i), sd = inner_stride(ld);
 #pragma unroll
         for (int j = 0; j < decltype(len)::value; ++j) {
-            dst[od + j * sd] = value;
+            const i64 e = q + 32 * j;
+            dst[od + e * sd] = value;
         }
     });
 }

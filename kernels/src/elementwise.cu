@@ -38,12 +38,13 @@ struct PowF {
 template <typename T, typename Op>
 __device__ __forceinline__ void binary_kernel(const T* a, const Layout& la, const T* b,
                                               const Layout& lb, T* out, i64 n) {
-    for_runs(runs_fit(la) && runs_fit(lb), n, [&](i64 i, auto len) {
+    for_runs(la, n, [&](i64 i, int q, auto len) {
         const i64 oa = layout_offset(la, i), ob = layout_offset(lb, i);
         const i64 sa = inner_stride(la), sb = inner_stride(lb);
 #pragma unroll
         for (int j = 0; j < decltype(len)::value; ++j) {
-            out[i + j] = Ty<T>::store(Op()(Ty<T>::load(a[oa + j * sa]), Ty<T>::load(b[ob + j * sb])));
+            const i64 e = q + 32 * j;
+            out[i + e] = Ty<T>::store(Op()(Ty<T>::load(a[oa + e * sa]), Ty<T>::load(b[ob + e * sb])));
         }
     });
 }
@@ -54,13 +55,14 @@ __device__ __forceinline__ void binary_kernel(const T* a, const Layout& la, cons
 template <typename T, typename Op>
 __device__ __forceinline__ void assign_kernel(T* a, const Layout& la, const T* b,
                                               const Layout& lb, i64 n) {
-    for_runs(runs_fit(la) && runs_fit(lb), n, [&](i64 i, auto len) {
+    for_runs(la, n, [&](i64 i, int q, auto len) {
         const i64 oa = layout_offset(la, i), ob = layout_offset(lb, i);
         const i64 sa = inner_stride(la), sb = inner_stride(lb);
 #pragma unroll
         for (int j = 0; j < decltype(len)::value; ++j) {
-            T& d = a[oa + j * sa];
-            d = Ty<T>::store(Op()(Ty<T>::load(d), Ty<T>::load(b[ob + j * sb])));
+            const i64 e = q + 32 * j;
+            T& d = a[oa + e * sa];
+            d = Ty<T>::store(Op()(Ty<T>::load(d), Ty<T>::load(b[ob + e * sb])));
         }
     });
 }
@@ -137,11 +139,12 @@ template <typename T, typename Op>
 __device__ __forceinline__ void scalar_kernel(const T* x, const Layout& lx, T* out, i64 n,
                                               double s) {
     const typename Ty<T>::acc sv = Ty<T>::load(Ty<T>::from_f64(s));
-    for_runs(runs_fit(lx), n, [&](i64 i, auto len) {
+    for_runs(lx, n, [&](i64 i, int q, auto len) {
         const i64 o = layout_offset(lx, i), s = inner_stride(lx);
 #pragma unroll
         for (int j = 0; j < decltype(len)::value; ++j) {
-            out[i + j] = Ty<T>::store(Op()(Ty<T>::load(x[o + j * s]), sv));
+            const i64 e = q + 32 * j;
+            out[i + e] = Ty<T>::store(Op()(Ty<T>::load(x[o + e * s]), sv));
         }
     });
 }
@@ -203,12 +206,13 @@ struct XorF {
 template <typename T, typename Op>
 __device__ __forceinline__ void compare_kernel(const T* a, const Layout& la, const T* b,
                                                const Layout& lb, u8* out, i64 n) {
-    for_runs(runs_fit(la) && runs_fit(lb), n, [&](i64 i, auto len) {
+    for_runs(la, n, [&](i64 i, int q, auto len) {
         const i64 oa = layout_offset(la, i), ob = layout_offset(lb, i);
         const i64 sa = inner_stride(la), sb = inner_stride(lb);
 #pragma unroll
         for (int j = 0; j < decltype(len)::value; ++j) {
-            out[i + j] = Op()(Ty<T>::load(a[oa + j * sa]), Ty<T>::load(b[ob + j * sb])) ? 1 : 0;
+            const i64 e = q + 32 * j;
+            out[i + e] = Op()(Ty<T>::load(a[oa + e * sa]), Ty<T>::load(b[ob + e * sb])) ? 1 : 0;
         }
     });
 }

@@ -125,12 +125,13 @@ FLINT_NUMS(ADD, _)
 template <typename T>
 __device__ __forceinline__ void masked_fill_kernel(const T* x, const Layout& lx, const u8* mask,
                                                    const Layout& lm, T value, T* out, i64 n) {
-    for_runs(runs_fit(lx) && runs_fit(lm), n, [&](i64 i, auto len) {
+    for_runs(lx, n, [&](i64 i, int q, auto len) {
         const i64 ox = layout_offset(lx, i), om = layout_offset(lm, i);
         const i64 sx = inner_stride(lx), sm = inner_stride(lm);
 #pragma unroll
         for (int j = 0; j < decltype(len)::value; ++j) {
-            out[i + j] = mask[om + j * sm] != 0 ? value : x[ox + j * sx];
+            const i64 e = q + 32 * j;
+            out[i + e] = mask[om + e * sm] != 0 ? value : x[ox + e * sx];
         }
     });
 }
@@ -139,12 +140,13 @@ template <typename T>
 __device__ __forceinline__ void where_kernel(const u8* cond, const Layout& lc, const T* a,
                                              const Layout& la, const T* b, const Layout& lb,
                                              T* out, i64 n) {
-    for_runs(runs_fit(lc) && runs_fit(la) && runs_fit(lb), n, [&](i64 i, auto len) {
+    for_runs(lc, n, [&](i64 i, int q, auto len) {
         const i64 oc = layout_offset(lc, i), oa = layout_offset(la, i), ob = layout_offset(lb, i);
         const i64 sc = inner_stride(lc), sa = inner_stride(la), sb = inner_stride(lb);
 #pragma unroll
         for (int j = 0; j < decltype(len)::value; ++j) {
-            out[i + j] = cond[oc + j * sc] != 0 ? a[oa + j * sa] : b[ob + j * sb];
+            const i64 e = q + 32 * j;
+            out[i + e] = cond[oc + e * sc] != 0 ? a[oa + e * sa] : b[ob + e * sb];
         }
     });
 }

@@ -39,11 +39,12 @@ UNARY_FN(GeluTanhF,
 
 template <typename T, typename Op>
 __device__ __forceinline__ void unary_kernel(const T* x, const Layout& lx, T* out, i64 n) {
-    for_runs(runs_fit(lx), n, [&](i64 i, auto len) {
+    for_runs(lx, n, [&](i64 i, int q, auto len) {
         const i64 o = layout_offset(lx, i), s = inner_stride(lx);
 #pragma unroll
         for (int j = 0; j < decltype(len)::value; ++j) {
-            out[i + j] = Ty<T>::store(Op()(Ty<T>::load(x[o + j * s])));
+            const i64 e = q + 32 * j;
+            out[i + e] = Ty<T>::store(Op()(Ty<T>::load(x[o + e * s])));
         }
     });
 }

@@ -73,6 +73,11 @@ fn check_module(m: &KernelModule) -> Result<usize, String> {
             other => format!("module `{}`: NVRTC failed: {other:?}", m.name),
         })?
         .to_src();
+    // FLINT_PTX_DUMP=DIR: keep each module's PTX there (to read registers, local memory)
+    if let Some(dir) = std::env::var_os("FLINT_PTX_DUMP") {
+        let path = std::path::Path::new(&dir).join(format!("{}.ptx", m.name));
+        std::fs::write(&path, &ptx).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
     let found = ptx_entries(&ptx);
     let listed: BTreeSet<String> = m.entries.iter().map(|s| s.to_string()).collect();
     let missing: Vec<_> = listed.difference(&found).collect();

@@ -254,9 +254,9 @@ static void test_elementwise() {
 }
 
 // ---------------------------------------------------------------------------------------
-// runs: the elementwise loop takes 4 consecutive elements per thread when every layout's
-// innermost size is a multiple of 4 (for_runs); strided, broadcast and offset views,
-// against the element offsets computed here
+// runs: the elementwise loop (for_runs) gives warps chunks of 32·V elements of one
+// innermost row, V = 4 or 2 by the innermost size, else one element per thread; strided,
+// broadcast and offset views, against the element offsets computed here
 
 template <class L> static i64 ref_offset(const L& l, i64 i) {
     i64 off = l.offset;
@@ -267,56 +267,70 @@ template <class L> static i64 ref_offset(const L& l, i64 i) {
     return off;
 }
 
+static void runs_case(const int R, const int C);
+
 static void test_runs() {
-    // a: the transpose of a [8, 12] buffer (shape [12, 8], inner stride 12); b: one row of
-    // 8 broadcast down 12 rows, at offset 3; both against the same element order
-    const int R = 12, C = 8, N = R * C;
+    // innermost sizes 8 (one element at a time), 64 (warp chunks of 2 per lane), 128
+    // (warp chunks of 4 per lane)
+    runs_case(12, 8);
+    runs_case(5, 64);
+    runs_case(3, 128);
+}
+
+static void runs_case(const int R, const int C) {
+    // a: the transpose of a [C, R] buffer (shape [R, C], inner stride R); b: one row of
+    // C broadcast down R rows, at offset 3; both against the same element order
+    const int N = R * C;
+    const std::string at = " [" + std::to_string(R) + ", " + std::to_string(C) + "]";
     const Vd abuf = rnd_vec(N), bbuf = rnd_vec(C + 3);
     std::vector<float> a(abuf.begin(), abuf.end()), b(bbuf.begin(), bbuf.end());
     auto la = layout<ew::Layout>({R, C}, {1, R}), lb = layout<ew::Layout>({R, C}, {0, 1}, 3);
     Vd sum(N);
     for (int i = 0; i < N; ++i) sum[i] = (double)(a[ref_offset(la, i)] + b[ref_offset(lb, i)]);
     std::vector<float> out(N);
-    // 3 threads: each takes several runs
+    // 2 blocks of 1 warp: each warp takes several chunks (3 threads: one element at a time)
+    run(2, 32, [&] { ew::add_f32(a.data(), la, b.data(), lb, out.data(), N); });
+    close(std::string("add_f32 in warp chunks (transposed + broadcast row at an offset)") + at, out, sum);
+    std::fill(out.begin(), out.end(), 0.0f);
     run(1, 3, [&] { ew::add_f32(a.data(), la, b.data(), lb, out.data(), N); });
-    close("add_f32 in runs of 4 (transposed + broadcast row at an offset)", out, sum);
+    close(std::string("add_f32 on 3 threads (one element at a time)") + at, out, sum);
     {
         std::vector<float> acc = a;
-        run(2, 2, [&] { ew::add_assign_f32(acc.data(), la, b.data(), lb, N); });
+        run(1, 64, [&] { ew::add_assign_f32(acc.data(), la, b.data(), lb, N); });
         Vd want(N);
         for (int i = 0; i < N; ++i) want[ref_offset(la, i)] = sum[i];
-        close("add_assign_f32 writes a + b through a's transposed view", acc, want);
+        close(std::string("add_assign_f32 writes a + b through a's transposed view") + at, acc, want);
         std::vector<double> ad(abuf), bd(abuf.rbegin(), abuf.rend());
         auto la2 = layout<ew::Layout>({5, 3}), lb2 = layout<ew::Layout>({5, 3}, {1, 5});
         run(1, 4, [&] { ew::div_assign_f64(ad.data(), la2, bd.data(), lb2, 15); });
         Vd want2(abuf);
         for (int i = 0; i < 15; ++i) want2[i] = abuf[i] / bd[ref_offset(lb2, i)];
-        close("div_assign_f64 (innermost size 3: one element at a time)", ad, want2);
+        close(std::string("div_assign_f64 (innermost size 3: one element at a time)") + at, ad, want2);
         std::vector<i64> ia = {1, 2, 3, 4, 5, 6, 7, 8}, ib = {10, 20, 30, 40};
         auto l24 = layout<ew::Layout>({2, 4}), lbc = layout<ew::Layout>({2, 4}, {0, 1});
         run(1, 32, [&] { ew::sub_assign_i64(ia.data(), l24, ib.data(), lbc, 8); });
-        close("sub_assign_i64 broadcast row", ia, {-9, -18, -27, -36, -5, -14, -23, -32});
+        close(std::string("sub_assign_i64 broadcast row") + at, ia, {-9, -18, -27, -36, -5, -14, -23, -32});
         run(1, 32, [&] { ew::mul_assign_i64(ia.data(), l24, ib.data(), lbc, 8); });
-        close("mul_assign_i64 broadcast row", ia, {-90, -360, -810, -1440, -50, -280, -690, -1280});
+        close(std::string("mul_assign_i64 broadcast row") + at, ia, {-90, -360, -810, -1440, -50, -280, -690, -1280});
     }
     {
         std::vector<uint8_t> cmp(N);
-        run(1, 5, [&] { ew::lt_f32(a.data(), la, b.data(), lb, cmp.data(), N); });
+        run(1, 32, [&] { ew::lt_f32(a.data(), la, b.data(), lb, cmp.data(), N); });
         Vd want(N);
         for (int i = 0; i < N; ++i) want[i] = a[ref_offset(la, i)] < b[ref_offset(lb, i)];
-        close("lt_f32 in runs of 4", cmp, want);
+        close(std::string("lt_f32 in runs") + at, cmp, want);
         std::vector<float> o(N);
-        run(1, 7, [&] { ew::mul_scalar_f32(a.data(), la, o.data(), N, -1.5); });
+        run(2, 32, [&] { ew::mul_scalar_f32(a.data(), la, o.data(), N, -1.5); });
         for (int i = 0; i < N; ++i) want[i] = (double)(a[ref_offset(la, i)] * -1.5f);
-        close("mul_scalar_f32 in runs of 4", o, want);
+        close(std::string("mul_scalar_f32 in runs") + at, o, want);
     }
     {
         auto lu = layout<un::Layout>({R, C}, {1, R});
         std::vector<float> o(N);
-        run(1, 7, [&] { un::neg_f32(a.data(), lu, o.data(), N); });
+        run(1, 96, [&] { un::neg_f32(a.data(), lu, o.data(), N); });
         Vd want(N);
         for (int i = 0; i < N; ++i) want[i] = -a[ref_offset(lu, i)];
-        close("neg_f32 in runs of 4 (transposed)", o, want);
+        close(std::string("neg_f32 in runs (transposed)") + at, o, want);
     }
     {
         auto ls = layout<cp::Layout>({R, C}, {1, R}), lc = layout<cp::Layout>({R, C});
@@ -326,24 +340,25 @@ static void test_runs() {
             want[i] = a[ref_offset(ls, i)];
             want_t[ref_offset(ls, i)] = a[i];
         }
-        run(1, 3, [&] { cp::contiguous_f32(a.data(), ls, o.data(), N); });
-        close("contiguous_f32 of a transposed view", o, want);
-        run(2, 2, [&] { cp::copy_f32(a.data(), lc, t.data(), ls, N); });
-        close("copy_f32 into a transposed view", t, want_t);
+        run(2, 32, [&] { cp::contiguous_f32(a.data(), ls, o.data(), N); });
+        close(std::string("contiguous_f32 of a transposed view") + at, o, want);
+        run(1, 64, [&] { cp::copy_f32(a.data(), lc, t.data(), ls, N); });
+        close(std::string("copy_f32 into a transposed view") + at, t, want_t);
         std::vector<double> d(N);
-        run(1, 3, [&] { cp::cast_f32_f64(a.data(), ls, d.data(), N); });
-        close("cast_f32_f64 of a transposed view in runs", d, want);
-        std::vector<float> f(N + 2, 7.0f);
+        run(3, 32, [&] { cp::cast_f32_f64(a.data(), ls, d.data(), N); });
+        close(std::string("cast_f32_f64 of a transposed view in runs") + at, d, want);
+        std::vector<float> f(34, 7.0f);
         auto lf = layout<cp::Layout>({4, 2, 4}, {8, 1, 2}, 2);
         run(1, 3, [&] { cp::fill_f32(f.data(), lf, 32, 0.5f); });
-        Vd wf(N + 2, 7.0);
+        Vd wf(34, 7.0);
         for (int i = 0; i < 32; ++i) wf[ref_offset(lf, i)] = 0.5;
-        close("fill_f32 through a permuted view at an offset", f, wf);
+        close(std::string("fill_f32 through a permuted view at an offset") + at, f, wf);
     }
     {
         // a [2, 3, 8] tensor masked by a [3, 8] mask broadcast over the first dim
-        const int B = 2, T = 3, S = 8, M = B * T * S;
-        std::vector<float> x(a.begin(), a.begin() + M), o(M), y(M);
+        const int B = 2, T = 3, S = C, M = B * T * S;
+        std::vector<float> x(M), o(M), y(M);
+        for (int i = 0; i < M; ++i) x[i] = (float)rnd();
         std::vector<uint8_t> m(T * S);
         for (int i = 0; i < T * S; ++i) m[i] = (i * 7) % 3 == 0;
         auto lx = layout<ix::Layout>({B, T, S}), lm = layout<ix::Layout>({B, T, S}, {0, S, 1});
@@ -353,11 +368,11 @@ static void test_runs() {
             want[i] = k ? -INFINITY : x[i];
             want_w[i] = k ? x[i] : (double)b[3 + i % S];
         }
-        run(1, 5, [&] { ix::masked_fill_f32(x.data(), lx, m.data(), lm, -INFINITY, o.data(), M); });
-        close("masked_fill_f32 in runs of 4 (broadcast mask)", o, want);
+        run(2, 32, [&] { ix::masked_fill_f32(x.data(), lx, m.data(), lm, -INFINITY, o.data(), M); });
+        close(std::string("masked_fill_f32 in runs (broadcast mask)") + at, o, want);
         auto lbb = layout<ix::Layout>({B, T, S}, {0, 0, 1}, 3);
-        run(1, 5, [&] { ix::where_f32(m.data(), lm, x.data(), lx, b.data(), lbb, y.data(), M); });
-        close("where_f32 in runs of 4", y, want_w);
+        run(1, 32, [&] { ix::where_f32(m.data(), lm, x.data(), lx, b.data(), lbb, y.data(), M); });
+        close(std::string("where_f32 in runs") + at, y, want_w);
     }
 }
 
@@ -996,6 +1011,25 @@ static void test_random() {
     for (int i = 0; i < n; ++i) want.push_back(keep[i] ? x[i] * (float)(1 / (1 - p)) : 0.0);
     close("dropout_backward_f32 = dy * keep / (1 - p)", dx, want);
     close("dropout_f32 output = its backward of x", y, want);
+    {
+        // buffers off their vector alignment take the element-at-a-time path: the same
+        // draws (flint_bernoulli_at) and numbers
+        const int m = n - 1;
+        std::vector<float> y2(n + 1), dx2(n + 1);
+        std::vector<uint8_t> keep2(n + 1);
+        const unsigned long long thr = rn::flint_bernoulli_threshold(1 - p);
+        run(2, 8, [&] { rn::dropout_f32(x.data() + 1, y2.data() + 1, keep2.data() + 1, m, seed, 0, p); });
+        Vd want2, keep_want;
+        for (int i = 0; i < m; ++i) {
+            const bool k = rn::flint_bernoulli_at(seed, 0, i, thr) != 0;
+            keep_want.push_back(k);
+            want2.push_back(k ? x[i + 1] * (float)(1 / (1 - p)) : 0.0);
+        }
+        close("dropout_f32 on unaligned buffers", std::vector<float>(y2.begin() + 1, y2.begin() + 1 + m), want2);
+        close("dropout_f32 mask on unaligned buffers", std::vector<uint8_t>(keep2.begin() + 1, keep2.begin() + 1 + m), keep_want);
+        run(1, 32, [&] { rn::dropout_backward_f32(x.data() + 1, keep2.data() + 1, dx2.data() + 1, m, 1 / (1 - p)); });
+        close("dropout_backward_f32 on unaligned buffers", std::vector<float>(dx2.begin() + 1, dx2.begin() + 1 + m), want2);
+    }
 }
 
 // ---------------------------------------------------------------------------------------

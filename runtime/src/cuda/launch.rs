@@ -112,8 +112,9 @@ pub(crate) fn entry(op: &'static str, device: Device, base: &str, dtype: DType) 
     }
 }
 
-/// Elements a thread of an elementwise kernel takes at a time (`FLINT_RUN` of
-/// `kernels/src/common.cuh`: the layout loops take runs of 4, dropout a Philox block).
+/// Elements a thread of an elementwise kernel takes at a time: up to 4 of its warp's
+/// chunk in the layout loops (`for_runs` of `kernels/src/common.cuh`), a Philox block
+/// of 4 in dropout.
 const RUN: usize = 4;
 
 /// A grid-stride launch over `n` elements: a thread per run of [`RUN`] elements (kernels
@@ -381,12 +382,18 @@ mod tests {
 
     #[test]
     fn launch_configs_cover_every_element() {
+        // a thread per RUN elements
         let c = elementwise(1000);
-        assert_eq!((c.grid_dim.0, c.block_dim.0), (4, 256));
+        assert_eq!((c.grid_dim.0, c.block_dim.0), (1, 256));
+        assert_eq!(elementwise(1025).grid_dim.0, 2);
         assert_eq!(elementwise(0).grid_dim.0, 0);
         // huge sizes are capped: the kernels loop over the rest
         assert_eq!(elementwise(1 << 40).grid_dim.0 as usize, MAX_GRID);
         assert_eq!(rows(3).grid_dim.0, 3);
+        // a warp per row up to WARP_ROW elements, else a block per row
+        assert_eq!(warp_rows(17, 512).grid_dim.0, 3);
+        assert_eq!(warp_rows(17, WARP_ROW + 1).grid_dim.0, 17);
+        assert_eq!(warp_rows(1 << 40, 512).grid_dim.0 as usize, MAX_GRID);
     }
 
     #[test]
