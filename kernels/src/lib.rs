@@ -522,6 +522,10 @@ const REDUCE: &[&str] = entry_list! {
 
 const SOFTMAX: &[&str] = entry_list! {
     floats: softmax, log_softmax, softmax_backward, log_softmax_backward;
+    floats: softmax_w4, log_softmax_w4, softmax_backward_w4, log_softmax_backward_w4;
+    floats: softmax_w8, log_softmax_w8, softmax_backward_w8, log_softmax_backward_w8;
+    floats: softmax_w16, log_softmax_w16, softmax_backward_w16, log_softmax_backward_w16;
+    floats: softmax_w32, log_softmax_w32, softmax_backward_w32, log_softmax_backward_w32;
 };
 
 const NORM: &[&str] = entry_list! {
@@ -571,7 +575,7 @@ mod tests {
                 ("unary", 89),
                 ("copy", 53),
                 ("reduce", 94),
-                ("softmax", 16),
+                ("softmax", 80),
                 ("norm", 28),
                 ("index", 46),
                 ("random", 18),

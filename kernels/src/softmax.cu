@@ -2,14 +2,15 @@
 // Softmax and log-softmax over the last dim of a contiguous [rows, cols] tensor, and
 // their backward passes. Computed in the acc type, max-subtracted.
 //
-// Launch: blockDim.x a multiple of 32 up to 1024 (256 is a good default), any grid size.
-// Rows of up to FLINT_WARP_ROW elements are one warp's each (a block takes blockDim.x / 32
-// rows at a time, grid-strided), held in registers: one read of x, shuffles instead of
-// block barriers; so a grid of ceil(rows / (blockDim.x / 32)) blocks covers them at once.
-// Longer rows are one block's each (grid-stride over rows). A row that is all -inf
-// gives NaN, as PyTorch.
-
-#define FLINT_WARP_ROW 1024
+// Two forms, for any grid size and blockDim.x a multiple of 32 up to 1024 (256 is a good
+// default):
+// - softmax_<dt> etc.: a block per row (grid-stride over rows), for rows of any length;
+// - softmax_w<K>_<dt> etc. (K = 4, 8, 16, 32), for rows of at most 32 K elements: a warp
+//   per row (a block takes blockDim.x / 32 rows at a time, grid-strided), the row held in
+//   registers, K per lane: one read of x, shuffles instead of block barriers. A grid of
+//   ceil(rows / (blockDim.x / 32)) blocks covers the rows at once. Each K is an entry
+//   of its own, so a short row's kernel is not sized (in registers) for the longest.
+// A row that is all -inf gives NaN, as PyTorch.
 
 /// for (row = this warp's global index; row < rows; row += warps in the grid)
 #define FLINT_WARP_STRIDE(row, rows)                                                       \
@@ -90,19 +91,6 @@ template <typename T, bool Log>
 __device__ __forceinline__ void softmax_rows(const T* x, T* y, i64 rows, i64 cols) {
     typedef typename Ty<T>::acc A;
     __shared__ A scratch[32];
-    if (cols <= FLINT_WARP_ROW) {
-        // the fewest registers that hold the row
-        if (cols <= 128) {
-            softmax_warp_rows<T, Log, 4>(x, y, rows, cols);
-        } else if (cols <= 256) {
-            softmax_warp_rows<T, Log, 8>(x, y, rows, cols);
-        } else if (cols <= 512) {
-            softmax_warp_rows<T, Log, 16>(x, y, rows, cols);
-        } else {
-            softmax_warp_rows<T, Log, 32>(x, y, rows, cols);
-        }
-        return;
-    }
     FLINT_BLOCK_STRIDE(r, rows) {
         const T* xr = x + r * cols;
         T* yr = y + r * cols;
@@ -139,18 +127,6 @@ __device__ __forceinline__ void softmax_backward_rows(const T* y, const T* dy, T
                                                       i64 cols) {
     typedef typename Ty<T>::acc A;
     __shared__ A scratch[32];
-    if (cols <= FLINT_WARP_ROW) {
-        if (cols <= 128) {
-            softmax_backward_warp_rows<T, Log, 4>(y, dy, dx, rows, cols);
-        } else if (cols <= 256) {
-            softmax_backward_warp_rows<T, Log, 8>(y, dy, dx, rows, cols);
-        } else if (cols <= 512) {
-            softmax_backward_warp_rows<T, Log, 16>(y, dy, dx, rows, cols);
-        } else {
-            softmax_backward_warp_rows<T, Log, 32>(y, dy, dx, rows, cols);
-        }
-        return;
-    }
     FLINT_BLOCK_STRIDE(r, rows) {
         const T* yr = y + r * cols;
         const T* gr = dy + r * cols;
@@ -184,3 +160,24 @@ __device__ __forceinline__ void softmax_backward_rows(const T* y, const T* dy, T
         softmax_backward_rows<T, true>(y, dy, dx, rows, cols);                             \
     }
 FLINT_FLOATS(SOFTMAX, _)
+
+#define SOFTMAX_WARP(dt, T, K)                                                             \
+    extern "C" __global__ void softmax_w##K##_##dt(const T* x, T* y, i64 rows, i64 cols) { \
+        softmax_warp_rows<T, false, K>(x, y, rows, cols);                                  \
+    }                                                                                      \
+    extern "C" __global__ void log_softmax_w##K##_##dt(const T* x, T* y, i64 rows,         \
+                                                       i64 cols) {                         \
+        softmax_warp_rows<T, true, K>(x, y, rows, cols);                                   \
+    }                                                                                      \
+    extern "C" __global__ void softmax_backward_w##K##_##dt(const T* y, const T* dy, T* dx, \
+                                                            i64 rows, i64 cols) {          \
+        softmax_backward_warp_rows<T, false, K>(y, dy, dx, rows, cols);                    \
+    }                                                                                      \
+    extern "C" __global__ void log_softmax_backward_w##K##_##dt(                           \
+        const T* y, const T* dy, T* dx, i64 rows, i64 cols) {                              \
+        softmax_backward_warp_rows<T, true, K>(y, dy, dx, rows, cols);                     \
+    }
+FLINT_FLOATS(SOFTMAX_WARP, 4)
+FLINT_FLOATS(SOFTMAX_WARP, 8)
+FLINT_FLOATS(SOFTMAX_WARP, 16)
+FLINT_FLOATS(SOFTMAX_WARP, 32)

@@ -706,29 +706,45 @@ template <typename T> static void softmax_case(const char* dt, double tol, const
         }
     }
     std::vector<T> out(R * C), g(R * C);
-    std::string n = std::string("_") + dt + " (" + std::to_string(R) + " rows of " + std::to_string(C) + ")";
+    const std::string rows = " (" + std::to_string(R) + " rows of " + std::to_string(C) + ")";
+    typedef void (*Fwd)(const T*, T*, i64, i64);
+    typedef void (*Bwd)(const T*, const T*, T*, i64, i64);
+    // one form: softmax, its backward, log_softmax, its backward
+    auto check = [&](const std::string& form, Fwd f, Bwd fb, Fwd lf, Bwd lfb) {
+        const std::string n = std::string("_") + dt + form + rows;
+        run(2, 64, [&] { f(xt.data(), out.data(), R, C); });
+        close("softmax" + n, out, y, tol, tol);
+        run(2, 64, [&] { fb(out.data(), dyt.data(), g.data(), R, C); });
+        close("softmax_backward" + n, g, dx, tol, tol);
+        run(2, 64, [&] { lf(xt.data(), out.data(), R, C); });
+        close("log_softmax" + n, out, ly, tol, tol);
+        run(2, 64, [&] { lfb(out.data(), dyt.data(), g.data(), R, C); });
+        close("log_softmax_backward" + n, g, ldx, tol, tol);
+    };
+#define SM_FORM(K, dt)                                                                     \
+    check(" (warp per row, " #K " a lane)", softmax_w##K##_##dt, softmax_backward_w##K##_##dt, \
+          log_softmax_w##K##_##dt, log_softmax_backward_w##K##_##dt)
     if constexpr (std::is_same<T, float>::value) {
-        run(2, 64, [&] { softmax_f32(xt.data(), out.data(), R, C); });
-        close("softmax" + n, out, y, tol, tol);
-        run(2, 64, [&] { softmax_backward_f32(out.data(), dyt.data(), g.data(), R, C); });
-        close("softmax_backward" + n, g, dx, tol, tol);
-        run(2, 64, [&] { log_softmax_f32(xt.data(), out.data(), R, C); });
-        close("log_softmax" + n, out, ly, tol, tol);
-        run(2, 64, [&] { log_softmax_backward_f32(out.data(), dyt.data(), g.data(), R, C); });
-        close("log_softmax_backward" + n, g, ldx, tol, tol);
+        check(" (block per row)", softmax_f32, softmax_backward_f32, log_softmax_f32,
+              log_softmax_backward_f32);
+        if (C <= 128) SM_FORM(4, f32);
+        if (C <= 256) SM_FORM(8, f32);
+        if (C <= 512) SM_FORM(16, f32);
+        if (C <= 1024) SM_FORM(32, f32);
     } else {
-        run(2, 64, [&] { softmax_f64(xt.data(), out.data(), R, C); });
-        close("softmax" + n, out, y, tol, tol);
-        run(2, 64, [&] { softmax_backward_f64(out.data(), dyt.data(), g.data(), R, C); });
-        close("softmax_backward" + n, g, dx, tol, tol);
-        run(2, 64, [&] { log_softmax_f64(xt.data(), out.data(), R, C); });
-        close("log_softmax" + n, out, ly, tol, tol);
-        run(2, 64, [&] { log_softmax_backward_f64(out.data(), dyt.data(), g.data(), R, C); });
-        close("log_softmax_backward" + n, g, ldx, tol, tol);
+        check(" (block per row)", softmax_f64, softmax_backward_f64, log_softmax_f64,
+              log_softmax_backward_f64);
+        if (C <= 128) SM_FORM(4, f64);
+        if (C <= 256) SM_FORM(8, f64);
+        if (C <= 512) SM_FORM(16, f64);
+        if (C <= 1024) SM_FORM(32, f64);
         std::vector<double> inf(4, -INFINITY), o(4);
         run(1, 32, [&] { softmax_f64(inf.data(), o.data(), 1, 4); });
         close("softmax_f64 of an all -inf row is NaN", o, {NAN, NAN, NAN, NAN});
+        run(1, 32, [&] { softmax_w4_f64(inf.data(), o.data(), 1, 4); });
+        close("softmax_w4_f64 of an all -inf row is NaN", o, {NAN, NAN, NAN, NAN});
     }
+#undef SM_FORM
 }
 
 // ---------------------------------------------------------------------------------------

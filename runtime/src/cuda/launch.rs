@@ -127,13 +127,22 @@ pub(crate) fn elementwise(n: usize) -> LaunchConfig {
     }
 }
 
-/// Rows of up to this many elements are one warp's each in the softmax kernels
-/// (`FLINT_WARP_ROW` of `kernels/src/softmax.cu`).
+/// Rows of up to this many elements have warp-per-row softmax kernels
+/// (`softmax_w<K>_<dt>` of `kernels/src/softmax.cu`, K = 4, 8, 16, 32 per lane).
 pub(crate) const WARP_ROW: usize = 1024;
 
-/// A launch of `rows` rows of `cols` elements on a kernel that gives rows of up to
-/// [`WARP_ROW`] elements a warp each (softmax): a block per `BLOCK / 32` rows, else
-/// [`rows`].
+/// The warp-per-row softmax entry for rows of `cols` elements: `<base>_w<K>` with the
+/// smallest K (elements per lane) that holds the row, or `base` itself (a block per row)
+/// for rows longer than [`WARP_ROW`].
+pub(crate) fn warp_row_entry(base: &str, cols: usize) -> String {
+    match [4, 8, 16, 32].into_iter().find(|k| cols <= 32 * k) {
+        Some(k) => format!("{base}_w{k}"),
+        None => base.to_string(),
+    }
+}
+
+/// A launch of `rows` rows of `cols` elements for [`warp_row_entry`]'s kernel: a block
+/// per `BLOCK / 32` rows (a warp each), else [`rows`].
 pub(crate) fn warp_rows(rows: usize, cols: usize) -> LaunchConfig {
     if cols > WARP_ROW {
         return self::rows(rows);
@@ -394,6 +403,24 @@ mod tests {
         assert_eq!(warp_rows(17, 512).grid_dim.0, 3);
         assert_eq!(warp_rows(17, WARP_ROW + 1).grid_dim.0, 17);
         assert_eq!(warp_rows(1 << 40, 512).grid_dim.0 as usize, MAX_GRID);
+        assert_eq!(warp_row_entry("softmax", 1), "softmax_w4");
+        assert_eq!(warp_row_entry("softmax", 512), "softmax_w16");
+        assert_eq!(
+            warp_row_entry("log_softmax_backward", 513),
+            "log_softmax_backward_w32"
+        );
+        assert_eq!(warp_row_entry("softmax", 1025), "softmax");
+        for base in [
+            "softmax",
+            "log_softmax",
+            "softmax_backward",
+            "log_softmax_backward",
+        ] {
+            for cols in [1, 128, 129, 256, 512, 1024, 1025] {
+                let e = format!("{}_f32", warp_row_entry(base, cols));
+                assert!(flint_kernels::module_of(&e).is_some(), "{e}");
+            }
+        }
     }
 
     #[test]

@@ -492,7 +492,7 @@ fn rows_cols(t: &Tensor, cols: usize) -> (usize, usize) {
 pub(crate) fn softmax_last(x: &Tensor, log: bool) -> Result<Tensor> {
     let op = if log { "log_softmax" } else { "softmax" };
     let (rows, cols) = rows_cols(x, x.shape().last().copied().unwrap_or(1));
-    let name = launch::entry(op, x.device(), op, x.dtype())?;
+    let name = launch::entry(op, x.device(), &launch::warp_row_entry(op, cols), x.dtype())?;
     let src = contiguous(x)?;
     let (g, p) = first_element(op, &src)?;
     let (buf, po) = launch::output(&g, x.dtype(), x.numel())?;
@@ -512,7 +512,12 @@ pub(crate) fn softmax_last_backward(y: &Tensor, dy: &Tensor, log: bool) -> Resul
         "softmax_backward"
     };
     let (rows, cols) = rows_cols(y, y.shape().last().copied().unwrap_or(1));
-    let name = launch::entry(op, y.device(), base, y.dtype())?;
+    let name = launch::entry(
+        op,
+        y.device(),
+        &launch::warp_row_entry(base, cols),
+        y.dtype(),
+    )?;
     let (ys, gs) = (contiguous(y)?, contiguous(dy)?);
     let (g, py) = first_element(op, &ys)?;
     let (_, pg) = first_element(op, &gs)?;
