@@ -274,6 +274,14 @@ fn cases() -> Vec<Case> {
         vec![nc(&mut g, 3, 4)],
         true,
     );
+    // repeated index 2: its two slices add up (and both get the gradient at row 2)
+    let ai = Tensor::from_vec(vec![2i64, 0, 2], [3]);
+    add(
+        "index_add",
+        Box::new(move |x| x[0].index_add(1, &ai, &x[1]).square()),
+        vec![nc(&mut g, 3, 4), g.randn([3, 3], DType::F64)],
+        true,
+    );
     let gi = Tensor::from_vec(vec![0i64, 2, 1, 1, 0, 0], [3, 2]);
     let gi2 = gi.clone();
     add(

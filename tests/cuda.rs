@@ -768,6 +768,11 @@ fn parity_cases(dt: DType) -> Vec<ParityCase> {
             Box::new(|t| t[0].scatter_add(1, &t[1], &t[2])),
         ),
         case(
+            "index_add dim 1 (repeated index, transposed src)",
+            vec![a.clone(), ids.clone(), r(&[4, 3])],
+            Box::new(|t| t[0].index_add(1, &t[1], &t[2].t())),
+        ),
+        case(
             "scatter_add dim 0 (partial index)",
             vec![
                 a.clone(),

@@ -109,6 +109,7 @@ pub const DIFFERENTIABLE_OPS: &[&str] = &[
     "masked_fill",
     // indexing
     "index_select",
+    "index_add",
     "gather",
     "scatter_add",
     "cat",

@@ -326,6 +326,44 @@ pub(crate) fn masked_fill(x: &Tensor, mask: &Tensor, lm: &Layout, value: f64) ->
     Ok(Tensor::from_cuda(buf, x.shape()))
 }
 
+/// `base` with the rows of `src` added at `index` along dim `d` (`index_add_<dt>`, atomics):
+/// `out[.., index[j], ..] += src[.., j, ..]`; `src` has `base`'s shape except
+/// `index.numel()` in dim `d`. `None` when an index is out of range.
+pub(crate) fn index_add(
+    base: &Tensor,
+    d: usize,
+    index: &Tensor,
+    src: &Tensor,
+) -> Result<Option<Tensor>> {
+    const OP: &str = "index_add";
+    let shape = base.shape();
+    let name = launch::entry(OP, base.device(), "index_add", base.dtype())?;
+    let out = copy_to_new(base)?;
+    let (src, idx) = (contiguous(src)?, contiguous(index)?);
+    let (g, ps) = first_element(OP, &src)?;
+    let (_, pi) = first_element(OP, &idx)?;
+    let (_, po) = first_element(OP, &out)?;
+    let (outer, inner): (usize, usize) =
+        (shape[..d].iter().product(), shape[d + 1..].iter().product());
+    let n_idx = idx.numel();
+    let in_range = launch::launch_checked(
+        OP,
+        &g,
+        &name,
+        outer * n_idx * inner,
+        &[
+            Arg::Ptr(ps),
+            Arg::Ptr(pi),
+            Arg::Ptr(po),
+            Arg::n(outer),
+            Arg::n(shape[d]),
+            Arg::n(inner),
+            Arg::n(n_idx),
+        ],
+    )?;
+    Ok(in_range.then_some(out))
+}
+
 /// `t` (contiguous) viewed as `[outer, dim, inner]` around the sorted `dims`, or a
 /// contiguous copy with the kept dims first and the reduced dims last when `dims` are
 /// not one run of adjacent dims. Returns the tensor and `(outer, dim, inner)`.

@@ -226,6 +226,98 @@ impl Tensor {
         }))
     }
 
+    /// `self` with the slices of `src` added at `index` along `dim` (like
+    /// `torch.index_add`): `out[.., index[j], ..] = self[.., index[j], ..] + src[.., j, ..]`,
+    /// repeated indices adding up. `index` is a 1-D `i64` tensor; `src` has `self`'s
+    /// shape except `index.numel()` in `dim`, and `self`'s dtype. The backward of
+    /// [`index_select`](Tensor::index_select) (an embedding's weight gradient) is one
+    /// `index_add` into zeros. Panics on bad shapes or an index out of range; see
+    /// [`Tensor::try_index_add`].
+    ///
+    /// ```
+    /// use flint_runtime::Tensor;
+    /// let t = Tensor::zeros([3, 2], ());
+    /// let src = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], [3, 2]);
+    /// let idx = Tensor::from_vec(vec![2i64, 0, 2], [3]);
+    /// let r = t.index_add(0, &idx, &src);
+    /// assert_eq!(r.to_vec::<f32>(), vec![3.0, 4.0, 0.0, 0.0, 6.0, 8.0]);
+    /// ```
+    #[track_caller]
+    pub fn index_add(&self, dim: isize, index: &Tensor, src: &Tensor) -> Tensor {
+        or_panic(self.try_index_add(dim, index, src))
+    }
+
+    fn index_add_impl(&self, dim: isize, index: &Tensor, src: &Tensor) -> Result<Tensor> {
+        const OP: &str = "index_add";
+        check_index_tensor(OP, index)?;
+        check_same_device(OP, self, index)?;
+        check_same_device(OP, self, src)?;
+        if src.dtype() != self.dtype() || self.dtype() == DType::Bool {
+            return Err(Error::dtype(
+                OP,
+                format!(
+                    "src has dtype {} and the tensor {}: they must be one numeric dtype",
+                    src.dtype(),
+                    self.dtype()
+                ),
+            ));
+        }
+        if index.ndim() > 1 {
+            return Err(Error::shape(
+                OP,
+                format!("index must be 1-D, got shape {}", fmt_shape(index.shape())),
+            ));
+        }
+        let d = normalize_dim(OP, dim, self.ndim())?;
+        let shape = self.shape();
+        let n_idx = index.numel();
+        let mut want: Dims = shape.into();
+        want[d] = n_idx;
+        if src.shape() != want.as_slice() {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "src must have shape {} (the tensor's {} with {n_idx} in dim {d}), got {}",
+                    fmt_shape(&want),
+                    fmt_shape(shape),
+                    fmt_shape(src.shape())
+                ),
+            ));
+        }
+        let size = shape[d];
+        let index = unaliased(&index.reshape([n_idx]), src)?;
+        #[cfg(feature = "cuda")]
+        if self.is_cuda() {
+            return match crate::cuda::ops::index_add(self, d, &index, src)? {
+                Some(t) => Ok(t),
+                None => Err(cuda_bad_index(OP, &index, d, size, shape)),
+            };
+        }
+        if let Some(v) = first_bad_index(OP, &index, size)? {
+            return Err(out_of_range(OP, v, d, size, shape));
+        }
+        let idx = index.try_to_vec::<i64>()?;
+        let outer: usize = shape[..d].iter().product();
+        let inner: usize = shape[d + 1..].iter().product();
+        let src = src.try_contiguous()?;
+        let dt = self.dtype();
+        dispatch!(num OP, dt, T => {
+            let mut out = self.with_slice::<T, _>(OP, gather)?;
+            src.with_slice::<T, _>(OP, |sv, _| {
+                for o in 0..outer {
+                    for (j, &k) in idx.iter().enumerate() {
+                        let at = (o * size + k as usize) * inner;
+                        let from = (o * n_idx + j) * inner;
+                        for (y, &x) in out[at..at + inner].iter_mut().zip(&sv[from..from + inner]) {
+                            *y = *y + x;
+                        }
+                    }
+                }
+            })?;
+            Tensor::from_buffer(T::into_buffer(out), shape)
+        })
+    }
+
     /// Gathers values along `dim` (like `torch.gather`):
     /// `out[i][j][k] = self[index[i][j][k]][j][k]` for `dim == 0`, and so on.
     ///
@@ -629,13 +721,28 @@ impl Tensor {
         let d = normalize_dim("index_select", dim, self.ndim())?;
         let (shape, idx) = (self.shape().to_vec(), index.reshape([-1]));
         Ok(record(out, "index_select", &[self], &[], move |g| {
-            // scatter each selected row back: index broadcast over g's other dims
-            let mut view = vec![1usize; g.ndim()];
-            view[d] = idx.numel();
-            let full = idx.reshape(view.as_slice()).expand(g.shape()).contiguous();
+            // each selected slice added back at its index
             vec![Some(
-                Tensor::zeros(&shape, (g.dtype(), g.device())).scatter_add(d as isize, &full, g),
+                Tensor::zeros(&shape, (g.dtype(), g.device())).index_add(d as isize, &idx, g),
             )]
+        }))
+    }
+
+    /// Fallible [`Tensor::index_add`].
+    #[track_caller]
+    pub fn try_index_add(&self, dim: isize, index: &Tensor, src: &Tensor) -> Result<Tensor> {
+        let out = self.index_add_impl(dim, index, src)?;
+        let d = normalize_dim("index_add", dim, self.ndim())?;
+        let (idx, ns, nsrc) = (
+            index.reshape([-1]),
+            self.requires_grad(),
+            src.requires_grad(),
+        );
+        Ok(record(out, "index_add", &[self, src], &[], move |g| {
+            vec![
+                ns.then(|| g.clone()),
+                nsrc.then(|| g.index_select(d as isize, &idx)),
+            ]
         }))
     }
 
@@ -851,6 +958,56 @@ mod tests {
             grid(DType::F32).index_select(0, &idx(&[])).shape(),
             &[0, 3, 4]
         );
+    }
+
+    #[test]
+    fn index_add_adds_slices_at_their_indices() {
+        // dim 1 of [2, 3, 2], index with a repeat; a transposed (non-contiguous) src
+        let t = Tensor::arange(0.0, 12.0, 1.0, DType::F64).reshape([2, 3, 2]);
+        let src = Tensor::arange(100.0, 108.0, 1.0, DType::F64)
+            .reshape([2, 2, 2])
+            .transpose(1, 2);
+        let r = t.index_add(1, &idx(&[2, 2]), &src);
+        let (tv, sv) = (t.to_vec::<f64>(), src.contiguous().to_vec::<f64>());
+        let mut want = tv.clone();
+        for o in 0..2 {
+            for j in 0..2 {
+                for i in 0..2 {
+                    want[(o * 3 + 2) * 2 + i] += sv[(o * 2 + j) * 2 + i];
+                }
+            }
+        }
+        assert_eq!(r.to_vec::<f64>(), want);
+        assert_eq!(r.shape(), &[2, 3, 2]);
+        // i64, dim 0, the tensor itself unchanged
+        let a = Tensor::from_vec(vec![1i64, 2, 3], [3]);
+        let b = a.index_add(
+            0,
+            &idx(&[0, 2, 0]),
+            &Tensor::from_vec(vec![10i64, 20, 30], [3]),
+        );
+        assert_eq!(b.to_vec::<i64>(), vec![41, 2, 23]);
+        assert_eq!(a.to_vec::<i64>(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn index_add_errors() {
+        let t = Tensor::zeros([3, 2], ());
+        let e = t
+            .try_index_add(0, &idx(&[0, 3]), &Tensor::zeros([2, 2], ()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("index_add") && e.contains('3'), "{e}");
+        let e = t
+            .try_index_add(0, &idx(&[0, 1]), &Tensor::zeros([2, 3], ()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("src must have shape [2, 2]"), "{e}");
+        let e = t
+            .try_index_add(0, &idx(&[0]), &Tensor::zeros([1, 2], DType::F64))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dtype"), "{e}");
     }
 
     #[test]
