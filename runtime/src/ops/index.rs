@@ -309,7 +309,7 @@ impl Tensor {
                         let at = (o * size + k as usize) * inner;
                         let from = (o * n_idx + j) * inner;
                         for (y, &x) in out[at..at + inner].iter_mut().zip(&sv[from..from + inner]) {
-                            *y = *y + x;
+                            *y += x;
                         }
                     }
                 }
