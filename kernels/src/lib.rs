@@ -531,6 +531,8 @@ const SOFTMAX: &[&str] = entry_list! {
 const NORM: &[&str] = entry_list! {
     floats: layer_norm, layer_norm_backward, layer_norm_backward_params, batch_norm_stats,
         batch_norm_apply, batch_norm_backward_reduce, batch_norm_backward_apply;
+    floats: layer_norm_w8, layer_norm_backward_w8, layer_norm_w16, layer_norm_backward_w16,
+        layer_norm_w32, layer_norm_backward_w32;
 };
 
 const INDEX: &[&str] = entry_list! {
@@ -576,7 +578,7 @@ mod tests {
                 ("copy", 53),
                 ("reduce", 94),
                 ("softmax", 80),
-                ("norm", 28),
+                ("norm", 52),
                 ("index", 46),
                 ("random", 18),
                 ("optim", 8),

@@ -95,6 +95,113 @@ __device__ __forceinline__ void layer_norm_backward_rows(const T* dy, const T* x
     }
 }
 
+// Warp-per-row forms for rows of at most 32 K elements (K = 8, 16, 32 per lane):
+// layer_norm_w<K>_<dt> and layer_norm_backward_w<K>_<dt>, the arguments and numbers of
+// the block forms above; a warp per row (a block takes blockDim.x / 32 rows at a time,
+// grid-strided), the row held in registers: one read of x (and dy), shuffles instead of
+// block barriers. blockDim.x a multiple of 32, any grid size.
+
+/// for (row = this warp's global index; row < rows; row += warps in the grid)
+#define FLINT_WARP_ROWS(row, rows)                                                         \
+    for (i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); row < (i64)(rows); \
+         row += (i64)gridDim.x * (blockDim.x >> 5))
+
+template <typename T, int K>
+__device__ __forceinline__ void layer_norm_warp_rows(const T* x, const T* weight, const T* bias,
+                                                     T* y, typename Ty<T>::acc* mean_out,
+                                                     typename Ty<T>::acc* rstd_out, i64 rows,
+                                                     i64 cols, double eps) {
+    typedef typename Ty<T>::acc A;
+    const int lane = threadIdx.x & 31;
+    FLINT_WARP_ROWS(r, rows) {
+        const T* xr = x + r * cols;
+        T* yr = y + r * cols;
+        A v[K];
+        A s = 0;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const i64 c = lane + 32 * k;
+            v[k] = c < cols ? Ty<T>::load(xr[c]) : A(0);
+            s += v[k];
+        }
+        const A mean = warp_reduce(s, SumOp()) / (A)cols;
+        A q = 0;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            if (lane + 32 * k < cols) {
+                const A d = v[k] - mean;
+                q += d * d;
+            }
+        }
+        const A var = warp_reduce(q, SumOp()) / (A)cols;
+        const A rstd = m_rsqrt(var + (A)eps);
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const i64 c = lane + 32 * k;
+            if (c < cols) {
+                A o = (v[k] - mean) * rstd;
+                if (weight != 0) {
+                    o *= Ty<T>::load(weight[c]);
+                }
+                if (bias != 0) {
+                    o += Ty<T>::load(bias[c]);
+                }
+                yr[c] = Ty<T>::store(o);
+            }
+        }
+        if (lane == 0) {
+            if (mean_out != 0) {
+                mean_out[r] = mean;
+            }
+            if (rstd_out != 0) {
+                rstd_out[r] = rstd;
+            }
+        }
+    }
+}
+
+template <typename T, int K>
+__device__ __forceinline__ void layer_norm_backward_warp_rows(const T* dy, const T* x,
+                                                              const T* weight,
+                                                              const typename Ty<T>::acc* mean,
+                                                              const typename Ty<T>::acc* rstd,
+                                                              T* dx, i64 rows, i64 cols) {
+    typedef typename Ty<T>::acc A;
+    const int lane = threadIdx.x & 31;
+    FLINT_WARP_ROWS(r, rows) {
+        const T* xr = x + r * cols;
+        const T* gr = dy + r * cols;
+        T* dr = dx + r * cols;
+        const A mu = mean[r], rs = rstd[r];
+        A g[K], xh[K];
+        A s1 = 0, s2 = 0;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const i64 c = lane + 32 * k;
+            g[k] = A(0);
+            xh[k] = A(0);
+            if (c < cols) {
+                g[k] = Ty<T>::load(gr[c]);
+                if (weight != 0) {
+                    g[k] *= Ty<T>::load(weight[c]);
+                }
+                xh[k] = (Ty<T>::load(xr[c]) - mu) * rs;
+            }
+            s1 += g[k];
+            s2 += g[k] * xh[k];
+        }
+        const A m1 = warp_reduce(s1, SumOp()) / (A)cols;
+        const A m2 = warp_reduce(s2, SumOp()) / (A)cols;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const i64 c = lane + 32 * k;
+            if (c < cols) {
+                dr[c] = Ty<T>::store(rs * (g[k] - m1 - xh[k] * m2));
+            }
+        }
+    }
+}
+
 // layer_norm_backward_params_<dt>(const T* dy, const T* x, const A* mean, const A* rstd,
 //                                 A* pweight, A* pbias, i64 rows, i64 cols, i64 chunk)
 //   per chunk c of `chunk` rows (gridDim.y = ceil(rows / chunk) chunks):
@@ -238,6 +345,21 @@ __device__ __forceinline__ void batch_norm_backward_apply_all(
                                   xhat * sum_dy_xhat[ch] / count));
     }
 }
+
+#define NORM_WARP(dt, T, K)                                                                \
+    extern "C" __global__ void layer_norm_w##K##_##dt(                                     \
+        const T* x, const T* weight, const T* bias, T* y, Ty<T>::acc* mean,                \
+        Ty<T>::acc* rstd, i64 rows, i64 cols, double eps) {                                \
+        layer_norm_warp_rows<T, K>(x, weight, bias, y, mean, rstd, rows, cols, eps);       \
+    }                                                                                      \
+    extern "C" __global__ void layer_norm_backward_w##K##_##dt(                            \
+        const T* dy, const T* x, const T* weight, const Ty<T>::acc* mean,                  \
+        const Ty<T>::acc* rstd, T* dx, i64 rows, i64 cols) {                               \
+        layer_norm_backward_warp_rows<T, K>(dy, x, weight, mean, rstd, dx, rows, cols);    \
+    }
+FLINT_FLOATS(NORM_WARP, 8)
+FLINT_FLOATS(NORM_WARP, 16)
+FLINT_FLOATS(NORM_WARP, 32)
 
 #define NORM(dt, T, _)                                                                     \
     extern "C" __global__ void layer_norm_##dt(const T* x, const T* weight, const T* bias, \

@@ -839,6 +839,33 @@ static void test_norm() {
         close("layer_norm_f32 without affine or saved stats", yf,
               layer_norm_ref(Vd(xf.begin(), xf.end()), Vd(C, 1), Vd(C, 0), R, C, eps), 1e-5, 1e-5);
     }
+    // the warp-per-row forms: rows of 37 (2 a lane), 300 (10) and 1000 (32); 5 rows on
+    // 2 blocks of 2 warps (a second round of rows), against the block forms' references
+    for (int C : {37, 300, 1000}) {
+        const int R = 5;
+        const double eps = 1e-5;
+        const std::string at = " (" + std::to_string(R) + " rows of " + std::to_string(C) + ")";
+        Vd x = rnd_vec(R * C, -3, 3), w = rnd_vec(C), b = rnd_vec(C), dy = rnd_vec(R * C);
+        Vd y(R * C), mean(R), rstd(R), dx(R * C), y2(R * C), mean2(R), rstd2(R), dx2(R * C);
+        run(3, 64, [&] { layer_norm_f64(x.data(), w.data(), b.data(), y.data(), mean.data(), rstd.data(), R, C, eps); });
+        run(3, 64, [&] { layer_norm_backward_f64(dy.data(), x.data(), w.data(), mean.data(), rstd.data(), dx.data(), R, C); });
+        auto warp = [&](auto fwd, auto bwd, const char* k) {
+            run(2, 64, [&] { fwd(x.data(), w.data(), b.data(), y2.data(), mean2.data(), rstd2.data(), R, C, eps); });
+            close(std::string("layer_norm_w") + k + "_f64" + at, y2, y, 1e-13, 1e-13);
+            close(std::string("layer_norm_w") + k + "_f64 saved mean" + at, mean2, mean, 1e-13, 1e-14);
+            close(std::string("layer_norm_w") + k + "_f64 saved rstd" + at, rstd2, rstd, 1e-13, 0);
+            run(2, 64, [&] { bwd(dy.data(), x.data(), w.data(), mean.data(), rstd.data(), dx2.data(), R, C); });
+            close(std::string("layer_norm_backward_w") + k + "_f64" + at, dx2, dx, 1e-12, 1e-13);
+        };
+        if (C <= 256) warp(layer_norm_w8_f64, layer_norm_backward_w8_f64, "8");
+        if (C <= 512) warp(layer_norm_w16_f64, layer_norm_backward_w16_f64, "16");
+        warp(layer_norm_w32_f64, layer_norm_backward_w32_f64, "32");
+        auto xf = cast_vec<float>(x);
+        std::vector<float> yf(R * C);
+        run(1, 64, [&] { layer_norm_w32_f32(xf.data(), nullptr, nullptr, yf.data(), nullptr, nullptr, R, C, eps); });
+        close("layer_norm_w32_f32 without affine or saved stats" + at, yf,
+              layer_norm_ref(Vd(xf.begin(), xf.end()), Vd(C, 1), Vd(C, 0), R, C, eps), 1e-5, 1e-5);
+    }
     {
         const int N = 3, C = 4, S = 5;
         const double eps = 1e-5;

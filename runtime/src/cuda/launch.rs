@@ -127,15 +127,20 @@ pub(crate) fn elementwise(n: usize) -> LaunchConfig {
     }
 }
 
-/// Rows of up to this many elements have warp-per-row softmax kernels
-/// (`softmax_w<K>_<dt>` of `kernels/src/softmax.cu`, K = 4, 8, 16, 32 per lane).
+/// Rows of up to this many elements have warp-per-row kernels (`softmax_w<K>_<dt>` of
+/// `kernels/src/softmax.cu`, `layer_norm_w<K>_<dt>` of `norm.cu`; up to 32 per lane).
 pub(crate) const WARP_ROW: usize = 1024;
 
-/// The warp-per-row softmax entry for rows of `cols` elements: `<base>_w<K>` with the
-/// smallest K (elements per lane) that holds the row, or `base` itself (a block per row)
-/// for rows longer than [`WARP_ROW`].
-pub(crate) fn warp_row_entry(base: &str, cols: usize) -> String {
-    match [4, 8, 16, 32].into_iter().find(|k| cols <= 32 * k) {
+/// Elements per lane of the warp-per-row softmax kernels (`softmax_w<K>_<dt>`, …).
+pub(crate) const SOFTMAX_KS: &[usize] = &[4, 8, 16, 32];
+/// Elements per lane of the warp-per-row layer-norm kernels (`layer_norm_w<K>_<dt>`, …).
+pub(crate) const LAYER_NORM_KS: &[usize] = &[8, 16, 32];
+
+/// The warp-per-row entry for rows of `cols` elements: `<base>_w<K>` with the smallest K
+/// of `ks` (elements per lane) that holds the row, or `base` itself (a block per row)
+/// for rows longer than 32 times the largest.
+pub(crate) fn warp_row_entry(base: &str, cols: usize, ks: &[usize]) -> String {
+    match ks.iter().find(|&&k| cols <= 32 * k) {
         Some(k) => format!("{base}_w{k}"),
         None => base.to_string(),
     }
@@ -403,21 +408,29 @@ mod tests {
         assert_eq!(warp_rows(17, 512).grid_dim.0, 3);
         assert_eq!(warp_rows(17, WARP_ROW + 1).grid_dim.0, 17);
         assert_eq!(warp_rows(1 << 40, 512).grid_dim.0 as usize, MAX_GRID);
-        assert_eq!(warp_row_entry("softmax", 1), "softmax_w4");
-        assert_eq!(warp_row_entry("softmax", 512), "softmax_w16");
+        let sm = SOFTMAX_KS;
+        assert_eq!(warp_row_entry("softmax", 1, sm), "softmax_w4");
+        assert_eq!(warp_row_entry("softmax", 512, sm), "softmax_w16");
         assert_eq!(
-            warp_row_entry("log_softmax_backward", 513),
+            warp_row_entry("log_softmax_backward", 513, sm),
             "log_softmax_backward_w32"
         );
-        assert_eq!(warp_row_entry("softmax", 1025), "softmax");
-        for base in [
-            "softmax",
-            "log_softmax",
-            "softmax_backward",
-            "log_softmax_backward",
-        ] {
+        assert_eq!(warp_row_entry("softmax", 1025, sm), "softmax");
+        assert_eq!(
+            warp_row_entry("layer_norm", 64, LAYER_NORM_KS),
+            "layer_norm_w8"
+        );
+        let families = [
+            ("softmax", sm),
+            ("log_softmax", sm),
+            ("softmax_backward", sm),
+            ("log_softmax_backward", sm),
+            ("layer_norm", LAYER_NORM_KS),
+            ("layer_norm_backward", LAYER_NORM_KS),
+        ];
+        for (base, ks) in families {
             for cols in [1, 128, 129, 256, 512, 1024, 1025] {
-                let e = format!("{}_f32", warp_row_entry(base, cols));
+                let e = format!("{}_f32", warp_row_entry(base, cols, ks));
                 assert!(flint_kernels::module_of(&e).is_some(), "{e}");
             }
         }

@@ -530,7 +530,12 @@ fn rows_cols(t: &Tensor, cols: usize) -> (usize, usize) {
 pub(crate) fn softmax_last(x: &Tensor, log: bool) -> Result<Tensor> {
     let op = if log { "log_softmax" } else { "softmax" };
     let (rows, cols) = rows_cols(x, x.shape().last().copied().unwrap_or(1));
-    let name = launch::entry(op, x.device(), &launch::warp_row_entry(op, cols), x.dtype())?;
+    let name = launch::entry(
+        op,
+        x.device(),
+        &launch::warp_row_entry(op, cols, launch::SOFTMAX_KS),
+        x.dtype(),
+    )?;
     let src = contiguous(x)?;
     let (g, p) = first_element(op, &src)?;
     let (buf, po) = launch::output(&g, x.dtype(), x.numel())?;
@@ -553,7 +558,7 @@ pub(crate) fn softmax_last_backward(y: &Tensor, dy: &Tensor, log: bool) -> Resul
     let name = launch::entry(
         op,
         y.device(),
-        &launch::warp_row_entry(base, cols),
+        &launch::warp_row_entry(base, cols, launch::SOFTMAX_KS),
         y.dtype(),
     )?;
     let (ys, gs) = (contiguous(y)?, contiguous(dy)?);
@@ -583,7 +588,8 @@ fn opt_ptr(op: &'static str, t: Option<&Tensor>) -> Result<(Option<Tensor>, u64)
     }
 }
 
-/// Layer norm of a float CUDA tensor over its last `n` elements (`layer_norm_<dt>`), with
+/// Layer norm of a float CUDA tensor over its last `n` elements (`layer_norm_<dt>`, or
+/// `layer_norm_w<K>_<dt>`, a warp per row, for rows of up to 1024 elements), with
 /// optional weight and bias of `n` elements: the output and the per-row mean and rstd
 /// (`[rows]`, in the acc type: x's dtype for f32/f64).
 pub(crate) fn layer_norm_rows(
@@ -596,7 +602,8 @@ pub(crate) fn layer_norm_rows(
     const OP: &str = "LayerNorm";
     let dt = x.dtype();
     let (rows, cols) = rows_cols(x, n);
-    let name = launch::entry(OP, x.device(), "layer_norm", dt)?;
+    let base = launch::warp_row_entry("layer_norm", cols, launch::LAYER_NORM_KS);
+    let name = launch::entry(OP, x.device(), &base, dt)?;
     let src = contiguous(x)?;
     let (g, p) = first_element(OP, &src)?;
     let (_w, pw) = opt_ptr(OP, weight)?;
@@ -615,7 +622,7 @@ pub(crate) fn layer_norm_rows(
         Arg::n(cols),
         Arg::F64(eps),
     ];
-    launch::launch(OP, &g, &name, launch::rows(rows), &args)?;
+    launch::launch(OP, &g, &name, launch::warp_rows(rows, cols), &args)?;
     Ok((
         Tensor::from_cuda(y, x.shape()),
         Tensor::from_cuda(mean, &[rows]),
@@ -624,7 +631,7 @@ pub(crate) fn layer_norm_rows(
 }
 
 /// The gradients of [`layer_norm_rows`] on CUDA: `dx` (`layer_norm_backward_<dt>`, one
-/// block per row) and the weight and bias gradients (`[n]`; per-chunk column partials of
+/// block per row, or its warp-per-row form) and the weight and bias gradients (`[n]`; per-chunk column partials of
 /// `layer_norm_backward_params_<dt>`, finished by `sum_cols_fin_<dt>`), each only when
 /// asked for.
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
@@ -646,7 +653,8 @@ pub(crate) fn layer_norm_rows_backward(
     let (_m, pm) = opt_ptr(OP, Some(mean))?;
     let (_r, pr) = opt_ptr(OP, Some(rstd))?;
     let dx = if need_x {
-        let name = launch::entry(OP, x.device(), "layer_norm_backward", dt)?;
+        let base = launch::warp_row_entry("layer_norm_backward", cols, launch::LAYER_NORM_KS);
+        let name = launch::entry(OP, x.device(), &base, dt)?;
         let (_w, pw) = opt_ptr(OP, weight)?;
         let (dx, pdx) = launch::output(&g, dt, x.numel())?;
         let args = [
@@ -659,7 +667,7 @@ pub(crate) fn layer_norm_rows_backward(
             Arg::n(rows),
             Arg::n(cols),
         ];
-        launch::launch(OP, &g, &name, launch::rows(rows), &args)?;
+        launch::launch(OP, &g, &name, launch::warp_rows(rows, cols), &args)?;
         Some(Tensor::from_cuda(dx, x.shape()))
     } else {
         None
