@@ -10,10 +10,17 @@ template <typename S, typename D>
 __device__ __forceinline__ void cast_kernel(const S* x, const Layout& lx, D* out, i64 n) {
     for_runs(lx, n, [&](i64 i, int q, auto len) {
         const i64 o = layout_offset(lx, i), s = inner_stride(lx);
+        constexpr int V = decltype(len)::value;
+        S xv[V];
 #pragma unroll
-        for (int j = 0; j < decltype(len)::value; ++j) {
+        for (int j = 0; j < V; ++j) {
             const i64 e = q + 32 * j;
-            out[i + e] = Ty<D>::from_f64(Ty<S>::to_f64(x[o + e * s]));
+            xv[j] = x[o + e * s];
+        }
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            const i64 e = q + 32 * j;
+            out[i + e] = Ty<D>::from_f64(Ty<S>::to_f64(xv[j]));
         }
     });
 }
@@ -75,10 +82,17 @@ __device__ __forceinline__ void copy_kernel(const T* src, const Layout& ls, T* d
     for_runs(ls, n, [&](i64 i, int q, auto len) {
         const i64 os = layout_offset(ls, i), od = layout_offset(ld, i);
         const i64 ss = inner_stride(ls), sd = inner_stride(ld);
+        constexpr int V = decltype(len)::value;
+        T v[V];
 #pragma unroll
-        for (int j = 0; j < decltype(len)::value; ++j) {
+        for (int j = 0; j < V; ++j) {
             const i64 e = q + 32 * j;
-            dst[od + e * sd] = src[os + e * ss];
+            v[j] = src[os + e * ss];
+        }
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            const i64 e = q + 32 * j;
+            dst[od + e * sd] = v[j];
         }
     });
 }
@@ -87,10 +101,17 @@ template <typename T>
 __device__ __forceinline__ void contiguous_kernel(const T* src, const Layout& ls, T* out, i64 n) {
     for_runs(ls, n, [&](i64 i, int q, auto len) {
         const i64 os = layout_offset(ls, i), ss = inner_stride(ls);
+        constexpr int V = decltype(len)::value;
+        T v[V];
 #pragma unroll
-        for (int j = 0; j < decltype(len)::value; ++j) {
+        for (int j = 0; j < V; ++j) {
             const i64 e = q + 32 * j;
-            out[i + e] = src[os + e * ss];
+            v[j] = src[os + e * ss];
+        }
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            const i64 e = q + 32 * j;
+            out[i + e] = v[j];
         }
     });
 }

@@ -41,10 +41,18 @@ __device__ __forceinline__ void binary_kernel(const T* a, const Layout& la, cons
     for_runs(la, n, [&](i64 i, int q, auto len) {
         const i64 oa = layout_offset(la, i), ob = layout_offset(lb, i);
         const i64 sa = inner_stride(la), sb = inner_stride(lb);
+        constexpr int V = decltype(len)::value;
+        T av[V], bv[V];
 #pragma unroll
-        for (int j = 0; j < decltype(len)::value; ++j) {
+        for (int j = 0; j < V; ++j) {
             const i64 e = q + 32 * j;
-            out[i + e] = Ty<T>::store(Op()(Ty<T>::load(a[oa + e * sa]), Ty<T>::load(b[ob + e * sb])));
+            av[j] = a[oa + e * sa];
+            bv[j] = b[ob + e * sb];
+        }
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            const i64 e = q + 32 * j;
+            out[i + e] = Ty<T>::store(Op()(Ty<T>::load(av[j]), Ty<T>::load(bv[j])));
         }
     });
 }
@@ -58,11 +66,18 @@ __device__ __forceinline__ void assign_kernel(T* a, const Layout& la, const T* b
     for_runs(la, n, [&](i64 i, int q, auto len) {
         const i64 oa = layout_offset(la, i), ob = layout_offset(lb, i);
         const i64 sa = inner_stride(la), sb = inner_stride(lb);
+        constexpr int V = decltype(len)::value;
+        T av[V], bv[V];
 #pragma unroll
-        for (int j = 0; j < decltype(len)::value; ++j) {
+        for (int j = 0; j < V; ++j) {
             const i64 e = q + 32 * j;
-            T& d = a[oa + e * sa];
-            d = Ty<T>::store(Op()(Ty<T>::load(d), Ty<T>::load(b[ob + e * sb])));
+            av[j] = a[oa + e * sa];
+            bv[j] = b[ob + e * sb];
+        }
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            const i64 e = q + 32 * j;
+            a[oa + e * sa] = Ty<T>::store(Op()(Ty<T>::load(av[j]), Ty<T>::load(bv[j])));
         }
     });
 }
@@ -141,10 +156,17 @@ __device__ __forceinline__ void scalar_kernel(const T* x, const Layout& lx, T* o
     const typename Ty<T>::acc sv = Ty<T>::load(Ty<T>::from_f64(s));
     for_runs(lx, n, [&](i64 i, int q, auto len) {
         const i64 o = layout_offset(lx, i), s = inner_stride(lx);
+        constexpr int V = decltype(len)::value;
+        T xv[V];
 #pragma unroll
-        for (int j = 0; j < decltype(len)::value; ++j) {
+        for (int j = 0; j < V; ++j) {
             const i64 e = q + 32 * j;
-            out[i + e] = Ty<T>::store(Op()(Ty<T>::load(x[o + e * s]), sv));
+            xv[j] = x[o + e * s];
+        }
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            const i64 e = q + 32 * j;
+            out[i + e] = Ty<T>::store(Op()(Ty<T>::load(xv[j]), sv));
         }
     });
 }
@@ -209,10 +231,18 @@ __device__ __forceinline__ void compare_kernel(const T* a, const Layout& la, con
     for_runs(la, n, [&](i64 i, int q, auto len) {
         const i64 oa = layout_offset(la, i), ob = layout_offset(lb, i);
         const i64 sa = inner_stride(la), sb = inner_stride(lb);
+        constexpr int V = decltype(len)::value;
+        T av[V], bv[V];
 #pragma unroll
-        for (int j = 0; j < decltype(len)::value; ++j) {
+        for (int j = 0; j < V; ++j) {
             const i64 e = q + 32 * j;
-            out[i + e] = Op()(Ty<T>::load(a[oa + e * sa]), Ty<T>::load(b[ob + e * sb])) ? 1 : 0;
+            av[j] = a[oa + e * sa];
+            bv[j] = b[ob + e * sb];
+        }
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            const i64 e = q + 32 * j;
+            out[i + e] = Op()(Ty<T>::load(av[j]), Ty<T>::load(bv[j])) ? 1 : 0;
         }
     });
 }

@@ -128,10 +128,19 @@ __device__ __forceinline__ void masked_fill_kernel(const T* x, const Layout& lx,
     for_runs(lx, n, [&](i64 i, int q, auto len) {
         const i64 ox = layout_offset(lx, i), om = layout_offset(lm, i);
         const i64 sx = inner_stride(lx), sm = inner_stride(lm);
+        constexpr int V = decltype(len)::value;
+        T xv[V];
+        u8 mv[V];
 #pragma unroll
-        for (int j = 0; j < decltype(len)::value; ++j) {
+        for (int j = 0; j < V; ++j) {
             const i64 e = q + 32 * j;
-            out[i + e] = mask[om + e * sm] != 0 ? value : x[ox + e * sx];
+            mv[j] = mask[om + e * sm];
+            xv[j] = x[ox + e * sx];
+        }
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            const i64 e = q + 32 * j;
+            out[i + e] = mv[j] != 0 ? value : xv[j];
         }
     });
 }
@@ -143,10 +152,20 @@ __device__ __forceinline__ void where_kernel(const u8* cond, const Layout& lc, c
     for_runs(lc, n, [&](i64 i, int q, auto len) {
         const i64 oc = layout_offset(lc, i), oa = layout_offset(la, i), ob = layout_offset(lb, i);
         const i64 sc = inner_stride(lc), sa = inner_stride(la), sb = inner_stride(lb);
+        constexpr int V = decltype(len)::value;
+        T av[V], bv[V];
+        u8 cv[V];
 #pragma unroll
-        for (int j = 0; j < decltype(len)::value; ++j) {
+        for (int j = 0; j < V; ++j) {
             const i64 e = q + 32 * j;
-            out[i + e] = cond[oc + e * sc] != 0 ? a[oa + e * sa] : b[ob + e * sb];
+            cv[j] = cond[oc + e * sc];
+            av[j] = a[oa + e * sa];
+            bv[j] = b[ob + e * sb];
+        }
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            const i64 e = q + 32 * j;
+            out[i + e] = cv[j] != 0 ? av[j] : bv[j];
         }
     });
 }

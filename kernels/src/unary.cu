@@ -41,10 +41,17 @@ template <typename T, typename Op>
 __device__ __forceinline__ void unary_kernel(const T* x, const Layout& lx, T* out, i64 n) {
     for_runs(lx, n, [&](i64 i, int q, auto len) {
         const i64 o = layout_offset(lx, i), s = inner_stride(lx);
+        constexpr int V = decltype(len)::value;
+        T xv[V];
 #pragma unroll
-        for (int j = 0; j < decltype(len)::value; ++j) {
+        for (int j = 0; j < V; ++j) {
             const i64 e = q + 32 * j;
-            out[i + e] = Ty<T>::store(Op()(Ty<T>::load(x[o + e * s])));
+            xv[j] = x[o + e * s];
+        }
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            const i64 e = q + 32 * j;
+            out[i + e] = Ty<T>::store(Op()(Ty<T>::load(xv[j])));
         }
     });
 }
