@@ -252,6 +252,23 @@ __device__ __forceinline__ i64 inner_stride(const Layout& l) {
     return l.rank > 0 ? l.stride[l.rank - 1] : 0;
 }
 
+/// Loads a lane's run in a for_runs body: v[j] = p[off + (q + 32 j) * s], all V loads
+/// before the body stores anything (the pointers are not `restrict`, so a load after a
+/// store would wait for it).
+template <int V, typename T>
+__device__ __forceinline__ void load_run(T (&v)[V], const T* p, i64 off, i64 s, int q) {
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+        v[j] = p[off + (i64)(q + 32 * j) * s];
+    }
+}
+
+/// Loads a lane's run of the view `l` of `p` (see load_run) for the run at index i.
+template <int V, typename T>
+__device__ __forceinline__ void load_view(T (&v)[V], const T* p, const Layout& l, i64 i, int q) {
+    load_run(v, p, layout_offset(l, i), inner_stride(l), q);
+}
+
 /// for_runs with chunks of 32 * V elements (a warp's), then the remaining indices one at
 /// a time (none when the innermost size is a multiple of 32 * V).
 template <int V, typename F> __device__ __forceinline__ void warp_chunks(i64 n, F& body) {

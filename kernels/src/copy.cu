@@ -9,18 +9,12 @@
 template <typename S, typename D>
 __device__ __forceinline__ void cast_kernel(const S* x, const Layout& lx, D* out, i64 n) {
     for_runs(lx, n, [&](i64 i, int q, auto len) {
-        const i64 o = layout_offset(lx, i), s = inner_stride(lx);
         constexpr int V = decltype(len)::value;
         S xv[V];
+        load_view(xv, x, lx, i, q);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-            const i64 e = q + 32 * j;
-            xv[j] = x[o + e * s];
-        }
-#pragma unroll
-        for (int j = 0; j < V; ++j) {
-            const i64 e = q + 32 * j;
-            out[i + e] = Ty<D>::from_f64(Ty<S>::to_f64(xv[j]));
+            out[i + q + 32 * j] = Ty<D>::from_f64(Ty<S>::to_f64(xv[j]));
         }
     });
 }
@@ -80,19 +74,13 @@ template <typename T>
 __device__ __forceinline__ void copy_kernel(const T* src, const Layout& ls, T* dst,
                                             const Layout& ld, i64 n) {
     for_runs(ls, n, [&](i64 i, int q, auto len) {
-        const i64 os = layout_offset(ls, i), od = layout_offset(ld, i);
-        const i64 ss = inner_stride(ls), sd = inner_stride(ld);
         constexpr int V = decltype(len)::value;
         T v[V];
+        load_view(v, src, ls, i, q);
+        const i64 od = layout_offset(ld, i), sd = inner_stride(ld);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-            const i64 e = q + 32 * j;
-            v[j] = src[os + e * ss];
-        }
-#pragma unroll
-        for (int j = 0; j < V; ++j) {
-            const i64 e = q + 32 * j;
-            dst[od + e * sd] = v[j];
+            dst[od + (i64)(q + 32 * j) * sd] = v[j];
         }
     });
 }
@@ -100,18 +88,12 @@ __device__ __forceinline__ void copy_kernel(const T* src, const Layout& ls, T* d
 template <typename T>
 __device__ __forceinline__ void contiguous_kernel(const T* src, const Layout& ls, T* out, i64 n) {
     for_runs(ls, n, [&](i64 i, int q, auto len) {
-        const i64 os = layout_offset(ls, i), ss = inner_stride(ls);
         constexpr int V = decltype(len)::value;
         T v[V];
+        load_view(v, src, ls, i, q);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-            const i64 e = q + 32 * j;
-            v[j] = src[os + e * ss];
-        }
-#pragma unroll
-        for (int j = 0; j < V; ++j) {
-            const i64 e = q + 32 * j;
-            out[i + e] = v[j];
+            out[i + q + 32 * j] = v[j];
         }
     });
 }
@@ -122,8 +104,7 @@ __device__ __forceinline__ void fill_kernel(T* dst, const Layout& ld, i64 n, T v
         const i64 od = layout_offset(ld, i), sd = inner_stride(ld);
 #pragma unroll
         for (int j = 0; j < decltype(len)::value; ++j) {
-            const i64 e = q + 32 * j;
-            dst[od + e * sd] = value;
+            dst[od + (i64)(q + 32 * j) * sd] = value;
         }
     });
 }

@@ -39,20 +39,13 @@ template <typename T, typename Op>
 __device__ __forceinline__ void binary_kernel(const T* a, const Layout& la, const T* b,
                                               const Layout& lb, T* out, i64 n) {
     for_runs(la, n, [&](i64 i, int q, auto len) {
-        const i64 oa = layout_offset(la, i), ob = layout_offset(lb, i);
-        const i64 sa = inner_stride(la), sb = inner_stride(lb);
         constexpr int V = decltype(len)::value;
         T av[V], bv[V];
+        load_view(av, a, la, i, q);
+        load_view(bv, b, lb, i, q);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-            const i64 e = q + 32 * j;
-            av[j] = a[oa + e * sa];
-            bv[j] = b[ob + e * sb];
-        }
-#pragma unroll
-        for (int j = 0; j < V; ++j) {
-            const i64 e = q + 32 * j;
-            out[i + e] = Ty<T>::store(Op()(Ty<T>::load(av[j]), Ty<T>::load(bv[j])));
+            out[i + q + 32 * j] = Ty<T>::store(Op()(Ty<T>::load(av[j]), Ty<T>::load(bv[j])));
         }
     });
 }
@@ -64,20 +57,14 @@ template <typename T, typename Op>
 __device__ __forceinline__ void assign_kernel(T* a, const Layout& la, const T* b,
                                               const Layout& lb, i64 n) {
     for_runs(la, n, [&](i64 i, int q, auto len) {
-        const i64 oa = layout_offset(la, i), ob = layout_offset(lb, i);
-        const i64 sa = inner_stride(la), sb = inner_stride(lb);
         constexpr int V = decltype(len)::value;
         T av[V], bv[V];
+        const i64 oa = layout_offset(la, i), sa = inner_stride(la);
+        load_run(av, a, oa, sa, q);
+        load_view(bv, b, lb, i, q);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-            const i64 e = q + 32 * j;
-            av[j] = a[oa + e * sa];
-            bv[j] = b[ob + e * sb];
-        }
-#pragma unroll
-        for (int j = 0; j < V; ++j) {
-            const i64 e = q + 32 * j;
-            a[oa + e * sa] = Ty<T>::store(Op()(Ty<T>::load(av[j]), Ty<T>::load(bv[j])));
+            a[oa + (i64)(q + 32 * j) * sa] = Ty<T>::store(Op()(Ty<T>::load(av[j]), Ty<T>::load(bv[j])));
         }
     });
 }
@@ -155,18 +142,12 @@ __device__ __forceinline__ void scalar_kernel(const T* x, const Layout& lx, T* o
                                               double s) {
     const typename Ty<T>::acc sv = Ty<T>::load(Ty<T>::from_f64(s));
     for_runs(lx, n, [&](i64 i, int q, auto len) {
-        const i64 o = layout_offset(lx, i), s = inner_stride(lx);
         constexpr int V = decltype(len)::value;
         T xv[V];
+        load_view(xv, x, lx, i, q);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-            const i64 e = q + 32 * j;
-            xv[j] = x[o + e * s];
-        }
-#pragma unroll
-        for (int j = 0; j < V; ++j) {
-            const i64 e = q + 32 * j;
-            out[i + e] = Ty<T>::store(Op()(Ty<T>::load(xv[j]), sv));
+            out[i + q + 32 * j] = Ty<T>::store(Op()(Ty<T>::load(xv[j]), sv));
         }
     });
 }
@@ -229,20 +210,13 @@ template <typename T, typename Op>
 __device__ __forceinline__ void compare_kernel(const T* a, const Layout& la, const T* b,
                                                const Layout& lb, u8* out, i64 n) {
     for_runs(la, n, [&](i64 i, int q, auto len) {
-        const i64 oa = layout_offset(la, i), ob = layout_offset(lb, i);
-        const i64 sa = inner_stride(la), sb = inner_stride(lb);
         constexpr int V = decltype(len)::value;
         T av[V], bv[V];
+        load_view(av, a, la, i, q);
+        load_view(bv, b, lb, i, q);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-            const i64 e = q + 32 * j;
-            av[j] = a[oa + e * sa];
-            bv[j] = b[ob + e * sb];
-        }
-#pragma unroll
-        for (int j = 0; j < V; ++j) {
-            const i64 e = q + 32 * j;
-            out[i + e] = Op()(Ty<T>::load(av[j]), Ty<T>::load(bv[j])) ? 1 : 0;
+            out[i + q + 32 * j] = Op()(Ty<T>::load(av[j]), Ty<T>::load(bv[j])) ? 1 : 0;
         }
     });
 }

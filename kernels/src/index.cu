@@ -126,21 +126,14 @@ template <typename T>
 __device__ __forceinline__ void masked_fill_kernel(const T* x, const Layout& lx, const u8* mask,
                                                    const Layout& lm, T value, T* out, i64 n) {
     for_runs(lx, n, [&](i64 i, int q, auto len) {
-        const i64 ox = layout_offset(lx, i), om = layout_offset(lm, i);
-        const i64 sx = inner_stride(lx), sm = inner_stride(lm);
         constexpr int V = decltype(len)::value;
         T xv[V];
         u8 mv[V];
+        load_view(mv, mask, lm, i, q);
+        load_view(xv, x, lx, i, q);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-            const i64 e = q + 32 * j;
-            mv[j] = mask[om + e * sm];
-            xv[j] = x[ox + e * sx];
-        }
-#pragma unroll
-        for (int j = 0; j < V; ++j) {
-            const i64 e = q + 32 * j;
-            out[i + e] = mv[j] != 0 ? value : xv[j];
+            out[i + q + 32 * j] = mv[j] != 0 ? value : xv[j];
         }
     });
 }
@@ -150,22 +143,15 @@ __device__ __forceinline__ void where_kernel(const u8* cond, const Layout& lc, c
                                              const Layout& la, const T* b, const Layout& lb,
                                              T* out, i64 n) {
     for_runs(lc, n, [&](i64 i, int q, auto len) {
-        const i64 oc = layout_offset(lc, i), oa = layout_offset(la, i), ob = layout_offset(lb, i);
-        const i64 sc = inner_stride(lc), sa = inner_stride(la), sb = inner_stride(lb);
         constexpr int V = decltype(len)::value;
         T av[V], bv[V];
         u8 cv[V];
+        load_view(cv, cond, lc, i, q);
+        load_view(av, a, la, i, q);
+        load_view(bv, b, lb, i, q);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-            const i64 e = q + 32 * j;
-            cv[j] = cond[oc + e * sc];
-            av[j] = a[oa + e * sa];
-            bv[j] = b[ob + e * sb];
-        }
-#pragma unroll
-        for (int j = 0; j < V; ++j) {
-            const i64 e = q + 32 * j;
-            out[i + e] = cv[j] != 0 ? av[j] : bv[j];
+            out[i + q + 32 * j] = cv[j] != 0 ? av[j] : bv[j];
         }
     });
 }

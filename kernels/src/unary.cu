@@ -40,18 +40,12 @@ UNARY_FN(GeluTanhF,
 template <typename T, typename Op>
 __device__ __forceinline__ void unary_kernel(const T* x, const Layout& lx, T* out, i64 n) {
     for_runs(lx, n, [&](i64 i, int q, auto len) {
-        const i64 o = layout_offset(lx, i), s = inner_stride(lx);
         constexpr int V = decltype(len)::value;
         T xv[V];
+        load_view(xv, x, lx, i, q);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-            const i64 e = q + 32 * j;
-            xv[j] = x[o + e * s];
-        }
-#pragma unroll
-        for (int j = 0; j < V; ++j) {
-            const i64 e = q + 32 * j;
-            out[i + e] = Ty<T>::store(Op()(Ty<T>::load(xv[j])));
+            out[i + q + 32 * j] = Ty<T>::store(Op()(Ty<T>::load(xv[j])));
         }
     });
 }

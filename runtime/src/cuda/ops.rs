@@ -336,32 +336,47 @@ pub(crate) fn index_add(
     src: &Tensor,
 ) -> Result<Option<Tensor>> {
     const OP: &str = "index_add";
-    let shape = base.shape();
-    let name = launch::entry(OP, base.device(), "index_add", base.dtype())?;
     let out = copy_to_new(base)?;
-    let (src, idx) = (contiguous(src)?, contiguous(index)?);
-    let (g, ps) = first_element(OP, &src)?;
-    let (_, pi) = first_element(OP, &idx)?;
     let (_, po) = first_element(OP, &out)?;
+    let in_range = index_rows(OP, src, index, po, base.shape(), d)?;
+    Ok(in_range.then_some(out))
+}
+
+/// Launches `<op>_<dt>` of the index kernels whose arguments are `(src, idx, out,
+/// outer, dim, inner, n_idx, status)` around dim `d` of `shape` (index_select: `shape`
+/// is src's, out is `[outer, n_idx, inner]`; index_add: `shape` is out's, src is): the
+/// operands made contiguous, `out` the address of a contiguous output. False when an
+/// index is out of range.
+fn index_rows(
+    op: &'static str,
+    src: &Tensor,
+    index: &Tensor,
+    out: u64,
+    shape: &[usize],
+    d: usize,
+) -> Result<bool> {
+    let name = launch::entry(op, src.device(), op, src.dtype())?;
+    let (src, idx) = (contiguous(src)?, contiguous(index)?);
+    let (g, ps) = first_element(op, &src)?;
+    let (_, pi) = first_element(op, &idx)?;
     let (outer, inner): (usize, usize) =
         (shape[..d].iter().product(), shape[d + 1..].iter().product());
     let n_idx = idx.numel();
-    let in_range = launch::launch_checked(
-        OP,
+    launch::launch_checked(
+        op,
         &g,
         &name,
         outer * n_idx * inner,
         &[
             Arg::Ptr(ps),
             Arg::Ptr(pi),
-            Arg::Ptr(po),
+            Arg::Ptr(out),
             Arg::n(outer),
             Arg::n(shape[d]),
             Arg::n(inner),
             Arg::n(n_idx),
         ],
-    )?;
-    Ok(in_range.then_some(out))
+    )
 }
 
 /// `t` (contiguous) viewed as `[outer, dim, inner]` around the sorted `dims`, or a
@@ -965,36 +980,12 @@ pub(crate) fn arg_reduce(
 pub(crate) fn index_select(src: &Tensor, d: usize, index: &Tensor) -> Result<Option<Tensor>> {
     const OP: &str = "index_select";
     let shape = src.shape();
-    let name = launch::entry(OP, src.device(), "index_select", src.dtype())?;
-    let (src, idx) = (contiguous(src)?, contiguous(index)?);
-    let (g, ps) = first_element(OP, &src)?;
-    let (_, pi) = first_element(OP, &idx)?;
-    let (outer, inner): (usize, usize) =
-        (shape[..d].iter().product(), shape[d + 1..].iter().product());
-    let n_idx = idx.numel();
     let mut out_shape: Dims = shape.into();
-    out_shape[d] = n_idx;
-    let n = outer * n_idx * inner;
-    let (buf, po) = launch::output(&g, src.dtype(), n)?;
-    let in_range = launch::launch_checked(
-        OP,
-        &g,
-        &name,
-        n,
-        &[
-            Arg::Ptr(ps),
-            Arg::Ptr(pi),
-            Arg::Ptr(po),
-            Arg::n(outer),
-            Arg::n(shape[d]),
-            Arg::n(inner),
-            Arg::n(n_idx),
-        ],
-    )?;
-    if !in_range {
-        return Ok(None);
-    }
-    Ok(Some(Tensor::from_cuda(buf, &out_shape)))
+    out_shape[d] = index.numel();
+    let (g, _, _) = launch::ptr(OP, src)?;
+    let (buf, po) = launch::output(&g, src.dtype(), out_shape.iter().product())?;
+    let in_range = index_rows(OP, src, index, po, shape, d)?;
+    Ok(in_range.then(|| Tensor::from_cuda(buf, &out_shape)))
 }
 
 /// `x.masked_select(mask)` on CUDA for the views `lx` of `x` and `lm` of the bool `mask`,
