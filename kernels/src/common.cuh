@@ -302,6 +302,11 @@ template <typename F> __device__ __forceinline__ void for_runs(const Layout& l, 
     }
 }
 
+/// for (row = this warp's global index; row < rows; row += warps in the grid)
+#define FLINT_WARP_STRIDE(row, rows)                                                       \
+    for (i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); row < (i64)(rows); \
+         row += (i64)gridDim.x * (blockDim.x >> 5))
+
 /// for (row = blockIdx.x; row < rows; row += gridDim.x): one block per row.
 #define FLINT_BLOCK_STRIDE(row, rows)                                                      \
     for (i64 row = blockIdx.x; row < (i64)(rows); row += gridDim.x)

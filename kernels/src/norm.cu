@@ -101,11 +101,6 @@ __device__ __forceinline__ void layer_norm_backward_rows(const T* dy, const T* x
 // grid-strided), the row held in registers: one read of x (and dy), shuffles instead of
 // block barriers. blockDim.x a multiple of 32, any grid size.
 
-/// for (row = this warp's global index; row < rows; row += warps in the grid)
-#define FLINT_WARP_ROWS(row, rows)                                                         \
-    for (i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); row < (i64)(rows); \
-         row += (i64)gridDim.x * (blockDim.x >> 5))
-
 template <typename T, int K>
 __device__ __forceinline__ void layer_norm_warp_rows(const T* x, const T* weight, const T* bias,
                                                      T* y, typename Ty<T>::acc* mean_out,
@@ -113,7 +108,7 @@ __device__ __forceinline__ void layer_norm_warp_rows(const T* x, const T* weight
                                                      i64 cols, double eps) {
     typedef typename Ty<T>::acc A;
     const int lane = threadIdx.x & 31;
-    FLINT_WARP_ROWS(r, rows) {
+    FLINT_WARP_STRIDE(r, rows) {
         const T* xr = x + r * cols;
         T* yr = y + r * cols;
         A v[K];
@@ -168,7 +163,7 @@ __device__ __forceinline__ void layer_norm_backward_warp_rows(const T* dy, const
                                                               T* dx, i64 rows, i64 cols) {
     typedef typename Ty<T>::acc A;
     const int lane = threadIdx.x & 31;
-    FLINT_WARP_ROWS(r, rows) {
+    FLINT_WARP_STRIDE(r, rows) {
         const T* xr = x + r * cols;
         const T* gr = dy + r * cols;
         T* dr = dx + r * cols;

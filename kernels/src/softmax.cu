@@ -12,11 +12,6 @@
 //   of its own, so a short row's kernel is not sized (in registers) for the longest.
 // A row that is all -inf gives NaN, as PyTorch.
 
-/// for (row = this warp's global index; row < rows; row += warps in the grid)
-#define FLINT_WARP_STRIDE(row, rows)                                                       \
-    for (i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); row < (i64)(rows); \
-         row += (i64)gridDim.x * (blockDim.x >> 5))
-
 // K: elements per lane (cols <= 32 K), a compile-time bound so the row stays in registers
 template <typename T, bool Log, int K>
 __device__ __forceinline__ void softmax_warp_rows(const T* x, T* y, i64 rows, i64 cols) {

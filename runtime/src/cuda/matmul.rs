@@ -479,11 +479,8 @@ pub(crate) fn linear_bias(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tenso
     let (lx, lwt) = (x.layout(), w.layout().permute(&[1, 0])?);
     let (op_w, ldw) = operand(k, n, lwt.strides()[0], lwt.strides()[1]).ok_or_else(no)?;
     let (op_x, ldx) = operand(rows, k, lx.strides()[0], lx.strides()[1]).ok_or_else(no)?;
-    let (g, px, _) = launch_ptr(LOP, x)?;
-    let (_, pw, _) = launch_ptr(LOP, w)?;
-    let (_, pb, _) = launch_ptr(LOP, bias)?;
-    let elem = |t: &Tensor, p: u64| p + (t.layout().offset() * 4) as u64;
-    let (px, pw, pb) = (elem(x, px), elem(w, pw), elem(bias, pb));
+    let first = |t: &Tensor| super::ops::first_element(LOP, t);
+    let ((g, px), (_, pw), (_, pb)) = (first(x)?, first(w)?, first(bias)?);
     let (buf, po) = super::launch::output(&g, crate::DType::F32, rows * n)?;
     let lt_h = g.lt()?;
     let cublas = |what: &str, e: cudarc::cublaslt::result::CublasError| {
@@ -573,7 +570,7 @@ pub(crate) fn linear_bias(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tenso
     let name = || format!("{LOP}: gemm_bias_f32 {rows}x{k}x{n}");
     super::profile::timed(&g, name, || {
         // SAFETY: the layouts describe matrices inside the three buffers (their views were
-        // checked against the buffers' lengths by `launch_ptr`) and an output of rows * n
+        // checked against the buffers' lengths by `first_element`) and an output of rows * n
         // elements; alpha and beta are f32 as the scale type says; the workspace holds
         // LT_WORKSPACE bytes; all on the device's stream.
         unsafe {
@@ -599,19 +596,6 @@ pub(crate) fn linear_bias(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tenso
         .map_err(|e| cublas("matmul", e))
     })?;
     Ok(Tensor::from_cuda(buf, &[rows, n]))
-}
-
-/// The device, the buffer's address and length of a CUDA tensor whose view must lie in
-/// its buffer.
-fn launch_ptr(op: &'static str, t: &Tensor) -> Result<(Arc<Gpu>, u64, usize)> {
-    let (g, p, len) = super::launch::ptr(op, t)?;
-    if t.layout().numel() > 0 && t.layout().storage_extent() > len {
-        return Err(Error::shape(
-            op,
-            "internal: a layout reaches past its CUDA buffer",
-        ));
-    }
-    Ok((g, p, len))
 }
 
 #[cfg(test)]

@@ -81,7 +81,7 @@ fn no_kernel(op: &'static str, device: Device) -> Error {
 
 /// The device, and the address of the element at `t`'s offset (for kernels that take
 /// a pointer to a contiguous tensor's first element).
-fn first_element(
+pub(crate) fn first_element(
     op: &'static str,
     t: &Tensor,
 ) -> Result<(std::sync::Arc<super::context::Gpu>, u64)> {

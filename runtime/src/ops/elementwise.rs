@@ -179,28 +179,27 @@ fn cuda_scalar(a: &Tensor, b: &Operand, kind: Arith) -> Result<Option<Tensor>> {
 /// also produces any error.
 pub(crate) fn assign_arith(a: &Tensor, b: &Operand, kind: Arith) -> bool {
     use crate::storage::BufferElement;
-    #[cfg(feature = "cuda")]
-    if a.is_cuda() {
-        return assign_arith_cuda(a, b, kind);
-    }
-    if a.device() != crate::Device::Cpu
-        || !matches!(kind, Arith::Add | Arith::Sub | Arith::Mul | Arith::Div)
-    {
-        return false;
-    }
     let dt = a.dtype();
     let int = dt == DType::I64;
-    if !(dt.is_float() || int && kind != Arith::Div) {
-        return false;
-    }
     let grad = is_grad_enabled();
     let l = a.layout();
-    if (grad && a.requires_grad())
+    // what both devices need: an arithmetic op of a's dtype, an untracked a whose
+    // elements do not overlap
+    if !matches!(kind, Arith::Add | Arith::Sub | Arith::Mul | Arith::Div)
+        || !(dt.is_float() || int && kind != Arith::Div)
+        || (grad && a.requires_grad())
         || l.shape()
             .iter()
             .zip(l.strides())
             .any(|(&n, &s)| n > 1 && s == 0)
     {
+        return false;
+    }
+    #[cfg(feature = "cuda")]
+    if a.is_cuda() {
+        return assign_arith_cuda(a, b, kind);
+    }
+    if a.device() != crate::Device::Cpu {
         return false;
     }
     // the source: a tensor with its layout broadcast to `a`'s shape, or a scalar
@@ -255,29 +254,20 @@ pub(crate) fn assign_arith(a: &Tensor, b: &Operand, kind: Arith) -> bool {
     done.unwrap_or(false)
 }
 
-/// [`assign_arith`] on a CUDA tensor: `a <op>= b` for a tensor `b` of `a`'s dtype and
-/// device with the `<op>_assign_<dt>` kernel, which reads and writes each element of `a`
-/// in place (gradient accumulation, `add_` in user code). False where the out-of-place
-/// path must run: a scalar `b`, mixed dtypes, shared storage, overlapping elements,
-/// tracked tensors.
+/// [`assign_arith`] on a CUDA tensor `a` that passed its common checks: `a <op>= b` for
+/// a tensor `b` of `a`'s dtype and device with the `<op>_assign_<dt>` kernel, which reads
+/// and writes each element of `a` in place (gradient accumulation, `add_` in user code).
+/// False where the out-of-place path must run: a scalar `b`, mixed dtypes, shared
+/// storage, a tracked `b`.
 #[cfg(feature = "cuda")]
 fn assign_arith_cuda(a: &Tensor, b: &Operand, kind: Arith) -> bool {
     let Operand::Tensor(t) = b else {
         return false;
     };
-    let grad = is_grad_enabled();
-    let l = a.layout();
-    let ok = matches!(kind, Arith::Add | Arith::Sub | Arith::Mul | Arith::Div)
-        && (a.dtype().is_float() || a.dtype() == DType::I64 && kind != Arith::Div)
-        && t.dtype() == a.dtype()
+    let ok = t.dtype() == a.dtype()
         && t.device() == a.device()
-        && !(grad && (a.requires_grad() || t.requires_grad()))
-        && !t.shares_storage(a)
-        && !l
-            .shape()
-            .iter()
-            .zip(l.strides())
-            .any(|(&n, &s)| n > 1 && s == 0);
+        && !(is_grad_enabled() && t.requires_grad())
+        && !t.shares_storage(a);
     if !ok {
         return false;
     }
