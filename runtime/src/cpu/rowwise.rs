@@ -41,6 +41,10 @@ pub(crate) trait RowFloat: Float + BufferElement + Send + Sync {
     fn exp_v(self) -> Self;
     /// `tanh x`, in a form a loop vectorises where there is one.
     fn tanh_v(self) -> Self;
+    /// The slice as `f32`s, when `Self` is `f32` (for loops written for `f32` lanes).
+    fn as_f32s(s: &[Self]) -> Option<&[f32]>;
+    /// The mutable slice as `f32`s, when `Self` is `f32`.
+    fn as_f32s_mut(s: &mut [Self]) -> Option<&mut [f32]>;
 }
 impl RowFloat for f32 {
     #[inline(always)]
@@ -51,6 +55,14 @@ impl RowFloat for f32 {
     fn tanh_v(self) -> Self {
         crate::cpu::vmath::tanh_f32(self)
     }
+    #[inline(always)]
+    fn as_f32s(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
+    }
+    #[inline(always)]
+    fn as_f32s_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+        Some(s)
+    }
 }
 impl RowFloat for f64 {
     #[inline(always)]
@@ -60,6 +72,14 @@ impl RowFloat for f64 {
     #[inline(always)]
     fn tanh_v(self) -> Self {
         self.tanh()
+    }
+    #[inline(always)]
+    fn as_f32s(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    #[inline(always)]
+    fn as_f32s_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
     }
 }
 

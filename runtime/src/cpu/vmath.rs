@@ -273,7 +273,7 @@ pub(crate) fn tanh_f32(x: f32) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::atomic::{AtomicU8, Ordering};
 
     /// The level the multiversioned loops run at, when a test forces one (0: detect).

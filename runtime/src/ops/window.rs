@@ -174,6 +174,27 @@ pub(crate) fn im2col_row<T: Copy + Default>(
             continue;
         }
         let ia = w.at(0, a, t.off[0]);
+        let (b0, b1) = (t.range[1].start, t.range[1].end);
+        if s2 == 1 && w.stride[1] == 1 && i2 == o2 && b1 > b0 + 1 {
+            // rows of the input and the output are equally long and consecutive valid
+            // output rows read consecutive input rows, so the valid part is one copy
+            // (the bytes it puts into the edges of each row are zeroed after it)
+            let ib0 = w.at(1, b0, t.off[1]);
+            let start = w.at(2, lo, t.off[2]);
+            let len = (b1 - 1 - b0) * o2 + hi - lo;
+            let src0 = (ia * i1 + ib0) * i2 + start;
+            copy_run(
+                &mut plane[b0 * o2 + lo..b0 * o2 + lo + len],
+                &src[src0..src0 + len],
+            );
+            zero(&mut plane[..b0 * o2 + lo]);
+            for b in b0 + 1..b1 {
+                // the end of row b − 1 and the start of row b
+                zero(&mut plane[(b - 1) * o2 + hi..b * o2 + lo]);
+            }
+            zero(&mut plane[(b1 - 1) * o2 + hi..]);
+            continue;
+        }
         for b in 0..o1 {
             let drow = &mut plane[b * o2..(b + 1) * o2];
             if !t.range[1].contains(&b) {
@@ -186,15 +207,21 @@ pub(crate) fn im2col_row<T: Copy + Default>(
             zero(&mut drow[..lo]);
             zero(&mut drow[hi..]);
             if s2 == 1 {
-                for (x, &v) in drow[lo..hi].iter_mut().zip(&srow[start..start + hi - lo]) {
-                    x.write(v);
-                }
+                copy_run(&mut drow[lo..hi], &srow[start..start + hi - lo]);
             } else {
                 for (j, x) in drow[lo..hi].iter_mut().enumerate() {
                     x.write(srow[start + j * s2]);
                 }
             }
         }
+    }
+}
+
+/// `dst = src` (equal lengths).
+#[inline(always)]
+fn copy_run<T: Copy>(dst: &mut [MaybeUninit<T>], src: &[T]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        d.write(s);
     }
 }
 
@@ -597,6 +624,12 @@ mod tests {
             win(&[5, 6], &[3, 2], &[1, 2], &[1, 0], &[1, 2]),
             win(&[4, 5], &[2, 3], &[3, 1], &[2, 2], &[2, 1]),
             win(&[3, 4, 5], &[2, 2, 3], &[1, 2, 1], &[1, 0, 1], &[1, 1, 2]),
+            // "same" windows (stride 1, rows as long as the input's): each tap's valid
+            // rows are one copy with the row edges zeroed after it
+            win(&[5, 6], &[3, 3], &[1, 1], &[1, 1], &[1, 1]),
+            win(&[6, 6], &[3, 3], &[1, 1], &[2, 2], &[2, 2]),
+            win(&[4, 1], &[3, 3], &[1, 1], &[1, 1], &[1, 1]),
+            win(&[3, 4, 5], &[3, 3, 3], &[1, 1, 1], &[1, 1, 1], &[1, 1, 1]),
         ];
         for w in cases {
             let (b, c) = (2, 3);
