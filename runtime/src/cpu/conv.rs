@@ -34,7 +34,7 @@ use crate::cpu::parallel;
 use crate::cpu::rowwise::{by_dtype, contiguous_data, RowFloat};
 use crate::dtype::{DType, NumElement};
 use crate::error::Result;
-use crate::ops::window::{col2im_row, im2col_row, Window, W3};
+use crate::ops::window::{col2im_row_scratch, im2col_row, Window, W3};
 use crate::storage::BufferElement;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
@@ -204,12 +204,13 @@ fn sample_cols<'a, T: ConvFloat>(g: &Geom, xn: &'a [T], scratch: &'a mut [T]) ->
     }
 }
 
-/// Adds the columns `cols` (`[C·k, L]`) of one sample into `dxn` (`[C, *S]`).
-fn col2im_sample<T: ConvFloat>(g: &Geom, cols: &[T], dxn: &mut [T]) {
+/// Adds the columns `cols` (`[C·k, L]`, a scratch, overwritten in places) of one sample
+/// into `dxn` (`[C, *S]`).
+fn col2im_sample<T: ConvFloat>(g: &Geom, cols: &mut [T], dxn: &mut [T]) {
     for (ch, plane) in dxn.chunks_exact_mut(g.p).enumerate() {
         for kk in 0..g.k {
             let r = ch * g.k + kk;
-            col2im_row(&g.w3, &cols[r * g.l..(r + 1) * g.l], kk, plane);
+            col2im_row_scratch(&g.w3, &mut cols[r * g.l..(r + 1) * g.l], kk, plane);
         }
     }
 }

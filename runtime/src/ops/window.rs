@@ -148,6 +148,56 @@ impl W3 {
     }
 }
 
+/// Where a "same" window (stride 1 along the last two dims, input and output rows of
+/// one length) lets the valid part of tap `t` in plane `a` (of the im2col row) be one
+/// run: `len` elements from `row` in the im2col row and from `src` in the input
+/// plane. Inside the run, the ends of consecutive rows ([`Run::gaps`]) are windows whose
+/// tap falls into the padding: the run carries values there that belong to no window.
+struct Run {
+    row: usize,
+    src: usize,
+    len: usize,
+    /// Valid output rows and columns of the tap, the output row length and where the
+    /// plane starts in the im2col row.
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    o2: usize,
+    base: usize,
+}
+
+impl Run {
+    /// The gaps between valid rows inside the run, as ranges of the im2col row.
+    fn gaps(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        let (o2, lo, hi, base) = (self.o2, self.cols.start, self.cols.end, self.base);
+        (self.rows.start + 1..self.rows.end)
+            .map(move |b| base + (b - 1) * o2 + hi..base + b * o2 + lo)
+    }
+}
+
+impl W3 {
+    /// The [`Run`] of tap `t` in output plane `a`, when there is one (and it spans more
+    /// than one row; a single row is a run of the plain loops anyway).
+    fn run(&self, t: &Tap, a: usize) -> Option<Run> {
+        let [_, i1, i2] = self.input;
+        let [_, o1, o2] = self.output;
+        let (rows, cols) = (t.range[1].clone(), t.range[2].clone());
+        let same = self.stride[1] == 1 && self.stride[2] == 1 && i2 == o2;
+        if !same || !t.range[0].contains(&a) || cols.is_empty() || rows.len() < 2 {
+            return None;
+        }
+        let (ia, ib) = (self.at(0, a, t.off[0]), self.at(1, rows.start, t.off[1]));
+        Some(Run {
+            row: (a * o1 + rows.start) * o2 + cols.start,
+            src: (ia * i1 + ib) * i2 + self.at(2, cols.start, t.off[2]),
+            len: (rows.len() - 1) * o2 + cols.len(),
+            rows,
+            cols,
+            o2,
+            base: a * o1 * o2,
+        })
+    }
+}
+
 /// Fills one `im2col` row (tap `kk` of one plane) of `out` from the plane `src`: every
 /// element of `out` is written, the windows whose tap falls into the padding with zero
 /// (so `out` may start uninitialised, and the caller need not clear it first).
@@ -173,28 +223,19 @@ pub(crate) fn im2col_row<T: Copy + Default>(
             zero(plane);
             continue;
         }
-        let ia = w.at(0, a, t.off[0]);
-        let (b0, b1) = (t.range[1].start, t.range[1].end);
-        if s2 == 1 && w.stride[1] == 1 && i2 == o2 && b1 > b0 + 1 {
-            // rows of the input and the output are equally long and consecutive valid
-            // output rows read consecutive input rows, so the valid part is one copy
-            // (the bytes it puts into the edges of each row are zeroed after it)
-            let ib0 = w.at(1, b0, t.off[1]);
-            let start = w.at(2, lo, t.off[2]);
-            let len = (b1 - 1 - b0) * o2 + hi - lo;
-            let src0 = (ia * i1 + ib0) * i2 + start;
-            copy_run(
-                &mut plane[b0 * o2 + lo..b0 * o2 + lo + len],
-                &src[src0..src0 + len],
-            );
-            zero(&mut plane[..b0 * o2 + lo]);
-            for b in b0 + 1..b1 {
-                // the end of row b − 1 and the start of row b
-                zero(&mut plane[(b - 1) * o2 + hi..b * o2 + lo]);
+        if let Some(run) = w.run(&t, a) {
+            // one copy of the valid part, then zeros over the rest of the plane,
+            // including the gaps the copy filled
+            let r = run.row - a * o1 * o2;
+            copy_run(&mut plane[r..r + run.len], &src[run.src..run.src + run.len]);
+            zero(&mut plane[..r]);
+            for gap in run.gaps() {
+                zero(&mut plane[gap.start - a * o1 * o2..gap.end - a * o1 * o2]);
             }
-            zero(&mut plane[(b1 - 1) * o2 + hi..]);
+            zero(&mut plane[r + run.len..]);
             continue;
         }
+        let ia = w.at(0, a, t.off[0]);
         for b in 0..o1 {
             let drow = &mut plane[b * o2..(b + 1) * o2];
             if !t.range[1].contains(&b) {
@@ -222,6 +263,25 @@ pub(crate) fn im2col_row<T: Copy + Default>(
 fn copy_run<T: Copy>(dst: &mut [MaybeUninit<T>], src: &[T]) {
     for (d, &s) in dst.iter_mut().zip(src) {
         d.write(s);
+    }
+}
+
+/// [`col2im_row`] for a row the caller may overwrite (a scratch): where a [`Run`] spans
+/// the tap's valid rows, its gaps are zeroed and the run added in one loop.
+pub(crate) fn col2im_row_scratch<T: NumElement>(w: &W3, row: &mut [T], kk: usize, dst: &mut [T]) {
+    let t = w.tap(kk);
+    // a tap has a run in every plane it reaches or in none
+    if w.run(&t, t.range[0].start).is_none() {
+        return col2im_row(w, row, kk, dst);
+    }
+    for run in t.range[0].clone().filter_map(|a| w.run(&t, a)) {
+        for gap in run.gaps() {
+            row[gap].fill(<T as NumElement>::zero());
+        }
+        let d = &mut dst[run.src..run.src + run.len];
+        for (d, &s) in d.iter_mut().zip(&row[run.row..run.row + run.len]) {
+            *d = *d + s;
+        }
     }
 }
 
@@ -648,6 +708,27 @@ mod tests {
                 .to_dtype(DType::F64);
             let r: Vec<f64> = got.iter().map(|&v| v as f32 as f64).collect();
             assert_eq!(g32.to_vec::<f64>(), r);
+        }
+    }
+
+    #[test]
+    fn col2im_on_a_scratch_row_adds_what_col2im_adds() {
+        let cases = [
+            win(&[5, 6], &[3, 3], &[1, 1], &[1, 1], &[1, 1]),
+            win(&[6, 6], &[3, 3], &[1, 1], &[2, 2], &[2, 2]),
+            win(&[3, 4, 5], &[3, 3, 3], &[1, 1, 1], &[1, 1, 1], &[1, 1, 1]),
+            win(&[5, 6], &[3, 2], &[1, 2], &[1, 0], &[1, 2]),
+        ];
+        for w in cases {
+            let (w3, l) = (w.w3(), w.windows());
+            for kk in 0..w.taps() {
+                let row: Vec<f64> = (0..l).map(|i| (i * 7 % 11) as f64 - 4.5).collect();
+                let mut want = vec![0.25; w.plane()];
+                col2im_row(&w3, &row, kk, &mut want);
+                let mut got = vec![0.25; w.plane()];
+                col2im_row_scratch(&w3, &mut row.clone(), kk, &mut got);
+                assert_eq!(got, want, "{w:?} tap {kk}");
+            }
         }
     }
 
