@@ -126,21 +126,22 @@ mod lanes {
     use super::{RowFloat, LANES};
 
     /// The accumulators as `f32` lanes, when `T` is `f32` and the CPU has AVX2.
+    #[cfg(target_arch = "x86_64")]
     fn f32_lanes<T: RowFloat>(acc: &mut [T; LANES]) -> Option<&mut [f32; LANES]> {
-        #[cfg(target_arch = "x86_64")]
-        if crate::cpu::vmath::simd_level() != crate::cpu::vmath::SimdLevel::Baseline {
-            return T::as_f32s_mut(acc).and_then(|s| s.try_into().ok());
+        if crate::cpu::vmath::simd_level() == crate::cpu::vmath::SimdLevel::Baseline {
+            return None;
         }
-        let _ = acc;
-        None
+        T::as_f32s_mut(acc).and_then(|s| s.try_into().ok())
     }
 
     /// `chunks` as `f32` lanes (when `T` is `f32`).
+    #[cfg(target_arch = "x86_64")]
     fn f32_chunks<T: RowFloat>(c: &[[T; LANES]]) -> Option<&[[f32; LANES]]> {
         T::as_f32s(c.as_flattened()).map(|s| s.as_chunks::<LANES>().0)
     }
 
     /// `v` as an `f32` (exact: only called where `T` is `f32`).
+    #[cfg(target_arch = "x86_64")]
     fn f32_of<T: RowFloat>(v: T) -> f32 {
         v.to_f32().unwrap_or(f32::NAN)
     }
@@ -152,17 +153,15 @@ mod lanes {
         chunks: &[[T; LANES]],
         shift: Option<T>,
     ) -> bool {
-        let (Some(acc), Some(c)) = (f32_lanes(acc), f32_chunks(chunks)) else {
-            return false;
-        };
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `f32_lanes` checked the CPU has AVX2
-        unsafe {
-            avx::sum(acc, c, shift.map(f32_of))
-        };
+        if let (Some(acc), Some(c)) = (f32_lanes(acc), f32_chunks(chunks)) {
+            // SAFETY: `f32_lanes` checked the CPU has AVX2
+            unsafe { avx::sum(acc, c, shift.map(f32_of)) };
+            return true;
+        }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (acc, c, shift);
-        true
+        let _ = (acc, chunks, shift);
+        false
     }
 
     /// `a1[l] += g[l]; a2[l] += g[l]·((x[l] − m)·r)` over the chunks of `x` and `g`.
@@ -173,20 +172,17 @@ mod lanes {
         g: &[[T; LANES]],
         (m, r): (T, T),
     ) -> bool {
-        let (Some(a1), Some(a2)) = (f32_lanes(a1), f32_lanes(a2)) else {
-            return false;
-        };
-        let (Some(x), Some(g)) = (f32_chunks(x), f32_chunks(g)) else {
-            return false;
-        };
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `f32_lanes` checked the CPU has AVX2
-        unsafe {
-            avx::sums2(a1, a2, x, g, f32_of(m), f32_of(r))
-        };
+        if let (Some(a1), Some(a2), Some(x), Some(g)) =
+            (f32_lanes(a1), f32_lanes(a2), f32_chunks(x), f32_chunks(g))
+        {
+            // SAFETY: `f32_lanes` checked the CPU has AVX2
+            unsafe { avx::sums2(a1, a2, x, g, f32_of(m), f32_of(r)) };
+            return true;
+        }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (a1, a2, x, g, m, r);
-        true
+        false
     }
 
     #[cfg(target_arch = "x86_64")]

@@ -13,7 +13,7 @@
 //! batch of small products is split across the pool by batch with each product
 //! single-threaded; anything below the thresholds stays on the calling thread.
 
-use crate::cpu::parallel::{self, SendPtr};
+use crate::cpu::parallel;
 use crate::cpu::sgemm;
 use crate::cpu::strided::for_each_offsets;
 use crate::dtype::{DType, NumElement};
@@ -531,6 +531,22 @@ pub(crate) unsafe fn gemm_rows<T: NumElement>(
         )
     }
 }
+
+/// A raw destination pointer shared by the threads that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+
+impl<T> SendPtr<T> {
+    /// The pointer (a method, so closures capture the `Send` wrapper, not the field).
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+// SAFETY: only used to hand one output buffer to threads that write disjoint elements.
+unsafe impl<T> Send for SendPtr<T> {}
+// SAFETY: as above; the pointer itself is never written through a shared reference.
+unsafe impl<T> Sync for SendPtr<T> {}
 
 /// One `m × k` by `k × n` product into a strided destination, as [`gemm_serial`] but
 /// threaded across the Flint pool from [`GEMM_PAR_THRESHOLD`] multiply-adds: inside

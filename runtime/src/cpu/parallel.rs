@@ -119,19 +119,3 @@ pub(crate) fn for_each_row<T: Send>(
 pub(crate) fn chunk_len(n: usize) -> usize {
     (n / (num_threads() * 4)).max(4096)
 }
-
-/// A raw destination pointer shared by the threads that write disjoint parts of it.
-#[derive(Clone, Copy)]
-pub(crate) struct SendPtr<T>(pub(crate) *mut T);
-
-impl<T> SendPtr<T> {
-    /// The pointer (a method, so closures capture the `Send` wrapper, not the field).
-    pub(crate) fn get(self) -> *mut T {
-        self.0
-    }
-}
-
-// SAFETY: only used to hand one output buffer to threads that write disjoint elements.
-unsafe impl<T> Send for SendPtr<T> {}
-// SAFETY: as above; the pointer itself is never written through a shared reference.
-unsafe impl<T> Sync for SendPtr<T> {}

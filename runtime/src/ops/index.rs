@@ -62,6 +62,25 @@ fn check_same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// The checks shared by the ops that add `src` into a copy of `t` at `index`
+/// (`index_add`, `scatter_add`): an `i64` index, one device, one dtype.
+fn check_add_operands(op: &'static str, t: &Tensor, index: &Tensor, src: &Tensor) -> Result<()> {
+    check_index_tensor(op, index)?;
+    check_same_device(op, t, index)?;
+    check_same_device(op, t, src)?;
+    if src.dtype() != t.dtype() {
+        return Err(Error::dtype(
+            op,
+            format!(
+                "src has dtype {} but the tensor has dtype {}; convert with to_dtype first",
+                src.dtype(),
+                t.dtype()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn out_of_range(op: &'static str, value: i64, dim: usize, size: usize, shape: &[usize]) -> Error {
     let what = if value < 0 { "negative index" } else { "index" };
     Error::index(
@@ -249,18 +268,9 @@ impl Tensor {
 
     fn index_add_impl(&self, dim: isize, index: &Tensor, src: &Tensor) -> Result<Tensor> {
         const OP: &str = "index_add";
-        check_index_tensor(OP, index)?;
-        check_same_device(OP, self, index)?;
-        check_same_device(OP, self, src)?;
-        if src.dtype() != self.dtype() || self.dtype() == DType::Bool {
-            return Err(Error::dtype(
-                OP,
-                format!(
-                    "src has dtype {} and the tensor {}: they must be one numeric dtype",
-                    src.dtype(),
-                    self.dtype()
-                ),
-            ));
+        check_add_operands(OP, self, index, src)?;
+        if self.dtype() == DType::Bool {
+            return Err(Error::dtype(OP, "not defined on bool tensors"));
         }
         if index.ndim() > 1 {
             return Err(Error::shape(
@@ -448,19 +458,7 @@ impl Tensor {
     /// ```
     fn scatter_add_impl(&self, dim: isize, index: &Tensor, src: &Tensor) -> Result<Tensor> {
         const OP: &str = "scatter_add";
-        check_index_tensor(OP, index)?;
-        check_same_device(OP, self, index)?;
-        check_same_device(OP, self, src)?;
-        if src.dtype() != self.dtype() {
-            return Err(Error::dtype(
-                OP,
-                format!(
-                    "src has dtype {} but the tensor has dtype {}; convert with to_dtype first",
-                    src.dtype(),
-                    self.dtype()
-                ),
-            ));
-        }
+        check_add_operands(OP, self, index, src)?;
         let d = normalize_dim(OP, dim, self.ndim().max(1))?;
         let ndim = self.ndim().max(1);
         let as1 = |t: &Tensor| {
@@ -1008,6 +1006,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("dtype"), "{e}");
+        let b = Tensor::zeros([3, 2], DType::Bool);
+        let e = b
+            .try_index_add(0, &idx(&[0]), &Tensor::zeros([1, 2], DType::Bool))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("index_add") && e.contains("bool"), "{e}");
     }
 
     #[test]
