@@ -131,7 +131,11 @@ pub const MODULES: &[KernelModule] = &[
     },
     KernelModule {
         name: "attention",
-        source: concat!(include_str!("common.cuh"), include_str!("attention.cu")),
+        source: concat!(
+            include_str!("common.cuh"),
+            include_str!("philox.h"),
+            include_str!("attention.cu")
+        ),
         entries: ATTENTION,
     },
 ];
@@ -311,7 +315,7 @@ impl WindowParams {
 }
 
 /// Shapes, strides and options of the attention kernels: the C `AttentionParams` of
-/// `attention.cu`, passed by value (`#[repr(C)]`, 200 bytes). See the README's
+/// `attention.cu`, passed by value (`#[repr(C)]`, 224 bytes). See the README's
 /// `attention` section.
 ///
 /// ```
@@ -320,7 +324,8 @@ impl WindowParams {
 /// assert_eq!(p.q_stride, [4 * 16 * 64, 16 * 64, 64]);
 /// assert_eq!(p.scale, 0.125);
 /// assert_eq!(p.causal, 1);
-/// assert_eq!(std::mem::size_of::<AttentionParams>(), 200);
+/// assert_eq!(p.dropout, 0.0);
+/// assert_eq!(std::mem::size_of::<AttentionParams>(), 224);
 /// ```
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -351,12 +356,30 @@ pub struct AttentionParams {
     pub scale: f64,
     /// Nonzero: key `j` is hidden from query `i` when `j > i`.
     pub causal: i64,
+    /// Dropout: the Philox key (the generator's seed) of the reserved Bernoulli draw.
+    pub seed: u64,
+    /// Dropout: the first counter of the reserved draw; score `(bh, i, j)` is element
+    /// `(bh·Tq + i)·Tk + j` of it (the composed path's `[B, H, Tq, Tk]` draw).
+    pub offset: u64,
+    /// Dropout probability of the attention weights, in `[0, 1)`; 0 = no dropout.
+    pub dropout: f64,
 }
 
-const _: () = assert!(std::mem::size_of::<AttentionParams>() == 200);
+const _: () = assert!(std::mem::size_of::<AttentionParams>() == 224);
 
 /// The largest head dim the attention kernels take.
 pub const ATTENTION_MAX_HEAD_DIM: usize = 128;
+
+/// The largest head dim (of q/k and of v) the tensor-core attention kernels
+/// (`attention_tc_*_f32`) take; larger heads use the `attention_*` kernels.
+pub const ATTENTION_TC_MAX_HEAD_DIM: usize = 64;
+
+/// Query rows per block of `attention_tc_forward_f32` (4 warps of 16 rows, 128 threads).
+pub const ATTENTION_TC_FORWARD_ROWS: usize = 64;
+
+/// Query (`attention_tc_backward_dq_f32`) or key (`attention_tc_backward_dkv_f32`) rows
+/// per block of the tensor-core backward kernels (2 warps of 16 rows, 64 threads).
+pub const ATTENTION_TC_BACKWARD_ROWS: usize = 32;
 
 impl AttentionParams {
     /// Parameters for contiguous `q [B, H, Tq, D]`, `k [B, H, Tk, D]`,
@@ -381,7 +404,25 @@ impl AttentionParams {
             bias_stride: [0; 4],
             scale: 1.0 / (d as f64).sqrt(),
             causal: 0,
+            seed: 0,
+            offset: 0,
+            dropout: 0.0,
         }
+    }
+
+    /// Sets the dropout of the attention weights: drop probability `p` and the reserved
+    /// Bernoulli draw `(seed, offset)` of the generator.
+    ///
+    /// ```
+    /// let p = flint_kernels::AttentionParams::contiguous(1, 1, 2, 2, 8, 8);
+    /// let p = p.with_dropout(0.1, 7, 40);
+    /// assert_eq!((p.dropout, p.seed, p.offset), (0.1, 7, 40));
+    /// ```
+    pub fn with_dropout(mut self, p: f64, seed: u64, offset: u64) -> Self {
+        self.dropout = p;
+        self.seed = seed;
+        self.offset = offset;
+        self
     }
 
     /// Sets the causal flag.
@@ -558,6 +599,7 @@ const WINDOW: &[&str] = entry_list! {
 const ATTENTION: &[&str] = entry_list! {
     floats: attention_forward, attention_backward_delta, attention_backward_dq,
         attention_backward_dkv;
+    [f32]: attention_tc_forward, attention_tc_backward_dq, attention_tc_backward_dkv;
 };
 
 #[cfg(test)]
@@ -583,7 +625,7 @@ mod tests {
                 ("random", 18),
                 ("optim", 8),
                 ("window", 16),
-                ("attention", 16),
+                ("attention", 19),
             ]
         );
         let mut seen = HashSet::new();
