@@ -15,6 +15,13 @@
 // `causal` hides key j from query i when j > i (top-left aligned, as PyTorch's is_causal).
 // A query that may attend no key gets NaN output and lse = -inf (as PyTorch), and zero
 // gradients. No gradient is computed for `bias`.
+// Dropout (p.dropout > 0) drops the attention weights after the softmax, as
+// flint_runtime's fused CPU path and the composed ops: score (bh, i, j) is kept when word
+// e % 4 of the Philox block of counter p.offset + e / 4 (key p.seed) is below the
+// Bernoulli threshold of 1 - p.dropout, with e = (bh * Tq + i) * Tk + j, and a kept
+// weight is multiplied by 1 / (1 - p.dropout). lse is that of the weights before
+// dropout; with M the dropout factors the backward is dV = (P∘M)ᵀ dO,
+// dS = P ∘ ((dO Vᵀ)∘M - delta), delta_i = dO_i · O_i.
 //
 // Launch (forward, dq): grid (ceil(Tq / W), B*H), block (32*W) with W warps = W query
 // rows per block, W <= 32 (W = 8 is a good default); dkv: grid (ceil(Tk / W), B*H).
@@ -24,7 +31,7 @@
 #define ATT_MAX_D 128
 #define ATT_PER_LANE 4 // ATT_MAX_D / 32
 
-/// Mirrored by `flint_kernels::AttentionParams` (#[repr(C)], 200 bytes), passed by value.
+/// Mirrored by `flint_kernels::AttentionParams` (#[repr(C)], 224 bytes), passed by value.
 struct AttentionParams {
     i64 batch, heads, tq, tk, d, dv;
     i64 q_stride[3];    // (b, h, t) element strides of q
@@ -34,8 +41,33 @@ struct AttentionParams {
     i64 bias_stride[4]; // (b, h, i, j) strides of the additive bias
     double scale;       // usually 1/sqrt(D)
     i64 causal;         // nonzero: hide j > i
+    u64 seed;           // dropout: Philox key of the reserved Bernoulli draw
+    u64 offset;         // dropout: its first counter
+    double dropout;     // dropout probability in [0, 1); 0 = none
 };
-static_assert(sizeof(AttentionParams) == 200, "must match flint_kernels::AttentionParams");
+static_assert(sizeof(AttentionParams) == 224, "must match flint_kernels::AttentionParams");
+
+/// The dropout of one call: the keep threshold and the factor of a kept weight (rounded
+/// to T, as the CPU's).
+template <typename T> struct AttDrop {
+    typedef typename Ty<T>::acc A;
+    bool on;
+    u64 threshold;
+    A factor;
+    __device__ __forceinline__ AttDrop(const AttentionParams& p) {
+        on = p.dropout > 0.0;
+        threshold = flint_bernoulli_threshold(1.0 - p.dropout);
+        factor = Ty<T>::load(Ty<T>::from_f64(1.0 / (1.0 - p.dropout)));
+    }
+    /// The factor of score (bh, i, j): 1 without dropout, else `factor` or 0.
+    __device__ __forceinline__ A at(const AttentionParams& p, i64 bh, i64 i, i64 j) const {
+        if (!on) {
+            return A(1);
+        }
+        const i64 e = (bh * p.tq + i) * p.tk + j;
+        return flint_bernoulli_at(p.seed, p.offset, e, threshold) ? factor : A(0);
+    }
+};
 
 /// Keys (or queries) per shared-memory tile: 32 KB of K and V tiles per block.
 template <typename A> struct AttTile { static const int rows = 32; };
@@ -93,6 +125,7 @@ __device__ __forceinline__ void attention_forward_impl(const T* q, const T* k, c
     __shared__ A vs[AttTile<A>::rows][ATT_MAX_D];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const i64 tiles = (p.tq + warps - 1) / warps;
+    const AttDrop<T> drop(p);
     for (i64 bh = blockIdx.y; bh < p.batch * p.heads; bh += gridDim.y) {
         const i64 b = bh / p.heads, h = bh - b * p.heads;
         const T* kb = k + b * p.k_stride[0] + h * p.k_stride[1];
@@ -142,11 +175,12 @@ __device__ __forceinline__ void attention_forward_impl(const T* q, const T* k, c
                     const A corr = m_exp(m - m_new); // 0 while m = -inf
                     const A w = m_exp(s - m_new);
                     l = l * corr + w;
+                    const A wd = w * drop.at(p, bh, i, k0 + jj); // weight after dropout
 #pragma unroll
                     for (int e = 0; e < ATT_PER_LANE; ++e) {
                         const int c = lane + 32 * e;
                         if (c < p.dv) {
-                            acc[e] = acc[e] * corr + w * vs[jj][c];
+                            acc[e] = acc[e] * corr + wd * vs[jj][c];
                         }
                     }
                     m = m_new;
@@ -207,6 +241,7 @@ __device__ __forceinline__ void attention_dq_impl(const T* q, const T* k, const 
     __shared__ A vs[AttTile<A>::rows][ATT_MAX_D];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const i64 tiles = (p.tq + warps - 1) / warps;
+    const AttDrop<T> drop(p);
     for (i64 bh = blockIdx.y; bh < p.batch * p.heads; bh += gridDim.y) {
         const i64 b = bh / p.heads, h = bh - b * p.heads;
         const T* kb = k + b * p.k_stride[0] + h * p.k_stride[1];
@@ -257,7 +292,7 @@ __device__ __forceinline__ void attention_dq_impl(const T* q, const T* k, const 
                     if (s == -m_inf(A(0))) {
                         continue;
                     }
-                    dp = warp_reduce(dp, SumOp());
+                    dp = warp_reduce(dp, SumOp()) * drop.at(p, bh, i, k0 + jj);
                     const A ds = m_exp(s - lse_i) * (dp - delta_i);
 #pragma unroll
                     for (int e = 0; e < ATT_PER_LANE; ++e) {
@@ -299,6 +334,7 @@ __device__ __forceinline__ void attention_dkv_impl(const T* q, const T* k, const
     __shared__ A delta_s[AttTile<A>::rows];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const i64 tiles = (p.tk + warps - 1) / warps;
+    const AttDrop<T> drop(p);
     for (i64 bh = blockIdx.y; bh < p.batch * p.heads; bh += gridDim.y) {
         const i64 b = bh / p.heads, h = bh - b * p.heads;
         const T* qb = q + b * p.q_stride[0] + h * p.q_stride[1];
@@ -354,9 +390,11 @@ __device__ __forceinline__ void attention_dkv_impl(const T* q, const T* k, const
                     if (s == -m_inf(A(0))) {
                         continue;
                     }
-                    dp = warp_reduce(dp, SumOp());
+                    const A f = drop.at(p, bh, q0 + ii, j);
+                    dp = warp_reduce(dp, SumOp()) * f;
                     const A pij = m_exp(s - lse_s[ii]);
                     const A ds = pij * (dp - delta_s[ii]);
+                    const A pd = pij * f; // the weight after dropout
 #pragma unroll
                     for (int e = 0; e < ATT_PER_LANE; ++e) {
                         const int c = lane + 32 * e;
@@ -364,7 +402,7 @@ __device__ __forceinline__ void attention_dkv_impl(const T* q, const T* k, const
                             gk[e] += ds * qs[ii][c];
                         }
                         if (c < p.dv) {
-                            gv[e] += pij * dos[ii][c];
+                            gv[e] += pd * dos[ii][c];
                         }
                     }
                 }
@@ -408,3 +446,586 @@ __device__ __forceinline__ void attention_dkv_impl(const T* q, const T* k, const
         attention_dkv_impl<T>(q, k, v, mask, bias, dout, lse, delta, dk, dv, p);           \
     }
 FLINT_FLOATS(ATTENTION, _)
+
+// ---------------------------------------------------------------------------------------
+// Tensor-core attention for f32 with head dims D, Dv <= 64: the same kernels' arithmetic
+// (online softmax, recomputed P in the backward, the same masks, dropout, lse and delta
+// conventions) with the tile products on `mma.sync` m16n8k8 TF32 instructions in three
+// passes (3xTF32: x = hi + lo, each a TF32; A·B ≈ hi·hi + hi·lo + lo·hi), which keeps
+// about f32's accuracy (the dropped lo·lo term is below f32's rounding of the sum).
+//
+// A warp owns 16 rows (queries in the forward and dq, keys in dkv) and streams the other
+// side through shared memory in tiles of ATT_TC_TILE rows. Its score tile S (16 x 32) is
+// accumulated in the mma's C layout: with g = lane / 4 and q = lane % 4, lane holds
+// s[t][c] = S(g + 8 (c / 2), 8 t + 2 q + c % 2). The product of such a tile with a
+// 32-row operand B uses it as the A operand directly by reading the k index in the order
+// (2q, 2q + 1) for (q, q + 4): the B fragment then takes rows 8 t + 2 q and 8 t + 2 q + 1.
+// Shared rows are padded to ATT_TC_LD floats, which makes every fragment load free of
+// bank conflicts.
+//
+// attention_tc_forward_f32: block 128 threads (4 warps, 64 queries), grid
+//   (ceil(Tq / 64), B*H); attention_tc_backward_dq_f32: block 64 (2 warps, 32 queries),
+//   grid (ceil(Tq / 32), B*H); attention_tc_backward_dkv_f32: block 64 (32 keys), grid
+//   (ceil(Tk / 32), B*H). Grid dims are grid-stride loops. Same signatures as the
+//   attention_* kernels; lse and delta are f32. sm_80 or newer.
+
+#define ATT_TC_HD 64
+#define ATT_TC_LD (ATT_TC_HD + 4)
+#define ATT_TC_TILE 32
+
+#ifdef FLINT_HOST_EMULATION
+__device__ __forceinline__ u32 att_tf32(float x) { return flint_emu_tf32(x); }
+__device__ __forceinline__ void att_mma(float (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0,
+                                        u32 b1) {
+    flint_emu_mma_tf32(d, a0, a1, a2, a3, b0, b1);
+}
+#else
+__device__ __forceinline__ u32 att_tf32(float x) {
+    u32 r;
+#if __CUDA_ARCH__ >= 800
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+#else
+    r = __float_as_uint(x) & 0xffffe000u; // never launched below sm_80
+#endif
+    return r;
+}
+__device__ __forceinline__ void att_mma(float (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0,
+                                        u32 b1) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+#endif
+
+/// x as hi + lo, both TF32.
+__device__ __forceinline__ void att_split(float x, u32& hi, u32& lo) {
+    hi = att_tf32(x);
+    lo = att_tf32(x - __uint_as_float(hi));
+}
+
+/// d += A·B in 3xTF32 from f32 fragments (a: the A fragment, b: the B fragment).
+__device__ __forceinline__ void att_mma3(float (&d)[4], const u32 (&ah)[4], const u32 (&al)[4],
+                                         float b0, float b1) {
+    u32 bh0, bl0, bh1, bl1;
+    att_split(b0, bh0, bl0);
+    att_split(b1, bh1, bl1);
+    att_mma(d, al[0], al[1], al[2], al[3], bh0, bh1); // the small terms first
+    att_mma(d, ah[0], ah[1], ah[2], ah[3], bl0, bl1);
+    att_mma(d, ah[0], ah[1], ah[2], ah[3], bh0, bh1);
+}
+
+/// acc[n] += A Bᵀ over k < 8 ksteps: A = 16 rows at `a`, B = 8 NT rows at `b`, both
+/// row-major in shared memory with row length ATT_TC_LD (zero past the real width).
+template <int NT>
+__device__ __forceinline__ void att_mma_abt(float (&acc)[NT][4], const float* a, const float* b,
+                                            int ksteps) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+#pragma unroll
+    for (int ks = 0; ks < ATT_TC_HD / 8; ++ks) {
+        if (ks >= ksteps) {
+            break;
+        }
+        const int k0 = 8 * ks;
+        u32 ah[4], al[4];
+        att_split(a[g * ATT_TC_LD + k0 + q], ah[0], al[0]);
+        att_split(a[(g + 8) * ATT_TC_LD + k0 + q], ah[1], al[1]);
+        att_split(a[g * ATT_TC_LD + k0 + q + 4], ah[2], al[2]);
+        att_split(a[(g + 8) * ATT_TC_LD + k0 + q + 4], ah[3], al[3]);
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+            const float* br = b + (8 * n + g) * ATT_TC_LD + k0 + q;
+            att_mma3(acc[n], ah, al, br[0], br[4]);
+        }
+    }
+}
+
+/// acc[n] += P B for n < ntiles: P (16 x 32) in the C layout (p[t][c], see above), B the
+/// 32 rows at `b` (row-major, row length ATT_TC_LD).
+__device__ __forceinline__ void att_mma_pb(float (&acc)[8][4], const float (&p)[4][4],
+                                           const float* b, int ntiles) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+        u32 ah[4], al[4];
+        // k index q <- column 2q, q + 4 <- column 2q + 1
+        att_split(p[t][0], ah[0], al[0]);
+        att_split(p[t][2], ah[1], al[1]);
+        att_split(p[t][1], ah[2], al[2]);
+        att_split(p[t][3], ah[3], al[3]);
+        const float* br = b + (8 * t + 2 * q) * ATT_TC_LD + g;
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+            if (n < ntiles) {
+                att_mma3(acc[n], ah, al, br[8 * n], br[ATT_TC_LD + 8 * n]);
+            }
+        }
+    }
+}
+
+/// Loads rows r0 .. r0 + R - 1 (row r at src + r * stride) of `width` <= ATT_TC_HD
+/// elements into a shared tile, zero past `limit` rows and past `width` columns. All
+/// threads of the block call it.
+template <typename T, int R>
+__device__ __forceinline__ void att_tc_load(float (*tile)[ATT_TC_LD], const T* src, i64 r0,
+                                            i64 limit, i64 stride, i64 width) {
+    for (int e = threadIdx.x; e < R * ATT_TC_HD; e += blockDim.x) {
+        const int r = e / ATT_TC_HD, c = e - r * ATT_TC_HD;
+        tile[r][c] = (r0 + r < limit && c < width) ? Ty<T>::load(src[(r0 + r) * stride + c]) : 0.0f;
+    }
+}
+
+/// The scaled, masked score of (i, j) from the raw product, -inf where hidden (causal,
+/// mask, or past the real rows).
+template <typename T>
+__device__ __forceinline__ float att_tc_score(float dot, i64 b, i64 h, i64 i, i64 j, const u8* mask,
+                                              const T* bias, const AttentionParams& p) {
+    if (i >= p.tq || j >= p.tk) {
+        return -FLINT_INF;
+    }
+    return att_score<T>(dot, b, h, i, j, mask, bias, p);
+}
+
+/// One of four words by a lane-dependent index, without a local-memory array.
+__device__ __forceinline__ u32 att_word(const flint_u32x4& r, int w) {
+    return w == 0 ? r.v[0] : w == 1 ? r.v[1] : w == 2 ? r.v[2] : r.v[3];
+}
+
+/// The dropout keep flags of a score tile in the C layout of the forward and dq kernels,
+/// bit 4 t + c for entry (t, c), which is score (bh, i, j), i = r0 + g + 8 (c / 2), j = k0 + 8 t + 2 q
+/// + c % 2. When Tk % 4 == 0 a Philox block holds the words of four consecutive keys of
+/// one query, which two lanes (q = 2u, 2u + 1) share: each lane draws the block of one
+/// of its two rows and they swap the half the other needs (4 blocks per lane and tile
+/// instead of 16). Otherwise each entry draws its own.
+template <typename T>
+__device__ __forceinline__ u32 att_tc_drop_rows(const AttentionParams& p, const AttDrop<T>& drop,
+                                                i64 bh, i64 r0, i64 k0) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    u32 keep = 0;
+    if (p.tk % 4 == 0) {
+        const int u = q >> 1, odd = q & 1;
+        const i64 i = r0 + g + 8 * odd;
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+            const i64 e0 = (bh * p.tq + i) * p.tk + k0 + 8 * t + 4 * u; // a multiple of 4
+            const flint_u32x4 r = flint_philox_block(p.seed, p.offset + (u64)e0 / 4);
+            const u32 x0 = __shfl_xor_sync(0xffffffffu, odd ? r.v[0] : r.v[2], 1);
+            const u32 x1 = __shfl_xor_sync(0xffffffffu, odd ? r.v[1] : r.v[3], 1);
+            const u32 w[4] = {odd ? x0 : r.v[0], odd ? x1 : r.v[1], odd ? r.v[2] : x0,
+                              odd ? r.v[3] : x1};
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                keep |= ((u64)w[c] < drop.threshold ? 1u : 0u) << (4 * t + c);
+            }
+        }
+        return keep;
+    }
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            const float f = drop.at(p, bh, r0 + g + 8 * (c >> 1), k0 + 8 * t + 2 * q + (c & 1));
+            keep |= (f != 0.0f ? 1u : 0u) << (4 * t + c);
+        }
+    }
+    return keep;
+}
+
+/// The dropout keep flags of a transposed tile (the dkv kernel's): entry (t, c) is score
+/// (bh, i, j), j = r0 + g + 8 (c / 2), i = q0 + 8 t + 2 q + c % 2. When Tk % 4 == 0 the
+/// four lanes g = 4a .. 4a + 3 (same q) hold four consecutive keys of each query: for
+/// each t, lane b = g % 4 draws the block of entry c = b and the four lanes exchange
+/// words in four rotations (lane b reads word b of lane (b + r) % 4's block).
+template <typename T>
+__device__ __forceinline__ u32 att_tc_drop_cols(const AttentionParams& p, const AttDrop<T>& drop,
+                                                i64 bh, i64 r0, i64 q0) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    u32 keep = 0;
+    if (p.tk % 4 == 0) {
+        const int a = g >> 2, b = g & 3;
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+            const i64 i = q0 + 8 * t + 2 * q + (b & 1);
+            const i64 kb = r0 + 4 * a + 8 * (b >> 1); // a multiple of 4
+            const flint_u32x4 r = flint_philox_block(p.seed, p.offset + (u64)((bh * p.tq + i) * p.tk + kb) / 4);
+            u32 x[4]; // x[r]: word b of the block of entry c = (b + r) % 4
+#pragma unroll
+            for (int rot = 0; rot < 4; ++rot) {
+                const int src = (b + rot) & 3;
+                x[rot] = __shfl_sync(0xffffffffu, att_word(r, (b - rot) & 3), lane + 4 * (src - b));
+            }
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const int rot = (c - b) & 3;
+                const u32 w = rot == 0 ? x[0] : rot == 1 ? x[1] : rot == 2 ? x[2] : x[3];
+                keep |= ((u64)w < drop.threshold ? 1u : 0u) << (4 * t + c);
+            }
+        }
+        return keep;
+    }
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            const float f = drop.at(p, bh, q0 + 8 * t + 2 * q + (c & 1), r0 + g + 8 * (c >> 1));
+            keep |= (f != 0.0f ? 1u : 0u) << (4 * t + c);
+        }
+    }
+    return keep;
+}
+
+template <typename T>
+__device__ __forceinline__ void att_tc_forward(const T* q, const T* k, const T* v, const u8* mask,
+                                               const T* bias, T* out, float* lse,
+                                               const AttentionParams& p) {
+    __shared__ float qs[4 * 16][ATT_TC_LD];
+    __shared__ float ks[ATT_TC_TILE][ATT_TC_LD];
+    __shared__ float vs[ATT_TC_TILE][ATT_TC_LD];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, qq = lane & 3;
+    const int kd = (int)((p.d + 7) / 8), nv = (int)((p.dv + 7) / 8);
+    const AttDrop<T> drop(p);
+    const i64 tiles = (p.tq + 63) / 64;
+    for (i64 bh = blockIdx.y; bh < p.batch * p.heads; bh += gridDim.y) {
+        const i64 b = bh / p.heads, h = bh - b * p.heads;
+        const T* qb = q + b * p.q_stride[0] + h * p.q_stride[1];
+        const T* kb = k + b * p.k_stride[0] + h * p.k_stride[1];
+        const T* vb = v + b * p.v_stride[0] + h * p.v_stride[1];
+        for (i64 qt = blockIdx.x; qt < tiles; qt += gridDim.x) {
+            const i64 i0 = qt * 64, r0 = i0 + 16 * warp;
+            __syncthreads(); // the previous tile's rows are consumed
+            att_tc_load<T, 64>(qs, qb, i0, p.tq, p.q_stride[2], p.d);
+            float o[8][4], m[2] = {-FLINT_INF, -FLINT_INF}, l[2] = {0.0f, 0.0f};
+#pragma unroll
+            for (int n = 0; n < 8; ++n) {
+                o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+            }
+            i64 kend = p.tk;
+            if (p.causal != 0 && i0 + 64 < kend) {
+                kend = i0 + 64; // no key after the block's last query
+            }
+            for (i64 k0 = 0; k0 < kend; k0 += ATT_TC_TILE) {
+                __syncthreads();
+                att_tc_load<T, ATT_TC_TILE>(ks, kb, k0, p.tk, p.k_stride[2], p.d);
+                att_tc_load<T, ATT_TC_TILE>(vs, vb, k0, p.tk, p.v_stride[2], p.dv);
+                __syncthreads();
+                if ((p.causal != 0 && k0 > r0 + 15) || r0 >= p.tq) {
+                    continue; // every key of the tile is hidden from the warp's rows
+                }
+                float s[4][4];
+#pragma unroll
+                for (int t = 0; t < 4; ++t) {
+                    s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
+                }
+                att_mma_abt<4>(s, &qs[16 * warp][0], &ks[0][0], kd);
+                float mx[2] = {-FLINT_INF, -FLINT_INF};
+#pragma unroll
+                for (int t = 0; t < 4; ++t) {
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) {
+                        const i64 i = r0 + g + 8 * (c >> 1), j = k0 + 8 * t + 2 * qq + (c & 1);
+                        s[t][c] = att_tc_score<T>(s[t][c], b, h, i, j, mask, bias, p);
+                        mx[c >> 1] = nan_max(mx[c >> 1], s[t][c]);
+                    }
+                }
+                float corr[2], base[2];
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    mx[r] = nan_max(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+                    mx[r] = nan_max(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+                    const float m_new = nan_max(m[r], mx[r]);
+                    base[r] = m_new == -FLINT_INF ? 0.0f : m_new; // nothing seen yet
+                    corr[r] = m_exp(m[r] - base[r]);
+                    m[r] = m_new;
+                    l[r] *= corr[r];
+                }
+                const u32 keep = drop.on ? att_tc_drop_rows<T>(p, drop, bh, r0, k0) : 0u;
+#pragma unroll
+                for (int t = 0; t < 4; ++t) {
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) {
+                        const float w = m_exp(s[t][c] - base[c >> 1]);
+                        l[c >> 1] += w;
+                        if (drop.on) { // the weight after dropout
+                            s[t][c] = ((keep >> (4 * t + c)) & 1u) != 0 ? w * drop.factor : 0.0f;
+                        } else {
+                            s[t][c] = w;
+                        }
+                    }
+                }
+#pragma unroll
+                for (int n = 0; n < 8; ++n) {
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) {
+                        o[n][c] *= corr[c >> 1];
+                    }
+                }
+                att_mma_pb(o, s, &vs[0][0], nv);
+            }
+            // the row sums: each lane has summed its own columns
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+                l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+            }
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const i64 i = r0 + g + 8 * r;
+                if (i >= p.tq) {
+                    continue;
+                }
+                const i64 row = bh * p.tq + i;
+                const float inv = 1.0f / l[r]; // l = 0 (nothing attended): NaN output
+#pragma unroll
+                for (int n = 0; n < 8; ++n) {
+#pragma unroll
+                    for (int c = 0; c < 2; ++c) {
+                        const i64 col = 8 * n + 2 * qq + c;
+                        if (col < p.dv) {
+                            out[row * p.dv + col] = Ty<T>::store(o[n][2 * r + c] * inv);
+                        }
+                    }
+                }
+                if (qq == 0) {
+                    lse[row] = m[r] + m_log(l[r]);
+                }
+            }
+        }
+    }
+}
+
+/// The probabilities (after the masks) and the score gradients of one 16 x 32 tile in
+/// the C layout, from its raw products `s` (q·k) and `dp` (dO·v) and the dropout keep
+/// flags `keep` (bit 4 t + c; M = keep ? factor : 0): on return `s` holds P∘M and `dp`
+/// dS = P ∘ (dP∘M - delta). Row and column (i, j) of entry (t, c) come from `at`;
+/// `lse_of` and `delta_of` give a query's lse and delta.
+template <typename T, typename At, typename LseOf, typename DeltaOf>
+__device__ __forceinline__ void att_tc_grad_tile(float (&s)[4][4], float (&dp)[4][4], i64 b,
+                                                 i64 h, const u8* mask, const T* bias,
+                                                 const AttentionParams& p, const AttDrop<T>& drop,
+                                                 u32 keep, At at, LseOf lse_of,
+                                                 DeltaOf delta_of) {
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            i64 i, j;
+            at(t, c, i, j);
+            const float sc = att_tc_score<T>(s[t][c], b, h, i, j, mask, bias, p);
+            const float pij = sc == -FLINT_INF ? 0.0f : m_exp(sc - lse_of(t, c));
+            const float f =
+                drop.on ? (((keep >> (4 * t + c)) & 1u) != 0 ? drop.factor : 0.0f) : 1.0f;
+            // (a fully masked query has delta = NaN from its NaN output: no gradient)
+            dp[t][c] = pij == 0.0f ? 0.0f : pij * (dp[t][c] * f - delta_of(t, c));
+            s[t][c] = pij * f;
+        }
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void att_tc_dq(const T* q, const T* k, const T* v, const u8* mask,
+                                          const T* bias, const T* dout, const float* lse,
+                                          const float* delta, T* dq, const AttentionParams& p) {
+    __shared__ float qs[32][ATT_TC_LD];
+    __shared__ float dos[32][ATT_TC_LD];
+    __shared__ float ks[ATT_TC_TILE][ATT_TC_LD];
+    __shared__ float vs[ATT_TC_TILE][ATT_TC_LD];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, qq = lane & 3;
+    const int kd = (int)((p.d + 7) / 8), kv = (int)((p.dv + 7) / 8);
+    const AttDrop<T> drop(p);
+    const i64 tiles = (p.tq + 31) / 32;
+    for (i64 bh = blockIdx.y; bh < p.batch * p.heads; bh += gridDim.y) {
+        const i64 b = bh / p.heads, h = bh - b * p.heads;
+        const T* qb = q + b * p.q_stride[0] + h * p.q_stride[1];
+        const T* kb = k + b * p.k_stride[0] + h * p.k_stride[1];
+        const T* vb = v + b * p.v_stride[0] + h * p.v_stride[1];
+        for (i64 qt = blockIdx.x; qt < tiles; qt += gridDim.x) {
+            const i64 i0 = qt * 32, r0 = i0 + 16 * warp;
+            __syncthreads();
+            att_tc_load<T, 32>(qs, qb, i0, p.tq, p.q_stride[2], p.d);
+            att_tc_load<T, 32>(dos, dout + bh * p.tq * p.dv, i0, p.tq, p.dv, p.dv);
+            float lse_r[2], delta_r[2];
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const i64 i = r0 + g + 8 * r;
+                lse_r[r] = i < p.tq ? lse[bh * p.tq + i] : 0.0f;
+                delta_r[r] = i < p.tq ? delta[bh * p.tq + i] : 0.0f;
+            }
+            float acc[8][4];
+#pragma unroll
+            for (int n = 0; n < 8; ++n) {
+                acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+            }
+            i64 kend = p.tk;
+            if (p.causal != 0 && i0 + 32 < kend) {
+                kend = i0 + 32;
+            }
+            for (i64 k0 = 0; k0 < kend; k0 += ATT_TC_TILE) {
+                __syncthreads();
+                att_tc_load<T, ATT_TC_TILE>(ks, kb, k0, p.tk, p.k_stride[2], p.d);
+                att_tc_load<T, ATT_TC_TILE>(vs, vb, k0, p.tk, p.v_stride[2], p.dv);
+                __syncthreads();
+                if ((p.causal != 0 && k0 > r0 + 15) || r0 >= p.tq) {
+                    continue;
+                }
+                float s[4][4], dp[4][4];
+#pragma unroll
+                for (int t = 0; t < 4; ++t) {
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) {
+                        s[t][c] = dp[t][c] = 0.0f;
+                    }
+                }
+                att_mma_abt<4>(s, &qs[16 * warp][0], &ks[0][0], kd);
+                att_mma_abt<4>(dp, &dos[16 * warp][0], &vs[0][0], kv);
+                const u32 keep = drop.on ? att_tc_drop_rows<T>(p, drop, bh, r0, k0) : 0u;
+                att_tc_grad_tile<T>(
+                    s, dp, b, h, mask, bias, p, drop, keep,
+                    [&](int t, int c, i64& i, i64& j) {
+                        i = r0 + g + 8 * (c >> 1);
+                        j = k0 + 8 * t + 2 * qq + (c & 1);
+                    },
+                    [&](int, int c) { return lse_r[c >> 1]; },
+                    [&](int, int c) { return delta_r[c >> 1]; });
+                att_mma_pb(acc, dp, &ks[0][0], kd); // dQ += dS K
+            }
+            const float sc = (float)p.scale;
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const i64 i = r0 + g + 8 * r;
+                if (i >= p.tq) {
+                    continue;
+                }
+#pragma unroll
+                for (int n = 0; n < 8; ++n) {
+#pragma unroll
+                    for (int c = 0; c < 2; ++c) {
+                        const i64 col = 8 * n + 2 * qq + c;
+                        if (col < p.d) {
+                            dq[(bh * p.tq + i) * p.d + col] = Ty<T>::store(acc[n][2 * r + c] * sc);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void att_tc_dkv(const T* q, const T* k, const T* v, const u8* mask,
+                                           const T* bias, const T* dout, const float* lse,
+                                           const float* delta, T* dk, T* dv,
+                                           const AttentionParams& p) {
+    __shared__ float kso[32][ATT_TC_LD];
+    __shared__ float vso[32][ATT_TC_LD];
+    __shared__ float qs[ATT_TC_TILE][ATT_TC_LD];
+    __shared__ float dos[ATT_TC_TILE][ATT_TC_LD];
+    __shared__ float lse_s[ATT_TC_TILE];
+    __shared__ float delta_s[ATT_TC_TILE];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, qq = lane & 3;
+    const int kd = (int)((p.d + 7) / 8), kv = (int)((p.dv + 7) / 8);
+    const AttDrop<T> drop(p);
+    const i64 tiles = (p.tk + 31) / 32;
+    for (i64 bh = blockIdx.y; bh < p.batch * p.heads; bh += gridDim.y) {
+        const i64 b = bh / p.heads, h = bh - b * p.heads;
+        const T* qb = q + b * p.q_stride[0] + h * p.q_stride[1];
+        const T* kb = k + b * p.k_stride[0] + h * p.k_stride[1];
+        const T* vb = v + b * p.v_stride[0] + h * p.v_stride[1];
+        const T* dob = dout + bh * p.tq * p.dv;
+        for (i64 kt = blockIdx.x; kt < tiles; kt += gridDim.x) {
+            const i64 j0 = kt * 32, r0 = j0 + 16 * warp;
+            __syncthreads();
+            att_tc_load<T, 32>(kso, kb, j0, p.tk, p.k_stride[2], p.d);
+            att_tc_load<T, 32>(vso, vb, j0, p.tk, p.v_stride[2], p.dv);
+            float gk[8][4], gv[8][4];
+#pragma unroll
+            for (int n = 0; n < 8; ++n) {
+#pragma unroll
+                for (int c = 0; c < 4; ++c) {
+                    gk[n][c] = gv[n][c] = 0.0f;
+                }
+            }
+            // causal: queries before the block's first key see none of its keys
+            const i64 qstart = p.causal != 0 ? (j0 / ATT_TC_TILE) * ATT_TC_TILE : 0;
+            for (i64 q0 = qstart; q0 < p.tq; q0 += ATT_TC_TILE) {
+                __syncthreads();
+                att_tc_load<T, ATT_TC_TILE>(qs, qb, q0, p.tq, p.q_stride[2], p.d);
+                att_tc_load<T, ATT_TC_TILE>(dos, dob, q0, p.tq, p.dv, p.dv);
+                for (int r = threadIdx.x; r < ATT_TC_TILE; r += blockDim.x) {
+                    const bool in = q0 + r < p.tq;
+                    lse_s[r] = in ? lse[bh * p.tq + q0 + r] : 0.0f;
+                    delta_s[r] = in ? delta[bh * p.tq + q0 + r] : 0.0f;
+                }
+                __syncthreads();
+                if ((p.causal != 0 && q0 + ATT_TC_TILE - 1 < r0) || r0 >= p.tk) {
+                    continue; // every query of the tile comes before the warp's keys
+                }
+                float st[4][4], dpt[4][4];
+#pragma unroll
+                for (int t = 0; t < 4; ++t) {
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) {
+                        st[t][c] = dpt[t][c] = 0.0f;
+                    }
+                }
+                // transposed tiles: row = key, column = query
+                att_mma_abt<4>(st, &kso[16 * warp][0], &qs[0][0], kd);
+                att_mma_abt<4>(dpt, &vso[16 * warp][0], &dos[0][0], kv);
+                const u32 keep = drop.on ? att_tc_drop_cols<T>(p, drop, bh, r0, q0) : 0u;
+                att_tc_grad_tile<T>(
+                    st, dpt, b, h, mask, bias, p, drop, keep,
+                    [&](int t, int c, i64& i, i64& j) {
+                        j = r0 + g + 8 * (c >> 1);
+                        i = q0 + 8 * t + 2 * qq + (c & 1);
+                    },
+                    [&](int t, int c) { return lse_s[8 * t + 2 * qq + (c & 1)]; },
+                    [&](int t, int c) { return delta_s[8 * t + 2 * qq + (c & 1)]; });
+                att_mma_pb(gv, st, &dos[0][0], kv);  // dV += (P∘M)ᵀ dO
+                att_mma_pb(gk, dpt, &qs[0][0], kd);  // dK += dSᵀ Q
+            }
+            const float sc = (float)p.scale;
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const i64 j = r0 + g + 8 * r;
+                if (j >= p.tk) {
+                    continue;
+                }
+                const i64 row = bh * p.tk + j;
+#pragma unroll
+                for (int n = 0; n < 8; ++n) {
+#pragma unroll
+                    for (int c = 0; c < 2; ++c) {
+                        const i64 col = 8 * n + 2 * qq + c;
+                        if (col < p.d) {
+                            dk[row * p.d + col] = Ty<T>::store(gk[n][2 * r + c] * sc);
+                        }
+                        if (col < p.dv) {
+                            dv[row * p.dv + col] = Ty<T>::store(gv[n][2 * r + c]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+extern "C" __global__ void attention_tc_forward_f32(const float* q, const float* k, const float* v,
+                                                    const u8* mask, const float* bias, float* out,
+                                                    float* lse, AttentionParams p) {
+    att_tc_forward<float>(q, k, v, mask, bias, out, lse, p);
+}
+extern "C" __global__ void __launch_bounds__(64, 6) attention_tc_backward_dq_f32(const float* q, const float* k,
+                                                        const float* v, const u8* mask,
+                                                        const float* bias, const float* dout,
+                                                        const float* lse, const float* delta,
+                                                        float* dq, AttentionParams p) {
+    att_tc_dq<float>(q, k, v, mask, bias, dout, lse, delta, dq, p);
+}
+extern "C" __global__ void __launch_bounds__(64, 6) attention_tc_backward_dkv_f32(const float* q, const float* k,
+                                                         const float* v, const u8* mask,
+                                                         const float* bias, const float* dout,
+                                                         const float* lse, const float* delta,
+                                                         float* dk, float* dv, AttentionParams p) {
+    att_tc_dkv<float>(q, k, v, mask, bias, dout, lse, delta, dk, dv, p);
+}

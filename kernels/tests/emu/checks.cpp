@@ -1134,13 +1134,25 @@ struct AttCase {
     int B, H, Tq, Tk, D, Dv;
     bool causal, mask, bias, transposed_q, block_row; // block_row: query 1 of batch 0 sees nothing
     int warps;
+    double dropout; // 0: none
 };
+
+/// The dropout factor of score (bh, i, j) as the kernels draw it (seed 7, offset 40):
+/// word e % 4 of block offset + e / 4, e = (bh·Tq + i)·Tk + j, factor 1/(1-p) rounded to T.
+template <typename T> static double att_drop_factor(const AttCase& c, int bh, int i, int j) {
+    if (c.dropout <= 0) return 1;
+    const i64 e = ((i64)bh * c.Tq + i) * c.Tk + j;
+    const bool keep = at::flint_bernoulli_at(7, 40, e, at::flint_bernoulli_threshold(1 - c.dropout));
+    return keep ? (double)(T)(1 / (1 - c.dropout)) : 0;
+}
 
 struct AttRef {
     Vd out, lse, dq, dk, dv;
 };
 
-/// softmax(q kᵀ·scale + bias, masked) v and its gradients, materialized, in double.
+/// dropout(softmax(q kᵀ·scale + bias, masked)) v and its gradients, materialized, in
+/// double (the dropout factors of T).
+template <typename T>
 static AttRef attention_ref(const AttCase& c, const Vd& q, const Vd& k, const Vd& v, const Vd& dout,
                             const std::vector<uint8_t>& mask, const Vd& bias, double scale) {
     AttRef r;
@@ -1174,12 +1186,14 @@ static AttRef attention_ref(const AttCase& c, const Vd& q, const Vd& k, const Vd
                 for (int j = 0; j < c.Tk; ++j) z += std::exp(s[j] - m);
                 r.lse[row] = m + std::log(z);
                 for (int j = 0; j < c.Tk; ++j) p[j] = std::exp(s[j] - m) / z;
-                for (int j = 0; j < c.Tk; ++j)
+                for (int j = 0; j < c.Tk; ++j) {
+                    const double f = att_drop_factor<T>(c, bh, i, j);
                     for (int e = 0; e < c.Dv; ++e) {
-                        r.out[row * c.Dv + e] += p[j] * v[(bh * c.Tk + j) * c.Dv + e];
-                        r.dv[(bh * c.Tk + j) * c.Dv + e] += p[j] * dout[row * c.Dv + e];
-                        dp[j] += dout[row * c.Dv + e] * v[(bh * c.Tk + j) * c.Dv + e];
+                        r.out[row * c.Dv + e] += p[j] * f * v[(bh * c.Tk + j) * c.Dv + e];
+                        r.dv[(bh * c.Tk + j) * c.Dv + e] += p[j] * f * dout[row * c.Dv + e];
+                        dp[j] += f * dout[row * c.Dv + e] * v[(bh * c.Tk + j) * c.Dv + e];
                     }
+                }
                 double pdp = 0;
                 for (int j = 0; j < c.Tk; ++j) pdp += p[j] * dp[j];
                 for (int j = 0; j < c.Tk; ++j) {
@@ -1225,6 +1239,7 @@ template <typename T> static void attention_case(const AttCase& c, double tol) {
     p.batch = B, p.heads = H, p.tq = Tq, p.tk = Tk, p.d = D, p.dv = Dv;
     p.scale = 1 / std::sqrt((double)D);
     p.causal = c.causal;
+    p.seed = 7, p.offset = 40, p.dropout = c.dropout;
     // q stored as [B, Tq, H, D] (the layout before transpose(1, 2)) when transposed_q
     std::vector<T> qs(q.size());
     for (int b = 0; b < B; ++b)
@@ -1263,7 +1278,7 @@ template <typename T> static void attention_case(const AttCase& c, double tol) {
     std::vector<T> kt = cast_vec<T>(k), vt = cast_vec<T>(v), dot = cast_vec<T>(dout);
     std::vector<T> out(B * H * Tq * Dv), dq(q.size()), dk(k.size()), dv(v.size());
     std::vector<T> lse(B * H * Tq), delta(B * H * Tq); // A = T for f32/f64
-    const AttRef r = attention_ref(c, q, k, v, dout, mask, bias, p.scale);
+    const AttRef r = attention_ref<T>(c, q, k, v, dout, mask, bias, p.scale);
     const unsigned W = c.warps;
     const unsigned qtiles = (Tq + W - 1) / W, ktiles = (Tk + W - 1) / W;
     const std::string n = std::string(c.name) + (std::is_same<T, float>::value ? " f32" : " f64");
@@ -1280,6 +1295,64 @@ template <typename T> static void attention_case(const AttCase& c, double tol) {
     close("attention_backward " + n + " dq", dq, r.dq, tol, tol);
     close("attention_backward " + n + " dk", dk, r.dk, tol, tol);
     close("attention_backward " + n + " dv", dv, r.dv, tol, tol);
+    if constexpr (std::is_same<T, float>::value) {
+        if (D > ATT_TC_HD || Dv > ATT_TC_HD) return;
+        // the tensor-core kernels on the same case (3xTF32 products: about f32's accuracy)
+        std::vector<float> out2(out.size(), -9), lse2(lse.size(), -9), delta2(delta.size());
+        std::vector<float> dq2(dq.size(), -9), dk2(dk.size(), -9), dv2(dv.size(), -9);
+        const unsigned bh = (unsigned)(B * H);
+        emu_launch(dim3{(unsigned)(Tq + 63) / 64, bh, 1}, dim3{128, 1, 1},
+                   [&] { attention_tc_forward_f32(qs.data(), kt.data(), vt.data(), mask_ptr, bias_ptr, out2.data(), lse2.data(), p); });
+        close("attention_tc_forward " + n + " out", out2, r.out, tol, tol);
+        close("attention_tc_forward " + n + " lse", lse2, r.lse, tol, tol);
+        run(2, 64, [&] { attention_backward_delta_f32(out2.data(), dot.data(), delta2.data(), B * H * Tq, Dv); });
+        // dq on a small grid (the grid-stride loops), dkv on the full one
+        emu_launch(dim3{(unsigned)((Tq + 31) / 32 + 1) / 2, (bh + 1) / 2, 1}, dim3{64, 1, 1},
+                   [&] { attention_tc_backward_dq_f32(qs.data(), kt.data(), vt.data(), mask_ptr, bias_ptr, dot.data(), lse2.data(), delta2.data(), dq2.data(), p); });
+        emu_launch(dim3{(unsigned)(Tk + 31) / 32, bh, 1}, dim3{64, 1, 1},
+                   [&] { attention_tc_backward_dkv_f32(qs.data(), kt.data(), vt.data(), mask_ptr, bias_ptr, dot.data(), lse2.data(), delta2.data(), dk2.data(), dv2.data(), p); });
+        close("attention_tc_backward " + n + " dq", dq2, r.dq, tol, tol);
+        close("attention_tc_backward " + n + " dk", dk2, r.dk, tol, tol);
+        close("attention_tc_backward " + n + " dv", dv2, r.dv, tol, tol);
+    }
+}
+
+/// The TF32 pieces and the emulated mma itself: hi + lo splits x within f32's rounding,
+/// and one m16n8k8 product of known fragments equals the loop over its definition.
+static void test_tf32_mma() {
+    using namespace at;
+    bool ok = true;
+    for (float x : {1.0f, -3.14159265f, 1e-20f, 123456.789f, -0.1f}) {
+        u32 hi, lo;
+        att_split(x, hi, lo);
+        ok = ok && (hi & 0x1fffu) == 0 && (lo & 0x1fffu) == 0;
+        ok = ok && std::fabs((double)__uint_as_float(hi) + __uint_as_float(lo) - x) <= std::fabs(x) * 1e-7;
+    }
+    report(ok, "tf32 split: hi and lo are TF32, hi + lo = x", ok ? "" : "a split is off");
+    // A (16 x 8) and B (8 x 8) small integers (exact in TF32): D = A B + C
+    double A[16][8], Bm[8][8], C[16][8];
+    for (int r = 0; r < 16; ++r)
+        for (int k = 0; k < 8; ++k) A[r][k] = (r * 3 + k * 5) % 7 - 3;
+    for (int k = 0; k < 8; ++k)
+        for (int n = 0; n < 8; ++n) Bm[k][n] = (k * 2 + n * 3) % 5 - 2;
+    for (int r = 0; r < 16; ++r)
+        for (int n = 0; n < 8; ++n) C[r][n] = r - n;
+    std::vector<double> got(16 * 8, -99), want(16 * 8);
+    for (int r = 0; r < 16; ++r)
+        for (int n = 0; n < 8; ++n) {
+            double a = C[r][n];
+            for (int k = 0; k < 8; ++k) a += A[r][k] * Bm[k][n];
+            want[r * 8 + n] = a;
+        }
+    emu_launch(dim3{1, 1, 1}, dim3{32, 1, 1}, [&] {
+        const int lane = threadIdx.x, g = lane / 4, q = lane % 4;
+        float d[4];
+        for (int c = 0; c < 4; ++c) d[c] = (float)C[g + 8 * (c / 2)][2 * q + c % 2];
+        att_mma(d, att_tf32((float)A[g][q]), att_tf32((float)A[g + 8][q]), att_tf32((float)A[g][q + 4]),
+                att_tf32((float)A[g + 8][q + 4]), att_tf32((float)Bm[q][g]), att_tf32((float)Bm[q + 4][g]));
+        for (int c = 0; c < 4; ++c) got[(g + 8 * (c / 2)) * 8 + 2 * q + c % 2] = d[c];
+    });
+    close("mma m16n8k8 tf32 (emulated) = the definition", got, want);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1380,14 +1453,21 @@ static void test_window() {
 }
 
 static void test_attention() {
-    // name, B, H, Tq, Tk, D, Dv, causal, mask, bias, transposed q, a fully masked row, warps
+    test_tf32_mma();
+    // name, B, H, Tq, Tk, D, Dv, causal, mask, bias, transposed q, a fully masked row, warps,
+    // dropout
     const AttCase cases[] = {
-        {"plain", 1, 1, 5, 5, 8, 8, false, false, false, false, false, 2},
-        {"causal Tq<Tk odd dims, tiles", 2, 3, 7, 40, 5, 6, true, false, false, false, false, 2},
-        {"key padding + bias, strided q", 2, 2, 9, 19, 33, 17, false, true, true, true, false, 3},
-        {"causal + mask + bias, Tq>Tk", 2, 1, 13, 6, 16, 4, true, true, true, false, false, 4},
-        {"fully masked query row", 2, 2, 4, 5, 8, 8, false, true, false, false, true, 2},
-        {"head dim 128", 1, 2, 3, 34, 128, 128, true, false, false, true, false, 1},
+        {"plain", 1, 1, 5, 5, 8, 8, false, false, false, false, false, 2, 0},
+        {"causal Tq<Tk odd dims, tiles", 2, 3, 7, 40, 5, 6, true, false, false, false, false, 2, 0},
+        {"key padding + bias, strided q", 2, 2, 9, 19, 33, 17, false, true, true, true, false, 3, 0},
+        {"causal + mask + bias, Tq>Tk", 2, 1, 13, 6, 16, 4, true, true, true, false, false, 4, 0},
+        {"fully masked query row", 2, 2, 4, 5, 8, 8, false, true, false, false, true, 2, 0},
+        {"head dim 128", 1, 2, 3, 34, 128, 128, true, false, false, true, false, 1, 0},
+        {"dropout 0.3", 2, 2, 6, 11, 8, 8, false, false, false, false, false, 2, 0.3},
+        {"causal + dropout + mask, several tiles", 1, 2, 70, 75, 64, 64, true, true, false, true, false, 4, 0.1},
+        {"causal head dim 64, 3 forward tiles", 1, 1, 130, 130, 64, 40, true, false, false, false, false, 8, 0},
+        {"dropout, Tk % 4 = 0 (shared Philox blocks) + mask", 2, 2, 45, 72, 16, 24, false, true, false, false, false, 2, 0.2},
+        {"causal + dropout, Tk % 4 = 0, Tq > Tk", 1, 3, 70, 36, 8, 8, true, false, true, true, false, 4, 0.5},
     };
     for (const auto& c : cases) {
         attention_case<double>(c, 1e-12);

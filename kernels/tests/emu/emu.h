@@ -24,6 +24,7 @@
 #define __forceinline__ inline
 #define __shared__ static
 #define __align__(n) alignas(n)
+#define __launch_bounds__(...)
 
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
@@ -160,6 +161,71 @@ template <typename T> inline T __shfl_xor_sync(unsigned, T v, int lane_mask) {
     T r;
     std::memcpy(&r, &o, sizeof(T));
     return r;
+}
+
+template <typename T> inline T __shfl_sync(unsigned, T v, int src_lane) {
+    static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
+    const unsigned t = threadIdx.x, partner = (t & ~31u) | ((unsigned)src_lane & 31u);
+    uint64_t u = 0;
+    std::memcpy(&u, &v, sizeof(T));
+    emu::g_block->slots[t] = u;
+    emu::wait(emu::State::WarpWait);
+    const uint64_t o = emu::g_block->slots[partner];
+    emu::wait(emu::State::WarpWait);
+    T r;
+    std::memcpy(&r, &o, sizeof(T));
+    return r;
+}
+
+// Tensor-core instructions used by attention.cu (PTX `cvt.rna.tf32.f32` and
+// `mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32`), emulated from the PTX ISA's
+// fragment layouts: with g = lane / 4 and q = lane % 4, lane holds A(g + 8(r % 2),
+// q + 4(r / 2)) in a[r], B(q + 4r, g) in b[r] and C(g + 8(r / 2), 2q + r % 2) in c[r].
+// The products of TF32 operands are exact in double; the sum is rounded once to f32
+// (the hardware's order and rounding of the sum are unspecified).
+
+/// f32 -> TF32 (10 mantissa bits), round to nearest, ties away from zero; the bits.
+inline uint32_t flint_emu_tf32(float x) {
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) == 0x7f800000u) return u; // inf, NaN
+    return (u + 0x1000u) & 0xffffe000u;
+}
+
+namespace emu {
+struct MmaSlot {
+    uint32_t a[4], b[2];
+};
+inline MmaSlot mma_slots[1024];
+} // namespace emu
+
+/// d += A·B for one warp (all 32 lanes call it, like the instruction).
+inline void flint_emu_mma_tf32(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                               uint32_t b0, uint32_t b1) {
+    const unsigned t = threadIdx.x, base = t & ~31u, lane = t & 31u;
+    emu::mma_slots[t] = emu::MmaSlot{{a0, a1, a2, a3}, {b0, b1}};
+    emu::wait(emu::State::WarpWait);
+    auto f = [](uint32_t u) {
+        float x;
+        std::memcpy(&x, &u, 4);
+        return (double)x;
+    };
+    auto a_at = [&](unsigned r, unsigned k) {
+        return f(emu::mma_slots[base + (r % 8) * 4 + k % 4].a[(r >= 8 ? 1 : 0) + (k >= 4 ? 2 : 0)]);
+    };
+    auto b_at = [&](unsigned k, unsigned n) {
+        return f(emu::mma_slots[base + n * 4 + k % 4].b[k >= 4 ? 1 : 0]);
+    };
+    const unsigned g = lane / 4, q = lane % 4;
+    float out[4];
+    for (unsigned r = 0; r < 4; ++r) {
+        const unsigned row = g + 8 * (r / 2), col = 2 * q + r % 2;
+        double acc = d[r];
+        for (unsigned k = 0; k < 8; ++k) acc += a_at(row, k) * b_at(k, col);
+        out[r] = (float)acc;
+    }
+    emu::wait(emu::State::WarpWait); // every lane has read the slots
+    for (unsigned r = 0; r < 4; ++r) d[r] = out[r];
 }
 
 // Bit casts and rounding intrinsics.
