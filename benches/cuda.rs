@@ -14,6 +14,11 @@
 //!   (forward, cross-entropy with label smoothing 0.1, backward, AdamW, zero_grad) at
 //!   issue 8's size: batch 64, sequence 512, d_model 1024, 16 heads, d_ff 4096, vocab 1000;
 //!   f32, TF32 off.
+//! - `attention_sdpa`: the attention core of that step alone: `scaled_dot_product_attention`
+//!   of `q, k, v = randn(64, 16, 512, 64)` (f32, requiring grad) with `is_causal` and
+//!   dropout 0.1, then the backward from a fixed `randn` output gradient (the fused
+//!   kernels on both sides). FLOPs: the causal half of the four products, forward
+//!   and backward (`2·B·H·T²·D·(2 + 5) / 2`, as PyTorch's backward recomputes `QKᵀ`).
 //!
 //! Each step is queued and then waited for (`cuda::synchronize`); the time is the median
 //! of `iters` steps after `warmup` untimed ones. With `--torch` the table has PyTorch's
@@ -176,6 +181,37 @@ fn bench_transformer(d: Device, sdpa: bool, a: &Args) -> (f64, f64) {
     r
 }
 
+/// The `attention_sdpa` workload: (B, H, T, D).
+const ATTN: (usize, usize, usize, usize) = (64, 16, 512, 64);
+
+fn attention_flops() -> f64 {
+    let (b, h, t, d) = ATTN;
+    2.0 * (b * h * t * t * d) as f64 * 7.0 / 2.0
+}
+
+fn bench_attention(d: Device, a: &Args) -> (f64, f64) {
+    cuda::set_allow_tf32(false);
+    manual_seed(0);
+    let (b, h, t, hd) = ATTN;
+    let leaf = || {
+        Tensor::randn([b, h, t, hd], DType::F32)
+            .to(d)
+            .requires_grad_(true)
+    };
+    let (q, k, v) = (leaf(), leaf(), leaf());
+    let g = Tensor::randn([b, h, t, hd], DType::F32).to(d);
+    time_cuda(d, a.warmup, a.iters, || {
+        let o = flint::nn::functional::scaled_dot_product_attention(
+            &q, &k, &v, None, true, 0.1, true, None,
+        )
+        .unwrap_or_else(|e| fail(format!("scaled_dot_product_attention: {e}")));
+        o.backward_with(&g);
+        for x in [&q, &k, &v] {
+            x.zero_grad();
+        }
+    })
+}
+
 fn main() {
     let a = args();
     if let Err(e) = cuda::available() {
@@ -214,6 +250,13 @@ fn main() {
         if wanted(&name) {
             record(name, bench_transformer(d, sdpa, &a), 3.0 * GPU_TF.flops());
         }
+    }
+    if wanted("attention_sdpa") {
+        record(
+            "attention_sdpa".into(),
+            bench_attention(d, &a),
+            attention_flops(),
+        );
     }
     let s = cuda::memory_stats(d).unwrap_or_default();
     println!(

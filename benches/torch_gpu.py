@@ -14,6 +14,11 @@ Workloads (the GPU counterparts of `torch_baseline.py`'s, same definitions, larg
                       issue 8: batch 64, seq 512, d_model 1024, 16 heads (head_dim 64),
                       d_ff 4096, vocab 1000; f32 with TF32 off.
   transformer_train_sdpa  the same with F.scaled_dot_product_attention (is_causal).
+  attention_sdpa      that step's attention core alone: F.scaled_dot_product_attention of
+                      q, k, v = randn(64, 16, 512, 64) (f32, requires_grad), is_causal,
+                      dropout_p 0.1, then backward from a fixed randn output gradient.
+                      FLOPs 2 B H T^2 D (2 + 5) / 2 (causal half; the backward recomputes
+                      q k^T).
 
 With --profile, one more step of each transformer workload runs under torch.profiler and
 its CUDA kernels are printed, largest total first (the counterpart of Flint's `--profile`).
@@ -125,6 +130,29 @@ def bench_transformer(c, sdpa, warmup, iters, profile=False):
     return r
 
 
+ATTN = dict(B=64, H=16, T=512, D=64)
+
+
+def bench_attention(warmup, iters):
+    import torch.nn.functional as F
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    B, H, T, D = ATTN["B"], ATTN["H"], ATTN["T"], ATTN["D"]
+    q, k, v = (torch.randn(B, H, T, D, device="cuda", requires_grad=True) for _ in range(3))
+    g = torch.randn(B, H, T, D, device="cuda")
+
+    def step():
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=0.1)
+        o.backward(g)
+        for x in (q, k, v):
+            x.grad = None
+
+    r = time_cuda(step, warmup, iters)
+    r["flops"] = 2.0 * B * H * T * T * D * 7 / 2
+    return r
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("json_out")
@@ -146,6 +174,7 @@ def main():
     for sdpa in (False, True):
         name = "transformer_train" + ("_sdpa" if sdpa else "")
         runs[name] = bench_transformer(GPU_TF, sdpa, args.warmup, args.iters, args.profile)
+    runs["attention_sdpa"] = bench_attention(args.warmup, args.iters)
     out = {
         "device": torch.cuda.get_device_name(0),
         "torch": torch.__version__,
