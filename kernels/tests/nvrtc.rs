@@ -166,3 +166,89 @@ fn ptx_parsing() {
     assert_eq!(ptx_version(ptx), Some((9, 0)));
     assert!(Some((9, 1)) > Some(MAX_PTX_VERSION));
 }
+
+/// ptxas's resource lines (`-Xptxas=-v`) for each entry of a module: entry name → the
+/// text of its "N bytes spill stores" and "Used N registers" lines.
+fn ptxas_usage(m: &KernelModule) -> Result<Vec<(String, String)>, String> {
+    use cudarc::nvrtc::result;
+    let src = std::ffi::CString::new(m.source).map_err(|e| e.to_string())?;
+    let name = std::ffi::CString::new(format!("{}.cu", m.name)).map_err(|e| e.to_string())?;
+    let prog = result::create_program(&src, Some(&name)).map_err(|e| format!("{e:?}"))?;
+    let mut opts: Vec<String> = COMPILE_OPTIONS.iter().map(|s| s.to_string()).collect();
+    opts.push(format!("--gpu-architecture={ARCH}"));
+    opts.push("-Xptxas=-v".into());
+    // SAFETY: `prog` is a live program; the options are NUL-free strings.
+    let compiled = unsafe { result::compile_program(prog, &opts) };
+    // SAFETY: as above; the log is read before the program is destroyed.
+    let log = unsafe { result::get_program_log(prog) }.map_err(|e| format!("{e:?}"))?;
+    // SAFETY: destroyed once, not used after.
+    let _ = unsafe { result::destroy_program(prog) };
+    let log: String = log
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8 as char)
+        .collect();
+    compiled.map_err(|e| format!("module `{}`: {e:?}\n{log}", m.name))?;
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in log.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            out.push((
+                rest.split('\'').next().unwrap_or("").to_string(),
+                String::new(),
+            ));
+        } else if let Some((_, text)) = out
+            .last_mut()
+            .filter(|_| line.contains("spill") || line.contains("Used "))
+        {
+            let line = line
+                .trim_start_matches("ptxas")
+                .trim_start_matches([' ', '.']);
+            text.push_str(
+                line.trim_start_matches("info")
+                    .trim_start_matches([' ', ':']),
+            );
+            text.push_str("; ");
+        }
+    }
+    Ok(out)
+}
+
+/// The number before `what` in a ptxas resource line ("16 bytes spill stores").
+fn usage_number(text: &str, what: &str) -> Option<u64> {
+    let before = &text[..text.find(what)?];
+    before.split_whitespace().last()?.parse().ok()
+}
+
+/// The tensor-core attention kernels hold their tiles in registers: ptxas must not spill
+/// more than a few bytes of them (a change that makes them spill would slow them down
+/// several-fold, which only a GPU would show otherwise). Prints their register use.
+#[test]
+fn the_tensor_core_attention_kernels_fit_in_registers() {
+    // SAFETY: only probes for the library.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        if std::env::var("REQUIRE_NVRTC").as_deref() == Ok("1") {
+            panic!("REQUIRE_NVRTC=1 but NVRTC is missing");
+        }
+        say("SKIPPED: NVRTC not found; ptxas resource usage not checked");
+        return;
+    }
+    let m = flint_kernels::module("attention").expect("the attention module");
+    let usage = ptxas_usage(m).unwrap_or_else(|e| panic!("{e}"));
+    let tc: Vec<_> = usage
+        .iter()
+        .filter(|(name, _)| name.starts_with("attention_tc_"))
+        .collect();
+    assert_eq!(tc.len(), 3, "ptxas lines of the tc entries: {usage:?}");
+    for (name, text) in tc {
+        say(&format!("ptxas {name}: {text}"));
+        let spill = usage_number(text, "bytes spill stores")
+            .unwrap_or_else(|| panic!("no spill figure for {name}: {text}"));
+        let regs = usage_number(text, "registers")
+            .unwrap_or_else(|| panic!("no register figure for {name}: {text}"));
+        assert!(spill <= 64, "{name} spills {spill} bytes: {text}");
+        assert!(
+            regs <= 168,
+            "{name} uses {regs} registers (launch bounds allow 168): {text}"
+        );
+    }
+}
