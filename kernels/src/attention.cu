@@ -1010,7 +1010,7 @@ __device__ __forceinline__ void att_tc_dkv(const T* q, const T* k, const T* v, c
     }
 }
 
-extern "C" __global__ void __launch_bounds__(128, 3) attention_tc_forward_f32(const float* q, const float* k, const float* v,
+extern "C" __global__ void attention_tc_forward_f32(const float* q, const float* k, const float* v,
                                                     const u8* mask, const float* bias, float* out,
                                                     float* lse, AttentionParams p) {
     att_tc_forward<float>(q, k, v, mask, bias, out, lse, p);
