@@ -1,5 +1,6 @@
 //! The CUDA backend: moves between devices, cuBLAS matmul, the caching allocator,
-//! autograd across devices, and the errors for what has no kernel yet.
+//! autograd across devices, the fused attention against the CPU's, and the errors for
+//! what has no kernel yet.
 //!
 //! Every test that needs a GPU starts with [`gpu`], which prints
 //! `SKIPPED (no CUDA): <test> — <reason>` and returns `None` on a machine without one
@@ -1440,5 +1441,407 @@ fn run_gradcheck_cases(d: Device) {
             panic!("{name}: {e}");
         }
         println!("gradcheck on {d}: {name} ok");
+    }
+}
+
+/// One call of the fused scaled dot-product attention: q, k, v as f64 bases on the CPU
+/// (each moved to the device in `dtype`, made a leaf, then viewed by its `view`), a mask
+/// (a float one is cast to `dtype`), the causal flag, the dropout probability, and the
+/// tolerance of the device against the CPU.
+struct SdpaCase {
+    what: &'static str,
+    dtype: DType,
+    bases: [Tensor; 3],
+    views: [fn(&Tensor) -> Tensor; 3],
+    mask: Option<Tensor>,
+    causal: bool,
+    dropout: f64,
+    tol: f64,
+}
+
+/// The tolerances of [`SdpaCase`]: f32 on the tensor-core kernels (head dims up to 64),
+/// f32 on the others, f64.
+const SDPA_TOL_TC: f64 = 2e-3;
+const SDPA_TOL_F32: f64 = 1e-4;
+const SDPA_TOL_F64: f64 = 1e-9;
+
+fn plain(t: &Tensor) -> Tensor {
+    t.clone()
+}
+
+fn sdpa_cases() -> Vec<SdpaCase> {
+    let mut g = Generator::new(31);
+    let mut rand = |shape: &[usize]| g.randn(shape, DType::F64);
+    let case = |what, dtype, bases: [Tensor; 3], tol| SdpaCase {
+        what,
+        dtype,
+        bases,
+        views: [plain, plain, plain],
+        mask: None,
+        causal: false,
+        dropout: 0.0,
+        tol,
+    };
+    let mut v = Vec::new();
+    // head dim 64 (tensor cores), causal, dropout; 70 rows cross every row-block size
+    let mut c = case(
+        "f32 D=64 causal dropout 0.1",
+        DType::F32,
+        [
+            rand(&[2, 3, 70, 64]),
+            rand(&[2, 3, 70, 64]),
+            rand(&[2, 3, 70, 64]),
+        ],
+        SDPA_TOL_TC,
+    );
+    (c.causal, c.dropout) = (true, 0.1);
+    v.push(c);
+    // a bool key-padding mask [B, 1, 1, Tk]: keys past each length hidden; Tq ≠ Tk, D ≠ Dv
+    let mut c = case(
+        "f32 D=64 bool key padding",
+        DType::F32,
+        [
+            rand(&[2, 2, 37, 64]),
+            rand(&[2, 2, 45, 64]),
+            rand(&[2, 2, 45, 32]),
+        ],
+        SDPA_TOL_TC,
+    );
+    let keep: Vec<bool> = [45, 20]
+        .iter()
+        .flat_map(|&l| (0..45).map(move |j| j < l))
+        .collect();
+    c.mask = Some(Tensor::from_vec(keep, [2, 1, 1, 45]));
+    v.push(c);
+    // a float mask [B, 1, Tq, Tk] broadcast over the heads, causal
+    let mut c = case(
+        "f32 D=64 float mask",
+        DType::F32,
+        [
+            rand(&[2, 3, 40, 64]),
+            rand(&[2, 3, 40, 64]),
+            rand(&[2, 3, 40, 64]),
+        ],
+        SDPA_TOL_TC,
+    );
+    c.mask = Some(rand(&[2, 1, 40, 40]));
+    c.causal = true;
+    v.push(c);
+    // head dims above the tensor-core kernels' (D = 80, Dv = 48), with dropout
+    let mut c = case(
+        "f32 D=80 Dv=48 causal dropout 0.2",
+        DType::F32,
+        [
+            rand(&[2, 2, 33, 80]),
+            rand(&[2, 2, 33, 80]),
+            rand(&[2, 2, 33, 48]),
+        ],
+        SDPA_TOL_F32,
+    );
+    (c.causal, c.dropout) = (true, 0.2);
+    v.push(c);
+    // f64, dropout, a bool mask of the full score shape (key 0 always visible)
+    let mut c = case(
+        "f64 D=32 bool mask dropout 0.25",
+        DType::F64,
+        [
+            rand(&[2, 2, 21, 32]),
+            rand(&[2, 2, 26, 32]),
+            rand(&[2, 2, 26, 16]),
+        ],
+        SDPA_TOL_F64,
+    );
+    let keep = Generator::new(8)
+        .rand([2, 2, 21, 26], DType::F64)
+        .gt(0.3)
+        .logical_or(Tensor::from_vec(
+            (0..26).map(|j| j == 0).collect::<Vec<bool>>(),
+            [26],
+        ));
+    (c.mask, c.dropout) = (Some(keep), 0.25);
+    v.push(c);
+    // q as a transposed (strided) view [B, T, H, D] -> [B, H, T, D], as attention heads
+    // are cut from a projection; k, v contiguous
+    for (what, dtype, d, tol) in [
+        ("f32 D=64 q transposed", DType::F32, 64, SDPA_TOL_TC),
+        ("f64 D=40 q transposed", DType::F64, 40, SDPA_TOL_F64),
+    ] {
+        let mut c = case(
+            what,
+            dtype,
+            [
+                rand(&[2, 19, 3, d]),
+                rand(&[2, 3, 19, d]),
+                rand(&[2, 3, 19, d]),
+            ],
+            tol,
+        );
+        c.views[0] = |t| t.transpose(1, 2);
+        c.causal = true;
+        v.push(c);
+    }
+    // batch rank 1: q [H, Tq, D], k [1, Tk, D] broadcast, v [Tk, Dv] (no batch dims)
+    v.push(case(
+        "f32 batch rank 1 (k, v broadcast)",
+        DType::F32,
+        [rand(&[4, 17, 16]), rand(&[1, 23, 16]), rand(&[23, 24])],
+        SDPA_TOL_TC,
+    ));
+    // batch rank 3: k broadcast over the middle dim and a mask broadcast over the first
+    // and last batch dims (neither merges onto two levels: both copied)
+    for (what, dtype, tol) in [
+        ("f32 batch rank 3", DType::F32, SDPA_TOL_TC),
+        ("f64 batch rank 3", DType::F64, SDPA_TOL_F64),
+    ] {
+        let mut c = case(
+            what,
+            dtype,
+            [
+                rand(&[2, 3, 2, 9, 8]),
+                rand(&[2, 1, 2, 11, 8]),
+                rand(&[2, 3, 2, 11, 8]),
+            ],
+            tol,
+        );
+        let keep = Generator::new(12)
+            .rand([3, 1, 9, 11], DType::F64)
+            .gt(0.5)
+            .logical_or(Tensor::from_vec(
+                (0..11).map(|j| j == 0).collect::<Vec<bool>>(),
+                [11],
+            ));
+        c.mask = Some(keep);
+        v.push(c);
+    }
+    // a query that may attend no key: NaN output, no gradient through it
+    for (what, dtype, tol) in [
+        ("f32 fully masked query", DType::F32, SDPA_TOL_TC),
+        ("f64 fully masked query", DType::F64, SDPA_TOL_F64),
+    ] {
+        let mut c = case(
+            what,
+            dtype,
+            [rand(&[2, 6, 16]), rand(&[2, 7, 16]), rand(&[2, 7, 16])],
+            tol,
+        );
+        let keep: Vec<bool> = (0..6 * 7).map(|e| e / 7 != 2 && e % 3 != 1).collect();
+        c.mask = Some(Tensor::from_vec(keep, [6, 7]));
+        v.push(c);
+    }
+    v
+}
+
+/// The output and `(dq, dk, dv)` of a case on `d` with dropout `p`, after
+/// `manual_seed(seed)`, as f64 on the host; asserts the fused node ran.
+fn run_sdpa(c: &SdpaCase, d: Device, p: f64) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let leaves: Vec<Tensor> = c
+        .bases
+        .iter()
+        .map(|t| t.to_dtype(c.dtype).to(d).detach().requires_grad_(true))
+        .collect();
+    let x: Vec<Tensor> = leaves.iter().zip(&c.views).map(|(t, f)| f(t)).collect();
+    let mask = c.mask.as_ref().map(|m| {
+        let m = if m.dtype() == DType::Bool {
+            m.clone()
+        } else {
+            m.to_dtype(c.dtype)
+        };
+        m.to(d)
+    });
+    manual_seed(2024);
+    let y =
+        scaled_dot_product_attention(&x[0], &x[1], &x[2], mask.as_ref(), c.causal, p, true, None)
+            .unwrap();
+    assert_eq!(
+        y.grad_fn().expect("a node").name(),
+        "scaled_dot_product_attention",
+        "{} on {d}: not the fused path",
+        c.what
+    );
+    assert_eq!((y.device(), y.dtype()), (d, c.dtype), "{}", c.what);
+    let gy = Generator::new(9).randn(y.shape(), c.dtype).to(d);
+    y.backward_with(&gy);
+    let grads = leaves
+        .iter()
+        .map(|t| t.grad().expect("a gradient").to(Device::Cpu).to_f64_vec())
+        .collect();
+    (y.to(Device::Cpu).to_f64_vec(), grads)
+}
+
+/// `got` within `tol` of `want` relative to `want`'s largest magnitude (at least 1); NaN
+/// where `want` is NaN.
+fn assert_close_scaled(got: &[f64], want: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let scale = want
+        .iter()
+        .filter(|w| w.is_finite())
+        .fold(1.0f64, |m, w| m.max(w.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let ok = if w.is_nan() {
+            g.is_nan()
+        } else {
+            (g - w).abs() <= tol * (scale + w.abs())
+        };
+        assert!(ok, "{what}: element {i}: got {g}, want {w} (scale {scale})");
+    }
+}
+
+/// Checks a case's run on `d` against the CPU's fused path (the same dropout mask from
+/// the same seed) and what every run must show: dropout drops, a fully masked query is
+/// NaN with finite gradients.
+fn check_sdpa_case(c: &SdpaCase, d: Device) {
+    let (y, grads) = run_sdpa(c, d, c.dropout);
+    let (y0, grads0) = run_sdpa(c, Device::Cpu, c.dropout);
+    assert_close_scaled(&y, &y0, c.tol, &format!("{} on {d}: output", c.what));
+    for (n, (a, b)) in ["dq", "dk", "dv"].iter().zip(grads.iter().zip(&grads0)) {
+        assert!(
+            a.iter().all(|x| x.is_finite()),
+            "{} on {d}: {n} not finite",
+            c.what
+        );
+        assert_close_scaled(a, b, c.tol * 10.0, &format!("{} on {d}: {n}", c.what));
+    }
+    if c.dropout > 0.0 {
+        let (plain, _) = run_sdpa(c, d, 0.0);
+        let differ = plain
+            .iter()
+            .zip(&y)
+            .filter(|(a, b)| (*a - *b).abs() > 1e-3 * (1.0 + a.abs()))
+            .count();
+        assert!(
+            differ * 2 > y.len(),
+            "{} on {d}: dropout changed only {differ} of {} outputs",
+            c.what,
+            y.len()
+        );
+    }
+    let nans = y.iter().filter(|x| x.is_nan()).count();
+    if c.what.contains("fully masked") {
+        // query 2 of each of the two problems, 16 values each
+        assert_eq!(nans, 2 * 16, "{} on {d}", c.what);
+    } else {
+        assert_eq!(nans, 0, "{} on {d}", c.what);
+    }
+}
+
+#[test]
+fn fused_attention_on_the_device_matches_the_cpu() {
+    let Some(g) = gpu("fused_attention_on_the_device_matches_the_cpu") else {
+        return;
+    };
+    for c in sdpa_cases() {
+        check_sdpa_case(&c, g.device);
+        println!("sdpa on {}: {} ok", g.device, c.what);
+    }
+}
+
+/// The cases of [`fused_attention_on_the_device_matches_the_cpu`] on the CPU against
+/// itself: checks, without a GPU, that every case takes the fused path and that its
+/// dropout and masking assertions hold.
+#[test]
+fn the_attention_cases_run_on_the_cpu() {
+    for c in sdpa_cases() {
+        check_sdpa_case(&c, Device::Cpu);
+    }
+}
+
+#[test]
+fn fused_attention_on_the_device_passes_gradcheck() {
+    let Some(g) = gpu("fused_attention_on_the_device_passes_gradcheck") else {
+        return;
+    };
+    run_sdpa_gradcheck(g.device);
+}
+
+/// The gradchecks of [`fused_attention_on_the_device_passes_gradcheck`] on the CPU.
+#[test]
+fn the_attention_gradcheck_holds_on_the_cpu() {
+    run_sdpa_gradcheck(Device::Cpu);
+}
+
+/// Gradchecks the fused attention in f64 on `d`: a float mask [Tq, Tk] with causal, and
+/// a bool mask with dropout (the seed reset before each evaluation, so every one drops
+/// the same weights).
+fn run_sdpa_gradcheck(d: Device) {
+    let mut rng = Generator::new(41);
+    let inputs = [
+        rng.randn([2, 2, 5, 4], DType::F64),
+        rng.randn([2, 2, 6, 4], DType::F64),
+        rng.randn([2, 2, 6, 3], DType::F64),
+    ];
+    let fmask = rng.randn([5, 6], DType::F64).to(d);
+    let bmask = rng
+        .rand([2, 1, 5, 6], DType::F64)
+        .gt(0.3)
+        .logical_or(Tensor::from_vec(
+            (0..6).map(|j| j == 0).collect::<Vec<bool>>(),
+            [6],
+        ))
+        .to(d);
+    for (what, mask, causal, p) in [
+        ("float mask, causal", &fmask, true, 0.0),
+        ("bool mask, dropout 0.3", &bmask, false, 0.3),
+    ] {
+        let f = |xs: &[Tensor]| {
+            manual_seed(5);
+            let y = scaled_dot_product_attention(
+                &xs[0].to(d),
+                &xs[1].to(d),
+                &xs[2].to(d),
+                Some(mask),
+                causal,
+                p,
+                true,
+                None,
+            )
+            .unwrap();
+            if let Some(n) = y.grad_fn() {
+                assert_eq!(n.name(), "scaled_dot_product_attention", "{what}");
+            }
+            y.to(Device::Cpu)
+        };
+        if let Err(e) = gradcheck(f, &inputs, GradcheckOptions::default()) {
+            panic!("sdpa gradcheck on {d}, {what}: {e}");
+        }
+        // under create_graph the backward is made of tensor ops on the device (the
+        // dropout mask redrawn on the host and moved): the fused backward's gradients
+        let leaves: Vec<Tensor> = inputs
+            .iter()
+            .map(|t| t.to(d).requires_grad_(true))
+            .collect();
+        let w = Generator::new(6).randn([2, 2, 5, 3], DType::F64).to(d);
+        let mut per_mode = Vec::new();
+        for create_graph in [false, true] {
+            manual_seed(5);
+            let y = scaled_dot_product_attention(
+                &leaves[0],
+                &leaves[1],
+                &leaves[2],
+                Some(mask),
+                causal,
+                p,
+                true,
+                None,
+            )
+            .unwrap();
+            let loss = (&y * &w).sum(All, false);
+            let grads = flint::autograd::grad(&[loss], &leaves, None, false, create_graph)
+                .unwrap()
+                .into_iter()
+                .map(|g| g.expect("a gradient").to(Device::Cpu).to_f64_vec())
+                .collect::<Vec<_>>();
+            per_mode.push(grads);
+        }
+        for (n, (a, b)) in ["dq", "dk", "dv"]
+            .iter()
+            .zip(per_mode[1].iter().zip(&per_mode[0]))
+        {
+            assert_close_scaled(
+                a,
+                b,
+                1e-10,
+                &format!("{what} on {d}: {n} under create_graph"),
+            );
+        }
     }
 }

@@ -70,10 +70,12 @@ pub(crate) struct DropoutKey {
 }
 
 /// The batch shape of the fused call, when it can take it: q, k, v f32/f64 tensors of one
-/// dtype on the CPU, whose batch dims broadcast to a shape that q and k alone already
-/// reach (so the dropout draw has the composed path's shape), a mask (if any) that is
-/// bool or of the same dtype without requiring grad and broadcasts to the scores' shape
-/// without growing it, and no empty dim.
+/// dtype on one device (the CPU, or with the `cuda` feature a CUDA device when the head
+/// dims are at most 128, `flint_kernels::ATTENTION_MAX_HEAD_DIM`), whose batch dims
+/// broadcast to a shape that q and k alone already reach (so the dropout draw has the
+/// composed path's shape), a mask (if any) on that device that is bool or of the same
+/// dtype without requiring grad and broadcasts to the scores' shape without growing it,
+/// and no empty dim.
 pub(crate) fn fused_batch(
     q: &Tensor,
     k: &Tensor,
@@ -81,11 +83,13 @@ pub(crate) fn fused_batch(
     mask: Option<&Tensor>,
 ) -> Option<Vec<usize>> {
     let dt = q.dtype();
-    let on_cpu = |t: &Tensor| t.device() == crate::Device::Cpu;
+    let device = q.device();
+    let on_device = |t: &Tensor| t.device() == device;
     if !matches!(dt, DType::F32 | DType::F64)
         || ![q, k, v]
             .iter()
-            .all(|t| on_cpu(t) && t.dtype() == dt && t.ndim() >= 2)
+            .all(|t| on_device(t) && t.dtype() == dt && t.ndim() >= 2)
+        || !has_kernels(device, q.size(-1), v.size(-1))
     {
         return None;
     }
@@ -100,7 +104,7 @@ pub(crate) fn fused_batch(
     scores.extend([tq, tk]);
     if let Some(m) = mask {
         let dtype_ok = m.dtype() == DType::Bool || (m.dtype() == dt && !m.requires_grad());
-        if !dtype_ok || !on_cpu(m) || m.ndim() > scores.len() {
+        if !dtype_ok || !on_device(m) || m.ndim() > scores.len() {
             return None;
         }
         if broadcast_shapes(OP, m.shape(), &scores).ok()?.as_slice() != scores.as_slice() {
@@ -111,6 +115,21 @@ pub(crate) fn fused_batch(
         return None;
     }
     Some(all.to_vec())
+}
+
+/// Whether `device` has fused kernels for head dims `d` (q, k) and `dv` (v): the CPU's
+/// take any; CUDA's (`cuda/attention.rs`, `cuda` feature) those of `1..=128`.
+fn has_kernels(device: crate::Device, d: usize, dv: usize) -> bool {
+    match device {
+        crate::Device::Cpu => true,
+        #[cfg(feature = "cuda")]
+        crate::Device::Cuda(_) => crate::cuda::attention::takes(d, dv),
+        #[cfg(not(feature = "cuda"))]
+        crate::Device::Cuda(_) => {
+            let _ = (d, dv);
+            false
+        }
+    }
 }
 
 /// Where the matrices of one operand are: problem `b`'s starts at `offs[b]`, element
@@ -657,7 +676,8 @@ fn contiguous<T: AttnFloat, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<
 }
 
 /// The fused forward: `(output, lse)`, of shapes `batch ++ [Tq, Dv]` and `batch ++ [Tq]`
-/// (`batch` from [`fused_batch`]). Records nothing.
+/// (`batch` from [`fused_batch`]). Records nothing. CUDA tensors run the CUDA kernels
+/// (`cuda/attention.rs`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     q: &Tensor,
@@ -669,6 +689,10 @@ pub(crate) fn forward(
     scale: f64,
     drop: Option<DropoutKey>,
 ) -> Result<(Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if q.is_cuda() {
+        return crate::cuda::attention::forward(q, k, v, mask, batch, causal, scale, drop);
+    }
     by_dtype!(OP, q, T => {
         let nb: usize = batch.iter().product();
         let (tq, tk, d, dv) = (q.size(-2), k.size(-2), q.size(-1), v.size(-1));
@@ -701,7 +725,7 @@ pub(crate) fn forward(
 /// The fused backward from the forward's output `out` and `lse` and the output gradient
 /// `g`: `(dq, dk, dv)` of shapes `batch ++ [Tq, D]`, `batch ++ [Tk, D]`,
 /// `batch ++ [Tk, Dv]` (summing them to the inputs' own shapes, when those broadcast, is
-/// the caller's). Records nothing.
+/// the caller's). Records nothing. CUDA tensors run the CUDA kernels (`cuda/attention.rs`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
     q: &Tensor,
@@ -716,6 +740,12 @@ pub(crate) fn backward(
     lse: &Tensor,
     g: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if q.is_cuda() {
+        return crate::cuda::attention::backward(
+            q, k, v, mask, batch, causal, scale, drop, out, lse, g,
+        );
+    }
     by_dtype!(OP, q, T => {
         let nb: usize = batch.iter().product();
         let (tq, tk, d, dv) = (q.size(-2), k.size(-2), q.size(-1), v.size(-1));

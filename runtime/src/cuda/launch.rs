@@ -45,6 +45,16 @@ pub(crate) struct WindowArg(pub(crate) flint_kernels::WindowParams);
 // of `window.cu` (144 bytes, checked on both sides).
 unsafe impl DeviceRepr for WindowArg {}
 
+/// [`flint_kernels::AttentionParams`] as a kernel argument (the C `AttentionParams`, by
+/// value).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AttentionArg(pub(crate) flint_kernels::AttentionParams);
+
+// SAFETY: `AttentionParams` is `#[repr(C)]` plain data matching the C struct
+// `AttentionParams` of `attention.cu` (224 bytes, checked on both sides).
+unsafe impl DeviceRepr for AttentionArg {}
+
 /// One kernel argument, in the C type of the kernel's parameter.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Arg {
@@ -68,6 +78,8 @@ pub(crate) enum Arg {
     Layout(LayoutArg),
     /// The geometry of sliding windows.
     Window(WindowArg),
+    /// The shapes, strides and options of an attention kernel.
+    Attention(AttentionArg),
 }
 
 impl Arg {
@@ -202,6 +214,7 @@ pub(crate) fn launch(
             Arg::U16(v) => b.arg(v),
             Arg::Layout(v) => b.arg(v),
             Arg::Window(v) => b.arg(v),
+            Arg::Attention(v) => b.arg(v),
         };
     }
     // SAFETY: each caller passes the arguments of `entry`'s documented signature

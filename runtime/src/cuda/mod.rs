@@ -35,6 +35,13 @@
 //! - sliding windows (`im2col`, `col2im`, the window argmax), so convolutions (1-3
 //!   spatial dims, any stride, padding, dilation and groups), max/avg/adaptive pooling
 //!   and `unfold`/`fold` run on the device, with their gradients;
+//! - fused scaled dot-product attention
+//!   ([`scaled_dot_product_attention`](crate::nn::functional::scaled_dot_product_attention),
+//!   so also `MultiheadAttention` without `need_weights`): f32/f64 with head dims up to
+//!   128, bool or additive masks broadcast over any batch shape, `causal`, dropout of the
+//!   weights (the CPU's mask for the same generator state); forward and backward without
+//!   storing the `[.., Tq, Tk]` scores, f32 heads up to 64 on the tensor-core kernels
+//!   (`cuda/attention.rs`);
 //! - dropout in one kernel each way, its mask drawn on the device from the global
 //!   generator's Philox stream (the same bits as on the CPU for the same seed and
 //!   offset); fused Adam/AdamW and SGD steps (one launch per parameter).
@@ -66,6 +73,7 @@
 //! ```
 
 mod alloc;
+pub(crate) mod attention;
 mod buffer;
 mod context;
 pub mod kernels;

@@ -76,8 +76,9 @@ pub struct AttnMasks<'a> {
     pub key_padding_mask: Option<&'a Tensor>,
     /// Hide later keys from each query.
     pub is_causal: bool,
-    /// Return the attention weights (`true`). With `false`, f32/f64 CPU inputs run the
-    /// fused attention kernel, which never stores the `[B, H, L, S]` weights.
+    /// Return the attention weights (`true`). With `false`, f32/f64 inputs (on the CPU,
+    /// or on CUDA with head dims up to 128) run the fused attention kernels, which never
+    /// store the `[B, H, L, S]` weights.
     pub need_weights: bool,
     /// Average the returned weights over heads (`[B, L, S]`) rather than returning them
     /// per head (`[B, H, L, S]`) (`true`).

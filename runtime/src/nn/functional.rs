@@ -592,14 +592,16 @@ pub fn feature_dropout(x: &Tensor, p: f64, training: bool, spatial: usize) -> Re
 /// (training only) applies to the weights. A query that may attend to no key gets a NaN
 /// output, as in PyTorch.
 ///
-/// f32/f64 CPU tensors (with a bool mask, or a float mask of their dtype that does not
-/// require grad, that does not enlarge the batch) take the fused kernel of
-/// `cpu/attention.rs`: the `[.., Tq, Tk]` scores are never stored, the causal upper
-/// triangle is skipped, and one `scaled_dot_product_attention` node is recorded whose
-/// backward recomputes the weights block by block (a fully masked query gets zero
-/// gradients). Its dropout draws the same mask as the composed path from the same
-/// generator state. Other inputs run [`scaled_dot_product_attention_with_weights`]'s
-/// composition of tensor ops.
+/// f32/f64 tensors (with a bool mask, or a float mask of their dtype that does not
+/// require grad, that does not enlarge the batch) take the fused kernels: those of
+/// `cpu/attention.rs` on the CPU, and on CUDA (head dims up to 128) those of
+/// `flint-kernels`' attention module (`cuda/attention.rs`). The `[.., Tq, Tk]` scores
+/// are never stored, the causal upper triangle is skipped, and one
+/// `scaled_dot_product_attention` node is recorded whose backward recomputes the
+/// weights block by block (a fully masked query gets zero gradients). Its dropout draws
+/// the same mask as the composed path from the same generator state, on either device.
+/// Other inputs run [`scaled_dot_product_attention_with_weights`]'s composition of
+/// tensor ops.
 ///
 /// ```
 /// use flint_runtime::nn::functional::scaled_dot_product_attention;
@@ -830,7 +832,9 @@ fn attention_grad_ops(
         Some(key) => {
             let mut rng = crate::random::Generator::new(key.seed);
             rng.set_state(key.seed, key.first);
-            Some(rng.scaled_bernoulli(p.shape(), 1.0 - key.p, 1.0 / (1.0 - key.p), p.dtype())?)
+            // drawn on the host, used on p's device
+            let m = rng.scaled_bernoulli(p.shape(), 1.0 - key.p, 1.0 / (1.0 - key.p), p.dtype())?;
+            Some(m.try_to(p.device())?)
         }
         None => None,
     };

@@ -1,0 +1,602 @@
+//! Fused scaled dot-product attention on CUDA: the host side of the `attention` kernels
+//! of `flint-kernels` (`kernels/src/attention.cu`), with the signatures and results of
+//! [`crate::cpu::attention::forward`] and [`crate::cpu::attention::backward`], which
+//! call [`forward`] and [`backward`] here for CUDA tensors.
+//!
+//! The kernels see the batch as two levels `(b, h)` with a stride each (and q, k, v a row
+//! stride, their last dim contiguous; masks an `(i, j)` stride pair). The broadcast batch
+//! shape of a call, of any rank, is mapped onto those two levels by [`split_batch`]:
+//! dims of size 1 are dropped and the rest cut in two groups that every operand steps
+//! through as through one dim each (broadcast dims, stride 0, included). An operand that
+//! cannot follow the cut chosen (its batch dims fall apart in more than two groups, or
+//! in two at another place) is copied contiguous at the full broadcast shape first: the
+//! cut is the one that copies the fewest elements.
+//!
+//! Kernels (W = [`WARPS`] warps per block, one query or key row per warp):
+//! - f32 with head dims `D, Dv ≤` [`flint_kernels::ATTENTION_TC_MAX_HEAD_DIM`]: the
+//!   tensor-core kernels `attention_tc_forward_f32` (128 threads, a block per
+//!   [`flint_kernels::ATTENTION_TC_FORWARD_ROWS`] queries), `attention_tc_backward_dq_f32`
+//!   and `attention_tc_backward_dkv_f32` (64 threads, a block per
+//!   [`flint_kernels::ATTENTION_TC_BACKWARD_ROWS`] queries or keys);
+//! - otherwise (f64, or f32 with larger heads, up to
+//!   [`flint_kernels::ATTENTION_MAX_HEAD_DIM`]) `attention_forward_<dt>`,
+//!   `attention_backward_dq_<dt>` and `attention_backward_dkv_<dt>` (32·W threads, a block
+//!   per W rows);
+//! - `attention_backward_delta_<dt>` (`δ = rowsum(dO ∘ O)`, a warp per row) for both.
+//!
+//! Grids are `(row blocks, B·H)`, `B·H` capped at 65535 (the kernels loop over the rest).
+//! Dropout takes the caller's reserved draw ([`DropoutKey`]), so the kernels drop the
+//! very weights the CPU's fused path drops from the same generator state.
+
+use super::context::Gpu;
+use super::launch::{self, Arg, AttentionArg};
+use super::ops::{contiguous, copy_to_new, first_element};
+use crate::cpu::attention::DropoutKey;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use cudarc::driver::LaunchConfig;
+use flint_kernels::{
+    AttentionParams, ATTENTION_MAX_HEAD_DIM, ATTENTION_TC_BACKWARD_ROWS, ATTENTION_TC_FORWARD_ROWS,
+    ATTENTION_TC_MAX_HEAD_DIM,
+};
+use std::sync::Arc;
+
+const OP: &str = "scaled_dot_product_attention";
+
+/// Warps (query or key rows) per block of the `attention_*` kernels.
+const WARPS: usize = 8;
+
+/// The largest `gridDim.y`.
+const MAX_GRID_Y: usize = 65535;
+
+/// Whether the CUDA kernels take head dims `d` (q, k) and `dv` (v): both in
+/// `1..=`[`ATTENTION_MAX_HEAD_DIM`].
+pub(crate) fn takes(d: usize, dv: usize) -> bool {
+    (1..=ATTENTION_MAX_HEAD_DIM).contains(&d) && (1..=ATTENTION_MAX_HEAD_DIM).contains(&dv)
+}
+
+/// Whether a call of `dtype` with head dims `d`, `dv` runs the tensor-core kernels.
+fn tensor_cores(dtype: DType, d: usize, dv: usize) -> bool {
+    dtype == DType::F32 && d <= ATTENTION_TC_MAX_HEAD_DIM && dv <= ATTENTION_TC_MAX_HEAD_DIM
+}
+
+/// The batch of a call on the kernels' two levels: `b` × `h` problems, and for each
+/// operand of [`split_batch`] its `[b, h]` element strides, or `None` when it must be
+/// copied contiguous at the full broadcast shape (whose strides are then `[h·mat, mat]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct BatchSplit {
+    pub(crate) b: usize,
+    pub(crate) h: usize,
+    pub(crate) strides: Vec<Option<[usize; 2]>>,
+}
+
+/// Maps the broadcast batch shape `batch` onto two levels `(b, h)` for operands given as
+/// `(strides, mat)`: the operand's strides over `batch` (after broadcasting: 0 along
+/// broadcast dims) and its elements per matrix (what a contiguous copy costs per
+/// problem). Dims of size 1 are dropped; the others are cut once, after the first
+/// `p`, with `b` the product of the sizes before the cut and `h` of those after. An
+/// operand keeps its strides when each group steps as one dim for it
+/// (`stride[d] = stride[d + 1]·size[d + 1]` within the group); the cut chosen is the one
+/// that copies the fewest elements (the first such), and an operand whose dims cannot
+/// be grouped so is marked for a copy.
+///
+/// ```text
+/// []            -> (1, 1)      [n] -> (1, n)      [B, H] contiguous -> (1, B·H)
+/// [B, H] with k broadcast over H (strides [Tk·D, 0]) -> (B, H), k: [Tk·D, 0]
+/// ```
+pub(crate) fn split_batch(batch: &[usize], operands: &[(&[usize], usize)]) -> BatchSplit {
+    let dims: Vec<usize> = (0..batch.len()).filter(|&d| batch[d] > 1).collect();
+    let m = dims.len();
+    let nb: usize = batch.iter().product();
+    // where each operand's dims fall apart (cuts it needs)
+    let breaks: Vec<Vec<usize>> = operands
+        .iter()
+        .map(|(s, _)| {
+            (1..m)
+                .filter(|&p| s[dims[p - 1]] != s[dims[p]] * batch[dims[p]])
+                .collect()
+        })
+        .collect();
+    let fits = |br: &Vec<usize>, p: usize| br.is_empty() || br.as_slice() == [p];
+    // candidate cuts: those some operand needs, else none (p = 0: everything in h)
+    let mut candidates: Vec<usize> = breaks
+        .iter()
+        .filter(|br| br.len() == 1)
+        .map(|br| br[0])
+        .collect();
+    candidates.sort_unstable();
+    candidates.dedup();
+    if candidates.is_empty() {
+        candidates.push(0);
+    }
+    let cost = |p: usize| -> usize {
+        breaks
+            .iter()
+            .zip(operands)
+            .filter(|(br, _)| !fits(br, p))
+            .map(|(_, (_, mat))| nb * mat)
+            .sum()
+    };
+    let p = candidates
+        .iter()
+        .copied()
+        .min_by_key(|&p| cost(p))
+        .unwrap_or(0);
+    let b: usize = dims[..p].iter().map(|&d| batch[d]).product();
+    let h: usize = dims[p..].iter().map(|&d| batch[d]).product();
+    let strides = breaks
+        .iter()
+        .zip(operands)
+        .map(|(br, (s, _))| {
+            fits(br, p).then(|| {
+                let sb = if p > 0 { s[dims[p - 1]] } else { 0 };
+                let sh = if p < m { s[dims[m - 1]] } else { 0 };
+                [sb, sh]
+            })
+        })
+        .collect();
+    BatchSplit { b, h, strides }
+}
+
+/// An operand on the device as the kernels read it: the tensor holding its elements
+/// (kept alive until the launches are queued), the address of its first element, its
+/// `[b, h]` strides and the strides of its matrices.
+struct Operand {
+    _keep: Tensor,
+    ptr: u64,
+    bh: [usize; 2],
+    mat: [usize; 2],
+}
+
+/// The operands of one call mapped onto the kernels' `(b, h)` levels, and the parameters
+/// of its launches.
+struct Call {
+    gpu: Arc<Gpu>,
+    params: AttentionParams,
+    q: Operand,
+    k: Operand,
+    v: Operand,
+    /// `(mask or 0, bias or 0)`.
+    mask: (u64, u64),
+    _mask: Option<Operand>,
+    /// Grid rows `b·h` (capped at [`MAX_GRID_Y`]).
+    grid_y: u32,
+    tc: bool,
+}
+
+fn int(v: usize) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::shape(OP, "a size beyond i64"))
+}
+
+impl Call {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        batch: &[usize],
+        causal: bool,
+        scale: f64,
+        drop: Option<DropoutKey>,
+    ) -> Result<Call> {
+        let dt = q.dtype();
+        let (tq, tk, d, dv) = (q.size(-2), k.size(-2), q.size(-1), v.size(-1));
+        if !takes(d, dv) || !matches!(dt, DType::F32 | DType::F64) {
+            return Err(Error::NoCudaKernel {
+                op: OP,
+                device: q.device(),
+            });
+        }
+        // q, k, v with a unit stride along their last dim (the kernels read rows as such)
+        let unit_last = |t: &Tensor| -> Result<Tensor> {
+            if t.size(-1) > 1 && t.strides()[t.ndim() - 1] != 1 {
+                contiguous(t)
+            } else {
+                Ok(t.clone())
+            }
+        };
+        let (qc, kc, vc) = (unit_last(q)?, unit_last(k)?, unit_last(v)?);
+        if let Some(m) = mask
+            && m.dtype() != DType::Bool
+            && m.dtype() != dt
+        {
+            return Err(Error::shape(
+                OP,
+                "internal: a float mask of another dtype reached the CUDA kernels",
+            ));
+        }
+        let nr = batch.len();
+        let full = |rows: usize, cols: usize| {
+            let mut s = batch.to_vec();
+            s.extend([rows, cols]);
+            s
+        };
+        let mut views = vec![(&qc, full(tq, d)), (&kc, full(tk, d)), (&vc, full(tk, dv))];
+        if let Some(m) = mask {
+            views.push((m, full(tq, tk)));
+        }
+        let layouts = views
+            .iter()
+            .map(|(t, shape)| t.layout().broadcast_to(OP, shape))
+            .collect::<Result<Vec<_>>>()?;
+        let specs: Vec<(&[usize], usize)> = layouts
+            .iter()
+            .map(|l| (&l.strides()[..nr], l.shape()[nr] * l.shape()[nr + 1]))
+            .collect();
+        let split = split_batch(batch, &specs);
+        let mut ops = Vec::with_capacity(views.len());
+        for (((t, _), l), st) in views.iter().zip(&layouts).zip(&split.strides) {
+            let mat = l.shape()[nr] * l.shape()[nr + 1];
+            let op = match st {
+                Some(bh) => {
+                    let (_, ptr) = first_element(OP, t)?;
+                    Operand {
+                        _keep: (*t).clone(),
+                        ptr,
+                        bh: *bh,
+                        mat: [l.strides()[nr], l.strides()[nr + 1]],
+                    }
+                }
+                None => {
+                    let c = copy_to_new(&t.with_layout(l.clone()))?;
+                    let (_, ptr) = first_element(OP, &c)?;
+                    Operand {
+                        _keep: c,
+                        ptr,
+                        bh: [split.h * mat, mat],
+                        mat: [l.shape()[nr + 1], 1],
+                    }
+                }
+            };
+            ops.push(op);
+        }
+        let mut ops = ops.into_iter();
+        let (Some(oq), Some(ok), Some(ov)) = (ops.next(), ops.next(), ops.next()) else {
+            return Err(Error::shape(OP, "internal: attention operands missing"));
+        };
+        let om = ops.next();
+        let (gpu, _) = first_element(OP, &qc)?;
+        let (b, h) = (split.b, split.h);
+        let row_strides = |o: &Operand| -> Result<[i64; 3]> {
+            Ok([int(o.bh[0])?, int(o.bh[1])?, int(o.mat[0])?])
+        };
+        let mut params =
+            AttentionParams::contiguous(int(b)?, int(h)?, int(tq)?, int(tk)?, int(d)?, int(dv)?)
+                .with_scale(scale)
+                .with_causal(causal);
+        params.q_stride = row_strides(&oq)?;
+        params.k_stride = row_strides(&ok)?;
+        params.v_stride = row_strides(&ov)?;
+        if let Some(key) = drop {
+            params = params.with_dropout(key.p, key.seed, key.first);
+        }
+        let mut mask_ptrs = (0, 0);
+        if let (Some(m), Some(o)) = (mask, &om) {
+            let s = [int(o.bh[0])?, int(o.bh[1])?, int(o.mat[0])?, int(o.mat[1])?];
+            if m.dtype() == DType::Bool {
+                params = params.with_mask_strides(s);
+                mask_ptrs.0 = o.ptr;
+            } else {
+                params = params.with_bias_strides(s);
+                mask_ptrs.1 = o.ptr;
+            }
+        }
+        Ok(Call {
+            gpu,
+            params,
+            q: oq,
+            k: ok,
+            v: ov,
+            mask: mask_ptrs,
+            _mask: om,
+            grid_y: (b * h).clamp(1, MAX_GRID_Y) as u32,
+            tc: tensor_cores(dt, d, dv),
+        })
+    }
+
+    /// A launch of blocks of `threads` threads, each taking `per_block` of `rows` rows.
+    fn config(&self, rows: usize, per_block: usize, threads: u32) -> Result<LaunchConfig> {
+        let x = u32::try_from(rows.div_ceil(per_block))
+            .map_err(|_| Error::shape(OP, "too many rows for one CUDA launch"))?;
+        Ok(LaunchConfig {
+            grid_dim: (x, self.grid_y, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        })
+    }
+
+    /// The launch of a kernel over the query rows (forward, dq).
+    fn query_config(&self) -> Result<LaunchConfig> {
+        let tq = self.params.tq as usize;
+        if self.tc {
+            self.config(tq, ATTENTION_TC_FORWARD_ROWS, 128)
+        } else {
+            self.config(tq, WARPS, 32 * WARPS as u32)
+        }
+    }
+
+    /// The launch of the tensor-core dq kernel, or of the other kernels over the query
+    /// rows.
+    fn dq_config(&self) -> Result<LaunchConfig> {
+        if self.tc {
+            self.config(self.params.tq as usize, ATTENTION_TC_BACKWARD_ROWS, 64)
+        } else {
+            self.query_config()
+        }
+    }
+
+    /// The launch of a kernel over the key rows (dk, dv).
+    fn key_config(&self) -> Result<LaunchConfig> {
+        let tk = self.params.tk as usize;
+        if self.tc {
+            self.config(tk, ATTENTION_TC_BACKWARD_ROWS, 64)
+        } else {
+            self.config(tk, WARPS, 32 * WARPS as u32)
+        }
+    }
+
+    /// The entry `attention_<base>_<dt>` or, on tensor cores, `attention_tc_<base>_f32`.
+    fn entry(&self, base: &str, dtype: DType, device: crate::Device) -> Result<String> {
+        let family = if self.tc {
+            "attention_tc_"
+        } else {
+            "attention_"
+        };
+        launch::entry(OP, device, &format!("{family}{base}"), dtype)
+    }
+
+    /// The leading kernel arguments `q, k, v, mask, bias`.
+    fn inputs(&self) -> [Arg; 5] {
+        [
+            Arg::Ptr(self.q.ptr),
+            Arg::Ptr(self.k.ptr),
+            Arg::Ptr(self.v.ptr),
+            Arg::Ptr(self.mask.0),
+            Arg::Ptr(self.mask.1),
+        ]
+    }
+}
+
+/// [`crate::cpu::attention::forward`] on CUDA tensors: `(output, lse)` of shapes
+/// `batch ++ [Tq, Dv]` and `batch ++ [Tq]` (lse in q's dtype, the kernels' acc type for
+/// f32/f64). Records nothing.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    batch: &[usize],
+    causal: bool,
+    scale: f64,
+    drop: Option<DropoutKey>,
+) -> Result<(Tensor, Tensor)> {
+    let dt = q.dtype();
+    let c = Call::new(q, k, v, mask, batch, causal, scale, drop)?;
+    let nb: usize = batch.iter().product();
+    let (tq, dv) = (q.size(-2), v.size(-1));
+    let (out, po) = launch::output(&c.gpu, dt, nb * tq * dv)?;
+    let (lse, pl) = launch::output(&c.gpu, dt, nb * tq)?;
+    let name = c.entry("forward", dt, q.device())?;
+    let mut args = c.inputs().to_vec();
+    args.extend([
+        Arg::Ptr(po),
+        Arg::Ptr(pl),
+        Arg::Attention(AttentionArg(c.params)),
+    ]);
+    launch::launch(OP, &c.gpu, &name, c.query_config()?, &args)?;
+    let mut oshape = batch.to_vec();
+    oshape.extend([tq, dv]);
+    let mut lshape = batch.to_vec();
+    lshape.push(tq);
+    Ok((
+        Tensor::from_cuda(out, &oshape),
+        Tensor::from_cuda(lse, &lshape),
+    ))
+}
+
+/// [`crate::cpu::attention::backward`] on CUDA tensors: `(dq, dk, dv)` of shapes
+/// `batch ++ [Tq, D]`, `batch ++ [Tk, D]`, `batch ++ [Tk, Dv]` from the forward's `out`
+/// and `lse` and the output gradient `g` (any strides and float dtype: made contiguous
+/// in q's dtype). Records nothing.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    batch: &[usize],
+    causal: bool,
+    scale: f64,
+    drop: Option<DropoutKey>,
+    out: &Tensor,
+    lse: &Tensor,
+    g: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let dt = q.dtype();
+    let device = q.device();
+    let c = Call::new(q, k, v, mask, batch, causal, scale, drop)?;
+    let nb: usize = batch.iter().product();
+    let (tq, tk, d, dv) = (q.size(-2), k.size(-2), q.size(-1), v.size(-1));
+    let gc = contiguous(&g.to_dtype_raw(dt)?)?;
+    let oc = contiguous(out)?;
+    let lc = contiguous(lse)?;
+    let (_, pg) = first_element(OP, &gc)?;
+    let (_, po) = first_element(OP, &oc)?;
+    let (_, pl) = first_element(OP, &lc)?;
+    // δ = rowsum(dO ∘ O), a warp per row
+    let rows = nb * tq;
+    // (kept until the kernels reading it are queued: the end of this function)
+    let (_delta, pdelta) = launch::output(&c.gpu, dt, rows)?;
+    let name = launch::entry(OP, device, "attention_backward_delta", dt)?;
+    let args = [
+        Arg::Ptr(po),
+        Arg::Ptr(pg),
+        Arg::Ptr(pdelta),
+        Arg::n(rows),
+        Arg::n(dv),
+    ];
+    launch::launch(OP, &c.gpu, &name, launch::warp_rows(rows, dv), &args)?;
+    let (dqb, pdq) = launch::output(&c.gpu, dt, nb * tq * d)?;
+    let (dkb, pdk) = launch::output(&c.gpu, dt, nb * tk * d)?;
+    let (dvb, pdv) = launch::output(&c.gpu, dt, nb * tk * dv)?;
+    let params = Arg::Attention(AttentionArg(c.params));
+    let saved = [Arg::Ptr(pg), Arg::Ptr(pl), Arg::Ptr(pdelta)];
+    let mut args = c.inputs().to_vec();
+    args.extend(saved);
+    args.extend([Arg::Ptr(pdq), params]);
+    let name = c.entry("backward_dq", dt, device)?;
+    launch::launch(OP, &c.gpu, &name, c.dq_config()?, &args)?;
+    let mut args = c.inputs().to_vec();
+    args.extend(saved);
+    args.extend([Arg::Ptr(pdk), Arg::Ptr(pdv), params]);
+    let name = c.entry("backward_dkv", dt, device)?;
+    launch::launch(OP, &c.gpu, &name, c.key_config()?, &args)?;
+    let shape = |rows: usize, cols: usize| {
+        let mut s = batch.to_vec();
+        s.extend([rows, cols]);
+        s
+    };
+    Ok((
+        Tensor::from_cuda(dqb, &shape(tq, d)),
+        Tensor::from_cuda(dkb, &shape(tk, d)),
+        Tensor::from_cuda(dvb, &shape(tk, dv)),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(
+        batch: &[usize],
+        ops: &[(&[usize], usize)],
+    ) -> (usize, usize, Vec<Option<[usize; 2]>>) {
+        let s = split_batch(batch, ops);
+        (s.b, s.h, s.strides)
+    }
+
+    #[test]
+    fn low_ranks_map_directly() {
+        // rank 0: one problem
+        assert_eq!(split(&[], &[(&[], 12)]), (1, 1, vec![Some([0, 0])]));
+        // rank 1: all in h
+        assert_eq!(
+            split(&[5], &[(&[12], 12), (&[0], 20)]),
+            (1, 5, vec![Some([0, 12]), Some([0, 0])])
+        );
+        // rank 2, contiguous: merged into h
+        assert_eq!(
+            split(&[2, 3], &[(&[36, 12], 12)]),
+            (1, 6, vec![Some([0, 12])])
+        );
+        // size-1 dims are dropped, whatever their stride
+        assert_eq!(
+            split(&[1, 4, 1], &[(&[999, 7, 3], 7)]),
+            (1, 4, vec![Some([0, 7])])
+        );
+    }
+
+    #[test]
+    fn a_broadcast_operand_sets_the_cut() {
+        // q [2, 3] contiguous, k broadcast over heads, a key-padding mask [B, 1, 1, Tk]
+        let (q, k, m) = (&[3 * 40, 40][..], &[50, 0][..], &[10, 0][..]);
+        assert_eq!(
+            split(&[2, 3], &[(q, 40), (k, 50), (m, 80)]),
+            (2, 3, vec![Some([120, 40]), Some([50, 0]), Some([10, 0])])
+        );
+        // a transposed q [B, T, H, D] -> [B, H, T, D]: batch strides [T·H·D, D]
+        let qt = &[5 * 3 * 4, 4][..];
+        assert_eq!(split(&[2, 3], &[(qt, 20)]), (2, 3, vec![Some([60, 4])]));
+    }
+
+    #[test]
+    fn rank_three_merges_where_strides_allow() {
+        // [2, 3, 4] contiguous q and k broadcast over the first dim: cut after dim 0
+        let q = &[3 * 4 * 10, 4 * 10, 10][..];
+        let k = &[0, 4 * 6, 6][..];
+        assert_eq!(
+            split(&[2, 3, 4], &[(q, 10), (k, 6)]),
+            (2, 12, vec![Some([120, 10]), Some([0, 6])])
+        );
+        // a mask broadcast over the last batch dim: cut after dim 1
+        let m = &[3, 1, 0][..];
+        assert_eq!(
+            split(&[2, 3, 4], &[(q, 10), (m, 1)]),
+            (6, 4, vec![Some([40, 10]), Some([1, 0])])
+        );
+    }
+
+    #[test]
+    fn operands_that_do_not_fit_are_copied() {
+        // k broadcast over the middle dim only: three groups, copied
+        let q = &[3 * 4 * 10, 4 * 10, 10][..];
+        let k = &[4 * 10, 0, 10][..];
+        assert_eq!(
+            split(&[2, 3, 4], &[(q, 10), (k, 10)]),
+            (1, 24, vec![Some([0, 10]), None])
+        );
+        // two operands that need different cuts: the cheaper one is copied
+        let a = &[0, 4, 1][..]; // cut after dim 0
+        let b = &[12, 4, 0][..]; // cut after dim 1
+        let (bb, hh, s) = split(&[2, 3, 4], &[(a, 100), (b, 10)]);
+        assert_eq!((bb, hh, s), (2, 12, vec![Some([0, 1]), None]));
+        let (bb, hh, s) = split(&[2, 3, 4], &[(a, 10), (b, 100)]);
+        assert_eq!((bb, hh, s), (6, 4, vec![None, Some([4, 0])]));
+    }
+
+    /// Every problem's offset through the split equals its offset through the original
+    /// strides (row-major over `batch`), for the operands that keep theirs.
+    #[test]
+    fn kept_strides_address_every_problem() {
+        let batch = [2usize, 1, 3, 2];
+        let ops: [&[usize]; 4] = [
+            &[6 * 9, 77, 2 * 9, 9],
+            &[0, 5, 2 * 7, 7],
+            &[0, 0, 0, 11],
+            &[13, 0, 0, 0],
+        ];
+        let specs: Vec<(&[usize], usize)> = ops.iter().map(|s| (*s, 1)).collect();
+        let s = split_batch(&batch, &specs);
+        assert_eq!(s.b * s.h, 12);
+        for (st, kept) in ops.iter().zip(&s.strides) {
+            let Some([sb, sh]) = kept else { continue };
+            for flat in 0..12 {
+                let (mut rest, mut want) = (flat, 0);
+                for d in (0..batch.len()).rev() {
+                    want += (rest % batch[d]) * st[d];
+                    rest /= batch[d];
+                }
+                assert_eq!(
+                    (flat / s.h) * sb + (flat % s.h) * sh,
+                    want,
+                    "{st:?} at {flat}"
+                );
+            }
+        }
+        assert!(
+            s.strides.iter().filter(|x| x.is_some()).count() >= 3,
+            "{s:?}"
+        );
+    }
+
+    #[test]
+    fn kernel_choice_and_head_dims() {
+        assert!(takes(64, 64) && takes(128, 1) && !takes(129, 64) && !takes(64, 0));
+        assert!(tensor_cores(DType::F32, 64, 64));
+        assert!(!tensor_cores(DType::F32, 80, 64) && !tensor_cores(DType::F32, 64, 65));
+        assert!(!tensor_cores(DType::F64, 32, 32));
+        for e in [
+            "attention_tc_forward_f32",
+            "attention_tc_backward_dq_f32",
+            "attention_tc_backward_dkv_f32",
+            "attention_forward_f64",
+            "attention_backward_delta_f32",
+            "attention_backward_dkv_f64",
+        ] {
+            assert!(flint_kernels::module_of(e).is_some(), "{e}");
+        }
+    }
+}
