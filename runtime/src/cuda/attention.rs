@@ -56,9 +56,13 @@ pub(crate) fn takes(d: usize, dv: usize) -> bool {
     (1..=ATTENTION_MAX_HEAD_DIM).contains(&d) && (1..=ATTENTION_MAX_HEAD_DIM).contains(&dv)
 }
 
-/// Whether a call of `dtype` with head dims `d`, `dv` runs the tensor-core kernels.
-fn tensor_cores(dtype: DType, d: usize, dv: usize) -> bool {
-    dtype == DType::F32 && d <= ATTENTION_TC_MAX_HEAD_DIM && dv <= ATTENTION_TC_MAX_HEAD_DIM
+/// Whether a call of `dtype` with head dims `d`, `dv` runs the tensor-core kernels, on a
+/// GPU of compute capability `major` (their `mma.sync` TF32 instructions need 8.0+).
+fn tensor_cores(dtype: DType, d: usize, dv: usize, major: i32) -> bool {
+    dtype == DType::F32
+        && d <= ATTENTION_TC_MAX_HEAD_DIM
+        && dv <= ATTENTION_TC_MAX_HEAD_DIM
+        && major >= 8
 }
 
 /// The batch of a call on the kernels' two levels: `b` × `h` problems, and for each
@@ -258,6 +262,10 @@ impl Call {
         };
         let om = ops.next();
         let (gpu, _) = first_element(OP, &qc)?;
+        let (major, _) = gpu
+            .ctx
+            .compute_capability()
+            .map_err(|e| super::context::driver_error(OP, gpu.ordinal, e))?;
         let (b, h) = (split.b, split.h);
         let row_strides = |o: &Operand| -> Result<[i64; 3]> {
             Ok([int(o.bh[0])?, int(o.bh[1])?, int(o.mat[0])?])
@@ -292,7 +300,7 @@ impl Call {
             mask: mask_ptrs,
             _mask: om,
             grid_y: (b * h).clamp(1, MAX_GRID_Y) as u32,
-            tc: tensor_cores(dt, d, dv),
+            tc: tensor_cores(dt, d, dv, major),
         })
     }
 
@@ -585,9 +593,10 @@ mod tests {
     #[test]
     fn kernel_choice_and_head_dims() {
         assert!(takes(64, 64) && takes(128, 1) && !takes(129, 64) && !takes(64, 0));
-        assert!(tensor_cores(DType::F32, 64, 64));
-        assert!(!tensor_cores(DType::F32, 80, 64) && !tensor_cores(DType::F32, 64, 65));
-        assert!(!tensor_cores(DType::F64, 32, 32));
+        assert!(tensor_cores(DType::F32, 64, 64, 9));
+        assert!(!tensor_cores(DType::F32, 80, 64, 9) && !tensor_cores(DType::F32, 64, 65, 9));
+        assert!(!tensor_cores(DType::F64, 32, 32, 9));
+        assert!(!tensor_cores(DType::F32, 64, 64, 7)); // no TF32 mma before sm_80
         for e in [
             "attention_tc_forward_f32",
             "attention_tc_backward_dq_f32",
