@@ -40,13 +40,20 @@ fn skip_line(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
+/// The lock that runs this file's tests one at a time: the GPU tests (through [`gpu`])
+/// and the CPU tests that seed the global generator (`manual_seed` then a draw must not
+/// interleave with another test's).
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// `Some` device when CUDA is available, else prints the skip line and returns `None`.
 fn gpu(test: &str) -> Option<Gpu> {
-    static SERIAL: Mutex<()> = Mutex::new(());
     match cuda::available() {
         Ok(()) => Some(Gpu {
             device: Device::Cuda(0),
-            _serial: SERIAL.lock().unwrap_or_else(|p| p.into_inner()),
+            _serial: serial(),
         }),
         Err(e) => {
             skip_line(&format!("SKIPPED (no CUDA): {test} — {e}"));
@@ -1053,6 +1060,7 @@ fn recurrent_layers_run_on_the_device_as_on_the_cpu() {
 /// The recurrent case is well-formed without a GPU.
 #[test]
 fn the_recurrent_case_runs_on_the_cpu() {
+    let _serial = serial();
     let r = recurrent_grads(Device::Cpu);
     assert_eq!(r.len(), 2 + 8 + 4);
 }
@@ -1060,6 +1068,7 @@ fn the_recurrent_case_runs_on_the_cpu() {
 /// Every parity case runs on the CPU alone (so a malformed case shows without a GPU).
 #[test]
 fn the_parity_cases_run_on_the_cpu() {
+    let _serial = serial();
     for dt in [DType::F32, DType::F64] {
         for (name, inputs, f) in parity_cases(dt) {
             let out = catch_unwind(AssertUnwindSafe(|| f(&inputs)));
@@ -1334,6 +1343,7 @@ fn gradients_through_device_kernels_pass_gradcheck() {
 /// checks, without a GPU, that every case is well-formed (and the CPU gradients right).
 #[test]
 fn the_gradcheck_cases_hold_on_the_cpu() {
+    let _serial = serial();
     run_gradcheck_cases(Device::Cpu);
 }
 
@@ -1741,6 +1751,7 @@ fn fused_attention_on_the_device_matches_the_cpu() {
 /// dropout and masking assertions hold.
 #[test]
 fn the_attention_cases_run_on_the_cpu() {
+    let _serial = serial();
     for c in sdpa_cases() {
         check_sdpa_case(&c, Device::Cpu);
     }
@@ -1757,6 +1768,7 @@ fn fused_attention_on_the_device_passes_gradcheck() {
 /// The gradchecks of [`fused_attention_on_the_device_passes_gradcheck`] on the CPU.
 #[test]
 fn the_attention_gradcheck_holds_on_the_cpu() {
+    let _serial = serial();
     run_sdpa_gradcheck(Device::Cpu);
 }
 

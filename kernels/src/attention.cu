@@ -542,6 +542,26 @@ __device__ __forceinline__ void att_mma_abt(float (&acc)[NT][4], const float* a,
     }
 }
 
+/// Sets a tile of C fragments to zero.
+template <int N> __device__ __forceinline__ void att_zero(float (&x)[N][4]) {
+#pragma unroll
+    for (int n = 0; n < N; ++n) {
+        x[n][0] = x[n][1] = x[n][2] = x[n][3] = 0.0f;
+    }
+}
+
+/// The two raw products of a backward tile: s = A1 B1ᵀ (over k1 steps) and
+/// dp = A2 B2ᵀ (over k2), each 16 x 32, from zero.
+__device__ __forceinline__ void att_tc_backward_products(float (&s)[4][4], float (&dp)[4][4],
+                                                         const float* a1, const float* b1,
+                                                         int k1, const float* a2,
+                                                         const float* b2, int k2) {
+    att_zero(s);
+    att_zero(dp);
+    att_mma_abt<4>(s, a1, b1, k1);
+    att_mma_abt<4>(dp, a2, b2, k2);
+}
+
 /// acc[n] += P B for n < ntiles: P (16 x 32) in the C layout (p[t][c], see above), B the
 /// 32 rows at `b` (row-major, row length ATT_TC_LD).
 __device__ __forceinline__ void att_mma_pb(float (&acc)[8][4], const float (&p)[4][4],
@@ -697,10 +717,7 @@ __device__ __forceinline__ void att_tc_forward(const T* q, const T* k, const T* 
             __syncthreads(); // the previous tile's rows are consumed
             att_tc_load<T, 64>(qs, qb, i0, p.tq, p.q_stride[2], p.d);
             float o[8][4], m[2] = {-FLINT_INF, -FLINT_INF}, l[2] = {0.0f, 0.0f};
-#pragma unroll
-            for (int n = 0; n < 8; ++n) {
-                o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-            }
+            att_zero(o);
             i64 kend = p.tk;
             if (p.causal != 0 && i0 + 64 < kend) {
                 kend = i0 + 64; // no key after the block's last query
@@ -714,10 +731,7 @@ __device__ __forceinline__ void att_tc_forward(const T* q, const T* k, const T* 
                     continue; // every key of the tile is hidden from the warp's rows
                 }
                 float s[4][4];
-#pragma unroll
-                for (int t = 0; t < 4; ++t) {
-                    s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
-                }
+                att_zero(s);
                 att_mma_abt<4>(s, &qs[16 * warp][0], &ks[0][0], kd);
                 float mx[2] = {-FLINT_INF, -FLINT_INF};
 #pragma unroll
@@ -853,10 +867,7 @@ __device__ __forceinline__ void att_tc_dq(const T* q, const T* k, const T* v, co
                 delta_r[r] = i < p.tq ? delta[bh * p.tq + i] : 0.0f;
             }
             float acc[8][4];
-#pragma unroll
-            for (int n = 0; n < 8; ++n) {
-                acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-            }
+            att_zero(acc);
             i64 kend = p.tk;
             if (p.causal != 0 && i0 + 32 < kend) {
                 kend = i0 + 32;
@@ -870,15 +881,8 @@ __device__ __forceinline__ void att_tc_dq(const T* q, const T* k, const T* v, co
                     continue;
                 }
                 float s[4][4], dp[4][4];
-#pragma unroll
-                for (int t = 0; t < 4; ++t) {
-#pragma unroll
-                    for (int c = 0; c < 4; ++c) {
-                        s[t][c] = dp[t][c] = 0.0f;
-                    }
-                }
-                att_mma_abt<4>(s, &qs[16 * warp][0], &ks[0][0], kd);
-                att_mma_abt<4>(dp, &dos[16 * warp][0], &vs[0][0], kv);
+                att_tc_backward_products(s, dp, &qs[16 * warp][0], &ks[0][0], kd,
+                                         &dos[16 * warp][0], &vs[0][0], kv);
                 const u32 keep = drop.on ? att_tc_drop_rows<T>(p, drop, bh, r0, k0) : 0u;
                 att_tc_grad_tile<T>(
                     s, dp, b, h, mask, bias, p, drop, keep,
@@ -939,13 +943,8 @@ __device__ __forceinline__ void att_tc_dkv(const T* q, const T* k, const T* v, c
             att_tc_load<T, 32>(kso, kb, j0, p.tk, p.k_stride[2], p.d);
             att_tc_load<T, 32>(vso, vb, j0, p.tk, p.v_stride[2], p.dv);
             float gk[8][4], gv[8][4];
-#pragma unroll
-            for (int n = 0; n < 8; ++n) {
-#pragma unroll
-                for (int c = 0; c < 4; ++c) {
-                    gk[n][c] = gv[n][c] = 0.0f;
-                }
-            }
+            att_zero(gk);
+            att_zero(gv);
             // causal: queries before the block's first key see none of its keys
             const i64 qstart = p.causal != 0 ? (j0 / ATT_TC_TILE) * ATT_TC_TILE : 0;
             for (i64 q0 = qstart; q0 < p.tq; q0 += ATT_TC_TILE) {
@@ -961,17 +960,10 @@ __device__ __forceinline__ void att_tc_dkv(const T* q, const T* k, const T* v, c
                 if ((p.causal != 0 && q0 + ATT_TC_TILE - 1 < r0) || r0 >= p.tk) {
                     continue; // every query of the tile comes before the warp's keys
                 }
-                float st[4][4], dpt[4][4];
-#pragma unroll
-                for (int t = 0; t < 4; ++t) {
-#pragma unroll
-                    for (int c = 0; c < 4; ++c) {
-                        st[t][c] = dpt[t][c] = 0.0f;
-                    }
-                }
                 // transposed tiles: row = key, column = query
-                att_mma_abt<4>(st, &kso[16 * warp][0], &qs[0][0], kd);
-                att_mma_abt<4>(dpt, &vso[16 * warp][0], &dos[0][0], kv);
+                float st[4][4], dpt[4][4];
+                att_tc_backward_products(st, dpt, &kso[16 * warp][0], &qs[0][0], kd,
+                                         &vso[16 * warp][0], &dos[0][0], kv);
                 const u32 keep = drop.on ? att_tc_drop_cols<T>(p, drop, bh, r0, q0) : 0u;
                 att_tc_grad_tile<T>(
                     st, dpt, b, h, mask, bias, p, drop, keep,

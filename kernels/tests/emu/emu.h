@@ -149,32 +149,30 @@ inline void emu_launch(dim3 grid, dim3 block, const std::function<void()>& kerne
 
 inline void __syncthreads() { emu::wait(emu::State::BlockWait); }
 
-template <typename T> inline T __shfl_xor_sync(unsigned, T v, int lane_mask) {
+namespace emu {
+/// Every lane of the warp offers `v` and reads what lane `partner` (a thread index of
+/// the block) offered: a warp barrier on each side.
+template <typename T> inline T shuffle(T v, unsigned partner) {
     static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
-    const unsigned t = threadIdx.x, partner = (t & ~31u) | ((t & 31u) ^ (unsigned)lane_mask);
     uint64_t u = 0;
     std::memcpy(&u, &v, sizeof(T));
-    emu::g_block->slots[t] = u;
-    emu::wait(emu::State::WarpWait);
-    const uint64_t o = emu::g_block->slots[partner];
-    emu::wait(emu::State::WarpWait);
+    g_block->slots[threadIdx.x] = u;
+    wait(State::WarpWait);
+    const uint64_t o = g_block->slots[partner];
+    wait(State::WarpWait);
     T r;
     std::memcpy(&r, &o, sizeof(T));
     return r;
 }
+} // namespace emu
+
+template <typename T> inline T __shfl_xor_sync(unsigned, T v, int lane_mask) {
+    const unsigned t = threadIdx.x;
+    return emu::shuffle(v, (t & ~31u) | ((t & 31u) ^ (unsigned)lane_mask));
+}
 
 template <typename T> inline T __shfl_sync(unsigned, T v, int src_lane) {
-    static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
-    const unsigned t = threadIdx.x, partner = (t & ~31u) | ((unsigned)src_lane & 31u);
-    uint64_t u = 0;
-    std::memcpy(&u, &v, sizeof(T));
-    emu::g_block->slots[t] = u;
-    emu::wait(emu::State::WarpWait);
-    const uint64_t o = emu::g_block->slots[partner];
-    emu::wait(emu::State::WarpWait);
-    T r;
-    std::memcpy(&r, &o, sizeof(T));
-    return r;
+    return emu::shuffle(v, (threadIdx.x & ~31u) | ((unsigned)src_lane & 31u));
 }
 
 // Tensor-core instructions used by attention.cu (PTX `cvt.rna.tf32.f32` and

@@ -117,6 +117,17 @@ pub(crate) fn fused_batch(
     Some(all.to_vec())
 }
 
+/// `t` detached, with a unit stride along its last dim (copied when it has another):
+/// the CUDA kernels read rows as such, and on the CPU it keeps gemm fast. The fused
+/// forward and backward take their q, k, v through it.
+pub(crate) fn unit_last(t: &Tensor) -> Result<Tensor> {
+    if t.size(-1) > 1 && t.strides()[t.ndim() - 1] != 1 {
+        t.detach().try_contiguous()
+    } else {
+        Ok(t.detach())
+    }
+}
+
 /// Whether `device` has fused kernels for head dims `d` (q, k) and `dv` (v): the CPU's
 /// take any; CUDA's (`cuda/attention.rs`, `cuda` feature) those of `1..=128`.
 fn has_kernels(device: crate::Device, d: usize, dv: usize) -> bool {

@@ -194,13 +194,7 @@ impl Call {
             });
         }
         // q, k, v with a unit stride along their last dim (the kernels read rows as such)
-        let unit_last = |t: &Tensor| -> Result<Tensor> {
-            if t.size(-1) > 1 && t.strides()[t.ndim() - 1] != 1 {
-                contiguous(t)
-            } else {
-                Ok(t.clone())
-            }
-        };
+        let unit_last = crate::cpu::attention::unit_last;
         let (qc, kc, vc) = (unit_last(q)?, unit_last(k)?, unit_last(v)?);
         if let Some(m) = mask
             && m.dtype() != DType::Bool

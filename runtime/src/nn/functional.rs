@@ -751,14 +751,7 @@ fn attention_fused(
     scale: f64,
     key: Option<attention::DropoutKey>,
 ) -> Result<Tensor> {
-    // the kernels read any strides, but a unit stride along D keeps gemm fast
-    let unit_last = |t: &Tensor| -> Result<Tensor> {
-        if t.size(-1) > 1 && t.strides()[t.ndim() - 1] != 1 {
-            t.detach().try_contiguous()
-        } else {
-            Ok(t.detach())
-        }
-    };
+    let unit_last = attention::unit_last;
     let (qc, kc, vc) = (unit_last(q)?, unit_last(k)?, unit_last(v)?);
     let (out, lse) = attention::forward(&qc, &kc, &vc, mask, batch, causal, scale, key)?;
     if !(is_grad_enabled() && [q, k, v].iter().any(|t| t.requires_grad())) {
