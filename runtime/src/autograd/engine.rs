@@ -45,21 +45,24 @@ pub(crate) fn sum_grads(a: Tensor, b: Tensor) -> Tensor {
 
 /// The backward of a view node (one with a [`ViewGrad`]) without `create_graph`: adds
 /// `g` into the pending gradient of the view's input through the view's layout, creating
-/// that gradient as zeros first. Returns false (nothing done) when the input's pending
+/// that gradient as zeros first (and then copying `g` in rather than adding it). Returns false (nothing done) when the input's pending
 /// gradient is shared or of another layout; the node's own backward then runs.
 fn scatter_view_grad(grads: &mut HashMap<usize, Tensor>, node: &Node, g: &Tensor) -> bool {
     let (Some(view), [Some(Edge::Node(input))]) = (&node.view, node.inputs.as_slice()) else {
         return false;
     };
     let k = key(input);
-    let acc = match grads.remove(&k) {
-        None => Tensor::zeros(view.input_shape.as_slice(), (g.dtype(), g.device())),
+    let (acc, fresh) = match grads.remove(&k) {
+        None => (
+            Tensor::zeros(view.input_shape.as_slice(), (g.dtype(), g.device())),
+            true,
+        ),
         Some(acc)
             if reusable(&acc)
                 && acc.dtype() == g.dtype()
                 && acc.shape() == view.input_shape.as_slice() =>
         {
-            acc
+            (acc, false)
         }
         Some(acc) => {
             grads.insert(k, acc);
@@ -68,7 +71,12 @@ fn scatter_view_grad(grads: &mut HashMap<usize, Tensor>, node: &Node, g: &Tensor
     };
     let mut layout = view.layout.clone();
     layout.offset += acc.layout().offset();
-    acc.with_layout(layout).add_(g);
+    let dst = acc.with_layout(layout);
+    if fresh {
+        dst.copy_(g); // the region is zeros: a copy, without reading them back
+    } else {
+        dst.add_(g);
+    }
     grads.insert(k, acc);
     true
 }
