@@ -5,7 +5,12 @@
 //! cargo bench --features cuda --bench cuda -- [OUT.json] [--torch TORCH.json]
 //!                                             [--warmup 5] [--iters 20] [--quick]
 //!                                             [--only NAME,NAME] [--profile]
+//! cargo bench --features cuda --bench cuda -- --warm-ptx-cache MAJOR.MINOR
 //! ```
+//!
+//! `--warm-ptx-cache 9.0` compiles every kernel module for compute capability 9.0 into
+//! the PTX cache (`$FLINT_PTX_CACHE`) and exits: it needs NVRTC but no GPU
+//! (`scripts/gpu-check.sh` ships the folder so the GPU machine does not compile).
 //!
 //! - `matmul_{f32,tf32,bf16}_{2048,4096,8192}`: `a @ b` of two `randn(n, n)` on `cuda:0`
 //!   (a fresh output from the caching allocator each call); `tf32` is f32 tensors with
@@ -212,7 +217,33 @@ fn bench_attention(d: Device, a: &Args) -> (f64, f64) {
     })
 }
 
+/// `--warm-ptx-cache MAJOR.MINOR`: fills the PTX cache and exits.
+fn warm_ptx_cache(arch: &str) -> ! {
+    let parsed = arch
+        .split_once('.')
+        .and_then(|(a, b)| Some((a.parse::<i32>().ok()?, b.parse::<i32>().ok()?)));
+    let Some((major, minor)) = parsed else {
+        fail(format!(
+            "--warm-ptx-cache needs MAJOR.MINOR, e.g. 9.0, got {arch:?}"
+        ))
+    };
+    match cuda::kernels::warm_ptx_cache(major, minor) {
+        Ok((compiled, cached)) => {
+            println!("PTX cache for compute {major}.{minor}: {compiled} modules compiled, {cached} already there");
+            std::process::exit(0)
+        }
+        Err(e) => fail(format!("--warm-ptx-cache: {e}")),
+    }
+}
+
 fn main() {
+    let mut argv = std::env::args().skip(1);
+    if let Some(i) = argv.position(|x| x == "--warm-ptx-cache") {
+        let arch = std::env::args()
+            .nth(i + 2)
+            .unwrap_or_else(|| fail("--warm-ptx-cache needs MAJOR.MINOR".into()));
+        warm_ptx_cache(&arch);
+    }
     let a = args();
     if let Err(e) = cuda::available() {
         println!("SKIPPED (no CUDA): cuda bench — {e}");

@@ -22,6 +22,9 @@
 # that printed a "SKIPPED (...)" line, e.g. "SKIPPED (no CUDA)" where the GPU could not be
 # used) per binary and a closing "gpu-check: N passed, N failed, N skipped" line; it exits
 # non-zero when anything failed.
+# The kernels' PTX for the GPU (GPU_ARCH, default 9.0) is compiled here too, with the
+# NVRTC found in NVRTC_LIB_DIR or ~/.cache/flint, into gpu-check/ptx-cache, which run.sh
+# uses as the PTX cache: a fresh GPU machine then skips minutes of NVRTC compiles.
 # Binaries are built with the `gpu` profile (release, no debug info, stripped) so the
 # folder stays small. They need a glibc no older than this machine's.
 set -euo pipefail
@@ -99,6 +102,25 @@ while read -r kind name path; do
 done < <(cat "$out/.tests" "$out/.benches")
 rm -f "$out/.tests" "$out/.benches"
 
+# the kernels' PTX for the GPU's architecture (GPU_ARCH, default 9.0: H100/H200), compiled
+# here with this machine's NVRTC into the cache folder run.sh points FLINT_PTX_CACHE at,
+# so the GPU machine loads the modules instead of compiling them (minutes of device time
+# on a fresh machine). Only used there when its NVRTC has the same version (the cache
+# key holds it); otherwise it compiles as before.
+nvrtc_dir=${NVRTC_LIB_DIR:-}
+if [ -z "$nvrtc_dir" ]; then
+    lib=$(find "$HOME/.cache/flint" /opt -name 'libnvrtc.so.13' -print -quit 2>/dev/null || true)
+    [ -n "$lib" ] && nvrtc_dir=$(dirname "$lib")
+fi
+if [ -x "$out/benches/cuda" ] && [ -n "$nvrtc_dir" ]; then
+    echo "== PTX cache for compute ${GPU_ARCH:-9.0} (NVRTC in $nvrtc_dir)" >&2
+    FLINT_PTX_CACHE=$out/ptx-cache LD_LIBRARY_PATH=$nvrtc_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
+        "$out/benches/cuda" --warm-ptx-cache "${GPU_ARCH:-9.0}" >&2 \
+        || echo "== (no PTX cache: the GPU machine will compile the kernels)" >&2
+else
+    echo "== no NVRTC here (NVRTC_LIB_DIR) or no bench: no PTX cache shipped" >&2
+fi
+
 cat > "$out/run.sh" <<'RUN'
 #!/usr/bin/env bash
 # Runs every binary listed in MANIFEST (built by scripts/gpu-check.sh) and prints a
@@ -138,6 +160,12 @@ if [ ${#libs[@]} -gt 0 ]; then
     export LD_LIBRARY_PATH
 fi
 echo "== LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+# the kernels' PTX compiled where this folder was built (when its NVRTC version matches
+# this machine's, the modules load without compiling)
+if [ -d "$here/ptx-cache" ] && [ -z "${FLINT_PTX_CACHE:-}" ]; then
+    export FLINT_PTX_CACHE=$here/ptx-cache
+    echo "== FLINT_PTX_CACHE=$FLINT_PTX_CACHE ($(ls "$here/ptx-cache" | wc -l) modules)"
+fi
 command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
 logs=$here/logs

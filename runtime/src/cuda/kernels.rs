@@ -61,13 +61,7 @@ pub fn module(ordinal: usize, name: &'static str, source: &'static str) -> Resul
         .ctx
         .compute_capability()
         .map_err(|e| super::context::driver_error("kernels", ordinal, e))?;
-    let opts = CompileOptions {
-        options: std::iter::once(format!("--gpu-architecture=compute_{major}{minor}"))
-            .chain(flint_kernels::COMPILE_OPTIONS.iter().map(|o| o.to_string()))
-            .collect(),
-        name: Some(format!("{name}.cu")),
-        ..Default::default()
-    };
+    let opts = compile_options(name, major, minor);
     let key = ptx_key(name, source, &opts.options, nvrtc_version());
     let dir = cache_dir();
     let cached = dir
@@ -77,14 +71,7 @@ pub fn module(ordinal: usize, name: &'static str, source: &'static str) -> Resul
     let m = match cached {
         Some(m) => m,
         None => {
-            let ptx = guarded("NVRTC", || {
-                cudarc::nvrtc::compile_ptx_with_opts(source, opts).map_err(|e| e.to_string())
-            })
-            .map_err(|msg| Error::device("kernels", format!("compiling `{name}` failed: {msg}")))?;
-            if let Some(d) = dir.as_deref() {
-                // best effort: a cache that cannot be written only costs the next start
-                let _ = write_cached(d, &key, &ptx.to_src());
-            }
+            let ptx = compile_and_cache(name, source, opts, dir.as_deref(), &key)?;
             g.ctx
                 .load_module(ptx)
                 .map_err(|e| super::context::driver_error("kernels", ordinal, e))?
@@ -95,6 +82,86 @@ pub fn module(ordinal: usize, name: &'static str, source: &'static str) -> Resul
         .unwrap_or_else(|p| p.into_inner())
         .insert((ordinal, name), m.clone());
     Ok(m)
+}
+
+/// The NVRTC options of module `name` for compute capability `major.minor`.
+fn compile_options(name: &str, major: i32, minor: i32) -> CompileOptions {
+    CompileOptions {
+        options: std::iter::once(format!("--gpu-architecture=compute_{major}{minor}"))
+            .chain(flint_kernels::COMPILE_OPTIONS.iter().map(|o| o.to_string()))
+            .collect(),
+        name: Some(format!("{name}.cu")),
+        ..Default::default()
+    }
+}
+
+/// Compiles a module with NVRTC and writes its PTX to the cache folder `dir` (if any)
+/// under `key`.
+fn compile_and_cache(
+    name: &str,
+    source: &str,
+    opts: CompileOptions,
+    dir: Option<&Path>,
+    key: &str,
+) -> Result<Ptx> {
+    let ptx = guarded("NVRTC", || {
+        cudarc::nvrtc::compile_ptx_with_opts(source, opts).map_err(|e| e.to_string())
+    })
+    .map_err(|msg| Error::device("kernels", format!("compiling `{name}` failed: {msg}")))?;
+    if let Some(d) = dir {
+        // best effort: a cache that cannot be written only costs the next start
+        let _ = write_cached(d, key, &ptx.to_src());
+    }
+    Ok(ptx)
+}
+
+/// Compiles every module of `flint-kernels` for GPUs of compute capability
+/// `major.minor` into the PTX cache folder (see the module docs), skipping those
+/// already there; needs NVRTC but no GPU. `scripts/gpu-check.sh` ships such a folder, so
+/// that a fresh GPU machine loads the kernels instead of compiling them for minutes.
+/// Returns `(compiled, already cached)`.
+///
+/// ```
+/// use flint_runtime::cuda::kernels::warm_ptx_cache;
+/// // without NVRTC (or with the cache turned off) it is an error, not a panic
+/// let _ = warm_ptx_cache(9, 0);
+/// ```
+pub fn warm_ptx_cache(major: i32, minor: i32) -> Result<(usize, usize)> {
+    // SAFETY: only tries to open the library with `dlopen`.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(Error::cuda_unavailable(
+            "no NVRTC library (libnvrtc.so) could be loaded to compile CUDA kernels",
+        ));
+    }
+    let dir = cache_dir().ok_or_else(|| {
+        Error::device(
+            "kernels",
+            "the PTX cache is turned off (FLINT_PTX_CACHE) or has no home".to_string(),
+        )
+    })?;
+    let nvrtc = nvrtc_version();
+    let (mut compiled, mut cached) = (0, 0);
+    for m in flint_kernels::MODULES {
+        let opts = compile_options(m.name, major, minor);
+        let key = ptx_key(m.name, m.source, &opts.options, nvrtc);
+        if read_cached(&dir, &key).is_some() {
+            cached += 1;
+            continue;
+        }
+        compile_and_cache(m.name, m.source, opts, Some(&dir), &key)?;
+        if read_cached(&dir, &key).is_none() {
+            return Err(Error::device(
+                "kernels",
+                format!(
+                    "could not write the PTX of `{}` to {}",
+                    m.name,
+                    dir.display()
+                ),
+            ));
+        }
+        compiled += 1;
+    }
+    Ok((compiled, cached))
 }
 
 /// The last line of a complete cache file.
