@@ -23,8 +23,8 @@
 # used) per binary and a closing "gpu-check: N passed, N failed, N skipped" line; it exits
 # non-zero when anything failed.
 # The kernels' PTX for the GPU (GPU_ARCH, default 9.0) is compiled here too, with the
-# NVRTC found in NVRTC_LIB_DIR or ~/.cache/flint, into gpu-check/ptx-cache, which run.sh
-# uses as the PTX cache: a fresh GPU machine then skips minutes of NVRTC compiles.
+# NVRTC found in NVRTC_LIB_DIR or ~/.cache/flint, into gpu-check/ptx-cache.tar.gz, which
+# run.sh unpacks and uses as the PTX cache: a fresh GPU machine then skips minutes of NVRTC compiles.
 # Binaries are built with the `gpu` profile (release, no debug info, stripped) so the
 # folder stays small. They need a glibc no older than this machine's.
 set -euo pipefail
@@ -114,9 +114,14 @@ if [ -z "$nvrtc_dir" ]; then
 fi
 if [ -x "$out/benches/cuda" ] && [ -n "$nvrtc_dir" ]; then
     echo "== PTX cache for compute ${GPU_ARCH:-9.0} (NVRTC in $nvrtc_dir)" >&2
-    FLINT_PTX_CACHE=$out/ptx-cache LD_LIBRARY_PATH=$nvrtc_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
-        "$out/benches/cuda" --warm-ptx-cache "${GPU_ARCH:-9.0}" >&2 \
-        || echo "== (no PTX cache: the GPU machine will compile the kernels)" >&2
+    # packed (18 MB of PTX text is 3 MB compressed; the folder travels under a size limit)
+    if FLINT_PTX_CACHE=$out/ptx-cache LD_LIBRARY_PATH=$nvrtc_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
+        "$out/benches/cuda" --warm-ptx-cache "${GPU_ARCH:-9.0}" >&2; then
+        tar -C "$out" -czf "$out/ptx-cache.tar.gz" ptx-cache
+    else
+        echo "== (no PTX cache: the GPU machine will compile the kernels)" >&2
+    fi
+    rm -rf "$out/ptx-cache"
 else
     echo "== no NVRTC here (NVRTC_LIB_DIR) or no bench: no PTX cache shipped" >&2
 fi
@@ -162,7 +167,8 @@ fi
 echo "== LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 # the kernels' PTX compiled where this folder was built (when its NVRTC version matches
 # this machine's, the modules load without compiling)
-if [ -d "$here/ptx-cache" ] && [ -z "${FLINT_PTX_CACHE:-}" ]; then
+if [ -f "$here/ptx-cache.tar.gz" ] && [ -z "${FLINT_PTX_CACHE:-}" ]; then
+    tar -C "$here" -xzf "$here/ptx-cache.tar.gz"
     export FLINT_PTX_CACHE=$here/ptx-cache
     echo "== FLINT_PTX_CACHE=$FLINT_PTX_CACHE ($(ls "$here/ptx-cache" | wc -l) modules)"
 fi
