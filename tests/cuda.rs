@@ -1507,6 +1507,20 @@ fn sdpa_cases() -> Vec<SdpaCase> {
     );
     (c.causal, c.dropout) = (true, 0.1);
     v.push(c);
+    // Tk % 4 == 0: the tensor-core kernels share each Philox block between lanes (the
+    // case above, Tk = 70, draws per element)
+    let mut c = case(
+        "f32 D=64 causal dropout 0.3, Tk % 4 = 0",
+        DType::F32,
+        [
+            rand(&[1, 2, 72, 64]),
+            rand(&[1, 2, 72, 64]),
+            rand(&[1, 2, 72, 64]),
+        ],
+        SDPA_TOL_TC,
+    );
+    (c.causal, c.dropout) = (true, 0.3);
+    v.push(c);
     // a bool key-padding mask [B, 1, 1, Tk]: keys past each length hidden; Tq ≠ Tk, D ≠ Dv
     let mut c = case(
         "f32 D=64 bool key padding",
