@@ -99,6 +99,20 @@ __device__ __forceinline__ typename Ty<T>::acc att_score(typename Ty<T>::acc dot
     return s;
 }
 
+/// Problem bh's (b, h) and the first rows of its q, k and v.
+template <typename T> struct AttProblem {
+    i64 b, h;
+    const T *q, *k, *v;
+    __device__ __forceinline__ AttProblem(const T* q0, const T* k0, const T* v0,
+                                          const AttentionParams& p, i64 bh) {
+        b = bh / p.heads;
+        h = bh - b * p.heads;
+        q = q0 + b * p.q_stride[0] + h * p.q_stride[1];
+        k = k0 + b * p.k_stride[0] + h * p.k_stride[1];
+        v = v0 + b * p.v_stride[0] + h * p.v_stride[1];
+    }
+};
+
 /// Loads `rows` rows of `width` <= 128 elements (row r at src + (r0 + r) * stride) into a
 /// shared tile, zero past `limit` rows. All threads of the block call it.
 template <typename T, int R>
@@ -127,9 +141,9 @@ __device__ __forceinline__ void attention_forward_impl(const T* q, const T* k, c
     const i64 tiles = (p.tq + warps - 1) / warps;
     const AttDrop<T> drop(p);
     for (i64 bh = blockIdx.y; bh < p.batch * p.heads; bh += gridDim.y) {
-        const i64 b = bh / p.heads, h = bh - b * p.heads;
-        const T* kb = k + b * p.k_stride[0] + h * p.k_stride[1];
-        const T* vb = v + b * p.v_stride[0] + h * p.v_stride[1];
+        const AttProblem<T> pr(q, k, v, p, bh);
+        const i64 b = pr.b, h = pr.h;
+        const T *kb = pr.k, *vb = pr.v;
         for (i64 qt = blockIdx.x; qt < tiles; qt += gridDim.x) {
             const i64 i = qt * warps + warp;
             const bool active = i < p.tq;
@@ -243,9 +257,9 @@ __device__ __forceinline__ void attention_dq_impl(const T* q, const T* k, const 
     const i64 tiles = (p.tq + warps - 1) / warps;
     const AttDrop<T> drop(p);
     for (i64 bh = blockIdx.y; bh < p.batch * p.heads; bh += gridDim.y) {
-        const i64 b = bh / p.heads, h = bh - b * p.heads;
-        const T* kb = k + b * p.k_stride[0] + h * p.k_stride[1];
-        const T* vb = v + b * p.v_stride[0] + h * p.v_stride[1];
+        const AttProblem<T> pr(q, k, v, p, bh);
+        const i64 b = pr.b, h = pr.h;
+        const T *kb = pr.k, *vb = pr.v;
         for (i64 qt = blockIdx.x; qt < tiles; qt += gridDim.x) {
             const i64 i = qt * warps + warp;
             const bool active = i < p.tq;
@@ -336,8 +350,9 @@ __device__ __forceinline__ void attention_dkv_impl(const T* q, const T* k, const
     const i64 tiles = (p.tk + warps - 1) / warps;
     const AttDrop<T> drop(p);
     for (i64 bh = blockIdx.y; bh < p.batch * p.heads; bh += gridDim.y) {
-        const i64 b = bh / p.heads, h = bh - b * p.heads;
-        const T* qb = q + b * p.q_stride[0] + h * p.q_stride[1];
+        const AttProblem<T> pr(q, k, v, p, bh);
+        const i64 b = pr.b, h = pr.h;
+        const T* qb = pr.q;
         const T* dob = dout + bh * p.tq * p.dv;
         for (i64 kt = blockIdx.x; kt < tiles; kt += gridDim.x) {
             const i64 j = kt * warps + warp;
@@ -708,10 +723,9 @@ __device__ __forceinline__ void att_tc_forward(const T* q, const T* k, const T* 
     const AttDrop<T> drop(p);
     const i64 tiles = (p.tq + 63) / 64;
     for (i64 bh = blockIdx.y; bh < p.batch * p.heads; bh += gridDim.y) {
-        const i64 b = bh / p.heads, h = bh - b * p.heads;
-        const T* qb = q + b * p.q_stride[0] + h * p.q_stride[1];
-        const T* kb = k + b * p.k_stride[0] + h * p.k_stride[1];
-        const T* vb = v + b * p.v_stride[0] + h * p.v_stride[1];
+        const AttProblem<T> pr(q, k, v, p, bh);
+        const i64 b = pr.b, h = pr.h;
+        const T *qb = pr.q, *kb = pr.k, *vb = pr.v;
         for (i64 qt = blockIdx.x; qt < tiles; qt += gridDim.x) {
             const i64 i0 = qt * 64, r0 = i0 + 16 * warp;
             __syncthreads(); // the previous tile's rows are consumed
@@ -850,10 +864,9 @@ __device__ __forceinline__ void att_tc_dq(const T* q, const T* k, const T* v, co
     const AttDrop<T> drop(p);
     const i64 tiles = (p.tq + 31) / 32;
     for (i64 bh = blockIdx.y; bh < p.batch * p.heads; bh += gridDim.y) {
-        const i64 b = bh / p.heads, h = bh - b * p.heads;
-        const T* qb = q + b * p.q_stride[0] + h * p.q_stride[1];
-        const T* kb = k + b * p.k_stride[0] + h * p.k_stride[1];
-        const T* vb = v + b * p.v_stride[0] + h * p.v_stride[1];
+        const AttProblem<T> pr(q, k, v, p, bh);
+        const i64 b = pr.b, h = pr.h;
+        const T *qb = pr.q, *kb = pr.k, *vb = pr.v;
         for (i64 qt = blockIdx.x; qt < tiles; qt += gridDim.x) {
             const i64 i0 = qt * 32, r0 = i0 + 16 * warp;
             __syncthreads();
@@ -932,10 +945,9 @@ __device__ __forceinline__ void att_tc_dkv(const T* q, const T* k, const T* v, c
     const AttDrop<T> drop(p);
     const i64 tiles = (p.tk + 31) / 32;
     for (i64 bh = blockIdx.y; bh < p.batch * p.heads; bh += gridDim.y) {
-        const i64 b = bh / p.heads, h = bh - b * p.heads;
-        const T* qb = q + b * p.q_stride[0] + h * p.q_stride[1];
-        const T* kb = k + b * p.k_stride[0] + h * p.k_stride[1];
-        const T* vb = v + b * p.v_stride[0] + h * p.v_stride[1];
+        const AttProblem<T> pr(q, k, v, p, bh);
+        const i64 b = pr.b, h = pr.h;
+        const T *qb = pr.q, *kb = pr.k, *vb = pr.v;
         const T* dob = dout + bh * p.tq * p.dv;
         for (i64 kt = blockIdx.x; kt < tiles; kt += gridDim.x) {
             const i64 j0 = kt * 32, r0 = j0 + 16 * warp;
