@@ -256,10 +256,7 @@ impl Call {
         };
         let om = ops.next();
         let (gpu, _) = first_element(OP, &qc)?;
-        let (major, _) = gpu
-            .ctx
-            .compute_capability()
-            .map_err(|e| super::context::driver_error(OP, gpu.ordinal, e))?;
+        let (major, _) = gpu.capability;
         let (b, h) = (split.b, split.h);
         let row_strides = |o: &Operand| -> Result<[i64; 3]> {
             Ok([int(o.bh[0])?, int(o.bh[1])?, int(o.mat[0])?])

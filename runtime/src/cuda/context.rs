@@ -18,6 +18,8 @@ pub(crate) struct Gpu {
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
     pub(crate) pool: Mutex<Pool>,
+    /// The device's compute capability `(major, minor)`, asked once when it is opened.
+    pub(crate) capability: (i32, i32),
     blas: OnceLock<std::result::Result<CudaBlas, String>>,
     lt: OnceLock<std::result::Result<super::matmul::Lt, String>>,
 }
@@ -158,11 +160,15 @@ fn open(ordinal: usize) -> Result<Gpu> {
     // allocation, use, reuse and copies. Called before any slice of this context exists.
     unsafe { ctx.disable_event_tracking() };
     let stream = ctx.default_stream();
+    let capability = ctx
+        .compute_capability()
+        .map_err(|e| driver_error("opening the device", ordinal, e))?;
     Ok(Gpu {
         ordinal,
         ctx,
         stream,
         pool: Mutex::new(Pool::default()),
+        capability,
         blas: OnceLock::new(),
         lt: OnceLock::new(),
     })

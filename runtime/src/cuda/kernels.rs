@@ -57,10 +57,7 @@ pub fn module(ordinal: usize, name: &'static str, source: &'static str) -> Resul
             "no NVRTC library (libnvrtc.so) could be loaded to compile CUDA kernels",
         ));
     }
-    let (major, minor) = g
-        .ctx
-        .compute_capability()
-        .map_err(|e| super::context::driver_error("kernels", ordinal, e))?;
+    let (major, minor) = g.capability;
     let opts = compile_options(name, major, minor);
     let key = ptx_key(name, source, &opts.options, nvrtc_version());
     let dir = cache_dir();
