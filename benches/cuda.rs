@@ -237,12 +237,12 @@ fn warm_ptx_cache(arch: &str) -> ! {
 }
 
 fn main() {
-    let mut argv = std::env::args().skip(1);
-    if let Some(i) = argv.position(|x| x == "--warm-ptx-cache") {
-        let arch = std::env::args()
-            .nth(i + 2)
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(i) = argv.iter().position(|x| x == "--warm-ptx-cache") {
+        let arch = argv
+            .get(i + 1)
             .unwrap_or_else(|| fail("--warm-ptx-cache needs MAJOR.MINOR".into()));
-        warm_ptx_cache(&arch);
+        warm_ptx_cache(arch);
     }
     let a = args();
     if let Err(e) = cuda::available() {
