@@ -1457,7 +1457,8 @@ fn run_gradcheck_cases(d: Device) {
 /// One call of the fused scaled dot-product attention: q, k, v as f64 bases on the CPU
 /// (each moved to the device in `dtype`, made a leaf, then viewed by its `view`), a mask
 /// (a float one is cast to `dtype`), the causal flag, the dropout probability, and the
-/// tolerance of the device against the CPU.
+/// tolerance of the device against the CPU. The CPU's fused path takes f32 and f64: an
+/// f16/bf16 case is checked against its [`reference`] in f32.
 struct SdpaCase {
     what: &'static str,
     dtype: DType,
@@ -1474,6 +1475,35 @@ struct SdpaCase {
 /// to miss), f64.
 const SDPA_TOL_F32: f64 = 1e-4;
 const SDPA_TOL_F64: f64 = 1e-9;
+/// f16 and bf16 against the f32 reference: their results are rounded to 11 and 8
+/// significant bits, and on tensor cores so are the probabilities and score gradients
+/// for their products (the kernels' emulation finds at most 8e-4 and 1.1e-2 of
+/// `|err| / (1 + |want|)` against double).
+const SDPA_TOL_F16: f64 = 2e-3;
+const SDPA_TOL_BF16: f64 = 1e-2;
+
+/// The case the CPU checks `c` against: `c` itself for f32/f64; for f16/bf16 the same call
+/// in f32 on inputs (and a float mask) rounded to `c`'s dtype.
+fn reference(c: &SdpaCase) -> SdpaCase {
+    let half = matches!(c.dtype, DType::F16 | DType::BF16);
+    let round = |t: &Tensor| {
+        if half && t.dtype() != DType::Bool {
+            t.to_dtype(c.dtype).to_dtype(DType::F64)
+        } else {
+            t.clone()
+        }
+    };
+    SdpaCase {
+        what: c.what,
+        dtype: if half { DType::F32 } else { c.dtype },
+        bases: [round(&c.bases[0]), round(&c.bases[1]), round(&c.bases[2])],
+        views: c.views,
+        mask: c.mask.as_ref().map(round),
+        causal: c.causal,
+        dropout: c.dropout,
+        tol: c.tol,
+    }
+}
 
 fn plain(t: &Tensor) -> Tensor {
     t.clone()
@@ -1637,10 +1667,66 @@ fn sdpa_cases() -> Vec<SdpaCase> {
         c.mask = Some(keep);
         v.push(c);
     }
+    // f16 and bf16: the tensor-core kernels (D ≤ 64) with dropout (Tk % 4 = 0), a key
+    // padding mask, a transposed q; the SIMT kernels (D = 80)
+    let mut c = case(
+        "bf16 D=64 causal dropout 0.1, Tk % 4 = 0",
+        DType::BF16,
+        [
+            rand(&[1, 2, 72, 64]),
+            rand(&[1, 2, 72, 64]),
+            rand(&[1, 2, 72, 64]),
+        ],
+        SDPA_TOL_BF16,
+    );
+    (c.causal, c.dropout) = (true, 0.1);
+    v.push(c);
+    let mut c = case(
+        "f16 D=64 bool key padding",
+        DType::F16,
+        [
+            rand(&[2, 2, 37, 64]),
+            rand(&[2, 2, 45, 64]),
+            rand(&[2, 2, 45, 32]),
+        ],
+        SDPA_TOL_F16,
+    );
+    let keep: Vec<bool> = [45, 20]
+        .iter()
+        .flat_map(|&l| (0..45).map(move |j| j < l))
+        .collect();
+    c.mask = Some(Tensor::from_vec(keep, [2, 1, 1, 45]));
+    v.push(c);
+    let mut c = case(
+        "bf16 D=64 q transposed, float mask",
+        DType::BF16,
+        [
+            rand(&[2, 19, 3, 64]),
+            rand(&[2, 3, 19, 64]),
+            rand(&[2, 3, 19, 64]),
+        ],
+        SDPA_TOL_BF16,
+    );
+    c.views[0] = |t| t.transpose(1, 2);
+    c.mask = Some(rand(&[2, 1, 19, 19]));
+    v.push(c);
+    let mut c = case(
+        "f16 D=80 Dv=48 causal dropout 0.2",
+        DType::F16,
+        [
+            rand(&[2, 2, 33, 80]),
+            rand(&[2, 2, 33, 80]),
+            rand(&[2, 2, 33, 48]),
+        ],
+        SDPA_TOL_F16,
+    );
+    (c.causal, c.dropout) = (true, 0.2);
+    v.push(c);
     // a query that may attend no key: NaN output, no gradient through it
     for (what, dtype, tol) in [
         ("f32 fully masked query", DType::F32, SDPA_TOL_F32),
         ("f64 fully masked query", DType::F64, SDPA_TOL_F64),
+        ("bf16 fully masked query", DType::BF16, SDPA_TOL_BF16),
     ] {
         let mut c = case(
             what,
@@ -1715,7 +1801,7 @@ fn assert_close_scaled(got: &[f64], want: &[f64], tol: f64, what: &str) {
 /// NaN with finite gradients.
 fn check_sdpa_case(c: &SdpaCase, d: Device) {
     let (y, grads) = run_sdpa(c, d, c.dropout);
-    let (y0, grads0) = run_sdpa(c, Device::Cpu, c.dropout);
+    let (y0, grads0) = run_sdpa(&reference(c), Device::Cpu, c.dropout);
     assert_close_scaled(&y, &y0, c.tol, &format!("{} on {d}: output", c.what));
     for (n, (a, b)) in ["dq", "dk", "dv"].iter().zip(grads.iter().zip(&grads0)) {
         assert!(
@@ -1760,13 +1846,13 @@ fn fused_attention_on_the_device_matches_the_cpu() {
 }
 
 /// The cases of [`fused_attention_on_the_device_matches_the_cpu`] on the CPU against
-/// itself: checks, without a GPU, that every case takes the fused path and that its
-/// dropout and masking assertions hold.
+/// itself (an f16/bf16 case as its f32 [`reference`]): checks, without a GPU, that every
+/// case takes the fused path and that its dropout and masking assertions hold.
 #[test]
 fn the_attention_cases_run_on_the_cpu() {
     let _serial = serial();
     for c in sdpa_cases() {
-        check_sdpa_case(&c, Device::Cpu);
+        check_sdpa_case(&reference(&c), Device::Cpu);
     }
 }
 

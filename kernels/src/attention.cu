@@ -463,24 +463,31 @@ __device__ __forceinline__ void attention_dkv_impl(const T* q, const T* k, const
 FLINT_FLOATS(ATTENTION, _)
 
 // ---------------------------------------------------------------------------------------
-// Tensor-core attention for f32 with head dims D, Dv <= 64: the same kernels' arithmetic
-// (online softmax, recomputed P in the backward, the same masks, dropout, lse and delta
-// conventions) with the tile products on `mma.sync` m16n8k8 TF32 instructions in three
-// passes (3xTF32: x = hi + lo, each a TF32; A·B ≈ hi·hi + hi·lo + lo·hi), which keeps
-// about f32's accuracy (the dropped lo·lo term is below f32's rounding of the sum).
+// Tensor-core attention for f32, f16 and bf16 with head dims D, Dv <= 64: the same
+// kernels' arithmetic (online softmax, recomputed P in the backward, the same masks,
+// dropout, lse and delta conventions) with the tile products on `mma.sync` instructions
+// (AttMma below):
+// - f32: m16n8k8 TF32 in three passes (3xTF32: x = hi + lo, each a TF32;
+//   A·B ≈ hi·hi + hi·lo + lo·hi), which keeps about f32's accuracy (the dropped lo·lo
+//   term is below f32's rounding of the sum);
+// - f16, bf16: one m16n8k16 in T with f32 accumulation. The operands are T already, except
+//   the probabilities P and score gradients dS, which are rounded to T for their
+//   products (as flash attention does); the softmax, its sums and every accumulator
+//   stay f32.
 //
 // A warp owns 16 rows (queries in the forward and dq, keys in dkv) and streams the other
-// side through shared memory in tiles of ATT_TC_TILE rows. Its score tile S (16 x 32) is
-// accumulated in the mma's C layout: with g = lane / 4 and q = lane % 4, lane holds
-// s[t][c] = S(g + 8 (c / 2), 8 t + 2 q + c % 2). The product of such a tile with a
-// 32-row operand B uses it as the A operand directly by reading the k index in the order
-// (2q, 2q + 1) for (q, q + 4): the B fragment then takes rows 8 t + 2 q and 8 t + 2 q + 1.
-// Shared rows are padded to ATT_TC_LD floats, which makes every fragment load free of
-// bank conflicts.
+// side through shared memory (as f32) in tiles of ATT_TC_TILE rows. Its score tile S
+// (16 x 32) is accumulated in the mma's C layout: with g = lane / 4 and q = lane % 4,
+// lane holds s[t][c] = S(g + 8 (c / 2), 8 t + 2 q + c % 2). The product of such a tile
+// with a 32-row operand B uses it as the A operand directly: for m16n8k16 two C tiles
+// (t = 2u, 2u + 1) are exactly one A fragment; for m16n8k8 the k index is read in the
+// order (2q, 2q + 1) for (q, q + 4), and the B fragment then takes rows 8 t + 2 q and
+// 8 t + 2 q + 1. Shared rows are padded to ATT_TC_LD floats, which makes the f32
+// fragment loads free of bank conflicts.
 //
-// attention_tc_forward_f32: block 128 threads (4 warps, 64 queries), grid
-//   (ceil(Tq / 64), B*H); attention_tc_backward_dq_f32: block 64 (2 warps, 32 queries),
-//   grid (ceil(Tq / 32), B*H); attention_tc_backward_dkv_f32: block 64 (32 keys), grid
+// attention_tc_forward_<dt>: block 128 threads (4 warps, 64 queries), grid
+//   (ceil(Tq / 64), B*H); attention_tc_backward_dq_<dt>: block 64 (2 warps, 32 queries),
+//   grid (ceil(Tq / 32), B*H); attention_tc_backward_dkv_<dt>: block 64 (32 keys), grid
 //   (ceil(Tk / 32), B*H). Grid dims are grid-stride loops. Same signatures as the
 //   attention_* kernels; lse and delta are f32. sm_80 or newer.
 
@@ -532,27 +539,181 @@ __device__ __forceinline__ void att_mma3(float (&d)[4], const u32 (&ah)[4], cons
     att_mma(d, ah[0], ah[1], ah[2], ah[3], bh0, bh1);
 }
 
-/// acc[n] += A Bᵀ over k < 8 ksteps: A = 16 rows at `a`, B = 8 NT rows at `b`, both
-/// row-major in shared memory with row length ATT_TC_LD (zero past the real width).
-template <int NT>
+// f16x2 / bf16x2 packing and the half-precision mma (two elements per 32-bit register,
+// the lower index in the low half).
+#ifdef FLINT_HOST_EMULATION
+__device__ __forceinline__ u32 att_pack(f16_t, float lo, float hi) {
+    return (u32)f32_to_f16(lo).bits | ((u32)f32_to_f16(hi).bits << 16);
+}
+__device__ __forceinline__ u32 att_pack(bf16_t, float lo, float hi) {
+    return (u32)f32_to_bf16(lo).bits | ((u32)f32_to_bf16(hi).bits << 16);
+}
+template <typename H>
+__device__ __forceinline__ void att_mma16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    flint_emu_mma_k16(d, a[0], a[1], a[2], a[3], b0, b1, [](u16 bits) {
+        H h;
+        h.bits = bits;
+        return Ty<H>::load(h);
+    });
+}
+#else
+__device__ __forceinline__ u32 att_pack(f16_t, float lo, float hi) {
+    u32 r;
+#if __CUDA_ARCH__ >= 800
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+#else
+    r = (u32)f32_to_f16(lo).bits | ((u32)f32_to_f16(hi).bits << 16); // never launched
+#endif
+    return r;
+}
+__device__ __forceinline__ u32 att_pack(bf16_t, float lo, float hi) {
+    u32 r;
+#if __CUDA_ARCH__ >= 800
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+#else
+    r = (u32)f32_to_bf16(lo).bits | ((u32)f32_to_bf16(hi).bits << 16); // never launched
+#endif
+    return r;
+}
+template <typename H> struct AttMma16Op;
+template <> struct AttMma16Op<f16_t> {
+    static __device__ __forceinline__ void run(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+#if __CUDA_ARCH__ >= 800
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+                     "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+    }
+};
+template <> struct AttMma16Op<bf16_t> {
+    static __device__ __forceinline__ void run(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+#if __CUDA_ARCH__ >= 800
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+                     "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+    }
+};
+template <typename H>
+__device__ __forceinline__ void att_mma16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    AttMma16Op<H>::run(d, a, b0, b1);
+}
+#endif
+
+// The tile products' instruction by element type T, on f32 tiles in shared memory (row
+// length ATT_TC_LD) and C-layout tiles in registers, with g = lane / 4, q = lane % 4:
+// - K: the k extent of one instruction;
+// - a_rows(a, k0): the A fragment of A(r, k) = a[r][k0 + k] (16 rows at a);
+// - a_tile(p, kk): the A fragment of k-step kk of a 16 x 32 C-layout tile p
+//   (A(r, k) = P(r, K kk + k), in the k order b_cols follows);
+// - b_rows(b, n0, k0): the B fragment of B(k, n) = b[n0 + n][k0 + k] (for A Bᵀ);
+// - b_cols(b, k0, n0): the B fragment of B(k, n) = b[k0 + k][n0 + n] (for P B);
+// - mma(d, a, b): d += A B.
+template <typename T> struct AttMma;
+
+/// f32: 3xTF32 on m16n8k8 (k read as (2q, 2q + 1) for (q, q + 4) in a_tile and b_cols).
+template <> struct AttMma<float> {
+    static const int K = 8;
+    struct A {
+        u32 hi[4], lo[4];
+    };
+    struct B {
+        float b0, b1;
+    };
+    static __device__ __forceinline__ A a_rows(const float* a, int k0) {
+        const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+        A f;
+        att_split(a[g * ATT_TC_LD + k0 + q], f.hi[0], f.lo[0]);
+        att_split(a[(g + 8) * ATT_TC_LD + k0 + q], f.hi[1], f.lo[1]);
+        att_split(a[g * ATT_TC_LD + k0 + q + 4], f.hi[2], f.lo[2]);
+        att_split(a[(g + 8) * ATT_TC_LD + k0 + q + 4], f.hi[3], f.lo[3]);
+        return f;
+    }
+    static __device__ __forceinline__ A a_tile(const float (&p)[4][4], int kk) {
+        A f; // k index q <- column 2q, q + 4 <- column 2q + 1
+        att_split(p[kk][0], f.hi[0], f.lo[0]);
+        att_split(p[kk][2], f.hi[1], f.lo[1]);
+        att_split(p[kk][1], f.hi[2], f.lo[2]);
+        att_split(p[kk][3], f.hi[3], f.lo[3]);
+        return f;
+    }
+    static __device__ __forceinline__ B b_rows(const float* b, int n0, int k0) {
+        const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+        const float* r = b + (n0 + g) * ATT_TC_LD + k0 + q;
+        return B{r[0], r[4]};
+    }
+    static __device__ __forceinline__ B b_cols(const float* b, int k0, int n0) {
+        const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+        const float* c = b + (k0 + 2 * q) * ATT_TC_LD + n0 + g;
+        return B{c[0], c[ATT_TC_LD]};
+    }
+    static __device__ __forceinline__ void mma(float (&d)[4], const A& a, const B& b) {
+        att_mma3(d, a.hi, a.lo, b.b0, b.b1);
+    }
+};
+
+/// f16 and bf16: m16n8k16 with f32 accumulation, operands rounded to H (exact for
+/// tiles loaded from H).
+template <typename H> struct AttMmaHalf {
+    static const int K = 16;
+    struct A {
+        u32 r[4];
+    };
+    struct B {
+        u32 b0, b1;
+    };
+    static __device__ __forceinline__ u32 pack(float lo, float hi) { return att_pack(H(), lo, hi); }
+    static __device__ __forceinline__ A a_rows(const float* a, int k0) {
+        const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+        const float* r0 = a + g * ATT_TC_LD + k0 + 2 * q;
+        const float* r1 = r0 + 8 * ATT_TC_LD;
+        return A{{pack(r0[0], r0[1]), pack(r1[0], r1[1]), pack(r0[8], r0[9]), pack(r1[8], r1[9])}};
+    }
+    static __device__ __forceinline__ A a_tile(const float (&p)[4][4], int kk) {
+        const float(&x)[4] = p[2 * kk];
+        const float(&y)[4] = p[2 * kk + 1];
+        return A{{pack(x[0], x[1]), pack(x[2], x[3]), pack(y[0], y[1]), pack(y[2], y[3])}};
+    }
+    static __device__ __forceinline__ B b_rows(const float* b, int n0, int k0) {
+        const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+        const float* r = b + (n0 + g) * ATT_TC_LD + k0 + 2 * q;
+        return B{pack(r[0], r[1]), pack(r[8], r[9])};
+    }
+    static __device__ __forceinline__ B b_cols(const float* b, int k0, int n0) {
+        const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+        const float* c = b + (k0 + 2 * q) * ATT_TC_LD + n0 + g;
+        return B{pack(c[0], c[ATT_TC_LD]), pack(c[8 * ATT_TC_LD], c[9 * ATT_TC_LD])};
+    }
+    static __device__ __forceinline__ void mma(float (&d)[4], const A& a, const B& b) {
+        att_mma16<H>(d, a.r, b.b0, b.b1);
+    }
+};
+template <> struct AttMma<f16_t> : AttMmaHalf<f16_t> {};
+template <> struct AttMma<bf16_t> : AttMmaHalf<bf16_t> {};
+
+/// k-steps of T's instruction that cover `width` columns.
+template <typename T> __device__ __forceinline__ int att_ksteps(i64 width) {
+    return (int)((width + AttMma<T>::K - 1) / AttMma<T>::K);
+}
+
+/// acc[n] += A Bᵀ over `ksteps` k-steps of T's instruction: A = 16 rows at `a`, B = 8 NT
+/// rows at `b`, both row-major in shared memory with row length ATT_TC_LD (zero past
+/// the real width).
+template <typename T, int NT>
 __device__ __forceinline__ void att_mma_abt(float (&acc)[NT][4], const float* a, const float* b,
                                             int ksteps) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    typedef AttMma<T> M;
 #pragma unroll
-    for (int ks = 0; ks < ATT_TC_HD / 8; ++ks) {
+    for (int ks = 0; ks < ATT_TC_HD / M::K; ++ks) {
         if (ks >= ksteps) {
             break;
         }
-        const int k0 = 8 * ks;
-        u32 ah[4], al[4];
-        att_split(a[g * ATT_TC_LD + k0 + q], ah[0], al[0]);
-        att_split(a[(g + 8) * ATT_TC_LD + k0 + q], ah[1], al[1]);
-        att_split(a[g * ATT_TC_LD + k0 + q + 4], ah[2], al[2]);
-        att_split(a[(g + 8) * ATT_TC_LD + k0 + q + 4], ah[3], al[3]);
+        const typename M::A af = M::a_rows(a, M::K * ks);
 #pragma unroll
         for (int n = 0; n < NT; ++n) {
-            const float* br = b + (8 * n + g) * ATT_TC_LD + k0 + q;
-            att_mma3(acc[n], ah, al, br[0], br[4]);
+            M::mma(acc[n], af, M::b_rows(b, 8 * n, M::K * ks));
         }
     }
 }
@@ -567,34 +728,30 @@ template <int N> __device__ __forceinline__ void att_zero(float (&x)[N][4]) {
 
 /// The two raw products of a backward tile: s = A1 B1ᵀ (over k1 steps) and
 /// dp = A2 B2ᵀ (over k2), each 16 x 32, from zero.
+template <typename T>
 __device__ __forceinline__ void att_tc_backward_products(float (&s)[4][4], float (&dp)[4][4],
                                                          const float* a1, const float* b1,
                                                          int k1, const float* a2,
                                                          const float* b2, int k2) {
     att_zero(s);
     att_zero(dp);
-    att_mma_abt<4>(s, a1, b1, k1);
-    att_mma_abt<4>(dp, a2, b2, k2);
+    att_mma_abt<T, 4>(s, a1, b1, k1);
+    att_mma_abt<T, 4>(dp, a2, b2, k2);
 }
 
 /// acc[n] += P B for n < ntiles: P (16 x 32) in the C layout (p[t][c], see above), B the
 /// 32 rows at `b` (row-major, row length ATT_TC_LD).
+template <typename T>
 __device__ __forceinline__ void att_mma_pb(float (&acc)[8][4], const float (&p)[4][4],
                                            const float* b, int ntiles) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    typedef AttMma<T> M;
 #pragma unroll
-    for (int t = 0; t < 4; ++t) {
-        u32 ah[4], al[4];
-        // k index q <- column 2q, q + 4 <- column 2q + 1
-        att_split(p[t][0], ah[0], al[0]);
-        att_split(p[t][2], ah[1], al[1]);
-        att_split(p[t][1], ah[2], al[2]);
-        att_split(p[t][3], ah[3], al[3]);
-        const float* br = b + (8 * t + 2 * q) * ATT_TC_LD + g;
+    for (int kk = 0; kk < ATT_TC_TILE / M::K; ++kk) {
+        const typename M::A af = M::a_tile(p, kk);
 #pragma unroll
         for (int n = 0; n < 8; ++n) {
             if (n < ntiles) {
-                att_mma3(acc[n], ah, al, br[8 * n], br[ATT_TC_LD + 8 * n]);
+                M::mma(acc[n], af, M::b_cols(b, M::K * kk, 8 * n));
             }
         }
     }
@@ -719,7 +876,8 @@ __device__ __forceinline__ void att_tc_forward(const T* q, const T* k, const T* 
     __shared__ float ks[ATT_TC_TILE][ATT_TC_LD];
     __shared__ float vs[ATT_TC_TILE][ATT_TC_LD];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, qq = lane & 3;
-    const int kd = (int)((p.d + 7) / 8), nv = (int)((p.dv + 7) / 8);
+    // k-steps over D (the score product), 8-column tiles of Dv (the output)
+    const int kd = att_ksteps<T>(p.d), nv = (int)((p.dv + 7) / 8);
     const AttDrop<T> drop(p);
     const i64 tiles = (p.tq + 63) / 64;
     for (i64 bh = blockIdx.y; bh < p.batch * p.heads; bh += gridDim.y) {
@@ -746,7 +904,7 @@ __device__ __forceinline__ void att_tc_forward(const T* q, const T* k, const T* 
                 }
                 float s[4][4];
                 att_zero(s);
-                att_mma_abt<4>(s, &qs[16 * warp][0], &ks[0][0], kd);
+                att_mma_abt<T, 4>(s, &qs[16 * warp][0], &ks[0][0], kd);
                 float mx[2] = {-FLINT_INF, -FLINT_INF};
 #pragma unroll
                 for (int t = 0; t < 4; ++t) {
@@ -789,7 +947,7 @@ __device__ __forceinline__ void att_tc_forward(const T* q, const T* k, const T* 
                         o[n][c] *= corr[c >> 1];
                     }
                 }
-                att_mma_pb(o, s, &vs[0][0], nv);
+                att_mma_pb<T>(o, s, &vs[0][0], nv);
             }
             // the row sums: each lane has summed its own columns
 #pragma unroll
@@ -860,7 +1018,8 @@ __device__ __forceinline__ void att_tc_dq(const T* q, const T* k, const T* v, co
     __shared__ float ks[ATT_TC_TILE][ATT_TC_LD];
     __shared__ float vs[ATT_TC_TILE][ATT_TC_LD];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, qq = lane & 3;
-    const int kd = (int)((p.d + 7) / 8), kv = (int)((p.dv + 7) / 8);
+    // k-steps over D and Dv (the two score products), 8-column tiles of D (dq)
+    const int kd = att_ksteps<T>(p.d), kv = att_ksteps<T>(p.dv), nd = (int)((p.d + 7) / 8);
     const AttDrop<T> drop(p);
     const i64 tiles = (p.tq + 31) / 32;
     for (i64 bh = blockIdx.y; bh < p.batch * p.heads; bh += gridDim.y) {
@@ -894,7 +1053,7 @@ __device__ __forceinline__ void att_tc_dq(const T* q, const T* k, const T* v, co
                     continue;
                 }
                 float s[4][4], dp[4][4];
-                att_tc_backward_products(s, dp, &qs[16 * warp][0], &ks[0][0], kd,
+                att_tc_backward_products<T>(s, dp, &qs[16 * warp][0], &ks[0][0], kd,
                                          &dos[16 * warp][0], &vs[0][0], kv);
                 const u32 keep = drop.on ? att_tc_drop_rows<T>(p, drop, bh, r0, k0) : 0u;
                 att_tc_grad_tile<T>(
@@ -905,7 +1064,7 @@ __device__ __forceinline__ void att_tc_dq(const T* q, const T* k, const T* v, co
                     },
                     [&](int, int c) { return lse_r[c >> 1]; },
                     [&](int, int c) { return delta_r[c >> 1]; });
-                att_mma_pb(acc, dp, &ks[0][0], kd); // dQ += dS K
+                att_mma_pb<T>(acc, dp, &ks[0][0], nd); // dQ += dS K
             }
             const float sc = (float)p.scale;
 #pragma unroll
@@ -941,7 +1100,9 @@ __device__ __forceinline__ void att_tc_dkv(const T* q, const T* k, const T* v, c
     __shared__ float lse_s[ATT_TC_TILE];
     __shared__ float delta_s[ATT_TC_TILE];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, qq = lane & 3;
-    const int kd = (int)((p.d + 7) / 8), kv = (int)((p.dv + 7) / 8);
+    // k-steps over D and Dv (the two score products), 8-column tiles of D and Dv (dk, dv)
+    const int kd = att_ksteps<T>(p.d), kv = att_ksteps<T>(p.dv);
+    const int nd = (int)((p.d + 7) / 8), nv = (int)((p.dv + 7) / 8);
     const AttDrop<T> drop(p);
     const i64 tiles = (p.tk + 31) / 32;
     for (i64 bh = blockIdx.y; bh < p.batch * p.heads; bh += gridDim.y) {
@@ -974,7 +1135,7 @@ __device__ __forceinline__ void att_tc_dkv(const T* q, const T* k, const T* v, c
                 }
                 // transposed tiles: row = key, column = query
                 float st[4][4], dpt[4][4];
-                att_tc_backward_products(st, dpt, &kso[16 * warp][0], &qs[0][0], kd,
+                att_tc_backward_products<T>(st, dpt, &kso[16 * warp][0], &qs[0][0], kd,
                                          &vso[16 * warp][0], &dos[0][0], kv);
                 const u32 keep = drop.on ? att_tc_drop_cols<T>(p, drop, bh, r0, q0) : 0u;
                 att_tc_grad_tile<T>(
@@ -985,8 +1146,8 @@ __device__ __forceinline__ void att_tc_dkv(const T* q, const T* k, const T* v, c
                     },
                     [&](int t, int c) { return lse_s[8 * t + 2 * qq + (c & 1)]; },
                     [&](int t, int c) { return delta_s[8 * t + 2 * qq + (c & 1)]; });
-                att_mma_pb(gv, st, &dos[0][0], kv);  // dV += (P∘M)ᵀ dO
-                att_mma_pb(gk, dpt, &qs[0][0], kd);  // dK += dSᵀ Q
+                att_mma_pb<T>(gv, st, &dos[0][0], nv); // dV += (P∘M)ᵀ dO
+                att_mma_pb<T>(gk, dpt, &qs[0][0], nd); // dK += dSᵀ Q
             }
             const float sc = (float)p.scale;
 #pragma unroll
@@ -1014,22 +1175,25 @@ __device__ __forceinline__ void att_tc_dkv(const T* q, const T* k, const T* v, c
     }
 }
 
-extern "C" __global__ void attention_tc_forward_f32(const float* q, const float* k, const float* v,
-                                                    const u8* mask, const float* bias, float* out,
-                                                    float* lse, AttentionParams p) {
-    att_tc_forward<float>(q, k, v, mask, bias, out, lse, p);
-}
-extern "C" __global__ void __launch_bounds__(64, 6) attention_tc_backward_dq_f32(const float* q, const float* k,
-                                                        const float* v, const u8* mask,
-                                                        const float* bias, const float* dout,
-                                                        const float* lse, const float* delta,
-                                                        float* dq, AttentionParams p) {
-    att_tc_dq<float>(q, k, v, mask, bias, dout, lse, delta, dq, p);
-}
-extern "C" __global__ void __launch_bounds__(64, 6) attention_tc_backward_dkv_f32(const float* q, const float* k,
-                                                         const float* v, const u8* mask,
-                                                         const float* bias, const float* dout,
-                                                         const float* lse, const float* delta,
-                                                         float* dk, float* dv, AttentionParams p) {
-    att_tc_dkv<float>(q, k, v, mask, bias, dout, lse, delta, dk, dv, p);
-}
+// FWD_BOUNDS: the forward's launch bounds. f16/bf16 take 172 registers without them (2
+// blocks per SM instead of 3) and 168 with them, spilling nothing; f32 fits in 168 without
+// them, and they would make it spill 12 bytes.
+#define ATTENTION_TC(dt, T, FWD_BOUNDS)                                                    \
+    extern "C" __global__ void FWD_BOUNDS attention_tc_forward_##dt(                       \
+        const T* q, const T* k, const T* v, const u8* mask, const T* bias, T* out,         \
+        float* lse, AttentionParams p) {                                                   \
+        att_tc_forward<T>(q, k, v, mask, bias, out, lse, p);                                \
+    }                                                                                      \
+    extern "C" __global__ void __launch_bounds__(64, 6) attention_tc_backward_dq_##dt(      \
+        const T* q, const T* k, const T* v, const u8* mask, const T* bias, const T* dout,  \
+        const float* lse, const float* delta, T* dq, AttentionParams p) {                  \
+        att_tc_dq<T>(q, k, v, mask, bias, dout, lse, delta, dq, p);                         \
+    }                                                                                      \
+    extern "C" __global__ void __launch_bounds__(64, 6) attention_tc_backward_dkv_##dt(     \
+        const T* q, const T* k, const T* v, const u8* mask, const T* bias, const T* dout,  \
+        const float* lse, const float* delta, T* dk, T* dv, AttentionParams p) {           \
+        att_tc_dkv<T>(q, k, v, mask, bias, dout, lse, delta, dk, dv, p);                    \
+    }
+ATTENTION_TC(f32, float, )
+ATTENTION_TC(f16, f16_t, __launch_bounds__(128, 3))
+ATTENTION_TC(bf16, bf16_t, __launch_bounds__(128, 3))

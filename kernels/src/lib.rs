@@ -371,13 +371,13 @@ const _: () = assert!(std::mem::size_of::<AttentionParams>() == 224);
 pub const ATTENTION_MAX_HEAD_DIM: usize = 128;
 
 /// The largest head dim (of q/k and of v) the tensor-core attention kernels
-/// (`attention_tc_*_f32`) take; larger heads use the `attention_*` kernels.
+/// (`attention_tc_*_{f32,f16,bf16}`) take; larger heads use the `attention_*` kernels.
 pub const ATTENTION_TC_MAX_HEAD_DIM: usize = 64;
 
-/// Query rows per block of `attention_tc_forward_f32` (4 warps of 16 rows, 128 threads).
+/// Query rows per block of `attention_tc_forward_<dt>` (4 warps of 16 rows, 128 threads).
 pub const ATTENTION_TC_FORWARD_ROWS: usize = 64;
 
-/// Query (`attention_tc_backward_dq_f32`) or key (`attention_tc_backward_dkv_f32`) rows
+/// Query (`attention_tc_backward_dq_<dt>`) or key (`attention_tc_backward_dkv_<dt>`) rows
 /// per block of the tensor-core backward kernels (2 warps of 16 rows, 64 threads).
 pub const ATTENTION_TC_BACKWARD_ROWS: usize = 32;
 
@@ -599,7 +599,7 @@ const WINDOW: &[&str] = entry_list! {
 const ATTENTION: &[&str] = entry_list! {
     floats: attention_forward, attention_backward_delta, attention_backward_dq,
         attention_backward_dkv;
-    [f32]: attention_tc_forward, attention_tc_backward_dq, attention_tc_backward_dkv;
+    [f32, f16, bf16]: attention_tc_forward, attention_tc_backward_dq, attention_tc_backward_dkv;
 };
 
 #[cfg(test)]
@@ -625,7 +625,7 @@ mod tests {
                 ("random", 18),
                 ("optim", 8),
                 ("window", 16),
-                ("attention", 19),
+                ("attention", 25),
             ]
         );
         let mut seen = HashSet::new();

@@ -238,17 +238,20 @@ fn the_tensor_core_attention_kernels_fit_in_registers() {
         .iter()
         .filter(|(name, _)| name.starts_with("attention_tc_"))
         .collect();
-    assert_eq!(tc.len(), 3, "ptxas lines of the tc entries: {usage:?}");
+    assert_eq!(tc.len(), 9, "ptxas lines of the tc entries: {usage:?}");
+    let mut over = Vec::new();
     for (name, text) in tc {
         say(&format!("ptxas {name}: {text}"));
         let spill = usage_number(text, "bytes spill stores")
             .unwrap_or_else(|| panic!("no spill figure for {name}: {text}"));
         let regs = usage_number(text, "registers")
             .unwrap_or_else(|| panic!("no register figure for {name}: {text}"));
-        assert!(spill <= 64, "{name} spills {spill} bytes: {text}");
-        assert!(
-            regs <= 168,
-            "{name} uses {regs} registers (launch bounds allow 168): {text}"
-        );
+        if spill > 64 || regs > 168 {
+            over.push(format!("{name}: {regs} registers, {spill} bytes spilled"));
+        }
     }
+    assert!(
+        over.is_empty(),
+        "over 168 registers (what the launch bounds allow) or 64 bytes of spill: {over:?}"
+    );
 }

@@ -1137,13 +1137,29 @@ struct AttCase {
     double dropout; // 0: none
 };
 
+/// x as an element of T (f32, f64, f16 or bf16), and back.
+template <typename T> static T att_elem(double x) { return at::Ty<T>::from_f64(x); }
+template <typename T> static double att_val(T x) { return at::Ty<T>::to_f64(x); }
+/// x rounded to T.
+template <typename T> static double att_round(double x) { return att_val(att_elem<T>(x)); }
+template <typename T> static std::vector<T> att_elems(const Vd& v) {
+    std::vector<T> r;
+    for (double x : v) r.push_back(att_elem<T>(x));
+    return r;
+}
+template <typename T> static Vd att_vals(const std::vector<T>& v) {
+    Vd r;
+    for (const T& x : v) r.push_back(att_val(x));
+    return r;
+}
+
 /// The dropout factor of score (bh, i, j) as the kernels draw it (seed 7, offset 40):
 /// word e % 4 of block offset + e / 4, e = (bh·Tq + i)·Tk + j, factor 1/(1-p) rounded to T.
 template <typename T> static double att_drop_factor(const AttCase& c, int bh, int i, int j) {
     if (c.dropout <= 0) return 1;
     const i64 e = ((i64)bh * c.Tq + i) * c.Tk + j;
     const bool keep = at::flint_bernoulli_at(7, 40, e, at::flint_bernoulli_threshold(1 - c.dropout));
-    return keep ? (double)(T)(1 / (1 - c.dropout)) : 0;
+    return keep ? att_round<T>(1 / (1 - c.dropout)) : 0;
 }
 
 struct AttRef {
@@ -1208,27 +1224,41 @@ static AttRef attention_ref(const AttCase& c, const Vd& q, const Vd& k, const Vd
     return r;
 }
 
+/// The kernels of T: `fwd`, `delta`, `dq`, `dkv` (the SIMT family) and, for f32, f16 and
+/// bf16, `tc_fwd`, `tc_dq`, `tc_dkv` (tensor cores).
 template <typename T> struct AttKernels;
-template <> struct AttKernels<float> {
-    static constexpr auto fwd = at::attention_forward_f32;
-    static constexpr auto delta = at::attention_backward_delta_f32;
-    static constexpr auto dq = at::attention_backward_dq_f32;
-    static constexpr auto dkv = at::attention_backward_dkv_f32;
-};
-template <> struct AttKernels<double> {
-    static constexpr auto fwd = at::attention_forward_f64;
-    static constexpr auto delta = at::attention_backward_delta_f64;
-    static constexpr auto dq = at::attention_backward_dq_f64;
-    static constexpr auto dkv = at::attention_backward_dkv_f64;
-};
+#define ATT_KERNELS(dt, T)                                             \
+    template <> struct AttKernels<T> {                                 \
+        static constexpr const char* name = #dt;                       \
+        static constexpr auto fwd = at::attention_forward_##dt;        \
+        static constexpr auto delta = at::attention_backward_delta_##dt; \
+        static constexpr auto dq = at::attention_backward_dq_##dt;     \
+        static constexpr auto dkv = at::attention_backward_dkv_##dt;   \
+        ATT_TC_KERNELS_##dt                                            \
+    };
+#define ATT_TC_KERNELS_f64
+#define ATT_TC_KERNELS_TC(dt)                                          \
+    static constexpr auto tc_fwd = at::attention_tc_forward_##dt;     \
+    static constexpr auto tc_dq = at::attention_tc_backward_dq_##dt;  \
+    static constexpr auto tc_dkv = at::attention_tc_backward_dkv_##dt;
+#define ATT_TC_KERNELS_f32 ATT_TC_KERNELS_TC(f32)
+#define ATT_TC_KERNELS_f16 ATT_TC_KERNELS_TC(f16)
+#define ATT_TC_KERNELS_bf16 ATT_TC_KERNELS_TC(bf16)
+ATT_KERNELS(f32, float)
+ATT_KERNELS(f64, double)
+ATT_KERNELS(f16, at::f16_t)
+ATT_KERNELS(bf16, at::bf16_t)
 
-template <typename T> static void attention_case(const AttCase& c, double tol) {
+/// Runs case `c` in T through the SIMT kernels (tolerance `tol` against the double
+/// reference on the same T inputs) and, where T has them and the heads fit, the
+/// tensor-core kernels (tolerance `tc_tol`).
+template <typename T> static void attention_case(const AttCase& c, double tol, double tc_tol) {
     using namespace at;
     const int B = c.B, H = c.H, Tq = c.Tq, Tk = c.Tk, D = c.D, Dv = c.Dv;
     Vd q = rnd_vec(B * H * Tq * D), k = rnd_vec(B * H * Tk * D), v = rnd_vec(B * H * Tk * Dv);
     Vd dout = rnd_vec(B * H * Tq * Dv), bias = rnd_vec(H * Tq * Tk, -1, 1);
     for (auto* x : {&q, &k, &v, &dout, &bias})
-        for (auto& e : *x) e = (double)(T)e; // exactly representable in T
+        for (auto& e : *x) e = att_round<T>(e); // exactly representable in T
     std::vector<uint8_t> mask(B * Tk, 1);
     if (c.mask) {
         for (int j = Tk - 2; j < Tk; ++j) mask[0 * Tk + j] = 0; // batch 0: last 2 keys padded
@@ -1248,7 +1278,7 @@ template <typename T> static void attention_case(const AttCase& c, double tol) {
                 for (int e = 0; e < D; ++e) {
                     const size_t src = ((size_t)(b * H + h) * Tq + i) * D + e;
                     const size_t dst = c.transposed_q ? ((size_t)(b * Tq + i) * H + h) * D + e : src;
-                    qs[dst] = (T)q[src];
+                    qs[dst] = att_elem<T>(q[src]);
                 }
     if (c.transposed_q) {
         p.q_stride[0] = (i64)Tq * H * D, p.q_stride[1] = D, p.q_stride[2] = (i64)H * D;
@@ -1270,21 +1300,22 @@ template <typename T> static void attention_case(const AttCase& c, double tol) {
         p.mask_stride[0] = Tk, p.mask_stride[1] = 0, p.mask_stride[2] = 0, p.mask_stride[3] = 1;
         mask_ptr = mask.data();
     }
-    std::vector<T> bias_t = cast_vec<T>(bias);
+    std::vector<T> bias_t = att_elems<T>(bias);
     if (c.bias) {
         p.bias_stride[0] = 0, p.bias_stride[1] = (i64)Tq * Tk, p.bias_stride[2] = Tk, p.bias_stride[3] = 1;
     }
     const T* bias_ptr = c.bias ? bias_t.data() : nullptr;
-    std::vector<T> kt = cast_vec<T>(k), vt = cast_vec<T>(v), dot = cast_vec<T>(dout);
+    std::vector<T> kt = att_elems<T>(k), vt = att_elems<T>(v), dot = att_elems<T>(dout);
     std::vector<T> out(B * H * Tq * Dv), dq(q.size()), dk(k.size()), dv(v.size());
-    std::vector<T> lse(B * H * Tq), delta(B * H * Tq); // A = T for f32/f64
+    typedef typename Ty<T>::acc A;
+    std::vector<A> lse(B * H * Tq), delta(B * H * Tq);
     const AttRef r = attention_ref<T>(c, q, k, v, dout, mask, bias, p.scale);
     const unsigned W = c.warps;
     const unsigned qtiles = (Tq + W - 1) / W, ktiles = (Tk + W - 1) / W;
-    const std::string n = std::string(c.name) + (std::is_same<T, float>::value ? " f32" : " f64");
+    const std::string n = std::string(c.name) + " " + AttKernels<T>::name;
     emu_launch(dim3{qtiles, (unsigned)(B * H), 1}, dim3{32 * W, 1, 1},
                [&] { AttKernels<T>::fwd(qs.data(), kt.data(), vt.data(), mask_ptr, bias_ptr, out.data(), lse.data(), p); });
-    close("attention_forward " + n + " out", out, r.out, tol, tol);
+    close("attention_forward " + n + " out", att_vals(out), r.out, tol, tol);
     close("attention_forward " + n + " lse", lse, r.lse, tol, tol);
     run(2, 64, [&] { AttKernels<T>::delta(out.data(), dot.data(), delta.data(), B * H * Tq, Dv); });
     // a small grid: exercise the grid-stride loops over query tiles and (b, h)
@@ -1292,28 +1323,30 @@ template <typename T> static void attention_case(const AttCase& c, double tol) {
                [&] { AttKernels<T>::dq(qs.data(), kt.data(), vt.data(), mask_ptr, bias_ptr, dot.data(), lse.data(), delta.data(), dq.data(), p); });
     emu_launch(dim3{ktiles, (unsigned)(B * H), 1}, dim3{32 * W, 1, 1},
                [&] { AttKernels<T>::dkv(qs.data(), kt.data(), vt.data(), mask_ptr, bias_ptr, dot.data(), lse.data(), delta.data(), dk.data(), dv.data(), p); });
-    close("attention_backward " + n + " dq", dq, r.dq, tol, tol);
-    close("attention_backward " + n + " dk", dk, r.dk, tol, tol);
-    close("attention_backward " + n + " dv", dv, r.dv, tol, tol);
-    if constexpr (std::is_same<T, float>::value) {
+    close("attention_backward " + n + " dq", att_vals(dq), r.dq, tol, tol);
+    close("attention_backward " + n + " dk", att_vals(dk), r.dk, tol, tol);
+    close("attention_backward " + n + " dv", att_vals(dv), r.dv, tol, tol);
+    if constexpr (!std::is_same<T, double>::value) {
         if (D > ATT_TC_HD || Dv > ATT_TC_HD) return;
-        // the tensor-core kernels on the same case (3xTF32 products: about f32's accuracy)
-        std::vector<float> out2(out.size(), -9), lse2(lse.size(), -9), delta2(delta.size());
-        std::vector<float> dq2(dq.size(), -9), dk2(dk.size(), -9), dv2(dv.size(), -9);
+        // the tensor-core kernels on the same case (f32: 3xTF32 products, about f32's
+        // accuracy; f16/bf16: P and dS rounded to T for their products)
+        std::vector<T> out2(out.size(), att_elem<T>(-9)), dq2(dq.size(), att_elem<T>(-9));
+        std::vector<T> dk2(dk.size(), att_elem<T>(-9)), dv2(dv.size(), att_elem<T>(-9));
+        std::vector<float> lse2(lse.size(), -9), delta2(delta.size());
         const unsigned bh = (unsigned)(B * H);
         emu_launch(dim3{(unsigned)(Tq + 63) / 64, bh, 1}, dim3{128, 1, 1},
-                   [&] { attention_tc_forward_f32(qs.data(), kt.data(), vt.data(), mask_ptr, bias_ptr, out2.data(), lse2.data(), p); });
-        close("attention_tc_forward " + n + " out", out2, r.out, tol, tol);
-        close("attention_tc_forward " + n + " lse", lse2, r.lse, tol, tol);
-        run(2, 64, [&] { attention_backward_delta_f32(out2.data(), dot.data(), delta2.data(), B * H * Tq, Dv); });
+                   [&] { AttKernels<T>::tc_fwd(qs.data(), kt.data(), vt.data(), mask_ptr, bias_ptr, out2.data(), lse2.data(), p); });
+        close("attention_tc_forward " + n + " out", att_vals(out2), r.out, tc_tol, tc_tol);
+        close("attention_tc_forward " + n + " lse", lse2, r.lse, tc_tol, tc_tol);
+        run(2, 64, [&] { AttKernels<T>::delta(out2.data(), dot.data(), delta2.data(), B * H * Tq, Dv); });
         // dq on a small grid (the grid-stride loops), dkv on the full one
         emu_launch(dim3{(unsigned)((Tq + 31) / 32 + 1) / 2, (bh + 1) / 2, 1}, dim3{64, 1, 1},
-                   [&] { attention_tc_backward_dq_f32(qs.data(), kt.data(), vt.data(), mask_ptr, bias_ptr, dot.data(), lse2.data(), delta2.data(), dq2.data(), p); });
+                   [&] { AttKernels<T>::tc_dq(qs.data(), kt.data(), vt.data(), mask_ptr, bias_ptr, dot.data(), lse2.data(), delta2.data(), dq2.data(), p); });
         emu_launch(dim3{(unsigned)(Tk + 31) / 32, bh, 1}, dim3{64, 1, 1},
-                   [&] { attention_tc_backward_dkv_f32(qs.data(), kt.data(), vt.data(), mask_ptr, bias_ptr, dot.data(), lse2.data(), delta2.data(), dk2.data(), dv2.data(), p); });
-        close("attention_tc_backward " + n + " dq", dq2, r.dq, tol, tol);
-        close("attention_tc_backward " + n + " dk", dk2, r.dk, tol, tol);
-        close("attention_tc_backward " + n + " dv", dv2, r.dv, tol, tol);
+                   [&] { AttKernels<T>::tc_dkv(qs.data(), kt.data(), vt.data(), mask_ptr, bias_ptr, dot.data(), lse2.data(), delta2.data(), dk2.data(), dv2.data(), p); });
+        close("attention_tc_backward " + n + " dq", att_vals(dq2), r.dq, tc_tol, tc_tol);
+        close("attention_tc_backward " + n + " dk", att_vals(dk2), r.dk, tc_tol, tc_tol);
+        close("attention_tc_backward " + n + " dv", att_vals(dv2), r.dv, tc_tol, tc_tol);
     }
 }
 
@@ -1353,6 +1386,34 @@ static void test_tf32_mma() {
         for (int c = 0; c < 4; ++c) got[(g + 8 * (c / 2)) * 8 + 2 * q + c % 2] = d[c];
     });
     close("mma m16n8k8 tf32 (emulated) = the definition", got, want);
+    // m16n8k16 in f16 and bf16: A (16 x 16), B (16 x 8) small integers (exact in both)
+    double A16[16][16], B16[16][8];
+    for (int r = 0; r < 16; ++r)
+        for (int k = 0; k < 16; ++k) A16[r][k] = (r * 5 + k * 3) % 9 - 4;
+    for (int k = 0; k < 16; ++k)
+        for (int n = 0; n < 8; ++n) B16[k][n] = (k * 7 + n * 2) % 5 - 2;
+    for (int r = 0; r < 16; ++r)
+        for (int n = 0; n < 8; ++n) {
+            double a = C[r][n];
+            for (int k = 0; k < 16; ++k) a += A16[r][k] * B16[k][n];
+            want[r * 8 + n] = a;
+        }
+    auto k16 = [&](auto h, const char* name) {
+        typedef AttMma<decltype(h)> M;
+        std::fill(got.begin(), got.end(), -99);
+        emu_launch(dim3{1, 1, 1}, dim3{32, 1, 1}, [&] {
+            const int lane = threadIdx.x, g = lane / 4, q = lane % 4;
+            float d[4];
+            for (int c = 0; c < 4; ++c) d[c] = (float)C[g + 8 * (c / 2)][2 * q + c % 2];
+            const u32 a[4] = {M::pack(A16[g][2 * q], A16[g][2 * q + 1]), M::pack(A16[g + 8][2 * q], A16[g + 8][2 * q + 1]),
+                              M::pack(A16[g][2 * q + 8], A16[g][2 * q + 9]), M::pack(A16[g + 8][2 * q + 8], A16[g + 8][2 * q + 9])};
+            att_mma16<decltype(h)>(d, a, M::pack(B16[2 * q][g], B16[2 * q + 1][g]), M::pack(B16[2 * q + 8][g], B16[2 * q + 9][g]));
+            for (int c = 0; c < 4; ++c) got[(g + 8 * (c / 2)) * 8 + 2 * q + c % 2] = d[c];
+        });
+        close(std::string("mma m16n8k16 ") + name + " (emulated) = the definition", got, want);
+    };
+    k16(f16_t{}, "f16");
+    k16(bf16_t{}, "bf16");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1470,14 +1531,25 @@ static void test_attention() {
         {"causal + dropout, Tk % 4 = 0, Tq > Tk", 1, 3, 70, 36, 8, 8, true, false, true, true, false, 4, 0.5},
     };
     for (const auto& c : cases) {
-        attention_case<double>(c, 1e-12);
-        attention_case<float>(c, 2e-5);
+        attention_case<double>(c, 1e-12, 0);
+        attention_case<float>(c, 2e-5, 2e-5);
+    }
+    // f16 and bf16 (SIMT: f32 arithmetic, results rounded to T; tensor cores: P and dS
+    // rounded to T too) on the cases that cover masks, bias, strides, a fully masked
+    // row, tiles and both dropout draws
+    for (int i : {1, 2, 4, 7, 9}) {
+        attention_case<at::f16_t>(cases[i], 2e-3, 4e-3);
+        attention_case<at::bf16_t>(cases[i], 2e-2, 3e-2);
     }
 }
 
 #include <chrono>
 
+/// Runs group `name` and prints its time; with FLINT_EMU_ONLY set, only the group it names
+/// runs (e.g. FLINT_EMU_ONLY=attention when working on one module).
 static void timed(const char* name, const std::function<void()>& f) {
+    const char* only = std::getenv("FLINT_EMU_ONLY");
+    if (only != nullptr && *only != 0 && std::string(only) != name) return;
     const auto t0 = std::chrono::steady_clock::now();
     f();
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

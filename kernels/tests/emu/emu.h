@@ -226,6 +226,38 @@ inline void flint_emu_mma_tf32(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t
     for (unsigned r = 0; r < 4; ++r) d[r] = out[r];
 }
 
+/// d += A·B for `mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}` (all 32 lanes call
+/// it): each register holds two 16-bit elements, the lower k in the low half; lane holds
+/// A(g + 8(r % 2), 2q + 8(r / 2) + e) in half e of a[r], B(2q + 8r + e, g) in half e of
+/// b[r]; C as in the m16n8k8 form. `elem` converts an element's bits to float (the
+/// products are exact in double, the sum rounded once to f32).
+template <typename F>
+inline void flint_emu_mma_k16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                              uint32_t b0, uint32_t b1, F elem) {
+    const unsigned t = threadIdx.x, base = t & ~31u, lane = t & 31u;
+    emu::mma_slots[t] = emu::MmaSlot{{a0, a1, a2, a3}, {b0, b1}};
+    emu::wait(emu::State::WarpWait);
+    auto half = [&](uint32_t reg, unsigned k) { return (double)elem((uint16_t)(reg >> (16 * (k % 2)))); };
+    auto a_at = [&](unsigned r, unsigned k) {
+        const emu::MmaSlot& s = emu::mma_slots[base + (r % 8) * 4 + (k % 8) / 2];
+        return half(s.a[(r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], k);
+    };
+    auto b_at = [&](unsigned k, unsigned n) {
+        const emu::MmaSlot& s = emu::mma_slots[base + n * 4 + (k % 8) / 2];
+        return half(s.b[k >= 8 ? 1 : 0], k);
+    };
+    const unsigned g = lane / 4, q = lane % 4;
+    float out[4];
+    for (unsigned r = 0; r < 4; ++r) {
+        const unsigned row = g + 8 * (r / 2), col = 2 * q + r % 2;
+        double acc = d[r];
+        for (unsigned k = 0; k < 16; ++k) acc += a_at(row, k) * b_at(k, col);
+        out[r] = (float)acc;
+    }
+    emu::wait(emu::State::WarpWait); // every lane has read the slots
+    for (unsigned r = 0; r < 4; ++r) d[r] = out[r];
+}
+
 // Bit casts and rounding intrinsics.
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }

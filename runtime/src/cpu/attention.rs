@@ -69,9 +69,10 @@ pub(crate) struct DropoutKey {
     pub(crate) p: f64,
 }
 
-/// The batch shape of the fused call, when it can take it: q, k, v f32/f64 tensors of one
-/// dtype on one device (the CPU, or with the `cuda` feature a CUDA device when the head
-/// dims are at most 128, `flint_kernels::ATTENTION_MAX_HEAD_DIM`), whose batch dims
+/// The batch shape of the fused call, when it can take it: q, k, v tensors of one float
+/// dtype on one device (the CPU for f32/f64, or with the `cuda` feature a CUDA device for
+/// f32/f64/f16/bf16 when the head dims are at most 128,
+/// `flint_kernels::ATTENTION_MAX_HEAD_DIM`), whose batch dims
 /// broadcast to a shape that q and k alone already reach (so the dropout draw has the
 /// composed path's shape), a mask (if any) on that device that is bool or of the same
 /// dtype without requiring grad and broadcasts to the scores' shape without growing it,
@@ -85,11 +86,10 @@ pub(crate) fn fused_batch(
     let dt = q.dtype();
     let device = q.device();
     let on_device = |t: &Tensor| t.device() == device;
-    if !matches!(dt, DType::F32 | DType::F64)
-        || ![q, k, v]
-            .iter()
-            .all(|t| on_device(t) && t.dtype() == dt && t.ndim() >= 2)
-        || !has_kernels(device, q.size(-1), v.size(-1))
+    if ![q, k, v]
+        .iter()
+        .all(|t| on_device(t) && t.dtype() == dt && t.ndim() >= 2)
+        || !has_kernels(device, dt, q.size(-1), v.size(-1))
     {
         return None;
     }
@@ -128,16 +128,17 @@ pub(crate) fn unit_last(t: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// Whether `device` has fused kernels for head dims `d` (q, k) and `dv` (v): the CPU's
-/// take any; CUDA's (`cuda/attention.rs`, `cuda` feature) those of `1..=128`.
-fn has_kernels(device: crate::Device, d: usize, dv: usize) -> bool {
+/// Whether `device` has fused kernels for `dtype` and head dims `d` (q, k) and `dv` (v):
+/// the CPU's take f32 and f64 with any heads; CUDA's (`cuda/attention.rs`, `cuda`
+/// feature) f32, f64, f16 and bf16 with heads of `1..=128`.
+fn has_kernels(device: crate::Device, dtype: DType, d: usize, dv: usize) -> bool {
     match device {
-        crate::Device::Cpu => true,
+        crate::Device::Cpu => matches!(dtype, DType::F32 | DType::F64),
         #[cfg(feature = "cuda")]
-        crate::Device::Cuda(_) => crate::cuda::attention::takes(d, dv),
+        crate::Device::Cuda(_) => crate::cuda::attention::takes(dtype, d, dv),
         #[cfg(not(feature = "cuda"))]
         crate::Device::Cuda(_) => {
-            let _ = (d, dv);
+            let _ = (dtype, d, dv);
             false
         }
     }

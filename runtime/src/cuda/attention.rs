@@ -13,13 +13,13 @@
 //! cut is the one that copies the fewest elements.
 //!
 //! Kernels (W = [`WARPS`] warps per block, one query or key row per warp):
-//! - f32 with head dims `D, Dv ≤` [`flint_kernels::ATTENTION_TC_MAX_HEAD_DIM`]: the
-//!   tensor-core kernels `attention_tc_forward_f32` (128 threads, a block per
-//!   [`flint_kernels::ATTENTION_TC_FORWARD_ROWS`] queries), `attention_tc_backward_dq_f32`
-//!   and `attention_tc_backward_dkv_f32` (64 threads, a block per
-//!   [`flint_kernels::ATTENTION_TC_BACKWARD_ROWS`] queries or keys);
-//! - otherwise (f64, or f32 with larger heads, up to
-//!   [`flint_kernels::ATTENTION_MAX_HEAD_DIM`]) `attention_forward_<dt>`,
+//! - f32, f16 and bf16 with head dims `D, Dv ≤` [`flint_kernels::ATTENTION_TC_MAX_HEAD_DIM`]
+//!   on compute capability 8.0 or later: the tensor-core kernels `attention_tc_forward_<dt>`
+//!   (128 threads, a block per [`flint_kernels::ATTENTION_TC_FORWARD_ROWS`] queries),
+//!   `attention_tc_backward_dq_<dt>` and `attention_tc_backward_dkv_<dt>` (64 threads, a
+//!   block per [`flint_kernels::ATTENTION_TC_BACKWARD_ROWS`] queries or keys);
+//! - otherwise (f64, larger heads up to [`flint_kernels::ATTENTION_MAX_HEAD_DIM`], older
+//!   GPUs) `attention_forward_<dt>`,
 //!   `attention_backward_dq_<dt>` and `attention_backward_dkv_<dt>` (32·W threads, a block
 //!   per W rows);
 //! - `attention_backward_delta_<dt>` (`δ = rowsum(dO ∘ O)`, a warp per row) for both.
@@ -30,7 +30,7 @@
 
 use super::context::Gpu;
 use super::launch::{self, Arg, AttentionArg};
-use super::ops::{contiguous, copy_to_new, first_element};
+use super::ops::{acc_dtype, contiguous, copy_to_new, first_element};
 use crate::cpu::attention::DropoutKey;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -50,16 +50,19 @@ const WARPS: usize = 8;
 /// The largest `gridDim.y`.
 const MAX_GRID_Y: usize = 65535;
 
-/// Whether the CUDA kernels take head dims `d` (q, k) and `dv` (v): both in
-/// `1..=`[`ATTENTION_MAX_HEAD_DIM`].
-pub(crate) fn takes(d: usize, dv: usize) -> bool {
-    (1..=ATTENTION_MAX_HEAD_DIM).contains(&d) && (1..=ATTENTION_MAX_HEAD_DIM).contains(&dv)
+/// Whether the CUDA kernels take `dtype` (a float type) with head dims `d` (q, k) and
+/// `dv` (v): both in `1..=`[`ATTENTION_MAX_HEAD_DIM`].
+pub(crate) fn takes(dtype: DType, d: usize, dv: usize) -> bool {
+    dtype.is_float()
+        && (1..=ATTENTION_MAX_HEAD_DIM).contains(&d)
+        && (1..=ATTENTION_MAX_HEAD_DIM).contains(&dv)
 }
 
 /// Whether a call of `dtype` with head dims `d`, `dv` runs the tensor-core kernels, on a
-/// GPU of compute capability `major` (their `mma.sync` TF32 instructions need 8.0+).
+/// GPU of compute capability `major` (their `mma.sync` TF32, f16 and bf16 instructions
+/// need 8.0+).
 fn tensor_cores(dtype: DType, d: usize, dv: usize, major: i32) -> bool {
-    dtype == DType::F32
+    matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
         && d <= ATTENTION_TC_MAX_HEAD_DIM
         && dv <= ATTENTION_TC_MAX_HEAD_DIM
         && major >= 8
@@ -187,7 +190,7 @@ impl Call {
     ) -> Result<Call> {
         let dt = q.dtype();
         let (tq, tk, d, dv) = (q.size(-2), k.size(-2), q.size(-1), v.size(-1));
-        if !takes(d, dv) || !matches!(dt, DType::F32 | DType::F64) {
+        if !takes(dt, d, dv) {
             return Err(Error::NoCudaKernel {
                 op: OP,
                 device: q.device(),
@@ -336,7 +339,7 @@ impl Call {
         }
     }
 
-    /// The entry `attention_<base>_<dt>` or, on tensor cores, `attention_tc_<base>_f32`.
+    /// The entry `attention_<base>_<dt>` or, on tensor cores, `attention_tc_<base>_<dt>`.
     fn entry(&self, base: &str, dtype: DType, device: crate::Device) -> Result<String> {
         let family = if self.tc {
             "attention_tc_"
@@ -359,8 +362,8 @@ impl Call {
 }
 
 /// [`crate::cpu::attention::forward`] on CUDA tensors: `(output, lse)` of shapes
-/// `batch ++ [Tq, Dv]` and `batch ++ [Tq]` (lse in q's dtype, the kernels' acc type for
-/// f32/f64). Records nothing.
+/// `batch ++ [Tq, Dv]` and `batch ++ [Tq]` (lse in the kernels' acc type: q's dtype for
+/// f32/f64, f32 for f16/bf16). Records nothing.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     q: &Tensor,
@@ -377,7 +380,7 @@ pub(crate) fn forward(
     let nb: usize = batch.iter().product();
     let (tq, dv) = (q.size(-2), v.size(-1));
     let (out, po) = launch::output(&c.gpu, dt, nb * tq * dv)?;
-    let (lse, pl) = launch::output(&c.gpu, dt, nb * tq)?;
+    let (lse, pl) = launch::output(&c.gpu, acc_dtype(dt), nb * tq)?;
     let name = c.entry("forward", dt, q.device())?;
     let mut args = c.inputs().to_vec();
     args.extend([
@@ -428,7 +431,7 @@ pub(crate) fn backward(
     // δ = rowsum(dO ∘ O), a warp per row
     let rows = nb * tq;
     // (kept until the kernels reading it are queued: the end of this function)
-    let (_delta, pdelta) = launch::output(&c.gpu, dt, rows)?;
+    let (_delta, pdelta) = launch::output(&c.gpu, acc_dtype(dt), rows)?;
     let name = launch::entry(OP, device, "attention_backward_delta", dt)?;
     let args = [
         Arg::Ptr(po),
@@ -583,8 +586,12 @@ mod tests {
 
     #[test]
     fn kernel_choice_and_head_dims() {
-        assert!(takes(64, 64) && takes(128, 1) && !takes(129, 64) && !takes(64, 0));
+        assert!(takes(DType::F32, 64, 64) && takes(DType::BF16, 128, 1));
+        assert!(!takes(DType::F16, 129, 64) && !takes(DType::F64, 64, 0));
+        assert!(!takes(DType::I64, 8, 8) && !takes(DType::Bool, 8, 8));
         assert!(tensor_cores(DType::F32, 64, 64, 9));
+        assert!(tensor_cores(DType::F16, 64, 64, 8) && tensor_cores(DType::BF16, 8, 64, 9));
+        assert!(!tensor_cores(DType::BF16, 64, 80, 9) && !tensor_cores(DType::F16, 64, 64, 7));
         assert!(!tensor_cores(DType::F32, 80, 64, 9) && !tensor_cores(DType::F32, 64, 65, 9));
         assert!(!tensor_cores(DType::F64, 32, 32, 9));
         assert!(!tensor_cores(DType::F32, 64, 64, 7)); // no TF32 mma before sm_80
@@ -592,6 +599,9 @@ mod tests {
             "attention_tc_forward_f32",
             "attention_tc_backward_dq_f32",
             "attention_tc_backward_dkv_f32",
+            "attention_tc_forward_bf16",
+            "attention_tc_backward_dq_f16",
+            "attention_tc_backward_dkv_bf16",
             "attention_forward_f64",
             "attention_backward_delta_f32",
             "attention_backward_dkv_f64",

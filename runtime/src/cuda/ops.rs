@@ -527,7 +527,7 @@ fn reduce_cols(
 
 /// The acc type of the row and column kernels for `dt` (their saved statistics and
 /// partial sums): f64 for f64, i64 for i64, f32 otherwise.
-fn acc_dtype(dt: DType) -> DType {
+pub(crate) fn acc_dtype(dt: DType) -> DType {
     match dt {
         DType::F64 => DType::F64,
         DType::I64 => DType::I64,

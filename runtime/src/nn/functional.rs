@@ -592,10 +592,12 @@ pub fn feature_dropout(x: &Tensor, p: f64, training: bool, spatial: usize) -> Re
 /// (training only) applies to the weights. A query that may attend to no key gets a NaN
 /// output, as in PyTorch.
 ///
-/// f32/f64 tensors (with a bool mask, or a float mask of their dtype that does not
-/// require grad, that does not enlarge the batch) take the fused kernels: those of
-/// `cpu/attention.rs` on the CPU, and on CUDA (head dims up to 128) those of
-/// `flint-kernels`' attention module (`cuda/attention.rs`). The `[.., Tq, Tk]` scores
+/// f32/f64 tensors on the CPU, and f32/f64/f16/bf16 tensors on CUDA with head dims up
+/// to 128 (with a bool mask, or a float mask of their dtype that does not require grad,
+/// that does not enlarge the batch) take the fused kernels: those of `cpu/attention.rs`
+/// on the CPU, and on CUDA those of `flint-kernels`' attention module
+/// (`cuda/attention.rs`; tensor cores for f32, f16 and bf16 with head dims up to 64 on
+/// compute capability 8.0+). The `[.., Tq, Tk]` scores
 /// are never stored, the causal upper triangle is skipped, and one
 /// `scaled_dot_product_attention` node is recorded whose backward recomputes the
 /// weights block by block (a fully masked query gets zero gradients). Its dropout draws
