@@ -357,25 +357,25 @@ __device__ __forceinline__ A block_reduce(A v, Op op, A* scratch) {
 
 /// The core of the column reductions (reduce.cu's `*_cols` kernels, the layer-norm
 /// parameter gradients): for each slice o < outer and column i < inner, reduces
-/// `load(o, d, i)` over the rows d of this block's chunk [blockIdx.y * chunk, + chunk)
-/// and writes `store(result / div)` to out[(o * gridDim.y + blockIdx.y) * inner + i].
+/// `load(o, d, i)` (a V) with `op` over the rows d of this block's chunk
+/// [blockIdx.y * chunk, + chunk) and calls `store(o * gridDim.y + blockIdx.y, i, result)`.
 /// Each warp of the block takes every `warps`-th row, lane l the column tile*32 + l, so a
 /// warp's loads are coalesced along the columns; blocks grid-stride over outer *
 /// ceil(inner / 32) tiles. blockDim.x a multiple of 32 up to 1024; contains
 /// __syncthreads(): call it from all threads of the block.
-template <typename A, typename O, typename Op, typename Load>
-__device__ __forceinline__ void cols_reduce(Load load, O* out, i64 outer, i64 dim, i64 inner,
-                                            i64 chunk, A init, double div) {
-    __shared__ A part[32][32];
+template <typename V, typename Op, typename Load, typename Store>
+__device__ __forceinline__ void cols_reduce_with(Load load, Store store, Op op, i64 outer,
+                                                 i64 dim, i64 inner, i64 chunk, V init) {
+    __shared__ V part[32][32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const i64 tiles = (inner + 31) / 32, c = blockIdx.y;
     const i64 d0 = c * chunk, d1 = d0 + chunk < dim ? d0 + chunk : dim;
     FLINT_BLOCK_STRIDE(r, outer * tiles) {
         const i64 o = r / tiles, col = (r - o * tiles) * 32 + lane;
-        A v = init;
+        V v = init;
         if (col < inner) {
             for (i64 d = d0 + warp; d < d1; d += warps) {
-                v = Op()(v, load(o, d, col));
+                v = op(v, load(o, d, col));
             }
         }
         __syncthreads(); // the previous tile's reads of `part` are done
@@ -383,11 +383,22 @@ __device__ __forceinline__ void cols_reduce(Load load, O* out, i64 outer, i64 di
         __syncthreads();
         if (warp == 0 && col < inner) {
             for (int w = 1; w < warps; ++w) {
-                v = Op()(v, part[w][lane]);
+                v = op(v, part[w][lane]);
             }
-            out[(o * (i64)gridDim.y + c) * inner + col] = Ty<O>::store(div != 1.0 ? v / (A)div : v);
+            store(o * (i64)gridDim.y + c, col, v);
         }
     }
+}
+
+/// [`cols_reduce_with`] of one value: writes `result / div` (as an O) to
+/// out[(o * gridDim.y + blockIdx.y) * inner + i].
+template <typename A, typename O, typename Op, typename Load>
+__device__ __forceinline__ void cols_reduce(Load load, O* out, i64 outer, i64 dim, i64 inner,
+                                            i64 chunk, A init, double div) {
+    const auto store = [=](i64 row, i64 col, A v) {
+        out[row * inner + col] = Ty<O>::store(div != 1.0 ? v / (A)div : v);
+    };
+    cols_reduce_with<A>(load, store, Op(), outer, dim, inner, chunk, init);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -828,6 +828,16 @@ static void test_norm() {
             });
             run(tiles, 32, [&] { rd::sum_cols_fin_f64(pw.data(), dw.data(), 1, chunks, C, chunks, 1.0); });
             run(tiles, 32, [&] { rd::sum_cols_fin_f64(pb.data(), db.data(), 1, chunks, C, chunks, 1.0); });
+            // either alone (its own pass) gives the same partials as the pass of both
+            std::vector<double> pw1(chunks * C, -1), pb1(chunks * C, -1);
+            emu_launch(dim3{tiles, (unsigned)chunks, 1}, dim3{64, 1, 1}, [&] {
+                layer_norm_backward_params_f64(dy.data(), x.data(), mean.data(), rstd.data(), pw1.data(), nullptr, R, C, chunk);
+            });
+            emu_launch(dim3{tiles, (unsigned)chunks, 1}, dim3{64, 1, 1}, [&] {
+                layer_norm_backward_params_f64(dy.data(), x.data(), mean.data(), rstd.data(), nullptr, pb1.data(), R, C, chunk);
+            });
+            close("layer_norm_backward_params_f64 weight partials alone = with the bias's", pw1, Vd(pw.begin(), pw.end()));
+            close("layer_norm_backward_params_f64 bias partials alone = with the weight's", pb1, Vd(pb.begin(), pb.end()));
         }
         close("layer_norm_backward_params_f64 dweight vs finite differences", dw,
               numeric_grad([&](const Vd& ww) { return layer_norm_ref(x, ww, b, R, C, eps); }, w, dy), 1e-6, 1e-7);
