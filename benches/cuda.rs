@@ -24,6 +24,7 @@
 //!   dropout 0.1, then the backward from a fixed `randn` output gradient (the fused
 //!   kernels on both sides). FLOPs: the causal half of the four products, forward
 //!   and backward (`2·B·H·T²·D·(2 + 5) / 2`, as PyTorch's backward recomputes `QKᵀ`).
+//! - `attention_sdpa_bf16`: the same in bf16 (PyTorch runs its flash-attention kernels).
 //!
 //! Each step is queued and then waited for (`cuda::synchronize`); the time is the median
 //! of `iters` steps after `warmup` untimed ones. With `--torch` the table has PyTorch's
@@ -194,17 +195,21 @@ fn attention_flops() -> f64 {
     2.0 * (b * h * t * t * d) as f64 * 7.0 / 2.0
 }
 
-fn bench_attention(d: Device, a: &Args) -> (f64, f64) {
+/// The `attention_sdpa` workloads in `dtype` (f32 or bf16).
+fn bench_attention(d: Device, dtype: DType, a: &Args) -> (f64, f64) {
     cuda::set_allow_tf32(false);
     manual_seed(0);
     let (b, h, t, hd) = ATTN;
     let leaf = || {
         Tensor::randn([b, h, t, hd], DType::F32)
+            .to_dtype(dtype)
             .to(d)
             .requires_grad_(true)
     };
     let (q, k, v) = (leaf(), leaf(), leaf());
-    let g = Tensor::randn([b, h, t, hd], DType::F32).to(d);
+    let g = Tensor::randn([b, h, t, hd], DType::F32)
+        .to_dtype(dtype)
+        .to(d);
     time_cuda(d, a.warmup, a.iters, || {
         let o = flint::nn::functional::scaled_dot_product_attention(
             &q, &k, &v, None, true, 0.1, true, None,
@@ -282,12 +287,17 @@ fn main() {
             record(name, bench_transformer(d, sdpa, &a), 3.0 * GPU_TF.flops());
         }
     }
-    if wanted("attention_sdpa") {
-        record(
-            "attention_sdpa".into(),
-            bench_attention(d, &a),
-            attention_flops(),
-        );
+    for (name, dtype) in [
+        ("attention_sdpa", DType::F32),
+        ("attention_sdpa_bf16", DType::BF16),
+    ] {
+        if wanted(name) {
+            record(
+                name.into(),
+                bench_attention(d, dtype, &a),
+                attention_flops(),
+            );
+        }
     }
     let s = cuda::memory_stats(d).unwrap_or_default();
     println!(

@@ -17,6 +17,7 @@ Workloads (the GPU counterparts of `torch_baseline.py`'s, same definitions, larg
   attention_sdpa      that step's attention core alone: F.scaled_dot_product_attention of
                       q, k, v = randn(64, 16, 512, 64) (f32, requires_grad), is_causal,
                       dropout_p 0.1, then backward from a fixed randn output gradient.
+  attention_sdpa_bf16 the same in bf16 (PyTorch's flash-attention kernels).
                       FLOPs 2 B H T^2 D (2 + 5) / 2 (causal half; the backward recomputes
                       q k^T).
 
@@ -133,14 +134,15 @@ def bench_transformer(c, sdpa, warmup, iters, profile=False):
 ATTN = dict(B=64, H=16, T=512, D=64)
 
 
-def bench_attention(warmup, iters):
+def bench_attention(warmup, iters, dtype=torch.float32):
     import torch.nn.functional as F
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     B, H, T, D = ATTN["B"], ATTN["H"], ATTN["T"], ATTN["D"]
-    q, k, v = (torch.randn(B, H, T, D, device="cuda", requires_grad=True) for _ in range(3))
-    g = torch.randn(B, H, T, D, device="cuda")
+    q, k, v = (torch.randn(B, H, T, D, device="cuda").to(dtype).requires_grad_()
+               for _ in range(3))
+    g = torch.randn(B, H, T, D, device="cuda").to(dtype)
 
     def step():
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=0.1)
@@ -175,6 +177,7 @@ def main():
         name = "transformer_train" + ("_sdpa" if sdpa else "")
         runs[name] = bench_transformer(GPU_TF, sdpa, args.warmup, args.iters, args.profile)
     runs["attention_sdpa"] = bench_attention(args.warmup, args.iters)
+    runs["attention_sdpa_bf16"] = bench_attention(args.warmup, args.iters, torch.bfloat16)
     out = {
         "device": torch.cuda.get_device_name(0),
         "torch": torch.__version__,
