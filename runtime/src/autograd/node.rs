@@ -35,7 +35,7 @@ pub struct Node {
     pub(crate) backward: Mutex<Option<BackwardFn>>,
     pub(crate) saved: Vec<Saved>,
     pub(crate) out_shape: Vec<usize>,
-    /// Set for a view op of a contiguous input (see [`ViewGrad`]).
+    /// Set for a view of part of a contiguous input (see [`ViewGrad`]).
     pub(crate) view: Option<ViewGrad>,
 }
 
@@ -43,7 +43,9 @@ pub struct Node {
 /// buffer of the input's shape. The engine adds the view's gradient straight into the
 /// input's pending gradient through this layout instead of calling the backward, which
 /// allocates a zero tensor of the whole input per view (quadratic for the `T` steps an
-/// RNN selects out of one `[T, B, G]` projection).
+/// RNN selects out of one `[T, B, G]` projection). Only views that leave elements out
+/// (narrow, slice, select) have one: the backward of a view of every element (reshape,
+/// permute, transpose) is a re-view of the gradient, which costs nothing.
 pub(crate) struct ViewGrad {
     /// The output's layout relative to a contiguous input.
     pub(crate) layout: crate::layout::Layout,

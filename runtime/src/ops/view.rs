@@ -66,10 +66,15 @@ impl Tensor {
         backward: impl Fn(&Tensor) -> Tensor + Send + Sync + 'static,
     ) -> Tensor {
         let input = self.layout();
-        // a view that does not repeat elements, of a contiguous input: the engine can add
-        // its gradient into the input's through the layout (autograd::node::ViewGrad)
+        // a view of part of a contiguous input (narrow, slice, select) that does not repeat
+        // elements: the engine adds its gradient into the input's through the layout
+        // (autograd::node::ViewGrad), one buffer for all such views of the input. A view of
+        // every element (reshape, permute, transpose, squeeze) keeps its own backward: a
+        // re-view of the gradient, which moves nothing (through the layout it would cost
+        // a zero-filled buffer and a copy).
         let view = (input.is_contiguous()
             && self.requires_grad()
+            && layout.shape().iter().product::<usize>() < self.numel()
             && !layout
                 .shape()
                 .iter()
