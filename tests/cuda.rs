@@ -1572,35 +1572,55 @@ fn sdpa_cases() -> Vec<SdpaCase> {
     v.push(c);
     // Tk % 4 == 0: the tensor-core kernels share each Philox block between lanes (the
     // case above, Tk = 70, draws per element)
-    let mut c = case(
-        "f32 D=64 causal dropout 0.3, Tk % 4 = 0",
-        DType::F32,
-        [
-            rand(&[1, 2, 72, 64]),
-            rand(&[1, 2, 72, 64]),
-            rand(&[1, 2, 72, 64]),
-        ],
-        SDPA_TOL_F32,
-    );
-    (c.causal, c.dropout) = (true, 0.3);
-    v.push(c);
+    for (what, dtype, p, tol) in [
+        (
+            "f32 D=64 causal dropout 0.3, Tk % 4 = 0",
+            DType::F32,
+            0.3,
+            SDPA_TOL_F32,
+        ),
+        (
+            "bf16 D=64 causal dropout 0.1, Tk % 4 = 0",
+            DType::BF16,
+            0.1,
+            SDPA_TOL_BF16,
+        ),
+    ] {
+        let mut c = case(
+            what,
+            dtype,
+            [
+                rand(&[1, 2, 72, 64]),
+                rand(&[1, 2, 72, 64]),
+                rand(&[1, 2, 72, 64]),
+            ],
+            tol,
+        );
+        (c.causal, c.dropout) = (true, p);
+        v.push(c);
+    }
     // a bool key-padding mask [B, 1, 1, Tk]: keys past each length hidden; Tq ≠ Tk, D ≠ Dv
-    let mut c = case(
-        "f32 D=64 bool key padding",
-        DType::F32,
-        [
-            rand(&[2, 2, 37, 64]),
-            rand(&[2, 2, 45, 64]),
-            rand(&[2, 2, 45, 32]),
-        ],
-        SDPA_TOL_F32,
-    );
-    let keep: Vec<bool> = [45, 20]
-        .iter()
-        .flat_map(|&l| (0..45).map(move |j| j < l))
-        .collect();
-    c.mask = Some(Tensor::from_vec(keep, [2, 1, 1, 45]));
-    v.push(c);
+    for (what, dtype, tol) in [
+        ("f32 D=64 bool key padding", DType::F32, SDPA_TOL_F32),
+        ("f16 D=64 bool key padding", DType::F16, SDPA_TOL_F16),
+    ] {
+        let mut c = case(
+            what,
+            dtype,
+            [
+                rand(&[2, 2, 37, 64]),
+                rand(&[2, 2, 45, 64]),
+                rand(&[2, 2, 45, 32]),
+            ],
+            tol,
+        );
+        let keep: Vec<bool> = [45, 20]
+            .iter()
+            .flat_map(|&l| (0..45).map(move |j| j < l))
+            .collect();
+        c.mask = Some(Tensor::from_vec(keep, [2, 1, 1, 45]));
+        v.push(c);
+    }
     // a float mask [B, 1, Tq, Tk] broadcast over the heads, causal
     let mut c = case(
         "f32 D=64 float mask",
@@ -1615,19 +1635,33 @@ fn sdpa_cases() -> Vec<SdpaCase> {
     c.mask = Some(rand(&[2, 1, 40, 40]));
     c.causal = true;
     v.push(c);
-    // head dims above the tensor-core kernels' (D = 80, Dv = 48), with dropout
-    let mut c = case(
-        "f32 D=80 Dv=48 causal dropout 0.2",
-        DType::F32,
-        [
-            rand(&[2, 2, 33, 80]),
-            rand(&[2, 2, 33, 80]),
-            rand(&[2, 2, 33, 48]),
-        ],
-        SDPA_TOL_F32,
-    );
-    (c.causal, c.dropout) = (true, 0.2);
-    v.push(c);
+    // head dims above the tensor-core kernels' (D = 80, Dv = 48), with dropout: the SIMT
+    // kernels
+    for (what, dtype, tol) in [
+        (
+            "f32 D=80 Dv=48 causal dropout 0.2",
+            DType::F32,
+            SDPA_TOL_F32,
+        ),
+        (
+            "f16 D=80 Dv=48 causal dropout 0.2",
+            DType::F16,
+            SDPA_TOL_F16,
+        ),
+    ] {
+        let mut c = case(
+            what,
+            dtype,
+            [
+                rand(&[2, 2, 33, 80]),
+                rand(&[2, 2, 33, 80]),
+                rand(&[2, 2, 33, 48]),
+            ],
+            tol,
+        );
+        (c.causal, c.dropout) = (true, 0.2);
+        v.push(c);
+    }
     // f64, dropout, a bool mask of the full score shape (key 0 always visible)
     let mut c = case(
         "f64 D=32 bool mask dropout 0.25",
@@ -1701,36 +1735,7 @@ fn sdpa_cases() -> Vec<SdpaCase> {
         c.mask = Some(keep);
         v.push(c);
     }
-    // f16 and bf16: the tensor-core kernels (D ≤ 64) with dropout (Tk % 4 = 0), a key
-    // padding mask, a transposed q; the SIMT kernels (D = 80)
-    let mut c = case(
-        "bf16 D=64 causal dropout 0.1, Tk % 4 = 0",
-        DType::BF16,
-        [
-            rand(&[1, 2, 72, 64]),
-            rand(&[1, 2, 72, 64]),
-            rand(&[1, 2, 72, 64]),
-        ],
-        SDPA_TOL_BF16,
-    );
-    (c.causal, c.dropout) = (true, 0.1);
-    v.push(c);
-    let mut c = case(
-        "f16 D=64 bool key padding",
-        DType::F16,
-        [
-            rand(&[2, 2, 37, 64]),
-            rand(&[2, 2, 45, 64]),
-            rand(&[2, 2, 45, 32]),
-        ],
-        SDPA_TOL_F16,
-    );
-    let keep: Vec<bool> = [45, 20]
-        .iter()
-        .flat_map(|&l| (0..45).map(move |j| j < l))
-        .collect();
-    c.mask = Some(Tensor::from_vec(keep, [2, 1, 1, 45]));
-    v.push(c);
+    // bf16 on the tensor-core kernels with a transposed q and a float mask
     let mut c = case(
         "bf16 D=64 q transposed, float mask",
         DType::BF16,
@@ -1743,18 +1748,6 @@ fn sdpa_cases() -> Vec<SdpaCase> {
     );
     c.views[0] = |t| t.transpose(1, 2);
     c.mask = Some(rand(&[2, 1, 19, 19]));
-    v.push(c);
-    let mut c = case(
-        "f16 D=80 Dv=48 causal dropout 0.2",
-        DType::F16,
-        [
-            rand(&[2, 2, 33, 80]),
-            rand(&[2, 2, 33, 80]),
-            rand(&[2, 2, 33, 48]),
-        ],
-        SDPA_TOL_F16,
-    );
-    (c.causal, c.dropout) = (true, 0.2);
     v.push(c);
     // a query that may attend no key: NaN output, no gradient through it
     for (what, dtype, tol) in [

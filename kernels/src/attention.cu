@@ -541,12 +541,15 @@ __device__ __forceinline__ void att_mma3(float (&d)[4], const u32 (&ah)[4], cons
 
 // f16x2 / bf16x2 packing and the half-precision mma (two elements per 32-bit register,
 // the lower index in the low half).
-#ifdef FLINT_HOST_EMULATION
-__device__ __forceinline__ u32 att_pack(f16_t, float lo, float hi) {
-    return (u32)f32_to_f16(lo).bits | ((u32)f32_to_f16(hi).bits << 16);
+
+/// lo and hi rounded to H and packed, in C (the emulation's, and the fallback below sm_80,
+/// where the kernels are never launched).
+template <typename H> __device__ __forceinline__ u32 att_pack_c(float lo, float hi) {
+    return (u32)Ty<H>::store(lo).bits | ((u32)Ty<H>::store(hi).bits << 16);
 }
-__device__ __forceinline__ u32 att_pack(bf16_t, float lo, float hi) {
-    return (u32)f32_to_bf16(lo).bits | ((u32)f32_to_bf16(hi).bits << 16);
+#ifdef FLINT_HOST_EMULATION
+template <typename H> __device__ __forceinline__ u32 att_pack(H, float lo, float hi) {
+    return att_pack_c<H>(lo, hi);
 }
 template <typename H>
 __device__ __forceinline__ void att_mma16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
@@ -557,45 +560,35 @@ __device__ __forceinline__ void att_mma16(float (&d)[4], const u32 (&a)[4], u32 
     });
 }
 #else
-__device__ __forceinline__ u32 att_pack(f16_t, float lo, float hi) {
-    u32 r;
-#if __CUDA_ARCH__ >= 800
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-#else
-    r = (u32)f32_to_f16(lo).bits | ((u32)f32_to_f16(hi).bits << 16); // never launched
-#endif
-    return r;
-}
-__device__ __forceinline__ u32 att_pack(bf16_t, float lo, float hi) {
-    u32 r;
-#if __CUDA_ARCH__ >= 800
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-#else
-    r = (u32)f32_to_bf16(lo).bits | ((u32)f32_to_bf16(hi).bits << 16); // never launched
-#endif
-    return r;
-}
 template <typename H> struct AttMma16Op;
-template <> struct AttMma16Op<f16_t> {
-    static __device__ __forceinline__ void run(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
 #if __CUDA_ARCH__ >= 800
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-                     "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#define ATT_IF_SM80(yes, no) yes
+#else
+#define ATT_IF_SM80(yes, no) no
 #endif
-    }
-};
-template <> struct AttMma16Op<bf16_t> {
-    static __device__ __forceinline__ void run(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
-#if __CUDA_ARCH__ >= 800
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-                     "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-    }
-};
+// `cvt.rn.<ty>x2.f32` and `mma.sync.aligned.m16n8k16.row.col.f32.<ty>.<ty>.f32` for the
+// 16-bit type H of PTX name `ty`.
+#define ATT_HALF_OPS(H, ty)                                                                \
+    __device__ __forceinline__ u32 att_pack(H, float lo, float hi) {                       \
+        u32 r;                                                                             \
+        ATT_IF_SM80(asm("cvt.rn." ty "x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo)),    \
+                    r = att_pack_c<H>(lo, hi));                                            \
+        return r;                                                                          \
+    }                                                                                      \
+    template <> struct AttMma16Op<H> {                                                     \
+        static __device__ __forceinline__ void run(float (&d)[4], const u32 (&a)[4],       \
+                                                   u32 b0, u32 b1) {                       \
+            ATT_IF_SM80(asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." ty "." ty    \
+                                     ".f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "   \
+                                     "{%0, %1, %2, %3};"                                   \
+                                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])      \
+                                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]),         \
+                                       "r"(b0), "r"(b1)),                                  \
+                        (void)d);                                                          \
+        }                                                                                  \
+    };
+ATT_HALF_OPS(f16_t, "f16")
+ATT_HALF_OPS(bf16_t, "bf16")
 template <typename H>
 __device__ __forceinline__ void att_mma16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
     AttMma16Op<H>::run(d, a, b0, b1);

@@ -197,65 +197,59 @@ struct MmaSlot {
 inline MmaSlot mma_slots[1024];
 } // namespace emu
 
-/// d += A·B for one warp (all 32 lanes call it, like the instruction).
+namespace emu {
+/// d += A·B for one warp's m16n8kK mma (all 32 lanes call it, like the instruction), with
+/// each lane's registers a[4], b[2]: `at_a(w, r, k)` and `at_b(w, k, n)` read A(r, k) and
+/// B(k, n) from the warp's slots `w` (as double; the products are exact there, and the
+/// sum is rounded once to f32).
+template <typename AtA, typename AtB>
+inline void mma_m16n8(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, unsigned k_extent,
+                      AtA at_a, AtB at_b) {
+    const unsigned t = threadIdx.x, lane = t & 31u;
+    mma_slots[t] = MmaSlot{{a[0], a[1], a[2], a[3]}, {b0, b1}};
+    wait(State::WarpWait);
+    const MmaSlot* w = &mma_slots[t & ~31u];
+    const unsigned g = lane / 4, q = lane % 4;
+    float out[4];
+    for (unsigned r = 0; r < 4; ++r) {
+        const unsigned row = g + 8 * (r / 2), col = 2 * q + r % 2;
+        double acc = d[r];
+        for (unsigned k = 0; k < k_extent; ++k) acc += at_a(w, row, k) * at_b(w, k, col);
+        out[r] = (float)acc;
+    }
+    wait(State::WarpWait); // every lane has read the slots
+    for (unsigned r = 0; r < 4; ++r) d[r] = out[r];
+}
+} // namespace emu
+
+/// d += A·B for `mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32` (layouts above).
 inline void flint_emu_mma_tf32(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                uint32_t b0, uint32_t b1) {
-    const unsigned t = threadIdx.x, base = t & ~31u, lane = t & 31u;
-    emu::mma_slots[t] = emu::MmaSlot{{a0, a1, a2, a3}, {b0, b1}};
-    emu::wait(emu::State::WarpWait);
     auto f = [](uint32_t u) {
         float x;
         std::memcpy(&x, &u, 4);
         return (double)x;
     };
-    auto a_at = [&](unsigned r, unsigned k) {
-        return f(emu::mma_slots[base + (r % 8) * 4 + k % 4].a[(r >= 8 ? 1 : 0) + (k >= 4 ? 2 : 0)]);
-    };
-    auto b_at = [&](unsigned k, unsigned n) {
-        return f(emu::mma_slots[base + n * 4 + k % 4].b[k >= 4 ? 1 : 0]);
-    };
-    const unsigned g = lane / 4, q = lane % 4;
-    float out[4];
-    for (unsigned r = 0; r < 4; ++r) {
-        const unsigned row = g + 8 * (r / 2), col = 2 * q + r % 2;
-        double acc = d[r];
-        for (unsigned k = 0; k < 8; ++k) acc += a_at(row, k) * b_at(k, col);
-        out[r] = (float)acc;
-    }
-    emu::wait(emu::State::WarpWait); // every lane has read the slots
-    for (unsigned r = 0; r < 4; ++r) d[r] = out[r];
+    emu::mma_m16n8(
+        d, {a0, a1, a2, a3}, b0, b1, 8,
+        [&](const emu::MmaSlot* w, unsigned r, unsigned k) { return f(w[(r % 8) * 4 + k % 4].a[(r >= 8 ? 1 : 0) + (k >= 4 ? 2 : 0)]); },
+        [&](const emu::MmaSlot* w, unsigned k, unsigned n) { return f(w[n * 4 + k % 4].b[k >= 4 ? 1 : 0]); });
 }
 
 /// d += A·B for `mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}` (all 32 lanes call
 /// it): each register holds two 16-bit elements, the lower k in the low half; lane holds
 /// A(g + 8(r % 2), 2q + 8(r / 2) + e) in half e of a[r], B(2q + 8r + e, g) in half e of
-/// b[r]; C as in the m16n8k8 form. `elem` converts an element's bits to float (the
-/// products are exact in double, the sum rounded once to f32).
+/// b[r]; C as in the m16n8k8 form. `elem` converts an element's bits to float.
 template <typename F>
 inline void flint_emu_mma_k16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                               uint32_t b0, uint32_t b1, F elem) {
-    const unsigned t = threadIdx.x, base = t & ~31u, lane = t & 31u;
-    emu::mma_slots[t] = emu::MmaSlot{{a0, a1, a2, a3}, {b0, b1}};
-    emu::wait(emu::State::WarpWait);
     auto half = [&](uint32_t reg, unsigned k) { return (double)elem((uint16_t)(reg >> (16 * (k % 2)))); };
-    auto a_at = [&](unsigned r, unsigned k) {
-        const emu::MmaSlot& s = emu::mma_slots[base + (r % 8) * 4 + (k % 8) / 2];
-        return half(s.a[(r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], k);
-    };
-    auto b_at = [&](unsigned k, unsigned n) {
-        const emu::MmaSlot& s = emu::mma_slots[base + n * 4 + (k % 8) / 2];
-        return half(s.b[k >= 8 ? 1 : 0], k);
-    };
-    const unsigned g = lane / 4, q = lane % 4;
-    float out[4];
-    for (unsigned r = 0; r < 4; ++r) {
-        const unsigned row = g + 8 * (r / 2), col = 2 * q + r % 2;
-        double acc = d[r];
-        for (unsigned k = 0; k < 16; ++k) acc += a_at(row, k) * b_at(k, col);
-        out[r] = (float)acc;
-    }
-    emu::wait(emu::State::WarpWait); // every lane has read the slots
-    for (unsigned r = 0; r < 4; ++r) d[r] = out[r];
+    emu::mma_m16n8(
+        d, {a0, a1, a2, a3}, b0, b1, 16,
+        [&](const emu::MmaSlot* w, unsigned r, unsigned k) {
+            return half(w[(r % 8) * 4 + (k % 8) / 2].a[(r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], k);
+        },
+        [&](const emu::MmaSlot* w, unsigned k, unsigned n) { return half(w[n * 4 + (k % 8) / 2].b[k >= 8 ? 1 : 0], k); });
 }
 
 // Bit casts and rounding intrinsics.
