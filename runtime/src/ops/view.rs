@@ -549,6 +549,39 @@ mod tests {
         assert!(!t.permute([1, 0, 2]).reshape([-1]).shares_storage(&t));
     }
 
+    /// The backward of a view of every element re-views the gradient (no buffer, no copy);
+    /// views of part of a tensor add into one buffer of the input's shape.
+    #[test]
+    fn whole_views_pass_the_gradient_through_and_partial_views_share_one_buffer() {
+        let leaf = grid().requires_grad_(true);
+        let x = &leaf * 1.0; // a non-leaf, contiguous
+        let views: [(&str, fn(&Tensor) -> Tensor); 3] = [
+            ("transpose", |x| x.transpose(0, 2)),
+            ("permute", |x| x.permute([1, 2, 0])),
+            ("view", |x| x.view([6, 4])),
+        ];
+        for (what, f) in views {
+            let y = f(&x);
+            let gy = Tensor::arange(0.0, 24.0, 1.0, ()).view(y.shape());
+            let g = crate::autograd::grad(&[y], &[x.clone()], Some(&[gy.clone()]), true, false)
+                .unwrap()[0]
+                .clone()
+                .unwrap();
+            assert!(g.shares_storage(&gy), "{what}: the gradient was copied");
+            assert_eq!(f(&g).to_vec::<f32>(), gy.to_vec::<f32>(), "{what}");
+        }
+        // the three thirds of a split: one buffer, each third in its place
+        let parts = x.split(1, 1);
+        let gs: Vec<Tensor> = (0..3)
+            .map(|i| Tensor::full([2, 1, 4], i as f64, ()))
+            .collect();
+        let g = crate::autograd::grad(&parts, &[x.clone()], Some(&gs), true, false).unwrap()[0]
+            .clone()
+            .unwrap();
+        let want: Vec<f32> = (0..24).map(|e| ((e / 4) % 3) as f32).collect();
+        assert_eq!(g.to_vec::<f32>(), want);
+    }
+
     #[test]
     fn view_of_incompatible_layout_errors() {
         let t = grid().permute([0, 2, 1]);
