@@ -555,7 +555,8 @@ mod tests {
     fn whole_views_pass_the_gradient_through_and_partial_views_share_one_buffer() {
         let leaf = grid().requires_grad_(true);
         let x = &leaf * 1.0; // a non-leaf, contiguous
-        let views: [(&str, fn(&Tensor) -> Tensor); 3] = [
+        type View = fn(&Tensor) -> Tensor;
+        let views: [(&str, View); 3] = [
             ("transpose", |x| x.transpose(0, 2)),
             ("permute", |x| x.permute([1, 2, 0])),
             ("view", |x| x.view([6, 4])),
@@ -563,8 +564,8 @@ mod tests {
         for (what, f) in views {
             let y = f(&x);
             let gy = Tensor::arange(0.0, 24.0, 1.0, ()).view(y.shape());
-            let g = crate::autograd::grad(&[y], &[x.clone()], Some(&[gy.clone()]), true, false)
-                .unwrap()[0]
+            let (xs, gys) = (std::slice::from_ref(&x), std::slice::from_ref(&gy));
+            let g = crate::autograd::grad(&[y], xs, Some(gys), true, false).unwrap()[0]
                 .clone()
                 .unwrap();
             assert!(g.shares_storage(&gy), "{what}: the gradient was copied");
@@ -575,7 +576,8 @@ mod tests {
         let gs: Vec<Tensor> = (0..3)
             .map(|i| Tensor::full([2, 1, 4], i as f64, ()))
             .collect();
-        let g = crate::autograd::grad(&parts, &[x.clone()], Some(&gs), true, false).unwrap()[0]
+        let xs = std::slice::from_ref(&x);
+        let g = crate::autograd::grad(&parts, xs, Some(&gs), true, false).unwrap()[0]
             .clone()
             .unwrap();
         let want: Vec<f32> = (0..24).map(|e| ((e / 4) % 3) as f32).collect();
