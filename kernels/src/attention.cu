@@ -691,6 +691,9 @@ template <typename T> __device__ __forceinline__ int att_ksteps(i64 width) {
     return (int)((width + AttMma<T>::K - 1) / AttMma<T>::K);
 }
 
+/// The 8-column n-tiles (every form's n) that cover `width` columns.
+__device__ __forceinline__ int att_ntiles(i64 width) { return (int)((width + 7) / 8); }
+
 /// acc[n] += A Bᵀ over `ksteps` k-steps of T's instruction: A = 16 rows at `a`, B = 8 NT
 /// rows at `b`, both row-major in shared memory with row length ATT_TC_LD (zero past
 /// the real width).
@@ -870,7 +873,7 @@ __device__ __forceinline__ void att_tc_forward(const T* q, const T* k, const T* 
     __shared__ float vs[ATT_TC_TILE][ATT_TC_LD];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, qq = lane & 3;
     // k-steps over D (the score product), 8-column tiles of Dv (the output)
-    const int kd = att_ksteps<T>(p.d), nv = (int)((p.dv + 7) / 8);
+    const int kd = att_ksteps<T>(p.d), nv = att_ntiles(p.dv);
     const AttDrop<T> drop(p);
     const i64 tiles = (p.tq + 63) / 64;
     for (i64 bh = blockIdx.y; bh < p.batch * p.heads; bh += gridDim.y) {
@@ -1012,7 +1015,7 @@ __device__ __forceinline__ void att_tc_dq(const T* q, const T* k, const T* v, co
     __shared__ float vs[ATT_TC_TILE][ATT_TC_LD];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, qq = lane & 3;
     // k-steps over D and Dv (the two score products), 8-column tiles of D (dq)
-    const int kd = att_ksteps<T>(p.d), kv = att_ksteps<T>(p.dv), nd = (int)((p.d + 7) / 8);
+    const int kd = att_ksteps<T>(p.d), kv = att_ksteps<T>(p.dv), nd = att_ntiles(p.d);
     const AttDrop<T> drop(p);
     const i64 tiles = (p.tq + 31) / 32;
     for (i64 bh = blockIdx.y; bh < p.batch * p.heads; bh += gridDim.y) {
@@ -1095,7 +1098,7 @@ __device__ __forceinline__ void att_tc_dkv(const T* q, const T* k, const T* v, c
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, qq = lane & 3;
     // k-steps over D and Dv (the two score products), 8-column tiles of D and Dv (dk, dv)
     const int kd = att_ksteps<T>(p.d), kv = att_ksteps<T>(p.dv);
-    const int nd = (int)((p.d + 7) / 8), nv = (int)((p.dv + 7) / 8);
+    const int nd = att_ntiles(p.d), nv = att_ntiles(p.dv);
     const AttDrop<T> drop(p);
     const i64 tiles = (p.tk + 31) / 32;
     for (i64 bh = blockIdx.y; bh < p.batch * p.heads; bh += gridDim.y) {

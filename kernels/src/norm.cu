@@ -209,32 +209,25 @@ __device__ __forceinline__ void layer_norm_backward_params_cols(
     const T* dy, const T* x, const typename Ty<T>::acc* mean, const typename Ty<T>::acc* rstd,
     typename Ty<T>::acc* pweight, typename Ty<T>::acc* pbias, i64 rows, i64 cols, i64 chunk) {
     typedef typename Ty<T>::acc A;
-    if (pweight != 0 && pbias != 0) { // both in one pass over dy
-        struct Pair {
-            A w, b;
-        };
-        const auto load = [=](i64, i64 r, i64 c) {
-            const A g = Ty<T>::load(dy[r * cols + c]);
-            return Pair{g * (Ty<T>::load(x[r * cols + c]) - mean[r]) * rstd[r], g};
-        };
-        const auto sum = [](Pair a, Pair b) { return Pair{a.w + b.w, a.b + b.b}; };
-        const auto store = [=](i64 row, i64 c, Pair v) {
+    // one pass for both sums (x read only when the weight's is asked)
+    struct Pair {
+        A w, b;
+    };
+    const bool want_w = pweight != 0;
+    const auto load = [=](i64, i64 r, i64 c) {
+        const A g = Ty<T>::load(dy[r * cols + c]);
+        return Pair{want_w ? g * (Ty<T>::load(x[r * cols + c]) - mean[r]) * rstd[r] : A(0), g};
+    };
+    const auto sum = [](Pair a, Pair b) { return Pair{a.w + b.w, a.b + b.b}; };
+    const auto store = [=](i64 row, i64 c, Pair v) {
+        if (pweight != 0) {
             pweight[row * cols + c] = v.w;
+        }
+        if (pbias != 0) {
             pbias[row * cols + c] = v.b;
-        };
-        cols_reduce_with<Pair>(load, store, sum, 1, rows, cols, chunk, Pair{A(0), A(0)});
-        return;
-    }
-    if (pweight != 0) {
-        const auto load = [=](i64, i64 r, i64 c) {
-            return Ty<T>::load(dy[r * cols + c]) * (Ty<T>::load(x[r * cols + c]) - mean[r]) * rstd[r];
-        };
-        cols_reduce<A, A, SumOp>(load, pweight, 1, rows, cols, chunk, A(0), 1.0);
-    }
-    if (pbias != 0) {
-        const auto load = [=](i64, i64 r, i64 c) { return Ty<T>::load(dy[r * cols + c]); };
-        cols_reduce<A, A, SumOp>(load, pbias, 1, rows, cols, chunk, A(0), 1.0);
-    }
+        }
+    };
+    cols_reduce_with<Pair>(load, store, sum, 1, rows, cols, chunk, Pair{A(0), A(0)});
 }
 
 // [block] batch_norm_stats_<dt>(const T* x, A* mean, A* var, i64 n, i64 c, i64 s)
