@@ -3,7 +3,7 @@
 use crate::autograd::grad_mode::{is_anomaly_enabled, is_grad_enabled, NoGradGuard};
 use crate::autograd::node::{Edge, Node};
 use crate::error::{or_panic, Error, Result};
-use crate::layout::fmt_shape;
+use crate::layout::{contiguous_strides, fmt_shape, Layout};
 use crate::tensor::Tensor;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,42 +43,181 @@ pub(crate) fn sum_grads(a: Tensor, b: Tensor) -> Tensor {
     &a + &b
 }
 
-/// The backward of a view node (one with a [`ViewGrad`]) without `create_graph`: adds
-/// `g` into the pending gradient of the view's input through the view's layout, creating
-/// that gradient as zeros first (and then copying `g` in rather than adding it). Returns false (nothing done) when the input's pending
-/// gradient is shared or of another layout; the node's own backward then runs.
-fn scatter_view_grad(grads: &mut HashMap<usize, Tensor>, node: &Node, g: &Tensor) -> bool {
+/// The gradients of views of part of one input (narrow, slice, select: nodes with a
+/// [`ViewGrad`]) that have arrived before the input's gradient is needed: each with the
+/// view's layout within a contiguous tensor of the input's shape.
+struct ViewParts {
+    input_shape: Vec<usize>,
+    parts: Vec<(Layout, Tensor)>,
+}
+
+/// `acc` seen through a view's layout (relative to a contiguous tensor of `acc`'s shape).
+fn through(acc: &Tensor, layout: &Layout) -> Tensor {
+    let mut l = layout.clone();
+    l.offset += acc.layout().offset();
+    acc.with_layout(l)
+}
+
+/// The backward of a view node (one with a [`ViewGrad`]) without `create_graph`: when
+/// the input already has a gradient of its own (from a consumer that is not a view) that
+/// the engine may write into, `g` is added into it through the view's layout; otherwise
+/// `g` is kept with the view's layout until the input's gradient is needed ([`settle`]),
+/// so that views which tile the input (a split, an RNN's steps) become one `cat` of their
+/// gradients instead of a zero-filled buffer they are added into. Returns false (nothing
+/// done) when the input's gradient is shared or of another layout or dtype; the node's own
+/// backward then runs.
+fn scatter_view_grad(
+    grads: &mut HashMap<usize, Tensor>,
+    pending: &mut HashMap<usize, ViewParts>,
+    node: &Node,
+    g: &Tensor,
+) -> bool {
     let (Some(view), [Some(Edge::Node(input))]) = (&node.view, node.inputs.as_slice()) else {
         return false;
     };
     let k = key(input);
-    let (acc, fresh) = match grads.remove(&k) {
-        None => (
-            Tensor::zeros(view.input_shape.as_slice(), (g.dtype(), g.device())),
-            true,
-        ),
-        Some(acc)
-            if reusable(&acc)
-                && acc.dtype() == g.dtype()
-                && acc.shape() == view.input_shape.as_slice() =>
-        {
-            (acc, false)
-        }
-        Some(acc) => {
-            grads.insert(k, acc);
+    if let Some(acc) = grads.get(&k) {
+        if !(reusable(acc) && acc.dtype() == g.dtype() && acc.shape() == view.input_shape) {
             return false;
         }
-    };
-    let mut layout = view.layout.clone();
-    layout.offset += acc.layout().offset();
-    let dst = acc.with_layout(layout);
-    if fresh {
-        dst.copy_(g); // the region is zeros: a copy, without reading them back
-    } else {
-        dst.add_(g);
+        through(acc, &view.layout).add_(g);
+        return true;
     }
-    grads.insert(k, acc);
+    let entry = pending.entry(k).or_insert_with(|| ViewParts {
+        input_shape: view.input_shape.clone(),
+        parts: Vec::new(),
+    });
+    if entry
+        .parts
+        .first()
+        .is_some_and(|(_, p)| p.dtype() != g.dtype())
+    {
+        return false;
+    }
+    entry.parts.push((view.layout.clone(), g.clone()));
     true
+}
+
+/// The gradient of node `k` once every consumer has delivered: its own gradient and the
+/// view gradients kept for it ([`scatter_view_grad`]) together.
+fn settle(
+    grads: &mut HashMap<usize, Tensor>,
+    pending: &mut HashMap<usize, ViewParts>,
+    k: usize,
+) -> Option<Tensor> {
+    let own = grads.remove(&k);
+    let Some(ViewParts { input_shape, parts }) = pending.remove(&k) else {
+        return own;
+    };
+    let _mode = NoGradGuard::with(false);
+    let dtype = parts[0].1.dtype();
+    match own {
+        Some(acc) if reusable(&acc) && acc.dtype() == dtype && acc.shape() == input_shape => {
+            for (l, g) in &parts {
+                through(&acc, l).add_(g);
+            }
+            Some(acc)
+        }
+        own => {
+            let joined = join_views(&input_shape, &parts);
+            Some(add_grads(own, joined))
+        }
+    }
+}
+
+/// A view's place in a contiguous tensor of `shape`, when it is a slab: every dim whole
+/// but `d`, of which it takes `start..start + len` (a narrow), or the one index `start`
+/// with `d` dropped (a select, `len` 1). Returns `(d, start, len, dropped)`.
+fn slab(l: &Layout, shape: &[usize]) -> Option<(usize, usize, usize, bool)> {
+    let cs = contiguous_strides(shape);
+    // the view's dims, with the dropped one (if any) put back as size 1
+    let fits = |d: usize, dropped: bool| -> Option<(usize, usize, usize, bool)> {
+        let (mut vs, mut vst) = (l.shape.to_vec(), l.strides.to_vec());
+        if dropped {
+            vs.insert(d, 1);
+            vst.insert(d, cs[d]);
+        }
+        let whole = (0..shape.len())
+            .all(|i| i == d || (vs[i] == shape[i] && (vs[i] <= 1 || vst[i] == cs[i])));
+        let len = vs[d];
+        let stride_ok = len <= 1 || vst[d] == cs[d];
+        let start = l.offset.checked_div(cs[d])?;
+        (whole && stride_ok && start * cs[d] == l.offset && start + len <= shape[d])
+            .then_some((d, start, len, dropped))
+    };
+    match shape.len().checked_sub(l.shape.len())? {
+        0 => (0..shape.len()).find_map(|d| fits(d, false)),
+        1 => (0..shape.len()).find_map(|d| fits(d, true)),
+        _ => None,
+    }
+}
+
+/// How [`join_views`] puts view gradients together.
+#[derive(Debug, PartialEq, Eq)]
+enum Join {
+    /// The views tile the tensor along dim `d` (a split's parts, every step of an RNN):
+    /// one `cat` of the parts in this order (`true`: the view dropped `d`, a select).
+    Cat(usize, Vec<(usize, bool)>),
+    /// Disjoint slabs with a gap: each copied into zeros.
+    Copy,
+    /// Anything else (overlapping or strided views): each added into zeros.
+    Add,
+}
+
+/// The [`Join`] for views of parts of a contiguous tensor of `shape` with these layouts.
+fn join_plan(shape: &[usize], layouts: &[&Layout]) -> Join {
+    let Some(slabs) = layouts
+        .iter()
+        .map(|l| slab(l, shape))
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Join::Add;
+    };
+    let d = slabs[0].0;
+    if slabs.iter().any(|s| s.0 != d) {
+        return Join::Add;
+    }
+    let mut order: Vec<usize> = (0..slabs.len()).collect();
+    order.sort_by_key(|&i| slabs[i].1);
+    let end = |i: usize| slabs[i].1 + slabs[i].2;
+    if !order.windows(2).all(|w| end(w[0]) <= slabs[w[1]].1) {
+        return Join::Add;
+    }
+    let tiles = slabs[order[0]].1 == 0
+        && order.windows(2).all(|w| end(w[0]) == slabs[w[1]].1)
+        && order.last().is_some_and(|&i| end(i) == shape[d]);
+    if tiles {
+        Join::Cat(d, order.iter().map(|&i| (i, slabs[i].3)).collect())
+    } else {
+        Join::Copy
+    }
+}
+
+/// One tensor of `shape` from the gradients of views of parts of it (each added where
+/// its view lies, zeros elsewhere), as [`join_plan`] says: views that tile `shape` are
+/// one `cat`, every element written once and nothing zero-filled or read back.
+fn join_views(shape: &[usize], parts: &[(Layout, Tensor)]) -> Tensor {
+    let layouts: Vec<&Layout> = parts.iter().map(|(l, _)| l).collect();
+    let plan = join_plan(shape, &layouts);
+    if let Join::Cat(d, order) = &plan {
+        let pieces: Vec<Tensor> = order
+            .iter()
+            .map(|&(i, dropped)| match dropped {
+                true => parts[i].1.unsqueeze(*d as isize),
+                false => parts[i].1.clone(),
+            })
+            .collect();
+        return Tensor::cat(&pieces, *d as isize);
+    }
+    let g0 = &parts[0].1;
+    let acc = Tensor::zeros(shape, (g0.dtype(), g0.device()));
+    for (l, g) in parts {
+        match plan {
+            Join::Copy => through(&acc, l).copy_(g), // zeros there: not read back
+            _ => through(&acc, l).add_(g),
+        };
+    }
+    acc
 }
 
 /// What to do with the gradients that reach leaves.
@@ -109,6 +248,7 @@ fn run(
     sink: &mut Sink<'_>,
 ) -> Result<()> {
     let mut grads: HashMap<usize, Tensor> = HashMap::new();
+    let mut pending: HashMap<usize, ViewParts> = HashMap::new();
     let mut start: Vec<Arc<Node>> = vec![];
     for (root, g) in roots {
         if g.shape() != root.shape() {
@@ -160,7 +300,7 @@ fn run(
 
     while let Some(node) = ready.pop() {
         let k = key(&node);
-        let grad = grads.remove(&k);
+        let grad = settle(&mut grads, &mut pending, k);
         if let (Some(g), Sink::Capture(targets, out)) = (&grad, &mut *sink) {
             for (i, t) in targets.iter().enumerate() {
                 if t.grad_fn().is_some_and(|f| key(&f) == k) {
@@ -172,7 +312,7 @@ fn run(
             Some(g)
                 if !create_graph && node.view.is_some() && {
                     let _mode = NoGradGuard::with(false);
-                    scatter_view_grad(&mut grads, &node, &g)
+                    scatter_view_grad(&mut grads, &mut pending, &node, &g)
                 } =>
             {
                 // the gradient is already in the input's; the backward is not needed
@@ -384,5 +524,117 @@ impl Tensor {
         let g = grad.map(std::slice::from_ref);
         let roots = seed_grads(std::slice::from_ref(self), g)?;
         backward(&roots, retain_graph, create_graph)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{join_plan, slab, Join};
+    use crate::autograd::grad;
+    use crate::Tensor;
+
+    /// `[3, 4, 5]` of distinct values: a contiguous non-leaf and its leaf.
+    fn input() -> (Tensor, Tensor) {
+        let leaf = Tensor::arange(0.0, 60.0, 1.0, crate::DType::F64)
+            .view([3, 4, 5])
+            .requires_grad_(true);
+        let x = &leaf * 1.0;
+        (leaf, x)
+    }
+
+    #[test]
+    fn slabs_are_narrows_and_selects_of_one_dim() {
+        let (_, x) = input();
+        let s = [3, 4, 5];
+        assert_eq!(slab(x.narrow(1, 1, 2).layout(), &s), Some((1, 1, 2, false)));
+        assert_eq!(slab(x.select(0, 2).layout(), &s), Some((0, 2, 1, true)));
+        assert_eq!(slab(x.select(2, 4).layout(), &s), Some((2, 4, 1, true)));
+        assert_eq!(slab(x.narrow(2, 0, 1).layout(), &s), Some((2, 0, 1, false)));
+        // strided, or part of two dims: not a slab
+        assert_eq!(slab(x.try_slice(1, 0, 4, 2).unwrap().layout(), &s), None);
+        assert_eq!(slab(x.narrow(0, 1, 1).narrow(1, 0, 2).layout(), &s), None);
+        assert_eq!(slab(x.select(0, 1).select(0, 1).layout(), &s), None);
+    }
+
+    #[test]
+    fn the_plan_is_a_cat_only_for_views_that_tile_one_dim() {
+        let (_, x) = input();
+        let s = [3, 4, 5];
+        let plan = |views: &[Tensor]| {
+            let ls: Vec<_> = views.iter().map(|v| v.layout()).collect();
+            join_plan(&s, &ls)
+        };
+        // a split's parts, in any order; every select of a dim
+        let parts = x.split(2, 1);
+        assert_eq!(
+            plan(&[parts[1].clone(), parts[0].clone()]),
+            Join::Cat(1, vec![(1, false), (0, false)])
+        );
+        let steps: Vec<Tensor> = (0..3).rev().map(|t| x.select(0, t)).collect();
+        assert_eq!(
+            plan(&steps),
+            Join::Cat(0, vec![(2, true), (1, true), (0, true)])
+        );
+        assert_eq!(
+            plan(&[x.narrow(2, 0, 2), x.select(2, 2), x.narrow(2, 3, 2)]),
+            Join::Cat(2, vec![(0, false), (1, true), (2, false)])
+        );
+        // a gap: copies into zeros; an overlap, two dims or a stride: adds
+        assert_eq!(plan(&[x.narrow(1, 0, 1), x.narrow(1, 2, 2)]), Join::Copy);
+        assert_eq!(plan(&[x.narrow(1, 0, 3), x.narrow(1, 2, 2)]), Join::Add);
+        assert_eq!(plan(&[x.narrow(1, 0, 2), x.narrow(2, 0, 2)]), Join::Add);
+        assert_eq!(
+            plan(&[
+                x.try_slice(1, 0, 4, 2).unwrap(),
+                x.try_slice(1, 1, 4, 2).unwrap()
+            ]),
+            Join::Add
+        );
+    }
+
+    /// Every way view gradients are put together gives what the views' own backward
+    /// passes give (`create_graph` runs those instead of the engine's join), with and
+    /// without a gradient of the input's own (a consumer that is not a view).
+    #[test]
+    fn joined_view_gradients_match_the_views_own_backward() {
+        type Views = fn(&Tensor) -> Vec<Tensor>;
+        let cases: [(&str, Views); 7] = [
+            ("split", |x| x.split(2, 1)),
+            ("selects", |x| (0..3).map(|t| x.select(0, t)).collect()),
+            ("gap", |x| vec![x.narrow(1, 0, 1), x.narrow(1, 2, 2)]),
+            ("overlap", |x| vec![x.narrow(1, 0, 3), x.narrow(1, 2, 2)]),
+            ("two dims", |x| vec![x.narrow(1, 0, 2), x.narrow(2, 1, 3)]),
+            ("strided", |x| {
+                vec![
+                    x.try_slice(1, 0, 4, 2).unwrap(),
+                    x.try_slice(1, 1, 4, 2).unwrap(),
+                ]
+            }),
+            ("one", |x| vec![x.select(1, 3)]),
+        ];
+        for (what, views) in cases {
+            for own in [false, true] {
+                let run = |create_graph: bool| {
+                    let (leaf, x) = input();
+                    let mut outs: Vec<Tensor> = views(&x)
+                        .iter()
+                        .enumerate()
+                        // a distinct gradient per view, some of them transposed
+                        .map(|(i, v)| match v.ndim() {
+                            3 if i % 2 == 0 => v.transpose(0, 2) * (i + 1) as f64,
+                            _ => v * (i + 1) as f64,
+                        })
+                        .map(|v| (&v * &v).sum_all())
+                        .collect();
+                    if own {
+                        outs.push((&x * 3.0).sum_all());
+                    }
+                    let total = outs.iter().skip(1).fold(outs[0].clone(), |a, b| &a + b);
+                    let g = grad(&[total], &[leaf], None, false, create_graph).unwrap();
+                    g[0].as_ref().unwrap().to_vec::<f64>()
+                };
+                assert_eq!(run(false), run(true), "{what}, own gradient {own}");
+            }
+        }
     }
 }

@@ -40,12 +40,13 @@ pub struct Node {
 }
 
 /// How a view's gradient lands in its input's: the view's layout within a contiguous
-/// buffer of the input's shape. The engine adds the view's gradient straight into the
-/// input's pending gradient through this layout instead of calling the backward, which
-/// allocates a zero tensor of the whole input per view (quadratic for the `T` steps an
-/// RNN selects out of one `[T, B, G]` projection). Only views that leave elements out
-/// (narrow, slice, select) have one: the backward of a view of every element (reshape,
-/// permute, transpose) is a re-view of the gradient, which costs nothing.
+/// buffer of the input's shape. The engine puts the gradients of all such views of one
+/// input together itself instead of calling each view's backward, which allocates a zero
+/// tensor of the whole input per view (quadratic for the `T` steps an RNN selects out of
+/// one `[T, B, G]` projection): views that tile the input (a split's parts) become one
+/// `cat`, others are written into one buffer (see `engine::join_views`). Only views that
+/// leave elements out (narrow, slice, select) have one: the backward of a view of every
+/// element (reshape, permute, transpose) is a re-view of the gradient, which costs nothing.
 pub(crate) struct ViewGrad {
     /// The output's layout relative to a contiguous input.
     pub(crate) layout: crate::layout::Layout,

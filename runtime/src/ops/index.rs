@@ -863,7 +863,7 @@ fn cat_impl<T: AsRef<Tensor>>(op: &'static str, tensors: &[T], dim: isize) -> Re
     let inner: usize = out_shape[d + 1..].iter().product();
     let out_row = out_shape[d] * inner;
     Ok(dispatch!(all dt, E => {
-        let mut out = vec![E::default(); n];
+        let mut out: Vec<E> = crate::cpu::pool::zeros(n);
         let mut start = 0usize;
         for &(_, t) in &parts {
             let t = t.to_dtype_raw(dt)?;

@@ -67,8 +67,9 @@ impl Tensor {
     ) -> Tensor {
         let input = self.layout();
         // a view of part of a contiguous input (narrow, slice, select) that does not repeat
-        // elements: the engine adds its gradient into the input's through the layout
-        // (autograd::node::ViewGrad), one buffer for all such views of the input. A view of
+        // elements: the engine puts its gradient into the input's through the layout
+        // (autograd::node::ViewGrad): one cat for views that tile the input, one buffer
+        // otherwise. A view of
         // every element (reshape, permute, transpose, squeeze) keeps its own backward: a
         // re-view of the gradient, which moves nothing (through the layout it would cost
         // a zero-filled buffer and a copy).
@@ -550,7 +551,7 @@ mod tests {
     }
 
     /// The backward of a view of every element re-views the gradient (no buffer, no copy);
-    /// views of part of a tensor add into one buffer of the input's shape.
+    /// the gradients of a split's parts are joined into one tensor of the input's shape.
     #[test]
     fn whole_views_pass_the_gradient_through_and_partial_views_share_one_buffer() {
         let leaf = grid().requires_grad_(true);
@@ -571,7 +572,7 @@ mod tests {
             assert!(g.shares_storage(&gy), "{what}: the gradient was copied");
             assert_eq!(f(&g).to_vec::<f32>(), gy.to_vec::<f32>(), "{what}");
         }
-        // the three thirds of a split: one buffer, each third in its place
+        // the three thirds of a split: one tensor, each third in its place
         let parts = x.split(1, 1);
         let gs: Vec<Tensor> = (0..3)
             .map(|i| Tensor::full([2, 1, 4], i as f64, ()))
