@@ -307,6 +307,105 @@ template <typename F> __device__ __forceinline__ void for_runs(const Layout& l, 
     for (i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); row < (i64)(rows); \
          row += (i64)gridDim.x * (blockDim.x >> 5))
 
+/// The launch bounds of the warp-per-row kernels of element type T (softmax_w<K>,
+/// layer_norm_w<K>, ...): blocks of at most 256 threads (the runtime's launch::warp_rows
+/// launches 256), and for types up to 4 bytes at least two blocks per SM, so ptxas keeps
+/// them under 128 registers instead of hoisting every load of a 32-a-lane row at the cost
+/// of occupancy (f64 rows of 32 a lane need more than that without spilling).
+#define FLINT_WARP_ROWS_BOUNDS(T) __launch_bounds__(256, sizeof(T) >= 8 ? 1 : 2)
+
+/// V consecutive elements of T, aligned to their size: one vector load or store.
+template <typename T, int V> struct alignas(V * sizeof(T)) Pack {
+    T v[V];
+};
+
+/// Whether `p` is aligned for `bytes`-byte vector accesses.
+__device__ __forceinline__ bool aligned_to(const void* p, unsigned long long bytes) {
+    return ((unsigned long long)p & (bytes - 1)) == 0;
+}
+
+/// Which columns of a row of at most 32 K elements a lane of a warp-per-row kernel holds
+/// (K per lane, K a multiple of 4). Element k of lane `lane` is column lane + 32 k; or,
+/// in the vector order (`vec`: every row of every operand aligned for vectors of V
+/// elements, see `fits`), column V (lane + 32 (k / V)) + k % V, so each group of V is one
+/// vector access. Both orders are coalesced; the vector order moves a row with a quarter
+/// of the load and store instructions. V = 4 for types up to 4 bytes; 8-byte types keep
+/// the scalar order (V = 1: their rows of 32 a lane would spill with both orders compiled).
+template <typename T, int K> struct WarpRow {
+    static constexpr int V = sizeof(T) >= 8 ? 1 : 4;
+    typedef Pack<T, V> P;
+    const bool vec;
+    const int lane;
+
+    __device__ __forceinline__ explicit WarpRow(bool vec) : vec(vec), lane(threadIdx.x & 31) {}
+
+    /// Whether rows of `cols` elements starting at `p` are aligned for the vector order.
+    static __device__ __forceinline__ bool fits(const void* p, i64 cols) {
+        return V > 1 && aligned_to(p, sizeof(P)) && cols % V == 0;
+    }
+
+    /// The column of this lane's element k.
+    __device__ __forceinline__ i64 col(int k) const {
+        return vec ? (i64)V * (lane + 32 * (k / V)) + k % V : (i64)lane + 32 * k;
+    }
+
+    /// v[k] = row[col(k)] in the acc type A, `fill` for columns past `cols`.
+    template <typename A>
+    __device__ __forceinline__ void load(const T* row, i64 cols, A (&v)[K], A fill) const {
+        if (vec) {
+#pragma unroll
+            for (int j = 0; j < K / V; ++j) {
+                const i64 c = (i64)V * (lane + 32 * j);
+                if (c < cols) {
+                    const P p = *reinterpret_cast<const P*>(row + c);
+#pragma unroll
+                    for (int i = 0; i < V; ++i) {
+                        v[V * j + i] = Ty<T>::load(p.v[i]);
+                    }
+                } else {
+#pragma unroll
+                    for (int i = 0; i < V; ++i) {
+                        v[V * j + i] = fill;
+                    }
+                }
+            }
+        } else {
+#pragma unroll
+            for (int k = 0; k < K; ++k) {
+                const i64 c = (i64)lane + 32 * k;
+                v[k] = c < cols ? Ty<T>::load(row[c]) : fill;
+            }
+        }
+    }
+
+    /// row[col(k)] = f(k) (rounded to T) for the columns before `cols`: f computes each
+    /// value where it is stored.
+    template <typename F> __device__ __forceinline__ void store(T* row, i64 cols, F f) const {
+        if (vec) {
+#pragma unroll
+            for (int j = 0; j < K / V; ++j) {
+                const i64 c = (i64)V * (lane + 32 * j);
+                if (c < cols) {
+                    P p;
+#pragma unroll
+                    for (int i = 0; i < V; ++i) {
+                        p.v[i] = Ty<T>::store(f(V * j + i));
+                    }
+                    *reinterpret_cast<P*>(row + c) = p;
+                }
+            }
+        } else {
+#pragma unroll
+            for (int k = 0; k < K; ++k) {
+                const i64 c = (i64)lane + 32 * k;
+                if (c < cols) {
+                    row[c] = Ty<T>::store(f(k));
+                }
+            }
+        }
+    }
+};
+
 /// for (row = blockIdx.x; row < rows; row += gridDim.x): one block per row.
 #define FLINT_BLOCK_STRIDE(row, rows)                                                      \
     for (i64 row = blockIdx.x; row < (i64)(rows); row += gridDim.x)

@@ -98,8 +98,9 @@ __device__ __forceinline__ void layer_norm_backward_rows(const T* dy, const T* x
 // Warp-per-row forms for rows of at most 32 K elements (K = 8, 16, 32 per lane):
 // layer_norm_w<K>_<dt> and layer_norm_backward_w<K>_<dt>, the arguments and numbers of
 // the block forms above; a warp per row (a block takes blockDim.x / 32 rows at a time,
-// grid-strided), the row held in registers: one read of x (and dy), shuffles instead of
-// block barriers. blockDim.x a multiple of 32, any grid size.
+// grid-strided), the row held in registers (common.cuh's WarpRow: vector loads and stores
+// when the rows are aligned): one read of x (and dy), shuffles instead of block barriers.
+// blockDim.x a multiple of 32, any grid size.
 
 template <typename T, int K>
 __device__ __forceinline__ void layer_norm_warp_rows(const T* x, const T* weight, const T* bias,
@@ -107,44 +108,38 @@ __device__ __forceinline__ void layer_norm_warp_rows(const T* x, const T* weight
                                                      typename Ty<T>::acc* rstd_out, i64 rows,
                                                      i64 cols, double eps) {
     typedef typename Ty<T>::acc A;
-    const int lane = threadIdx.x & 31;
+    const WarpRow<T, K> w(WarpRow<T, K>::fits(x, cols) && WarpRow<T, K>::fits(y, cols));
     FLINT_WARP_STRIDE(r, rows) {
-        const T* xr = x + r * cols;
-        T* yr = y + r * cols;
         A v[K];
+        w.load(x + r * cols, cols, v, A(0));
         A s = 0;
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-            const i64 c = lane + 32 * k;
-            v[k] = c < cols ? Ty<T>::load(xr[c]) : A(0);
             s += v[k];
         }
         const A mean = warp_reduce(s, SumOp()) / (A)cols;
         A q = 0;
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-            if (lane + 32 * k < cols) {
+            if (w.col(k) < cols) {
                 const A d = v[k] - mean;
                 q += d * d;
             }
         }
         const A var = warp_reduce(q, SumOp()) / (A)cols;
         const A rstd = m_rsqrt(var + (A)eps);
-#pragma unroll
-        for (int k = 0; k < K; ++k) {
-            const i64 c = lane + 32 * k;
-            if (c < cols) {
-                A o = (v[k] - mean) * rstd;
-                if (weight != 0) {
-                    o *= Ty<T>::load(weight[c]);
-                }
-                if (bias != 0) {
-                    o += Ty<T>::load(bias[c]);
-                }
-                yr[c] = Ty<T>::store(o);
+        w.store(y + r * cols, cols, [&](int k) {
+            const i64 c = w.col(k);
+            A o = (v[k] - mean) * rstd;
+            if (weight != 0) {
+                o *= Ty<T>::load(weight[c]);
             }
-        }
-        if (lane == 0) {
+            if (bias != 0) {
+                o += Ty<T>::load(bias[c]);
+            }
+            return o;
+        });
+        if (w.lane == 0) {
             if (mean_out != 0) {
                 mean_out[r] = mean;
             }
@@ -162,38 +157,29 @@ __device__ __forceinline__ void layer_norm_backward_warp_rows(const T* dy, const
                                                               const typename Ty<T>::acc* rstd,
                                                               T* dx, i64 rows, i64 cols) {
     typedef typename Ty<T>::acc A;
-    const int lane = threadIdx.x & 31;
+    const WarpRow<T, K> w(WarpRow<T, K>::fits(dy, cols) && WarpRow<T, K>::fits(x, cols) &&
+                          WarpRow<T, K>::fits(dx, cols));
     FLINT_WARP_STRIDE(r, rows) {
-        const T* xr = x + r * cols;
-        const T* gr = dy + r * cols;
-        T* dr = dx + r * cols;
         const A mu = mean[r], rs = rstd[r];
         A g[K], xh[K];
+        w.load(dy + r * cols, cols, g, A(0));
+        w.load(x + r * cols, cols, xh, A(0));
         A s1 = 0, s2 = 0;
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-            const i64 c = lane + 32 * k;
-            g[k] = A(0);
-            xh[k] = A(0);
+            const i64 c = w.col(k);
             if (c < cols) {
-                g[k] = Ty<T>::load(gr[c]);
                 if (weight != 0) {
                     g[k] *= Ty<T>::load(weight[c]);
                 }
-                xh[k] = (Ty<T>::load(xr[c]) - mu) * rs;
+                xh[k] = (xh[k] - mu) * rs;
             }
             s1 += g[k];
             s2 += g[k] * xh[k];
         }
         const A m1 = warp_reduce(s1, SumOp()) / (A)cols;
         const A m2 = warp_reduce(s2, SumOp()) / (A)cols;
-#pragma unroll
-        for (int k = 0; k < K; ++k) {
-            const i64 c = lane + 32 * k;
-            if (c < cols) {
-                dr[c] = Ty<T>::store(rs * (g[k] - m1 - xh[k] * m2));
-            }
-        }
+        w.store(dx + r * cols, cols, [&](int k) { return rs * (g[k] - m1 - xh[k] * m2); });
     }
 }
 
@@ -351,12 +337,12 @@ __device__ __forceinline__ void batch_norm_backward_apply_all(
 }
 
 #define NORM_WARP(dt, T, K)                                                                \
-    extern "C" __global__ void layer_norm_w##K##_##dt(                                     \
+    extern "C" __global__ void FLINT_WARP_ROWS_BOUNDS(T) layer_norm_w##K##_##dt(           \
         const T* x, const T* weight, const T* bias, T* y, Ty<T>::acc* mean,                \
         Ty<T>::acc* rstd, i64 rows, i64 cols, double eps) {                                \
         layer_norm_warp_rows<T, K>(x, weight, bias, y, mean, rstd, rows, cols, eps);       \
     }                                                                                      \
-    extern "C" __global__ void layer_norm_backward_w##K##_##dt(                            \
+    extern "C" __global__ void FLINT_WARP_ROWS_BOUNDS(T) layer_norm_backward_w##K##_##dt(  \
         const T* dy, const T* x, const T* weight, const Ty<T>::acc* mean,                  \
         const Ty<T>::acc* rstd, T* dx, i64 rows, i64 cols) {                               \
         layer_norm_backward_warp_rows<T, K>(dy, x, weight, mean, rstd, dx, rows, cols);    \

@@ -61,16 +61,6 @@ extern "C" __global__ void philox_randint_i64(i64* out, i64 n, u64 seed, u64 off
 //   nn::functional::dropout (mask = bernoulli(1 - p) cast to T, times 1/(1-p)). p < 1.
 // dropout_backward_<dt>(const T* dy, const u8* keep, T* dx, i64 n, double scale)
 //   dx[i] = dy[i] * (keep ? T(scale) : 0), scale = 1 / (1 - p).
-/// Four consecutive elements of T, aligned to their size: one vector load or store.
-template <typename T> struct alignas(4 * sizeof(T)) Pack4 {
-    T v[4];
-};
-
-/// Whether `p` is aligned for `bytes`-byte vector accesses.
-__device__ __forceinline__ bool aligned_to(const void* p, unsigned long long bytes) {
-    return ((unsigned long long)p & (bytes - 1)) == 0;
-}
-
 // A thread per Philox block: elements 4b .. 4b + 3 take its four words (as
 // flint_bernoulli_at draws them), one block instead of four, and when the buffers are
 // aligned the thread moves its four elements with one vector load and store (and the
@@ -82,13 +72,14 @@ __device__ __forceinline__ void dropout_all(const T* x, T* out, u8* keep, i64 n,
     const double q = 1.0 - p;
     const A scale = Ty<T>::load(Ty<T>::from_f64(1.0 / q));
     const u64 threshold = flint_bernoulli_threshold(q);
-    const bool vec = aligned_to(x, sizeof(Pack4<T>)) && aligned_to(out, sizeof(Pack4<T>)) &&
+    typedef Pack<T, 4> P4;
+    const bool vec = aligned_to(x, sizeof(P4)) && aligned_to(out, sizeof(P4)) &&
                      aligned_to(keep, 4);
     FLINT_GRID_STRIDE(b, (n + 3) / 4) {
         const flint_u32x4 r = flint_philox_block(seed, offset + (u64)b);
         if (vec && 4 * b + 4 <= n) {
-            const Pack4<T> xv = reinterpret_cast<const Pack4<T>*>(x)[b];
-            Pack4<T> ov;
+            const P4 xv = reinterpret_cast<const P4*>(x)[b];
+            P4 ov;
             u32 bytes = 0;
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
@@ -96,7 +87,7 @@ __device__ __forceinline__ void dropout_all(const T* x, T* out, u8* keep, i64 n,
                 bytes |= (k ? 1u : 0u) << (8 * j);
                 ov.v[j] = Ty<T>::store(Ty<T>::load(xv.v[j]) * (k ? scale : A(0)));
             }
-            reinterpret_cast<Pack4<T>*>(out)[b] = ov;
+            reinterpret_cast<P4*>(out)[b] = ov;
             if (keep != 0) {
                 reinterpret_cast<u32*>(keep)[b] = bytes; // byte j = element 4b + j
             }
@@ -121,19 +112,20 @@ __device__ __forceinline__ void dropout_backward_all(const T* dy, const u8* keep
                                                      double scale) {
     typedef typename Ty<T>::acc A;
     const A s = Ty<T>::load(Ty<T>::from_f64(scale));
-    const bool vec = aligned_to(dy, sizeof(Pack4<T>)) && aligned_to(dx, sizeof(Pack4<T>)) &&
+    typedef Pack<T, 4> P4;
+    const bool vec = aligned_to(dy, sizeof(P4)) && aligned_to(dx, sizeof(P4)) &&
                      aligned_to(keep, 4);
     FLINT_GRID_STRIDE(b, (n + 3) / 4) {
         if (vec && 4 * b + 4 <= n) {
-            const Pack4<T> gv = reinterpret_cast<const Pack4<T>*>(dy)[b];
+            const P4 gv = reinterpret_cast<const P4*>(dy)[b];
             const u32 bytes = reinterpret_cast<const u32*>(keep)[b];
-            Pack4<T> ov;
+            P4 ov;
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const bool k = ((bytes >> (8 * j)) & 0xffu) != 0;
                 ov.v[j] = Ty<T>::store(Ty<T>::load(gv.v[j]) * (k ? s : A(0)));
             }
-            reinterpret_cast<Pack4<T>*>(dx)[b] = ov;
+            reinterpret_cast<P4*>(dx)[b] = ov;
             continue;
         }
 #pragma unroll

@@ -7,32 +7,32 @@
 // - softmax_<dt> etc.: a block per row (grid-stride over rows), for rows of any length;
 // - softmax_w<K>_<dt> etc. (K = 4, 8, 16, 32), for rows of at most 32 K elements: a warp
 //   per row (a block takes blockDim.x / 32 rows at a time, grid-strided), the row held in
-//   registers, K per lane: one read of x, shuffles instead of block barriers. A grid of
+//   registers, K per lane (common.cuh's WarpRow: vector loads and stores when the rows
+//   are aligned): one read of x, shuffles instead of block barriers. A grid of
 //   ceil(rows / (blockDim.x / 32)) blocks covers the rows at once. Each K is an entry
 //   of its own, so a short row's kernel is not sized (in registers) for the longest.
 // A row that is all -inf gives NaN, as PyTorch.
 
-// K: elements per lane (cols <= 32 K), a compile-time bound so the row stays in registers
+// K: elements per lane (cols <= 32 K), a compile-time bound so the row stays in registers;
+// the lanes hold a row in WarpRow's vector order when x and y allow it (one 16-byte access
+// per 4 f32), else in its scalar order
 template <typename T, bool Log, int K>
 __device__ __forceinline__ void softmax_warp_rows(const T* x, T* y, i64 rows, i64 cols) {
     typedef typename Ty<T>::acc A;
-    const int lane = threadIdx.x & 31;
+    const WarpRow<T, K> w(WarpRow<T, K>::fits(x, cols) && WarpRow<T, K>::fits(y, cols));
     FLINT_WARP_STRIDE(r, rows) {
-        const T* xr = x + r * cols;
-        T* yr = y + r * cols;
         A v[K];
+        w.load(x + r * cols, cols, v, -m_inf(A(0)));
         A m = -m_inf(A(0));
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-            const i64 c = lane + 32 * k;
-            v[k] = c < cols ? Ty<T>::load(xr[c]) : -m_inf(A(0));
             m = nan_max(m, v[k]);
         }
         m = warp_reduce(m, MaxOp());
         A s = 0;
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-            if (lane + 32 * k < cols) {
+            if (w.col(k) < cols) {
                 const A e = m_exp(v[k] - m);
                 s += e;
                 if (!Log) {
@@ -42,13 +42,7 @@ __device__ __forceinline__ void softmax_warp_rows(const T* x, T* y, i64 rows, i6
         }
         s = warp_reduce(s, SumOp());
         const A ls = Log ? m_log(s) : A(0), inv = Log ? A(0) : A(1) / s;
-#pragma unroll
-        for (int k = 0; k < K; ++k) {
-            const i64 c = lane + 32 * k;
-            if (c < cols) {
-                yr[c] = Ty<T>::store(Log ? v[k] - m - ls : v[k] * inv);
-            }
-        }
+        w.store(y + r * cols, cols, [&](int k) { return Log ? v[k] - m - ls : v[k] * inv; });
     }
 }
 
@@ -56,28 +50,20 @@ template <typename T, bool Log, int K>
 __device__ __forceinline__ void softmax_backward_warp_rows(const T* y, const T* dy, T* dx,
                                                            i64 rows, i64 cols) {
     typedef typename Ty<T>::acc A;
-    const int lane = threadIdx.x & 31;
+    const WarpRow<T, K> w(WarpRow<T, K>::fits(y, cols) && WarpRow<T, K>::fits(dy, cols) &&
+                          WarpRow<T, K>::fits(dx, cols));
     FLINT_WARP_STRIDE(r, rows) {
-        const T* yr = y + r * cols;
-        const T* gr = dy + r * cols;
-        T* dr = dx + r * cols;
         A yv[K], gv[K];
+        w.load(y + r * cols, cols, yv, A(0));
+        w.load(dy + r * cols, cols, gv, A(0));
         A s = 0;
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-            const i64 c = lane + 32 * k;
-            yv[k] = c < cols ? Ty<T>::load(yr[c]) : A(0);
-            gv[k] = c < cols ? Ty<T>::load(gr[c]) : A(0);
             s += Log ? gv[k] : gv[k] * yv[k];
         }
         s = warp_reduce(s, SumOp());
-#pragma unroll
-        for (int k = 0; k < K; ++k) {
-            const i64 c = lane + 32 * k;
-            if (c < cols) {
-                dr[c] = Ty<T>::store(Log ? gv[k] - m_exp(yv[k]) * s : yv[k] * (gv[k] - s));
-            }
-        }
+        w.store(dx + r * cols, cols,
+                [&](int k) { return Log ? gv[k] - m_exp(yv[k]) * s : yv[k] * (gv[k] - s); });
     }
 }
 
@@ -157,18 +143,19 @@ __device__ __forceinline__ void softmax_backward_rows(const T* y, const T* dy, T
 FLINT_FLOATS(SOFTMAX, _)
 
 #define SOFTMAX_WARP(dt, T, K)                                                             \
-    extern "C" __global__ void softmax_w##K##_##dt(const T* x, T* y, i64 rows, i64 cols) { \
+    extern "C" __global__ void FLINT_WARP_ROWS_BOUNDS(T) softmax_w##K##_##dt(              \
+        const T* x, T* y, i64 rows, i64 cols) {                                            \
         softmax_warp_rows<T, false, K>(x, y, rows, cols);                                  \
     }                                                                                      \
-    extern "C" __global__ void log_softmax_w##K##_##dt(const T* x, T* y, i64 rows,         \
-                                                       i64 cols) {                         \
+    extern "C" __global__ void FLINT_WARP_ROWS_BOUNDS(T) log_softmax_w##K##_##dt(          \
+        const T* x, T* y, i64 rows, i64 cols) {                                            \
         softmax_warp_rows<T, true, K>(x, y, rows, cols);                                   \
     }                                                                                      \
-    extern "C" __global__ void softmax_backward_w##K##_##dt(const T* y, const T* dy, T* dx, \
-                                                            i64 rows, i64 cols) {          \
+    extern "C" __global__ void FLINT_WARP_ROWS_BOUNDS(T) softmax_backward_w##K##_##dt(     \
+        const T* y, const T* dy, T* dx, i64 rows, i64 cols) {                              \
         softmax_backward_warp_rows<T, false, K>(y, dy, dx, rows, cols);                    \
     }                                                                                      \
-    extern "C" __global__ void log_softmax_backward_w##K##_##dt(                           \
+    extern "C" __global__ void FLINT_WARP_ROWS_BOUNDS(T) log_softmax_backward_w##K##_##dt( \
         const T* y, const T* dy, T* dx, i64 rows, i64 cols) {                              \
         softmax_backward_warp_rows<T, true, K>(y, dy, dx, rows, cols);                     \
     }

@@ -255,3 +255,47 @@ fn the_tensor_core_attention_kernels_fit_in_registers() {
         "over 168 registers (what the launch bounds allow) or 64 bytes of spill: {over:?}"
     );
 }
+
+/// The warp-per-row kernels (softmax and layer norm) hold a row in registers under launch
+/// bounds that allow at most 128 a thread for types up to 4 bytes
+/// (`FLINT_WARP_ROWS_BOUNDS`): ptxas must fit them without spilling. Prints the f32
+/// figures.
+#[test]
+fn the_warp_row_kernels_fit_in_registers_without_spilling() {
+    // SAFETY: only probes for the library.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        if std::env::var("REQUIRE_NVRTC").as_deref() == Ok("1") {
+            panic!("REQUIRE_NVRTC=1 but NVRTC is missing");
+        }
+        say("SKIPPED: NVRTC not found; ptxas resource usage not checked");
+        return;
+    }
+    let mut seen = 0;
+    let mut over = Vec::new();
+    for module in ["softmax", "norm"] {
+        let m = flint_kernels::module(module).expect("a kernel module");
+        for (name, text) in ptxas_usage(m).unwrap_or_else(|e| panic!("{e}")) {
+            let Some(k) = name.split("_w").nth(1) else {
+                continue;
+            };
+            if !k.starts_with(|c: char| c.is_ascii_digit()) {
+                continue;
+            }
+            seen += 1;
+            if name.ends_with("_f32") {
+                say(&format!("ptxas {name}: {text}"));
+            }
+            let spill = usage_number(&text, "bytes spill stores")
+                .unwrap_or_else(|| panic!("no spill figure for {name}: {text}"));
+            let regs = usage_number(&text, "registers")
+                .unwrap_or_else(|| panic!("no register figure for {name}: {text}"));
+            let most = if name.ends_with("_f64") { 255 } else { 128 };
+            if spill > 0 || regs > most {
+                over.push(format!("{name}: {regs} registers, {spill} bytes spilled"));
+            }
+        }
+    }
+    // softmax: 4 kernels × 4 row lengths; layer norm: 2 × 3; four dtypes each
+    assert_eq!(seen, (4 * 4 + 2 * 3) * 4, "warp-per-row entries found");
+    assert!(over.is_empty(), "spilled, or over 128 registers (255 for f64): {over:?}");
+}

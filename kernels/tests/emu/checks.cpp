@@ -92,6 +92,19 @@ static void close(const std::string& name, const G& got, const Vd& want, double 
     report(true, name, "");
 }
 
+/// A copy of `v` one element into a new buffer: `.data() + 1` is the copy, misaligned for
+/// vector accesses (for the scalar order of the warp-per-row kernels, see WarpRow).
+template <typename T> static std::vector<T> shifted(const std::vector<T>& v) {
+    std::vector<T> s(v.size() + 1);
+    std::copy(v.begin(), v.end(), s.begin() + 1);
+    return s;
+}
+
+/// The elements of a `shifted` buffer.
+template <typename T> static std::vector<T> unshifted(const std::vector<T>& s) {
+    return std::vector<T>(s.begin() + 1, s.end());
+}
+
 // ---------------------------------------------------------------------------------------
 // Helpers
 
@@ -721,9 +734,27 @@ template <typename T> static void softmax_case(const char* dt, double tol, const
         run(2, 64, [&] { lfb(out.data(), dyt.data(), g.data(), R, C); });
         close("log_softmax_backward" + n, g, ldx, tol, tol);
     };
+    // a warp form, on the aligned buffers above (WarpRow's vector order when C is a
+    // multiple of its vector) and on misaligned copies (its scalar order)
+    auto check_warp = [&](const std::string& form, auto fits, Fwd f, Bwd fb, Fwd lf, Bwd lfb) {
+        report(fits(xt.data(), C) == (WarpRow<T, 4>::V > 1 && C % WarpRow<T, 4>::V == 0), std::string(dt) + form + rows + " aligned buffers take the vector order iff T has one and C is a multiple of it", "");
+        check(form, f, fb, lf, lfb);
+        auto xs = shifted(xt), dys = shifted(dyt), os = shifted(out), gs = shifted(g);
+        report(!fits(xs.data() + 1, C), std::string(dt) + form + rows + " misaligned buffers take the scalar order", "");
+        const std::string n = std::string("_") + dt + form + " misaligned" + rows;
+        run(2, 64, [&] { f(xs.data() + 1, os.data() + 1, R, C); });
+        close("softmax" + n, unshifted(os), y, tol, tol);
+        run(2, 64, [&] { fb(os.data() + 1, dys.data() + 1, gs.data() + 1, R, C); });
+        close("softmax_backward" + n, unshifted(gs), dx, tol, tol);
+        run(2, 64, [&] { lf(xs.data() + 1, os.data() + 1, R, C); });
+        close("log_softmax" + n, unshifted(os), ly, tol, tol);
+        run(2, 64, [&] { lfb(os.data() + 1, dys.data() + 1, gs.data() + 1, R, C); });
+        close("log_softmax_backward" + n, unshifted(gs), ldx, tol, tol);
+    };
 #define SM_FORM(K, dt)                                                                     \
-    check(" (warp per row, " #K " a lane)", softmax_w##K##_##dt, softmax_backward_w##K##_##dt, \
-          log_softmax_w##K##_##dt, log_softmax_backward_w##K##_##dt)
+    check_warp(" (warp per row, " #K " a lane)", WarpRow<T, K>::fits,                      \
+               softmax_w##K##_##dt, softmax_backward_w##K##_##dt, log_softmax_w##K##_##dt,   \
+               log_softmax_backward_w##K##_##dt)
     if constexpr (std::is_same<T, float>::value) {
         check(" (block per row)", softmax_f32, softmax_backward_f32, log_softmax_f32,
               log_softmax_backward_f32);
@@ -796,6 +827,56 @@ static Vd batch_norm_ref(const Vd& x, const Vd& w, const Vd& b, int N, int C, in
     return y;
 }
 
+// the warp-per-row layer norm forms in T: rows of 37 (2 a lane), 300 (10) and 1000 (32);
+// 5 rows on 2 blocks of 2 warps (a second round of rows), against the f64 block forms on
+// the same (T-rounded) numbers; on aligned buffers (WarpRow's vector order where T has
+// one and C is a multiple of it) and on misaligned copies (its scalar order)
+template <typename T>
+static void layer_norm_warp_case(const char* dt, double tol, double dtol, const int C) {
+    using namespace nm;
+    typedef typename Ty<T>::acc A;
+    const int R = 5;
+    const double eps = 1e-5;
+    const std::string at = std::string("_") + dt + " (" + std::to_string(R) + " rows of " + std::to_string(C) + ")";
+    auto xt = cast_vec<T>(rnd_vec(R * C, -3, 3)), wt = cast_vec<T>(rnd_vec(C)), bt = cast_vec<T>(rnd_vec(C)),
+         dyt = cast_vec<T>(rnd_vec(R * C));
+    Vd x(xt.begin(), xt.end()), w(wt.begin(), wt.end()), b(bt.begin(), bt.end()), dy(dyt.begin(), dyt.end());
+    Vd y(R * C), mean(R), rstd(R), dx(R * C);
+    run(3, 64, [&] { layer_norm_f64(x.data(), w.data(), b.data(), y.data(), mean.data(), rstd.data(), R, C, eps); });
+    run(3, 64, [&] { layer_norm_backward_f64(dy.data(), x.data(), w.data(), mean.data(), rstd.data(), dx.data(), R, C); });
+    std::vector<T> y2(R * C), dx2(R * C);
+    std::vector<A> mean2(R), rstd2(R);
+    auto xs = shifted(xt), dys = shifted(dyt), ys = shifted(y2), dxs = shifted(dx2);
+    typedef WarpRow<T, 8> W;
+    report(W::fits(xt.data(), C) == (W::V > 1 && C % W::V == 0) && !W::fits(xs.data() + 1, C),
+           "layer_norm_w*" + at + ": aligned buffers take the vector order iff T has one and C is a multiple of it, misaligned the scalar", "");
+    typedef void (*Fwd)(const T*, const T*, const T*, T*, A*, A*, i64, i64, double);
+    typedef void (*Bwd)(const T*, const T*, const T*, const A*, const A*, T*, i64, i64);
+    auto warp = [&](Fwd fwd, Bwd bwd, const char* k) {
+        const std::string n = std::string("layer_norm_w") + k, nb = std::string("layer_norm_backward_w") + k;
+        run(2, 64, [&] { fwd(xt.data(), wt.data(), bt.data(), y2.data(), mean2.data(), rstd2.data(), R, C, eps); });
+        close(n + at, y2, y, tol, tol);
+        close(n + " saved mean" + at, mean2, mean, tol, tol);
+        close(n + " saved rstd" + at, rstd2, rstd, tol, 0);
+        run(2, 64, [&] { bwd(dyt.data(), xt.data(), wt.data(), mean2.data(), rstd2.data(), dx2.data(), R, C); });
+        close(nb + at, dx2, dx, dtol, dtol);
+        run(2, 64, [&] { fwd(xs.data() + 1, wt.data(), bt.data(), ys.data() + 1, mean2.data(), rstd2.data(), R, C, eps); });
+        close(n + " misaligned" + at, unshifted(ys), y, tol, tol);
+        run(2, 64, [&] { bwd(dys.data() + 1, xs.data() + 1, wt.data(), mean2.data(), rstd2.data(), dxs.data() + 1, R, C); });
+        close(nb + " misaligned" + at, unshifted(dxs), dx, dtol, dtol);
+    };
+#define LN_FORMS(dt)                                                                       \
+    if (C <= 256) warp(layer_norm_w8_##dt, layer_norm_backward_w8_##dt, "8");              \
+    if (C <= 512) warp(layer_norm_w16_##dt, layer_norm_backward_w16_##dt, "16");           \
+    warp(layer_norm_w32_##dt, layer_norm_backward_w32_##dt, "32");
+    if constexpr (std::is_same<T, float>::value) {
+        LN_FORMS(f32)
+    } else {
+        LN_FORMS(f64)
+    }
+#undef LN_FORMS
+}
+
 static void test_norm() {
     using namespace nm;
     {
@@ -849,28 +930,13 @@ static void test_norm() {
         close("layer_norm_f32 without affine or saved stats", yf,
               layer_norm_ref(Vd(xf.begin(), xf.end()), Vd(C, 1), Vd(C, 0), R, C, eps), 1e-5, 1e-5);
     }
-    // the warp-per-row forms: rows of 37 (2 a lane), 300 (10) and 1000 (32); 5 rows on
-    // 2 blocks of 2 warps (a second round of rows), against the block forms' references
     for (int C : {37, 300, 1000}) {
+        layer_norm_warp_case<double>("f64", 1e-13, 1e-12, C);
+        layer_norm_warp_case<float>("f32", 1e-5, 1e-5, C);
         const int R = 5;
         const double eps = 1e-5;
         const std::string at = " (" + std::to_string(R) + " rows of " + std::to_string(C) + ")";
-        Vd x = rnd_vec(R * C, -3, 3), w = rnd_vec(C), b = rnd_vec(C), dy = rnd_vec(R * C);
-        Vd y(R * C), mean(R), rstd(R), dx(R * C), y2(R * C), mean2(R), rstd2(R), dx2(R * C);
-        run(3, 64, [&] { layer_norm_f64(x.data(), w.data(), b.data(), y.data(), mean.data(), rstd.data(), R, C, eps); });
-        run(3, 64, [&] { layer_norm_backward_f64(dy.data(), x.data(), w.data(), mean.data(), rstd.data(), dx.data(), R, C); });
-        auto warp = [&](auto fwd, auto bwd, const char* k) {
-            run(2, 64, [&] { fwd(x.data(), w.data(), b.data(), y2.data(), mean2.data(), rstd2.data(), R, C, eps); });
-            close(std::string("layer_norm_w") + k + "_f64" + at, y2, y, 1e-13, 1e-13);
-            close(std::string("layer_norm_w") + k + "_f64 saved mean" + at, mean2, mean, 1e-13, 1e-14);
-            close(std::string("layer_norm_w") + k + "_f64 saved rstd" + at, rstd2, rstd, 1e-13, 0);
-            run(2, 64, [&] { bwd(dy.data(), x.data(), w.data(), mean.data(), rstd.data(), dx2.data(), R, C); });
-            close(std::string("layer_norm_backward_w") + k + "_f64" + at, dx2, dx, 1e-12, 1e-13);
-        };
-        if (C <= 256) warp(layer_norm_w8_f64, layer_norm_backward_w8_f64, "8");
-        if (C <= 512) warp(layer_norm_w16_f64, layer_norm_backward_w16_f64, "16");
-        warp(layer_norm_w32_f64, layer_norm_backward_w32_f64, "32");
-        auto xf = cast_vec<float>(x);
+        auto xf = cast_vec<float>(rnd_vec(R * C, -3, 3));
         std::vector<float> yf(R * C);
         run(1, 64, [&] { layer_norm_w32_f32(xf.data(), nullptr, nullptr, yf.data(), nullptr, nullptr, R, C, eps); });
         close("layer_norm_w32_f32 without affine or saved stats" + at, yf,
