@@ -297,5 +297,8 @@ fn the_warp_row_kernels_fit_in_registers_without_spilling() {
     }
     // softmax: 4 kernels × 4 row lengths; layer norm: 2 × 3; four dtypes each
     assert_eq!(seen, (4 * 4 + 2 * 3) * 4, "warp-per-row entries found");
-    assert!(over.is_empty(), "spilled, or over 128 registers (255 for f64): {over:?}");
+    assert!(
+        over.is_empty(),
+        "spilled, or over 128 registers (255 for f64): {over:?}"
+    );
 }
