@@ -829,6 +829,54 @@ fn parity_cases(dt: DType) -> Vec<ParityCase> {
             Box::new(|t| layer_norm(&t[0], &[5], Some(&t[1]), Some(&t[2]), 1e-5).unwrap()),
         ),
     ];
+    // the warp-per-row softmax and layer norm kernels (rows of 512 and 1024: 16 and 32 a
+    // lane), forward and backward: rows 16-byte aligned (the vector order) and at an
+    // odd element offset (the scalar order)
+    let rows = 3usize;
+    for (cols, off) in [(512usize, 0usize), (512, 1), (1024, 0), (1024, 1)] {
+        let rows_of = move |t: &Tensor| t.narrow(0, off, rows * cols).view([rows, cols]);
+        let names: [&'static str; 2] = match (cols, off) {
+            (512, 0) => [
+                "softmax fwd+bwd, rows of 512, aligned",
+                "layer_norm fwd+bwd, rows of 512, aligned",
+            ],
+            (512, _) => [
+                "softmax fwd+bwd, rows of 512, offset 1",
+                "layer_norm fwd+bwd, rows of 512, offset 1",
+            ],
+            (_, 0) => [
+                "softmax fwd+bwd, rows of 1024, aligned",
+                "layer_norm fwd+bwd, rows of 1024, aligned",
+            ],
+            _ => [
+                "softmax fwd+bwd, rows of 1024, offset 1",
+                "layer_norm fwd+bwd, rows of 1024, offset 1",
+            ],
+        };
+        let (x, gy) = (r(&[rows * cols + 1]), r(&[rows * cols + 1]));
+        v.push(case(
+            names[0],
+            vec![x.clone(), gy.clone()],
+            Box::new(move |t| {
+                let x = rows_of(&t[0]).detach().requires_grad_(true);
+                let (y, ly) = (x.softmax(-1), x.log_softmax(-1));
+                let loss = (&y * &rows_of(&t[1])).sum_all() + (&ly * &rows_of(&t[1])).sum_all();
+                let g = flint::autograd::grad(&[loss], &[x], None, false, false).unwrap();
+                Tensor::cat(&[y, ly, g[0].clone().unwrap()], 0)
+            }),
+        ));
+        v.push(case(
+            names[1],
+            vec![x, gy, r(&[cols]), r(&[cols])],
+            Box::new(move |t| {
+                let x = rows_of(&t[0]).detach().requires_grad_(true);
+                let y = layer_norm(&x, &[cols], Some(&t[2]), Some(&t[3]), 1e-5).unwrap();
+                let loss = (&y * &rows_of(&t[1])).sum_all();
+                let g = flint::autograd::grad(&[loss], &[x], None, false, false).unwrap();
+                Tensor::cat(&[y, g[0].clone().unwrap()], 0)
+            }),
+        ));
+    }
     // sliding windows (the `window` kernels): convolution, pooling, unfold/fold
     let img = r(&[2, 4, 7, 6]);
     v.extend([
