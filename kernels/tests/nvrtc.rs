@@ -219,17 +219,39 @@ fn usage_number(text: &str, what: &str) -> Option<u64> {
     before.split_whitespace().last()?.parse().ok()
 }
 
+/// Whether NVRTC (and so ptxas) is loadable for the resource tests; prints a skip line
+/// when not, and panics under `REQUIRE_NVRTC=1`.
+fn ptxas_at_hand() -> bool {
+    // SAFETY: only probes for the library.
+    if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return true;
+    }
+    if std::env::var("REQUIRE_NVRTC").as_deref() == Ok("1") {
+        panic!("REQUIRE_NVRTC=1 but NVRTC is missing");
+    }
+    say("SKIPPED: NVRTC not found; ptxas resource usage not checked");
+    false
+}
+
+/// Checks one entry's ptxas resource text: `Err` (the entry and its figures) when it uses
+/// more than `max_regs` registers or spills more than `max_spill` bytes.
+fn within(name: &str, text: &str, max_regs: u64, max_spill: u64) -> Result<(), String> {
+    let spill = usage_number(text, "bytes spill stores")
+        .unwrap_or_else(|| panic!("no spill figure for {name}: {text}"));
+    let regs = usage_number(text, "registers")
+        .unwrap_or_else(|| panic!("no register figure for {name}: {text}"));
+    if spill > max_spill || regs > max_regs {
+        return Err(format!("{name}: {regs} registers, {spill} bytes spilled"));
+    }
+    Ok(())
+}
+
 /// The tensor-core attention kernels hold their tiles in registers: ptxas must not spill
 /// more than a few bytes of them (a change that makes them spill would slow them down
 /// several-fold, which only a GPU would show otherwise). Prints their register use.
 #[test]
 fn the_tensor_core_attention_kernels_fit_in_registers() {
-    // SAFETY: only probes for the library.
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        if std::env::var("REQUIRE_NVRTC").as_deref() == Ok("1") {
-            panic!("REQUIRE_NVRTC=1 but NVRTC is missing");
-        }
-        say("SKIPPED: NVRTC not found; ptxas resource usage not checked");
+    if !ptxas_at_hand() {
         return;
     }
     let m = flint_kernels::module("attention").expect("the attention module");
@@ -242,13 +264,7 @@ fn the_tensor_core_attention_kernels_fit_in_registers() {
     let mut over = Vec::new();
     for (name, text) in tc {
         say(&format!("ptxas {name}: {text}"));
-        let spill = usage_number(text, "bytes spill stores")
-            .unwrap_or_else(|| panic!("no spill figure for {name}: {text}"));
-        let regs = usage_number(text, "registers")
-            .unwrap_or_else(|| panic!("no register figure for {name}: {text}"));
-        if spill > 64 || regs > 168 {
-            over.push(format!("{name}: {regs} registers, {spill} bytes spilled"));
-        }
+        over.extend(within(name, text, 168, 64).err());
     }
     assert!(
         over.is_empty(),
@@ -262,12 +278,7 @@ fn the_tensor_core_attention_kernels_fit_in_registers() {
 /// figures.
 #[test]
 fn the_warp_row_kernels_fit_in_registers_without_spilling() {
-    // SAFETY: only probes for the library.
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        if std::env::var("REQUIRE_NVRTC").as_deref() == Ok("1") {
-            panic!("REQUIRE_NVRTC=1 but NVRTC is missing");
-        }
-        say("SKIPPED: NVRTC not found; ptxas resource usage not checked");
+    if !ptxas_at_hand() {
         return;
     }
     let mut seen = 0;
@@ -285,14 +296,8 @@ fn the_warp_row_kernels_fit_in_registers_without_spilling() {
             if name.ends_with("_f32") {
                 say(&format!("ptxas {name}: {text}"));
             }
-            let spill = usage_number(&text, "bytes spill stores")
-                .unwrap_or_else(|| panic!("no spill figure for {name}: {text}"));
-            let regs = usage_number(&text, "registers")
-                .unwrap_or_else(|| panic!("no register figure for {name}: {text}"));
             let most = if name.ends_with("_f64") { 255 } else { 128 };
-            if spill > 0 || regs > most {
-                over.push(format!("{name}: {regs} registers, {spill} bytes spilled"));
-            }
+            over.extend(within(&name, &text, most, 0).err());
         }
     }
     // softmax: 4 kernels × 4 row lengths; layer norm: 2 × 3; four dtypes each
