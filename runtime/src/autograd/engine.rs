@@ -315,7 +315,7 @@ fn run(
                     scatter_view_grad(&mut grads, &mut pending, &node, &g)
                 } =>
             {
-                // the gradient is already in the input's; the backward is not needed
+                // the gradient is in (or kept for) the input's; the backward is not needed
                 check_anomaly(&node, &g)?;
                 release_backward(&node, retain_graph)?;
                 Some(vec![None])
