@@ -193,13 +193,38 @@ fn join_plan(shape: &[usize], layouts: &[&Layout]) -> Join {
     }
 }
 
+/// When the gradients of views that tile a tensor of `shape` already lie where their
+/// views do, in one storage (the attention kernels write the gradients of a packed
+/// projection's q, k and v so), that storage seen as the tensor: no copy.
+fn joined_in_place(shape: &[usize], parts: &[(Layout, Tensor)]) -> Option<Tensor> {
+    let (l0, g0) = &parts[0];
+    let base = g0.layout().offset().checked_sub(l0.offset)?;
+    let in_place = parts.iter().all(|(l, g)| {
+        let gl = g.layout();
+        g.shares_storage(g0)
+            && gl.offset() == base + l.offset
+            && gl.shape() == l.shape()
+            && (l.shape().iter().zip(l.strides()).zip(gl.strides()))
+                .all(|((&n, a), b)| n <= 1 || a == b)
+    });
+    in_place.then(|| {
+        let mut whole = Layout::contiguous(shape);
+        whole.offset = base;
+        g0.with_layout(whole)
+    })
+}
+
 /// One tensor of `shape` from the gradients of views of parts of it (each added where
 /// its view lies, zeros elsewhere), as [`join_plan`] says: views that tile `shape` are
-/// one `cat`, every element written once and nothing zero-filled or read back.
+/// one `cat`, every element written once and nothing zero-filled or read back (or no
+/// copy at all when the gradients already lie in place, [`joined_in_place`]).
 fn join_views(shape: &[usize], parts: &[(Layout, Tensor)]) -> Tensor {
     let layouts: Vec<&Layout> = parts.iter().map(|(l, _)| l).collect();
     let plan = join_plan(shape, &layouts);
     if let Join::Cat(d, order) = &plan {
+        if let Some(t) = joined_in_place(shape, parts) {
+            return t;
+        }
         let pieces: Vec<Tensor> = order
             .iter()
             .map(|&(i, dropped)| match dropped {
@@ -590,6 +615,40 @@ mod tests {
             ]),
             Join::Add
         );
+    }
+
+    /// Gradients that already lie where their views do in one buffer (as the attention
+    /// kernels write a packed projection's) are joined without a copy: the buffer itself;
+    /// the same values in separate tensors are joined by a cat.
+    #[test]
+    fn gradients_already_in_place_are_the_joined_gradient() {
+        let (_, x) = input();
+        let parts = x.split(2, 1);
+        let buf = Tensor::arange(0.0, 60.0, 1.0, crate::DType::F64).view([3, 4, 5]) * 2.0;
+        let in_place: Vec<Tensor> = (0..2).map(|i| buf.narrow(1, 2 * i, 2)).collect();
+        let copies: Vec<Tensor> = in_place.iter().map(|t| t.contiguous() + 0.0).collect();
+        for (gs, shared) in [(in_place, true), (copies, false)] {
+            let g = grad(&parts, std::slice::from_ref(&x), Some(&gs), true, false).unwrap()[0]
+                .clone()
+                .unwrap();
+            assert_eq!(g.shares_storage(&buf), shared);
+            assert_eq!(g.to_vec::<f64>(), buf.to_vec::<f64>());
+        }
+        // in place but the storage's parts out of their views' places: a cat
+        let swapped: Vec<Tensor> = (0..2).map(|i| buf.narrow(1, 2 - 2 * i, 2)).collect();
+        let g = grad(
+            &parts,
+            std::slice::from_ref(&x),
+            Some(&swapped),
+            true,
+            false,
+        )
+        .unwrap()[0]
+            .clone()
+            .unwrap();
+        assert!(!g.shares_storage(&buf));
+        let want = Tensor::cat(&[&swapped[0], &swapped[1]], 1);
+        assert_eq!(g.to_vec::<f64>(), want.to_vec::<f64>());
     }
 
     /// Every way view gradients are put together gives what the views' own backward
