@@ -1382,6 +1382,62 @@ fn an_attention_block_trains_on_the_device_as_on_the_cpu() {
     assert_close(&dev, &cpu, 1e-4, 0.0, "losses");
 }
 
+/// Fused attention on heads split out of one packed `[B, T, 3·C]` projection (the
+/// transformer step's layout: on CUDA the output is written in `[B, T, H, D]` order and
+/// the three gradients in one buffer where q, k and v lie, which becomes the projection's
+/// gradient without a copy): the output, the output merged back to `[B, T, C]`, and the
+/// projection's gradient, all as f64, on `device`.
+fn packed_attention(device: Device, dtype: DType) -> Vec<Vec<f64>> {
+    let (b, t, h, d) = (2, 37, 3, 16);
+    let c = h * d;
+    let mut rng = Generator::new(5);
+    let qkv = rng
+        .randn([b, t, 3 * c], DType::F64)
+        .to_dtype(dtype)
+        .to(device)
+        .requires_grad_(true);
+    let gy = rng.randn([b, t, c], DType::F64).to_dtype(dtype).to(device);
+    // a non-leaf projection output, as a Linear's
+    let proj = &qkv * 1.0;
+    let parts = proj.split(c, -1);
+    let heads = |z: &Tensor| z.view([b, t, h, d]).transpose(1, 2);
+    let (q, k, v) = (heads(&parts[0]), heads(&parts[1]), heads(&parts[2]));
+    let o = scaled_dot_product_attention(&q, &k, &v, None, true, 0.0, false, None).unwrap();
+    let merged = o.transpose(1, 2).reshape([b, t, c]);
+    (&merged * &gy).sum_all().backward();
+    let grad = qkv.grad().expect("the projection's gradient");
+    [o, merged, grad]
+        .iter()
+        .map(|x| x.to_dtype(DType::F64).to_f64_vec())
+        .collect()
+}
+
+#[test]
+fn fused_attention_on_a_packed_projection_matches_the_cpu() {
+    let Some(g) = gpu("fused_attention_on_a_packed_projection_matches_the_cpu") else {
+        return;
+    };
+    // f64 (the SIMT kernels), f32 and bf16 (tensor cores: head dim 16); bf16 against f32
+    for (dt, tol) in [(DType::F64, 1e-10), (DType::F32, 1e-4), (DType::BF16, 3e-2)] {
+        let reference = if dt == DType::BF16 { DType::F32 } else { dt };
+        let want = packed_attention(Device::Cpu, reference);
+        let got = packed_attention(g.device, dt);
+        for (what, (x, y)) in ["output", "merged output", "projection gradient"]
+            .iter()
+            .zip(got.iter().zip(&want))
+        {
+            assert_close_scaled(x, y, tol, &format!("{what} {dt}"));
+        }
+    }
+}
+
+#[test]
+fn the_packed_attention_case_runs_on_the_cpu() {
+    let r = packed_attention(Device::Cpu, DType::F32);
+    assert_eq!(r[2].len(), 2 * 37 * 3 * 48);
+    assert!(r[2].iter().all(|x| x.is_finite()) && r[2].iter().any(|&x| x != 0.0));
+}
+
 /// The bf16 losses' tolerance against f32's over 10 steps: bf16 keeps 8 significant bits
 /// in every parameter, activation and AdamW state (the CPU's bf16 run stays within 0.6 %
 /// of its f32 run).

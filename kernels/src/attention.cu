@@ -5,10 +5,10 @@
 // per key (dk/dv) row, the other operand streamed through shared memory in tiles, online
 // softmax in the acc type (f32 for f16/bf16/f32, f64 for f64).
 //
-// Layout: q [B, H, Tq, D], k [B, H, Tk, D], v [B, H, Tk, Dv], D and Dv <= 128. q, k, v may
-// be strided over (b, h, t) (AttentionParams strides) but their last dim is contiguous;
-// out/dout [B, H, Tq, Dv], lse/delta [B, H, Tq] (acc type), dq [B, H, Tq, D],
-// dk [B, H, Tk, D] and dv [B, H, Tk, Dv] are contiguous.
+// Layout: q [B, H, Tq, D], k [B, H, Tk, D], v [B, H, Tk, Dv], D and Dv <= 128; out/dout
+// [B, H, Tq, Dv], dq [B, H, Tq, D], dk [B, H, Tk, D] and dv [B, H, Tk, Dv]. Each of these
+// may be strided over (b, h, t) (AttentionParams strides; out and dout share theirs) but
+// its last dim is contiguous. lse/delta [B, H, Tq] (acc type) are contiguous.
 // Masking, as F.scaled_dot_product_attention: `mask` (bool, may be null) is true where
 // query i MAY attend key j; `bias` (T, may be null) is added to the scaled scores; both
 // are read at b*s[0] + h*s[1] + i*s[2] + j*s[3] with their strides (0 = broadcast).
@@ -31,12 +31,16 @@
 #define ATT_MAX_D 128
 #define ATT_PER_LANE 4 // ATT_MAX_D / 32
 
-/// Mirrored by `flint_kernels::AttentionParams` (#[repr(C)], 224 bytes), passed by value.
+/// Mirrored by `flint_kernels::AttentionParams` (#[repr(C)], 320 bytes), passed by value.
 struct AttentionParams {
     i64 batch, heads, tq, tk, d, dv;
     i64 q_stride[3];    // (b, h, t) element strides of q
     i64 k_stride[3];    // of k
     i64 v_stride[3];    // of v
+    i64 o_stride[3];    // of out and dout
+    i64 dq_stride[3];   // of dq
+    i64 dk_stride[3];   // of dk
+    i64 dv_stride[3];   // of dv
     i64 mask_stride[4]; // (b, h, i, j) strides of the bool mask
     i64 bias_stride[4]; // (b, h, i, j) strides of the additive bias
     double scale;       // usually 1/sqrt(D)
@@ -45,7 +49,7 @@ struct AttentionParams {
     u64 offset;         // dropout: its first counter
     double dropout;     // dropout probability in [0, 1); 0 = none
 };
-static_assert(sizeof(AttentionParams) == 224, "must match flint_kernels::AttentionParams");
+static_assert(sizeof(AttentionParams) == 320, "must match flint_kernels::AttentionParams");
 
 /// The dropout of one call: the keep threshold and the factor of a kept weight (rounded
 /// to T, as the CPU's).
@@ -99,6 +103,11 @@ __device__ __forceinline__ typename Ty<T>::acc att_score(typename Ty<T>::acc dot
     return s;
 }
 
+/// Element offset of problem (b, h)'s first row in an operand of (b, h, t) strides `s`.
+__device__ __forceinline__ i64 att_at(const i64 (&s)[3], i64 b, i64 h) {
+    return b * s[0] + h * s[1];
+}
+
 /// Problem bh's (b, h) and the first rows of its q, k and v.
 template <typename T> struct AttProblem {
     i64 b, h;
@@ -107,9 +116,9 @@ template <typename T> struct AttProblem {
                                           const AttentionParams& p, i64 bh) {
         b = bh / p.heads;
         h = bh - b * p.heads;
-        q = q0 + b * p.q_stride[0] + h * p.q_stride[1];
-        k = k0 + b * p.k_stride[0] + h * p.k_stride[1];
-        v = v0 + b * p.v_stride[0] + h * p.v_stride[1];
+        q = q0 + att_at(p.q_stride, b, h);
+        k = k0 + att_at(p.k_stride, b, h);
+        v = v0 + att_at(p.v_stride, b, h);
     }
 };
 
@@ -207,7 +216,8 @@ __device__ __forceinline__ void attention_forward_impl(const T* q, const T* k, c
                 for (int e = 0; e < ATT_PER_LANE; ++e) {
                     const int c = lane + 32 * e;
                     if (c < p.dv) {
-                        out[row * p.dv + c] = Ty<T>::store(acc[e] * inv);
+                        out[att_at(p.o_stride, b, h) + i * p.o_stride[2] + c] =
+                            Ty<T>::store(acc[e] * inv);
                     }
                 }
                 if (lane == 0) {
@@ -218,19 +228,23 @@ __device__ __forceinline__ void attention_forward_impl(const T* q, const T* k, c
     }
 }
 
-// attention_backward_delta_<dt>(const T* out, const T* dout, A* delta, i64 rows, i64 dv)
-//   delta[r] = sum_c dout[r, c] * out[r, c] over rows = B*H*Tq (one warp per row).
+// attention_backward_delta_<dt>(const T* out, const T* dout, A* delta, AttentionParams p)
+//   delta[r] = sum_c dout[r, c] * out[r, c] over rows r = (b, h, i) of B*H*Tq (one warp per
+//   row; out and dout at p.o_stride).
 template <typename T>
 __device__ __forceinline__ void attention_delta_impl(const T* out, const T* dout,
-                                                     typename Ty<T>::acc* delta, i64 rows,
-                                                     i64 dv) {
+                                                     typename Ty<T>::acc* delta,
+                                                     const AttentionParams& p) {
     typedef typename Ty<T>::acc A;
     const int lane = threadIdx.x & 31;
     const i64 warps_total = ((i64)blockDim.x * gridDim.x) >> 5;
+    const i64 rows = p.batch * p.heads * p.tq;
     for (i64 r = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; r < rows; r += warps_total) {
+        const i64 bh = r / p.tq, i = r - bh * p.tq, b = bh / p.heads, h = bh - b * p.heads;
+        const i64 at = att_at(p.o_stride, b, h) + i * p.o_stride[2];
         A s = 0;
-        for (i64 c = lane; c < dv; c += 32) {
-            s += Ty<T>::load(dout[r * dv + c]) * Ty<T>::load(out[r * dv + c]);
+        for (i64 c = lane; c < p.dv; c += 32) {
+            s += Ty<T>::load(dout[at + c]) * Ty<T>::load(out[at + c]);
         }
         s = warp_reduce(s, SumOp());
         if (lane == 0) {
@@ -272,7 +286,9 @@ __device__ __forceinline__ void attention_dq_impl(const T* q, const T* k, const 
                             ? Ty<T>::load(q[b * p.q_stride[0] + h * p.q_stride[1] +
                                             i * p.q_stride[2] + c])
                             : A(0);
-                dor[e] = (active && c < p.dv) ? Ty<T>::load(dout[row * p.dv + c]) : A(0);
+                dor[e] = (active && c < p.dv) ? Ty<T>::load(dout[att_at(p.o_stride, b, h) +
+                                                                 i * p.o_stride[2] + c])
+                                              : A(0);
                 g[e] = 0;
             }
             const A lse_i = active ? lse[row] : A(0), delta_i = active ? delta[row] : A(0);
@@ -322,7 +338,8 @@ __device__ __forceinline__ void attention_dq_impl(const T* q, const T* k, const 
                 for (int e = 0; e < ATT_PER_LANE; ++e) {
                     const int c = lane + 32 * e;
                     if (c < p.d) {
-                        dq[row * p.d + c] = Ty<T>::store(g[e] * (A)p.scale);
+                        dq[att_at(p.dq_stride, b, h) + i * p.dq_stride[2] + c] =
+                            Ty<T>::store(g[e] * (A)p.scale);
                     }
                 }
             }
@@ -353,7 +370,7 @@ __device__ __forceinline__ void attention_dkv_impl(const T* q, const T* k, const
         const AttProblem<T> pr(q, k, v, p, bh);
         const i64 b = pr.b, h = pr.h;
         const T* qb = pr.q;
-        const T* dob = dout + bh * p.tq * p.dv;
+        const T* dob = dout + att_at(p.o_stride, b, h);
         for (i64 kt = blockIdx.x; kt < tiles; kt += gridDim.x) {
             const i64 j = kt * warps + warp;
             const bool active = j < p.tk;
@@ -377,7 +394,7 @@ __device__ __forceinline__ void attention_dkv_impl(const T* q, const T* k, const
             for (i64 q0 = qstart; q0 < p.tq; q0 += BQ) {
                 __syncthreads();
                 att_load_tile<T, AttTile<A>::rows>(qs, qb, q0, p.tq, p.q_stride[2], p.d);
-                att_load_tile<T, AttTile<A>::rows>(dos, dob, q0, p.tq, p.dv, p.dv);
+                att_load_tile<T, AttTile<A>::rows>(dos, dob, q0, p.tq, p.o_stride[2], p.dv);
                 for (int r = threadIdx.x; r < BQ; r += blockDim.x) {
                     const bool in = q0 + r < p.tq;
                     lse_s[r] = in ? lse[bh * p.tq + q0 + r] : A(0);
@@ -423,15 +440,16 @@ __device__ __forceinline__ void attention_dkv_impl(const T* q, const T* k, const
                 }
             }
             if (active) {
-                const i64 row = bh * p.tk + j;
+                const i64 ak = att_at(p.dk_stride, b, h) + j * p.dk_stride[2];
+                const i64 av = att_at(p.dv_stride, b, h) + j * p.dv_stride[2];
 #pragma unroll
                 for (int e = 0; e < ATT_PER_LANE; ++e) {
                     const int c = lane + 32 * e;
                     if (c < p.d) {
-                        dk[row * p.d + c] = Ty<T>::store(gk[e] * (A)p.scale);
+                        dk[ak + c] = Ty<T>::store(gk[e] * (A)p.scale);
                     }
                     if (c < p.dv) {
-                        dv[row * p.dv + c] = Ty<T>::store(gv[e]);
+                        dv[av + c] = Ty<T>::store(gv[e]);
                     }
                 }
             }
@@ -447,8 +465,8 @@ __device__ __forceinline__ void attention_dkv_impl(const T* q, const T* k, const
         attention_forward_impl<T>(q, k, v, mask, bias, out, lse, p);                       \
     }                                                                                      \
     extern "C" __global__ void attention_backward_delta_##dt(                              \
-        const T* out, const T* dout, Ty<T>::acc* delta, i64 rows, i64 dv) {                \
-        attention_delta_impl<T>(out, dout, delta, rows, dv);                               \
+        const T* out, const T* dout, Ty<T>::acc* delta, AttentionParams p) {               \
+        attention_delta_impl<T>(out, dout, delta, p);                                      \
     }                                                                                      \
     extern "C" __global__ void attention_backward_dq_##dt(                                 \
         const T* q, const T* k, const T* v, const u8* mask, const T* bias, const T* dout,  \
@@ -959,13 +977,14 @@ __device__ __forceinline__ void att_tc_forward(const T* q, const T* k, const T* 
                 }
                 const i64 row = bh * p.tq + i;
                 const float inv = 1.0f / l[r]; // l = 0 (nothing attended): NaN output
+                T* orow = out + att_at(p.o_stride, bh / p.heads, bh % p.heads) + i * p.o_stride[2];
 #pragma unroll
                 for (int n = 0; n < 8; ++n) {
 #pragma unroll
                     for (int c = 0; c < 2; ++c) {
                         const i64 col = 8 * n + 2 * qq + c;
                         if (col < p.dv) {
-                            out[row * p.dv + col] = Ty<T>::store(o[n][2 * r + c] * inv);
+                            orow[col] = Ty<T>::store(o[n][2 * r + c] * inv);
                         }
                     }
                 }
@@ -1026,7 +1045,8 @@ __device__ __forceinline__ void att_tc_dq(const T* q, const T* k, const T* v, co
             const i64 i0 = qt * 32, r0 = i0 + 16 * warp;
             __syncthreads();
             att_tc_load<T, 32>(qs, qb, i0, p.tq, p.q_stride[2], p.d);
-            att_tc_load<T, 32>(dos, dout + bh * p.tq * p.dv, i0, p.tq, p.dv, p.dv);
+            att_tc_load<T, 32>(dos, dout + att_at(p.o_stride, b, h), i0, p.tq, p.o_stride[2],
+                               p.dv);
             float lse_r[2], delta_r[2];
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
@@ -1075,7 +1095,8 @@ __device__ __forceinline__ void att_tc_dq(const T* q, const T* k, const T* v, co
                     for (int c = 0; c < 2; ++c) {
                         const i64 col = 8 * n + 2 * qq + c;
                         if (col < p.d) {
-                            dq[(bh * p.tq + i) * p.d + col] = Ty<T>::store(acc[n][2 * r + c] * sc);
+                            dq[att_at(p.dq_stride, b, h) + i * p.dq_stride[2] + col] =
+                                Ty<T>::store(acc[n][2 * r + c] * sc);
                         }
                     }
                 }
@@ -1105,7 +1126,7 @@ __device__ __forceinline__ void att_tc_dkv(const T* q, const T* k, const T* v, c
         const AttProblem<T> pr(q, k, v, p, bh);
         const i64 b = pr.b, h = pr.h;
         const T *qb = pr.q, *kb = pr.k, *vb = pr.v;
-        const T* dob = dout + bh * p.tq * p.dv;
+        const T* dob = dout + att_at(p.o_stride, b, h);
         for (i64 kt = blockIdx.x; kt < tiles; kt += gridDim.x) {
             const i64 j0 = kt * 32, r0 = j0 + 16 * warp;
             __syncthreads();
@@ -1119,7 +1140,7 @@ __device__ __forceinline__ void att_tc_dkv(const T* q, const T* k, const T* v, c
             for (i64 q0 = qstart; q0 < p.tq; q0 += ATT_TC_TILE) {
                 __syncthreads();
                 att_tc_load<T, ATT_TC_TILE>(qs, qb, q0, p.tq, p.q_stride[2], p.d);
-                att_tc_load<T, ATT_TC_TILE>(dos, dob, q0, p.tq, p.dv, p.dv);
+                att_tc_load<T, ATT_TC_TILE>(dos, dob, q0, p.tq, p.o_stride[2], p.dv);
                 for (int r = threadIdx.x; r < ATT_TC_TILE; r += blockDim.x) {
                     const bool in = q0 + r < p.tq;
                     lse_s[r] = in ? lse[bh * p.tq + q0 + r] : 0.0f;
@@ -1152,17 +1173,18 @@ __device__ __forceinline__ void att_tc_dkv(const T* q, const T* k, const T* v, c
                 if (j >= p.tk) {
                     continue;
                 }
-                const i64 row = bh * p.tk + j;
+                const i64 ak = att_at(p.dk_stride, b, h) + j * p.dk_stride[2];
+                const i64 av = att_at(p.dv_stride, b, h) + j * p.dv_stride[2];
 #pragma unroll
                 for (int n = 0; n < 8; ++n) {
 #pragma unroll
                     for (int c = 0; c < 2; ++c) {
                         const i64 col = 8 * n + 2 * qq + c;
                         if (col < p.d) {
-                            dk[row * p.d + col] = Ty<T>::store(gk[n][2 * r + c] * sc);
+                            dk[ak + col] = Ty<T>::store(gk[n][2 * r + c] * sc);
                         }
                         if (col < p.dv) {
-                            dv[row * p.dv + col] = Ty<T>::store(gv[n][2 * r + c]);
+                            dv[av + col] = Ty<T>::store(gv[n][2 * r + c]);
                         }
                     }
                 }
@@ -1171,11 +1193,10 @@ __device__ __forceinline__ void att_tc_dkv(const T* q, const T* k, const T* v, c
     }
 }
 
-// FWD_BOUNDS: the forward's launch bounds. f16/bf16 take 172 registers without them (2
-// blocks per SM instead of 3) and 168 with them, spilling nothing; f32 fits in 168 without
-// them, and they would make it spill 12 bytes.
-#define ATTENTION_TC(dt, T, FWD_BOUNDS)                                                    \
-    extern "C" __global__ void FWD_BOUNDS attention_tc_forward_##dt(                       \
+// The forwards' launch bounds (3 blocks of 128 threads per SM): without them f32 takes
+// 171 registers and f16/bf16 172 (2 blocks per SM); with them all take 168 and spill nothing.
+#define ATTENTION_TC(dt, T)                                                                \
+    extern "C" __global__ void __launch_bounds__(128, 3) attention_tc_forward_##dt(        \
         const T* q, const T* k, const T* v, const u8* mask, const T* bias, T* out,         \
         float* lse, AttentionParams p) {                                                   \
         att_tc_forward<T>(q, k, v, mask, bias, out, lse, p);                                \
@@ -1190,6 +1211,6 @@ __device__ __forceinline__ void att_tc_dkv(const T* q, const T* k, const T* v, c
         const float* lse, const float* delta, T* dk, T* dv, AttentionParams p) {           \
         att_tc_dkv<T>(q, k, v, mask, bias, dout, lse, delta, dk, dv, p);                    \
     }
-ATTENTION_TC(f32, float, )
-ATTENTION_TC(f16, f16_t, __launch_bounds__(128, 3))
-ATTENTION_TC(bf16, bf16_t, __launch_bounds__(128, 3))
+ATTENTION_TC(f32, float)
+ATTENTION_TC(f16, f16_t)
+ATTENTION_TC(bf16, bf16_t)

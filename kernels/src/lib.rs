@@ -315,7 +315,7 @@ impl WindowParams {
 }
 
 /// Shapes, strides and options of the attention kernels: the C `AttentionParams` of
-/// `attention.cu`, passed by value (`#[repr(C)]`, 224 bytes). See the README's
+/// `attention.cu`, passed by value (`#[repr(C)]`, 320 bytes). See the README's
 /// `attention` section.
 ///
 /// ```
@@ -325,7 +325,8 @@ impl WindowParams {
 /// assert_eq!(p.scale, 0.125);
 /// assert_eq!(p.causal, 1);
 /// assert_eq!(p.dropout, 0.0);
-/// assert_eq!(std::mem::size_of::<AttentionParams>(), 224);
+/// assert_eq!(p.o_stride, [4 * 16 * 64, 16 * 64, 64]);
+/// assert_eq!(std::mem::size_of::<AttentionParams>(), 320);
 /// ```
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -348,6 +349,14 @@ pub struct AttentionParams {
     pub k_stride: [i64; 3],
     /// Element strides of v over (b, h, t).
     pub v_stride: [i64; 3],
+    /// Element strides of the output and its gradient over (b, h, t); last dim contiguous.
+    pub o_stride: [i64; 3],
+    /// Element strides of q's gradient over (b, h, t).
+    pub dq_stride: [i64; 3],
+    /// Element strides of k's gradient over (b, h, t).
+    pub dk_stride: [i64; 3],
+    /// Element strides of v's gradient over (b, h, t).
+    pub dv_stride: [i64; 3],
     /// Strides of the bool mask over (b, h, i, j); 0 broadcasts.
     pub mask_stride: [i64; 4],
     /// Strides of the additive bias over (b, h, i, j); 0 broadcasts.
@@ -365,7 +374,7 @@ pub struct AttentionParams {
     pub dropout: f64,
 }
 
-const _: () = assert!(std::mem::size_of::<AttentionParams>() == 224);
+const _: () = assert!(std::mem::size_of::<AttentionParams>() == 320);
 
 /// The largest head dim the attention kernels take.
 pub const ATTENTION_MAX_HEAD_DIM: usize = 128;
@@ -383,7 +392,8 @@ pub const ATTENTION_TC_BACKWARD_ROWS: usize = 32;
 
 impl AttentionParams {
     /// Parameters for contiguous `q [B, H, Tq, D]`, `k [B, H, Tk, D]`,
-    /// `v [B, H, Tk, Dv]`, scale `1/√D`, no mask, no bias, not causal.
+    /// `v [B, H, Tk, Dv]` (and output and gradients), scale `1/√D`, no mask, no bias, not
+    /// causal.
     ///
     /// ```
     /// let p = flint_kernels::AttentionParams::contiguous(1, 1, 3, 5, 4, 2);
@@ -400,6 +410,10 @@ impl AttentionParams {
             q_stride: [heads * tq * d, tq * d, d],
             k_stride: [heads * tk * d, tk * d, d],
             v_stride: [heads * tk * dv, tk * dv, dv],
+            o_stride: [heads * tq * dv, tq * dv, dv],
+            dq_stride: [heads * tq * d, tq * d, d],
+            dk_stride: [heads * tk * d, tk * d, d],
+            dv_stride: [heads * tk * dv, tk * dv, dv],
             mask_stride: [0; 4],
             bias_stride: [0; 4],
             scale: 1.0 / (d as f64).sqrt(),

@@ -1325,6 +1325,20 @@ ATT_KERNELS(f64, double)
 ATT_KERNELS(f16, at::f16_t)
 ATT_KERNELS(bf16, at::bf16_t)
 
+/// `x` of [B, H, T, W] rearranged into [B, T, H, W] order (`to_bthw`), or back.
+template <typename V> static V att_bthw(const V& x, int B, int H, int T, int W, bool to_bthw) {
+    V y(x.size());
+    for (int b = 0; b < B; ++b)
+        for (int h = 0; h < H; ++h)
+            for (int t = 0; t < T; ++t)
+                for (int w = 0; w < W; ++w) {
+                    const size_t bh = (((size_t)b * H + h) * T + t) * W + w, bt = (((size_t)b * T + t) * H + h) * W + w;
+                    if (to_bthw) y[bt] = x[bh];
+                    else y[bh] = x[bt];
+                }
+    return y;
+}
+
 /// Runs case `c` in T through the SIMT kernels (tolerance `tol` against the double
 /// reference on the same T inputs) and, where T has them and the heads fit, the
 /// tensor-core kernels (tolerance `tc_tol`).
@@ -1356,13 +1370,22 @@ template <typename T> static void attention_case(const AttCase& c, double tol, d
                     const size_t dst = c.transposed_q ? ((size_t)(b * Tq + i) * H + h) * D + e : src;
                     qs[dst] = att_elem<T>(q[src]);
                 }
-    if (c.transposed_q) {
-        p.q_stride[0] = (i64)Tq * H * D, p.q_stride[1] = D, p.q_stride[2] = (i64)H * D;
-    } else {
-        p.q_stride[0] = (i64)H * Tq * D, p.q_stride[1] = (i64)Tq * D, p.q_stride[2] = D;
-    }
-    p.k_stride[0] = (i64)H * Tk * D, p.k_stride[1] = (i64)Tk * D, p.k_stride[2] = D;
-    p.v_stride[0] = (i64)H * Tk * Dv, p.v_stride[1] = (i64)Tk * Dv, p.v_stride[2] = Dv;
+    // (b, h, t) strides of [B, H, R, W], stored in [B, R, H, W] order when `bthw`
+    auto rows = [&](i64(&s)[3], int R, int W, bool bthw) {
+        if (bthw) {
+            s[0] = (i64)R * H * W, s[1] = W, s[2] = (i64)H * W;
+        } else {
+            s[0] = (i64)H * R * W, s[1] = (i64)R * W, s[2] = W;
+        }
+    };
+    // with transposed_q, out, dout and dq are in q's order too (as the host allocates
+    // them); k, v, dk, dv stay contiguous
+    const bool tr = c.transposed_q;
+    rows(p.q_stride, Tq, D, tr), rows(p.o_stride, Tq, Dv, tr), rows(p.dq_stride, Tq, D, tr);
+    rows(p.k_stride, Tk, D, false), rows(p.v_stride, Tk, Dv, false);
+    rows(p.dk_stride, Tk, D, false), rows(p.dv_stride, Tk, Dv, false);
+    // an output stored in [B, R, H, W] order, back in [B, H, R, W] for the comparisons
+    auto un = [&](const auto& x, int R, int W) { return tr ? att_bthw(x, B, H, R, W, false) : x; };
     const uint8_t* mask_ptr = nullptr;
     if (c.block_row) {
         full_mask.assign((size_t)B * Tq * Tk, 1);
@@ -1381,7 +1404,8 @@ template <typename T> static void attention_case(const AttCase& c, double tol, d
         p.bias_stride[0] = 0, p.bias_stride[1] = (i64)Tq * Tk, p.bias_stride[2] = Tk, p.bias_stride[3] = 1;
     }
     const T* bias_ptr = c.bias ? bias_t.data() : nullptr;
-    std::vector<T> kt = att_elems<T>(k), vt = att_elems<T>(v), dot = att_elems<T>(dout);
+    std::vector<T> kt = att_elems<T>(k), vt = att_elems<T>(v);
+    std::vector<T> dot = att_elems<T>(tr ? att_bthw(dout, B, H, Tq, Dv, true) : dout);
     std::vector<T> out(B * H * Tq * Dv), dq(q.size()), dk(k.size()), dv(v.size());
     typedef typename Ty<T>::acc A;
     std::vector<A> lse(B * H * Tq), delta(B * H * Tq);
@@ -1391,15 +1415,15 @@ template <typename T> static void attention_case(const AttCase& c, double tol, d
     const std::string n = std::string(c.name) + " " + AttKernels<T>::name;
     emu_launch(dim3{qtiles, (unsigned)(B * H), 1}, dim3{32 * W, 1, 1},
                [&] { AttKernels<T>::fwd(qs.data(), kt.data(), vt.data(), mask_ptr, bias_ptr, out.data(), lse.data(), p); });
-    close("attention_forward " + n + " out", att_vals(out), r.out, tol, tol);
+    close("attention_forward " + n + " out", att_vals(un(out, Tq, Dv)), r.out, tol, tol);
     close("attention_forward " + n + " lse", lse, r.lse, tol, tol);
-    run(2, 64, [&] { AttKernels<T>::delta(out.data(), dot.data(), delta.data(), B * H * Tq, Dv); });
+    run(2, 64, [&] { AttKernels<T>::delta(out.data(), dot.data(), delta.data(), p); });
     // a small grid: exercise the grid-stride loops over query tiles and (b, h)
     emu_launch(dim3{(qtiles + 1) / 2, (unsigned)(B * H + 1) / 2, 1}, dim3{32 * W, 1, 1},
                [&] { AttKernels<T>::dq(qs.data(), kt.data(), vt.data(), mask_ptr, bias_ptr, dot.data(), lse.data(), delta.data(), dq.data(), p); });
     emu_launch(dim3{ktiles, (unsigned)(B * H), 1}, dim3{32 * W, 1, 1},
                [&] { AttKernels<T>::dkv(qs.data(), kt.data(), vt.data(), mask_ptr, bias_ptr, dot.data(), lse.data(), delta.data(), dk.data(), dv.data(), p); });
-    close("attention_backward " + n + " dq", att_vals(dq), r.dq, tol, tol);
+    close("attention_backward " + n + " dq", att_vals(un(dq, Tq, D)), r.dq, tol, tol);
     close("attention_backward " + n + " dk", att_vals(dk), r.dk, tol, tol);
     close("attention_backward " + n + " dv", att_vals(dv), r.dv, tol, tol);
     if constexpr (!std::is_same<T, double>::value) {
@@ -1412,15 +1436,15 @@ template <typename T> static void attention_case(const AttCase& c, double tol, d
         const unsigned bh = (unsigned)(B * H);
         emu_launch(dim3{(unsigned)(Tq + 63) / 64, bh, 1}, dim3{128, 1, 1},
                    [&] { AttKernels<T>::tc_fwd(qs.data(), kt.data(), vt.data(), mask_ptr, bias_ptr, out2.data(), lse2.data(), p); });
-        close("attention_tc_forward " + n + " out", att_vals(out2), r.out, tc_tol, tc_tol);
+        close("attention_tc_forward " + n + " out", att_vals(un(out2, Tq, Dv)), r.out, tc_tol, tc_tol);
         close("attention_tc_forward " + n + " lse", lse2, r.lse, tc_tol, tc_tol);
-        run(2, 64, [&] { AttKernels<T>::delta(out2.data(), dot.data(), delta2.data(), B * H * Tq, Dv); });
+        run(2, 64, [&] { AttKernels<T>::delta(out2.data(), dot.data(), delta2.data(), p); });
         // dq on a small grid (the grid-stride loops), dkv on the full one
         emu_launch(dim3{(unsigned)((Tq + 31) / 32 + 1) / 2, (bh + 1) / 2, 1}, dim3{64, 1, 1},
                    [&] { AttKernels<T>::tc_dq(qs.data(), kt.data(), vt.data(), mask_ptr, bias_ptr, dot.data(), lse2.data(), delta2.data(), dq2.data(), p); });
         emu_launch(dim3{(unsigned)(Tk + 31) / 32, bh, 1}, dim3{64, 1, 1},
                    [&] { AttKernels<T>::tc_dkv(qs.data(), kt.data(), vt.data(), mask_ptr, bias_ptr, dot.data(), lse2.data(), delta2.data(), dk2.data(), dv2.data(), p); });
-        close("attention_tc_backward " + n + " dq", att_vals(dq2), r.dq, tc_tol, tc_tol);
+        close("attention_tc_backward " + n + " dq", att_vals(un(dq2, Tq, D)), r.dq, tc_tol, tc_tol);
         close("attention_tc_backward " + n + " dk", att_vals(dk2), r.dk, tc_tol, tc_tol);
         close("attention_tc_backward " + n + " dv", att_vals(dv2), r.dv, tc_tol, tc_tol);
     }

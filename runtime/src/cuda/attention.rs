@@ -12,6 +12,15 @@
 //! in two at another place) is copied contiguous at the full broadcast shape first: the
 //! cut is the one that copies the fewest elements.
 //!
+//! Outputs are laid out so that what follows moves nothing ([`dense_rows`], [`packed`]):
+//! the output (and the gradient the kernels read back) dense in q's order, which for
+//! heads split out of one `[B, T, H·D]` projection is `[B, T, H, D]`, so its transpose
+//! and reshape back to `[B, T, H·D]` are views; the gradients dense in their operands'
+//! order, or, when q, k and v are disjoint views of one storage (a packed `[B, T, 3·H·D]`
+//! projection), in one buffer where q, k and v are in theirs, which the autograd engine
+//! then takes as the projection's gradient without a copy (as PyTorch's
+//! memory-efficient attention does with its `grad_qkv`).
+//!
 //! Kernels (W = [`WARPS`] warps per block, one query or key row per warp):
 //! - f32, f16 and bf16 with head dims `D, Dv ≤` [`flint_kernels::ATTENTION_TC_MAX_HEAD_DIM`]
 //!   on compute capability 8.0 or later: the tensor-core kernels `attention_tc_forward_<dt>`
@@ -30,10 +39,11 @@
 
 use super::context::Gpu;
 use super::launch::{self, Arg, AttentionArg};
-use super::ops::{acc_dtype, contiguous, copy_to_new, first_element};
+use super::ops::{acc_dtype, contiguous, copy_to_new, first_element, write};
 use crate::cpu::attention::DropoutKey;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::layout::Layout;
 use crate::tensor::Tensor;
 use cudarc::driver::LaunchConfig;
 use flint_kernels::{
@@ -146,6 +156,65 @@ pub(crate) fn split_batch(batch: &[usize], operands: &[(&[usize], usize)]) -> Ba
     BatchSplit { b, h, strides }
 }
 
+/// A dense layout for a kernel output of shape `batch ++ [rows, w]` whose batch the
+/// kernels see as `(b, h)` (`h` the product of the trailing batch dims: [`split_batch`]'s
+/// cut), with its `(b, h, t)` kernel strides: in `[b, h, rows, w]` order, or in
+/// `[b, rows, h, w]` order when `rows_outer` (the order of heads split out of one
+/// `[B, T, H·W]` projection: the output's `transpose(1, 2)` and reshape back to
+/// `[B, T, H·W]` are then views, and so are the gradients' way back to the projection).
+fn dense_rows(
+    batch: &[usize],
+    h: usize,
+    rows: usize,
+    w: usize,
+    rows_outer: bool,
+) -> (Layout, [usize; 3]) {
+    let k = if rows_outer {
+        [rows * h * w, w, h * w]
+    } else {
+        [h * rows * w, rows * w, w]
+    };
+    let n = batch.len();
+    let mut shape: Vec<usize> = batch.to_vec();
+    shape.extend([rows, w]);
+    let mut strides = vec![0; n + 2];
+    (strides[n], strides[n + 1]) = (k[2], 1);
+    let (mut in_h, mut in_b) = (1, 1);
+    for d in (0..n).rev() {
+        if in_h < h {
+            strides[d] = k[1] * in_h;
+            in_h *= batch[d];
+        } else {
+            strides[d] = k[0] * in_b;
+            in_b *= batch[d];
+        }
+    }
+    let layout = Layout {
+        shape: shape.into_iter().collect(),
+        strides: strides.into_iter().collect(),
+        offset: 0,
+    };
+    (layout, k)
+}
+
+/// A new uninitialised tensor laid out as the dense layout `l`, and its address.
+fn new_in_layout(g: &Arc<Gpu>, dtype: DType, l: &Layout) -> Result<(Tensor, u64)> {
+    let n = l.numel();
+    let (buf, p) = launch::output(g, dtype, n)?;
+    Ok((Tensor::from_cuda(buf, &[n]).with_layout(l.clone()), p))
+}
+
+/// `t` (of `l`'s shape) laid out as the dense layout `l`: itself when it already has
+/// `l`'s strides, else a copy.
+fn in_layout(g: &Arc<Gpu>, t: &Tensor, l: &Layout) -> Result<Tensor> {
+    if t.layout().strides() == l.strides() {
+        return Ok(t.clone());
+    }
+    let (c, _) = new_in_layout(g, t.dtype(), l)?;
+    write(OP, &c, t, t.layout())?;
+    Ok(c)
+}
+
 /// An operand on the device as the kernels read it: the tensor holding its elements
 /// (kept alive until the launches are queued), the address of its first element, its
 /// `[b, h]` strides and the strides of its matrices.
@@ -170,6 +239,59 @@ struct Call {
     /// Grid rows `b·h` (capped at [`MAX_GRID_Y`]).
     grid_y: u32,
     tc: bool,
+    /// The layout of the output and its gradient ([`dense_rows`], in q's order).
+    o_layout: Layout,
+    /// The gradients' layouts: each dense in its operand's order, or, when q, k and v are
+    /// disjoint views of one storage ([`packed`]), q's, k's and v's own layouts in one
+    /// buffer of this many elements (offsets from the first of them).
+    grad_layouts: [Layout; 3],
+    grad_span: Option<usize>,
+}
+
+/// When `q`, `k` and `v` (as the kernels read them: `[b, h]` and row strides, their
+/// layouts over `batch ++ [rows, w]`) are views of one storage with the same strides and
+/// shapes that share no element (the heads of one packed `[B, T, 3·H·D]` projection),
+/// the elements from the first of their offsets to the end of the last, and the three
+/// layouts shifted to that start: their gradients can then be written in one buffer at
+/// the same places, so that the projection's gradient is that buffer, with no copy.
+/// Sufficient test for "share no element" (rows > 1): within a row (stride `st`) each
+/// view covers `[offset, offset + (h − 1)·sh + w)`, those three spans are disjoint and fit
+/// in one row, heads do not overlap (`sh ≥ w`) and batches do not (`sb ≥ rows·st`).
+fn packed(
+    views: [([usize; 2], [usize; 2], &Layout); 3],
+    shared: bool,
+    b: usize,
+    h: usize,
+    rows: usize,
+) -> Option<(usize, [Layout; 3])> {
+    let [(qbh, qmat, lq), k, v] = views;
+    let same = |(bh, mat, l): ([usize; 2], [usize; 2], &Layout)| {
+        bh == qbh && mat == qmat && l.shape() == lq.shape()
+    };
+    if !(shared && same(k) && same(v)) {
+        return None;
+    }
+    let (lk, lv) = (k.2, v.2);
+    let ([sb, sh], [st, unit]) = (qbh, qmat);
+    let w = *lq.shape().last()?;
+    let extent = (h - 1) * sh + w;
+    let mut offs = [lq.offset(), lk.offset(), lv.offset()];
+    offs.sort_unstable();
+    let apart = offs.windows(2).all(|x| x[0] + extent <= x[1]);
+    let in_row = offs[2] + extent <= offs[0] + st;
+    let heads = h <= 1 || sh >= w;
+    let batches = b <= 1 || sb >= rows * st;
+    if !(rows > 1 && unit == 1 && w > 0 && apart && in_row && heads && batches) {
+        return None;
+    }
+    let start = offs[0];
+    let shifted = |l: &Layout| {
+        let mut l = l.clone();
+        l.offset -= start;
+        l
+    };
+    let span = [lq, lk, lv].iter().map(|l| l.storage_extent()).max()? - start;
+    Some((span, [shifted(lq), shifted(lk), shifted(lv)]))
 }
 
 fn int(v: usize) -> Result<i64> {
@@ -258,6 +380,18 @@ impl Call {
             return Err(Error::shape(OP, "internal: attention operands missing"));
         };
         let om = ops.next();
+        let packing = packed(
+            [
+                (oq.bh, oq.mat, &layouts[0]),
+                (ok.bh, ok.mat, &layouts[1]),
+                (ov.bh, ov.mat, &layouts[2]),
+            ],
+            oq._keep.shares_storage(&ok._keep) && oq._keep.shares_storage(&ov._keep),
+            split.b,
+            split.h,
+            tq,
+        )
+        .filter(|_| tq == tk && d == dv);
         let (gpu, _) = first_element(OP, &qc)?;
         let (major, _) = gpu.capability;
         let (b, h) = (split.b, split.h);
@@ -271,6 +405,29 @@ impl Call {
         params.q_stride = row_strides(&oq)?;
         params.k_stride = row_strides(&ok)?;
         params.v_stride = row_strides(&ov)?;
+        // outputs in their operand's order: rows outside heads when the operand has them so
+        let outer = |o: &Operand| h > 1 && o.mat[0] > o.bh[1];
+        let kernel =
+            |k: [usize; 3]| -> Result<[i64; 3]> { Ok([int(k[0])?, int(k[1])?, int(k[2])?]) };
+        let (o_layout, o_stride) = dense_rows(batch, h, tq, dv, outer(&oq));
+        params.o_stride = kernel(o_stride)?;
+        let (grad_span, grad_layouts) = match packing {
+            Some((span, layouts)) => {
+                params.dq_stride = params.q_stride;
+                params.dk_stride = params.k_stride;
+                params.dv_stride = params.v_stride;
+                (Some(span), layouts)
+            }
+            None => {
+                let (dq_layout, dq_stride) = dense_rows(batch, h, tq, d, outer(&oq));
+                let (dk_layout, dk_stride) = dense_rows(batch, h, tk, d, outer(&ok));
+                let (dv_layout, dv_stride) = dense_rows(batch, h, tk, dv, outer(&ov));
+                params.dq_stride = kernel(dq_stride)?;
+                params.dk_stride = kernel(dk_stride)?;
+                params.dv_stride = kernel(dv_stride)?;
+                (None, [dq_layout, dk_layout, dv_layout])
+            }
+        };
         if let Some(key) = drop {
             params = params.with_dropout(key.p, key.seed, key.first);
         }
@@ -295,6 +452,9 @@ impl Call {
             _mask: om,
             grid_y: (b * h).clamp(1, MAX_GRID_Y) as u32,
             tc: tensor_cores(dt, d, dv, major),
+            o_layout,
+            grad_layouts,
+            grad_span,
         })
     }
 
@@ -363,7 +523,8 @@ impl Call {
 
 /// [`crate::cpu::attention::forward`] on CUDA tensors: `(output, lse)` of shapes
 /// `batch ++ [Tq, Dv]` and `batch ++ [Tq]` (lse in the kernels' acc type: q's dtype for
-/// f32/f64, f32 for f16/bf16). Records nothing.
+/// f32/f64, f32 for f16/bf16; the output dense in q's order, see [`dense_rows`]).
+/// Records nothing.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     q: &Tensor,
@@ -378,8 +539,8 @@ pub(crate) fn forward(
     let dt = q.dtype();
     let c = Call::new(q, k, v, mask, batch, causal, scale, drop)?;
     let nb: usize = batch.iter().product();
-    let (tq, dv) = (q.size(-2), v.size(-1));
-    let (out, po) = launch::output(&c.gpu, dt, nb * tq * dv)?;
+    let tq = q.size(-2);
+    let (out, po) = new_in_layout(&c.gpu, dt, &c.o_layout)?;
     let (lse, pl) = launch::output(&c.gpu, acc_dtype(dt), nb * tq)?;
     let name = c.entry("forward", dt, q.device())?;
     let mut args = c.inputs().to_vec();
@@ -389,20 +550,16 @@ pub(crate) fn forward(
         Arg::Attention(AttentionArg(c.params)),
     ]);
     launch::launch(OP, &c.gpu, &name, c.query_config()?, &args)?;
-    let mut oshape = batch.to_vec();
-    oshape.extend([tq, dv]);
     let mut lshape = batch.to_vec();
     lshape.push(tq);
-    Ok((
-        Tensor::from_cuda(out, &oshape),
-        Tensor::from_cuda(lse, &lshape),
-    ))
+    Ok((out, Tensor::from_cuda(lse, &lshape)))
 }
 
 /// [`crate::cpu::attention::backward`] on CUDA tensors: `(dq, dk, dv)` of shapes
-/// `batch ++ [Tq, D]`, `batch ++ [Tk, D]`, `batch ++ [Tk, Dv]` from the forward's `out`
-/// and `lse` and the output gradient `g` (any strides and float dtype: made contiguous
-/// in q's dtype). Records nothing.
+/// `batch ++ [Tq, D]`, `batch ++ [Tk, D]`, `batch ++ [Tk, Dv]` (dense in q's, k's and v's
+/// order, see [`dense_rows`]) from the forward's `out` and `lse` and the output gradient
+/// `g` (any strides and float dtype: copied into the output's layout in q's dtype unless
+/// it has it). Records nothing.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
     q: &Tensor,
@@ -421,9 +578,9 @@ pub(crate) fn backward(
     let device = q.device();
     let c = Call::new(q, k, v, mask, batch, causal, scale, drop)?;
     let nb: usize = batch.iter().product();
-    let (tq, tk, d, dv) = (q.size(-2), k.size(-2), q.size(-1), v.size(-1));
-    let gc = contiguous(&g.to_dtype_raw(dt)?)?;
-    let oc = contiguous(out)?;
+    let tq = q.size(-2);
+    let gc = in_layout(&c.gpu, &g.to_dtype_raw(dt)?, &c.o_layout)?;
+    let oc = in_layout(&c.gpu, out, &c.o_layout)?;
     let lc = contiguous(lse)?;
     let (_, pg) = first_element(OP, &gc)?;
     let (_, po) = first_element(OP, &oc)?;
@@ -433,18 +590,29 @@ pub(crate) fn backward(
     // (kept until the kernels reading it are queued: the end of this function)
     let (_delta, pdelta) = launch::output(&c.gpu, acc_dtype(dt), rows)?;
     let name = launch::entry(OP, device, "attention_backward_delta", dt)?;
-    let args = [
-        Arg::Ptr(po),
-        Arg::Ptr(pg),
-        Arg::Ptr(pdelta),
-        Arg::n(rows),
-        Arg::n(dv),
-    ];
-    launch::launch(OP, &c.gpu, &name, launch::warp_rows(rows, dv), &args)?;
-    let (dqb, pdq) = launch::output(&c.gpu, dt, nb * tq * d)?;
-    let (dkb, pdk) = launch::output(&c.gpu, dt, nb * tk * d)?;
-    let (dvb, pdv) = launch::output(&c.gpu, dt, nb * tk * dv)?;
     let params = Arg::Attention(AttentionArg(c.params));
+    let args = [Arg::Ptr(po), Arg::Ptr(pg), Arg::Ptr(pdelta), params];
+    let dv = c.params.dv as usize;
+    launch::launch(OP, &c.gpu, &name, launch::warp_rows(rows, dv), &args)?;
+    let [(dq, pdq), (dk, pdk), (dvt, pdv)] = match c.grad_span {
+        // one buffer, the gradients where their operands are in theirs
+        Some(span) => {
+            let (buf, p) = launch::output(&c.gpu, dt, span)?;
+            let all = Tensor::from_cuda(buf, &[span]);
+            c.grad_layouts.clone().map(|l| {
+                let at = p + (l.offset * dt.size_in_bytes()) as u64;
+                (all.with_layout(l), at)
+            })
+        }
+        None => {
+            let [lq, lk, lv] = &c.grad_layouts;
+            [
+                new_in_layout(&c.gpu, dt, lq)?,
+                new_in_layout(&c.gpu, dt, lk)?,
+                new_in_layout(&c.gpu, dt, lv)?,
+            ]
+        }
+    };
     let saved = [Arg::Ptr(pg), Arg::Ptr(pl), Arg::Ptr(pdelta)];
     let mut args = c.inputs().to_vec();
     args.extend(saved);
@@ -456,16 +624,7 @@ pub(crate) fn backward(
     args.extend([Arg::Ptr(pdk), Arg::Ptr(pdv), params]);
     let name = c.entry("backward_dkv", dt, device)?;
     launch::launch(OP, &c.gpu, &name, c.key_config()?, &args)?;
-    let shape = |rows: usize, cols: usize| {
-        let mut s = batch.to_vec();
-        s.extend([rows, cols]);
-        s
-    };
-    Ok((
-        Tensor::from_cuda(dqb, &shape(tq, d)),
-        Tensor::from_cuda(dkb, &shape(tk, d)),
-        Tensor::from_cuda(dvb, &shape(tk, dv)),
-    ))
+    Ok((dq, dk, dvt))
 }
 
 #[cfg(test)]
@@ -478,6 +637,89 @@ mod tests {
     ) -> (usize, usize, Vec<Option<[usize; 2]>>) {
         let s = split_batch(batch, ops);
         (s.b, s.h, s.strides)
+    }
+
+    /// Every element offset of `l` (row-major over its shape).
+    fn offsets(l: &Layout) -> Vec<usize> {
+        let mut out = vec![l.offset];
+        for (&n, &st) in l.shape.iter().zip(&l.strides) {
+            out = out
+                .iter()
+                .flat_map(|&o| (0..n).map(move |i| o + i * st))
+                .collect();
+        }
+        out
+    }
+
+    /// The kernels' view of `t` (`[B, H, T, D]`): `([b, h] strides, row strides, layout)`.
+    fn kernel_view(t: &Tensor) -> ([usize; 2], [usize; 2], Layout) {
+        let s = t.layout().strides();
+        ([s[0], s[1]], [s[2], s[3]], t.layout().clone())
+    }
+
+    #[test]
+    fn gradients_of_a_packed_projection_share_one_buffer() {
+        let (b, t, h, d) = (2, 5, 3, 4);
+        let c = h * d;
+        let qkv = Tensor::zeros([b, t, 3 * c], ());
+        let heads = |z: &Tensor| z.view([b, t, h, d]).transpose(1, 2);
+        let parts = qkv.split(c, -1);
+        let [q, k, v] = [0, 1, 2].map(|i| kernel_view(&heads(&parts[i])));
+        let check = |views: [&([usize; 2], [usize; 2], Layout); 3], shared: bool| {
+            packed(views.map(|(bh, m, l)| (*bh, *m, l)), shared, b, h, t)
+        };
+        let (span, ls) = check([&q, &k, &v], true).expect("a packed projection");
+        assert_eq!(span, b * t * 3 * c);
+        assert_eq!(ls.each_ref().map(|l| l.offset()), [0, c, 2 * c]);
+        assert_eq!(ls[1].strides(), k.2.strides());
+        // any order of the three
+        assert!(check([&v, &q, &k], true).is_some());
+        // not one storage; one tensor three times (self-attention on x); overlapping views
+        assert!(check([&q, &k, &v], false).is_none());
+        assert!(check([&q, &q, &q], true).is_none());
+        let half = kernel_view(&heads(&qkv.narrow(2, d / 2, c)));
+        assert!(check([&q, &half, &v], true).is_none());
+        // contiguous heads ([B, H, T, D] packed along H): not rows of one projection
+        let x = Tensor::zeros([b, 3 * h, t, d], ());
+        let [q, k, v] = [0, 1, 2].map(|i| kernel_view(&x.narrow(1, i * h, h)));
+        assert!(check([&q, &k, &v], true).is_none());
+    }
+
+    #[test]
+    fn outputs_are_dense_in_their_operands_order() {
+        for (batch, h) in [
+            (vec![2, 3], 3),
+            (vec![2, 1, 3], 3),
+            (vec![6], 6),
+            (vec![4], 1),
+            (vec![2, 3, 2], 6),
+            (vec![], 1),
+        ] {
+            for outer in [false, true] {
+                let (l, k) = dense_rows(&batch, h, 4, 5, outer);
+                // dense: every offset below the element count once
+                let mut o = offsets(&l);
+                o.sort_unstable();
+                assert_eq!(o, (0..l.numel()).collect::<Vec<_>>(), "{batch:?} {outer}");
+                // the kernel's (b, h, t) strides address the same elements as the layout
+                let nb: usize = batch.iter().product();
+                let via_kernel: Vec<usize> = (0..nb)
+                    .flat_map(|bh| (0..4).map(move |t| (bh / h, bh % h, t)))
+                    .flat_map(|(b, hh, t)| (0..5).map(move |c| b * k[0] + hh * k[1] + t * k[2] + c))
+                    .collect();
+                // element by element: the layout's row-major order is (b, h, t, c)
+                assert_eq!(via_kernel, offsets(&l), "{batch:?} {outer}");
+            }
+        }
+        // not outer: contiguous; outer: [B, T, H, W], whose transpose(1, 2) is contiguous
+        assert_eq!(
+            dense_rows(&[2, 3], 3, 4, 5, false).0.strides(),
+            &[60, 20, 5, 1]
+        );
+        assert_eq!(
+            dense_rows(&[2, 3], 3, 4, 5, true).0.strides(),
+            &[60, 5, 15, 1]
+        );
     }
 
     #[test]
