@@ -977,7 +977,10 @@ __device__ __forceinline__ void att_tc_forward(const T* q, const T* k, const T* 
                 }
                 const i64 row = bh * p.tq + i;
                 const float inv = 1.0f / l[r]; // l = 0 (nothing attended): NaN output
-                T* orow = out + att_at(p.o_stride, bh / p.heads, bh % p.heads) + i * p.o_stride[2];
+                // b and h recomputed, not kept live to here: unbounded, f32 took 178
+                // registers with them kept, 171 with this
+                T* orow = out + att_at(p.o_stride, bh / p.heads, bh % p.heads) +
+                          i * p.o_stride[2];
 #pragma unroll
                 for (int n = 0; n < 8; ++n) {
 #pragma unroll
