@@ -69,10 +69,9 @@ impl Tensor {
         // a view of part of a contiguous input (narrow, slice, select) that does not repeat
         // elements: the engine puts its gradient into the input's through the layout
         // (autograd::node::ViewGrad): one cat for views that tile the input, one buffer
-        // otherwise. A view of
-        // every element (reshape, permute, transpose, squeeze) keeps its own backward: a
-        // re-view of the gradient, which moves nothing (through the layout it would cost
-        // a zero-filled buffer and a copy).
+        // otherwise. A view of every element (reshape, permute, transpose, squeeze) keeps
+        // its own backward: a re-view of the gradient, which moves nothing (through the
+        // layout it would cost a zero-filled buffer and a copy).
         let view = (input.is_contiguous()
             && self.requires_grad()
             && layout.shape().iter().product::<usize>() < self.numel()
@@ -553,7 +552,7 @@ mod tests {
     /// The backward of a view of every element re-views the gradient (no buffer, no copy);
     /// the gradients of a split's parts are joined into one tensor of the input's shape.
     #[test]
-    fn whole_views_pass_the_gradient_through_and_partial_views_share_one_buffer() {
+    fn whole_views_pass_the_gradient_through_and_partial_views_join_into_one_tensor() {
         let leaf = grid().requires_grad_(true);
         let x = &leaf * 1.0; // a non-leaf, contiguous
         type View = fn(&Tensor) -> Tensor;
