@@ -877,6 +877,61 @@ fn parity_cases(dt: DType) -> Vec<ParityCase> {
             }),
         ));
     }
+    // the elementwise loop's packed order (rows of 256: chunks of 128 with a lane's 4
+    // elements consecutive, vector accesses) on aligned rows, and its strided order on
+    // rows at an odd element offset: binary ops with a broadcast row and column, scalar
+    // and unary ops, the GELU backward, comparisons, masks, casts, copies, fills and an
+    // in-place add
+    let cols = 256usize;
+    for off in [0usize, 1] {
+        let name = if off == 0 {
+            "elementwise, rows of 256, aligned"
+        } else {
+            "elementwise, rows of 256, offset 1"
+        };
+        let rows_of = move |t: &Tensor| t.narrow(0, off, rows * cols).view([rows, cols]);
+        let keep: Vec<bool> = (0..cols).map(|i| i % 3 == 0).collect();
+        v.push(case(
+            name,
+            vec![
+                r(&[rows * cols + 1]),
+                r(&[cols]),
+                r(&[rows, 1]),
+                Tensor::from_vec(keep, [cols]),
+                r(&[rows * cols + 1]),
+            ],
+            Box::new(move |t| {
+                let a = rows_of(&t[0]).detach().requires_grad_(true);
+                let (row, col, mask) = (&t[1], &t[2], &t[3]);
+                let s = &(&a + row) * col;
+                let y = s.gelu(GeluApprox::None);
+                let loss = (&y * &rows_of(&t[4])).sum_all();
+                let g =
+                    flint::autograd::grad(&[loss], std::slice::from_ref(&a), None, false, false)
+                        .unwrap();
+                let a = a.detach();
+                let acc = rows_of(&t[4]).contiguous();
+                acc.add_(&a);
+                let z = Tensor::zeros([rows, cols + 4], a.dtype()).to(a.device());
+                z.narrow(1, 4, cols).copy_(&a);
+                z.narrow(1, 0, 4).fill_(0.5);
+                let parts = [
+                    s,
+                    y,
+                    g[0].clone().unwrap(),
+                    &a * 0.75 - 1.0,
+                    a.exp(),
+                    a.masked_fill(mask, -1e9),
+                    a.where_(mask, row),
+                    a.lt(row).to_dtype(a.dtype()),
+                    a.to_dtype(DType::BF16).to_dtype(a.dtype()),
+                    acc,
+                    z,
+                ];
+                Tensor::cat(&parts.map(|p| p.reshape([-1])), 0)
+            }),
+        ));
+    }
     // sliding windows (the `window` kernels): convolution, pooling, unfold/fold
     let img = r(&[2, 4, 7, 6]);
     v.extend([

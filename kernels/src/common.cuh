@@ -242,63 +242,169 @@ __device__ __forceinline__ i64 layout_offset(const Layout& l, i64 i) {
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (i64)(n);                 \
          i += (i64)blockDim.x * gridDim.x)
 
-/// A run length known at compile time (the last argument of a `for_runs` body).
-template <int V> struct RunLen {
-    static constexpr int value = V;
-};
-
 /// The stride of a layout's innermost dim (0 for a 0-d layout).
 __device__ __forceinline__ i64 inner_stride(const Layout& l) {
     return l.rank > 0 ? l.stride[l.rank - 1] : 0;
 }
 
-/// Loads a lane's run in a for_runs body: v[j] = p[off + (q + 32 j) * s], all V loads
-/// before the body stores anything (the pointers are not `restrict`, so a load after a
-/// store would wait for it).
-template <int V, typename T>
-__device__ __forceinline__ void load_run(T (&v)[V], const T* p, i64 off, i64 s, int q) {
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-        v[j] = p[off + (i64)(q + 32 * j) * s];
+/// V consecutive elements of T, aligned to their size: one vector load or store.
+template <typename T, int V> struct alignas(V * sizeof(T)) Pack {
+    T v[V];
+};
+
+/// Whether `p` is aligned for `bytes`-byte vector accesses.
+__device__ __forceinline__ bool aligned_to(const void* p, unsigned long long bytes) {
+    return ((unsigned long long)p & (bytes - 1)) == 0;
+}
+
+/// Elements per lane of the packed order of `for_runs` (see Run).
+#define FLINT_PACK 4
+
+/// Whether the view `l` of `p` can be read in the packed order of `for_runs` (see Run):
+/// its innermost stride is 0 (a run reads one value), or 1 with every run's first
+/// element aligned for a Pack<T, FLINT_PACK>: `p + offset` aligned and every outer stride
+/// a multiple of FLINT_PACK (runs start at multiples of 32 FLINT_PACK in their row).
+template <typename T> __device__ __forceinline__ bool packs(const T* p, const Layout& l) {
+    const i64 s = inner_stride(l);
+    if (s == 0) {
+        return true;
     }
+    if (s != 1 || !aligned_to(p + l.offset, sizeof(Pack<T, FLINT_PACK>))) {
+        return false;
+    }
+#pragma unroll
+    for (int d = 0; d < FLINT_MAX_DIMS - 1; ++d) {
+        if (d < l.rank - 1 && l.shape[d] > 1 && l.stride[d] % FLINT_PACK != 0) {
+            return false;
+        }
+    }
+    return true;
 }
 
-/// Loads a lane's run of the view `l` of `p` (see load_run) for the run at index i.
-template <int V, typename T>
-__device__ __forceinline__ void load_view(T (&v)[V], const T* p, const Layout& l, i64 i, int q) {
-    load_run(v, p, layout_offset(l, i), inner_stride(l), q);
+/// Whether the view `l` of `p` can be written in the packed order: `packs` with an
+/// innermost stride of 1 (a destination's elements are distinct).
+template <typename T> __device__ __forceinline__ bool packs_into(const T* p, const Layout& l) {
+    return inner_stride(l) == 1 && packs(p, l);
 }
 
-/// for_runs with chunks of 32 * V elements (a warp's), then the remaining indices one at
-/// a time (none when the innermost size is a multiple of 32 * V).
-template <int V, typename F> __device__ __forceinline__ void warp_chunks(i64 n, F& body) {
+/// Whether a contiguous output `out` (element i at out[i]) can be written in the packed
+/// order.
+template <typename T> __device__ __forceinline__ bool packs_out(const T* out) {
+    return aligned_to(out, sizeof(Pack<T, FLINT_PACK>));
+}
+
+/// The run of a `for_runs` body: the elements i + at(j), j < V, of a chunk of 32 V
+/// consecutive element indices (one innermost row's; i is the chunk's first) that lane q
+/// of the warp takes. In the strided order at(j) = q + 32 j: each of a warp's V accesses
+/// to an operand covers 32 consecutive elements. In the packed order (`P`, V =
+/// FLINT_PACK, chosen by the kernel when every operand `packs`) at(j) = V q + j: a lane's
+/// elements are consecutive, one vector access per operand. The single-element loop has
+/// V = 1 and q = 0.
+///
+/// Loads take all V elements of an operand before the body stores anything (the pointers
+/// are not `restrict`, so a load after a store would wait for it).
+template <int V_, bool P> struct Run {
+    static constexpr int V = V_;
+    static constexpr bool packed = P;
+    i64 i; // the chunk's first element index
+    int q; // the lane
+
+    /// The index of element j of this lane's run within the chunk.
+    __device__ __forceinline__ i64 at(int j) const {
+        return P ? (i64)V * q + j : (i64)q + 32 * j;
+    }
+
+    /// v[j] = p[off + at(j) * s]: the run of a view whose chunk starts at `off` and whose
+    /// innermost stride is `s`.
+    template <typename T>
+    __device__ __forceinline__ void load_at(T (&v)[V], const T* p, i64 off, i64 s) const {
+        if constexpr (P) {
+            if (s == 0) {
+#pragma unroll
+                for (int j = 0; j < V; ++j) {
+                    v[j] = p[off];
+                }
+            } else {
+                const Pack<T, V> pk = *reinterpret_cast<const Pack<T, V>*>(p + off + (i64)V * q);
+#pragma unroll
+                for (int j = 0; j < V; ++j) {
+                    v[j] = pk.v[j];
+                }
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < V; ++j) {
+                v[j] = p[off + at(j) * s];
+            }
+        }
+    }
+
+    /// The run of the view `l` of `p`.
+    template <typename T>
+    __device__ __forceinline__ void load(T (&v)[V], const T* p, const Layout& l) const {
+        load_at(v, p, layout_offset(l, i), inner_stride(l));
+    }
+
+    /// p[off + at(j) * s] = v[j] (in the packed order s is 1: see packs_into).
+    template <typename T>
+    __device__ __forceinline__ void store_at(T* p, i64 off, i64 s, const T (&v)[V]) const {
+        if constexpr (P) {
+            Pack<T, V> pk;
+#pragma unroll
+            for (int j = 0; j < V; ++j) {
+                pk.v[j] = v[j];
+            }
+            *reinterpret_cast<Pack<T, V>*>(p + off + (i64)V * q) = pk;
+        } else {
+#pragma unroll
+            for (int j = 0; j < V; ++j) {
+                p[off + at(j) * s] = v[j];
+            }
+        }
+    }
+
+    /// out[i + at(j)] = v[j] for a contiguous output.
+    template <typename T> __device__ __forceinline__ void store(T* out, const T (&v)[V]) const {
+        store_at(out, i, 1, v);
+    }
+};
+
+/// for_runs with chunks of 32 * V elements (a warp's) in the order P.
+template <int V, bool P, typename F> __device__ __forceinline__ void warp_chunks(i64 n, F& body) {
     const i64 chunk = 32 * V, chunks = n / chunk;
     const i64 warps = (i64)gridDim.x * (blockDim.x >> 5);
     const int lane = threadIdx.x & 31;
     for (i64 w = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); w < chunks;
          w += warps) {
-        body(w * chunk, lane, RunLen<V>());
+        body(Run<V, P>{w * chunk, lane});
     }
 }
 
 /// The elementwise loop over n elements of layouts that share one shape (the host
 /// coalesces the views of a launch jointly, so they do; `l` is any of them). Calls
-/// body(i0, q, RunLen<V>()) for element indices i0 + q + 32 j, j < V, each index once:
-/// - when the innermost size is a multiple of 32 * V (V = 4, else 2), a warp takes chunks
-///   of 32 * V consecutive indices in one innermost row, lane q the indices q + 32 j of
-///   it: a body decomposes each layout's index i0 once (layout_offset) and steps by
-///   inner_stride, and a warp's accesses stay consecutive;
+/// body(run) with a Run<V, P> for each index once:
+/// - when the innermost size is a multiple of 32 * 4, a warp takes chunks of 128
+///   consecutive indices in one innermost row: in the packed order when `packed` (the
+///   kernel found that every operand packs), else strided (V = 4);
+/// - else when it is a multiple of 32 * 2, chunks of 64 in the strided order (V = 2);
 /// - else (or when blockDim.x is not a multiple of 32) each thread takes single indices
-///   (q = 0, V = 1), grid-strided.
-template <typename F> __device__ __forceinline__ void for_runs(const Layout& l, i64 n, F body) {
+///   (V = 1), grid-strided.
+/// A body decomposes each layout's index i once (layout_offset) and steps by
+/// inner_stride, and a warp's accesses stay consecutive.
+template <typename F>
+__device__ __forceinline__ void for_runs(const Layout& l, i64 n, bool packed, F body) {
     const i64 inner = l.rank > 0 ? l.shape[l.rank - 1] : 1;
     const bool warps = blockDim.x % 32 == 0; // whole warps (any block size works)
-    if (warps && inner % (32 * 4) == 0) {
-        warp_chunks<4>(n, body);
+    if (warps && inner % (32 * FLINT_PACK) == 0) {
+        if (packed) {
+            warp_chunks<FLINT_PACK, true>(n, body);
+        } else {
+            warp_chunks<FLINT_PACK, false>(n, body);
+        }
     } else if (warps && inner % (32 * 2) == 0) {
-        warp_chunks<2>(n, body);
+        warp_chunks<2, false>(n, body);
     } else {
-        FLINT_GRID_STRIDE(i, n) { body(i, 0, RunLen<1>()); }
+        FLINT_GRID_STRIDE(i, n) { body(Run<1, false>{i, 0}); }
     }
 }
 
@@ -313,16 +419,6 @@ template <typename F> __device__ __forceinline__ void for_runs(const Layout& l, 
 /// them under 128 registers instead of hoisting every load of a 32-a-lane row at the cost
 /// of occupancy (f64 rows of 32 a lane need more than that without spilling).
 #define FLINT_WARP_ROWS_BOUNDS(T) __launch_bounds__(256, sizeof(T) >= 8 ? 1 : 2)
-
-/// V consecutive elements of T, aligned to their size: one vector load or store.
-template <typename T, int V> struct alignas(V * sizeof(T)) Pack {
-    T v[V];
-};
-
-/// Whether `p` is aligned for `bytes`-byte vector accesses.
-__device__ __forceinline__ bool aligned_to(const void* p, unsigned long long bytes) {
-    return ((unsigned long long)p & (bytes - 1)) == 0;
-}
 
 /// Which columns of a row of at most 32 K elements a lane of a warp-per-row kernel holds
 /// (K per lane, K a multiple of 4). Element k of lane `lane` is column lane + 32 k; or,

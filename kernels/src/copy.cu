@@ -8,14 +8,16 @@
 
 template <typename S, typename D>
 __device__ __forceinline__ void cast_kernel(const S* x, const Layout& lx, D* out, i64 n) {
-    for_runs(lx, n, [&](i64 i, int q, auto len) {
-        constexpr int V = decltype(len)::value;
+    for_runs(lx, n, packs(x, lx) && packs_out(out), [&](auto r) {
+        constexpr int V = decltype(r)::V;
         S xv[V];
-        load_view(xv, x, lx, i, q);
+        D ov[V];
+        r.load(xv, x, lx);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-            out[i + q + 32 * j] = Ty<D>::from_f64(Ty<S>::to_f64(xv[j]));
+            ov[j] = Ty<D>::from_f64(Ty<S>::to_f64(xv[j]));
         }
+        r.store(out, ov);
     });
 }
 
@@ -73,39 +75,31 @@ CAST_FROM_BOOL(i64, i64, _)
 template <typename T>
 __device__ __forceinline__ void copy_kernel(const T* src, const Layout& ls, T* dst,
                                             const Layout& ld, i64 n) {
-    for_runs(ls, n, [&](i64 i, int q, auto len) {
-        constexpr int V = decltype(len)::value;
-        T v[V];
-        load_view(v, src, ls, i, q);
-        const i64 od = layout_offset(ld, i), sd = inner_stride(ld);
-#pragma unroll
-        for (int j = 0; j < V; ++j) {
-            dst[od + (i64)(q + 32 * j) * sd] = v[j];
-        }
+    for_runs(ls, n, packs(src, ls) && packs_into(dst, ld), [&](auto r) {
+        T v[decltype(r)::V];
+        r.load(v, src, ls);
+        r.store_at(dst, layout_offset(ld, r.i), inner_stride(ld), v);
     });
 }
 
 template <typename T>
 __device__ __forceinline__ void contiguous_kernel(const T* src, const Layout& ls, T* out, i64 n) {
-    for_runs(ls, n, [&](i64 i, int q, auto len) {
-        constexpr int V = decltype(len)::value;
-        T v[V];
-        load_view(v, src, ls, i, q);
-#pragma unroll
-        for (int j = 0; j < V; ++j) {
-            out[i + q + 32 * j] = v[j];
-        }
+    for_runs(ls, n, packs(src, ls) && packs_out(out), [&](auto r) {
+        T v[decltype(r)::V];
+        r.load(v, src, ls);
+        r.store(out, v);
     });
 }
 
 template <typename T>
 __device__ __forceinline__ void fill_kernel(T* dst, const Layout& ld, i64 n, T value) {
-    for_runs(ld, n, [&](i64 i, int q, auto len) {
-        const i64 od = layout_offset(ld, i), sd = inner_stride(ld);
+    for_runs(ld, n, packs_into(dst, ld), [&](auto r) {
+        T v[decltype(r)::V];
 #pragma unroll
-        for (int j = 0; j < decltype(len)::value; ++j) {
-            dst[od + (i64)(q + 32 * j) * sd] = value;
+        for (int j = 0; j < decltype(r)::V; ++j) {
+            v[j] = value;
         }
+        r.store_at(dst, layout_offset(ld, r.i), inner_stride(ld), v);
     });
 }
 

@@ -38,15 +38,17 @@ struct PowF {
 template <typename T, typename Op>
 __device__ __forceinline__ void binary_kernel(const T* a, const Layout& la, const T* b,
                                               const Layout& lb, T* out, i64 n) {
-    for_runs(la, n, [&](i64 i, int q, auto len) {
-        constexpr int V = decltype(len)::value;
+    const bool packed = packs(a, la) && packs(b, lb) && packs_out(out);
+    for_runs(la, n, packed, [&](auto r) {
+        constexpr int V = decltype(r)::V;
         T av[V], bv[V];
-        load_view(av, a, la, i, q);
-        load_view(bv, b, lb, i, q);
+        r.load(av, a, la);
+        r.load(bv, b, lb);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-            out[i + q + 32 * j] = Ty<T>::store(Op()(Ty<T>::load(av[j]), Ty<T>::load(bv[j])));
+            av[j] = Ty<T>::store(Op()(Ty<T>::load(av[j]), Ty<T>::load(bv[j])));
         }
+        r.store(out, av);
     });
 }
 
@@ -56,16 +58,18 @@ __device__ __forceinline__ void binary_kernel(const T* a, const Layout& la, cons
 template <typename T, typename Op>
 __device__ __forceinline__ void assign_kernel(T* a, const Layout& la, const T* b,
                                               const Layout& lb, i64 n) {
-    for_runs(la, n, [&](i64 i, int q, auto len) {
-        constexpr int V = decltype(len)::value;
+    const bool packed = packs_into(a, la) && packs(b, lb);
+    for_runs(la, n, packed, [&](auto r) {
+        constexpr int V = decltype(r)::V;
         T av[V], bv[V];
-        const i64 oa = layout_offset(la, i), sa = inner_stride(la);
-        load_run(av, a, oa, sa, q);
-        load_view(bv, b, lb, i, q);
+        const i64 oa = layout_offset(la, r.i), sa = inner_stride(la);
+        r.load_at(av, a, oa, sa);
+        r.load(bv, b, lb);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-            a[oa + (i64)(q + 32 * j) * sa] = Ty<T>::store(Op()(Ty<T>::load(av[j]), Ty<T>::load(bv[j])));
+            av[j] = Ty<T>::store(Op()(Ty<T>::load(av[j]), Ty<T>::load(bv[j])));
         }
+        r.store_at(a, oa, sa, av);
     });
 }
 
@@ -141,14 +145,15 @@ template <typename T, typename Op>
 __device__ __forceinline__ void scalar_kernel(const T* x, const Layout& lx, T* out, i64 n,
                                               double s) {
     const typename Ty<T>::acc sv = Ty<T>::load(Ty<T>::from_f64(s));
-    for_runs(lx, n, [&](i64 i, int q, auto len) {
-        constexpr int V = decltype(len)::value;
+    for_runs(lx, n, packs(x, lx) && packs_out(out), [&](auto r) {
+        constexpr int V = decltype(r)::V;
         T xv[V];
-        load_view(xv, x, lx, i, q);
+        r.load(xv, x, lx);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-            out[i + q + 32 * j] = Ty<T>::store(Op()(Ty<T>::load(xv[j]), sv));
+            xv[j] = Ty<T>::store(Op()(Ty<T>::load(xv[j]), sv));
         }
+        r.store(out, xv);
     });
 }
 
@@ -209,15 +214,18 @@ struct XorF {
 template <typename T, typename Op>
 __device__ __forceinline__ void compare_kernel(const T* a, const Layout& la, const T* b,
                                                const Layout& lb, u8* out, i64 n) {
-    for_runs(la, n, [&](i64 i, int q, auto len) {
-        constexpr int V = decltype(len)::value;
+    const bool packed = packs(a, la) && packs(b, lb) && packs_out(out);
+    for_runs(la, n, packed, [&](auto r) {
+        constexpr int V = decltype(r)::V;
         T av[V], bv[V];
-        load_view(av, a, la, i, q);
-        load_view(bv, b, lb, i, q);
+        u8 ov[V];
+        r.load(av, a, la);
+        r.load(bv, b, lb);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-            out[i + q + 32 * j] = Op()(Ty<T>::load(av[j]), Ty<T>::load(bv[j])) ? 1 : 0;
+            ov[j] = Op()(Ty<T>::load(av[j]), Ty<T>::load(bv[j])) ? 1 : 0;
         }
+        r.store(out, ov);
     });
 }
 

@@ -125,16 +125,18 @@ FLINT_NUMS(ADD, _)
 template <typename T>
 __device__ __forceinline__ void masked_fill_kernel(const T* x, const Layout& lx, const u8* mask,
                                                    const Layout& lm, T value, T* out, i64 n) {
-    for_runs(lx, n, [&](i64 i, int q, auto len) {
-        constexpr int V = decltype(len)::value;
+    const bool packed = packs(x, lx) && packs(mask, lm) && packs_out(out);
+    for_runs(lx, n, packed, [&](auto r) {
+        constexpr int V = decltype(r)::V;
         T xv[V];
         u8 mv[V];
-        load_view(mv, mask, lm, i, q);
-        load_view(xv, x, lx, i, q);
+        r.load(mv, mask, lm);
+        r.load(xv, x, lx);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-            out[i + q + 32 * j] = mv[j] != 0 ? value : xv[j];
+            xv[j] = mv[j] != 0 ? value : xv[j];
         }
+        r.store(out, xv);
     });
 }
 
@@ -142,17 +144,19 @@ template <typename T>
 __device__ __forceinline__ void where_kernel(const u8* cond, const Layout& lc, const T* a,
                                              const Layout& la, const T* b, const Layout& lb,
                                              T* out, i64 n) {
-    for_runs(lc, n, [&](i64 i, int q, auto len) {
-        constexpr int V = decltype(len)::value;
+    const bool packed = packs(cond, lc) && packs(a, la) && packs(b, lb) && packs_out(out);
+    for_runs(lc, n, packed, [&](auto r) {
+        constexpr int V = decltype(r)::V;
         T av[V], bv[V];
         u8 cv[V];
-        load_view(cv, cond, lc, i, q);
-        load_view(av, a, la, i, q);
-        load_view(bv, b, lb, i, q);
+        r.load(cv, cond, lc);
+        r.load(av, a, la);
+        r.load(bv, b, lb);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-            out[i + q + 32 * j] = cv[j] != 0 ? av[j] : bv[j];
+            av[j] = cv[j] != 0 ? av[j] : bv[j];
         }
+        r.store(out, av);
     });
 }
 

@@ -39,14 +39,15 @@ UNARY_FN(GeluTanhF,
 
 template <typename T, typename Op>
 __device__ __forceinline__ void unary_kernel(const T* x, const Layout& lx, T* out, i64 n) {
-    for_runs(lx, n, [&](i64 i, int q, auto len) {
-        constexpr int V = decltype(len)::value;
+    for_runs(lx, n, packs(x, lx) && packs_out(out), [&](auto r) {
+        constexpr int V = decltype(r)::V;
         T xv[V];
-        load_view(xv, x, lx, i, q);
+        r.load(xv, x, lx);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-            out[i + q + 32 * j] = Ty<T>::store(Op()(Ty<T>::load(xv[j])));
+            xv[j] = Ty<T>::store(Op()(Ty<T>::load(xv[j])));
         }
+        r.store(out, xv);
     });
 }
 

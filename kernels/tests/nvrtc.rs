@@ -99,7 +99,104 @@ fn check_module(m: &KernelModule) -> Result<usize, String> {
             ))
         }
     }
+    let slow: Vec<String> = VECTOR_ACCESSES
+        .iter()
+        .filter(|(module, ..)| *module == m.name)
+        .filter_map(|(_, entry, wanted)| {
+            let body = entry_body(&ptx, entry)?;
+            let missing: Vec<_> = wanted.iter().filter(|w| !body.contains(*w)).collect();
+            (!missing.is_empty()).then(|| format!("{entry}: no {missing:?}"))
+        })
+        .collect();
+    if !slow.is_empty() {
+        return Err(format!(
+            "module `{}`: the packed order of for_runs compiled without vector accesses: {}",
+            m.name,
+            slow.join("; ")
+        ));
+    }
     Ok(found.len())
+}
+
+/// Entries whose PTX must hold these vector instructions: the packed order of
+/// `for_runs` (common.cuh) moves a lane's 4 elements with one access per operand, and
+/// it is only faster than the strided order if the compiler really emits one.
+const VECTOR_ACCESSES: &[(&str, &str, &[&str])] = &[
+    (
+        "elementwise",
+        "add_f32",
+        &["ld.global.v4.f32", "st.global.v4.f32"],
+    ),
+    (
+        "elementwise",
+        "add_assign_f32",
+        &["ld.global.v4.f32", "st.global.v4.f32"],
+    ),
+    (
+        "elementwise",
+        "mul_scalar_f32",
+        &["ld.global.v4.f32", "st.global.v4.f32"],
+    ),
+    (
+        "elementwise",
+        "gelu_backward_f32",
+        &["ld.global.v4.f32", "st.global.v4.f32"],
+    ),
+    (
+        "elementwise",
+        "lt_f32",
+        &["ld.global.v4.f32", "st.global.v4.u8"],
+    ),
+    (
+        "elementwise",
+        "add_bf16",
+        &["ld.global.v4.u16", "st.global.v4.u16"],
+    ),
+    (
+        "elementwise",
+        "add_f64",
+        &["ld.global.v2.f64", "st.global.v2.f64"],
+    ),
+    (
+        "unary",
+        "gelu_f32",
+        &["ld.global.v4.f32", "st.global.v4.f32"],
+    ),
+    (
+        "copy",
+        "contiguous_f32",
+        &["ld.global.v4.f32", "st.global.v4.f32"],
+    ),
+    (
+        "copy",
+        "copy_f32",
+        &["ld.global.v4.f32", "st.global.v4.f32"],
+    ),
+    ("copy", "fill_f32", &["st.global.v4.f32"]),
+    (
+        "copy",
+        "cast_f32_bf16",
+        &["ld.global.v4.f32", "st.global.v4.u16"],
+    ),
+    (
+        "index",
+        "masked_fill_f32",
+        &["ld.global.v4.u8", "ld.global.v4.f32", "st.global.v4.f32"],
+    ),
+    (
+        "index",
+        "where_f32",
+        &["ld.global.v4.u8", "ld.global.v4.f32", "st.global.v4.f32"],
+    ),
+];
+
+/// The PTX text of entry `name` (from its `.entry` line to the closing brace).
+fn entry_body<'a>(ptx: &'a str, name: &str) -> Option<&'a str> {
+    let start = ptx
+        .find(&format!(".visible .entry {name}("))
+        .or_else(|| ptx.find(&format!(".entry {name}(")))?;
+    let rest = &ptx[start..];
+    Some(&rest[..rest.find("\n}\n").map_or(rest.len(), |e| e + 2)])
 }
 
 #[test]
@@ -164,6 +261,15 @@ fn ptx_parsing() {
         ["add_f32", "helper_kernel"]
     );
     assert_eq!(ptx_version(ptx), Some((9, 0)));
+    let two = ".visible .entry a(\n)\n{\n\tld.global.v4.f32 x;\n}\n.visible .entry b(\n)\n{\n}\n";
+    assert!(entry_body(two, "a").is_some_and(|b| b.contains("v4.f32")));
+    assert!(entry_body(two, "b").is_some_and(|b| !b.contains("v4.f32")));
+    assert!(entry_body(two, "c").is_none());
+    // every entry named there exists
+    for (module, entry, _) in VECTOR_ACCESSES {
+        let m = flint_kernels::module(module).expect("a kernel module");
+        assert!(m.entries.contains(entry), "{module}: {entry}");
+    }
     assert!(Some((9, 1)) > Some(MAX_PTX_VERSION));
 }
 

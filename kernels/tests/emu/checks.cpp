@@ -281,6 +281,7 @@ template <class L> static i64 ref_offset(const L& l, i64 i) {
 }
 
 static void runs_case(const int R, const int C);
+static void packed_case(const int R, const int C);
 
 static void test_runs() {
     // innermost sizes 8 (one element at a time), 64 (warp chunks of 2 per lane), 128
@@ -288,7 +289,24 @@ static void test_runs() {
     runs_case(12, 8);
     runs_case(5, 64);
     runs_case(3, 128);
+    // the packed order (a lane's 4 elements consecutive, vector accesses)
+    packed_case(3, 128);
+    packed_case(2, 384);
 }
+
+/// n elements at a 64-byte aligned address (vector accesses of any width), `at` elements
+/// into the allocation's aligned part when given (misaligned for at % 4 != 0).
+template <typename T> struct Aligned {
+    std::vector<T> raw;
+    T* p;
+    size_t n;
+    explicit Aligned(size_t n, T fill = T(), size_t at = 0) : raw(n + at + 64 / sizeof(T) + 1, fill), n(n) {
+        const uintptr_t a = (uintptr_t)raw.data();
+        p = raw.data() + ((64 - a % 64) % 64) / sizeof(T) + at;
+    }
+    T* data() { return p; }
+    std::vector<T> vec() const { return std::vector<T>(p, p + n); }
+};
 
 static void runs_case(const int R, const int C) {
     // a: the transpose of a [C, R] buffer (shape [R, C], inner stride R); b: one row of
@@ -386,6 +404,143 @@ static void runs_case(const int R, const int C) {
         auto lbb = layout<ix::Layout>({B, T, S}, {0, 0, 1}, 3);
         run(1, 32, [&] { ix::where_f32(m.data(), lm, x.data(), lx, b.data(), lbb, y.data(), M); });
         close(std::string("where_f32 in runs") + at, y, want_w);
+    }
+}
+
+/// The packed order of for_runs on every kind of body: contiguous, broadcast-row (offset
+/// 4) and broadcast-column (innermost stride 0) operands, which pack; then the same
+/// kernels with one operand that does not pack (a misaligned offset, an innermost stride
+/// of 2, a row stride that is not a multiple of 4), which take the strided order. Both
+/// against references computed here.
+static void packed_case(const int R, const int C) {
+    const int N = R * C;
+    const std::string at = " [" + std::to_string(R) + ", " + std::to_string(C) + "]";
+    Aligned<float> a(N), b(C + 4), c(R), w(R * (C + 4));
+    for (int i = 0; i < N; ++i) a.p[i] = (float)rnd();
+    for (int i = 0; i < C + 4; ++i) b.p[i] = (float)rnd();
+    for (int i = 0; i < R; ++i) c.p[i] = (float)rnd(0.5, 2);
+    for (int i = 0; i < R * (C + 4); ++i) w.p[i] = (float)rnd();
+    auto la = layout<ew::Layout>({R, C}), lb = layout<ew::Layout>({R, C}, {0, 1}, 4),
+         lc = layout<ew::Layout>({R, C}, {1, 0});
+    // the rows of a [R, C + 4] buffer from column 4: row stride C + 4, offset 4
+    auto lw = layout<ew::Layout>({R, C}, {C + 4, 1}, 4);
+    const bool packs_all = ew::packs(a.p, la) && ew::packs(b.p, lb) && ew::packs(c.p, lc) &&
+                           ew::packs(w.p, lw) && ew::packs_out(a.p) && ew::packs_into(w.p, lw);
+    report(packs_all, "contiguous, broadcast and aligned row views pack" + at, "");
+    // views that do not pack: misaligned, strided, a row stride not a multiple of 4, a
+    // broadcast destination
+    auto l_off = layout<ew::Layout>({R, C}, {0, 1}, 1), l_s2 = layout<ew::Layout>({R, C / 2}, {C, 2});
+    auto l_row = layout<ew::Layout>({R, C}, {C + 1, 1});
+    report(!ew::packs(b.p, l_off) && !ew::packs(a.p, l_s2) && !ew::packs(w.p, l_row) &&
+               !ew::packs_into(c.p, lc) && !ew::packs_out(a.p + 1),
+           "misaligned, strided and broadcast-destination views do not pack" + at, "");
+
+    auto A = [&](int i) { return (double)a.p[ref_offset(la, i)]; };
+    auto B = [&](const ew::Layout& l, int i) { return (double)b.p[ref_offset(l, i)]; };
+    auto Cc = [&](int i) { return (double)c.p[ref_offset(lc, i)]; };
+    for (const bool pack : {true, false}) {
+        // the second operand of the binary kernels: packs, or a misaligned broadcast row
+        const ew::Layout lb2 = pack ? lb : l_off;
+        const std::string how = std::string(pack ? " packed" : " strided (misaligned operand)") + at;
+        Aligned<float> out(N);
+        run(2, 64, [&] { ew::add_f32(a.p, la, b.p, lb2, out.p, N); });
+        Vd want(N);
+        for (int i = 0; i < N; ++i) want[i] = (double)((float)A(i) + (float)B(lb2, i));
+        close("add_f32" + how, out.vec(), want);
+        // a broadcast column, with a (or a misaligned copy of it)
+        Aligned<float> a1(N, 0.0f, pack ? 0 : 1);
+        std::copy(a.p, a.p + N, a1.p);
+        run(1, 96, [&] { ew::mul_f32(a1.p, la, c.p, lc, out.p, N); });
+        for (int i = 0; i < N; ++i) want[i] = (double)((float)A(i) * (float)Cc(i));
+        close("mul_f32 by a broadcast column" + how, out.vec(), want);
+        Aligned<uint8_t> cmp(N);
+        run(2, 32, [&] { ew::lt_f32(a.p, la, b.p, lb2, cmp.p, N); });
+        for (int i = 0; i < N; ++i) want[i] = A(i) < B(lb2, i);
+        close("lt_f32" + how, cmp.vec(), want);
+        // the output at an offset of 1 when not packed
+        Aligned<float> o1(N, 0.0f, pack ? 0 : 1);
+        run(2, 32, [&] { ew::mul_scalar_f32(a.p, la, o1.p, N, -1.5); });
+        for (int i = 0; i < N; ++i) want[i] = (double)((float)A(i) * -1.5f);
+        close("mul_scalar_f32" + how, o1.vec(), want);
+        run(1, 64, [&] { un::gelu_f32(a.p, *(const un::Layout*)&la, o1.p, N); });
+        for (int i = 0; i < N; ++i) want[i] = 0.5 * A(i) * (1 + std::erf(A(i) / std::sqrt(2.0)));
+        close("gelu_f32" + how, o1.vec(), want, 1e-6, 1e-7);
+        // in place through the rows of w (aligned and packed, or rows of C + 1 elements)
+        {
+            const ew::Layout lw2 = pack ? lw : l_row;
+            Aligned<float> acc(R * (C + 4));
+            std::copy(w.p, w.p + R * (C + 4), acc.p);
+            run(2, 32, [&] { ew::add_assign_f32(acc.p, lw2, b.p, lb, N); });
+            Vd wa(acc.raw.begin(), acc.raw.end());
+            Vd want_a(w.p, w.p + R * (C + 4));
+            for (int i = 0; i < N; ++i) {
+                const i64 o = ref_offset(lw2, i);
+                want_a[o] = (double)(w.p[o] + (float)B(lb, i));
+            }
+            close("add_assign_f32 through row views" + how, acc.vec(), want_a);
+        }
+        // copies: out = rows of w; rows of w = a; casts; fills
+        {
+            const cp::Layout lw2 = *(const cp::Layout*)(pack ? &lw : &l_row);
+            const cp::Layout lac = *(const cp::Layout*)&la;
+            run(2, 32, [&] { cp::contiguous_f32(w.p, lw2, out.p, N); });
+            for (int i = 0; i < N; ++i) want[i] = w.p[ref_offset(lw2, i)];
+            close("contiguous_f32 of row views" + how, out.vec(), want);
+            Aligned<float> t(R * (C + 4), 7.0f);
+            run(1, 64, [&] { cp::copy_f32(a.p, lac, t.p, lw2, N); });
+            Vd want_t(R * (C + 4), 7.0);
+            for (int i = 0; i < N; ++i) want_t[ref_offset(lw2, i)] = a.p[i];
+            close("copy_f32 into row views" + how, t.vec(), want_t);
+            Aligned<uint16_t> h(N, 0, pack ? 0 : 1);
+            run(2, 32, [&] { cp::cast_f32_f16(a.p, lac, (cp::f16_t*)h.p, N); });
+            Vd want_h(N);
+            for (int i = 0; i < N; ++i) want_h[i] = h16(a.p[i]);
+            close("cast_f32_f16" + how, h.vec(), want_h);
+            Aligned<float> f(R * (C + 4), 7.0f);
+            run(2, 32, [&] { cp::fill_f32(f.p, lw2, N, 0.25f); });
+            Vd want_f(R * (C + 4), 7.0);
+            for (int i = 0; i < N; ++i) want_f[ref_offset(lw2, i)] = 0.25;
+            close("fill_f32 of row views" + how, f.vec(), want_f);
+        }
+        // masks: a [T, C] mask broadcast over R / T... here a [C] mask row broadcast down R
+        {
+            Aligned<uint8_t> m(C + 4);
+            for (int i = 0; i < C + 4; ++i) m.p[i] = (i * 5) % 3 == 0;
+            const ix::Layout lm = layout<ix::Layout>({R, C}, {0, 1}, pack ? 4 : 1);
+            const ix::Layout lx = *(const ix::Layout*)&la, lbx = *(const ix::Layout*)&lb;
+            run(2, 32, [&] { ix::masked_fill_f32(a.p, lx, m.p, lm, -INFINITY, out.p, N); });
+            Vd want_w(N);
+            for (int i = 0; i < N; ++i) {
+                const bool k = m.p[ref_offset(lm, i)] != 0;
+                want[i] = k ? -INFINITY : A(i);
+                want_w[i] = k ? A(i) : (double)b.p[ref_offset(lbx, i)];
+            }
+            close("masked_fill_f32 (broadcast mask row)" + how, out.vec(), want);
+            run(1, 32, [&] { ix::where_f32(m.p, lm, a.p, lx, b.p, lbx, out.p, N); });
+            close("where_f32" + how, out.vec(), want_w);
+        }
+    }
+    // other widths of the packed order: f64 (two 16-byte accesses a lane), f16 and i64
+    {
+        Aligned<double> x(N), y(N), o(N);
+        for (int i = 0; i < N; ++i) { x.p[i] = rnd(); y.p[i] = rnd(); }
+        report(ew::packs(x.p, la) && !ew::packs(x.p + 2, la), "f64 views pack at 32 bytes" + at, "");
+        run(2, 32, [&] { ew::sub_f64(x.p, la, y.p, la, o.p, N); });
+        Vd want(N);
+        for (int i = 0; i < N; ++i) want[i] = x.p[i] - y.p[i];
+        close("sub_f64 packed" + at, o.vec(), want);
+        Aligned<uint16_t> hx(N), hy(N), ho(N);
+        for (int i = 0; i < N; ++i) { hx.p[i] = h16((float)rnd()); hy.p[i] = h16((float)rnd()); }
+        run(2, 32, [&] { ew::mul_f16((ew::f16_t*)hx.p, la, (ew::f16_t*)hy.p, la, (ew::f16_t*)ho.p, N); });
+        for (int i = 0; i < N; ++i) want[i] = h16(f16v(hx.p[i]) * f16v(hy.p[i]));
+        close("mul_f16 packed" + at, ho.vec(), want);
+        Aligned<i64> ix_(N), iy(C + 4);
+        for (int i = 0; i < N; ++i) ix_.p[i] = (i64)(rnd() * 100);
+        for (int i = 0; i < C + 4; ++i) iy.p[i] = (i64)(rnd() * 100);
+        Aligned<uint8_t> cmp(N);
+        run(1, 64, [&] { ew::ge_i64(ix_.p, la, iy.p, lb, cmp.p, N); });
+        for (int i = 0; i < N; ++i) want[i] = ix_.p[i] >= iy.p[ref_offset(lb, i)];
+        close("ge_i64 packed (broadcast row at an offset of 4)" + at, cmp.vec(), want);
     }
 }
 
