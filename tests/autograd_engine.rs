@@ -66,7 +66,7 @@ fn second_backward_through_a_freed_graph_is_an_error() {
 fn modifying_a_saved_tensor_in_place_is_an_error_not_a_wrong_gradient() {
     let x = leaf(vec![1.0, 2.0], &[2]);
     let a = &x * 2.0;
-    let b = a.exp(); // exp saves its input `a`
+    let b = a.sin(); // sin saves its input `a`
     a.add_(1.0);
     let e = b
         .sum_all()
@@ -74,7 +74,17 @@ fn modifying_a_saved_tensor_in_place_is_an_error_not_a_wrong_gradient() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("modified by an inplace operation"), "{e}");
-    assert!(e.contains("`exp`") && e.contains("shape [2]"), "{e}");
+    assert!(e.contains("`sin`") && e.contains("shape [2]"), "{e}");
+    // exp saves its output, not its input (as PyTorch's): changing the input afterwards
+    // leaves its gradient right
+    let a = &x * 2.0;
+    let b = a.exp();
+    a.add_(1.0);
+    b.sum_all().backward();
+    for (got, v) in x.grad().unwrap().to_vec::<f64>().iter().zip([1.0f64, 2.0]) {
+        let want = 2.0 * (2.0 * v).exp();
+        assert!((got - want).abs() <= 1e-12 * want, "{got} vs {want}");
+    }
 }
 
 #[test]

@@ -389,13 +389,16 @@ fn call_backward(
     create_graph: bool,
 ) -> Result<Vec<Option<Tensor>>> {
     for s in &node.saved {
-        if s.storage.version() != s.version {
+        let Some(storage) = s.storage.upgrade() else {
+            continue;
+        };
+        if storage.version() != s.version {
             return Err(Error::Autograd(format!(
                 "one of the tensors needed for gradient computation has been modified by an inplace operation: a tensor of shape {} saved by `{}` (called at {}) is at version {}; expected version {}",
                 fmt_shape(&s.shape),
                 node.name,
                 node.location,
-                s.storage.version(),
+                storage.version(),
                 s.version
             )));
         }

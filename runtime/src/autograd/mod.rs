@@ -29,7 +29,7 @@ pub use grad_mode::{
 };
 pub use gradcheck::{gradcheck, gradgradcheck, GradcheckOptions};
 pub use node::Node;
-pub(crate) use node::{record, record_with_view, Edge, ViewGrad};
+pub(crate) use node::{record, record_with_output, record_with_view, Edge, ViewGrad};
 
 /// Every op that records a backward node. A debug build checks that each recorded node is
 /// in this list, and the gradcheck suite checks that each entry here has a gradcheck case,

@@ -19,9 +19,13 @@ pub(crate) enum Edge {
     Leaf(Tensor),
 }
 
-/// A tensor saved for backward, with the storage version it had then.
+/// A tensor saved for backward, with the storage version it had then. The node holds its
+/// storage weakly: the backward formula holds what it reads, so a saved tensor is freed
+/// as soon as the formula has run (and been dropped) and nothing else holds it, not when
+/// the whole graph goes (PyTorch frees saved tensors as each node runs, too). A storage
+/// that is gone cannot have been modified in place.
 pub(crate) struct Saved {
-    pub(crate) storage: Arc<Storage>,
+    pub(crate) storage: std::sync::Weak<Storage>,
     pub(crate) version: u64,
     pub(crate) shape: Vec<usize>,
 }
@@ -119,24 +123,148 @@ pub(crate) fn record_with_view(
     if !is_grad_enabled() || !inputs.iter().any(|t| t.requires_grad()) {
         return out;
     }
-    let edges = inputs.iter().map(|t| t.grad_edge()).collect();
+    let node = Arc::new(new_node(
+        &out,
+        name,
+        inputs,
+        saved,
+        view,
+        Box::new(backward),
+    ));
+    out.set_grad_fn(Some(node));
+    out
+}
+
+/// [`record`] for an op whose backward reads its output instead of its inputs (softmax,
+/// log-softmax): `backward(g, y)` gets the output `y`, and the node keeps the output's
+/// storage, not the inputs'. With `create_graph`, `y` is the output as a part of the
+/// graph (its `grad_fn` is this node), so a formula written with it is differentiable
+/// again, through this node, without the inputs: PyTorch's saved outputs. `saved` lists
+/// the inputs the formula also reads (the output is saved in any case).
+#[track_caller]
+pub(crate) fn record_with_output(
+    out: Tensor,
+    name: &'static str,
+    inputs: &[&Tensor],
+    saved: &[&Tensor],
+    backward: impl Fn(&Tensor, &Tensor) -> Vec<Option<Tensor>> + Send + Sync + 'static,
+) -> Tensor {
+    debug_assert!(
+        super::DIFFERENTIABLE_OPS.contains(&name),
+        "op `{name}` records a node but is missing from autograd::DIFFERENTIABLE_OPS"
+    );
+    if !is_grad_enabled() || !inputs.iter().any(|t| t.requires_grad()) {
+        return out;
+    }
+    let data = out.detach();
+    let mut keep: Vec<&Tensor> = saved.to_vec();
+    keep.push(&out);
+    let location = Location::caller();
+    // the node holds itself only weakly (the output's handle in its backward would
+    // otherwise keep it alive forever): while its backward runs, the engine holds it
+    let node = Arc::new_cyclic(|me: &std::sync::Weak<Node>| {
+        let me = me.clone();
+        let formula = move |g: &Tensor| {
+            let y = match me.upgrade() {
+                Some(node) if is_grad_enabled() => {
+                    let y = data.detach();
+                    y.set_grad_fn(Some(node));
+                    y
+                }
+                _ => data.clone(),
+            };
+            backward(g, &y)
+        };
+        let mut node = new_node(&out, name, inputs, &keep, None, Box::new(formula));
+        node.location = location;
+        node
+    });
+    out.set_grad_fn(Some(node));
+    out
+}
+
+/// A node for `out` (see [`record_with_view`]), called at the caller's location.
+#[track_caller]
+fn new_node(
+    out: &Tensor,
+    name: &'static str,
+    inputs: &[&Tensor],
+    saved: &[&Tensor],
+    view: Option<ViewGrad>,
+    backward: BackwardFn,
+) -> Node {
     let saved = saved
         .iter()
         .map(|t| Saved {
-            storage: t.storage().clone(),
+            storage: Arc::downgrade(t.storage()),
             version: t.version(),
             shape: t.shape().to_vec(),
         })
         .collect();
-    let node = Arc::new(Node {
+    Node {
         name,
         location: Location::caller(),
-        inputs: edges,
-        backward: Mutex::new(Some(Box::new(backward))),
+        inputs: inputs.iter().map(|t| t.grad_edge()).collect(),
+        backward: Mutex::new(Some(backward)),
         saved,
         out_shape: out.shape().to_vec(),
         view,
-    });
-    out.set_grad_fn(Some(node));
-    out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{DType, Tensor};
+    use std::sync::Arc;
+
+    /// An intermediate tensor that no backward formula reads is freed when its last
+    /// handle is dropped, while the graph lives on: a kept handle would hold its storage
+    /// until the backward ran (in attention, `scores * scale` kept the whole score tensor,
+    /// and softmax its input as well as its output).
+    #[test]
+    fn the_graph_keeps_only_what_backward_formulas_read() {
+        let x = Tensor::randn([4, 8], DType::F64).requires_grad_(true);
+        let w = Tensor::randn([8], DType::F64);
+        let mask = Tensor::ones([4, 8], DType::Bool).triu(1);
+        let run = |drop_them: bool| {
+            let s = &x * 2.0;
+            let s1 = &s * 0.125; // a scalar factor: reads neither input
+            let s2 = s1.masked_fill(&mask, f64::NEG_INFINITY); // reads the mask only
+            let y = s2.softmax(-1); // reads its output only
+            let l = y.log_softmax(0); // reads its output only
+            let r = &l + &w; // reads nothing
+            let q = &r - &y; // reads nothing
+            let z = (&q * &q).sum_all(); // reads q (twice)
+            let freed = [&s, &s1, &s2].map(|t| Arc::downgrade(t.storage()));
+            let kept = [&y, &l, &q].map(|t| Arc::downgrade(t.storage()));
+            let r_storage = Arc::downgrade(r.storage());
+            if drop_them {
+                drop((s, s1, s2, y, l, r, q));
+                for (i, f) in freed.iter().enumerate() {
+                    assert!(f.upgrade().is_none(), "intermediate {i} still alive");
+                }
+                assert!(r_storage.upgrade().is_none(), "the sum's input still alive");
+                for (i, k) in kept.iter().enumerate() {
+                    assert!(k.upgrade().is_some(), "saved tensor {i} freed");
+                }
+            }
+            z.backward();
+            x.grad().unwrap().to_f64_vec()
+        };
+        let all_kept = run(false);
+        x.zero_grad();
+        assert_eq!(run(true), all_kept);
+        // and the gradient is the composed formulas' (no fused softmax)
+        x.zero_grad();
+        let s = (&x * 2.0 * 0.125).masked_fill(&mask, f64::NEG_INFINITY);
+        let e = (&s - s.max(1, true).detach()).exp();
+        let y = &e / e.sum(1, true);
+        let l = &y - y.exp().sum(0, true).log();
+        let q = &(&l + &w) - &y;
+        (&q * &q).sum_all().backward();
+        let want = x.grad().unwrap().to_f64_vec();
+        for (a, b) in all_kept.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-9 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
 }

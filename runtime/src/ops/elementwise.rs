@@ -1,7 +1,7 @@
 //! Elementwise math with NumPy broadcasting and PyTorch's type promotion: arithmetic,
 //! the `+ - * /` operators, unary math and activations.
 
-use crate::autograd::{is_grad_enabled, no_grad, record};
+use crate::autograd::{is_grad_enabled, no_grad, record, record_with_output};
 use crate::cpu::strided::zip_assign;
 use crate::cpu::{map, vmath};
 use crate::dispatch;
@@ -321,41 +321,61 @@ fn record_arith(out: Tensor, kind: Arith, a: &Tensor, b: &Tensor) -> Tensor {
     if !(is_grad_enabled() && (na || nb)) {
         return out;
     }
-    let fit = |g: Tensor, like: &Tensor| sum_to(&g, like.shape()).to_dtype(like.dtype());
-    let saved: &[&Tensor] = match kind {
-        Arith::Add | Arith::Sub => &[],
-        _ => &[a, b],
+    // what the formula reads, and nothing more: a handle to an input keeps its storage
+    // alive until the backward runs (for `scores * scale` in attention, the whole score
+    // tensor), so only the inputs the gradients need are kept
+    let (shape_a, dtype_a) = (a.shape().to_vec(), a.dtype());
+    let (shape_b, dtype_b) = (b.shape().to_vec(), b.dtype());
+    let fit = move |g: Tensor, shape: &[usize], dtype: DType| sum_to(&g, shape).to_dtype(dtype);
+    let (need_a, need_b) = match kind {
+        Arith::Add | Arith::Sub => (false, false),
+        // d(a·b) = b·da + a·db; d(a/b) = da/b − a·db/b²
+        Arith::Mul => (nb, na),
+        Arith::Div => (nb, true),
+        Arith::Max | Arith::Min | Arith::Pow => (true, true),
     };
+    let kept = |need: bool, t: &Tensor| need.then(|| t.clone());
+    let saved: Vec<&Tensor> = [(need_a, a), (need_b, b)]
+        .into_iter()
+        .filter_map(|(need, t)| need.then_some(t))
+        .collect();
     let inputs = [a, b];
-    let (a, b) = (a.clone(), b.clone());
-    record(out, kind.name(), &inputs, saved, move |g| {
+    let (a, b) = (kept(need_a, a), kept(need_b, b));
+    record(out, kind.name(), &inputs, &saved, move |g| {
+        // present whenever the formula below reads them (need_a / need_b)
+        let (a, b) = (a.as_ref(), b.as_ref());
+        let (a, b) = (
+            || a.expect("arith backward: input kept"),
+            || b.expect("arith backward: input kept"),
+        );
         let (ga, gb) = match kind {
             Arith::Add => (na.then(|| g.clone()), nb.then(|| g.clone())),
             Arith::Sub => (na.then(|| g.clone()), nb.then(|| g.neg())),
-            Arith::Mul => (na.then(|| g * &b), nb.then(|| g * &a)),
-            Arith::Div => (na.then(|| g / &b), nb.then(|| -(g * &a) / (&b * &b))),
+            Arith::Mul => (na.then(|| g * b()), nb.then(|| g * a())),
+            Arith::Div => (na.then(|| g / b()), nb.then(|| -(g * a()) / (b() * b()))),
             Arith::Max | Arith::Min => {
+                let (a, b) = (a(), b());
                 // ties split the gradient evenly, like torch.maximum
-                let wins = if kind == Arith::Max {
-                    a.gt(&b)
-                } else {
-                    a.lt(&b)
-                };
+                let wins = if kind == Arith::Max { a.gt(b) } else { a.lt(b) };
                 let wa = or_panic(wins.to_dtype_raw(g.dtype()))
-                    + or_panic(a.eq(&b).to_dtype_raw(g.dtype())) * 0.5;
+                    + or_panic(a.eq(b).to_dtype_raw(g.dtype())) * 0.5;
                 (na.then(|| g * &wa), nb.then(|| g * (1.0 - &wa)))
             }
             Arith::Pow => {
-                let ga = na.then(|| g * &b * a.pow(&b - 1.0));
+                let (a, b) = (a(), b());
+                let ga = na.then(|| g * b * a.pow(b - 1.0));
                 // d/db a^b = a^b ln a, taken as 0 where a == 0
                 let gb = nb.then(|| {
                     let ln = a.where_(&a.ne(0.0), 1.0).log();
-                    g * a.pow(&b) * ln
+                    g * a.pow(b) * ln
                 });
                 (ga, gb)
             }
         };
-        vec![ga.map(|g| fit(g, &a)), gb.map(|g| fit(g, &b))]
+        vec![
+            ga.map(|g| fit(g, &shape_a, dtype_a)),
+            gb.map(|g| fit(g, &shape_b, dtype_b)),
+        ]
     })
 }
 
@@ -566,10 +586,10 @@ impl NativeF {
         }
     }
 
-    /// The gradient of the input given the output gradient `g`, the input `x` and the
-    /// output `y` (a detached copy, or recomputed from `x` when building a
-    /// differentiable gradient).
-    fn backward(self, g: &Tensor, x: &Tensor, y: &Tensor) -> Tensor {
+    /// The gradient of the input given the output gradient `g` and what the formula
+    /// reads ([`NativeF::reads`]): the input `x` or the output `y`.
+    fn backward(self, g: &Tensor, read: &Tensor) -> Tensor {
+        let (x, y) = (read, read);
         match self {
             NativeF::Exp => g * y,
             NativeF::Ln => g / x,
@@ -587,6 +607,29 @@ impl NativeF {
             NativeF::Floor | NativeF::Ceil | NativeF::Round => g.zeros_like(),
         }
     }
+
+    /// What the backward formula reads: the output (so the input need not be kept),
+    /// the input, or neither.
+    fn reads(self) -> Reads {
+        match self {
+            NativeF::Exp
+            | NativeF::Sqrt
+            | NativeF::Rsqrt
+            | NativeF::Tanh
+            | NativeF::Sigmoid
+            | NativeF::Recip => Reads::Output,
+            NativeF::Ln | NativeF::Silu | NativeF::Sin | NativeF::Cos => Reads::Input,
+            NativeF::Floor | NativeF::Ceil | NativeF::Round => Reads::Nothing,
+        }
+    }
+}
+
+/// What a unary op's backward formula reads besides the output gradient.
+#[derive(Clone, Copy, PartialEq)]
+enum Reads {
+    Input,
+    Output,
+    Nothing,
 }
 
 #[derive(Clone, Copy)]
@@ -612,21 +655,22 @@ fn native(x: &Tensor, f: NativeF) -> Tensor {
     if !(is_grad_enabled() && x.requires_grad()) {
         return out;
     }
-    let (xs, ys) = (x.clone(), out.detach());
-    record(out, f.name(), &[x], &[x, &ys.clone()], move |g| {
-        // with create_graph, recompute the output so the gradient is differentiable
-        let y = if is_grad_enabled() {
-            native_raw_again(&xs, f)
-        } else {
-            ys.clone()
-        };
-        vec![Some(f.backward(g, &xs, &y).to_dtype(xs.dtype()))]
-    })
-}
-
-#[track_caller]
-fn native_raw_again(x: &Tensor, f: NativeF) -> Tensor {
-    native(x, f)
+    let dtype = x.dtype();
+    match f.reads() {
+        // the output is in the graph under create_graph (record_with_output)
+        Reads::Output => record_with_output(out, f.name(), &[x], &[], move |g, y| {
+            vec![Some(f.backward(g, y).to_dtype(dtype))]
+        }),
+        Reads::Input => {
+            let xs = x.clone();
+            record(out, f.name(), &[x], &[x], move |g| {
+                vec![Some(f.backward(g, &xs).to_dtype(dtype))]
+            })
+        }
+        Reads::Nothing => record(out, f.name(), &[x], &[], move |g| {
+            vec![Some(f.backward(g, g).to_dtype(dtype))]
+        }),
+    }
 }
 
 /// GELU and its derivative, exact (`x·Φ(x)`) and tanh-approximated, for f32 (computed

@@ -1,6 +1,6 @@
 //! Reductions over any dims with `keepdim`, and the softmax family.
 
-use crate::autograd::{is_grad_enabled, record};
+use crate::autograd::{is_grad_enabled, record, record_with_output};
 use crate::cpu::reduce::reduce;
 use crate::cpu::rowwise;
 use crate::dispatch;
@@ -525,20 +525,21 @@ fn fused_softmax(x: &Tensor, d: usize, log: bool) -> Result<Tensor> {
     if !(is_grad_enabled() && x.requires_grad()) {
         return Ok(y);
     }
-    let (xs, ys) = (x.clone(), y_last.clone());
-    Ok(record(y, name, &[x], &[x, &y_last], move |g| {
+    // the backward reads the output only (as PyTorch's), so the input is not kept
+    Ok(record_with_output(y, name, &[x], &[], move |g, y| {
         let dx = if is_grad_enabled() {
-            // create_graph: differentiable ops on a recomputed softmax
-            let p = xs.softmax(d as isize);
+            // create_graph: differentiable ops on the output, which is in the graph
             if log {
-                g - &p * g.sum(d, true)
+                g - y.exp() * g.sum(d, true)
             } else {
-                &p * (g - (g * &p).sum(d, true))
+                y * (g - (g * y).sum(d, true))
             }
         } else {
             or_panic(
                 move_last(g, d)
-                    .and_then(|gl| rowwise::softmax_last_backward(name, &ys, &gl, log))
+                    .and_then(|gl| {
+                        rowwise::softmax_last_backward(name, &move_last(y, d)?, &gl, log)
+                    })
                     .and_then(|dx| move_back(&dx, d)),
             )
         };
