@@ -125,27 +125,25 @@ fn matmul_raw(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 ///
 /// On CUDA an unevenly batched operand (a per-head view) is copied once
 /// ([`batched_operand`](crate::cuda::batched_operand)) and the copy is both multiplied and
-/// saved; the backward multiplies the saved copies unless it builds a graph itself
-/// (`create_graph`), which needs the tracked inputs. An unevenly batched output gradient
-/// is likewise copied once for both gradient products.
+/// saved; the copy is a node of the graph (`clone`), so the gradient reaches the view
+/// through it, also under `create_graph`, and the view (which holds the whole projection
+/// the heads come from) is not kept for the backward, as PyTorch's matmul keeps its
+/// reshaped copies only. An unevenly batched output gradient is likewise copied once for
+/// both gradient products.
 #[track_caller]
 fn try_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     let (pa, pb) = (
-        crate::cuda::batched_operand(a)?,
-        crate::cuda::batched_operand(b)?,
+        tracked_copy(a, crate::cuda::batched_operand(a)?),
+        tracked_copy(b, crate::cuda::batched_operand(b)?),
     );
     #[cfg(not(feature = "cuda"))]
     let (pa, pb) = (a.clone(), b.clone());
     let out = matmul_raw(&pa, &pb)?;
-    let (ta, tb) = (a.clone(), b.clone());
     let (nx, ny) = (a.requires_grad(), b.requires_grad());
-    Ok(record(out, OP, &[a, b], &[a, b], move |g| {
-        let (x, y) = if crate::autograd::is_grad_enabled() {
-            (&ta, &tb)
-        } else {
-            (&pa, &pb)
-        };
+    let (x, y) = (pa.clone(), pb.clone());
+    Ok(record(out, OP, &[&pa, &pb], &[&pa, &pb], move |g| {
+        let (x, y) = (&x, &y);
         #[cfg(feature = "cuda")]
         // (on a failed copy, the products below report the error with the view itself)
         let g = &crate::cuda::batched_operand(g).unwrap_or_else(|_| g.clone());
@@ -197,6 +195,17 @@ fn try_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         });
         vec![ga, gb]
     }))
+}
+
+/// `copy`, made of `t` for a product, as a node of the graph (`clone`) when it is a new
+/// buffer (see [`try_matmul`]); `t` itself when it is not.
+#[cfg(feature = "cuda")]
+#[track_caller]
+fn tracked_copy(t: &Tensor, copy: Tensor) -> Tensor {
+    if copy.shares_storage(t) {
+        return t.clone();
+    }
+    record(copy, "clone", &[t], &[], |g| vec![Some(g.clone())])
 }
 
 /// `x @ wᵀ + bias` (a linear layer: `x` `[.., k]`, `w` `[n, k]`, `bias` `[n]`) as one
@@ -320,6 +329,50 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use crate::{set_num_threads, DType, Generator, Tensor};
+
+    /// The copy a CUDA product makes of a per-head view is a node of the graph: the
+    /// gradient reaches the view through it, and the buffer the view is part of is not
+    /// kept by it (on a CPU tensor, what `batched_operand` would give on CUDA).
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn a_tracked_copy_passes_the_gradient_and_keeps_no_view() {
+        let leaf = Tensor::randn([2, 6, 4], DType::F64).requires_grad_(true);
+        let whole = &leaf * 3.0;
+        let view = whole.narrow(1, 2, 3).transpose(1, 2);
+        let copy = super::tracked_copy(&view, view.copy_raw().unwrap());
+        assert_eq!(copy.grad_fn().map(|n| n.name()), Some("clone"));
+        assert!(!copy.shares_storage(&view));
+        let buffer = std::sync::Arc::downgrade(whole.storage());
+        drop((whole, view));
+        assert!(
+            buffer.upgrade().is_none(),
+            "the copy keeps the viewed buffer"
+        );
+        let w = Tensor::randn([2, 3, 5], DType::F64);
+        copy.matmul(&w).sum_all().backward();
+        // d/dleaf of sum((3·leaf)[:, 2:5, :]ᵀ @ w) = 3 Σ_j w[b, k, j] at rows 2..5
+        let g = leaf.grad().unwrap();
+        let rowsum = w.sum(2, false); // [2, 3]
+        for b in 0..2 {
+            for r in 0..6 {
+                for c in 0..4 {
+                    let want = if (2..5).contains(&r) {
+                        3.0 * rowsum.to_vec::<f64>()[b * 3 + r - 2]
+                    } else {
+                        0.0
+                    };
+                    let got = g.to_vec::<f64>()[(b * 6 + r) * 4 + c];
+                    assert!(
+                        (got - want).abs() < 1e-12,
+                        "[{b}, {r}, {c}]: {got} vs {want}"
+                    );
+                }
+            }
+        }
+        // a copy that shares the storage is the tensor itself
+        let t = Tensor::randn([3], DType::F64);
+        assert!(super::tracked_copy(&t, t.clone()).same_tensor(&t));
+    }
 
     /// `a @ b` by the definition, in f64, from the values of `a` and `b` as given
     /// (already rounded to their dtype): the result shape, the values, and per value the
