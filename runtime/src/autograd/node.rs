@@ -266,5 +266,19 @@ mod tests {
         for (a, b) in all_kept.iter().zip(&want) {
             assert!((a - b).abs() <= 1e-9 * (1.0 + b.abs()), "{a} vs {b}");
         }
+        // `where` reads its condition only
+        x.zero_grad();
+        let (a, b) = (&x * 1.5, &x * 0.5);
+        let picked = a.where_(&mask, &b);
+        let gone = [&a, &b].map(|t| Arc::downgrade(t.storage()));
+        drop((a, b));
+        assert!(
+            gone.iter().all(|w| w.upgrade().is_none()),
+            "where kept an input"
+        );
+        picked.sum_all().backward();
+        let m = mask.to_dtype(DType::F64);
+        let want = (&m * 1.5 + (1.0 - &m) * 0.5).to_f64_vec();
+        assert_eq!(x.grad().unwrap().to_f64_vec(), want);
     }
 }

@@ -167,13 +167,14 @@ impl Tensor {
         let lb = lb.broadcast_to("where", &shape)?;
         let lc = cond.layout().broadcast_to("where", &shape)?;
         let out = dispatch!(all dt, T => map::ternary::<bool, T, T>("where", (cond, &lc), (&a, &la), (&b, &lb), |c, x, y| if c { x } else { y }))?;
-        let (c, x, y) = (cond.clone(), self.clone(), other.clone());
-        let (nx, ny) = (x.requires_grad(), y.requires_grad());
+        // the formula reads the condition only (and the inputs' shapes and dtypes)
+        let c = cond.clone();
+        let (nx, ny) = (self.requires_grad(), other.requires_grad());
+        let (sx, dx) = (self.shape().to_vec(), self.dtype());
+        let (sy, dy) = (other.shape().to_vec(), other.dtype());
         Ok(record(out, "where", &[self, &other], &[], move |g| {
-            let gx = nx.then(|| {
-                sum_to(&g.masked_fill(&c.logical_not(), 0.0), x.shape()).to_dtype(x.dtype())
-            });
-            let gy = ny.then(|| sum_to(&g.masked_fill(&c, 0.0), y.shape()).to_dtype(y.dtype()));
+            let gx = nx.then(|| sum_to(&g.masked_fill(&c.logical_not(), 0.0), &sx).to_dtype(dx));
+            let gy = ny.then(|| sum_to(&g.masked_fill(&c, 0.0), &sy).to_dtype(dy));
             vec![gx, gy]
         }))
     }
