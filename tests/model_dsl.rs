@@ -8,9 +8,20 @@ mod gpt;
 
 use flint::nn::ModuleExt;
 use flint::{model, DType, Tensor};
+use std::sync::{Mutex, MutexGuard};
+
+/// Held by each test for its whole run: the tests draw parameters from the one global
+/// generator, so a test running beside the training one would change what it draws
+/// after its `manual_seed` (the GPT then trained from another start and, now and then,
+/// missed the loss drop the test asks for).
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 #[test]
 fn gpt_example_trains() {
+    let _serial = serial();
     let text = include_str!("../README.md");
     let out = std::env::temp_dir().join(format!("flint-model-dsl-gpt-{}", std::process::id()));
     let cfg = gpt::Config {
@@ -47,6 +58,7 @@ fn gpt_example_trains() {
 
 #[test]
 fn gpt_parameters_and_names_follow_pytorch() {
+    let _serial = serial();
     let m = gpt::Gpt::<16, 2>::new(10, 8, 2, 0.0, ());
     // tok 10·16, pos 8·16; per block: 2 LayerNorms (4·16), attention (16·48 + 48 + 16·16 + 16),
     // FeedForward (16·64 + 64 + 64·16 + 16); final LayerNorm 2·16; head 16·10.
@@ -69,6 +81,7 @@ fn gpt_parameters_and_names_follow_pytorch() {
 
 #[test]
 fn entry_checks_name_model_argument_and_shapes() {
+    let _serial = serial();
     let m = gpt::Gpt::<16, 2>::new(10, 8, 1, 0.0, ());
     let long = Tensor::zeros([2, 9], DType::I64);
     assert_eq!(
@@ -104,6 +117,7 @@ model! {
 
 #[test]
 fn runtime_sizes_and_relations() {
+    let _serial = serial();
     let err = Heads::try_new(10, 4, ()).err().expect("10 % 4 != 0");
     assert_eq!(
         err.to_string(),
@@ -130,6 +144,7 @@ fn runtime_sizes_and_relations() {
 
 #[test]
 fn train_and_eval_reach_generated_children() {
+    let _serial = serial();
     let mut m = gpt::Gpt::<16, 2>::new(10, 8, 2, 0.5, ());
     m.eval();
     assert!(!m.blocks[1].mlp.dropout.is_training());
