@@ -79,6 +79,20 @@ impl std::fmt::Debug for Node {
     }
 }
 
+/// (debug builds) Every op that records a node is listed in `DIFFERENTIABLE_OPS`, which
+/// the gradcheck suite covers.
+fn debug_assert_listed(name: &str) {
+    debug_assert!(
+        super::DIFFERENTIABLE_OPS.contains(&name),
+        "op `{name}` records a node but is missing from autograd::DIFFERENTIABLE_OPS"
+    );
+}
+
+/// Whether an op on `inputs` records a node: grad mode is on and some input requires grad.
+fn tracked(inputs: &[&Tensor]) -> bool {
+    is_grad_enabled() && inputs.iter().any(|t| t.requires_grad())
+}
+
 /// Records `name` on `out` when grad mode is on and some input requires grad.
 ///
 /// `saved` lists the tensors the backward formula reads (an in-place write to one of them
@@ -91,10 +105,7 @@ pub(crate) fn record(
     saved: &[&Tensor],
     backward: impl Fn(&Tensor) -> Vec<Option<Tensor>> + Send + Sync + 'static,
 ) -> Tensor {
-    debug_assert!(
-        super::DIFFERENTIABLE_OPS.contains(&name),
-        "op `{name}` records a node but is missing from autograd::DIFFERENTIABLE_OPS"
-    );
+    debug_assert_listed(name);
     record_node(out, name, inputs, saved, backward)
 }
 
@@ -120,7 +131,7 @@ pub(crate) fn record_with_view(
     view: Option<ViewGrad>,
     backward: impl Fn(&Tensor) -> Vec<Option<Tensor>> + Send + Sync + 'static,
 ) -> Tensor {
-    if !is_grad_enabled() || !inputs.iter().any(|t| t.requires_grad()) {
+    if !tracked(inputs) {
         return out;
     }
     let node = Arc::new(new_node(
@@ -149,11 +160,8 @@ pub(crate) fn record_with_output(
     saved: &[&Tensor],
     backward: impl Fn(&Tensor, &Tensor) -> Vec<Option<Tensor>> + Send + Sync + 'static,
 ) -> Tensor {
-    debug_assert!(
-        super::DIFFERENTIABLE_OPS.contains(&name),
-        "op `{name}` records a node but is missing from autograd::DIFFERENTIABLE_OPS"
-    );
-    if !is_grad_enabled() || !inputs.iter().any(|t| t.requires_grad()) {
+    debug_assert_listed(name);
+    if !tracked(inputs) {
         return out;
     }
     let data = out.detach();

@@ -324,9 +324,14 @@ fn record_arith(out: Tensor, kind: Arith, a: &Tensor, b: &Tensor) -> Tensor {
     // what the formula reads, and nothing more: a handle to an input keeps its storage
     // alive until the backward runs (for `scores * scale` in attention, the whole score
     // tensor), so only the inputs the gradients need are kept
-    let (shape_a, dtype_a) = (a.shape().to_vec(), a.dtype());
-    let (shape_b, dtype_b) = (b.shape().to_vec(), b.dtype());
-    let fit = move |g: Tensor, shape: &[usize], dtype: DType| sum_to(&g, shape).to_dtype(dtype);
+    // an input's shape only where broadcasting changed it (no allocation otherwise)
+    let reduced = |t: &Tensor| (t.shape() != out.shape()).then(|| t.shape().to_vec());
+    let (shape_a, dtype_a) = (reduced(a), a.dtype());
+    let (shape_b, dtype_b) = (reduced(b), b.dtype());
+    let fit = move |g: Tensor, shape: &Option<Vec<usize>>, dtype: DType| match shape {
+        Some(s) => sum_to(&g, s).to_dtype(dtype),
+        None => g.to_dtype(dtype),
+    };
     let (need_a, need_b) = match kind {
         Arith::Add | Arith::Sub => (false, false),
         // d(a·b) = b·da + a·db; d(a/b) = da/b − a·db/b²
@@ -335,13 +340,16 @@ fn record_arith(out: Tensor, kind: Arith, a: &Tensor, b: &Tensor) -> Tensor {
         Arith::Max | Arith::Min | Arith::Pow => (true, true),
     };
     let kept = |need: bool, t: &Tensor| need.then(|| t.clone());
-    let saved: Vec<&Tensor> = [(need_a, a), (need_b, b)]
-        .into_iter()
-        .filter_map(|(need, t)| need.then_some(t))
-        .collect();
+    let (both, only_a, only_b) = ([a, b], [a], [b]);
+    let saved: &[&Tensor] = match (need_a, need_b) {
+        (true, true) => &both,
+        (true, false) => &only_a,
+        (false, true) => &only_b,
+        (false, false) => &[],
+    };
     let inputs = [a, b];
     let (a, b) = (kept(need_a, a), kept(need_b, b));
-    record(out, kind.name(), &inputs, &saved, move |g| {
+    record(out, kind.name(), &inputs, saved, move |g| {
         // present whenever the formula below reads them (need_a / need_b)
         let (a, b) = (a.as_ref(), b.as_ref());
         let (a, b) = (
